@@ -1,0 +1,1 @@
+//! The Salesforce and Marketo REST clients (being written).

@@ -1,0 +1,1 @@
+//! The MQL decision, pure (being written).

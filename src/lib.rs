@@ -1,0 +1,20 @@
+//! mqlsync: lets sales leadership control the MQL threshold while marketing keeps owning
+//! lead scoring.
+//!
+//! # Layout
+//! Data flows one way; each module is one stage (see `../shared/docs/architecture.md`).
+//! - [`config`]: settings from a TOML file and `MQLSYNC_*` variables, validated.
+//! - [`mapping`]: CRM and MAP object and field names, segments, exclusion rules, SLA teams.
+//! - [`engine`]: the MQL decision, pure: thresholds, rules, lifecycle, SLA, reconcile.
+//! - [`store`]: the SQLite checkpoint store: migrations, cursors, snapshots, cycles, outbox, audit.
+//! - [`connectors`]: the Salesforce and Marketo REST clients behind the `Crm` and `Map` traits.
+//! - [`sandbox`]: wire-faithful emulators of both APIs, sharing no code with the above.
+//! - [`simulate`]: replays a CSV or JSONL history through the engine into a store.
+
+pub mod config;
+pub mod connectors;
+pub mod engine;
+pub mod mapping;
+pub mod sandbox;
+pub mod simulate;
+pub mod store;

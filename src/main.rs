@@ -1,0 +1,2 @@
+//! The `mqlsync` command line (being written).
+fn main() {}
