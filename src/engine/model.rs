@@ -1,0 +1,448 @@
+//! The engine's vocabulary: the facts that arrive as events, the cycles it keeps, and the
+//! decisions it hands back. Plain data only, serialisable, with no vendor names in it (the
+//! mapping turns `Score_Threshold__c` or `leadScore` into these terms at the edge).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+
+/// Whether a CRM person is a lead or a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CrmKind {
+    Lead,
+    Contact,
+}
+
+impl CrmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmKind::Lead => "Lead",
+            CrmKind::Contact => "Contact",
+        }
+    }
+}
+
+/// A lead or contact record in the CRM: the thing an MQL cycle belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CrmRef {
+    pub kind: CrmKind,
+    pub id: String,
+}
+
+/// A marketing program or campaign, as far as the MQL record needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// A sales manager's knob: one threshold record as the CRM holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub id: String,
+    /// Attribute = value pairs a person must match; empty matches everyone (a default).
+    pub segment: BTreeMap<String, String>,
+    pub score: f64,
+    pub effective_from: Option<Timestamp>,
+    pub effective_to: Option<Timestamp>,
+    pub active: bool,
+    /// Who last set it (a CRM user id or name), for the audit log.
+    pub set_by: Option<String>,
+    /// The CRM's last modification: the version of this record.
+    pub modified_at: Timestamp,
+    /// Deleted in the CRM: kept in the audit log, never used again.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl Threshold {
+    /// Whether the record applies at `t`: active, not deleted, and inside its window
+    /// (`effective_from` inclusive, `effective_to` exclusive).
+    pub fn in_force_at(&self, t: Timestamp) -> bool {
+        self.active
+            && !self.deleted
+            && self.effective_from.is_none_or(|from| from <= t)
+            && self.effective_to.is_none_or(|to| t < to)
+    }
+
+    /// `region=EMEA,team=SDR` or `default`: how the segment is named on MQL records.
+    pub fn segment_label(&self) -> String {
+        segment_label(&self.segment)
+    }
+}
+
+pub fn segment_label(segment: &BTreeMap<String, String>) -> String {
+    if segment.is_empty() {
+        return "default".to_string();
+    }
+    segment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What the CRM says about a lead or contact, as far as the rules need it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PersonFacts {
+    pub crm: CrmRef,
+    pub status: Option<String>,
+    pub owner_id: Option<String>,
+    pub title: Option<String>,
+    pub account_id: Option<String>,
+    /// A converted lead (the CRM's `IsConverted`).
+    #[serde(default)]
+    pub converted: bool,
+    /// Mapped attributes by attribute name (`region`, `team`, `vertical`, ...): what segments,
+    /// teams and exclusion rules match on.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    pub modified_at: Timestamp,
+}
+
+/// An opportunity, as far as the exclusion rules and conversion need it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Opportunity {
+    pub id: String,
+    pub account_id: String,
+    pub is_closed: bool,
+    pub is_won: bool,
+    pub close_date: Option<Date>,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+}
+
+/// Which part of the MAP's score a change touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorePart {
+    Total,
+    Behavior,
+    Demographic,
+}
+
+/// One change of one score field of one MAP lead (a Change Score activity or a webhook push).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreChange {
+    pub map_lead_id: i64,
+    /// The MAP's id of the change (`marketoGUID`); with `at`, its version.
+    pub change_id: String,
+    pub part: ScorePart,
+    pub new_value: f64,
+    /// The value before, when the MAP says; otherwise the engine's last known value.
+    pub old_value: Option<f64>,
+    pub campaign: Option<Campaign>,
+    pub at: Timestamp,
+}
+
+/// The CRM record a MAP lead is synced to changed (or appeared).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapLink {
+    pub map_lead_id: i64,
+    pub crm: Option<CrmRef>,
+    pub at: Timestamp,
+}
+
+/// A rep (or anyone in the CRM) edited an MQL record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CycleEdit {
+    pub external_id: String,
+    pub status: CycleStatus,
+    pub rejection_reason: Option<String>,
+    pub owner_id: Option<String>,
+    pub modified_at: Timestamp,
+    pub modified_by: Option<String>,
+}
+
+/// Everything that can happen, from either system.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Threshold(Threshold),
+    Person(PersonFacts),
+    Opportunity(Opportunity),
+    Score(ScoreChange),
+    Link(MapLink),
+    CycleEdit(CycleEdit),
+}
+
+impl Event {
+    /// The instant the event happened at the source.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Event::Threshold(t) => t.modified_at,
+            Event::Person(p) => p.modified_at,
+            Event::Opportunity(o) => o.modified_at,
+            Event::Score(s) => s.at,
+            Event::Link(l) => l.at,
+            Event::CycleEdit(e) => e.modified_at,
+        }
+    }
+}
+
+/// The status of an MQL cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CycleStatus {
+    Open,
+    Working,
+    Rejected,
+    Converted,
+}
+
+impl CycleStatus {
+    /// Open and Working cycles are open: a person has at most one.
+    pub fn is_open(self) -> bool {
+        matches!(self, CycleStatus::Open | CycleStatus::Working)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleStatus::Open => "Open",
+            CycleStatus::Working => "Working",
+            CycleStatus::Rejected => "Rejected",
+            CycleStatus::Converted => "Converted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CycleStatus> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "open" => Some(CycleStatus::Open),
+            "working" => Some(CycleStatus::Working),
+            "rejected" => Some(CycleStatus::Rejected),
+            "converted" => Some(CycleStatus::Converted),
+            _ => None,
+        }
+    }
+}
+
+/// What an MQL cycle came to, which decides what marketing does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Outcome {
+    Success,
+    #[serde(rename = "Not now")]
+    NotNow,
+    #[serde(rename = "Not me")]
+    NotMe,
+    Fail,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "Success",
+            Outcome::NotNow => "Not now",
+            Outcome::NotMe => "Not me",
+            Outcome::Fail => "Fail",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['_', '-'], " ")
+            .as_str()
+        {
+            "success" => Some(Outcome::Success),
+            "not now" => Some(Outcome::NotNow),
+            "not me" => Some(Outcome::NotMe),
+            "fail" => Some(Outcome::Fail),
+            _ => None,
+        }
+    }
+}
+
+/// One MQL cycle: what the MQL custom-object record in the CRM carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cycle {
+    /// `{crm id}-{number}`: deterministic, so a replayed write upserts the same record.
+    pub external_id: String,
+    pub crm: CrmRef,
+    pub map_lead_id: Option<i64>,
+    pub number: u32,
+    pub status: CycleStatus,
+    pub score: f64,
+    pub threshold: f64,
+    pub threshold_id: Option<String>,
+    pub segment: String,
+    pub campaign: Option<Campaign>,
+    /// The person's owner when the MQL happened.
+    pub owner_at_mql: Option<String>,
+    /// The cycle's owner now (changes on reassignment or when a rep reassigns it).
+    pub owner_id: Option<String>,
+    pub team: Option<String>,
+    pub mql_at: Timestamp,
+    pub sal_at: Option<Timestamp>,
+    pub closed_at: Option<Timestamp>,
+    pub rejection_reason: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub sla_due_at: Option<Timestamp>,
+    pub reassign_at: Option<Timestamp>,
+    pub overdue: bool,
+    pub reassignments: u32,
+    pub backfilled: bool,
+    /// A note for the CRM record (a data-quality problem mqlsync refused to accept).
+    pub note: Option<String>,
+    /// The last CRM modification of the record mqlsync has applied: edits at or before it
+    /// are replays.
+    pub crm_modified_at: Option<Timestamp>,
+}
+
+/// The date stamps and status mqlsync keeps on the lead or contact (the "basic" solution).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stamps {
+    pub status: Option<String>,
+    pub mql_recent: Option<Timestamp>,
+    pub mql_original: Option<Timestamp>,
+    pub sal_recent: Option<Timestamp>,
+    pub sal_original: Option<Timestamp>,
+    pub mql_count: u32,
+}
+
+/// An exclusion rule of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    Status,
+    OpenOpportunity,
+    RecentOpportunity,
+    RecentMql,
+    Title,
+    Region,
+    Vertical,
+}
+
+/// What set off an evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Trigger {
+    ScoreChange {
+        change_id: String,
+    },
+    ThresholdChange {
+        threshold_id: String,
+    },
+    /// A scheduled threshold started or ended at this instant.
+    ThresholdSchedule {
+        threshold_id: String,
+    },
+    PersonChange,
+    Link,
+}
+
+/// Why a decision was taken (or not): machine-readable, for the audit log and `explain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Reason {
+    /// The score reached the threshold and nothing excluded the person.
+    Qualified {
+        score: f64,
+        threshold: f64,
+        threshold_id: Option<String>,
+        trigger: Trigger,
+    },
+    BelowThreshold {
+        score: f64,
+        threshold: f64,
+        threshold_id: Option<String>,
+    },
+    /// No threshold record matches and no default is configured: no MQLs for this person.
+    NoThreshold,
+    /// The MAP lead is not linked to a CRM lead or contact.
+    NotLinked {
+        map_lead_id: i64,
+    },
+    /// No score has arrived for the person yet.
+    NoScore,
+    Excluded {
+        rule: RuleKind,
+        detail: String,
+    },
+    OpenCycle {
+        external_id: String,
+    },
+    CoolingDown {
+        until: Timestamp,
+        outcome: Outcome,
+    },
+    /// A rep changed the status of the MQL record.
+    StatusChanged {
+        from: CycleStatus,
+        to: CycleStatus,
+        by: Option<String>,
+    },
+    /// A rep changed the owner of the MQL record.
+    OwnerChanged {
+        to: Option<String>,
+    },
+    /// The lead converted, or an opportunity was opened on the account.
+    Converted {
+        by: String,
+    },
+    SlaOverdue {
+        due: Timestamp,
+    },
+    Reassigned {
+        from: Option<String>,
+        to: String,
+        count: u32,
+    },
+    /// A rep's edit that mqlsync did not accept (rejection without a reason, a closed cycle
+    /// reopened): the record is written back as it was, with a note.
+    EditRefused {
+        problem: String,
+    },
+    /// A threshold record that cannot be used (window ends before it starts, ...).
+    ThresholdInvalid {
+        problem: String,
+    },
+    ThresholdSeen {
+        version: Timestamp,
+    },
+    RejectionReasonUnmapped {
+        reason: String,
+    },
+}
+
+/// Something the engine wants done, with the reason for the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the MQL record of a new cycle.
+    OpenCycle { cycle: Cycle },
+    /// Write the cycle's record as it now stands.
+    UpdateCycle { cycle: Cycle },
+    /// Write the status and date stamps onto the lead or contact.
+    StampPerson { crm: CrmRef, stamps: Stamps },
+    /// Tell the cycle's owner (a CRM task or an e-mail, as the team wants).
+    Notify {
+        owner_id: String,
+        external_id: String,
+        crm: CrmRef,
+        channel: AlertChannel,
+    },
+    /// Nothing to write: recorded for `explain` and the audit log.
+    Record,
+}
+
+/// How a team wants to hear of new MQLs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertChannel {
+    #[default]
+    None,
+    Task,
+    Email,
+}
+
+/// One decision: an action, what it is about, when, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: Timestamp,
+    /// The CRM id, `map:{id}` or a threshold id the decision is about.
+    pub subject: String,
+    pub action: Action,
+    pub reason: Reason,
+}

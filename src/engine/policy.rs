@@ -1,0 +1,175 @@
+//! The engine's parameters: score source, default threshold, exclusion rules, outcomes,
+//! status names and SLA teams. Built from the mapping file (`crate::mapping`) and handed to
+//! every call; the engine never reads a file itself.
+
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
+use regex::Regex;
+
+use super::model::{AlertChannel, Outcome};
+use super::sla::BusinessCalendar;
+
+/// How the score a threshold is compared with is made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScoreSource {
+    /// The MAP's total score field.
+    Total,
+    /// Behaviour part plus demographic part.
+    BehaviorPlusDemographic,
+    /// Demographic part plus a behaviour part whose every change fades with this half-life.
+    TimeDecayed { half_life: SignedDuration },
+}
+
+/// An exclusion on a mapped attribute: people whose attribute holds one of `values`
+/// (compared case-insensitively) are excluded.
+#[derive(Clone, Debug)]
+pub struct AttributeRule {
+    pub attribute: String,
+    pub values: Vec<String>,
+}
+
+/// The seven exclusion rules; `None` switches a rule off.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// CRM statuses that exclude (Rejected, Spam, Disqualified), case-insensitive.
+    pub excluded_statuses: Option<Vec<String>>,
+    /// An open opportunity on the person's account.
+    pub open_opportunity: bool,
+    /// An opportunity won or lost within this window.
+    pub recent_opportunity: Option<SignedDuration>,
+    /// An MQL within this window.
+    pub recent_mql: Option<SignedDuration>,
+    /// Titles matching any of these patterns (student, intern, ...).
+    pub titles: Option<Vec<Regex>>,
+    pub regions: Option<AttributeRule>,
+    pub verticals: Option<AttributeRule>,
+}
+
+/// What happens after a cycle closes with an outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutcomePolicy {
+    /// How long the person may not become an MQL again.
+    pub cooldown: SignedDuration,
+    /// The status the person gets (`Nurture` for "Not now"), if any.
+    pub person_status: Option<String>,
+}
+
+/// An SLA team: whom it covers, how fast it must accept, and whom MQLs move to.
+#[derive(Clone, Debug)]
+pub struct Team {
+    pub name: String,
+    /// Attribute = value pairs; the most specific matching team covers a person.
+    pub matches: BTreeMap<String, String>,
+    pub accept_within_hours: f64,
+    /// Business hours after the MQL (or the last reassignment) when an Open cycle moves on.
+    pub reassign_after_hours: Option<f64>,
+    /// Round-robin pool of owner ids.
+    pub pool: Vec<String>,
+    pub alert: AlertChannel,
+    pub calendar: BusinessCalendar,
+}
+
+/// Everything the engine needs to decide.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub score: ScoreSource,
+    pub default_threshold: Option<f64>,
+    pub rules: Rules,
+    /// Rejection reason (as the CRM picklist has it) -> outcome.
+    pub rejection_outcomes: BTreeMap<String, Outcome>,
+    pub outcomes: BTreeMap<Outcome, OutcomePolicy>,
+    /// Status stamped on the person at MQL ("Marketing Qualified") and at acceptance.
+    pub mql_status: String,
+    pub sal_status: Option<String>,
+    pub teams: Vec<Team>,
+}
+
+impl Policy {
+    /// The most specific team covering these attributes.
+    pub fn team_for(&self, attributes: &BTreeMap<String, String>) -> Option<&Team> {
+        self.teams
+            .iter()
+            .filter(|team| {
+                team.matches
+                    .iter()
+                    .all(|(k, v)| attributes.get(k).is_some_and(|a| a.eq_ignore_ascii_case(v)))
+            })
+            .max_by_key(|team| team.matches.len())
+    }
+
+    /// The outcome a rejection reason maps to (case-insensitive).
+    pub fn outcome_of(&self, reason: &str) -> Option<Outcome> {
+        self.rejection_outcomes
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(reason.trim()))
+            .map(|(_, o)| *o)
+    }
+
+    /// A small policy for tests and examples: total score, default threshold 100, every rule
+    /// on with the contract's defaults, one team in UTC.
+    pub fn example() -> Policy {
+        let day = SignedDuration::from_hours(24);
+        Policy {
+            score: ScoreSource::Total,
+            default_threshold: Some(100.0),
+            rules: Rules {
+                excluded_statuses: Some(vec![
+                    "Rejected".into(),
+                    "Spam".into(),
+                    "Disqualified".into(),
+                ]),
+                open_opportunity: true,
+                recent_opportunity: Some(day * 30),
+                recent_mql: Some(day * 15),
+                titles: Some(vec![Regex::new(r"(?i)\bstudent\b").expect("regex")]),
+                regions: Some(AttributeRule {
+                    attribute: "region".into(),
+                    values: vec!["Antarctica".into()],
+                }),
+                verticals: Some(AttributeRule {
+                    attribute: "vertical".into(),
+                    values: vec!["Gambling".into()],
+                }),
+            },
+            rejection_outcomes: [
+                ("Bad Timing", Outcome::NotNow),
+                ("Not Interested Now", Outcome::NotNow),
+                ("Wrong Person", Outcome::NotMe),
+                ("Spam", Outcome::Fail),
+                ("Student", Outcome::Fail),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            outcomes: [
+                (Outcome::Success, None, SignedDuration::ZERO),
+                (Outcome::NotNow, Some("Nurture"), day * 30),
+                (Outcome::NotMe, Some("Nurture"), day * 90),
+                (Outcome::Fail, Some("Rejected"), day * 180),
+            ]
+            .into_iter()
+            .map(|(o, status, cooldown)| {
+                (
+                    o,
+                    OutcomePolicy {
+                        cooldown,
+                        person_status: status.map(str::to_string),
+                    },
+                )
+            })
+            .collect(),
+            mql_status: "Marketing Qualified".into(),
+            sal_status: Some("Sales Accepted".into()),
+            teams: vec![Team {
+                name: "SDR".into(),
+                matches: BTreeMap::new(),
+                accept_within_hours: 4.0,
+                reassign_after_hours: Some(8.0),
+                pool: vec!["005A".into(), "005B".into(), "005C".into()],
+                alert: AlertChannel::Task,
+                calendar: BusinessCalendar::nine_to_five(jiff::tz::TimeZone::UTC),
+            }],
+        }
+    }
+}

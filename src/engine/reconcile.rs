@@ -1,0 +1,949 @@
+//! `reconcile`: one event in, decisions out. Also `advance` (time passes: scheduled
+//! thresholds start and end, SLAs run out, cycles move to the next owner) and `explain`.
+//!
+//! Every event is a versioned fact (a record as of its modification, a score change with its
+//! id), so an event already applied is recognised and yields nothing: the daemon may deliver
+//! at least once. The lifecycle of a cycle (Open -> Working -> Converted, or -> Rejected with
+//! a reason) lives here too, as the reaction to CRM edits of MQL records.
+
+use jiff::Timestamp;
+
+use super::model::{
+    Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink, Opportunity,
+    Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger,
+};
+use super::policy::{Policy, ScoreSource};
+use super::rules::first_exclusion;
+use super::state::{EngineState, PersonState, Timer};
+use super::thresholds::{self, Resolved};
+
+/// What a call may know besides the state and the event.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub policy: &'a Policy,
+    /// The present instant, as the caller's clock has it.
+    pub now: Timestamp,
+    /// Cycles opened by this call are marked as rebuilt from history.
+    pub backfill: bool,
+}
+
+/// Applies one event at `ctx.now` and returns what to do. Time first advances to `ctx.now`.
+pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> Vec<Decision> {
+    let mut out = advance(state, ctx);
+    match event {
+        Event::Threshold(t) => on_threshold(state, ctx, t, &mut out),
+        Event::Person(p) => on_person(state, ctx, p, &mut out),
+        Event::Opportunity(o) => on_opportunity(state, ctx, o, &mut out),
+        Event::Score(s) => on_score(state, ctx, s, &mut out),
+        Event::Link(l) => on_link(state, ctx, l, &mut out),
+        Event::CycleEdit(e) => on_cycle_edit(state, ctx, e, &mut out),
+    }
+    out
+}
+
+/// Lets time pass up to `ctx.now`: fires every timer due, in order, each at its own instant.
+pub fn advance(state: &mut EngineState, ctx: &Context<'_>) -> Vec<Decision> {
+    let mut out = Vec::new();
+    while let Some((at, _)) = state.timers.first() {
+        if *at > ctx.now {
+            break;
+        }
+        let (at, timer) = state.timers.pop_first().expect("a first timer");
+        state.meta.clock = Some(state.meta.clock.map_or(at, |c| c.max(at)));
+        match timer {
+            Timer::ThresholdBoundary(id) => {
+                bump_generation(state, at);
+                if let Some(threshold) = state.thresholds.get(&id).cloned() {
+                    let trigger = Trigger::ThresholdSchedule { threshold_id: id };
+                    reevaluate_segment(state, ctx, &threshold, None, at, trigger, &mut out);
+                }
+            }
+            Timer::SlaDue(external_id) => sla_due(state, ctx, &external_id, at, &mut out),
+            Timer::Reassign(external_id) => reassign(state, ctx, &external_id, at, &mut out),
+        }
+    }
+    if state.meta.clock.is_none_or(|c| c < ctx.now) {
+        state.meta.clock = Some(ctx.now);
+        state.dirty.meta = true;
+    }
+    out
+}
+
+/// Why a person is or is not an MQL at `at`, computed afresh without changing anything.
+pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp) -> Reason {
+    let Some(person) = state.persons.get(crm_id) else {
+        return Reason::NotLinked { map_lead_id: 0 };
+    };
+    let resolved = person.facts.as_ref().and_then(|facts| {
+        thresholds::resolve(
+            usable(state),
+            &facts.attributes,
+            at,
+            policy.default_threshold,
+        )
+    });
+    verdict(state, policy, person, resolved, at, Trigger::PersonChange).0
+}
+
+fn bump_generation(state: &mut EngineState, from: Timestamp) {
+    state.threshold_generation += 1;
+    state.generation_valid_from = Some(state.generation_valid_from.map_or(from, |v| v.max(from)));
+}
+
+fn usable(state: &EngineState) -> impl Iterator<Item = &Threshold> {
+    state
+        .thresholds
+        .values()
+        .filter(|t| thresholds::problem(t).is_none())
+}
+
+fn record(out: &mut Vec<Decision>, at: Timestamp, subject: &str, reason: Reason) {
+    out.push(Decision {
+        at,
+        subject: subject.to_string(),
+        action: Action::Record,
+        reason,
+    });
+}
+
+fn on_threshold(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    new: &Threshold,
+    out: &mut Vec<Decision>,
+) {
+    let previous = state.thresholds.get(&new.id).cloned();
+    if previous
+        .as_ref()
+        .is_some_and(|p| p.modified_at >= new.modified_at)
+    {
+        return;
+    }
+    let at = new.modified_at;
+    state.thresholds.insert(new.id.clone(), new.clone());
+    state.dirty.thresholds.insert(new.id.clone());
+    if let Some(problem) = thresholds::problem(new) {
+        record(out, at, &new.id, Reason::ThresholdInvalid { problem });
+    } else {
+        record(
+            out,
+            at,
+            &new.id,
+            Reason::ThresholdSeen {
+                version: new.modified_at,
+            },
+        );
+    }
+    let clock = state.meta.clock.unwrap_or(at);
+    bump_generation(state, at.min(clock));
+    for boundary in [new.effective_from, new.effective_to].into_iter().flatten() {
+        if boundary > clock {
+            state
+                .timers
+                .insert((boundary, Timer::ThresholdBoundary(new.id.clone())));
+        } else {
+            bump_generation(state, boundary);
+        }
+    }
+    let trigger = Trigger::ThresholdChange {
+        threshold_id: new.id.clone(),
+    };
+    reevaluate_segment(state, ctx, new, previous.as_ref(), at, trigger, out);
+}
+
+/// Re-evaluates everyone in the segment of a threshold (and of its previous version).
+fn reevaluate_segment(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    threshold: &Threshold,
+    previous: Option<&Threshold>,
+    at: Timestamp,
+    trigger: Trigger,
+    out: &mut Vec<Decision>,
+) {
+    let members: Vec<String> = state
+        .persons
+        .iter()
+        .filter(|(_, p)| p.map_lead.is_some())
+        .filter(|(_, p)| {
+            p.facts.as_ref().is_some_and(|f| {
+                thresholds::matches(threshold, &f.attributes)
+                    || previous.is_some_and(|prev| thresholds::matches(prev, &f.attributes))
+            })
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in members {
+        evaluate(state, ctx, &id, at, trigger.clone(), None, out);
+    }
+}
+
+fn on_person(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    facts: &PersonFacts,
+    out: &mut Vec<Decision>,
+) {
+    let id = facts.crm.id.clone();
+    let person = state.persons.entry(id.clone()).or_default();
+    if person
+        .facts
+        .as_ref()
+        .is_some_and(|f| f.modified_at >= facts.modified_at)
+    {
+        return;
+    }
+    let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
+    person.facts = Some(facts.clone());
+    person.resolved = None;
+    state.dirty.persons.insert(id.clone());
+    if old_account != facts.account_id {
+        if let Some(old) = old_account
+            && let Some(people) = state.account_people.get_mut(&old)
+        {
+            people.remove(&id);
+        }
+        if let Some(new) = &facts.account_id {
+            state
+                .account_people
+                .entry(new.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+    let at = facts.modified_at;
+    if facts.converted {
+        convert(state, &id, at, "lead conversion", out);
+        return;
+    }
+    evaluate(state, ctx, &id, at, Trigger::PersonChange, None, out);
+}
+
+fn on_opportunity(
+    state: &mut EngineState,
+    _ctx: &Context<'_>,
+    opp: &Opportunity,
+    out: &mut Vec<Decision>,
+) {
+    let previous = state.opportunities.get(&opp.id).cloned();
+    if previous
+        .as_ref()
+        .is_some_and(|p| p.modified_at >= opp.modified_at)
+    {
+        return;
+    }
+    if let Some(prev) = &previous
+        && prev.account_id != opp.account_id
+        && let Some(ids) = state.account_opportunities.get_mut(&prev.account_id)
+    {
+        ids.remove(&opp.id);
+    }
+    state.opportunities.insert(opp.id.clone(), opp.clone());
+    state
+        .account_opportunities
+        .entry(opp.account_id.clone())
+        .or_default()
+        .insert(opp.id.clone());
+    state.dirty.opportunities.insert(opp.id.clone());
+    if previous.is_none() {
+        // A new opportunity converts the open cycles of the account's people that were
+        // opened before it.
+        let people: Vec<String> = state
+            .account_people
+            .get(&opp.account_id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for id in people {
+            let opened_before = state.persons[&id]
+                .open_cycle()
+                .is_some_and(|c| c.mql_at <= opp.created_at);
+            if opened_before {
+                convert(
+                    state,
+                    &id,
+                    opp.created_at.max(opp.modified_at),
+                    &format!("opportunity {}", opp.id),
+                    out,
+                );
+            }
+        }
+    }
+}
+
+fn on_score(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    change: &ScoreChange,
+    out: &mut Vec<Decision>,
+) {
+    let half_life = match ctx.policy.score {
+        ScoreSource::TimeDecayed { half_life } => Some(half_life),
+        _ => None,
+    };
+    let lead = state.map_leads.entry(change.map_lead_id).or_default();
+    let applied = lead.scores.apply(
+        change.part,
+        change.new_value,
+        change.old_value,
+        &change.change_id,
+        change.at,
+        change.campaign.as_ref(),
+        half_life,
+    );
+    if !applied {
+        return;
+    }
+    state.dirty.map_leads.insert(change.map_lead_id);
+    let relevant = match ctx.policy.score {
+        ScoreSource::Total => change.part == ScorePart::Total,
+        _ => change.part != ScorePart::Total,
+    };
+    if !relevant {
+        return;
+    }
+    match lead.crm.clone() {
+        Some(crm) => {
+            let trigger = Trigger::ScoreChange {
+                change_id: change.change_id.clone(),
+            };
+            evaluate(
+                state,
+                ctx,
+                &crm.id,
+                change.at,
+                trigger,
+                change.campaign.clone(),
+                out,
+            );
+        }
+        None if !lead.unlinked_recorded => {
+            lead.unlinked_recorded = true;
+            let map_lead_id = change.map_lead_id;
+            record(
+                out,
+                change.at,
+                &format!("map:{map_lead_id}"),
+                Reason::NotLinked { map_lead_id },
+            );
+        }
+        None => {}
+    }
+}
+
+fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut Vec<Decision>) {
+    let lead = state.map_leads.entry(link.map_lead_id).or_default();
+    if lead.link_at.is_some_and(|seen| seen >= link.at) {
+        return;
+    }
+    let old = std::mem::replace(&mut lead.crm, link.crm.clone());
+    lead.link_at = Some(link.at);
+    state.dirty.map_leads.insert(link.map_lead_id);
+    if old == link.crm {
+        return;
+    }
+    if let Some(old) = old
+        && let Some(person) = state.persons.get_mut(&old.id)
+        && person.map_lead == Some(link.map_lead_id)
+    {
+        person.map_lead = None;
+        state.dirty.persons.insert(old.id.clone());
+    }
+    if let Some(crm) = &link.crm {
+        let person = state.persons.entry(crm.id.clone()).or_default();
+        person.map_lead = Some(link.map_lead_id);
+        state.dirty.persons.insert(crm.id.clone());
+        evaluate(state, ctx, &crm.id, link.at, Trigger::Link, None, out);
+    }
+}
+
+/// The threshold for a person at `at`, from the cache when it is valid.
+fn resolve_for(
+    state: &mut EngineState,
+    policy: &Policy,
+    id: &str,
+    at: Timestamp,
+) -> Option<Resolved> {
+    let generation = state.threshold_generation;
+    let cacheable = state.generation_valid_from.is_none_or(|from| from <= at)
+        && state.meta.clock.is_some_and(|clock| at <= clock);
+    let person = state.persons.get(id)?;
+    if cacheable
+        && let Some((g, resolved)) = &person.resolved
+        && *g == generation
+    {
+        return Some(resolved.clone());
+    }
+    let facts = person.facts.as_ref()?;
+    let resolved = thresholds::resolve(
+        state
+            .thresholds
+            .values()
+            .filter(|t| thresholds::problem(t).is_none()),
+        &facts.attributes,
+        at,
+        policy.default_threshold,
+    )?;
+    if cacheable {
+        state.persons.get_mut(id).expect("person").resolved = Some((generation, resolved.clone()));
+    }
+    Some(resolved)
+}
+
+/// The verdict for a person: the reason, and whether it qualifies.
+fn verdict(
+    state: &EngineState,
+    policy: &Policy,
+    person: &PersonState,
+    resolved: Option<Resolved>,
+    at: Timestamp,
+    trigger: Trigger,
+) -> (Reason, bool) {
+    let Some(lead_id) = person.map_lead else {
+        return (Reason::NoScore, false);
+    };
+    let Some(facts) = &person.facts else {
+        return (
+            Reason::NotLinked {
+                map_lead_id: lead_id,
+            },
+            false,
+        );
+    };
+    let Some(score) = state
+        .map_leads
+        .get(&lead_id)
+        .and_then(|l| l.scores.value(&policy.score, at))
+    else {
+        return (Reason::NoScore, false);
+    };
+    let Some(resolved) = resolved else {
+        return (Reason::NoThreshold, false);
+    };
+    if score < resolved.score {
+        let reason = Reason::BelowThreshold {
+            score,
+            threshold: resolved.score,
+            threshold_id: resolved.threshold_id,
+        };
+        return (reason, false);
+    }
+    if let Some(open) = person.open_cycle() {
+        let reason = Reason::OpenCycle {
+            external_id: open.external_id.clone(),
+        };
+        return (reason, false);
+    }
+    if let Some((until, outcome)) = person.cooldown
+        && at < until
+    {
+        return (Reason::CoolingDown { until, outcome }, false);
+    }
+    let account_opps: Vec<&Opportunity> = facts
+        .account_id
+        .as_deref()
+        .map(|a| state.account_opportunities(a).collect())
+        .unwrap_or_default();
+    if let Some(hit) = first_exclusion(&policy.rules, facts, account_opps, &person.cycles, at) {
+        return (
+            Reason::Excluded {
+                rule: hit.rule,
+                detail: hit.detail,
+            },
+            false,
+        );
+    }
+    let reason = Reason::Qualified {
+        score,
+        threshold: resolved.score,
+        threshold_id: resolved.threshold_id,
+        trigger,
+    };
+    (reason, true)
+}
+
+/// Evaluates one person at `at` and opens a cycle when everything holds.
+fn evaluate(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    id: &str,
+    at: Timestamp,
+    trigger: Trigger,
+    crossing_campaign: Option<Campaign>,
+    out: &mut Vec<Decision>,
+) {
+    let policy = ctx.policy;
+    // Fast path: below the threshold is the common case and records nothing.
+    let resolved = resolve_for(state, policy, id, at);
+    let Some(person) = state.persons.get(id) else {
+        return;
+    };
+    let (reason, qualifies) = verdict(state, policy, person, resolved.clone(), at, trigger);
+    if !qualifies {
+        let hold = !matches!(reason, Reason::BelowThreshold { .. } | Reason::NoScore);
+        let person = state.persons.get_mut(id).expect("person");
+        if !hold {
+            if person.last_hold.take().is_some() {
+                state.dirty.persons.insert(id.to_string());
+            }
+            return;
+        }
+        if person.last_hold.as_ref() != Some(&reason) {
+            person.last_hold = Some(reason.clone());
+            state.dirty.persons.insert(id.to_string());
+            record(out, at, id, reason);
+        }
+        return;
+    }
+    let resolved = resolved.expect("qualified with a threshold");
+    open_cycle(state, ctx, id, at, resolved, crossing_campaign, reason, out);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_cycle(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    id: &str,
+    at: Timestamp,
+    resolved: Resolved,
+    crossing_campaign: Option<Campaign>,
+    reason: Reason,
+    out: &mut Vec<Decision>,
+) {
+    let policy = ctx.policy;
+    let person = state.persons.get(id).expect("person");
+    let facts = person.facts.clone().expect("facts");
+    let lead_id = person.map_lead.expect("a score");
+    let scores = &state.map_leads[&lead_id].scores;
+    let score = scores.value(&policy.score, at).expect("a score");
+    let campaign = crossing_campaign.or_else(|| scores.last_campaign.clone());
+    let team = policy.team_for(&facts.attributes);
+    let number = person.cycles.len() as u32 + 1;
+    let external_id = format!("{id}-{number}");
+    let cycle = Cycle {
+        external_id: external_id.clone(),
+        crm: facts.crm.clone(),
+        map_lead_id: Some(lead_id),
+        number,
+        status: CycleStatus::Open,
+        score,
+        threshold: resolved.score,
+        threshold_id: resolved.threshold_id.clone(),
+        segment: resolved.segment.clone(),
+        campaign,
+        owner_at_mql: facts.owner_id.clone(),
+        owner_id: facts.owner_id.clone(),
+        team: team.map(|t| t.name.clone()),
+        mql_at: at,
+        sal_at: None,
+        closed_at: None,
+        rejection_reason: None,
+        outcome: None,
+        sla_due_at: team.map(|t| t.calendar.add_business_hours(at, t.accept_within_hours)),
+        reassign_at: team.and_then(|t| {
+            t.reassign_after_hours
+                .map(|h| t.calendar.add_business_hours(at, h))
+        }),
+        overdue: false,
+        reassignments: 0,
+        backfilled: ctx.backfill,
+        note: None,
+        crm_modified_at: None,
+    };
+    if let Some(due) = cycle.sla_due_at {
+        state
+            .timers
+            .insert((due, Timer::SlaDue(external_id.clone())));
+    }
+    if let Some(when) = cycle.reassign_at {
+        state
+            .timers
+            .insert((when, Timer::Reassign(external_id.clone())));
+    }
+    let alert = team.map(|t| t.alert).unwrap_or_default();
+    let person = state.persons.get_mut(id).expect("person");
+    person.last_hold = None;
+    person.cycles.push(cycle.clone());
+    let stamps = &mut person.stamps;
+    stamps.status = Some(policy.mql_status.clone());
+    stamps.mql_recent = Some(at);
+    stamps.mql_original.get_or_insert(at);
+    stamps.mql_count += 1;
+    let stamps = stamps.clone();
+    state
+        .cycle_owner
+        .insert(external_id.clone(), id.to_string());
+    state.dirty.persons.insert(id.to_string());
+    state.dirty.cycles.insert(external_id.clone());
+    let crm = facts.crm.clone();
+    out.push(Decision {
+        at,
+        subject: id.to_string(),
+        action: Action::OpenCycle { cycle },
+        reason: reason.clone(),
+    });
+    out.push(Decision {
+        at,
+        subject: id.to_string(),
+        action: Action::StampPerson {
+            crm: crm.clone(),
+            stamps,
+        },
+        reason: reason.clone(),
+    });
+    if alert != super::model::AlertChannel::None
+        && let Some(owner_id) = facts.owner_id
+    {
+        out.push(Decision {
+            at,
+            subject: id.to_string(),
+            action: Action::Notify {
+                owner_id,
+                external_id,
+                crm,
+                channel: alert,
+            },
+            reason,
+        });
+    }
+}
+
+/// Mutable access to a cycle by external id, with its person's id.
+fn cycle_mut<'a>(state: &'a mut EngineState, external_id: &str) -> Option<(String, &'a mut Cycle)> {
+    let owner = state.cycle_owner.get(external_id)?.clone();
+    let cycle = state
+        .persons
+        .get_mut(&owner)?
+        .cycles
+        .iter_mut()
+        .find(|c| c.external_id == external_id)?;
+    Some((owner, cycle))
+}
+
+fn push_update(
+    state: &mut EngineState,
+    out: &mut Vec<Decision>,
+    at: Timestamp,
+    subject: &str,
+    cycle: Cycle,
+    reason: Reason,
+) {
+    state.dirty.cycles.insert(cycle.external_id.clone());
+    state.dirty.persons.insert(subject.to_string());
+    out.push(Decision {
+        at,
+        subject: subject.to_string(),
+        action: Action::UpdateCycle { cycle },
+        reason,
+    });
+}
+
+fn push_stamps(
+    state: &mut EngineState,
+    out: &mut Vec<Decision>,
+    at: Timestamp,
+    id: &str,
+    reason: Reason,
+) {
+    let person = &state.persons[id];
+    let Some(crm) = person
+        .facts
+        .as_ref()
+        .map(|f| f.crm.clone())
+        .or_else(|| person.cycles.last().map(|c| c.crm.clone()))
+    else {
+        return;
+    };
+    out.push(Decision {
+        at,
+        subject: id.to_string(),
+        action: Action::StampPerson {
+            crm,
+            stamps: person.stamps.clone(),
+        },
+        reason,
+    });
+}
+
+/// Closes a person's open cycle as Converted.
+fn convert(state: &mut EngineState, id: &str, at: Timestamp, by: &str, out: &mut Vec<Decision>) {
+    let Some(person) = state.persons.get_mut(id) else {
+        return;
+    };
+    let Some(cycle) = person.cycles.last_mut().filter(|c| c.status.is_open()) else {
+        return;
+    };
+    cycle.status = CycleStatus::Converted;
+    cycle.outcome = Some(Outcome::Success);
+    cycle.closed_at = Some(at);
+    let cycle = cycle.clone();
+    push_update(
+        state,
+        out,
+        at,
+        id,
+        cycle,
+        Reason::Converted { by: by.to_string() },
+    );
+}
+
+fn on_cycle_edit(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    edit: &CycleEdit,
+    out: &mut Vec<Decision>,
+) {
+    let policy = ctx.policy;
+    let at = edit.modified_at;
+    let Some((_, cycle)) = cycle_mut(state, &edit.external_id) else {
+        return;
+    };
+    // A replay, or an edit older than the record itself (it cannot be about this cycle).
+    if cycle.crm_modified_at.is_some_and(|seen| seen >= at) || at < cycle.mql_at {
+        return;
+    }
+    cycle.crm_modified_at = Some(at);
+    state.dirty.cycles.insert(edit.external_id.clone());
+    let (owner, cycle) = cycle_mut(state, &edit.external_id)
+        .map(|(o, c)| (o, c.clone()))
+        .expect("the cycle just found");
+    let from = cycle.status;
+    let to = edit.status;
+    let by = edit.modified_by.clone();
+    let mut next = cycle.clone();
+    if edit.owner_id.is_some() && edit.owner_id != cycle.owner_id {
+        next.owner_id = edit.owner_id.clone();
+        record(
+            out,
+            at,
+            &owner,
+            Reason::OwnerChanged {
+                to: edit.owner_id.clone(),
+            },
+        );
+    }
+    let refuse = |problem: String, mut next: Cycle| -> (Cycle, Reason) {
+        next.note = Some(problem.clone());
+        (next, Reason::EditRefused { problem })
+    };
+    let (next, reason, stamped) = match (from, to) {
+        (a, b) if a == b => {
+            if to == CycleStatus::Rejected
+                && edit.rejection_reason.is_some()
+                && edit.rejection_reason != cycle.rejection_reason
+            {
+                next.rejection_reason = edit.rejection_reason.clone();
+                next.outcome = edit
+                    .rejection_reason
+                    .as_deref()
+                    .and_then(|r| policy.outcome_of(r));
+            }
+            store_cycle(state, &owner, next);
+            return;
+        }
+        (CycleStatus::Open, CycleStatus::Working) => {
+            next.status = CycleStatus::Working;
+            next.sal_at = Some(at);
+            next.note = None;
+            let person = state.persons.get_mut(&owner).expect("person");
+            person.stamps.sal_recent = Some(at);
+            person.stamps.sal_original.get_or_insert(at);
+            if let Some(status) = &policy.sal_status {
+                person.stamps.status = Some(status.clone());
+            }
+            (next, Reason::StatusChanged { from, to, by }, true)
+        }
+        (CycleStatus::Open | CycleStatus::Working, CycleStatus::Rejected) => {
+            let reason_text = edit
+                .rejection_reason
+                .as_deref()
+                .map(str::trim)
+                .filter(|r| !r.is_empty());
+            match reason_text {
+                None => {
+                    let (n, r) = refuse(
+                        "Rejected without a rejection reason: set Rejection Reason and reject again".to_string(),
+                        next,
+                    );
+                    (n, r, false)
+                }
+                Some(text) => {
+                    let outcome = policy.outcome_of(text);
+                    if outcome.is_none() {
+                        record(
+                            out,
+                            at,
+                            &owner,
+                            Reason::RejectionReasonUnmapped {
+                                reason: text.to_string(),
+                            },
+                        );
+                    }
+                    next.status = CycleStatus::Rejected;
+                    next.rejection_reason = Some(text.to_string());
+                    next.outcome = outcome;
+                    next.closed_at = Some(at);
+                    next.note = None;
+                    let person = state.persons.get_mut(&owner).expect("person");
+                    if let Some(rule) =
+                        outcome.and_then(|o| policy.outcomes.get(&o).map(|p| (o, p)))
+                    {
+                        let (o, p) = rule;
+                        if p.cooldown.is_positive() {
+                            person.cooldown = Some((at + p.cooldown, o));
+                        }
+                        if let Some(status) = &p.person_status {
+                            person.stamps.status = Some(status.clone());
+                        }
+                    }
+                    (next, Reason::StatusChanged { from, to, by }, true)
+                }
+            }
+        }
+        (CycleStatus::Open | CycleStatus::Working, CycleStatus::Converted) => {
+            next.status = CycleStatus::Converted;
+            next.outcome = Some(Outcome::Success);
+            next.closed_at = Some(at);
+            next.note = None;
+            (next, Reason::StatusChanged { from, to, by }, false)
+        }
+        (CycleStatus::Working, CycleStatus::Open) => {
+            let (n, r) = refuse(
+                "An accepted MQL cannot go back to Open; reject it with a reason instead"
+                    .to_string(),
+                next,
+            );
+            (n, r, false)
+        }
+        _ => {
+            let (n, r) = refuse(
+                format!(
+                    "This MQL is closed ({}); a new MQL opens a new cycle",
+                    from.as_str()
+                ),
+                next,
+            );
+            (n, r, false)
+        }
+    };
+    store_cycle(state, &owner, next.clone());
+    push_update(state, out, at, &owner, next, reason.clone());
+    if stamped {
+        push_stamps(state, out, at, &owner, reason);
+    }
+}
+
+fn store_cycle(state: &mut EngineState, owner: &str, cycle: Cycle) {
+    state.dirty.cycles.insert(cycle.external_id.clone());
+    state.dirty.persons.insert(owner.to_string());
+    if let Some(slot) = state.persons.get_mut(owner).and_then(|p| {
+        p.cycles
+            .iter_mut()
+            .find(|c| c.external_id == cycle.external_id)
+    }) {
+        *slot = cycle;
+    }
+}
+
+fn sla_due(
+    state: &mut EngineState,
+    _ctx: &Context<'_>,
+    external_id: &str,
+    at: Timestamp,
+    out: &mut Vec<Decision>,
+) {
+    let Some((owner, cycle)) = cycle_mut(state, external_id) else {
+        return;
+    };
+    if cycle.status != CycleStatus::Open || cycle.overdue || cycle.sla_due_at != Some(at) {
+        return;
+    }
+    cycle.overdue = true;
+    let cycle = cycle.clone();
+    push_update(
+        state,
+        out,
+        at,
+        &owner,
+        cycle,
+        Reason::SlaOverdue { due: at },
+    );
+}
+
+fn reassign(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    external_id: &str,
+    at: Timestamp,
+    out: &mut Vec<Decision>,
+) {
+    let Some((_, cycle)) = cycle_mut(state, external_id) else {
+        return;
+    };
+    if cycle.status != CycleStatus::Open || cycle.reassign_at != Some(at) {
+        return;
+    }
+    let Some(team) = cycle
+        .team
+        .as_deref()
+        .and_then(|name| ctx.policy.teams.iter().find(|t| t.name == name))
+    else {
+        return;
+    };
+    let current = cycle.owner_id.clone();
+    let candidates: Vec<&String> = team
+        .pool
+        .iter()
+        .filter(|o| Some(*o) != current.as_ref())
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let position = state.meta.round_robin.entry(team.name.clone()).or_insert(0);
+    let next_owner = candidates[*position % candidates.len()].clone();
+    *position = (*position + 1) % team.pool.len().max(1);
+    state.dirty.meta = true;
+    let (owner, cycle) = cycle_mut(state, external_id).expect("cycle");
+    cycle.owner_id = Some(next_owner.clone());
+    cycle.reassignments += 1;
+    cycle.overdue = false;
+    cycle.sla_due_at = Some(
+        team.calendar
+            .add_business_hours(at, team.accept_within_hours),
+    );
+    cycle.reassign_at = team
+        .reassign_after_hours
+        .map(|h| team.calendar.add_business_hours(at, h));
+    let cycle = cycle.clone();
+    if let Some(due) = cycle.sla_due_at {
+        state
+            .timers
+            .insert((due, Timer::SlaDue(external_id.to_string())));
+    }
+    if let Some(when) = cycle.reassign_at {
+        state
+            .timers
+            .insert((when, Timer::Reassign(external_id.to_string())));
+    }
+    let reason = Reason::Reassigned {
+        from: current,
+        to: next_owner.clone(),
+        count: cycle.reassignments,
+    };
+    let crm: CrmRef = cycle.crm.clone();
+    push_update(state, out, at, &owner, cycle, reason.clone());
+    if team.alert != super::model::AlertChannel::None {
+        out.push(Decision {
+            at,
+            subject: owner.clone(),
+            action: Action::Notify {
+                owner_id: next_owner,
+                external_id: external_id.to_string(),
+                crm,
+                channel: team.alert,
+            },
+            reason,
+        });
+    }
+}

@@ -1,0 +1,229 @@
+//! The score a threshold is compared with, kept per MAP lead: the total, the behaviour and
+//! demographic parts, and a time-decayed behaviour part.
+//!
+//! The decayed part needs no history: every change fades by the same factor per unit of
+//! time, so the sum of faded changes is one value anchored at one instant
+//! (`S(t) = S(t0) * 0.5^((t - t0) / half_life)`).
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Campaign, ScorePart};
+use super::policy::ScoreSource;
+
+/// The version of the last change applied to one score part.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartVersion {
+    pub at: Option<Timestamp>,
+    pub change_id: Option<String>,
+}
+
+impl PartVersion {
+    /// Whether a change `(at, id)` is newer than the one applied.
+    pub fn is_newer(&self, at: Timestamp, change_id: &str) -> bool {
+        match (self.at, &self.change_id) {
+            (None, _) => true,
+            (Some(seen), Some(seen_id)) => (at, change_id) > (seen, seen_id.as_str()),
+            (Some(seen), None) => at > seen,
+        }
+    }
+}
+
+/// What the engine knows of one MAP lead's scores.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub total: Option<f64>,
+    pub behavior: Option<f64>,
+    pub demographic: Option<f64>,
+    /// The decayed behaviour sum, valid at `decay_anchor`.
+    pub decayed: f64,
+    pub decay_anchor: Option<Timestamp>,
+    pub versions: [PartVersion; 3],
+    /// The campaign of the most recent change: the MQL's campaign when the crossing change
+    /// names none.
+    pub last_campaign: Option<Campaign>,
+}
+
+fn slot(part: ScorePart) -> usize {
+    match part {
+        ScorePart::Total => 0,
+        ScorePart::Behavior => 1,
+        ScorePart::Demographic => 2,
+    }
+}
+
+fn fade(value: f64, from: Timestamp, to: Timestamp, half_life: SignedDuration) -> f64 {
+    let elapsed = to.duration_since(from).as_secs_f64();
+    value * 0.5f64.powf(elapsed / half_life.as_secs_f64().max(1.0))
+}
+
+impl Scores {
+    /// Applies one change if it is newer than the last one of its part; `half_life` is the
+    /// policy's when the source is time-decayed. Returns whether it was applied.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        part: ScorePart,
+        new_value: f64,
+        old_value: Option<f64>,
+        change_id: &str,
+        at: Timestamp,
+        campaign: Option<&Campaign>,
+        half_life: Option<SignedDuration>,
+    ) -> bool {
+        let version = &mut self.versions[slot(part)];
+        if !version.is_newer(at, change_id) {
+            return false;
+        }
+        version.at = Some(at);
+        version.change_id = Some(change_id.to_string());
+        let value = match part {
+            ScorePart::Total => &mut self.total,
+            ScorePart::Behavior => &mut self.behavior,
+            ScorePart::Demographic => &mut self.demographic,
+        };
+        let before = old_value.or(*value).unwrap_or(0.0);
+        *value = Some(new_value);
+        if part == ScorePart::Behavior
+            && let Some(half_life) = half_life
+        {
+            let delta = new_value - before;
+            match self.decay_anchor {
+                None => {
+                    self.decayed = delta;
+                    self.decay_anchor = Some(at);
+                }
+                // Versions only move forward, so `at` is never before the anchor.
+                Some(anchor) => {
+                    self.decayed = fade(self.decayed, anchor, at.max(anchor), half_life) + delta;
+                    self.decay_anchor = Some(at.max(anchor));
+                }
+            }
+        }
+        if campaign.is_some() {
+            self.last_campaign = campaign.cloned();
+        }
+        true
+    }
+
+    /// The score at `t`; `None` until a part the source needs has arrived.
+    pub fn value(&self, source: &ScoreSource, t: Timestamp) -> Option<f64> {
+        match source {
+            ScoreSource::Total => self.total,
+            ScoreSource::BehaviorPlusDemographic => match (self.behavior, self.demographic) {
+                (None, None) => None,
+                (b, d) => Some(b.unwrap_or(0.0) + d.unwrap_or(0.0)),
+            },
+            ScoreSource::TimeDecayed { half_life } => {
+                if self.decay_anchor.is_none() && self.demographic.is_none() {
+                    return None;
+                }
+                let faded = self.decay_anchor.map_or(0.0, |anchor| {
+                    fade(self.decayed, anchor, t.max(anchor), *half_life)
+                });
+                Some(faded + self.demographic.unwrap_or(0.0))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_replayed_or_older_change_is_not_applied() {
+        let mut s = Scores::default();
+        assert!(s.apply(
+            ScorePart::Total,
+            50.0,
+            None,
+            "b",
+            ts("2026-01-02T00:00:00Z"),
+            None,
+            None
+        ));
+        assert!(!s.apply(
+            ScorePart::Total,
+            50.0,
+            None,
+            "b",
+            ts("2026-01-02T00:00:00Z"),
+            None,
+            None
+        ));
+        assert!(!s.apply(
+            ScorePart::Total,
+            10.0,
+            None,
+            "a",
+            ts("2026-01-01T00:00:00Z"),
+            None,
+            None
+        ));
+        assert_eq!(
+            s.value(&ScoreSource::Total, ts("2026-01-03T00:00:00Z")),
+            Some(50.0)
+        );
+    }
+
+    #[test]
+    fn behaviour_plus_demographic_adds_the_parts() {
+        let mut s = Scores::default();
+        let t = ts("2026-01-02T00:00:00Z");
+        s.apply(ScorePart::Behavior, 30.0, None, "1", t, None, None);
+        assert_eq!(
+            s.value(&ScoreSource::BehaviorPlusDemographic, t),
+            Some(30.0)
+        );
+        s.apply(ScorePart::Demographic, 25.0, None, "2", t, None, None);
+        assert_eq!(
+            s.value(&ScoreSource::BehaviorPlusDemographic, t),
+            Some(55.0)
+        );
+    }
+
+    #[test]
+    fn decayed_behaviour_halves_every_half_life_and_late_changes_count() {
+        let week = SignedDuration::from_hours(24 * 7);
+        let source = ScoreSource::TimeDecayed { half_life: week };
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let mut s = Scores::default();
+        s.apply(
+            ScorePart::Demographic,
+            20.0,
+            None,
+            "d",
+            t0,
+            None,
+            Some(week),
+        );
+        s.apply(
+            ScorePart::Behavior,
+            80.0,
+            Some(0.0),
+            "b1",
+            t0,
+            None,
+            Some(week),
+        );
+        let v = s.value(&source, t0 + week).unwrap();
+        assert!((v - 60.0).abs() < 1e-9, "{v}");
+        // 40 more points a week later: 40 (faded) + 40 + 20.
+        s.apply(
+            ScorePart::Behavior,
+            120.0,
+            Some(80.0),
+            "b2",
+            t0 + week,
+            None,
+            Some(week),
+        );
+        let v = s.value(&source, t0 + week).unwrap();
+        assert!((v - 100.0).abs() < 1e-9, "{v}");
+    }
+}

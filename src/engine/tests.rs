@@ -1,0 +1,706 @@
+//! Scenario tests of the engine, one per behaviour of the contract, and property tests of
+//! its invariants.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::model::*;
+use super::policy::Policy;
+use super::reconcile::{Context, advance, explain, reconcile};
+use super::state::EngineState;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+const T0: &str = "2026-03-02T10:00:00Z"; // a Monday
+
+fn at(minutes: i64) -> Timestamp {
+    ts(T0) + SignedDuration::from_mins(minutes)
+}
+
+fn threshold(id: &str, region: Option<&str>, score: f64, modified: Timestamp) -> Event {
+    Event::Threshold(Threshold {
+        id: id.into(),
+        segment: region
+            .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
+            .unwrap_or_default(),
+        score,
+        effective_from: None,
+        effective_to: None,
+        active: true,
+        set_by: Some("005MGR".into()),
+        modified_at: modified,
+        deleted: false,
+    })
+}
+
+fn person(id: &str, region: &str, modified: Timestamp) -> PersonFacts {
+    PersonFacts {
+        crm: CrmRef {
+            kind: if id.starts_with("003") {
+                CrmKind::Contact
+            } else {
+                CrmKind::Lead
+            },
+            id: id.into(),
+        },
+        status: Some("Open - Not Contacted".into()),
+        owner_id: Some("005A".into()),
+        title: Some("CTO".into()),
+        account_id: id.starts_with("003").then(|| "001ACC".to_string()),
+        converted: false,
+        attributes: BTreeMap::from([
+            ("region".to_string(), region.to_string()),
+            ("vertical".to_string(), "Software".to_string()),
+        ]),
+        modified_at: modified,
+    }
+}
+
+fn link(map: i64, crm: &str, when: Timestamp) -> Event {
+    Event::Link(MapLink {
+        map_lead_id: map,
+        crm: Some(CrmRef {
+            kind: if crm.starts_with("003") {
+                CrmKind::Contact
+            } else {
+                CrmKind::Lead
+            },
+            id: crm.into(),
+        }),
+        at: when,
+    })
+}
+
+fn score(map: i64, id: &str, value: f64, when: Timestamp, campaign: Option<&str>) -> Event {
+    Event::Score(ScoreChange {
+        map_lead_id: map,
+        change_id: id.into(),
+        part: ScorePart::Total,
+        new_value: value,
+        old_value: None,
+        campaign: campaign.map(|c| Campaign {
+            id: c.into(),
+            name: Some(format!("Campaign {c}")),
+        }),
+        at: when,
+    })
+}
+
+fn edit(external_id: &str, status: CycleStatus, reason: Option<&str>, when: Timestamp) -> Event {
+    Event::CycleEdit(CycleEdit {
+        external_id: external_id.into(),
+        status,
+        rejection_reason: reason.map(str::to_string),
+        owner_id: None,
+        modified_at: when,
+        modified_by: Some("005A".into()),
+    })
+}
+
+/// Drives the engine with each event at its own instant.
+struct Harness {
+    state: EngineState,
+    policy: Policy,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            state: EngineState::new(),
+            policy: Policy::example(),
+        }
+    }
+
+    fn apply(&mut self, event: Event) -> Vec<Decision> {
+        let now = event.at();
+        self.apply_at(event, now)
+    }
+
+    fn apply_at(&mut self, event: Event, now: Timestamp) -> Vec<Decision> {
+        let ctx = Context {
+            policy: &self.policy,
+            now,
+            backfill: false,
+        };
+        reconcile(&mut self.state, &ctx, &event)
+    }
+
+    fn advance(&mut self, now: Timestamp) -> Vec<Decision> {
+        let ctx = Context {
+            policy: &self.policy,
+            now,
+            backfill: false,
+        };
+        advance(&mut self.state, &ctx)
+    }
+
+    /// A linked lead in NA with the default threshold of 100.
+    fn lead(&mut self, crm: &str, map: i64) {
+        self.apply(Event::Person(person(crm, "NA", at(0))));
+        self.apply(link(map, crm, at(0)));
+    }
+
+    fn cycles(&self, crm: &str) -> &[Cycle] {
+        &self.state.persons[crm].cycles
+    }
+}
+
+fn opened(decisions: &[Decision]) -> Vec<&Cycle> {
+    decisions
+        .iter()
+        .filter_map(|d| match &d.action {
+            Action::OpenCycle { cycle } => Some(cycle),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_score_at_the_threshold_opens_cycle_one_with_its_campaign_and_stamps() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    assert!(opened(&h.apply(score(1, "a1", 99.0, at(10), Some("WEB")))).is_empty());
+    let out = h.apply(score(1, "a2", 100.0, at(20), Some("DEMO")));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1);
+    let c = cycles[0];
+    assert_eq!(c.external_id, "00QA-1");
+    assert_eq!(
+        (c.number, c.status, c.score, c.threshold),
+        (1, CycleStatus::Open, 100.0, 100.0)
+    );
+    assert_eq!(c.campaign.as_ref().unwrap().id, "DEMO");
+    assert_eq!(c.mql_at, at(20));
+    assert_eq!(c.owner_at_mql.as_deref(), Some("005A"));
+    assert_eq!(c.segment, "default");
+    let stamps = out
+        .iter()
+        .find_map(|d| match &d.action {
+            Action::StampPerson { stamps, .. } => Some(stamps.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(stamps.status.as_deref(), Some("Marketing Qualified"));
+    assert_eq!(
+        (stamps.mql_recent, stamps.mql_original, stamps.mql_count),
+        (Some(at(20)), Some(at(20)), 1)
+    );
+    assert!(
+        out.iter()
+            .any(|d| matches!(d.action, Action::Notify { .. }))
+    );
+    assert!(matches!(out[0].reason, Reason::Qualified { .. }));
+}
+
+#[test]
+fn the_campaign_falls_back_to_the_most_recent_one() {
+    let mut h = Harness::new();
+    h.apply(Event::Person(person("00QA", "NA", at(0))));
+    h.apply(score(1, "a1", 120.0, at(5), Some("WEB")));
+    // The score was already high when the lead got linked: no crossing change, so the
+    // most recent campaign is the one.
+    let out = h.apply(link(1, "00QA", at(10)));
+    assert_eq!(opened(&out)[0].campaign.as_ref().unwrap().id, "WEB");
+}
+
+#[test]
+fn an_unlinked_map_lead_is_recorded_once_and_never_mqls() {
+    let mut h = Harness::new();
+    let out = h.apply(score(9, "x1", 500.0, at(1), None));
+    assert!(matches!(
+        out[0].reason,
+        Reason::NotLinked { map_lead_id: 9 }
+    ));
+    assert!(h.apply(score(9, "x2", 600.0, at(2), None)).is_empty());
+}
+
+#[test]
+fn no_threshold_and_no_default_means_no_mql_and_explain_says_so() {
+    let mut h = Harness::new();
+    h.policy.default_threshold = None;
+    h.lead("00QA", 1);
+    let out = h.apply(score(1, "a1", 500.0, at(1), None));
+    assert!(opened(&out).is_empty());
+    assert_eq!(
+        explain(&h.state, &h.policy, "00QA", at(2)),
+        Reason::NoThreshold
+    );
+}
+
+#[test]
+fn turning_the_knob_down_makes_waiting_leads_mql_at_that_moment() {
+    let mut h = Harness::new();
+    h.apply(threshold("a0T-NA", Some("NA"), 90.0, at(0)));
+    h.lead("00QA", 1);
+    h.lead("00QB", 2);
+    h.apply(Event::Person(person("00QC", "EMEA", at(0))));
+    h.apply(link(3, "00QC", at(0)));
+    for (map, value) in [(1, 80.0), (2, 60.0), (3, 85.0)] {
+        assert!(opened(&h.apply(score(map, &format!("s{map}"), value, at(5), None))).is_empty());
+    }
+    let out = h.apply(threshold("a0T-NA", Some("NA"), 75.0, at(30)));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "only the NA lead at 80 qualifies: {out:?}");
+    assert_eq!(cycles[0].crm.id, "00QA");
+    assert_eq!(cycles[0].mql_at, at(30));
+    assert_eq!(cycles[0].threshold_id.as_deref(), Some("a0T-NA"));
+    assert!(matches!(
+        &out.iter()
+            .find(|d| matches!(d.action, Action::OpenCycle { .. }))
+            .unwrap()
+            .reason,
+        Reason::Qualified {
+            trigger: Trigger::ThresholdChange { .. },
+            ..
+        }
+    ));
+    assert_eq!(cycles[0].segment, "region=NA");
+}
+
+#[test]
+fn raising_the_knob_never_withdraws_an_mql() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 120.0, at(1), None));
+    let out = h.apply(threshold("a0T", None, 500.0, at(2)));
+    assert!(out.iter().all(|d| !matches!(
+        d.action,
+        Action::UpdateCycle { .. } | Action::OpenCycle { .. }
+    )));
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Open);
+}
+
+#[test]
+fn a_scheduled_threshold_takes_effect_exactly_at_its_start() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 70.0, at(1), None));
+    let start = at(60 * 24 * 3);
+    let Event::Threshold(mut season) = threshold("a0T-S", Some("NA"), 60.0, at(2)) else {
+        unreachable!()
+    };
+    season.effective_from = Some(start);
+    season.effective_to = Some(start + SignedDuration::from_hours(24 * 14));
+    assert!(opened(&h.apply(Event::Threshold(season))).is_empty());
+    assert_eq!(h.state.next_wakeup(), Some(start));
+    assert!(h.advance(start - SignedDuration::from_secs(1)).is_empty());
+    // The clock runs late: the cycle still opens at the start, not when the engine noticed.
+    let out = h.advance(start + SignedDuration::from_hours(5));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1);
+    assert_eq!(cycles[0].mql_at, start);
+    assert_eq!(cycles[0].threshold, 60.0);
+}
+
+#[test]
+fn an_invalid_threshold_is_reported_and_not_used() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 50.0, at(1), None));
+    let Event::Threshold(mut bad) = threshold("a0T-BAD", None, 10.0, at(2)) else {
+        unreachable!()
+    };
+    bad.effective_from = Some(at(100));
+    bad.effective_to = Some(at(50));
+    let out = h.apply(Event::Threshold(bad));
+    assert!(
+        matches!(&out[0].reason, Reason::ThresholdInvalid { problem } if problem.contains("a0T-BAD"))
+    );
+    assert!(opened(&out).is_empty());
+    assert!(opened(&h.advance(at(200))).is_empty());
+}
+
+#[test]
+fn each_exclusion_holds_the_mql_and_is_recorded_once() {
+    let mut h = Harness::new();
+    let mut spam = person("00QA", "NA", at(0));
+    spam.status = Some("Spam".into());
+    h.apply(Event::Person(spam));
+    h.apply(link(1, "00QA", at(0)));
+    let out = h.apply(score(1, "a1", 150.0, at(1), None));
+    assert!(matches!(
+        &out[0].reason,
+        Reason::Excluded {
+            rule: RuleKind::Status,
+            ..
+        }
+    ));
+    assert!(
+        h.apply(score(1, "a2", 160.0, at(2), None)).is_empty(),
+        "same hold, not recorded again"
+    );
+    // The rep fixes the status: the lead qualifies on that change.
+    let out = h.apply(Event::Person(person("00QA", "NA", at(3))));
+    assert_eq!(opened(&out).len(), 1);
+}
+
+#[test]
+fn an_open_opportunity_excludes_a_contact_and_a_new_one_converts_the_cycle() {
+    let mut h = Harness::new();
+    h.lead("003A", 1);
+    h.apply(score(1, "a1", 150.0, at(1), None));
+    assert_eq!(h.cycles("003A")[0].status, CycleStatus::Open);
+    let opp = Opportunity {
+        id: "006X".into(),
+        account_id: "001ACC".into(),
+        is_closed: false,
+        is_won: false,
+        close_date: None,
+        created_at: at(10),
+        modified_at: at(10),
+    };
+    let out = h.apply(Event::Opportunity(opp));
+    assert!(matches!(&out[0].reason, Reason::Converted { by } if by == "opportunity 006X"));
+    let c = &h.cycles("003A")[0];
+    assert_eq!(
+        (c.status, c.outcome),
+        (CycleStatus::Converted, Some(Outcome::Success))
+    );
+    // Later engagement does not MQL while the opportunity is open.
+    let out = h.apply(score(1, "a2", 300.0, at(60 * 24 * 20), None));
+    assert!(
+        matches!(
+            &out[0].reason,
+            Reason::Excluded {
+                rule: RuleKind::OpenOpportunity,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn accepting_stamps_sal_dates_and_rejecting_needs_a_reason() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(1), None));
+    let out = h.apply(edit("00QA-1", CycleStatus::Working, None, at(30)));
+    let c = &h.cycles("00QA")[0];
+    assert_eq!((c.status, c.sal_at), (CycleStatus::Working, Some(at(30))));
+    let stamps = &h.state.persons["00QA"].stamps;
+    assert_eq!(
+        (stamps.sal_recent, stamps.sal_original),
+        (Some(at(30)), Some(at(30)))
+    );
+    assert_eq!(stamps.status.as_deref(), Some("Sales Accepted"));
+    assert!(
+        out.iter()
+            .any(|d| matches!(d.action, Action::StampPerson { .. }))
+    );
+
+    // Rejected without a reason: refused, written back as Working with a note.
+    let out = h.apply(edit("00QA-1", CycleStatus::Rejected, None, at(40)));
+    let Action::UpdateCycle { cycle } = &out[0].action else {
+        panic!("{out:?}")
+    };
+    assert_eq!(cycle.status, CycleStatus::Working);
+    assert!(cycle.note.as_deref().unwrap().contains("rejection reason"));
+    assert!(matches!(out[0].reason, Reason::EditRefused { .. }));
+
+    // With a reason: closed, outcome Not now, the person goes to nurture with a cool-down.
+    h.apply(edit(
+        "00QA-1",
+        CycleStatus::Rejected,
+        Some("Bad Timing"),
+        at(50),
+    ));
+    let c = &h.cycles("00QA")[0];
+    assert_eq!(
+        (c.status, c.outcome, c.closed_at),
+        (CycleStatus::Rejected, Some(Outcome::NotNow), Some(at(50)))
+    );
+    assert_eq!(
+        h.state.persons["00QA"].stamps.status.as_deref(),
+        Some("Nurture")
+    );
+
+    // Inside the cool-down, a higher score does not re-MQL; after it, it opens cycle 2.
+    let out = h.apply(score(1, "a2", 200.0, at(60 * 24 * 20), None));
+    assert!(
+        matches!(
+            &out[0].reason,
+            Reason::CoolingDown {
+                outcome: Outcome::NotNow,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let out = h.apply(score(1, "a3", 210.0, at(60 * 24 * 31), None));
+    let cycles = opened(&out);
+    assert_eq!(cycles[0].external_id, "00QA-2");
+    assert_eq!(h.state.persons["00QA"].stamps.mql_count, 2);
+    assert_eq!(h.state.persons["00QA"].stamps.mql_original, Some(at(1)));
+}
+
+#[test]
+fn a_closed_cycle_cannot_be_reopened_by_an_edit() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(1), None));
+    h.apply(edit("00QA-1", CycleStatus::Converted, None, at(5)));
+    let out = h.apply(edit("00QA-1", CycleStatus::Open, None, at(6)));
+    assert!(matches!(out[0].reason, Reason::EditRefused { .. }));
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Converted);
+    // Our own write coming back (same status) is not a change.
+    assert!(
+        h.apply(edit("00QA-1", CycleStatus::Converted, None, at(7)))
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_open_mql_past_its_sla_is_overdue_then_moves_round_robin() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    // Monday 10:00 UTC; 4 business hours -> 14:00; reassign after 8 -> Tuesday 10:00.
+    h.apply(score(1, "a1", 150.0, at(0), None));
+    let c = h.cycles("00QA")[0].clone();
+    assert_eq!(c.sla_due_at, Some(ts("2026-03-02T14:00:00Z")));
+    assert_eq!(c.reassign_at, Some(ts("2026-03-03T10:00:00Z")));
+    let out = h.advance(ts("2026-03-02T15:00:00Z"));
+    assert!(matches!(out[0].reason, Reason::SlaOverdue { .. }));
+    assert!(h.cycles("00QA")[0].overdue);
+    let out = h.advance(ts("2026-03-03T10:00:00Z"));
+    let c = &h.cycles("00QA")[0];
+    assert_eq!(
+        (c.owner_id.as_deref(), c.reassignments, c.overdue),
+        (Some("005B"), 1, false)
+    );
+    assert!(
+        out.iter()
+            .any(|d| matches!(&d.action, Action::Notify { owner_id, .. } if owner_id == "005B"))
+    );
+    // And again a business day later, to the next in the pool.
+    h.advance(ts("2026-03-04T10:00:00Z"));
+    let c = &h.cycles("00QA")[0];
+    assert_eq!((c.owner_id.as_deref(), c.reassignments), (Some("005C"), 2));
+    // Accepting stops the clock.
+    h.apply(edit(
+        "00QA-1",
+        CycleStatus::Working,
+        None,
+        ts("2026-03-04T11:00:00Z"),
+    ));
+    assert!(h.advance(ts("2026-03-20T00:00:00Z")).is_empty());
+}
+
+#[test]
+fn behaviour_plus_demographic_source_sums_the_parts() {
+    let mut h = Harness::new();
+    h.policy.score = super::policy::ScoreSource::BehaviorPlusDemographic;
+    h.lead("00QA", 1);
+    let part = |p, v, id: &str, m| {
+        Event::Score(ScoreChange {
+            map_lead_id: 1,
+            change_id: id.into(),
+            part: p,
+            new_value: v,
+            old_value: None,
+            campaign: None,
+            at: at(m),
+        })
+    };
+    assert!(opened(&h.apply(part(ScorePart::Demographic, 40.0, "d", 1))).is_empty());
+    assert!(
+        opened(&h.apply(part(ScorePart::Total, 100.0, "t", 2))).is_empty(),
+        "total ignored"
+    );
+    assert_eq!(
+        opened(&h.apply(part(ScorePart::Behavior, 60.0, "b", 3))).len(),
+        1
+    );
+}
+
+#[test]
+fn replaying_applied_events_changes_nothing() {
+    let mut h = Harness::new();
+    let events = vec![
+        threshold("a0T", Some("NA"), 80.0, at(0)),
+        Event::Person(person("00QA", "NA", at(0))),
+        link(1, "00QA", at(0)),
+        score(1, "a1", 90.0, at(1), Some("C")),
+        edit("00QA-1", CycleStatus::Working, None, at(2)),
+    ];
+    for e in &events {
+        h.apply_at(e.clone(), at(3));
+    }
+    for e in &events {
+        assert!(h.apply_at(e.clone(), at(3)).is_empty(), "replay of {e:?}");
+    }
+}
+
+fn region_of(i: u8) -> &'static str {
+    ["NA", "EMEA", "APAC"][usize::from(i % 3)]
+}
+
+fn arb_event() -> impl Strategy<Value = (u16, Event)> {
+    let crm = |i: u8| format!("00Q{i}");
+    prop_oneof![
+        (0u8..3, 0u8..4, 0u32..200).prop_map(move |(t, r, s)| {
+            let region = (r < 3).then(|| region_of(r));
+            threshold(
+                &format!("a0T{t}"),
+                region,
+                f64::from(s),
+                Timestamp::UNIX_EPOCH,
+            )
+        }),
+        (0u8..4, 0u8..3, any::<bool>()).prop_map(move |(i, r, spam)| {
+            let mut p = person(&crm(i), region_of(r), Timestamp::UNIX_EPOCH);
+            if spam {
+                p.status = Some("Spam".into());
+            }
+            Event::Person(p)
+        }),
+        (0u8..4, 0u8..4).prop_map(move |(m, i)| link(i64::from(m), &crm(i), Timestamp::UNIX_EPOCH)),
+        (0u8..4, 0u32..250).prop_map(|(m, s)| score(
+            i64::from(m),
+            "",
+            f64::from(s),
+            Timestamp::UNIX_EPOCH,
+            Some("C")
+        )),
+        (0u8..4, 1u8..3, 0u8..4, any::<bool>()).prop_map(move |(i, n, st, why)| {
+            let status = [
+                CycleStatus::Open,
+                CycleStatus::Working,
+                CycleStatus::Rejected,
+                CycleStatus::Converted,
+            ][usize::from(st)];
+            edit(
+                &format!("{}-{n}", crm(i)),
+                status,
+                why.then_some("Bad Timing"),
+                Timestamp::UNIX_EPOCH,
+            )
+        }),
+    ]
+    .prop_flat_map(|e| (1u16..600, Just(e)))
+}
+
+/// Gives each event a strictly later time (gaps in minutes) and a unique change id.
+fn timed(raw: &[(u16, Event)]) -> Vec<Event> {
+    let mut t = ts(T0);
+    raw.iter()
+        .enumerate()
+        .map(|(i, (gap, e))| {
+            t += SignedDuration::from_mins(i64::from(*gap));
+            let mut e = e.clone();
+            match &mut e {
+                Event::Threshold(x) => x.modified_at = t,
+                Event::Person(x) => x.modified_at = t,
+                Event::Opportunity(x) => x.modified_at = t,
+                Event::Score(x) => {
+                    x.at = t;
+                    x.change_id = format!("c{i}");
+                }
+                Event::Link(x) => x.at = t,
+                Event::CycleEdit(x) => x.modified_at = t,
+            }
+            e
+        })
+        .collect()
+}
+
+fn run(events: &[Event]) -> (EngineState, Vec<Decision>) {
+    let mut h = Harness::new();
+    let mut all = Vec::new();
+    for e in events {
+        all.extend(h.apply(e.clone()));
+    }
+    (h.state, all)
+}
+
+fn open_ids(state: &EngineState) -> Vec<String> {
+    state
+        .persons
+        .values()
+        .flat_map(|p| {
+            p.cycles
+                .iter()
+                .filter(|c| c.status.is_open())
+                .map(|c| c.external_id.clone())
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn never_two_open_cycles_for_one_record(raw in prop::collection::vec(arb_event(), 1..60)) {
+        let mut h = Harness::new();
+        for e in timed(&raw) {
+            h.apply(e);
+            for (id, p) in &h.state.persons {
+                let open = p.cycles.iter().filter(|c| c.status.is_open()).count();
+                prop_assert!(open <= 1, "{id} has {open} open cycles");
+                if open == 1 {
+                    prop_assert!(p.cycles.last().unwrap().status.is_open(), "only the last may be open");
+                }
+                for (n, c) in p.cycles.iter().enumerate() {
+                    prop_assert_eq!(&c.external_id, &format!("{id}-{}", n + 1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn raising_a_threshold_never_withdraws_an_mql(raw in prop::collection::vec(arb_event(), 1..60), bump in 1u32..100) {
+        let mut h = Harness::new();
+        for e in timed(&raw) {
+            let raise = match &e {
+                Event::Threshold(t) => h.state.thresholds.get(&t.id).map(|old| {
+                    let mut t = t.clone();
+                    t.score = old.score + f64::from(bump);
+                    t.segment = old.segment.clone();
+                    Event::Threshold(t)
+                }),
+                _ => None,
+            };
+            let before = open_ids(&h.state);
+            let event = raise.unwrap_or(e);
+            let is_threshold = matches!(event, Event::Threshold(_));
+            let out = h.apply(event);
+            if is_threshold {
+                let after = open_ids(&h.state);
+                for id in &before {
+                    prop_assert!(after.contains(id), "{id} was withdrawn");
+                }
+                let closes = out.iter().any(|d| matches!(&d.action,
+                    Action::UpdateCycle { cycle } if !cycle.status.is_open()));
+                prop_assert!(!closes, "a threshold change closed a cycle");
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_inputs_in_the_same_order_give_the_same_decisions(raw in prop::collection::vec(arb_event(), 1..60)) {
+        let events = timed(&raw);
+        let (_, a) = run(&events);
+        let (_, b) = run(&events);
+        prop_assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    }
+
+    #[test]
+    fn replaying_already_applied_events_yields_no_decision(raw in prop::collection::vec(arb_event(), 1..60), from in 0usize..60) {
+        let events = timed(&raw);
+        let mut h = Harness::new();
+        let end = events.last().map(Event::at).unwrap();
+        for e in &events {
+            h.apply(e.clone());
+        }
+        h.advance(end);
+        let from = from.min(events.len());
+        for e in &events[from..] {
+            let out = h.apply_at(e.clone(), end);
+            prop_assert!(out.is_empty(), "replay of {:?} gave {:?}", e, out);
+        }
+    }
+}
