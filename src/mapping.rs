@@ -1,1 +1,623 @@
-//! mapping (being written)
+//! The mapping: which CRM objects and fields, which MAP fields, which attributes segments
+//! and rules match on, the exclusion rules, outcomes and SLA teams. Loaded from
+//! `mappings/*.toml` (the shipped default is `mappings/salesforce-marketo.toml`) and turned
+//! into the engine's [`Policy`]. Every error names the file, the line and the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use jiff::SignedDuration;
+use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::engine::model::{AlertChannel, Outcome};
+use crate::engine::policy::{AttributeRule, OutcomePolicy, Policy, Rules, ScoreSource, Team};
+use crate::engine::sla::{BusinessCalendar, WeekdayKey};
+
+/// The default mapping, embedded so that `mqlsync` runs with no file at hand.
+pub const DEFAULT_MAPPING: &str = include_str!("../mappings/salesforce-marketo.toml");
+/// How the embedded default is named in messages.
+pub const DEFAULT_MAPPING_NAME: &str = "mappings/salesforce-marketo.toml (built in)";
+
+/// A mapping that cannot be used: names the file, line and key, says what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {message}", location(file, *line))]
+pub struct MappingError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+fn location(file: &str, line: usize) -> String {
+    if line == 0 { file.to_string() } else { format!("{file}:{line}") }
+}
+
+/// The threshold custom object.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdObject {
+    pub object: String,
+    pub score: String,
+    pub effective_from: String,
+    pub effective_to: String,
+    pub active: String,
+    pub reason: String,
+    /// Deleted records are read through queryAll (`IsDeleted`).
+    #[serde(default = "default_true")]
+    pub history: bool,
+}
+
+/// The MQL custom object: one record per cycle.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqlObject {
+    pub object: String,
+    pub external_id: String,
+    pub lead: String,
+    pub contact: String,
+    pub cycle_number: String,
+    pub status: String,
+    pub rejection_reason: String,
+    pub outcome: String,
+    pub score: String,
+    pub threshold: String,
+    pub threshold_id: String,
+    pub segment: String,
+    pub campaign_id: String,
+    pub campaign_name: String,
+    pub owner_at_mql: String,
+    pub team: String,
+    pub mql_date: String,
+    pub sal_date: String,
+    pub closed_date: String,
+    pub sla_due: String,
+    pub overdue: String,
+    pub reassignment_count: String,
+    pub backfilled: String,
+    pub note: String,
+}
+
+/// Lead or Contact fields mqlsync reads and stamps.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonObject {
+    pub object: String,
+    pub status: String,
+    pub owner: String,
+    pub title: String,
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub converted: Option<String>,
+    pub mql_date_recent: String,
+    pub mql_date_original: String,
+    pub sal_date_recent: String,
+    pub sal_date_original: String,
+    pub mql_count: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmSection {
+    pub threshold: ThresholdObject,
+    pub mql: MqlObject,
+    pub lead: PersonObject,
+    pub contact: PersonObject,
+    #[serde(default = "default_opportunity")]
+    pub opportunity: String,
+    #[serde(default = "default_task")]
+    pub task: String,
+}
+
+/// The MAP's fields.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapSection {
+    pub total_score: String,
+    pub behavior_score: Option<String>,
+    pub demographic_score: Option<String>,
+    pub crm_lead_id: String,
+    pub crm_contact_id: String,
+    /// Activity type of a score change (Marketo: 22, Change Score).
+    pub score_activity_type: i64,
+}
+
+/// Where one attribute is read on each side.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeFields {
+    pub lead: Option<String>,
+    pub contact: Option<String>,
+    /// The field of the threshold object that matches on this attribute (segment attributes).
+    pub threshold: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSection {
+    /// `total`, `behavior_plus_demographic` or `time_decayed`.
+    pub source: Spanned<String>,
+    pub half_life_days: Option<Spanned<f64>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsSection {
+    /// Applies where no threshold record matches; absent: no MQLs there.
+    pub default: Option<Spanned<f64>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_opportunity() -> String {
+    "Opportunity".into()
+}
+fn default_task() -> String {
+    "Task".into()
+}
+
+/// One exclusion rule's switch and parameters.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub statuses: Option<Vec<String>>,
+    #[serde(default)]
+    pub days: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub patterns: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub attribute: Option<Spanned<String>>,
+    #[serde(default)]
+    pub unsupported: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    pub status: RuleSection,
+    pub open_opportunity: RuleSection,
+    pub recent_opportunity: RuleSection,
+    pub recent_mql: RuleSection,
+    pub title: RuleSection,
+    pub region: RuleSection,
+    pub vertical: RuleSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusesSection {
+    pub mql: String,
+    pub sal: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterOutcome {
+    pub cooldown_days: Spanned<i64>,
+    pub person_status: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesSection {
+    /// Rejection reason -> `Success`, `Not now`, `Not me` or `Fail`.
+    pub reasons: BTreeMap<String, Spanned<String>>,
+    /// Outcome -> what follows.
+    pub after: BTreeMap<String, Spanned<AfterOutcome>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: BTreeMap<String, Spanned<String>>,
+    pub accept_within_hours: Spanned<f64>,
+    pub reassign_after_hours: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub pool: Vec<String>,
+    #[serde(default)]
+    pub alert: Option<Spanned<String>>,
+    pub time_zone: Spanned<String>,
+    #[serde(default = "default_day_start")]
+    pub day_start: Spanned<String>,
+    #[serde(default = "default_day_end")]
+    pub day_end: Spanned<String>,
+    #[serde(default = "default_workdays")]
+    pub workdays: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub holidays: Vec<Spanned<String>>,
+}
+
+fn default_day_start() -> Spanned<String> {
+    Spanned::new(0..0, "09:00".into())
+}
+fn default_day_end() -> Spanned<String> {
+    Spanned::new(0..0, "17:00".into())
+}
+fn default_workdays() -> Vec<Spanned<String>> {
+    ["Mon", "Tue", "Wed", "Thu", "Fri"]
+        .into_iter()
+        .map(|d| Spanned::new(0..0, d.to_string()))
+        .collect()
+}
+
+/// The mapping file as written.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub crm: CrmSection,
+    pub map: MapSection,
+    /// Attribute name -> where it is read.
+    pub attributes: BTreeMap<String, AttributeFields>,
+    /// Attributes threshold records match on.
+    pub segments: Vec<Spanned<String>>,
+    pub score: ScoreSection,
+    pub thresholds: ThresholdsSection,
+    pub rules: RulesSection,
+    pub statuses: StatusesSection,
+    pub outcomes: OutcomesSection,
+    #[serde(default)]
+    pub teams: Vec<TeamSection>,
+}
+
+/// A mapping together with where it came from and the policy built from it.
+#[derive(Clone, Debug)]
+pub struct LoadedMapping {
+    pub mapping: Mapping,
+    pub policy: Policy,
+    pub source: String,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> MappingError {
+        let line = if span.start == 0 && span.end == 0 {
+            0
+        } else {
+            self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+        };
+        MappingError {
+            file: self.file.to_string(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a mapping file; `None` loads the built-in default.
+pub fn load(path: Option<&Path>) -> Result<LoadedMapping, MappingError> {
+    match path {
+        None => parse(DEFAULT_MAPPING, DEFAULT_MAPPING_NAME),
+        Some(path) => {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| MappingError {
+                file: file.clone(),
+                line: 0,
+                key: "(file)".into(),
+                message: format!("cannot read the mapping: {e}"),
+            })?;
+            parse(&text, &file)
+        }
+    }
+}
+
+/// Parses and validates a mapping's text.
+pub fn parse(text: &str, file: &str) -> Result<LoadedMapping, MappingError> {
+    let ctx = Ctx { file, text };
+    let mapping: Mapping = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let key = e.message().split('`').nth(1).unwrap_or("(syntax)").to_string();
+        ctx.err(span, &key, e.message().trim().replace('\n', " "))
+    })?;
+    let policy = build_policy(&mapping, &ctx)?;
+    Ok(LoadedMapping {
+        mapping,
+        policy,
+        source: file.to_string(),
+    })
+}
+
+fn known_attribute(mapping: &Mapping, ctx: &Ctx<'_>, key: &str, name: &Spanned<String>) -> Result<(), MappingError> {
+    if mapping.attributes.contains_key(name.get_ref()) {
+        return Ok(());
+    }
+    let known: Vec<&str> = mapping.attributes.keys().map(String::as_str).collect();
+    Err(ctx.err(
+        name.span(),
+        key,
+        format!("unknown attribute {:?}; the [attributes] table defines: {}", name.get_ref(), known.join(", ")),
+    ))
+}
+
+fn days(ctx: &Ctx<'_>, key: &str, rule: &RuleSection, default: i64) -> Result<SignedDuration, MappingError> {
+    let days = rule.days.as_ref().map_or(default, |d| *d.get_ref());
+    if days < 0 {
+        let span = rule.days.as_ref().map(Spanned::span).unwrap_or(0..0);
+        return Err(ctx.err(span, key, format!("{days} days: a window is zero or more days")));
+    }
+    Ok(SignedDuration::from_hours(24 * days))
+}
+
+fn attribute_rule(mapping: &Mapping, ctx: &Ctx<'_>, key: &str, rule: &RuleSection, default: &str) -> Result<Option<AttributeRule>, MappingError> {
+    if !rule.enabled {
+        return Ok(None);
+    }
+    let attribute = rule
+        .attribute
+        .clone()
+        .unwrap_or_else(|| Spanned::new(0..0, default.to_string()));
+    known_attribute(mapping, ctx, &format!("{key}.attribute"), &attribute)?;
+    Ok(Some(AttributeRule {
+        attribute: attribute.into_inner(),
+        values: rule.unsupported.clone().unwrap_or_default(),
+    }))
+}
+
+fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError> {
+    for segment in &mapping.segments {
+        known_attribute(mapping, ctx, "segments", segment)?;
+        if mapping.attributes[segment.get_ref()].threshold.is_none() {
+            return Err(ctx.err(
+                segment.span(),
+                "segments",
+                format!("attribute {:?} has no `threshold` field in [attributes], so threshold records cannot match on it", segment.get_ref()),
+            ));
+        }
+    }
+    let source = &mapping.score.source;
+    let score = match source.get_ref().as_str() {
+        "total" => ScoreSource::Total,
+        "behavior_plus_demographic" => ScoreSource::BehaviorPlusDemographic,
+        "time_decayed" => {
+            let Some(half) = &mapping.score.half_life_days else {
+                return Err(ctx.err(source.span(), "score.half_life_days", "time_decayed needs half_life_days (a number of days above zero)"));
+            };
+            if *half.get_ref() <= 0.0 {
+                return Err(ctx.err(half.span(), "score.half_life_days", "the half-life must be above zero days"));
+            }
+            ScoreSource::TimeDecayed {
+                half_life: SignedDuration::from_secs_f64(half.get_ref() * 86_400.0),
+            }
+        }
+        other => {
+            return Err(ctx.err(
+                source.span(),
+                "score.source",
+                format!("{other:?} is not a score source; use total, behavior_plus_demographic or time_decayed"),
+            ));
+        }
+    };
+    if !matches!(score, ScoreSource::Total)
+        && (mapping.map.behavior_score.is_none() || mapping.map.demographic_score.is_none())
+    {
+        return Err(ctx.err(source.span(), "score.source", "this source needs map.behavior_score and map.demographic_score"));
+    }
+    let default_threshold = match &mapping.thresholds.default {
+        Some(d) if *d.get_ref() < 0.0 || !d.get_ref().is_finite() => {
+            return Err(ctx.err(d.span(), "thresholds.default", "the default threshold is a number of zero or more"));
+        }
+        d => d.as_ref().map(|d| *d.get_ref()),
+    };
+    let r = &mapping.rules;
+    let titles = if r.title.enabled {
+        let mut compiled = Vec::new();
+        for p in r.title.patterns.clone().unwrap_or_default() {
+            compiled.push(Regex::new(p.get_ref()).map_err(|e| {
+                ctx.err(p.span(), "rules.title.patterns", format!("not a regular expression: {}", e.to_string().replace('\n', " ")))
+            })?);
+        }
+        Some(compiled)
+    } else {
+        None
+    };
+    let rules = Rules {
+        excluded_statuses: r.status.enabled.then(|| r.status.statuses.clone().unwrap_or_default()),
+        open_opportunity: r.open_opportunity.enabled,
+        recent_opportunity: if r.recent_opportunity.enabled {
+            Some(days(ctx, "rules.recent_opportunity.days", &r.recent_opportunity, 30)?)
+        } else {
+            None
+        },
+        recent_mql: if r.recent_mql.enabled {
+            Some(days(ctx, "rules.recent_mql.days", &r.recent_mql, 15)?)
+        } else {
+            None
+        },
+        titles,
+        regions: attribute_rule(mapping, ctx, "rules.region", &r.region, "region")?,
+        verticals: attribute_rule(mapping, ctx, "rules.vertical", &r.vertical, "vertical")?,
+    };
+    let outcome = |s: &Spanned<String>, key: &str| {
+        Outcome::parse(s.get_ref()).ok_or_else(|| {
+            ctx.err(s.span(), key, format!("{:?} is not an outcome; use Success, Not now, Not me or Fail", s.get_ref()))
+        })
+    };
+    let mut rejection_outcomes = BTreeMap::new();
+    for (reason, o) in &mapping.outcomes.reasons {
+        rejection_outcomes.insert(reason.clone(), outcome(o, &format!("outcomes.reasons.{reason:?}"))?);
+    }
+    let mut outcomes = BTreeMap::new();
+    for (name, after) in &mapping.outcomes.after {
+        let o = Outcome::parse(name).ok_or_else(|| {
+            ctx.err(after.span(), &format!("outcomes.after.{name:?}"), "not an outcome; use Success, Not now, Not me or Fail")
+        })?;
+        let a = after.get_ref();
+        if *a.cooldown_days.get_ref() < 0 {
+            return Err(ctx.err(a.cooldown_days.span(), "cooldown_days", "a cool-down is zero or more days"));
+        }
+        outcomes.insert(
+            o,
+            OutcomePolicy {
+                cooldown: SignedDuration::from_hours(24 * a.cooldown_days.get_ref()),
+                person_status: a.person_status.clone(),
+            },
+        );
+    }
+    let mut teams = Vec::new();
+    for (i, t) in mapping.teams.iter().enumerate() {
+        teams.push(build_team(mapping, ctx, i, t)?);
+    }
+    Ok(Policy {
+        score,
+        default_threshold,
+        rules,
+        rejection_outcomes,
+        outcomes,
+        mql_status: mapping.statuses.mql.clone(),
+        sal_status: mapping.statuses.sal.clone(),
+        teams,
+    })
+}
+
+fn build_team(mapping: &Mapping, ctx: &Ctx<'_>, i: usize, t: &TeamSection) -> Result<Team, MappingError> {
+    let key = |k: &str| format!("teams[{i}].{k}");
+    for (attribute, value) in &t.matches {
+        if !mapping.attributes.contains_key(attribute) {
+            return Err(ctx.err(value.span(), &key(&format!("match.{attribute}")), format!("unknown attribute {attribute:?}; define it in [attributes]")));
+        }
+    }
+    let tz = TimeZone::get(t.time_zone.get_ref()).map_err(|_| {
+        ctx.err(t.time_zone.span(), &key("time_zone"), format!("{:?} is not an IANA time zone (e.g. Europe/Berlin)", t.time_zone.get_ref()))
+    })?;
+    let time = |s: &Spanned<String>, k: &str| -> Result<Time, MappingError> {
+        s.get_ref().parse::<Time>().map_err(|_| ctx.err(s.span(), &key(k), format!("{:?} is not a time of day (HH:MM)", s.get_ref())))
+    };
+    let day_start = time(&t.day_start, "day_start")?;
+    let day_end = time(&t.day_end, "day_end")?;
+    if day_end <= day_start {
+        return Err(ctx.err(t.day_end.span(), &key("day_end"), "the working day ends after it starts"));
+    }
+    let mut workdays = BTreeSet::new();
+    for d in &t.workdays {
+        let day = match d.get_ref().to_ascii_lowercase().get(..3) {
+            Some("mon") => jiff::civil::Weekday::Monday,
+            Some("tue") => jiff::civil::Weekday::Tuesday,
+            Some("wed") => jiff::civil::Weekday::Wednesday,
+            Some("thu") => jiff::civil::Weekday::Thursday,
+            Some("fri") => jiff::civil::Weekday::Friday,
+            Some("sat") => jiff::civil::Weekday::Saturday,
+            Some("sun") => jiff::civil::Weekday::Sunday,
+            _ => return Err(ctx.err(d.span(), &key("workdays"), format!("{:?} is not a weekday (Mon..Sun)", d.get_ref()))),
+        };
+        workdays.insert(WeekdayKey::from(day));
+    }
+    let mut holidays = BTreeSet::new();
+    for h in &t.holidays {
+        holidays.insert(h.get_ref().parse::<Date>().map_err(|_| ctx.err(h.span(), &key("holidays"), format!("{:?} is not a date (YYYY-MM-DD)", h.get_ref())))?);
+    }
+    let hours = |v: &Spanned<f64>, k: &str| -> Result<f64, MappingError> {
+        if *v.get_ref() <= 0.0 || !v.get_ref().is_finite() {
+            return Err(ctx.err(v.span(), &key(k), "a number of business hours above zero"));
+        }
+        Ok(*v.get_ref())
+    };
+    let alert = match t.alert.as_ref().map(|a| (a, a.get_ref().as_str())) {
+        None | Some((_, "none")) => AlertChannel::None,
+        Some((_, "task")) => AlertChannel::Task,
+        Some((_, "email")) => AlertChannel::Email,
+        Some((a, other)) => return Err(ctx.err(a.span(), &key("alert"), format!("{other:?}: use none, task or email"))),
+    };
+    let reassign_after_hours = t.reassign_after_hours.as_ref().map(|v| hours(v, "reassign_after_hours")).transpose()?;
+    if reassign_after_hours.is_some() && t.pool.len() < 2 {
+        return Err(ctx.err(t.time_zone.span(), &key("pool"), "reassignment needs a pool of at least two owners"));
+    }
+    Ok(Team {
+        name: t.name.clone(),
+        matches: t.matches.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect(),
+        accept_within_hours: hours(&t.accept_within_hours, "accept_within_hours")?,
+        reassign_after_hours,
+        pool: t.pool.clone(),
+        alert,
+        calendar: BusinessCalendar {
+            time_zone: tz,
+            day_start,
+            day_end,
+            workdays,
+            holidays,
+        },
+    })
+}
+
+impl Mapping {
+    /// The attributes threshold records match on.
+    pub fn segment_attributes(&self) -> Vec<&str> {
+        self.segments.iter().map(|s| s.get_ref().as_str()).collect()
+    }
+}
+
+/// Where the mapping file of a config lives, relative paths taken from the config's folder.
+pub fn resolve_path(config_dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() { p.to_path_buf() } else { config_dir.join(p) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_mapping_loads_with_every_rule_on() {
+        let m = load(None).unwrap();
+        let r = &m.policy.rules;
+        assert!(r.excluded_statuses.is_some() && r.open_opportunity && r.titles.is_some());
+        assert_eq!(r.recent_opportunity, Some(SignedDuration::from_hours(24 * 30)));
+        assert_eq!(r.recent_mql, Some(SignedDuration::from_hours(24 * 15)));
+        assert!(r.regions.is_some() && r.verticals.is_some());
+        assert_eq!(m.policy.outcome_of("bad timing"), Some(Outcome::NotNow));
+        assert!(!m.policy.teams.is_empty());
+        assert_eq!(m.mapping.segment_attributes(), ["region", "team", "business_line"]);
+    }
+
+    fn broken(find: &str, replace: &str) -> MappingError {
+        assert!(DEFAULT_MAPPING.contains(find), "{find}");
+        parse(&DEFAULT_MAPPING.replacen(find, replace, 1), "m.toml").unwrap_err()
+    }
+
+    fn line_of(needle: &str) -> usize {
+        DEFAULT_MAPPING[..DEFAULT_MAPPING.find(needle).unwrap()].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn an_unknown_attribute_in_a_rule_names_file_line_and_key() {
+        let e = broken("attribute = \"vertical\"", "attribute = \"verticle\"");
+        assert_eq!((e.file.as_str(), e.key.as_str()), ("m.toml", "rules.vertical.attribute"));
+        assert_eq!(e.line, line_of("attribute = \"vertical\""));
+        assert!(e.message.contains("verticle") && e.message.contains("region"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn a_misspelt_key_and_bad_toml_name_the_line() {
+        let e = broken("accept_within_hours", "accept_within_hourz");
+        assert_eq!(e.line, line_of("accept_within_hours"));
+        assert!(e.to_string().contains("accept_within_hourz"), "{e}");
+        let e = broken("[score]", "[score");
+        assert_eq!(e.line, line_of("[score]"));
+    }
+
+    #[test]
+    fn bad_values_say_what_is_allowed() {
+        let e = broken("source = \"total\"", "source = \"sum\"");
+        assert!(e.message.contains("time_decayed"), "{e}");
+        let e = broken("time_zone = \"America/New_York\"", "time_zone = \"Mars/Olympus\"");
+        assert_eq!(e.key, "teams[0].time_zone");
+        let e = broken("'(?i)\\bstudent\\b'", "'(?i)(student'");
+        assert_eq!(e.key, "rules.title.patterns");
+        let e = broken("\"Bad Timing\" = \"Not now\"", "\"Bad Timing\" = \"Later\"");
+        assert!(e.message.contains("Not me"), "{e}");
+    }
+}
