@@ -33,7 +33,11 @@ pub struct MappingError {
 }
 
 fn location(file: &str, line: usize) -> String {
-    if line == 0 { file.to_string() } else { format!("{file}:{line}") }
+    if line == 0 {
+        file.to_string()
+    } else {
+        format!("{file}:{line}")
+    }
 }
 
 /// The threshold custom object.
@@ -283,11 +287,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> MappingError {
+    fn err(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> MappingError {
         let line = if span.start == 0 && span.end == 0 {
             0
         } else {
-            self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+            self.text[..span.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
         };
         MappingError {
             file: self.file.to_string(),
@@ -320,7 +332,12 @@ pub fn parse(text: &str, file: &str) -> Result<LoadedMapping, MappingError> {
     let ctx = Ctx { file, text };
     let mapping: Mapping = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let key = e.message().split('`').nth(1).unwrap_or("(syntax)").to_string();
+        let key = e
+            .message()
+            .split('`')
+            .nth(1)
+            .unwrap_or("(syntax)")
+            .to_string();
         ctx.err(span, &key, e.message().trim().replace('\n', " "))
     })?;
     let policy = build_policy(&mapping, &ctx)?;
@@ -331,7 +348,12 @@ pub fn parse(text: &str, file: &str) -> Result<LoadedMapping, MappingError> {
     })
 }
 
-fn known_attribute(mapping: &Mapping, ctx: &Ctx<'_>, key: &str, name: &Spanned<String>) -> Result<(), MappingError> {
+fn known_attribute(
+    mapping: &Mapping,
+    ctx: &Ctx<'_>,
+    key: &str,
+    name: &Spanned<String>,
+) -> Result<(), MappingError> {
     if mapping.attributes.contains_key(name.get_ref()) {
         return Ok(());
     }
@@ -339,20 +361,39 @@ fn known_attribute(mapping: &Mapping, ctx: &Ctx<'_>, key: &str, name: &Spanned<S
     Err(ctx.err(
         name.span(),
         key,
-        format!("unknown attribute {:?}; the [attributes] table defines: {}", name.get_ref(), known.join(", ")),
+        format!(
+            "unknown attribute {:?}; the [attributes] table defines: {}",
+            name.get_ref(),
+            known.join(", ")
+        ),
     ))
 }
 
-fn days(ctx: &Ctx<'_>, key: &str, rule: &RuleSection, default: i64) -> Result<SignedDuration, MappingError> {
+fn days(
+    ctx: &Ctx<'_>,
+    key: &str,
+    rule: &RuleSection,
+    default: i64,
+) -> Result<SignedDuration, MappingError> {
     let days = rule.days.as_ref().map_or(default, |d| *d.get_ref());
     if days < 0 {
         let span = rule.days.as_ref().map(Spanned::span).unwrap_or(0..0);
-        return Err(ctx.err(span, key, format!("{days} days: a window is zero or more days")));
+        return Err(ctx.err(
+            span,
+            key,
+            format!("{days} days: a window is zero or more days"),
+        ));
     }
     Ok(SignedDuration::from_hours(24 * days))
 }
 
-fn attribute_rule(mapping: &Mapping, ctx: &Ctx<'_>, key: &str, rule: &RuleSection, default: &str) -> Result<Option<AttributeRule>, MappingError> {
+fn attribute_rule(
+    mapping: &Mapping,
+    ctx: &Ctx<'_>,
+    key: &str,
+    rule: &RuleSection,
+    default: &str,
+) -> Result<Option<AttributeRule>, MappingError> {
     if !rule.enabled {
         return Ok(None);
     }
@@ -384,10 +425,18 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         "behavior_plus_demographic" => ScoreSource::BehaviorPlusDemographic,
         "time_decayed" => {
             let Some(half) = &mapping.score.half_life_days else {
-                return Err(ctx.err(source.span(), "score.half_life_days", "time_decayed needs half_life_days (a number of days above zero)"));
+                return Err(ctx.err(
+                    source.span(),
+                    "score.half_life_days",
+                    "time_decayed needs half_life_days (a number of days above zero)",
+                ));
             };
             if *half.get_ref() <= 0.0 {
-                return Err(ctx.err(half.span(), "score.half_life_days", "the half-life must be above zero days"));
+                return Err(ctx.err(
+                    half.span(),
+                    "score.half_life_days",
+                    "the half-life must be above zero days",
+                ));
             }
             ScoreSource::TimeDecayed {
                 half_life: SignedDuration::from_secs_f64(half.get_ref() * 86_400.0),
@@ -404,11 +453,19 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
     if !matches!(score, ScoreSource::Total)
         && (mapping.map.behavior_score.is_none() || mapping.map.demographic_score.is_none())
     {
-        return Err(ctx.err(source.span(), "score.source", "this source needs map.behavior_score and map.demographic_score"));
+        return Err(ctx.err(
+            source.span(),
+            "score.source",
+            "this source needs map.behavior_score and map.demographic_score",
+        ));
     }
     let default_threshold = match &mapping.thresholds.default {
         Some(d) if *d.get_ref() < 0.0 || !d.get_ref().is_finite() => {
-            return Err(ctx.err(d.span(), "thresholds.default", "the default threshold is a number of zero or more"));
+            return Err(ctx.err(
+                d.span(),
+                "thresholds.default",
+                "the default threshold is a number of zero or more",
+            ));
         }
         d => d.as_ref().map(|d| *d.get_ref()),
     };
@@ -417,7 +474,14 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         let mut compiled = Vec::new();
         for p in r.title.patterns.clone().unwrap_or_default() {
             compiled.push(Regex::new(p.get_ref()).map_err(|e| {
-                ctx.err(p.span(), "rules.title.patterns", format!("not a regular expression: {}", e.to_string().replace('\n', " ")))
+                ctx.err(
+                    p.span(),
+                    "rules.title.patterns",
+                    format!(
+                        "not a regular expression: {}",
+                        e.to_string().replace('\n', " ")
+                    ),
+                )
             })?);
         }
         Some(compiled)
@@ -425,10 +489,18 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         None
     };
     let rules = Rules {
-        excluded_statuses: r.status.enabled.then(|| r.status.statuses.clone().unwrap_or_default()),
+        excluded_statuses: r
+            .status
+            .enabled
+            .then(|| r.status.statuses.clone().unwrap_or_default()),
         open_opportunity: r.open_opportunity.enabled,
         recent_opportunity: if r.recent_opportunity.enabled {
-            Some(days(ctx, "rules.recent_opportunity.days", &r.recent_opportunity, 30)?)
+            Some(days(
+                ctx,
+                "rules.recent_opportunity.days",
+                &r.recent_opportunity,
+                30,
+            )?)
         } else {
             None
         },
@@ -443,21 +515,39 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
     };
     let outcome = |s: &Spanned<String>, key: &str| {
         Outcome::parse(s.get_ref()).ok_or_else(|| {
-            ctx.err(s.span(), key, format!("{:?} is not an outcome; use Success, Not now, Not me or Fail", s.get_ref()))
+            ctx.err(
+                s.span(),
+                key,
+                format!(
+                    "{:?} is not an outcome; use Success, Not now, Not me or Fail",
+                    s.get_ref()
+                ),
+            )
         })
     };
     let mut rejection_outcomes = BTreeMap::new();
     for (reason, o) in &mapping.outcomes.reasons {
-        rejection_outcomes.insert(reason.clone(), outcome(o, &format!("outcomes.reasons.{reason:?}"))?);
+        rejection_outcomes.insert(
+            reason.clone(),
+            outcome(o, &format!("outcomes.reasons.{reason:?}"))?,
+        );
     }
     let mut outcomes = BTreeMap::new();
     for (name, after) in &mapping.outcomes.after {
         let o = Outcome::parse(name).ok_or_else(|| {
-            ctx.err(after.span(), &format!("outcomes.after.{name:?}"), "not an outcome; use Success, Not now, Not me or Fail")
+            ctx.err(
+                after.span(),
+                &format!("outcomes.after.{name:?}"),
+                "not an outcome; use Success, Not now, Not me or Fail",
+            )
         })?;
         let a = after.get_ref();
         if *a.cooldown_days.get_ref() < 0 {
-            return Err(ctx.err(a.cooldown_days.span(), "cooldown_days", "a cool-down is zero or more days"));
+            return Err(ctx.err(
+                a.cooldown_days.span(),
+                "cooldown_days",
+                "a cool-down is zero or more days",
+            ));
         }
         outcomes.insert(
             o,
@@ -483,23 +573,49 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
     })
 }
 
-fn build_team(mapping: &Mapping, ctx: &Ctx<'_>, i: usize, t: &TeamSection) -> Result<Team, MappingError> {
+fn build_team(
+    mapping: &Mapping,
+    ctx: &Ctx<'_>,
+    i: usize,
+    t: &TeamSection,
+) -> Result<Team, MappingError> {
     let key = |k: &str| format!("teams[{i}].{k}");
     for (attribute, value) in &t.matches {
         if !mapping.attributes.contains_key(attribute) {
-            return Err(ctx.err(value.span(), &key(&format!("match.{attribute}")), format!("unknown attribute {attribute:?}; define it in [attributes]")));
+            return Err(ctx.err(
+                value.span(),
+                &key(&format!("match.{attribute}")),
+                format!("unknown attribute {attribute:?}; define it in [attributes]"),
+            ));
         }
     }
     let tz = TimeZone::get(t.time_zone.get_ref()).map_err(|_| {
-        ctx.err(t.time_zone.span(), &key("time_zone"), format!("{:?} is not an IANA time zone (e.g. Europe/Berlin)", t.time_zone.get_ref()))
+        ctx.err(
+            t.time_zone.span(),
+            &key("time_zone"),
+            format!(
+                "{:?} is not an IANA time zone (e.g. Europe/Berlin)",
+                t.time_zone.get_ref()
+            ),
+        )
     })?;
     let time = |s: &Spanned<String>, k: &str| -> Result<Time, MappingError> {
-        s.get_ref().parse::<Time>().map_err(|_| ctx.err(s.span(), &key(k), format!("{:?} is not a time of day (HH:MM)", s.get_ref())))
+        s.get_ref().parse::<Time>().map_err(|_| {
+            ctx.err(
+                s.span(),
+                &key(k),
+                format!("{:?} is not a time of day (HH:MM)", s.get_ref()),
+            )
+        })
     };
     let day_start = time(&t.day_start, "day_start")?;
     let day_end = time(&t.day_end, "day_end")?;
     if day_end <= day_start {
-        return Err(ctx.err(t.day_end.span(), &key("day_end"), "the working day ends after it starts"));
+        return Err(ctx.err(
+            t.day_end.span(),
+            &key("day_end"),
+            "the working day ends after it starts",
+        ));
     }
     let mut workdays = BTreeSet::new();
     for d in &t.workdays {
@@ -511,13 +627,25 @@ fn build_team(mapping: &Mapping, ctx: &Ctx<'_>, i: usize, t: &TeamSection) -> Re
             Some("fri") => jiff::civil::Weekday::Friday,
             Some("sat") => jiff::civil::Weekday::Saturday,
             Some("sun") => jiff::civil::Weekday::Sunday,
-            _ => return Err(ctx.err(d.span(), &key("workdays"), format!("{:?} is not a weekday (Mon..Sun)", d.get_ref()))),
+            _ => {
+                return Err(ctx.err(
+                    d.span(),
+                    &key("workdays"),
+                    format!("{:?} is not a weekday (Mon..Sun)", d.get_ref()),
+                ));
+            }
         };
         workdays.insert(WeekdayKey::from(day));
     }
     let mut holidays = BTreeSet::new();
     for h in &t.holidays {
-        holidays.insert(h.get_ref().parse::<Date>().map_err(|_| ctx.err(h.span(), &key("holidays"), format!("{:?} is not a date (YYYY-MM-DD)", h.get_ref())))?);
+        holidays.insert(h.get_ref().parse::<Date>().map_err(|_| {
+            ctx.err(
+                h.span(),
+                &key("holidays"),
+                format!("{:?} is not a date (YYYY-MM-DD)", h.get_ref()),
+            )
+        })?);
     }
     let hours = |v: &Spanned<f64>, k: &str| -> Result<f64, MappingError> {
         if *v.get_ref() <= 0.0 || !v.get_ref().is_finite() {
@@ -529,15 +657,33 @@ fn build_team(mapping: &Mapping, ctx: &Ctx<'_>, i: usize, t: &TeamSection) -> Re
         None | Some((_, "none")) => AlertChannel::None,
         Some((_, "task")) => AlertChannel::Task,
         Some((_, "email")) => AlertChannel::Email,
-        Some((a, other)) => return Err(ctx.err(a.span(), &key("alert"), format!("{other:?}: use none, task or email"))),
+        Some((a, other)) => {
+            return Err(ctx.err(
+                a.span(),
+                &key("alert"),
+                format!("{other:?}: use none, task or email"),
+            ));
+        }
     };
-    let reassign_after_hours = t.reassign_after_hours.as_ref().map(|v| hours(v, "reassign_after_hours")).transpose()?;
+    let reassign_after_hours = t
+        .reassign_after_hours
+        .as_ref()
+        .map(|v| hours(v, "reassign_after_hours"))
+        .transpose()?;
     if reassign_after_hours.is_some() && t.pool.len() < 2 {
-        return Err(ctx.err(t.time_zone.span(), &key("pool"), "reassignment needs a pool of at least two owners"));
+        return Err(ctx.err(
+            t.time_zone.span(),
+            &key("pool"),
+            "reassignment needs a pool of at least two owners",
+        ));
     }
     Ok(Team {
         name: t.name.clone(),
-        matches: t.matches.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect(),
+        matches: t
+            .matches
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect(),
         accept_within_hours: hours(&t.accept_within_hours, "accept_within_hours")?,
         reassign_after_hours,
         pool: t.pool.clone(),
@@ -562,7 +708,11 @@ impl Mapping {
 /// Where the mapping file of a config lives, relative paths taken from the config's folder.
 pub fn resolve_path(config_dir: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    if p.is_absolute() { p.to_path_buf() } else { config_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_dir.join(p)
+    }
 }
 
 #[cfg(test)]
@@ -574,12 +724,18 @@ mod tests {
         let m = load(None).unwrap();
         let r = &m.policy.rules;
         assert!(r.excluded_statuses.is_some() && r.open_opportunity && r.titles.is_some());
-        assert_eq!(r.recent_opportunity, Some(SignedDuration::from_hours(24 * 30)));
+        assert_eq!(
+            r.recent_opportunity,
+            Some(SignedDuration::from_hours(24 * 30))
+        );
         assert_eq!(r.recent_mql, Some(SignedDuration::from_hours(24 * 15)));
         assert!(r.regions.is_some() && r.verticals.is_some());
         assert_eq!(m.policy.outcome_of("bad timing"), Some(Outcome::NotNow));
         assert!(!m.policy.teams.is_empty());
-        assert_eq!(m.mapping.segment_attributes(), ["region", "team", "business_line"]);
+        assert_eq!(
+            m.mapping.segment_attributes(),
+            ["region", "team", "business_line"]
+        );
     }
 
     fn broken(find: &str, replace: &str) -> MappingError {
@@ -588,15 +744,24 @@ mod tests {
     }
 
     fn line_of(needle: &str) -> usize {
-        DEFAULT_MAPPING[..DEFAULT_MAPPING.find(needle).unwrap()].matches('\n').count() + 1
+        DEFAULT_MAPPING[..DEFAULT_MAPPING.find(needle).unwrap()]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     #[test]
     fn an_unknown_attribute_in_a_rule_names_file_line_and_key() {
         let e = broken("attribute = \"vertical\"", "attribute = \"verticle\"");
-        assert_eq!((e.file.as_str(), e.key.as_str()), ("m.toml", "rules.vertical.attribute"));
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("m.toml", "rules.vertical.attribute")
+        );
         assert_eq!(e.line, line_of("attribute = \"vertical\""));
-        assert!(e.message.contains("verticle") && e.message.contains("region"), "{e}");
+        assert!(
+            e.message.contains("verticle") && e.message.contains("region"),
+            "{e}"
+        );
         assert!(!e.to_string().contains('\n'));
     }
 
@@ -613,7 +778,10 @@ mod tests {
     fn bad_values_say_what_is_allowed() {
         let e = broken("source = \"total\"", "source = \"sum\"");
         assert!(e.message.contains("time_decayed"), "{e}");
-        let e = broken("time_zone = \"America/New_York\"", "time_zone = \"Mars/Olympus\"");
+        let e = broken(
+            "time_zone = \"America/New_York\"",
+            "time_zone = \"Mars/Olympus\"",
+        );
         assert_eq!(e.key, "teams[0].time_zone");
         let e = broken("'(?i)\\bstudent\\b'", "'(?i)(student'");
         assert_eq!(e.key, "rules.title.patterns");

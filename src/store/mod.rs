@@ -1,1 +1,786 @@
-//! The SQLite checkpoint store (being written).
+//! The SQLite checkpoint store: what mqlsync has seen (cursors, threshold versions, lead and
+//! contact snapshots, scores and score history, opportunities), what it decided (cycles, the
+//! audit log) and what it still has to write (the outbox).
+//!
+//! A batch of events, its decisions, its outbox rows and the cursors that produced them
+//! commit in one transaction ([`Store::commit_batch`]): after a crash the store holds either
+//! all of a batch or none of it, and the poller re-reads from the saved cursor. rusqlite is
+//! synchronous; async callers give the store its own thread or use `spawn_blocking`.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use crate::engine::model::{
+    Action, Campaign, CrmKind, CrmRef, Cycle, Decision, Event, Opportunity, ScorePart, Threshold,
+};
+use crate::engine::score::Scores;
+use crate::engine::state::{EngineMeta, EngineState, MapLeadState, PersonState};
+
+pub use schema::{APPLICATION_ID, MIGRATIONS};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Why the store cannot be used, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path} is not an mqlsync store ({detail}); point `store` at a new file or at an mqlsync store"
+    )]
+    NotAStore { path: String, detail: String },
+    #[error(
+        "{path} was written by a newer mqlsync (schema {found}, this build knows up to {supported}); upgrade mqlsync, or restore a backup of the store"
+    )]
+    NewerSchema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "{path} failed its integrity check: {detail}; restore a backup or start a new store and backfill"
+    )]
+    Corrupt { path: String, detail: String },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "store {path}: a saved record cannot be read ({detail}); the store may have been edited by hand"
+    )]
+    Decode { path: String, detail: String },
+}
+
+/// One remote write waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutboxRow {
+    /// `MQL:{external id}`, `Lead:{id}`, `Contact:{id}` or `Notify:{external id}:{owner}:{instant}`.
+    pub key: String,
+    /// `cycle`, `stamps` or `notify`.
+    pub kind: String,
+    /// The engine's value to write (a cycle, stamps, a notification), as JSON.
+    pub payload: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// Counts for `mqlsync status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoreSummary {
+    pub schema_version: i64,
+    pub cursors: Vec<(String, String, String)>,
+    pub cycles_by_status: Vec<(String, i64)>,
+    pub outbox_pending: i64,
+    pub outbox_failed: i64,
+    pub persons: i64,
+    pub map_leads: i64,
+    pub thresholds: i64,
+    pub threshold_versions: i64,
+    pub score_changes: i64,
+    pub audit_entries: i64,
+}
+
+/// What one batch commits.
+pub struct Batch<'a> {
+    /// The events of the batch (score changes go to the history, thresholds to the versions).
+    pub events: &'a [Event],
+    pub decisions: &'a [Decision],
+    /// Cursor name -> value, saved only if the whole batch commits.
+    pub cursors: &'a [(String, String)],
+    /// When mqlsync saw the batch (the audit log's clock).
+    pub seen_at: Timestamp,
+}
+
+/// An open store.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+fn opt_ts(t: Option<Timestamp>) -> Option<String> {
+    t.map(ts)
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("engine values serialise")
+}
+
+impl Store {
+    /// Opens (creating if missing) the store at `path`, checks it, and runs migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::NotAStore {
+                path: path.display().to_string(),
+                detail: format!("cannot create its folder: {e}"),
+            })?;
+        }
+        let shown = path.display().to_string();
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::prepare(conn, shown)
+    }
+
+    /// A store in memory, for tests and `simulate` without `--store`.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Self::prepare(conn, ":memory:".into())
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn prepare(conn: Connection, path: String) -> Result<Store, StoreError> {
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let not_a_store = |detail: String| StoreError::NotAStore {
+            path: path.clone(),
+            detail,
+        };
+        // The first read tells a SQLite file from anything else.
+        let app_id: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| not_a_store(e.to_string()))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(sql)?;
+        if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
+            return Err(not_a_store(format!(
+                "a SQLite database of another application (application_id {app_id}, {tables} schema objects)"
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(sql)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: check,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let mut store = Store { conn, path };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let path = self.path.clone();
+            let err = |source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(migration).map_err(err)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The schema version of the open store.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// A saved cursor.
+    pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Commits a batch: its history, the engine's changed state, its decisions (audit log and
+    /// outbox) and its cursors, in one transaction. Takes the engine's dirty set.
+    pub fn commit_batch(
+        &mut self,
+        batch: Batch<'_>,
+        state: &mut EngineState,
+    ) -> Result<(), StoreError> {
+        let dirty = state.take_dirty();
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        write_batch(&tx, &batch, state, &dirty).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        tx.commit()
+            .map_err(|source| StoreError::Sqlite { path, source })?;
+        Ok(())
+    }
+
+    /// Loads the engine state saved by earlier batches.
+    pub fn load_engine(&self) -> Result<EngineState, StoreError> {
+        load_engine(&self.conn).map_err(|e| match e {
+            LoadError::Sql(source) => self.sql_err(source),
+            LoadError::Decode(detail) => StoreError::Decode {
+                path: self.path.clone(),
+                detail,
+            },
+        })
+    }
+
+    /// Every cycle, by CRM id and number.
+    pub fn cycles(&self) -> Result<Vec<Cycle>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM cycles ORDER BY crm_id, number")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql_err(e))?;
+        let mut cycles = Vec::new();
+        for body in rows {
+            let body = body.map_err(|e| self.sql_err(e))?;
+            cycles.push(serde_json::from_str(&body).map_err(|e| StoreError::Decode {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(cycles)
+    }
+
+    /// Pending outbox rows, oldest first.
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, kind, payload, attempts, last_error FROM outbox
+                 WHERE state = 'pending' ORDER BY updated_at, key LIMIT ?1",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(OutboxRow {
+                    key: r.get(0)?,
+                    kind: r.get(1)?,
+                    payload: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+
+    /// Marks outbox rows written (`Ok`) or failed with the vendor's error (`Err`), in one
+    /// transaction. A row whose payload changed since it was read stays pending.
+    pub fn outbox_settle(
+        &mut self,
+        results: &[(OutboxRow, Result<(), String>)],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut done = tx
+                .prepare_cached("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ?3 WHERE key = ?1 AND payload = ?2")
+                .map_err(err)?;
+            let mut failed = tx
+                .prepare_cached("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2")
+                .map_err(err)?;
+            for (row, result) in results {
+                match result {
+                    Ok(()) => done.execute(params![row.key, row.payload, ts(at)]),
+                    Err(e) => failed.execute(params![row.key, row.payload, e, ts(at)]),
+                }
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Summary counts for `mqlsync status`.
+    pub fn summary(&self) -> Result<StoreSummary, StoreError> {
+        let e = |source| self.sql_err(source);
+        let count = |sql: &str| -> Result<i64, StoreError> {
+            self.conn.query_row(sql, [], |r| r.get(0)).map_err(e)
+        };
+        let mut cursors = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, value, updated_at FROM cursors ORDER BY name")
+            .map_err(e)?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(e)?
+        {
+            cursors.push(row.map_err(e)?);
+        }
+        let mut by_status = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, count(*) FROM cycles GROUP BY status ORDER BY status")
+            .map_err(e)?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(e)?
+        {
+            by_status.push(row.map_err(e)?);
+        }
+        Ok(StoreSummary {
+            schema_version: self.schema_version()?,
+            cursors,
+            cycles_by_status: by_status,
+            outbox_pending: count("SELECT count(*) FROM outbox WHERE state = 'pending'")?,
+            outbox_failed: count("SELECT count(*) FROM outbox WHERE state = 'failed'")?,
+            persons: count("SELECT count(*) FROM persons")?,
+            map_leads: count("SELECT count(*) FROM map_leads")?,
+            thresholds: count("SELECT count(*) FROM thresholds")?,
+            threshold_versions: count("SELECT count(*) FROM threshold_versions")?,
+            score_changes: count("SELECT count(*) FROM score_history")?,
+            audit_entries: count("SELECT count(*) FROM audit")?,
+        })
+    }
+
+    /// The audit log of one subject (CRM id, `map:{id}` or threshold id), oldest first.
+    pub fn audit_of(&self, subject: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, action, reason FROM audit WHERE subject = ?1 ORDER BY seq")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+
+    /// Where the file is, for messages.
+    pub fn file(&self) -> PathBuf {
+        PathBuf::from(&self.path)
+    }
+}
+
+fn part_name(part: ScorePart) -> &'static str {
+    match part {
+        ScorePart::Total => "total",
+        ScorePart::Behavior => "behavior",
+        ScorePart::Demographic => "demographic",
+    }
+}
+
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::OpenCycle { .. } => "open_cycle",
+        Action::UpdateCycle { .. } => "update_cycle",
+        Action::StampPerson { .. } => "stamp_person",
+        Action::Notify { .. } => "notify",
+        Action::Record => "record",
+    }
+}
+
+fn write_batch(
+    tx: &Transaction<'_>,
+    batch: &Batch<'_>,
+    state: &EngineState,
+    dirty: &crate::engine::state::Dirty,
+) -> rusqlite::Result<()> {
+    let seen = ts(batch.seen_at);
+    {
+        let mut history = tx.prepare_cached(
+            "INSERT OR IGNORE INTO score_history (change_id, map_lead_id, part, new_value, old_value, campaign_id, campaign_name, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut versions = tx.prepare_cached(
+            "INSERT OR IGNORE INTO threshold_versions (threshold_id, modified_at, score, segment, effective_from, effective_to, active, deleted, set_by, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for event in batch.events {
+            match event {
+                Event::Score(s) => {
+                    let (cid, cname) = s.campaign.as_ref().map_or((None, None), |c: &Campaign| {
+                        (Some(c.id.as_str()), c.name.as_deref())
+                    });
+                    history.execute(params![
+                        s.change_id,
+                        s.map_lead_id,
+                        part_name(s.part),
+                        s.new_value,
+                        s.old_value,
+                        cid,
+                        cname,
+                        ts(s.at)
+                    ])?;
+                }
+                Event::Threshold(t) => {
+                    versions.execute(params![
+                        t.id,
+                        ts(t.modified_at),
+                        t.score,
+                        json(&t.segment),
+                        opt_ts(t.effective_from),
+                        opt_ts(t.effective_to),
+                        t.active,
+                        t.deleted,
+                        t.set_by,
+                        seen
+                    ])?;
+                }
+                _ => {}
+            }
+        }
+    }
+    write_state(tx, state, dirty)?;
+    {
+        let mut audit = tx.prepare_cached(
+            "INSERT INTO audit (at, subject, action, reason_code, reason, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
+             ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, state = 'pending',
+                 attempts = 0, last_error = NULL, updated_at = excluded.updated_at
+             WHERE outbox.payload <> excluded.payload OR outbox.state <> 'done'",
+        )?;
+        let mut notify = tx.prepare_cached(
+            "INSERT OR IGNORE INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
+             VALUES (?1, 'notify', ?2, 'pending', 0, ?3, ?3)",
+        )?;
+        for d in batch.decisions {
+            let reason = json(&d.reason);
+            let code = serde_json::from_str::<serde_json::Value>(&reason)
+                .ok()
+                .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            audit.execute(params![
+                ts(d.at),
+                d.subject,
+                action_name(&d.action),
+                code,
+                reason,
+                seen
+            ])?;
+            match &d.action {
+                Action::OpenCycle { cycle } | Action::UpdateCycle { cycle } => {
+                    upsert.execute(params![
+                        format!("MQL:{}", cycle.external_id),
+                        "cycle",
+                        json(cycle),
+                        seen
+                    ])?;
+                }
+                Action::StampPerson { crm, stamps } => {
+                    let payload = json(&(crm, stamps));
+                    upsert.execute(params![
+                        format!("{}:{}", crm.kind.as_str(), crm.id),
+                        "stamps",
+                        payload,
+                        seen
+                    ])?;
+                }
+                Action::Notify {
+                    owner_id,
+                    external_id,
+                    ..
+                } => {
+                    let key = format!("Notify:{external_id}:{owner_id}:{}", ts(d.at));
+                    notify.execute(params![key, json(&d.action), seen])?;
+                }
+                Action::Record => {}
+            }
+        }
+    }
+    {
+        let mut cursor = tx.prepare_cached(
+            "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )?;
+        for (name, value) in batch.cursors {
+            cursor.execute(params![name, value, seen])?;
+        }
+    }
+    Ok(())
+}
+
+fn write_state(
+    tx: &Transaction<'_>,
+    state: &EngineState,
+    dirty: &crate::engine::state::Dirty,
+) -> rusqlite::Result<()> {
+    let mut threshold = tx.prepare_cached(
+        "INSERT INTO thresholds (id, body, modified_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body, modified_at = excluded.modified_at",
+    )?;
+    for id in &dirty.thresholds {
+        if let Some(t) = state.thresholds.get(id) {
+            threshold.execute(params![id, json(t), ts(t.modified_at)])?;
+        }
+    }
+    let mut person = tx.prepare_cached(
+        "INSERT INTO persons (crm_id, kind, map_lead_id, facts, stamps, cooldown, last_hold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (crm_id) DO UPDATE SET kind = excluded.kind, map_lead_id = excluded.map_lead_id, facts = excluded.facts,
+             stamps = excluded.stamps, cooldown = excluded.cooldown, last_hold = excluded.last_hold",
+    )?;
+    for id in &dirty.persons {
+        if let Some(p) = state.persons.get(id) {
+            let kind = p.facts.as_ref().map(|f| f.crm.kind.as_str());
+            person.execute(params![
+                id,
+                kind,
+                p.map_lead,
+                p.facts.as_ref().map(json),
+                json(&p.stamps),
+                p.cooldown.as_ref().map(json),
+                p.last_hold.as_ref().map(json)
+            ])?;
+        }
+    }
+    let mut cycle = tx.prepare_cached(
+        "INSERT INTO cycles (external_id, crm_id, number, status, owner_id, team, segment, mql_at, backfilled, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (external_id) DO UPDATE SET status = excluded.status, owner_id = excluded.owner_id, body = excluded.body",
+    )?;
+    for id in &dirty.cycles {
+        if let Some(c) = state.cycle(id) {
+            cycle.execute(params![
+                c.external_id,
+                c.crm.id,
+                c.number,
+                c.status.as_str(),
+                c.owner_id,
+                c.team,
+                c.segment,
+                ts(c.mql_at),
+                c.backfilled,
+                json(c)
+            ])?;
+        }
+    }
+    let mut lead = tx.prepare_cached(
+        "INSERT INTO map_leads (id, crm_kind, crm_id, link_at, total, behavior, demographic, decayed, decay_anchor, versions, last_campaign, unlinked_recorded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (id) DO UPDATE SET crm_kind = excluded.crm_kind, crm_id = excluded.crm_id, link_at = excluded.link_at,
+             total = excluded.total, behavior = excluded.behavior, demographic = excluded.demographic, decayed = excluded.decayed,
+             decay_anchor = excluded.decay_anchor, versions = excluded.versions, last_campaign = excluded.last_campaign,
+             unlinked_recorded = excluded.unlinked_recorded",
+    )?;
+    for id in &dirty.map_leads {
+        if let Some(l) = state.map_leads.get(id) {
+            let s = &l.scores;
+            lead.execute(params![
+                id,
+                l.crm.as_ref().map(|c| c.kind.as_str()),
+                l.crm.as_ref().map(|c| c.id.as_str()),
+                opt_ts(l.link_at),
+                s.total,
+                s.behavior,
+                s.demographic,
+                s.decayed,
+                opt_ts(s.decay_anchor),
+                json(&s.versions),
+                s.last_campaign.as_ref().map(json),
+                l.unlinked_recorded
+            ])?;
+        }
+    }
+    let mut opp = tx.prepare_cached(
+        "INSERT INTO opportunities (id, account_id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, body = excluded.body",
+    )?;
+    for id in &dirty.opportunities {
+        if let Some(o) = state.opportunities.get(id) {
+            opp.execute(params![id, o.account_id, json(o)])?;
+        }
+    }
+    if dirty.meta {
+        tx.prepare_cached(
+            "INSERT INTO engine_meta (key, value) VALUES ('engine', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([json(&state.meta)])?;
+    }
+    Ok(())
+}
+
+enum LoadError {
+    Sql(rusqlite::Error),
+    Decode(String),
+}
+
+impl From<rusqlite::Error> for LoadError {
+    fn from(e: rusqlite::Error) -> Self {
+        LoadError::Sql(e)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, LoadError> {
+    serde_json::from_str(text).map_err(|e| LoadError::Decode(format!("{what}: {e}")))
+}
+
+fn parse_ts(text: Option<String>, what: &str) -> Result<Option<Timestamp>, LoadError> {
+    text.map(|t| {
+        t.parse::<Timestamp>()
+            .map_err(|e| LoadError::Decode(format!("{what}: {e}")))
+    })
+    .transpose()
+}
+
+fn kind_of(text: &str) -> CrmKind {
+    if text == "Contact" {
+        CrmKind::Contact
+    } else {
+        CrmKind::Lead
+    }
+}
+
+fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
+    let mut state = EngineState::new();
+    let mut stmt = conn.prepare("SELECT id, body FROM thresholds")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let t: Threshold = decode(&r.get::<_, String>(1)?, &format!("threshold {id}"))?;
+        state.thresholds.insert(id, t);
+    }
+    let mut stmt = conn
+        .prepare("SELECT crm_id, map_lead_id, facts, stamps, cooldown, last_hold FROM persons")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let what = format!("person {id}");
+        let person = PersonState {
+            facts: r
+                .get::<_, Option<String>>(2)?
+                .map(|f| decode(&f, &what))
+                .transpose()?,
+            map_lead: r.get(1)?,
+            cycles: Vec::new(),
+            stamps: decode(&r.get::<_, String>(3)?, &what)?,
+            cooldown: r
+                .get::<_, Option<String>>(4)?
+                .map(|c| decode(&c, &what))
+                .transpose()?,
+            last_hold: r
+                .get::<_, Option<String>>(5)?
+                .map(|c| decode(&c, &what))
+                .transpose()?,
+            ..PersonState::default()
+        };
+        state.persons.insert(id, person);
+    }
+    let mut stmt = conn.prepare("SELECT crm_id, body FROM cycles ORDER BY crm_id, number")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let crm_id: String = r.get(0)?;
+        let cycle: Cycle = decode(&r.get::<_, String>(1)?, &format!("cycle of {crm_id}"))?;
+        state.persons.entry(crm_id).or_default().cycles.push(cycle);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, crm_kind, crm_id, link_at, total, behavior, demographic, decayed, decay_anchor, versions, last_campaign, unlinked_recorded FROM map_leads",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let what = format!("MAP lead {id}");
+        let crm = match (
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ) {
+            (Some(kind), Some(crm_id)) => Some(CrmRef {
+                kind: kind_of(&kind),
+                id: crm_id,
+            }),
+            _ => None,
+        };
+        let lead = MapLeadState {
+            crm,
+            link_at: parse_ts(r.get(3)?, &what)?,
+            scores: Scores {
+                total: r.get(4)?,
+                behavior: r.get(5)?,
+                demographic: r.get(6)?,
+                decayed: r.get(7)?,
+                decay_anchor: parse_ts(r.get(8)?, &what)?,
+                versions: decode(&r.get::<_, String>(9)?, &what)?,
+                last_campaign: r
+                    .get::<_, Option<String>>(10)?
+                    .map(|c| decode(&c, &what))
+                    .transpose()?,
+            },
+            unlinked_recorded: r.get(11)?,
+        };
+        state.map_leads.insert(id, lead);
+    }
+    let mut stmt = conn.prepare("SELECT id, body FROM opportunities")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let o: Opportunity = decode(&r.get::<_, String>(1)?, &format!("opportunity {id}"))?;
+        state.opportunities.insert(id, o);
+    }
+    let meta: Option<String> = conn
+        .query_row(
+            "SELECT value FROM engine_meta WHERE key = 'engine'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    state.meta = meta
+        .map(|m| decode::<EngineMeta>(&m, "engine meta"))
+        .transpose()?
+        .unwrap_or_default();
+    state.rebuild_indexes();
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests;

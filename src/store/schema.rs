@@ -1,0 +1,127 @@
+//! The store's schema, as an ordered list of migrations. `PRAGMA user_version` records how
+//! many have run; a store whose version is above the last one here was written by a newer
+//! mqlsync and is refused. Never edit a shipped migration: add the next one.
+
+/// Marks a SQLite file as an mqlsync store (`PRAGMA application_id`, "MQLS").
+pub const APPLICATION_ID: i32 = 0x4D51_4C53;
+
+/// Migration `i` moves the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE cursors (
+        name        TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    ) STRICT;
+
+    -- The current version of each threshold record, and every version ever seen.
+    CREATE TABLE thresholds (
+        id           TEXT PRIMARY KEY,
+        body         TEXT NOT NULL,
+        modified_at  TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE threshold_versions (
+        threshold_id TEXT NOT NULL,
+        modified_at  TEXT NOT NULL,
+        score        REAL NOT NULL,
+        segment      TEXT NOT NULL,
+        effective_from TEXT,
+        effective_to TEXT,
+        active       INTEGER NOT NULL,
+        deleted      INTEGER NOT NULL,
+        set_by       TEXT,
+        seen_at      TEXT NOT NULL,
+        PRIMARY KEY (threshold_id, modified_at)
+    ) STRICT;
+
+    -- Lead and contact snapshots with mqlsync's stamps.
+    CREATE TABLE persons (
+        crm_id      TEXT PRIMARY KEY,
+        kind        TEXT,
+        map_lead_id INTEGER,
+        facts       TEXT,
+        stamps      TEXT NOT NULL,
+        cooldown    TEXT,
+        last_hold   TEXT
+    ) STRICT;
+
+    CREATE TABLE map_leads (
+        id            INTEGER PRIMARY KEY,
+        crm_kind      TEXT,
+        crm_id        TEXT,
+        link_at       TEXT,
+        total         REAL,
+        behavior      REAL,
+        demographic   REAL,
+        decayed       REAL NOT NULL,
+        decay_anchor  TEXT,
+        versions      TEXT NOT NULL,
+        last_campaign TEXT,
+        unlinked_recorded INTEGER NOT NULL
+    ) STRICT;
+
+    -- Every score change seen, for what-if reports and backfill.
+    CREATE TABLE score_history (
+        change_id   TEXT PRIMARY KEY,
+        map_lead_id INTEGER NOT NULL,
+        part        TEXT NOT NULL,
+        new_value   REAL NOT NULL,
+        old_value   REAL,
+        campaign_id TEXT,
+        campaign_name TEXT,
+        at          TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE opportunities (
+        id          TEXT PRIMARY KEY,
+        account_id  TEXT NOT NULL,
+        body        TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE cycles (
+        external_id TEXT PRIMARY KEY,
+        crm_id      TEXT NOT NULL,
+        number      INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        owner_id    TEXT,
+        team        TEXT,
+        segment     TEXT NOT NULL,
+        mql_at      TEXT NOT NULL,
+        backfilled  INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        UNIQUE (crm_id, number)
+    ) STRICT;
+    CREATE INDEX cycles_by_status ON cycles (status);
+
+    -- Pending remote writes, one row per remote record, latest desired state wins.
+    CREATE TABLE outbox (
+        key         TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX outbox_pending ON outbox (state, updated_at);
+
+    -- Every decision, with its machine-readable reason.
+    CREATE TABLE audit (
+        seq         INTEGER PRIMARY KEY,
+        at          TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        reason_code TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        recorded_at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_subject ON audit (subject, seq);
+
+    CREATE TABLE engine_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    "#,
+];

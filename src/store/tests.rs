@@ -1,0 +1,288 @@
+//! Store tests: migrations and refusals, one-transaction batches, the outbox, and that a
+//! store reloaded after any batch continues exactly as an uninterrupted run.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::engine::model::{CrmRef, MapLink, PersonFacts, ScoreChange};
+use crate::engine::{Context, Policy, reconcile};
+
+fn t(minutes: i64) -> Timestamp {
+    "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
+}
+
+fn events() -> Vec<Event> {
+    let mut out = vec![Event::Threshold(Threshold {
+        id: "a0T1".into(),
+        segment: BTreeMap::from([("region".to_string(), "NA".to_string())]),
+        score: 80.0,
+        effective_from: None,
+        effective_to: None,
+        active: true,
+        set_by: Some("005M".into()),
+        modified_at: t(0),
+        deleted: false,
+    })];
+    for i in 0..6 {
+        let id = format!("00Q{i}");
+        out.push(Event::Person(PersonFacts {
+            crm: CrmRef {
+                kind: CrmKind::Lead,
+                id: id.clone(),
+            },
+            status: Some("Open".into()),
+            owner_id: Some("005A".into()),
+            title: None,
+            account_id: None,
+            converted: false,
+            attributes: BTreeMap::from([("region".to_string(), "NA".to_string())]),
+            modified_at: t(i),
+        }));
+        out.push(Event::Link(MapLink {
+            map_lead_id: i,
+            crm: Some(CrmRef {
+                kind: CrmKind::Lead,
+                id,
+            }),
+            at: t(i),
+        }));
+        for k in 0..3 {
+            out.push(Event::Score(ScoreChange {
+                map_lead_id: i,
+                change_id: format!("s{i}-{k}"),
+                part: ScorePart::Total,
+                new_value: 30.0 * (k + 1) as f64 + i as f64,
+                old_value: None,
+                campaign: Some(Campaign {
+                    id: format!("C{k}"),
+                    name: None,
+                }),
+                at: t(10 + i * 3 + k),
+            }));
+        }
+    }
+    out
+}
+
+fn apply(state: &mut EngineState, policy: &Policy, event: &Event) -> Vec<Decision> {
+    let ctx = Context {
+        policy,
+        now: event.at(),
+        backfill: false,
+    };
+    reconcile(state, &ctx, event)
+}
+
+#[test]
+fn a_new_store_is_migrated_to_the_latest_schema_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s/m.sqlite")).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let mode: String = store
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_reloaded_store_continues_exactly_like_an_uninterrupted_run() {
+    let policy = Policy::example();
+    let all = events();
+    // Uninterrupted.
+    let mut straight = EngineState::new();
+    let expected: Vec<Vec<Decision>> = all
+        .iter()
+        .map(|e| apply(&mut straight, &policy, e))
+        .collect();
+    // Interrupted after every batch of 4 events: commit, drop everything, reload.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    let mut got = Vec::new();
+    for (n, chunk) in all.chunks(4).enumerate() {
+        let mut store = Store::open(&path).unwrap();
+        let mut state = store.load_engine().unwrap();
+        let decisions: Vec<Vec<Decision>> = chunk
+            .iter()
+            .map(|e| apply(&mut state, &policy, e))
+            .collect();
+        let flat: Vec<Decision> = decisions.iter().flatten().cloned().collect();
+        let cursors = [("map.activities".to_string(), format!("batch-{n}"))];
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &flat,
+                    cursors: &cursors,
+                    seen_at: t(100),
+                },
+                &mut state,
+            )
+            .unwrap();
+        got.extend(decisions);
+    }
+    assert_eq!(
+        serde_json::to_string(&got).unwrap(),
+        serde_json::to_string(&expected).unwrap()
+    );
+    let store = Store::open(&path).unwrap();
+    let reloaded = store.load_engine().unwrap();
+    assert_eq!(reloaded.persons.len(), straight.persons.len());
+    for (id, p) in &straight.persons {
+        assert_eq!(reloaded.persons[id].cycles, p.cycles, "{id}");
+        assert_eq!(reloaded.persons[id].stamps, p.stamps, "{id}");
+    }
+    assert_eq!(reloaded.map_leads, straight.map_leads);
+    let last = format!("batch-{}", (all.len() - 1) / 4);
+    assert_eq!(store.cursor("map.activities").unwrap(), Some(last));
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.score_changes, 18);
+    assert_eq!(summary.threshold_versions, 1);
+    assert!(
+        summary
+            .cycles_by_status
+            .iter()
+            .any(|(s, n)| s == "Open" && *n > 0)
+    );
+}
+
+#[test]
+fn a_failed_batch_leaves_nothing_behind() {
+    let policy = Policy::example();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let all = events();
+    let decisions: Vec<Decision> = all
+        .iter()
+        .flat_map(|e| apply(&mut state, &policy, e))
+        .collect();
+    // Break the last statement the batch runs (the cursor write) to fail mid-way.
+    store.conn.execute_batch("DROP TABLE cursors").unwrap();
+    let cursors = [("crm.leads".to_string(), "x".to_string())];
+    let err = store
+        .commit_batch(
+            Batch {
+                events: &all,
+                decisions: &decisions,
+                cursors: &cursors,
+                seen_at: t(0),
+            },
+            &mut state,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("cursors"), "{err}");
+    for table in [
+        "score_history",
+        "audit",
+        "outbox",
+        "cycles",
+        "persons",
+        "map_leads",
+    ] {
+        let n: i64 = store
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{table} kept rows of a failed batch");
+    }
+}
+
+#[test]
+fn the_outbox_keeps_the_latest_state_per_record_and_a_replay_requeues_nothing() {
+    let policy = Policy::example();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let all = events();
+    let decisions: Vec<Decision> = all
+        .iter()
+        .flat_map(|e| apply(&mut state, &policy, e))
+        .collect();
+    let commit = |store: &mut Store, state: &mut EngineState, decisions: &[Decision]| {
+        store
+            .commit_batch(
+                Batch {
+                    events: &[],
+                    decisions,
+                    cursors: &[],
+                    seen_at: t(50),
+                },
+                state,
+            )
+            .unwrap();
+    };
+    commit(&mut store, &mut state, &decisions);
+    let pending = store.outbox_pending(100).unwrap();
+    let mql_rows = pending.iter().filter(|r| r.key.starts_with("MQL:")).count();
+    let opened = decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::OpenCycle { .. }))
+        .count();
+    assert_eq!(mql_rows, opened, "one row per cycle");
+    assert!(pending.iter().all(|r| r.attempts == 0));
+    let results: Vec<(OutboxRow, Result<(), String>)> = pending
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                if r.key == pending[0].key {
+                    Err("FIELD_CUSTOM_VALIDATION_EXCEPTION".into())
+                } else {
+                    Ok(())
+                },
+            )
+        })
+        .collect();
+    store.outbox_settle(&results, t(60)).unwrap();
+    assert!(store.outbox_pending(100).unwrap().is_empty());
+    assert_eq!(store.summary().unwrap().outbox_failed, 1);
+    // The same decisions again (a replayed batch): written rows stay written, the failed one
+    // is retried.
+    commit(&mut store, &mut state, &decisions);
+    let again = store.outbox_pending(100).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].key, pending[0].key);
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "these are my notes, not a database, and long enough to look like a header page....",
+    )
+    .unwrap();
+    let err = Store::open(&text).err().unwrap();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert!(
+        std::fs::read_to_string(&text)
+            .unwrap()
+            .starts_with("these are my notes")
+    );
+    let other = dir.path().join("other.sqlite");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let err = Store::open(&other).err().unwrap();
+    assert!(err.to_string().contains("another application"), "{err}");
+}
+
+#[test]
+fn a_store_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    drop(Store::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let err = Store::open(&path).err().unwrap();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade mqlsync"));
+}
