@@ -1,2 +1,289 @@
-//! The `mqlsync` command line (being written).
-fn main() {}
+//! The `mqlsync` command line: parses arguments, sets up logging, runs one command, and
+//! maps failures to exit codes (2: bad input, a config, mapping or history that cannot be
+//! used; 1: anything else). User-facing output goes to stdout, logs to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jiff::Timestamp;
+
+use mqlsync::config::{self, Config, ConfigError};
+use mqlsync::engine::{Cycle, explain};
+use mqlsync::mapping::{self, MappingError};
+use mqlsync::simulate::{self, HistoryError};
+use mqlsync::store::{Store, StoreError};
+
+#[derive(Parser)]
+#[command(
+    name = "mqlsync",
+    version,
+    about = "Sales controls the MQL threshold; marketing keeps scoring."
+)]
+struct Cli {
+    /// Config file (TOML); `MQLSYNC_*` variables override it.
+    #[arg(long, global = true, env = "MQLSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and the mapping and print the effective config, secrets redacted.
+    Check {
+        /// Mapping file (default: the config's, else the built-in default mapping).
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+    },
+    /// Summarise the store: cursors, cycles by status, outbox depth.
+    Status {
+        /// Store file (default: the config's `store`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a CSV or JSONL history through the engine and print the resulting cycles.
+    Simulate {
+        /// The history: `.csv` or `.jsonl` (columns in the README, example in tests/fixtures/).
+        history: PathBuf,
+        /// Store to write into (default: a fresh store in memory).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Mapping file (default: the config's, else the built-in default mapping).
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// Let time run to this instant after the last row (SLA timers, scheduled thresholds).
+        #[arg(long)]
+        until: Option<Timestamp>,
+        /// Events per store transaction.
+        #[arg(long, default_value_t = 2_000)]
+        batch_size: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say why a CRM lead or contact is, or is not, an MQL, with its audit log.
+    Explain {
+        /// The CRM lead or contact id.
+        crm_id: String,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// The instant to explain at (default: the store's clock).
+        #[arg(long)]
+        at: Option<Timestamp>,
+    },
+}
+
+/// A failure caused by input the user can fix: exit code 2.
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<ConfigError>()
+            || c.is::<MappingError>()
+            || c.is::<HistoryError>()
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::NotAStore { .. } | StoreError::NewerSchema { .. })
+            )
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MQLSYNC_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mqlsync: {e:#}");
+            if is_bad_input(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MQLSYNC_") && k != "MQLSYNC_CONFIG")
+        .collect();
+    Ok(config::load(path, &env)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Check { mapping } => {
+            let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
+            println!(
+                "config: {}",
+                config
+                    .file
+                    .as_ref()
+                    .map_or("(none: defaults)".to_string(), |f| f.display().to_string())
+            );
+            println!(
+                "mapping: {} (ok: {} segment attributes, {} teams)",
+                loaded.source,
+                loaded.mapping.segments.len(),
+                loaded.policy.teams.len()
+            );
+            println!(
+                "\n# effective config (secrets redacted)\n{}",
+                toml::to_string(&config).context("printing the config")?
+            );
+            Ok(())
+        }
+        Command::Status { store, json } => {
+            let path = store.unwrap_or_else(|| config.store.clone());
+            if !path.exists() {
+                anyhow::bail!(
+                    "no store at {}: run `mqlsync simulate --store` or `mqlsync run` first",
+                    path.display()
+                );
+            }
+            let summary = Store::open(&path)?.summary()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
+            println!(
+                "store: {} (schema {})",
+                path.display(),
+                summary.schema_version
+            );
+            println!("cursors:");
+            for (name, value, at) in &summary.cursors {
+                println!("  {name:<28} {value}  (saved {at})");
+            }
+            println!("cycles by status:");
+            for (status, n) in &summary.cycles_by_status {
+                println!("  {status:<10} {n}");
+            }
+            println!(
+                "outbox: {} pending, {} failed",
+                summary.outbox_pending, summary.outbox_failed
+            );
+            println!(
+                "seen: {} people, {} MAP leads, {} thresholds ({} versions), {} score changes; {} audit entries",
+                summary.persons,
+                summary.map_leads,
+                summary.thresholds,
+                summary.threshold_versions,
+                summary.score_changes,
+                summary.audit_entries
+            );
+            Ok(())
+        }
+        Command::Simulate {
+            history,
+            store,
+            mapping,
+            until,
+            batch_size,
+            json,
+        } => {
+            let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
+            // Read and check everything before the store is touched.
+            let events = simulate::read_history(&history)?;
+            let mut store = match &store {
+                Some(path) => Store::open(path)?,
+                None => Store::open_in_memory()?,
+            };
+            let cursor = format!(
+                "simulate:{}",
+                history
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            );
+            let summary = simulate::run(
+                &events,
+                &loaded.policy,
+                &mut store,
+                &cursor,
+                until,
+                batch_size,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print_cycles(&summary.cycles);
+                println!(
+                    "\n{} events, {} new cycles; decisions: {}",
+                    summary.events,
+                    summary.cycles_opened,
+                    summary
+                        .decisions
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Explain {
+            crm_id,
+            store,
+            mapping,
+            at,
+        } => {
+            let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
+            let path = store.unwrap_or_else(|| config.store.clone());
+            if !path.exists() {
+                anyhow::bail!("no store at {}", path.display());
+            }
+            let store = Store::open(&path)?;
+            let state = store.load_engine()?;
+            let at = at.or(state.meta.clock).unwrap_or_else(Timestamp::now);
+            let reason = explain(&state, &loaded.policy, &crm_id, at);
+            println!("{crm_id} at {at}: {}", serde_json::to_string(&reason)?);
+            for (when, action, why) in store.audit_of(&crm_id)? {
+                println!("  {when}  {action:<13} {why}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_cycles(cycles: &[Cycle]) {
+    println!(
+        "{:<22} {:<9} {:>6} {:>6} {:<12} {:<12} {:<21} {:<21} {:>4} {:>3}",
+        "external id",
+        "status",
+        "score",
+        "thresh",
+        "segment",
+        "campaign",
+        "mql at",
+        "sal at",
+        "late",
+        "re"
+    );
+    for c in cycles {
+        println!(
+            "{:<22} {:<9} {:>6} {:>6} {:<12} {:<12} {:<21} {:<21} {:>4} {:>3}",
+            c.external_id,
+            c.status.as_str(),
+            c.score,
+            c.threshold,
+            c.segment,
+            c.campaign.as_ref().map_or("-", |x| x.id.as_str()),
+            c.mql_at.to_string(),
+            c.sal_at.map_or("-".to_string(), |t| t.to_string()),
+            if c.overdue { "yes" } else { "no" },
+            c.reassignments
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The command line as a user runs it: `check`, `simulate`, `status`, `explain`, and the
+//! exit code 2 with a one-line message for input that cannot be used.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mqlsync(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MQLSYNC_CONFIG")
+        .env("MQLSYNC_LOG", "off")
+        .output()
+        .expect("mqlsync runs")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_validates_and_prints_the_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mqlsync.toml"),
+        "[marketo]\nbase_url = \"https://123-ABC-456.mktorest.com\"\nclient_id = \"cid\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+        .args(["--config", "mqlsync.toml", "check"])
+        .current_dir(dir.path())
+        .env("MQLSYNC_MARKETO_CLIENT_SECRET", "hunter2-very-secret")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("mapping: mappings/salesforce-marketo.toml (built in) (ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("<redacted: from MQLSYNC_MARKETO_CLIENT_SECRET>"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2") && !text(&out.stderr).contains("hunter2"));
+}
+
+#[test]
+fn simulate_gives_the_same_cycles_from_csv_and_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let out = mqlsync(
+            &[
+                "simulate",
+                fixture(name).to_str().unwrap(),
+                "--until",
+                "2026-03-10T00:00:00Z",
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["cycles"].clone()
+    };
+    let csv = run("history.csv");
+    assert_eq!(csv, run("history.jsonl"));
+    let ids: Vec<&str> = csv
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["external_id"].as_str().unwrap())
+        .collect();
+    // The student (00QCHL) is excluded; 00QDEV qualifies when the scheduled EMEA knob starts.
+    assert_eq!(ids, ["00QADA-1", "00QBEN-1", "00QDEV-1"]);
+    let dev = &csv[2];
+    assert_eq!(dev["mql_at"], "2026-03-09T00:00:00Z");
+    assert_eq!(csv[0]["status"], "Rejected");
+    assert_eq!(csv[0]["outcome"], "Not now");
+}
+
+#[test]
+fn simulate_into_a_store_then_status_and_explain_read_it_and_a_rerun_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    let args = ["simulate", history.to_str().unwrap(), "--store", "s.sqlite"];
+    assert!(mqlsync(&args, dir.path()).status.success());
+    let status = mqlsync(&["status", "--store", "s.sqlite", "--json"], dir.path());
+    let first: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(first["cursors"][0][0], "simulate:history.csv");
+    assert_eq!(first["cursors"][0][1], "20");
+    assert!(first["outbox_pending"].as_i64().unwrap() > 0);
+    // The same history again: every event is a replay.
+    let again = mqlsync(&[&args[..], &["--json"]].concat(), dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["cycles_opened"], 0);
+    assert_eq!(v["decisions"], serde_json::json!({}));
+    let explain = mqlsync(&["explain", "00QCHL", "--store", "s.sqlite"], dir.path());
+    let said = text(&explain.stdout);
+    assert!(
+        said.contains("\"code\":\"excluded\"") && said.contains("\"rule\":\"title\""),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_bad_date_is_one_line_naming_file_line_and_field_exit_2_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(fixture("history.csv")).unwrap();
+    let bad = good.replacen("2026-03-02T10:30:00Z", "2026-03-32T10:30:00Z", 1);
+    std::fs::write(dir.path().join("bad.csv"), bad).unwrap();
+    let out = mqlsync(&["simulate", "bad.csv", "--store", "s.sqlite"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad.csv:14: at: \"2026-03-32T10:30:00Z\" is not an instant"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("s.sqlite").exists(),
+        "the store was created"
+    );
+}
+
+#[test]
+fn a_threshold_that_ends_before_it_starts_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.jsonl"),
+        "{\"type\":\"threshold\",\"at\":\"2026-03-01T00:00:00Z\",\"id\":\"a0T9\",\"score\":50,\"effective_from\":\"2026-03-10T00:00:00Z\",\"effective_to\":\"2026-03-01T00:00:00Z\"}\n",
+    )
+    .unwrap();
+    let out = mqlsync(&["simulate", "t.jsonl"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("t.jsonl:1: effective_to: threshold a0T9"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_malformed_mapping_or_unknown_rule_field_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = mqlsync::mapping::DEFAULT_MAPPING
+        .replace("attribute = \"region\"", "attribute = \"territory\"");
+    std::fs::write(dir.path().join("m.toml"), mapping).unwrap();
+    let out = mqlsync(&["check", "--mapping", "m.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("m.toml:")
+            && err.contains("rules.region.attribute")
+            && err.contains("territory"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("m.toml"), "[crm\n").unwrap();
+    let out = mqlsync(&["check", "--mapping", "m.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("m.toml:1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("notes.sqlite"),
+        "not a database at all, just some words in a file",
+    )
+    .unwrap();
+    let out = mqlsync(&["status", "--store", "notes.sqlite"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not an mqlsync store"),
+        "{}",
+        text(&out.stderr)
+    );
+}
