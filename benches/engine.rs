@@ -1,1 +1,301 @@
-fn main() {}
+//! Engine benchmark: 1,000,000 score events over 100,000 leads and 50 segment thresholds,
+//! through the engine alone and through engine + store (one transaction per batch).
+//!
+//! `cargo bench --bench engine` runs each phase in a child process of its own, so that the
+//! peak resident memory (VmHWM) it reports belongs to that phase alone. Run one phase with
+//! `cargo bench --bench engine -- engine` or `-- store`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use jiff::{SignedDuration, Timestamp};
+use mqlsync::engine::model::{
+    Campaign, CrmKind, CrmRef, Event, MapLink, PersonFacts, ScoreChange, ScorePart, Threshold,
+};
+use mqlsync::engine::{Context, EngineState, Policy, reconcile};
+use mqlsync::store::{Batch, Store};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const LEADS: i64 = 100_000;
+const EVENTS: usize = 1_000_000;
+const BATCH: usize = 100_000;
+const REGIONS: [&str; 5] = ["NA", "EMEA", "APAC", "LATAM", "ANZ"];
+const TEAMS: [&str; 5] = ["SDR", "AE", "Inside", "Partner", "Enterprise"];
+
+fn start() -> Timestamp {
+    "2026-01-05T00:00:00Z".parse().unwrap()
+}
+
+/// Thresholds, people and links: the org as it stands before the score events.
+fn setup() -> Vec<Event> {
+    let mut events = Vec::new();
+    let t0 = start();
+    // 50 thresholds: 25 region x team, 5 region, 19 team x business line, 1 default.
+    let mut n = 0;
+    for r in REGIONS {
+        for t in TEAMS {
+            let score = 90.0 + n as f64;
+            events.push(threshold(&mut n, &[("region", r), ("team", t)], score));
+        }
+        events.push(threshold(&mut n, &[("region", r)], 100.0));
+    }
+    for t in TEAMS {
+        for b in ["Core", "Cloud", "Data", "Security"] {
+            if n < 49 {
+                events.push(threshold(
+                    &mut n,
+                    &[("team", t), ("business_line", b)],
+                    95.0,
+                ));
+            }
+        }
+    }
+    events.push(threshold(&mut n, &[], 110.0));
+    assert_eq!(n, 50);
+    for i in 0..LEADS {
+        let id = format!("00Q{i:012}");
+        let attributes = BTreeMap::from([
+            ("region".to_string(), REGIONS[(i % 5) as usize].to_string()),
+            (
+                "team".to_string(),
+                TEAMS[((i / 5) % 5) as usize].to_string(),
+            ),
+            (
+                "business_line".to_string(),
+                ["Core", "Cloud", "Data", "Security"][(i % 4) as usize].to_string(),
+            ),
+        ]);
+        events.push(Event::Person(PersonFacts {
+            crm: CrmRef {
+                kind: CrmKind::Lead,
+                id: id.clone(),
+            },
+            status: Some("Open - Not Contacted".into()),
+            owner_id: Some("005A".into()),
+            title: Some("IT Manager".into()),
+            account_id: None,
+            converted: false,
+            attributes,
+            modified_at: t0,
+        }));
+        events.push(Event::Link(MapLink {
+            map_lead_id: i,
+            crm: Some(CrmRef {
+                kind: CrmKind::Lead,
+                id,
+            }),
+            at: t0,
+        }));
+    }
+    events
+}
+
+fn threshold(n: &mut usize, segment: &[(&str, &str)], score: f64) -> Event {
+    *n += 1;
+    Event::Threshold(Threshold {
+        id: format!("a0T{n:04}"),
+        segment: segment
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        score,
+        effective_from: None,
+        effective_to: None,
+        active: true,
+        set_by: None,
+        modified_at: start(),
+        deleted: false,
+    })
+}
+
+/// One million score changes: each lead's score walks up and down in steps of 5 to 25.
+fn score_events() -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let mut scores = vec![0.0f64; LEADS as usize];
+    let campaigns: Vec<Campaign> = (0..20)
+        .map(|c| Campaign {
+            id: format!("C{c}"),
+            name: None,
+        })
+        .collect();
+    (0..EVENTS)
+        .map(|i| {
+            let lead = rng.random_range(0..LEADS);
+            let step = f64::from(rng.random_range(1..6u32) * 5)
+                * if rng.random_bool(0.8) { 1.0 } else { -1.0 };
+            let old = scores[lead as usize];
+            let new = (old + step).max(0.0);
+            scores[lead as usize] = new;
+            Event::Score(ScoreChange {
+                map_lead_id: lead,
+                change_id: format!("{}", 70_000_000 + i),
+                part: ScorePart::Total,
+                new_value: new,
+                old_value: Some(old),
+                campaign: Some(campaigns[i % 20].clone()),
+                at: start() + SignedDuration::from_secs(60 + i as i64 * 2),
+            })
+        })
+        .collect()
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn quiet_policy() -> Policy {
+    let mut policy = Policy::example();
+    policy.teams.clear();
+    policy
+}
+
+fn engine_phase() {
+    let policy = quiet_policy();
+    let mut state = EngineState::new();
+    for e in setup() {
+        reconcile(
+            &mut state,
+            &Context {
+                policy: &policy,
+                now: e.at(),
+                backfill: false,
+            },
+            &e,
+        );
+    }
+    let events = score_events();
+    let started = Instant::now();
+    let mut decisions = 0usize;
+    for e in &events {
+        decisions += reconcile(
+            &mut state,
+            &Context {
+                policy: &policy,
+                now: e.at(),
+                backfill: false,
+            },
+            e,
+        )
+        .len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report("engine alone", secs, decisions, &state);
+}
+
+fn store_phase() {
+    let policy = quiet_policy();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("bench.sqlite")).unwrap();
+    let mut state = EngineState::new();
+    let setup = setup();
+    for chunk in setup.chunks(BATCH) {
+        let mut ds = Vec::new();
+        for e in chunk {
+            ds.extend(reconcile(
+                &mut state,
+                &Context {
+                    policy: &policy,
+                    now: e.at(),
+                    backfill: false,
+                },
+                e,
+            ));
+        }
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &ds,
+                    cursors: &[],
+                    seen_at: start(),
+                },
+                &mut state,
+            )
+            .unwrap();
+    }
+    let events = score_events();
+    let started = Instant::now();
+    let mut decisions = 0usize;
+    for (n, chunk) in events.chunks(BATCH).enumerate() {
+        let mut ds = Vec::new();
+        for e in chunk {
+            ds.extend(reconcile(
+                &mut state,
+                &Context {
+                    policy: &policy,
+                    now: e.at(),
+                    backfill: false,
+                },
+                e,
+            ));
+        }
+        decisions += ds.len();
+        let cursors = [("map.activities".to_string(), n.to_string())];
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &ds,
+                    cursors: &cursors,
+                    seen_at: chunk[0].at(),
+                },
+                &mut state,
+            )
+            .unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report(
+        &format!("engine + store (batches of {BATCH})"),
+        secs,
+        decisions,
+        &state,
+    );
+}
+
+fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
+    let cycles: usize = state.persons.values().map(|p| p.cycles.len()).sum();
+    println!(
+        "{name}: {EVENTS} events in {secs:.2} s = {:.0} events/s ({:.2} us/event); {decisions} decisions, {cycles} cycles; peak RSS {:.0} MiB",
+        EVENTS as f64 / secs,
+        secs * 1e6 / EVENTS as f64,
+        peak_rss_mib()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.first().map(String::as_str) {
+        // Exit at once: dropping a million events is not part of any figure.
+        Some("engine") => {
+            engine_phase();
+            std::process::exit(0)
+        }
+        Some("store") => {
+            store_phase();
+            std::process::exit(0)
+        }
+        _ => {
+            let me = std::env::current_exe().unwrap();
+            for phase in ["engine", "store"] {
+                let status = std::process::Command::new(&me).arg(phase).status().unwrap();
+                assert!(status.success(), "{phase} phase failed");
+            }
+        }
+    }
+}

@@ -173,8 +173,10 @@ fn reevaluate_segment(
         })
         .map(|(id, _)| id.clone())
         .collect();
+    let mut members = members;
+    members.sort_unstable();
     for id in members {
-        evaluate(state, ctx, &id, at, trigger.clone(), None, out);
+        evaluate(state, ctx, &id, at, &|| trigger.clone(), None, out);
     }
 }
 
@@ -216,7 +218,7 @@ fn on_person(
         convert(state, &id, at, "lead conversion", out);
         return;
     }
-    evaluate(state, ctx, &id, at, Trigger::PersonChange, None, out);
+    evaluate(state, ctx, &id, at, &|| Trigger::PersonChange, None, out);
 }
 
 fn on_opportunity(
@@ -303,20 +305,25 @@ fn on_score(
     if !relevant {
         return;
     }
-    match lead.crm.clone() {
-        Some(crm) => {
-            let trigger = Trigger::ScoreChange {
+    // The common cases end here with borrows only (see `unchanged`).
+    if let Some(crm) = &lead.crm
+        && let Some(person) = state.persons.get(&crm.id)
+        && person.map_lead == Some(change.map_lead_id)
+        && unchanged(state, ctx.policy, person, change.at)
+    {
+        return;
+    }
+    let lead = state
+        .map_leads
+        .get_mut(&change.map_lead_id)
+        .expect("just applied");
+    match lead.crm.as_ref().map(|c| c.id.clone()) {
+        Some(crm_id) => {
+            let trigger = || Trigger::ScoreChange {
                 change_id: change.change_id.clone(),
             };
-            evaluate(
-                state,
-                ctx,
-                &crm.id,
-                change.at,
-                trigger,
-                change.campaign.clone(),
-                out,
-            );
+            let campaign = change.campaign.as_ref();
+            evaluate(state, ctx, &crm_id, change.at, &trigger, campaign, out);
         }
         None if !lead.unlinked_recorded => {
             lead.unlinked_recorded = true;
@@ -354,7 +361,7 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
         let person = state.persons.entry(crm.id.clone()).or_default();
         person.map_lead = Some(link.map_lead_id);
         state.dirty.persons.insert(crm.id.clone());
-        evaluate(state, ctx, &crm.id, link.at, Trigger::Link, None, out);
+        evaluate(state, ctx, &crm.id, link.at, &|| Trigger::Link, None, out);
     }
 }
 
@@ -463,23 +470,68 @@ fn verdict(
     (reason, true)
 }
 
+/// The threshold score for a person at `at` when the cache can answer without cloning:
+/// the common "still below the threshold" case takes no allocation.
+fn cached_threshold_score(state: &EngineState, person: &PersonState, at: Timestamp) -> Option<f64> {
+    let cacheable = state.generation_valid_from.is_none_or(|from| from <= at)
+        && state.meta.clock.is_some_and(|clock| at <= clock);
+    match &person.resolved {
+        Some((g, resolved)) if cacheable && *g == state.threshold_generation => {
+            Some(resolved.score)
+        }
+        _ => None,
+    }
+}
+
+/// Whether evaluating a person at `at` would change nothing, decided with borrows only for
+/// the two common cases: still below a cached threshold with no hold to clear, or at or
+/// above it with an open cycle whose hold is already recorded.
+fn unchanged(state: &EngineState, policy: &Policy, person: &PersonState, at: Timestamp) -> bool {
+    if person.facts.is_none() {
+        return false;
+    }
+    let Some(threshold) = cached_threshold_score(state, person, at) else {
+        return false;
+    };
+    let Some(score) = person
+        .map_lead
+        .and_then(|l| state.map_leads.get(&l))
+        .and_then(|l| l.scores.value(&policy.score, at))
+    else {
+        return false;
+    };
+    if score < threshold {
+        return person.last_hold.is_none();
+    }
+    match (person.open_cycle(), &person.last_hold) {
+        (Some(open), Some(Reason::OpenCycle { external_id })) => *external_id == open.external_id,
+        _ => false,
+    }
+}
+
 /// Evaluates one person at `at` and opens a cycle when everything holds.
 fn evaluate(
     state: &mut EngineState,
     ctx: &Context<'_>,
     id: &str,
     at: Timestamp,
-    trigger: Trigger,
-    crossing_campaign: Option<Campaign>,
+    trigger: &dyn Fn() -> Trigger,
+    crossing_campaign: Option<&Campaign>,
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
-    // Fast path: below the threshold is the common case and records nothing.
+    if state
+        .persons
+        .get(id)
+        .is_some_and(|p| unchanged(state, policy, p, at))
+    {
+        return;
+    }
     let resolved = resolve_for(state, policy, id, at);
     let Some(person) = state.persons.get(id) else {
         return;
     };
-    let (reason, qualifies) = verdict(state, policy, person, resolved.clone(), at, trigger);
+    let (reason, qualifies) = verdict(state, policy, person, resolved.clone(), at, trigger());
     if !qualifies {
         let hold = !matches!(reason, Reason::BelowThreshold { .. } | Reason::NoScore);
         let person = state.persons.get_mut(id).expect("person");
@@ -497,7 +549,16 @@ fn evaluate(
         return;
     }
     let resolved = resolved.expect("qualified with a threshold");
-    open_cycle(state, ctx, id, at, resolved, crossing_campaign, reason, out);
+    open_cycle(
+        state,
+        ctx,
+        id,
+        at,
+        resolved,
+        crossing_campaign.cloned(),
+        reason,
+        out,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

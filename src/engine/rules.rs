@@ -211,7 +211,7 @@ mod tests {
     fn an_opportunity_closed_within_thirty_days_excludes_and_after_does_not() {
         let won = opp(Some(("2026-02-01", true)));
         assert_eq!(
-            rule_of(&person(), &[won.clone()], &[], NOW),
+            rule_of(&person(), std::slice::from_ref(&won), &[], NOW),
             Some(RuleKind::RecentOpportunity)
         );
         assert_eq!(

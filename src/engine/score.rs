@@ -11,20 +11,29 @@ use serde::{Deserialize, Serialize};
 use super::model::{Campaign, ScorePart};
 use super::policy::ScoreSource;
 
-/// The version of the last change applied to one score part.
+/// The version of the last change applied to one score part: its instant, and a 64-bit
+/// FNV-1a hash of the MAP's change id as the tie-breaker between changes of one instant.
+/// A hash, not the id itself, so that applying a change allocates nothing; FNV-1a, not
+/// std's hasher, so that the order is the same in every process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartVersion {
     pub at: Option<Timestamp>,
-    pub change_id: Option<String>,
+    pub change: u64,
+}
+
+/// FNV-1a, 64 bits.
+pub fn change_key(change_id: &str) -> u64 {
+    change_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl PartVersion {
     /// Whether a change `(at, id)` is newer than the one applied.
     pub fn is_newer(&self, at: Timestamp, change_id: &str) -> bool {
-        match (self.at, &self.change_id) {
-            (None, _) => true,
-            (Some(seen), Some(seen_id)) => (at, change_id) > (seen, seen_id.as_str()),
-            (Some(seen), None) => at > seen,
+        match self.at {
+            None => true,
+            Some(seen) => (at, change_key(change_id)) > (seen, self.change),
         }
     }
 }
@@ -76,7 +85,7 @@ impl Scores {
             return false;
         }
         version.at = Some(at);
-        version.change_id = Some(change_id.to_string());
+        version.change = change_key(change_id);
         let value = match part {
             ScorePart::Total => &mut self.total,
             ScorePart::Behavior => &mut self.behavior,
@@ -100,8 +109,15 @@ impl Scores {
                 }
             }
         }
-        if campaign.is_some() {
-            self.last_campaign = campaign.cloned();
+        // Reuse the buffers of the last campaign: a fresh allocation per change is the
+        // largest cost of the hot path (and feeds allocator consolidation).
+        match (&mut self.last_campaign, campaign) {
+            (Some(mine), Some(theirs)) => {
+                mine.id.clone_from(&theirs.id);
+                mine.name.clone_from(&theirs.name);
+            }
+            (slot, Some(theirs)) => *slot = Some(theirs.clone()),
+            (_, None) => {}
         }
         true
     }

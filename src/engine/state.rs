@@ -92,7 +92,9 @@ pub struct EngineMeta {
 #[derive(Clone, Debug, Default)]
 pub struct EngineState {
     pub thresholds: BTreeMap<String, Threshold>,
-    pub persons: BTreeMap<String, PersonState>,
+    /// By CRM id. Unordered for speed: whatever iterates it in a way that reaches decisions
+    /// sorts the ids first, so decisions never depend on hash order.
+    pub persons: HashMap<String, PersonState>,
     pub map_leads: HashMap<i64, MapLeadState>,
     pub opportunities: BTreeMap<String, Opportunity>,
     pub meta: EngineMeta,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::engine::model::{
     Action, Campaign, CrmKind, CrmRef, Cycle, Decision, Event, Opportunity, ScorePart, Threshold,
 };
-use crate::engine::score::Scores;
+use crate::engine::score::{PartVersion, Scores};
 use crate::engine::state::{EngineMeta, EngineState, MapLeadState, PersonState};
 
 pub use schema::{APPLICATION_ID, MIGRATIONS};
@@ -109,6 +109,23 @@ fn ts(t: Timestamp) -> String {
 
 fn opt_ts(t: Option<Timestamp>) -> Option<String> {
     t.map(ts)
+}
+
+/// An instant as integer nanoseconds since 1970 (saturating outside 1677..2262).
+fn ns(t: Timestamp) -> i64 {
+    i64::try_from(t.as_nanosecond()).unwrap_or(if t.as_second() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn from_ns(v: Option<i64>, what: &str) -> Result<Option<Timestamp>, LoadError> {
+    v.map(|n| {
+        Timestamp::from_nanosecond(i128::from(n))
+            .map_err(|e| LoadError::Decode(format!("{what}: {e}")))
+    })
+    .transpose()
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -437,7 +454,7 @@ fn write_batch(
     let seen = ts(batch.seen_at);
     {
         let mut history = tx.prepare_cached(
-            "INSERT OR IGNORE INTO score_history (change_id, map_lead_id, part, new_value, old_value, campaign_id, campaign_name, at)
+            "INSERT OR IGNORE INTO score_history (change_id, map_lead_id, part, new_value, old_value, campaign_id, campaign_name, at_ns)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut versions = tx.prepare_cached(
@@ -458,7 +475,7 @@ fn write_batch(
                         s.old_value,
                         cid,
                         cname,
-                        ts(s.at)
+                        ns(s.at)
                     ])?;
                 }
                 Event::Threshold(t) => {
@@ -606,28 +623,39 @@ fn write_state(
         }
     }
     let mut lead = tx.prepare_cached(
-        "INSERT INTO map_leads (id, crm_kind, crm_id, link_at, total, behavior, demographic, decayed, decay_anchor, versions, last_campaign, unlinked_recorded)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (id) DO UPDATE SET crm_kind = excluded.crm_kind, crm_id = excluded.crm_id, link_at = excluded.link_at,
+        "INSERT INTO map_leads (id, crm_kind, crm_id, link_at_ns, total, behavior, demographic, decayed, decay_anchor_ns,
+             total_at_ns, total_key, behavior_at_ns, behavior_key, demographic_at_ns, demographic_key, campaign_id, campaign_name, unlinked_recorded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+         ON CONFLICT (id) DO UPDATE SET crm_kind = excluded.crm_kind, crm_id = excluded.crm_id, link_at_ns = excluded.link_at_ns,
              total = excluded.total, behavior = excluded.behavior, demographic = excluded.demographic, decayed = excluded.decayed,
-             decay_anchor = excluded.decay_anchor, versions = excluded.versions, last_campaign = excluded.last_campaign,
-             unlinked_recorded = excluded.unlinked_recorded",
+             decay_anchor_ns = excluded.decay_anchor_ns, total_at_ns = excluded.total_at_ns, total_key = excluded.total_key,
+             behavior_at_ns = excluded.behavior_at_ns, behavior_key = excluded.behavior_key,
+             demographic_at_ns = excluded.demographic_at_ns, demographic_key = excluded.demographic_key,
+             campaign_id = excluded.campaign_id, campaign_name = excluded.campaign_name, unlinked_recorded = excluded.unlinked_recorded",
     )?;
     for id in &dirty.map_leads {
         if let Some(l) = state.map_leads.get(id) {
             let s = &l.scores;
+            let [t, b, d] = &s.versions;
+            let campaign = s.last_campaign.as_ref();
             lead.execute(params![
                 id,
                 l.crm.as_ref().map(|c| c.kind.as_str()),
                 l.crm.as_ref().map(|c| c.id.as_str()),
-                opt_ts(l.link_at),
+                l.link_at.map(ns),
                 s.total,
                 s.behavior,
                 s.demographic,
                 s.decayed,
-                opt_ts(s.decay_anchor),
-                json(&s.versions),
-                s.last_campaign.as_ref().map(json),
+                s.decay_anchor.map(ns),
+                t.at.map(ns),
+                t.change as i64,
+                b.at.map(ns),
+                b.change as i64,
+                d.at.map(ns),
+                d.change as i64,
+                campaign.map(|c| c.id.as_str()),
+                campaign.and_then(|c| c.name.as_deref()),
                 l.unlinked_recorded
             ])?;
         }
@@ -664,14 +692,6 @@ impl From<rusqlite::Error> for LoadError {
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, LoadError> {
     serde_json::from_str(text).map_err(|e| LoadError::Decode(format!("{what}: {e}")))
-}
-
-fn parse_ts(text: Option<String>, what: &str) -> Result<Option<Timestamp>, LoadError> {
-    text.map(|t| {
-        t.parse::<Timestamp>()
-            .map_err(|e| LoadError::Decode(format!("{what}: {e}")))
-    })
-    .transpose()
 }
 
 fn kind_of(text: &str) -> CrmKind {
@@ -725,7 +745,9 @@ fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
         state.persons.entry(crm_id).or_default().cycles.push(cycle);
     }
     let mut stmt = conn.prepare(
-        "SELECT id, crm_kind, crm_id, link_at, total, behavior, demographic, decayed, decay_anchor, versions, last_campaign, unlinked_recorded FROM map_leads",
+        "SELECT id, crm_kind, crm_id, link_at_ns, total, behavior, demographic, decayed, decay_anchor_ns,
+                total_at_ns, total_key, behavior_at_ns, behavior_key, demographic_at_ns, demographic_key,
+                campaign_id, campaign_name, unlinked_recorded FROM map_leads",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -741,22 +763,31 @@ fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
             }),
             _ => None,
         };
+        let version = |at: usize, key: usize| -> Result<PartVersion, LoadError> {
+            Ok(PartVersion {
+                at: from_ns(r.get(at)?, &what)?,
+                change: r.get::<_, i64>(key)? as u64,
+            })
+        };
         let lead = MapLeadState {
             crm,
-            link_at: parse_ts(r.get(3)?, &what)?,
+            link_at: from_ns(r.get(3)?, &what)?,
             scores: Scores {
                 total: r.get(4)?,
                 behavior: r.get(5)?,
                 demographic: r.get(6)?,
                 decayed: r.get(7)?,
-                decay_anchor: parse_ts(r.get(8)?, &what)?,
-                versions: decode(&r.get::<_, String>(9)?, &what)?,
+                decay_anchor: from_ns(r.get(8)?, &what)?,
+                versions: [version(9, 10)?, version(11, 12)?, version(13, 14)?],
                 last_campaign: r
-                    .get::<_, Option<String>>(10)?
-                    .map(|c| decode(&c, &what))
+                    .get::<_, Option<String>>(15)?
+                    .map(|id| {
+                        r.get::<_, Option<String>>(16)
+                            .map(|name| Campaign { id, name })
+                    })
                     .transpose()?,
             },
-            unlinked_recorded: r.get(11)?,
+            unlinked_recorded: r.get(17)?,
         };
         state.map_leads.insert(id, lead);
     }

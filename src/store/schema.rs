@@ -46,18 +46,26 @@ pub const MIGRATIONS: &[&str] = &[
         last_hold   TEXT
     ) STRICT;
 
+    -- One row per MAP lead, rewritten on every score change: plain columns, instants as
+    -- integer nanoseconds since 1970 (no text formatting on the hot path).
     CREATE TABLE map_leads (
         id            INTEGER PRIMARY KEY,
         crm_kind      TEXT,
         crm_id        TEXT,
-        link_at       TEXT,
+        link_at_ns    INTEGER,
         total         REAL,
         behavior      REAL,
         demographic   REAL,
         decayed       REAL NOT NULL,
-        decay_anchor  TEXT,
-        versions      TEXT NOT NULL,
-        last_campaign TEXT,
+        decay_anchor_ns INTEGER,
+        total_at_ns   INTEGER,
+        total_key     INTEGER NOT NULL,
+        behavior_at_ns INTEGER,
+        behavior_key  INTEGER NOT NULL,
+        demographic_at_ns INTEGER,
+        demographic_key INTEGER NOT NULL,
+        campaign_id   TEXT,
+        campaign_name TEXT,
         unlinked_recorded INTEGER NOT NULL
     ) STRICT;
 
@@ -70,7 +78,7 @@ pub const MIGRATIONS: &[&str] = &[
         old_value   REAL,
         campaign_id TEXT,
         campaign_name TEXT,
-        at          TEXT NOT NULL
+        at_ns       INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
 
     CREATE TABLE opportunities (
