@@ -16,7 +16,12 @@
 //! - `salesforce`: the Salesforce REST, OAuth, Bulk 2.0 and Outbound Messaging emulator.
 //! - `marketo`: the Marketo identity, REST, bulk extract and webhook emulator.
 
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod faults;
 pub mod log;
+pub mod marketo;
+pub mod salesforce;
+pub mod server;
 pub mod world;
