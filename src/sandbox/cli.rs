@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::faults::Faults;
+use super::salesforce::{OutboundMessaging, SalesforceConfig};
 use super::server::{Sandbox, SandboxError, SandboxOptions};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +33,10 @@ pub struct SandboxArgs {
     /// Do not enforce vendor limits (daily API limit, Marketo rate limits).
     #[arg(long)]
     pub no_limits: bool,
+    /// Send Salesforce Outbound Messages (SOAP) for MQL_Threshold__c changes to this URL,
+    /// retried until acknowledged.
+    #[arg(long, value_name = "URL")]
+    pub sf_outbound_url: Option<String>,
 }
 
 /// Runs the sandbox until `shutdown` resolves.
@@ -43,6 +48,26 @@ pub async fn run(
         Some(path) => Faults::load(path)?,
         None => Vec::new(),
     };
+    let mut salesforce = SalesforceConfig::sandbox_default();
+    salesforce.outbound = args.sf_outbound_url.clone().map(|url| OutboundMessaging {
+        url,
+        objects: vec!["MQL_Threshold__c".into()],
+        fields: [
+            "Name",
+            "Region__c",
+            "Team__c",
+            "Business_Line__c",
+            "Score_Threshold__c",
+            "Effective_From__c",
+            "Effective_To__c",
+            "Active__c",
+            "SystemModstamp",
+        ]
+        .map(String::from)
+        .to_vec(),
+        retry_initial_secs: 15,
+        deliver_in_background: true,
+    });
     let sandbox = Sandbox::start(SandboxOptions {
         leads: args.leads,
         seed: args.seed,
@@ -50,6 +75,7 @@ pub async fn run(
         mkto_port: args.mkto_port,
         faults,
         limits: !args.no_limits,
+        salesforce,
         ..SandboxOptions::default()
     })
     .await?;

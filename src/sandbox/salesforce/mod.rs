@@ -99,6 +99,9 @@ pub struct OutboundMessaging {
     /// Fields sent in each `sObject`; `Id` is always sent.
     pub fields: Vec<String>,
     pub retry_initial_secs: i64,
+    /// Deliver from a background task (the CLI); tests turn it off and step delivery with
+    /// `Salesforce::deliver_outbound` so that nothing races them.
+    pub deliver_in_background: bool,
 }
 
 impl SalesforceConfig {

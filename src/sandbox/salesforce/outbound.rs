@@ -210,7 +210,13 @@ impl Salesforce {
     ) -> tokio::task::JoinHandle<()> {
         let sf = self.clone();
         tokio::spawn(async move {
-            if sf.inner().config.outbound.is_none() {
+            if !sf
+                .inner()
+                .config
+                .outbound
+                .as_ref()
+                .is_some_and(|o| o.deliver_in_background)
+            {
                 return;
             }
             loop {
