@@ -251,8 +251,7 @@ impl Sandbox {
     /// background workers.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
-        }
+        let all = futures::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all).await;
     }
 }
