@@ -103,7 +103,7 @@ Admin API on both:  /__sandbox/clock, /__sandbox/faults, /__sandbox/log, /__sand
     {
         let mut out = std::io::stdout().lock();
         if args.json {
-            let _ = writeln!(out, "{info}");
+            let _ = writeln!(out, "{}", sandbox.connection_info_line());
             eprintln!("{human}");
         } else {
             let _ = writeln!(out, "{human}");

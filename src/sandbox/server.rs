@@ -247,6 +247,16 @@ impl Sandbox {
         })
     }
 
+    /// [`connection_info`](Self::connection_info) as one line, keys in the documented order
+    /// (`salesforce` first), for `mqlsync sandbox --json`.
+    pub fn connection_info_line(&self) -> String {
+        let info = self.connection_info();
+        format!(
+            "{{\"salesforce\":{},\"marketo\":{}}}",
+            info["salesforce"], info["marketo"]
+        )
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to 5 s) and stops the
     /// background workers.
     pub async fn shutdown(self) {

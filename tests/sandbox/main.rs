@@ -2,3 +2,4 @@
 //! HTTP client (never `mqlsync::connectors`): one binary, one module per emulator.
 
 mod salesforce;
+mod server;
