@@ -17,6 +17,8 @@ function check(name, ok, detail) {
   console.log(`ok   ${name}`);
 }
 
+const RUN = String(Date.now());
+
 async function main() {
   const basic = Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64');
   const res = await fetch(`${BASE}/services/oauth2/token`, {
@@ -42,22 +44,22 @@ async function main() {
   const limits = await conn.limits();
   check('limits()', limits.DailyApiRequests.Max > 0);
 
-  const one = await conn.sobject('MQL__c').upsert({ External_Id__c: 'js-1', Status__c: 'Open' }, 'External_Id__c');
+  const one = await conn.sobject('MQL__c').upsert({ External_Id__c: `js-1-${RUN}`, Status__c: 'Open' }, 'External_Id__c');
   check('single upsert creates', one.success === true && one.created === true, JSON.stringify(one));
-  const again = await conn.sobject('MQL__c').upsert({ External_Id__c: 'js-1', Status__c: 'Working' }, 'External_Id__c');
+  const again = await conn.sobject('MQL__c').upsert({ External_Id__c: `js-1-${RUN}`, Status__c: 'Working' }, 'External_Id__c');
   check('single upsert updates', again.success === true && again.created === false, JSON.stringify(again));
 
   const many = await conn.sobject('MQL__c').upsert(
     [
-      { External_Id__c: 'js-1', Status__c: 'Rejected' },
-      { External_Id__c: 'js-2', Status__c: 'Open' },
+      { External_Id__c: `js-1-${RUN}`, Status__c: 'Rejected' },
+      { External_Id__c: `js-2-${RUN}`, Status__c: 'Open' },
     ],
     'External_Id__c',
     { allOrNone: true },
   );
   check('collection upsert', many.length === 2 && many.every((r) => r.success), JSON.stringify(many));
   const created = await conn.sobject('MQL__c').create(
-    [{ External_Id__c: 'js-3', Status__c: 'Open' }, { Nope__c: 1 }],
+    [{ External_Id__c: `js-3-${RUN}`, Status__c: 'Open' }, { Nope__c: 1 }],
     { allOrNone: false },
   );
   check('collection create with one bad record', created[0].success && !created[1].success, JSON.stringify(created));

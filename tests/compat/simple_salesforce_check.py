@@ -11,6 +11,7 @@ Prints each check; exits non-zero on the first failure.
 import json
 import os
 import sys
+import time
 from urllib.parse import urlparse
 
 import requests
@@ -49,6 +50,9 @@ def admin(method, path, body=None):
     r = requests.request(method, BASE + path, json=body, timeout=10)
     r.raise_for_status()
     return r.json() if r.content else None
+
+
+RUN = str(int(time.time() * 1000))
 
 
 def main():
@@ -92,11 +96,11 @@ def main():
     ext = [f for f in described["fields"] if f["name"] == "External_Id__c"]
     check("describe MQL__c has the external id", ext and ext[0]["externalId"] is True)
 
-    status = sf.MQL__c.upsert("External_Id__c/compat-1", {"Status__c": "Open", "Score_At_MQL__c": 88})
+    status = sf.MQL__c.upsert(f"External_Id__c/compat-1-{RUN}", {"Status__c": "Open", "Score_At_MQL__c": 88})
     check("sObject upsert creates (201)", status == 201, str(status))
-    status = sf.MQL__c.upsert("External_Id__c/compat-1", {"Status__c": "Working"})
+    status = sf.MQL__c.upsert(f"External_Id__c/compat-1-{RUN}", {"Status__c": "Working"})
     check("sObject upsert updates (200 in v46+)", status == 200, str(status))
-    record = sf.MQL__c.get_by_custom_id("External_Id__c", "compat-1")
+    record = sf.MQL__c.get_by_custom_id("External_Id__c", f"compat-1-{RUN}")
     check("get_by_custom_id", record["Status__c"] == "Working", json.dumps(record)[:200])
     sf.MQL__c.update(record["Id"], {"Status__c": "Rejected", "Rejection_Reason__c": "Duplicate"})
     history = sf.query(
@@ -110,7 +114,7 @@ def main():
         data=json.dumps({
             "allOrNone": False,
             "records": [
-                {"attributes": {"type": "MQL__c"}, "External_Id__c": "compat-2", "Status__c": "Open"},
+                {"attributes": {"type": "MQL__c"}, "External_Id__c": f"compat-2-{RUN}", "Status__c": "Open"},
                 {"attributes": {"type": "MQL__c"}, "Nope__c": 1},
             ],
         }),
@@ -123,8 +127,8 @@ def main():
         data=json.dumps({
             "allOrNone": True,
             "records": [
-                {"attributes": {"type": "MQL__c"}, "External_Id__c": "compat-2", "Status__c": "Working"},
-                {"attributes": {"type": "MQL__c"}, "External_Id__c": "compat-3", "Status__c": "Open"},
+                {"attributes": {"type": "MQL__c"}, "External_Id__c": f"compat-2-{RUN}", "Status__c": "Working"},
+                {"attributes": {"type": "MQL__c"}, "External_Id__c": f"compat-3-{RUN}", "Status__c": "Open"},
             ],
         }),
     )

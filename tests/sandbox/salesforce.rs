@@ -884,3 +884,46 @@ async fn bulk2_query_and_ingest_jobs() {
     );
     org.sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn parent_fields_nest_under_their_relationship() {
+    let org = Org::start(20, |_| {}).await;
+    let (status, page) = org
+        .query("SELECT Id, Owner.Name, owner.email, LastName FROM Lead ORDER BY Id LIMIT 2")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let lead = &page["records"][0];
+    let owner_id = org
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .find(|p| p.crm_id.as_deref() == lead["Id"].as_str())
+        .unwrap()
+        .owner_id
+        .clone();
+    let rep = org
+        .sandbox
+        .world()
+        .reps
+        .iter()
+        .find(|r| r.id == owner_id)
+        .unwrap();
+    assert_eq!(lead["Owner"]["attributes"]["type"], "User");
+    assert_eq!(lead["Owner"]["Name"], rep.name.as_str());
+    assert_eq!(lead["Owner"]["Email"], rep.email.as_str());
+    let (_, created) = org
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{V}/sobjects/MQL__c/External_Id__c/p-1"),
+            json!({"Status__c": "Open"}),
+        )
+        .await;
+    assert_eq!(created["created"], true);
+    let (_, page) = org.query("SELECT Id, Lead__r.Email FROM MQL__c").await;
+    assert_eq!(page["records"][0]["Lead__r"], Value::Null);
+    let (status, body) = org.query("SELECT Id, Boss.Name FROM Lead").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
+    org.sandbox.shutdown().await;
+}

@@ -370,7 +370,7 @@ pub(crate) async fn query_results(
     };
     let max = params.max_records.unwrap_or(50_000).max(1);
     let end = (start + max).min(ids.len());
-    let fields = job.query.fields.clone();
+    let select = job.query.select.clone();
     let object = job.query.object.name;
     let delim = job.delimiter;
     drop(jobs);
@@ -378,10 +378,15 @@ pub(crate) async fn query_results(
     let rows: Vec<Vec<String>> = ids[start..end]
         .iter()
         .filter_map(|id| db.table(object)?.records.get(id))
-        .map(|r| fields.iter().map(|f| cell(r.get(f))).collect())
+        .map(|r| {
+            select
+                .iter()
+                .map(|s| cell(super::query::selected_value(&db, r, s)))
+                .collect()
+        })
         .collect();
     drop(db);
-    let header: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+    let header: Vec<String> = select.iter().map(soql::Selected::column).collect();
     let locator = if end < ids.len() {
         end.to_string()
     } else {

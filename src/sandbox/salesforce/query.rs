@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value, json};
 
-use super::soql::{self, Query};
+use super::soql::{self, Query, Selected};
 use super::store::{Record, Store, Table};
 use super::{Salesforce, api_version, error};
 use crate::sandbox::world::salesforce_id;
@@ -232,11 +232,11 @@ fn serve_page(
     let (records, after) = page(db, cursor, &position, want);
     let next_offset = offset + records.len();
     let done = next_offset >= cursor.total || records.len() < want;
-    let fields = &cursor.query.fields;
+    let select = &cursor.query.select;
     let object = cursor.query.object.name;
     let rendered: Vec<Value> = records
         .iter()
-        .map(|r| render(object, r, fields, version))
+        .map(|r| render(db, object, r, select, version))
         .collect();
     let mut body = json!({"totalSize": cursor.total, "done": done, "records": rendered});
     if !done {
@@ -280,18 +280,75 @@ fn serve_page(
     axum::Json(body).into_response()
 }
 
-/// A record as the REST API returns it: `attributes` then the selected fields.
-pub(crate) fn render(object: &str, record: &Record, fields: &[&str], version: &str) -> Value {
+/// A record as the REST API returns it: `attributes`, then the selected fields, parent
+/// fields nested under their relationship (null when the reference is empty).
+pub(crate) fn render(
+    db: &Store,
+    object: &str,
+    record: &Record,
+    select: &[Selected],
+    version: &str,
+) -> Value {
     let mut out = Map::new();
     let id = record.get("Id").as_str().unwrap_or("");
-    out.insert(
-        "attributes".into(),
-        json!({"type": object, "url": format!("/services/data/{version}/sobjects/{object}/{id}")}),
-    );
-    for f in fields {
-        out.insert((*f).to_string(), record.get(f).clone());
+    out.insert("attributes".into(), attributes(object, id, version));
+    for s in select {
+        match s {
+            Selected::Field(f) => {
+                out.insert((*f).to_string(), record.get(f).clone());
+            }
+            Selected::Parent {
+                relationship,
+                reference,
+                object: parent_object,
+                field,
+            } => {
+                let parent = record
+                    .get(reference)
+                    .as_str()
+                    .and_then(|pid| db.live(parent_object.name, pid));
+                let entry = out
+                    .entry(relationship.clone())
+                    .or_insert_with(|| match parent {
+                        Some(p) => {
+                            let pid = p.get("Id").as_str().unwrap_or("");
+                            let mut m = Map::new();
+                            m.insert(
+                                "attributes".into(),
+                                attributes(parent_object.name, pid, version),
+                            );
+                            Value::Object(m)
+                        }
+                        None => Value::Null,
+                    });
+                if let (Value::Object(m), Some(p)) = (entry, parent) {
+                    m.insert((*field).to_string(), p.get(field).clone());
+                }
+            }
+        }
     }
     Value::Object(out)
+}
+
+fn attributes(object: &str, id: &str, version: &str) -> Value {
+    json!({"type": object, "url": format!("/services/data/{version}/sobjects/{object}/{id}")})
+}
+
+/// The value of one selected column (parent fields followed through their reference).
+pub(crate) fn selected_value<'a>(db: &'a Store, record: &'a Record, s: &Selected) -> &'a Value {
+    match s {
+        Selected::Field(f) => record.get(f),
+        Selected::Parent {
+            reference,
+            object,
+            field,
+            ..
+        } => record
+            .get(reference)
+            .as_str()
+            .and_then(|pid| db.live(object.name, pid))
+            .map_or(&Value::Null, |p| p.get(field)),
+    }
 }
 
 fn walk_for(query: &Query, table: &Table, all_rows: bool) -> Walk {

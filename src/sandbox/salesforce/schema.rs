@@ -79,6 +79,20 @@ pub struct Field {
 }
 
 impl Field {
+    /// The parent relationship a reference field is followed by in SOQL (`OwnerId` ->
+    /// `Owner`, `Lead__c` -> `Lead__r`).
+    pub fn relationship_name(&self) -> Option<String> {
+        self.reference_to?;
+        Some(match self.name.strip_suffix("__c") {
+            Some(base) => format!("{base}__r"),
+            None => self
+                .name
+                .strip_suffix("Id")
+                .unwrap_or(self.name)
+                .to_string(),
+        })
+    }
+
     pub fn label(&self) -> String {
         self.name
             .trim_end_matches("__c")

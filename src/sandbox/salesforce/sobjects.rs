@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::query::render;
 use super::schema::{FieldType, ObjectSchema, SCHEMA};
+use super::soql::Selected;
 use super::store::{
     RecordError, Store, api_user_id, format_datetime, is_id_shaped, normalize_write,
 };
@@ -162,13 +163,7 @@ pub(crate) async fn describe(Path((version, object)): Path<(String, String)>) ->
         .fields
         .iter()
         .map(|f| {
-            let relationship = f.reference_to.map(|_| {
-                if f.name.ends_with("__c") {
-                    f.name.trim_end_matches("__c").to_string() + "__r"
-                } else {
-                    f.name.trim_end_matches("Id").to_string()
-                }
-            });
+            let relationship = f.relationship_name();
             let soap = match f.ty {
                 FieldType::Id | FieldType::Reference => "tns:ID",
                 FieldType::Boolean => "xsd:boolean",
@@ -297,7 +292,8 @@ pub(crate) async fn get_record(
         }
         None => object.fields.iter().map(|f| f.name).collect(),
     };
-    axum::Json(render(object.name, record, &names, &version)).into_response()
+    let select: Vec<Selected> = names.into_iter().map(Selected::Field).collect();
+    axum::Json(render(&db, object.name, record, &select, &version)).into_response()
 }
 
 pub(crate) async fn get_by_external(
@@ -334,8 +330,12 @@ pub(crate) async fn get_by_external(
             "The requested resource does not exist",
         );
     };
-    let names: Vec<&str> = object.fields.iter().map(|f| f.name).collect();
-    axum::Json(render(object.name, record, &names, &version)).into_response()
+    let select: Vec<Selected> = object
+        .fields
+        .iter()
+        .map(|f| Selected::Field(f.name))
+        .collect();
+    axum::Json(render(&db, object.name, record, &select, &version)).into_response()
 }
 
 /// Checks that a new unique external id value is not taken by another record.

@@ -24,13 +24,44 @@ pub struct SoqlError {
 #[derive(Debug, Clone)]
 pub struct Query {
     pub object: &'static ObjectSchema,
-    /// Canonical names, in SELECT order. Empty for `COUNT()`.
+    /// Canonical names of the selected fields of the object itself, in SELECT order.
     pub fields: Vec<&'static str>,
+    /// Every selected column in SELECT order, parent fields included. Empty for `COUNT()`.
+    pub select: Vec<Selected>,
     pub count_only: bool,
     pub filter: Option<Cond>,
     pub order: Vec<OrderItem>,
     pub limit: Option<usize>,
     pub offset: usize,
+}
+
+/// One SELECT column: a field of the object, or one field of a parent reached through a
+/// reference (`Owner.Name`, `Lead__r.Email`; one level).
+#[derive(Debug, Clone)]
+pub enum Selected {
+    Field(&'static str),
+    Parent {
+        /// Canonical relationship name, the key of the nested object (`Owner`, `Lead__r`).
+        relationship: String,
+        /// The reference field followed (`OwnerId`, `Lead__c`).
+        reference: &'static str,
+        object: &'static ObjectSchema,
+        field: &'static str,
+    },
+}
+
+impl Selected {
+    /// The column name, as Bulk API CSV headers show it.
+    pub fn column(&self) -> String {
+        match self {
+            Selected::Field(f) => f.to_string(),
+            Selected::Parent {
+                relationship,
+                field,
+                ..
+            } => format!("{relationship}.{field}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -397,10 +428,22 @@ impl Parser<'_> {
         })?;
         self.object = Some(object);
         let mut fields = Vec::new();
+        let mut select = Vec::new();
         for (name, pos) in names {
+            if let Some((relationship, parent_field)) = name.split_once('.') {
+                let parent = self.parent(relationship, parent_field, pos)?;
+                if !select
+                    .iter()
+                    .any(|s: &Selected| s.column() == parent.column())
+                {
+                    select.push(parent);
+                }
+                continue;
+            }
             let field = self.field(&name, pos)?;
             if !fields.contains(&field.0) {
                 fields.push(field.0);
+                select.push(Selected::Field(field.0));
             }
         }
         let filter = if self.keyword("WHERE") {
@@ -458,6 +501,7 @@ impl Parser<'_> {
         Ok(Query {
             object,
             fields,
+            select,
             count_only,
             filter,
             order,
@@ -493,6 +537,49 @@ impl Parser<'_> {
                 ),
             )),
         }
+    }
+
+    fn parent(&self, relationship: &str, field: &str, pos: usize) -> Result<Selected, SoqlError> {
+        let object = self.object.expect("object parsed first");
+        let reference = object.fields.iter().find(|f| {
+            f.relationship_name()
+                .is_some_and(|r| r.eq_ignore_ascii_case(relationship))
+        });
+        let not_understood = || {
+            located(
+                self.src,
+                pos,
+                "INVALID_FIELD",
+                &format!(
+                    "Didn't understand relationship '{relationship}' in field path. If you are attempting to use a custom relationship, be sure to append the '__r' after the custom relationship name. Please reference your WSDL or the describe call for the appropriate names."
+                ),
+            )
+        };
+        let reference = reference.ok_or_else(not_understood)?;
+        let parent = reference
+            .reference_to
+            .and_then(|to| SCHEMA.object(to))
+            .ok_or_else(not_understood)?;
+        if field.contains('.') {
+            return Err(not_understood());
+        }
+        let parent_field = parent.field(field).ok_or_else(|| {
+            located(
+                self.src,
+                pos,
+                "INVALID_FIELD",
+                &format!(
+                    "No such column '{field}' on entity '{}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name. Please reference your WSDL or the describe call for the appropriate names.",
+                    parent.name
+                ),
+            )
+        })?;
+        Ok(Selected::Parent {
+            relationship: reference.relationship_name().expect("a reference"),
+            reference: reference.name,
+            object: parent,
+            field: parent_field.name,
+        })
     }
 
     fn or(&mut self) -> Result<Cond, SoqlError> {
