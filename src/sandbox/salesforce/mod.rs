@@ -322,6 +322,7 @@ impl Salesforce {
             get(bulk2::ingest_results),
         );
         api.fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(self.clone(), gate))
             .merge(self.admin_routes())
             .with_state(self.clone())
@@ -462,6 +463,14 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
         "The requested resource does not exist",
+    )
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        &format!("HTTP Method '{method}' not allowed."),
     )
 }
 
@@ -746,4 +755,80 @@ async fn admin_deliver_outbound(State(sf): State<Salesforce>) -> Response {
 
 async fn admin_state(State(sf): State<Salesforce>) -> Response {
     axum::Json(sf.state()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_what_a_call_does() {
+        let v = "/services/data/v62.0";
+        let cases = [
+            (Method::POST, "/services/oauth2/token".to_string(), "token"),
+            (Method::GET, "/services/data/".to_string(), "versions"),
+            (Method::GET, format!("{v}/query/"), "query"),
+            (Method::GET, format!("{v}/queryAll"), "query_all"),
+            (
+                Method::GET,
+                format!("{v}/query/01g5g0000000001AAA-2000"),
+                "query_more",
+            ),
+            (
+                Method::GET,
+                format!("{v}/queryAll/01g5g0000000001AAA-2000"),
+                "query_more",
+            ),
+            (
+                Method::POST,
+                format!("{v}/sobjects/MQL__c/"),
+                "sobject_create",
+            ),
+            (
+                Method::PATCH,
+                format!("{v}/sobjects/MQL__c/External_Id__c/x"),
+                "sobject_upsert",
+            ),
+            (
+                Method::PATCH,
+                format!("{v}/sobjects/Lead/00Q5g0000000001AAA"),
+                "sobject_update",
+            ),
+            (
+                Method::GET,
+                format!("{v}/sobjects/Lead/describe"),
+                "describe",
+            ),
+            (
+                Method::POST,
+                format!("{v}/composite/sobjects"),
+                "composite_create",
+            ),
+            (
+                Method::PATCH,
+                format!("{v}/composite/sobjects"),
+                "composite_update",
+            ),
+            (
+                Method::PATCH,
+                format!("{v}/composite/sobjects/MQL__c/External_Id__c"),
+                "composite_upsert",
+            ),
+            (Method::GET, format!("{v}/limits/"), "limits"),
+            (
+                Method::GET,
+                format!("{v}/jobs/query/750x/results"),
+                "bulk2_query_results",
+            ),
+            (
+                Method::PUT,
+                format!("{v}/jobs/ingest/750x/batches"),
+                "bulk2_ingest_upload",
+            ),
+            (Method::GET, "/nowhere".to_string(), "unknown"),
+        ];
+        for (method, path, kind) in cases {
+            assert_eq!(classify(&method, &path), kind, "{method} {path}");
+        }
+    }
 }

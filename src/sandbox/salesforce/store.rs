@@ -254,9 +254,9 @@ impl Store {
         by: &str,
     ) -> String {
         let table = self.tables.get_mut(schema.name).expect("table exists");
-        // Skip ids the seed used (they are numbered from 1 in creation order).
+        // Far above the ids the seed used (numbered from 1), and still in creation order.
         table.next_n += 1;
-        let id = salesforce_id(schema.key_prefix, 100_000 + table.next_n);
+        let id = salesforce_id(schema.key_prefix, 1_000_000_000_000 + table.next_n);
         for f in &schema.fields {
             if f.auto_number {
                 table.next_auto += 1;
