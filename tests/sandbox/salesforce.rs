@@ -922,6 +922,32 @@ async fn parent_fields_nest_under_their_relationship() {
     assert_eq!(created["created"], true);
     let (_, page) = org.query("SELECT Id, Lead__r.Email FROM MQL__c").await;
     assert_eq!(page["records"][0]["Lead__r"], Value::Null);
+    // Parent fields filter too.
+    let soql = format!(
+        "SELECT Id, OwnerId FROM Lead WHERE Owner.Email = '{}' AND Owner.IsActive = true",
+        rep.email
+    );
+    let (status, page) = org.query(&soql).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let owned = org
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .filter(|p| {
+            p.crm_kind == mqlsync::sandbox::world::CrmKind::Lead
+                && p.crm_id.is_some()
+                && p.owner_id == rep.id
+        })
+        .count();
+    assert_eq!(page["totalSize"], owned);
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["OwnerId"] == rep.id.as_str())
+    );
     let (status, body) = org.query("SELECT Id, Boss.Name FROM Lead").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body[0]["errorCode"], "INVALID_FIELD");

@@ -228,7 +228,12 @@ fn complete(sf: &Salesforce, job: &mut QueryJob) {
         .records
         .values()
         .filter(|r| {
-            (job.all_rows || !r.deleted) && job.query.filter.as_ref().is_none_or(|f| f.matches(r))
+            (job.all_rows || !r.deleted)
+                && job
+                    .query
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.matches(r, Some(&db)))
         })
         .collect();
     matching.sort_by(|a, b| soql::order_records(&job.query.order, a, b));

@@ -127,8 +127,8 @@ fn run(
     let table = db
         .table(query.object.name)
         .expect("schema objects have tables");
-    let walk = walk_for(&query, table, all_rows);
-    let matched = count(&query, table, all_rows, &walk);
+    let walk = walk_for(&db, &query, table, all_rows);
+    let matched = count(&db, &query, table, all_rows, &walk);
     let total = matched
         .saturating_sub(query.offset)
         .min(query.limit.unwrap_or(usize::MAX));
@@ -351,7 +351,7 @@ pub(crate) fn selected_value<'a>(db: &'a Store, record: &'a Record, s: &Selected
     }
 }
 
-fn walk_for(query: &Query, table: &Table, all_rows: bool) -> Walk {
+fn walk_for(db: &Store, query: &Query, table: &Table, all_rows: bool) -> Walk {
     let modstamp_field = if query.object.field("SystemModstamp").is_some() {
         "SystemModstamp"
     } else {
@@ -379,7 +379,7 @@ fn walk_for(query: &Query, table: &Table, all_rows: bool) -> Walk {
     let mut matching: Vec<&Record> = table
         .records
         .values()
-        .filter(|r| visible(query, r, all_rows))
+        .filter(|r| visible(db, query, r, all_rows))
         .collect();
     matching.sort_by(|a, b| soql::order_records(order, a, b));
     Walk::Listed(Arc::new(
@@ -390,17 +390,21 @@ fn walk_for(query: &Query, table: &Table, all_rows: bool) -> Walk {
     ))
 }
 
-fn visible(query: &Query, record: &Record, all_rows: bool) -> bool {
-    (all_rows || !record.deleted) && query.filter.as_ref().is_none_or(|f| f.matches(record))
+fn visible(db: &Store, query: &Query, record: &Record, all_rows: bool) -> bool {
+    (all_rows || !record.deleted)
+        && query
+            .filter
+            .as_ref()
+            .is_none_or(|f| f.matches(record, Some(db)))
 }
 
-fn count(query: &Query, table: &Table, all_rows: bool, walk: &Walk) -> usize {
+fn count(db: &Store, query: &Query, table: &Table, all_rows: bool, walk: &Walk) -> usize {
     match walk {
         Walk::Listed(ids) => ids.len(),
         Walk::ById { .. } => table
             .records
             .values()
-            .filter(|r| visible(query, r, all_rows))
+            .filter(|r| visible(db, query, r, all_rows))
             .count(),
         Walk::ByModstamp { .. } => {
             let field = if query.object.field("SystemModstamp").is_some() {
@@ -417,7 +421,7 @@ fn count(query: &Query, table: &Table, all_rows: bool, walk: &Walk) -> usize {
                 .by_modstamp
                 .range((from, String::new())..)
                 .filter_map(|(_, id)| table.records.get(id))
-                .filter(|r| visible(query, r, all_rows))
+                .filter(|r| visible(db, query, r, all_rows))
                 .count()
         }
     }
@@ -439,7 +443,7 @@ fn page<'a>(
     }
     let mut last = position.clone();
     let mut take = |key: &str, record: &'a Record, last: &mut Position| -> bool {
-        if visible(query, record, all_rows) {
+        if visible(db, query, record, all_rows) {
             *last = Position::After(
                 key.to_string(),
                 record.get("Id").as_str().unwrap_or("").to_string(),

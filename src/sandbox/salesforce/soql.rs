@@ -1,4 +1,5 @@
-//! A SOQL parser and evaluator for the subset sync tools and common clients send:
+//! A SOQL parser and evaluator for the subset sync tools and common clients send
+//! (parent fields one level up, `Owner.Name`, in SELECT and WHERE):
 //! `SELECT f, ... | COUNT() FROM Object [WHERE ...] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
 //! [LIMIT n] [OFFSET n]`, with AND/OR/NOT and parentheses, `= != <> < <= > >=`, `IN (...)`,
 //! `NOT IN (...)`, `LIKE`, unquoted date and datetime literals, the date literals `TODAY`,
@@ -12,7 +13,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::schema::{FieldType, ObjectSchema, SCHEMA};
-use super::store::{Record, format_datetime};
+use super::store::{Record, Store, format_datetime};
 
 /// A query the vendor would refuse, with its errorCode.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +73,13 @@ pub struct OrderItem {
     pub nulls_last: bool,
 }
 
+/// A condition on a parent's field (`Owner.IsActive = true`): the reference followed.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    pub reference: &'static str,
+    pub object: &'static ObjectSchema,
+}
+
 #[derive(Debug, Clone)]
 pub enum Cond {
     And(Vec<Cond>),
@@ -79,18 +87,21 @@ pub enum Cond {
     Not(Box<Cond>),
     Cmp {
         field: &'static str,
+        via: Option<Via>,
         ty: FieldType,
         op: Op,
         value: Lit,
     },
     In {
         field: &'static str,
+        via: Option<Via>,
         ty: FieldType,
         values: Vec<Lit>,
         negated: bool,
     },
     Like {
         field: &'static str,
+        via: Option<Via>,
         /// Lower-cased pattern, `%`/`_` wildcards already unescaped into tokens.
         pattern: Vec<LikeToken>,
     },
@@ -620,7 +631,26 @@ impl Parser<'_> {
             self.at -= 1;
             return Err(self.unexpected());
         };
-        let (field, ty) = self.field(&name, pos)?;
+        let (field, ty, via) = match name.split_once('.') {
+            Some((relationship, parent_field)) => {
+                match self.parent(relationship, parent_field, pos)? {
+                    Selected::Parent {
+                        reference,
+                        object,
+                        field,
+                        ..
+                    } => {
+                        let ty = object.field(field).expect("resolved").ty;
+                        (field, ty, Some(Via { reference, object }))
+                    }
+                    Selected::Field(_) => unreachable!("parent() resolves parents"),
+                }
+            }
+            None => {
+                let (field, ty) = self.field(&name, pos)?;
+                (field, ty, None)
+            }
+        };
         if self.keyword("LIKE") {
             let Tok::Str(pattern) = self.next() else {
                 self.at -= 1;
@@ -628,6 +658,7 @@ impl Parser<'_> {
             };
             return Ok(Cond::Like {
                 field,
+                via,
                 pattern: like_tokens(&pattern.to_lowercase()),
             });
         }
@@ -644,6 +675,7 @@ impl Parser<'_> {
             self.expect_punct(")")?;
             return Ok(Cond::In {
                 field,
+                via,
                 ty,
                 values,
                 negated,
@@ -667,6 +699,7 @@ impl Parser<'_> {
         let value = self.literal(field, ty)?;
         Ok(Cond::Cmp {
             field,
+            via,
             ty,
             op,
             value,
@@ -830,20 +863,42 @@ fn compare(value: &Value, ty: FieldType, lit: &Lit) -> Option<std::cmp::Ordering
     }
 }
 
+/// The value a condition looks at: the record's own field, or its parent's through `via`
+/// (null when the reference is empty or no store is given).
+fn operand<'a>(
+    record: &'a Record,
+    field: &str,
+    via: &Option<Via>,
+    store: Option<&'a Store>,
+) -> &'a Value {
+    const NULL: &Value = &Value::Null;
+    match via {
+        None => record.get(field),
+        Some(via) => record
+            .get(via.reference)
+            .as_str()
+            .zip(store)
+            .and_then(|(id, store)| store.live(via.object.name, id))
+            .map_or(NULL, |parent| parent.get(field)),
+    }
+}
+
 impl Cond {
-    pub fn matches(&self, record: &Record) -> bool {
+    /// Whether `record` satisfies the condition; `store` resolves parent fields.
+    pub fn matches(&self, record: &Record, store: Option<&Store>) -> bool {
         use std::cmp::Ordering::*;
         match self {
-            Cond::And(parts) => parts.iter().all(|c| c.matches(record)),
-            Cond::Or(parts) => parts.iter().any(|c| c.matches(record)),
-            Cond::Not(inner) => !inner.matches(record),
+            Cond::And(parts) => parts.iter().all(|c| c.matches(record, store)),
+            Cond::Or(parts) => parts.iter().any(|c| c.matches(record, store)),
+            Cond::Not(inner) => !inner.matches(record, store),
             Cond::Cmp {
                 field,
+                via,
                 ty,
                 op,
                 value,
             } => {
-                let v = record.get(field);
+                let v = operand(record, field, via, store);
                 if let Lit::Range(start, end) = value {
                     let Value::String(s) = v else { return false };
                     let s = s.as_str();
@@ -876,18 +931,23 @@ impl Cond {
             }
             Cond::In {
                 field,
+                via,
                 ty,
                 values,
                 negated,
             } => {
-                let v = record.get(field);
+                let v = operand(record, field, via, store);
                 let found = values.iter().any(|lit| match lit {
                     Lit::Null => v.is_null(),
                     lit => compare(v, *ty, lit) == Some(Equal),
                 });
                 found != *negated
             }
-            Cond::Like { field, pattern } => match record.get(field) {
+            Cond::Like {
+                field,
+                via,
+                pattern,
+            } => match operand(record, field, via, store) {
                 Value::String(s) => {
                     let text: Vec<char> = s.to_lowercase().chars().collect();
                     like_match(pattern, &text)
@@ -903,11 +963,19 @@ impl Cond {
         match self {
             Cond::Cmp {
                 field: f,
+                via: None,
                 op: Op::Gt | Op::Ge | Op::Eq,
                 value: Lit::Str(s),
                 ..
             } if *f == field => Some(s.clone()),
             Cond::And(parts) => parts.iter().filter_map(|p| p.lower_bound(field)).max(),
+            // Every branch must be bounded; the scan starts at the lowest bound.
+            Cond::Or(parts) => parts
+                .iter()
+                .map(|p| p.lower_bound(field))
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .min(),
             _ => None,
         }
     }
@@ -988,11 +1056,11 @@ mod tests {
         let r = record(
             json!({"Id": "a0T5g0000000001AAA", "SystemModstamp": "2025-12-31T23:30:00.000+0000"}),
         );
-        assert!(q.filter.as_ref().unwrap().matches(&r));
+        assert!(q.filter.as_ref().unwrap().matches(&r, None));
         let r = record(
             json!({"Id": "a0T5g0000000001AAA", "SystemModstamp": "2025-12-31T22:30:00.000+0000"}),
         );
-        assert!(!q.filter.as_ref().unwrap().matches(&r));
+        assert!(!q.filter.as_ref().unwrap().matches(&r, None));
     }
 
     #[test]
@@ -1008,8 +1076,8 @@ mod tests {
         let miss = record(
             json!({"LastName": "O'Brien", "Email": "ax@b.com", "Status": "nurture", "Region__c": "NA"}),
         );
-        assert!(q.filter.as_ref().unwrap().matches(&hit));
-        assert!(!q.filter.as_ref().unwrap().matches(&miss));
+        assert!(q.filter.as_ref().unwrap().matches(&hit, None));
+        assert!(!q.filter.as_ref().unwrap().matches(&miss, None));
     }
 
     #[test]
@@ -1052,13 +1120,32 @@ mod tests {
     }
 
     #[test]
+    fn the_tie_breaker_cursor_query_starts_its_scan_at_the_cursor() {
+        let q = parse(
+            "SELECT Id FROM Lead WHERE (SystemModstamp = 2026-01-01T00:00:00Z AND Id > '00Q5g0000000001AAA') OR SystemModstamp > 2026-01-01T00:00:00Z ORDER BY SystemModstamp, Id",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            q.filter.unwrap().lower_bound("SystemModstamp").as_deref(),
+            Some("2026-01-01T00:00:00.000+0000")
+        );
+        let q = parse(
+            "SELECT Id FROM Lead WHERE SystemModstamp > 2026-01-01T00:00:00Z OR Status = 'x'",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.filter.unwrap().lower_bound("SystemModstamp"), None);
+    }
+
+    #[test]
     fn date_literals_bind_to_the_field_type() {
         let q = parse("SELECT COUNT() FROM Opportunity WHERE CloseDate >= 2026-10-01 AND CreatedDate = LAST_N_DAYS:3", now()).unwrap();
         assert!(q.count_only);
         let r = record(
             json!({"CloseDate": "2026-10-05", "CreatedDate": "2026-10-31T01:00:00.000+0000"}),
         );
-        assert!(q.filter.as_ref().unwrap().matches(&r));
+        assert!(q.filter.as_ref().unwrap().matches(&r, None));
         let err = parse(
             "SELECT Id FROM Opportunity WHERE CloseDate > 2026-10-01T00:00:00Z",
             now(),
