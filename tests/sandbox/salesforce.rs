@@ -771,7 +771,10 @@ async fn user_edits_write_history_and_outbound_messages_retry_until_acked() {
         page["records"][0]["SystemModstamp"],
         "2026-11-02T12:05:00.000+0000"
     );
-    let (_, history) = org.query(&format!("SELECT Field, OldValue, NewValue, CreatedById FROM MQL_Threshold__History WHERE ParentId = '{threshold}'")).await;
+    let (_, history) = org.query(&format!("SELECT Field, OldValue, NewValue, CreatedById FROM MQL_Threshold__History WHERE ParentId = '{threshold}' ORDER BY CreatedDate")).await;
+    assert_eq!(history["totalSize"], 2);
+    assert_eq!(history["records"][0]["Field"], "created");
+    let history = json!({"records": [history["records"][1].clone()]});
     assert_eq!(history["records"][0]["Field"], "Score_Threshold__c");
     assert_eq!(history["records"][0]["NewValue"], 65.0);
 

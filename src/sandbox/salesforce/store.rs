@@ -228,6 +228,10 @@ impl Store {
                        "Active__c": th.active, "Reason__c": null, "OwnerId": th.set_by}),
             );
         }
+        let thresholds = SCHEMA.object("MQL_Threshold__c").expect("schema");
+        for th in &world.thresholds {
+            store.history_created(thresholds, &th.id, th.created_at, &th.set_by);
+        }
         store
     }
 
@@ -293,7 +297,21 @@ impl Store {
                 deleted: false,
             },
         );
+        self.history_created(schema, &id, now, by);
         id
+    }
+
+    /// The `created` row the vendor writes to a tracked object's history on insert.
+    fn history_created(&mut self, schema: &ObjectSchema, id: &str, at: Timestamp, by: &str) {
+        if let Some(history) = schema.history_object {
+            let history = SCHEMA.object(history).expect("history schema");
+            let mut row = Map::new();
+            row.insert("ParentId".into(), json!(id));
+            row.insert("Field".into(), json!("created"));
+            row.insert("OldValue".into(), Value::Null);
+            row.insert("NewValue".into(), Value::Null);
+            self.insert(history, row, at, by);
+        }
     }
 
     /// Applies normalized field changes to a live record, bumps its modstamps and writes
@@ -621,7 +639,13 @@ mod tests {
             .unwrap();
         assert_eq!(changed, ["Reason__c", "Score_Threshold__c"]);
         let history = &store.tables["MQL_Threshold__History"].records;
-        assert_eq!(history.len(), 2);
+        // One `created` row per seeded threshold, then the two changes.
+        assert_eq!(history.len(), world.thresholds.len() + 2);
+        assert!(
+            history
+                .values()
+                .any(|r| r.get("ParentId") == &json!(id) && r.get("Field") == &json!("created"))
+        );
         let row = history
             .values()
             .find(|r| r.get("Field") == &json!("Score_Threshold__c"))
