@@ -55,6 +55,21 @@ struct Cursor {
     positions: BTreeMap<usize, Position>,
 }
 
+impl Cursor {
+    /// The cursor without its page positions, to serve one page from.
+    fn view(&self) -> Cursor {
+        Cursor {
+            query: self.query.clone(),
+            all_rows: self.all_rows,
+            walk: self.walk.clone(),
+            total: self.total,
+            batch: self.batch,
+            expires: self.expires,
+            positions: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Cursors {
     next: u64,
@@ -136,7 +151,7 @@ fn run(
         return axum::Json(json!({"totalSize": total, "done": true, "records": []}))
             .into_response();
     }
-    let mut cursor = Cursor {
+    let cursor = Cursor {
         query,
         all_rows,
         walk,
@@ -152,17 +167,7 @@ fn run(
     } else {
         Position::Start
     };
-    let body = serve_page(
-        &sf,
-        &db,
-        &mut cursor,
-        0,
-        start,
-        &version,
-        endpoint,
-        now,
-        None,
-    );
+    let body = serve_page(&sf, &db, &cursor, 0, start, &version, endpoint, now, None);
     drop(db);
     body
 }
@@ -189,24 +194,23 @@ pub(crate) async fn query_more(
     let Ok(offset) = offset.parse::<usize>() else {
         return invalid();
     };
-    let mut cursors = inner.cursors.lock().expect("cursors lock");
-    let Some(mut cursor) = cursors.open.remove(id) else {
+    // The cursor stays registered while a page is served, so concurrent or repeated
+    // requests for the same page both succeed.
+    let cursors = inner.cursors.lock().expect("cursors lock");
+    let Some(open) = cursors.open.get(id).filter(|c| c.expires > now) else {
         return invalid();
     };
-    if cursor.expires <= now {
-        return invalid();
-    }
-    let Some(position) = cursor.positions.get(&offset).cloned() else {
-        cursors.open.insert(id.to_string(), cursor);
+    let Some(position) = open.positions.get(&offset).cloned() else {
         return invalid();
     };
+    let cursor = open.view();
     drop(cursors);
     let endpoint = if cursor.all_rows { "queryAll" } else { "query" };
     let db = inner.db.lock().expect("db lock");
     serve_page(
         &sf,
         &db,
-        &mut cursor,
+        &cursor,
         offset,
         position,
         &version,
@@ -220,7 +224,7 @@ pub(crate) async fn query_more(
 fn serve_page(
     sf: &Salesforce,
     db: &Store,
-    cursor: &mut Cursor,
+    cursor: &Cursor,
     offset: usize,
     position: Position,
     version: &str,
@@ -240,8 +244,7 @@ fn serve_page(
         .collect();
     let mut body = json!({"totalSize": cursor.total, "done": done, "records": rendered});
     if !done {
-        let inner = sf.inner();
-        let mut cursors = inner.cursors.lock().expect("cursors lock");
+        let mut cursors = sf.inner().cursors.lock().expect("cursors lock");
         let id = locator.unwrap_or_else(|| {
             cursors.next += 1;
             salesforce_id("01g", cursors.next)
@@ -249,33 +252,10 @@ fn serve_page(
         body["nextRecordsUrl"] = json!(format!(
             "/services/data/{version}/{endpoint}/{id}-{next_offset}"
         ));
-        cursor.positions.insert(offset, position);
-        cursor.positions.insert(next_offset, after);
         cursors.open.retain(|_, c| c.expires > now);
-        let kept = Cursor {
-            query: cursor.query.clone(),
-            all_rows: cursor.all_rows,
-            walk: cursor.walk.clone(),
-            total: cursor.total,
-            batch: cursor.batch,
-            expires: cursor.expires,
-            positions: std::mem::take(&mut cursor.positions),
-        };
-        cursors.open.insert(id, kept);
-    } else if let Some(id) = locator {
-        // Keep finished cursors too, so the last page can be fetched again.
-        cursor.positions.insert(offset, position);
-        let mut cursors = sf.inner().cursors.lock().expect("cursors lock");
-        let kept = Cursor {
-            query: cursor.query.clone(),
-            all_rows: cursor.all_rows,
-            walk: cursor.walk.clone(),
-            total: cursor.total,
-            batch: cursor.batch,
-            expires: cursor.expires,
-            positions: std::mem::take(&mut cursor.positions),
-        };
-        cursors.open.insert(id, kept);
+        let registered = cursors.open.entry(id).or_insert_with(|| cursor.view());
+        registered.positions.insert(offset, position);
+        registered.positions.insert(next_offset, after);
     }
     axum::Json(body).into_response()
 }
