@@ -15,6 +15,9 @@
 //! - [`world`]: the deterministic data generator both servers are seeded from.
 //! - `salesforce`: the Salesforce REST, OAuth, Bulk 2.0 and Outbound Messaging emulator.
 //! - `marketo`: the Marketo identity, REST, bulk extract and webhook emulator.
+//! - [`server`]: `Sandbox::start(SandboxOptions)`: both emulators on 127.0.0.1, in-process.
+//! - [`admin`]: the shared `/__sandbox/...` admin API (clock, faults, log, state).
+//! - [`cli`]: `mqlsync sandbox` (args, `--json` first line, run until SIGTERM/Ctrl-C).
 
 pub mod admin;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! `crate::engine`, and it reads time only from the `SandboxClock`.
 //!
 //! # Request pipeline
-//! Every request outside `/__sandbox` passes [`gate`]: it is classified into a *kind*, checked
+//! Every request outside `/__sandbox` passes `gate`: it is classified into a *kind*, checked
 //! against the fault rules (`System::Salesforce`), authenticated (Bearer session, 401
 //! `INVALID_SESSION_ID` when unknown or idle longer than `session_ttl_secs`), counted against
 //! the rolling-24-h daily API limit (403 `REQUEST_LIMIT_EXCEEDED` when `limits` is on and the
