@@ -323,6 +323,8 @@ impl Salesforce {
         );
         api.fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            // Bulk API 2.0 accepts CSV uploads up to 150 MB (axum's default is 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(150 * 1024 * 1024))
             .layer(axum::middleware::from_fn_with_state(self.clone(), gate))
             .merge(self.admin_routes())
             .with_state(self.clone())
