@@ -66,6 +66,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
+    Sandbox(mqlsync::sandbox::cli::SandboxArgs),
     /// Say why a CRM lead or contact is, or is not, an MQL, with its audit log.
     Explain {
         /// The CRM lead or contact id.
@@ -86,6 +88,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
         c.is::<ConfigError>()
             || c.is::<MappingError>()
             || c.is::<HistoryError>()
+            || c.is::<mqlsync::sandbox::faults::FaultsFileError>()
             || matches!(
                 c.downcast_ref::<StoreError>(),
                 Some(StoreError::NotAStore { .. } | StoreError::NewerSchema { .. })
@@ -122,8 +125,18 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Sandbox(args) = cli.command {
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        return runtime
+            .block_on(mqlsync::sandbox::cli::run(
+                args,
+                mqlsync::sandbox::cli::shutdown_signal(),
+            ))
+            .context("sandbox");
+    }
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
+        Command::Sandbox(_) => unreachable!("handled above"),
         Command::Check { mapping } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             println!(

@@ -15,8 +15,16 @@
 //! - [`world`]: the deterministic data generator both servers are seeded from.
 //! - `salesforce`: the Salesforce REST, OAuth, Bulk 2.0 and Outbound Messaging emulator.
 //! - `marketo`: the Marketo identity, REST, bulk extract and webhook emulator.
+//! - [`server`]: `Sandbox::start(SandboxOptions)`: both emulators on 127.0.0.1, in-process.
+//! - [`admin`]: the shared `/__sandbox/...` admin API (clock, faults, log, state).
+//! - [`cli`]: `mqlsync sandbox` (args, `--json` first line, run until SIGTERM/Ctrl-C).
 
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod faults;
 pub mod log;
+pub mod marketo;
+pub mod salesforce;
+pub mod server;
 pub mod world;

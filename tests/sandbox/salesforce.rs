@@ -1,0 +1,958 @@
+//! The Salesforce emulator over HTTP: OAuth flows, session expiry, SOQL paging, sObjects,
+//! collections, limits, faults, history, outbound messaging and Bulk API 2.0.
+
+use std::sync::{Arc, Mutex};
+
+use jiff::{SignedDuration, Timestamp};
+use mqlsync::sandbox::clock::SandboxClock;
+use mqlsync::sandbox::faults::FaultRule;
+use mqlsync::sandbox::salesforce::OutboundMessaging;
+use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const V: &str = "/services/data/v62.0";
+
+fn start_time() -> Timestamp {
+    "2026-11-02T12:00:00Z".parse().unwrap()
+}
+
+struct Org {
+    sandbox: Sandbox,
+    http: Client,
+    token: String,
+}
+
+impl Org {
+    async fn start(leads: usize, tweak: impl FnOnce(&mut SandboxOptions)) -> Org {
+        let mut options = SandboxOptions {
+            leads,
+            seed: 7,
+            clock: SandboxClock::frozen(start_time()),
+            ..SandboxOptions::default()
+        };
+        tweak(&mut options);
+        let sandbox = Sandbox::start(options).await.expect("sandbox starts");
+        let http = Client::new();
+        let token = client_credentials(&http, &sandbox).await;
+        Org {
+            sandbox,
+            http,
+            token,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sandbox.salesforce_url())
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.get(path).await;
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn query(&self, soql: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(self.url(&format!("{V}/query")))
+            .query(&[("q", soql)])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request");
+        assert!(r.status().is_success(), "admin {path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+}
+
+async fn client_credentials(http: &Client, sandbox: &Sandbox) -> String {
+    let config = sandbox.salesforce_config();
+    let r = http
+        .post(format!(
+            "{}/services/oauth2/token",
+            sandbox.salesforce_url()
+        ))
+        .basic_auth(&config.client_id, Some(&config.client_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["instance_url"], sandbox.salesforce_url());
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+fn rule(json: Value) -> FaultRule {
+    serde_json::from_value(json).unwrap()
+}
+
+#[tokio::test]
+async fn oauth_flows_issue_tokens_and_refuse_bad_grants() {
+    let org = Org::start(20, |_| {}).await;
+    let config = org.sandbox.salesforce_config().clone();
+    let token_url = org.url("/services/oauth2/token");
+
+    // Wrong secret: the token endpoint's own error object, not a REST error array.
+    let r = org
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", config.client_id.as_str()),
+            ("client_secret", "nope"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+
+    // JWT bearer, signed with the test-only key, `exp` as a string as simple-salesforce sends it.
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!(
+        "../fixtures/jwt/sandbox-test-only-private.pem"
+    ))
+    .unwrap();
+    let assertion = |exp: i64, sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &json!({"iss": config.client_id, "sub": sub,
+                    "aud": "https://login.salesforce.com", "exp": exp.to_string()}),
+            &key,
+        )
+        .unwrap()
+    };
+    let now = start_time().as_second();
+    let jwt = |assertion: String| {
+        org.http.post(&token_url).form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".to_string(),
+            ),
+            ("assertion", assertion),
+        ])
+    };
+    let r = jwt(assertion(now + 180, &config.username))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none());
+    let token = body["access_token"].as_str().unwrap();
+    let limits = org
+        .http
+        .get(org.url(&format!("{V}/limits")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limits.status(), StatusCode::OK);
+
+    let r = jwt(assertion(now - 1, &config.username))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_description"], "expired authorization code");
+    let r = jwt(assertion(now + 180, "someone@else"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error_description"],
+        "user hasn't approved this consumer"
+    );
+    // A token signed by another key (HS256 with a guessable secret) is refused.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": config.client_id, "sub": config.username, "aud": "https://login.salesforce.com", "exp": now + 100}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    let r = jwt(forged).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+
+    // Refresh token flow with a token minted through the admin API.
+    let minted = org
+        .admin(
+            reqwest::Method::POST,
+            "/__sandbox/salesforce/refresh_tokens",
+            json!({}),
+        )
+        .await;
+    let refresh = minted["refresh_token"].as_str().unwrap();
+    let r = org
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", config.client_id.as_str()),
+            ("client_secret", config.client_secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = org
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "5Aep861bogus"),
+            ("client_id", config.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(body["error_description"], "expired access/refresh token");
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_with_invalid_session_id() {
+    let org = Org::start(20, |o| o.salesforce.session_ttl_secs = 3600).await;
+    let clock = org.sandbox.clock().clone();
+    clock.advance(SignedDuration::from_mins(50));
+    assert_eq!(
+        org.get(&format!("{V}/limits")).await.status(),
+        StatusCode::OK
+    );
+    // Use renews the idle timer: 50 more minutes are still inside the hour.
+    clock.advance(SignedDuration::from_mins(50));
+    assert_eq!(
+        org.get(&format!("{V}/limits")).await.status(),
+        StatusCode::OK
+    );
+    clock.advance(SignedDuration::from_mins(61));
+    let (status, body) = org.get_json(&format!("{V}/limits")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body,
+        json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_pages_follow_next_records_url_with_the_batch_size() {
+    let org = Org::start(900, |_| {}).await;
+    let world_leads = org
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .filter(|p| p.crm_id.is_some() && p.crm_kind == mqlsync::sandbox::world::CrmKind::Lead)
+        .count();
+    let (_, count) = org.query("SELECT COUNT() FROM Lead").await;
+    assert_eq!(count["totalSize"], world_leads);
+    assert!(world_leads > 450, "{world_leads}");
+
+    let mut seen = Vec::new();
+    let r = org
+        .http
+        .get(org.url(&format!("{V}/query")))
+        .query(&[(
+            "q",
+            "SELECT Id, LastName, SystemModstamp FROM Lead ORDER BY SystemModstamp, Id",
+        )])
+        .header("Sforce-Query-Options", "batchSize=200")
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["sforce-limit-info"]
+            .to_str()
+            .unwrap()
+            .starts_with("api-usage=")
+    );
+    let mut page: Value = r.json().await.unwrap();
+    let mut pages = 0;
+    let mut first_next = None;
+    loop {
+        pages += 1;
+        assert_eq!(page["totalSize"], world_leads);
+        let records = page["records"].as_array().unwrap();
+        assert!(records.len() <= 200);
+        assert_eq!(records[0]["attributes"]["type"], "Lead");
+        seen.extend(records.iter().map(|r| {
+            (
+                r["SystemModstamp"].as_str().unwrap().to_string(),
+                r["Id"].as_str().unwrap().to_string(),
+            )
+        }));
+        if page["done"] == true {
+            assert!(page.get("nextRecordsUrl").is_none());
+            break;
+        }
+        let next = page["nextRecordsUrl"].as_str().unwrap().to_string();
+        assert!(next.starts_with("/services/data/v62.0/query/01g"), "{next}");
+        first_next.get_or_insert(next.clone());
+        page = org.get_json(&next).await.1;
+        assert!(pages < 10);
+    }
+    assert_eq!(pages, world_leads.div_ceil(200));
+    assert_eq!(seen.len(), world_leads);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ordered by SystemModstamp, Id without duplicates"
+    );
+
+    // A page can be fetched again (a client retrying after a dropped connection).
+    let again = org.get_json(first_next.as_deref().unwrap()).await.1;
+    assert_eq!(again["records"][0]["Id"], seen[200].1.as_str());
+    // A locator nobody issued.
+    let (status, body) = org
+        .get_json(&format!("{V}/query/01gXXXXXXXXXXXXXXX-200"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "INVALID_QUERY_LOCATOR");
+
+    // An order the tables are not indexed by, with a filter, LIMIT and date literals.
+    let (_, page) = org
+        .query("SELECT Id, LastName, Region__c FROM Lead WHERE Region__c IN ('EMEA', 'NA') AND CreatedDate < 2026-11-01T00:00:00Z ORDER BY LastName DESC, Id LIMIT 30")
+        .await;
+    let names: Vec<String> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["LastName"].as_str().unwrap().to_lowercase())
+        .collect();
+    assert_eq!(names.len(), 30);
+    assert!(names.windows(2).all(|w| w[0] >= w[1]));
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["Region__c"] == "EMEA" || r["Region__c"] == "NA")
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_soql_gets_the_vendors_errors() {
+    let org = Org::start(10, |_| {}).await;
+    let (status, body) = org.query("SELECT Bogus FROM Contact").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
+    assert!(
+        body[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No such column 'Bogus' on entity 'Contact'")
+    );
+    let (status, body) = org
+        .query("SELECT Id FROM Lead WHERE LastName = 'O\\'Brien")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "MALFORMED_QUERY");
+    let (_, body) = org
+        .query("SELECT Id FROM Lead WHERE LastName = 'O\\'Brien'")
+        .await;
+    assert!(
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["attributes"]["type"] == "Lead")
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn sobjects_crud_upsert_describe_and_history() {
+    let org = Org::start(10, |_| {}).await;
+    let (status, describe) = org.get_json(&format!("{V}/sobjects/MQL__c/describe")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ext = describe["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "External_Id__c")
+        .unwrap();
+    assert_eq!(ext["externalId"], true);
+    assert_eq!(ext["unique"], true);
+
+    let path = format!("{V}/sobjects/MQL__c/External_Id__c/cycle-1");
+    let (status, created) = org
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            json!({"Status__c": "Open", "Score_At_MQL__c": 91}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["created"], true);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("a0M"));
+    let (status, updated) = org
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            json!({"Status__c": "Working"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        updated,
+        json!({"id": id, "success": true, "errors": [], "created": false})
+    );
+    // v45 answers 204 with no body.
+    let old = path.replace("v62.0", "v45.0");
+    let (status, _) = org
+        .send(
+            reqwest::Method::PATCH,
+            &old,
+            json!({"Status__c": "Rejected", "Rejection_Reason__c": "Spam"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, record) = org.get_json(&format!("{V}/sobjects/MQL__c/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(record["Status__c"], "Rejected");
+    assert!(record["Name"].as_str().unwrap().starts_with("MQL-"));
+    assert_eq!(record["External_Id__c"], "cycle-1");
+
+    let (_, history) = org.query(&format!("SELECT Field, OldValue, NewValue FROM MQL__History WHERE ParentId = '{id}' ORDER BY CreatedDate")).await;
+    let changes: Vec<(String, Value, Value)> = history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["Field"].as_str().unwrap().to_string(),
+                r["OldValue"].clone(),
+                r["NewValue"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        changes.contains(&("Status__c".into(), json!("Open"), json!("Working"))),
+        "{changes:?}"
+    );
+    assert!(changes.contains(&("Status__c".into(), json!("Working"), json!("Rejected"))));
+    assert!(changes.contains(&("Rejection_Reason__c".into(), Value::Null, json!("Spam"))));
+
+    // Plain create needs required fields; update and delete.
+    let (status, err) = org
+        .send(
+            reqwest::Method::POST,
+            &format!("{V}/sobjects/Lead/"),
+            json!({"LastName": "Solo"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err[0]["errorCode"], "REQUIRED_FIELD_MISSING");
+    let (status, created) = org
+        .send(
+            reqwest::Method::POST,
+            &format!("{V}/sobjects/Lead"),
+            json!({"LastName": "Solo", "Company": "Acme"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let lead = created["id"].as_str().unwrap().to_string();
+    let (status, _) = org
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{V}/sobjects/Lead/{lead}"),
+            json!({"Status": "Working - Contacted"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let r = org
+        .http
+        .delete(org.url(&format!("{V}/sobjects/Lead/{lead}")))
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, body) = org.get_json(&format!("{V}/sobjects/Lead/{lead}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body[0]["errorCode"], "NOT_FOUND");
+    let soql = format!("SELECT Id, IsDeleted FROM Lead WHERE Id = '{lead}'");
+    assert_eq!(org.query(&soql).await.1["totalSize"], 0);
+    let r = org
+        .http
+        .get(org.url(&format!("{V}/queryAll")))
+        .query(&[("q", soql.as_str())])
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    let all: Value = r.json().await.unwrap();
+    assert_eq!(all["records"][0]["IsDeleted"], true);
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn collections_answer_per_record_in_the_vendors_shape() {
+    let org = Org::start(10, |_| {}).await;
+    let path = format!("{V}/composite/sobjects");
+    let good = |n: u32| json!({"attributes": {"type": "MQL__c"}, "External_Id__c": format!("c-{n}"), "Status__c": "Open"});
+    let bad = json!({"attributes": {"type": "MQL__c"}, "Bogus__c": 1});
+
+    let (status, results) = org
+        .send(
+            reqwest::Method::POST,
+            &path,
+            json!({"allOrNone": false, "records": [good(1), bad, good(2)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(results[0]["success"], true);
+    assert_eq!(results[1]["success"], false);
+    assert!(results[1].get("id").is_none());
+    assert_eq!(results[1]["errors"][0]["statusCode"], "INVALID_FIELD");
+    assert_eq!(results[2]["success"], true);
+
+    // allOrNone: nothing is written, good records say they were rolled back.
+    let (_, results) = org
+        .send(
+            reqwest::Method::POST,
+            &path,
+            json!({"allOrNone": true, "records": [good(3), good(3)]}),
+        )
+        .await;
+    assert_eq!(
+        results[0]["errors"][0]["statusCode"],
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    );
+    assert_eq!(results[1]["errors"][0]["statusCode"], "DUPLICATE_VALUE");
+    assert_eq!(
+        org.query("SELECT COUNT() FROM MQL__c WHERE External_Id__c = 'c-3'")
+            .await
+            .1["totalSize"],
+        0
+    );
+
+    // Upsert by external id, with one record failing by fault rule.
+    org.sandbox.faults().add(rule(
+        json!({"system": "salesforce", "kind": "composite_upsert", "times": 1,
+        "action": {"type": "fail_record", "index": 1}}),
+    ));
+    let upsert = format!("{V}/composite/sobjects/MQL__c/External_Id__c");
+    let (status, results) = org
+        .send(
+            reqwest::Method::PATCH,
+            &upsert,
+            json!({"allOrNone": false, "records": [good(1), good(4), good(5)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(results[0]["created"], false);
+    assert_eq!(results[1]["errors"][0]["statusCode"], "UNABLE_TO_LOCK_ROW");
+    assert_eq!(results[2]["created"], true);
+
+    // Update by id.
+    let id = results[2]["id"].as_str().unwrap();
+    let (_, results) = org
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            json!({"records": [
+        {"attributes": {"type": "MQL__c"}, "id": id, "Status__c": "Working"},
+        {"attributes": {"type": "MQL__c"}, "id": "001xx000003DGb2999", "Status__c": "Working"}]}),
+        )
+        .await;
+    assert_eq!(results[0]["success"], true);
+    assert_eq!(results[1]["errors"][0]["statusCode"], "MALFORMED_ID");
+
+    let many: Vec<Value> = (0..201).map(good).collect();
+    let (status, body) = org
+        .send(reqwest::Method::POST, &path, json!({"records": many}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "EXCEEDED_ID_LIMIT");
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_daily_limit_is_enforced_with_request_limit_exceeded() {
+    let org = Org::start(10, |o| o.salesforce.daily_api_limit = 5).await;
+    for n in 1..=5 {
+        let r = org.get(&format!("{V}/limits")).await;
+        assert_eq!(r.status(), StatusCode::OK, "call {n}");
+        assert_eq!(
+            r.headers()["sforce-limit-info"],
+            format!("api-usage={n}/5").as_str()
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["DailyApiRequests"],
+            json!({"Max": 5, "Remaining": 5 - n})
+        );
+    }
+    let (status, body) = org
+        .get_json(&format!("{V}/query?q=SELECT+Id+FROM+Lead"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+    );
+    // The window rolls: a day later the calls are allowed again.
+    org.sandbox.clock().advance(SignedDuration::from_hours(24));
+    let token = client_credentials(&org.http, &org.sandbox).await;
+    let r = org
+        .http
+        .get(org.url(&format!("{V}/limits")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_fire_deterministically_and_the_log_counts_kinds() {
+    let org = Org::start(10, |_| {}).await;
+    org.admin(reqwest::Method::PUT, "/__sandbox/faults", json!([
+        {"system": "salesforce", "kind": "query", "skip": 1, "times": 1, "action": {"type": "status", "status": 503}},
+        {"system": "salesforce", "kind": "describe", "times": 1, "action": {"type": "drop"}},
+        {"system": "salesforce", "kind": "limits", "times": 1, "action": {"type": "expire_tokens"}},
+        {"system": "salesforce", "kind": "sobject_get", "times": 1, "action": {"type": "vendor_error", "code": "REQUEST_LIMIT_EXCEEDED"}}
+    ])).await;
+    let q = "SELECT Id FROM User";
+    assert_eq!(org.query(q).await.0, StatusCode::OK);
+    let (status, body) = org.query(q).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body[0]["errorCode"], "SERVER_UNAVAILABLE");
+    assert_eq!(org.query(q).await.0, StatusCode::OK);
+
+    let dropped = org
+        .http
+        .get(org.url(&format!("{V}/sobjects/Lead/describe")))
+        .bearer_auth(&org.token)
+        .send()
+        .await;
+    let failed = match dropped {
+        Err(_) => true,
+        Ok(r) => r.bytes().await.is_err(),
+    };
+    assert!(failed, "a dropped connection gives the client an error");
+
+    let user = org.sandbox.world().reps[0].id.clone();
+    let (status, body) = org.get_json(&format!("{V}/sobjects/User/{user}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+
+    let (status, body) = org.get_json(&format!("{V}/limits")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body[0]["errorCode"], "INVALID_SESSION_ID");
+
+    let log = org
+        .admin(
+            reqwest::Method::GET,
+            "/__sandbox/log?system=salesforce",
+            Value::Null,
+        )
+        .await;
+    let counts = &log["counts"]["salesforce"];
+    assert_eq!(counts["token"], 1);
+    assert_eq!(counts["query"], 3);
+    assert_eq!(counts["describe"], 1);
+    assert_eq!(counts["sobject_get"], 1);
+    assert_eq!(counts["limits"], 1);
+    let statuses: Vec<u64> = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 503, 200, 0, 403, 401]);
+    org.sandbox.shutdown().await;
+}
+
+/// A SOAP endpoint that refuses the first message and acknowledges the rest.
+async fn outbound_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let app = axum::Router::new().route(
+        "/om",
+        axum::routing::post(move |body: String| {
+            let seen = seen.clone();
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.push(body);
+                if seen.len() == 1 {
+                    "<html>busy</html>".to_string()
+                } else {
+                    "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notificationsResponse xmlns=\"http://soap.sforce.com/2005/09/outbound\"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>".to_string()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/om", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test]
+async fn user_edits_write_history_and_outbound_messages_retry_until_acked() {
+    let (url, received) = outbound_receiver().await;
+    let org = Org::start(10, |o| {
+        o.salesforce.outbound = Some(OutboundMessaging {
+            url,
+            objects: vec!["MQL_Threshold__c".into()],
+            fields: vec![
+                "Name".into(),
+                "Score_Threshold__c".into(),
+                "Region__c".into(),
+            ],
+            retry_initial_secs: 60,
+            deliver_in_background: false,
+        })
+    })
+    .await;
+    let sf = org.sandbox.salesforce().clone();
+    let threshold = org.sandbox.world().thresholds[1].id.clone();
+    org.sandbox.clock().advance(SignedDuration::from_mins(5));
+    org.admin(
+        reqwest::Method::POST,
+        &format!("/__sandbox/salesforce/records/MQL_Threshold__c/{threshold}"),
+        json!({"Score_Threshold__c": 65}),
+    )
+    .await;
+
+    let (_, page) = org.query("SELECT Id, Score_Threshold__c, SystemModstamp FROM MQL_Threshold__c WHERE SystemModstamp > 2026-11-02T12:00:00Z").await;
+    assert_eq!(page["totalSize"], 1);
+    assert_eq!(page["records"][0]["Score_Threshold__c"], 65.0);
+    assert_eq!(
+        page["records"][0]["SystemModstamp"],
+        "2026-11-02T12:05:00.000+0000"
+    );
+    let (_, history) = org.query(&format!("SELECT Field, OldValue, NewValue, CreatedById FROM MQL_Threshold__History WHERE ParentId = '{threshold}' ORDER BY CreatedDate")).await;
+    assert_eq!(history["totalSize"], 2);
+    assert_eq!(history["records"][0]["Field"], "created");
+    let history = json!({"records": [history["records"][1].clone()]});
+    assert_eq!(history["records"][0]["Field"], "Score_Threshold__c");
+    assert_eq!(history["records"][0]["NewValue"], 65.0);
+
+    // Delivery is stepped here rather than waited for; the first POST is refused.
+    assert_eq!(sf.deliver_outbound().await, 0);
+    assert_eq!(received.lock().unwrap().len(), 1);
+    let body = received.lock().unwrap()[0].clone();
+    assert!(body.contains("<notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\">"));
+    assert!(body.contains(&format!("<sf:Id>{threshold}</sf:Id>")));
+    assert!(body.contains("<sf:Score_Threshold__c>65.0</sf:Score_Threshold__c>"));
+    assert_eq!(
+        sf.deliver_outbound().await,
+        0,
+        "not due before the retry interval"
+    );
+    assert_eq!(received.lock().unwrap().len(), 1);
+    org.sandbox.clock().advance(SignedDuration::from_secs(60));
+    assert_eq!(sf.deliver_outbound().await, 1);
+    let deliveries = sf.outbound_deliveries();
+    assert_eq!(deliveries.len(), 2);
+    assert!(!deliveries[0].acknowledged && deliveries[1].acknowledged);
+    assert_eq!(
+        deliveries[0].notification_ids,
+        deliveries[1].notification_ids
+    );
+    assert_eq!(sf.state()["outbound"]["pending"], json!([]));
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk2_query_and_ingest_jobs() {
+    let org = Org::start(300, |_| {}).await;
+    let (status, job) = org
+        .send(
+            reqwest::Method::POST,
+            &format!("{V}/jobs/query"),
+            json!({"operation": "query", "query": "SELECT Id, Email FROM Lead ORDER BY Id"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "UploadComplete");
+    let id = job["id"].as_str().unwrap();
+    let (_, job) = org.get_json(&format!("{V}/jobs/query/{id}")).await;
+    assert_eq!(job["state"], "JobComplete");
+    let total = job["numberRecordsProcessed"].as_u64().unwrap() as usize;
+    let mut locator: Option<String> = None;
+    let mut rows = 0;
+    for _ in 0..10 {
+        let mut path = format!("{V}/jobs/query/{id}/results?maxRecords=100");
+        if let Some(l) = &locator {
+            path.push_str(&format!("&locator={l}"));
+        }
+        let r = org.get(&path).await;
+        let next = r.headers()["sforce-locator"].to_str().unwrap().to_string();
+        let n: usize = r.headers()["sforce-numberofrecords"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with("\"Id\",\"Email\""));
+        assert_eq!(text.lines().count(), n + 1);
+        rows += n;
+        if next == "null" {
+            break;
+        }
+        locator = Some(next);
+    }
+    assert_eq!(rows, total);
+
+    let (_, job) = org.send(reqwest::Method::POST, &format!("{V}/jobs/ingest"), json!({"object": "MQL__c", "operation": "upsert", "externalIdFieldName": "External_Id__c", "contentType": "CSV", "lineEnding": "LF"})).await;
+    assert_eq!(job["state"], "Open");
+    let id = job["id"].as_str().unwrap();
+    let r = org
+        .http
+        .put(org.url(&format!("{V}/jobs/ingest/{id}/batches")))
+        .bearer_auth(&org.token)
+        .header("content-type", "text/csv")
+        .body("External_Id__c,Status__c,Score_At_MQL__c\nb-1,Open,90\nb-2,Open,notanumber\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, job) = org
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{V}/jobs/ingest/{id}"),
+            json!({"state": "UploadComplete"}),
+        )
+        .await;
+    assert_eq!(job["state"], "JobComplete");
+    assert_eq!(job["numberRecordsFailed"], 1);
+    let ok = org
+        .get(&format!("{V}/jobs/ingest/{id}/successfulResults"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(ok.starts_with("\"sf__Id\",\"sf__Created\",\"External_Id__c\""));
+    assert!(ok.contains("\"true\",\"b-1\""));
+    let failed = org
+        .get(&format!("{V}/jobs/ingest/{id}/failedResults"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        failed.contains("JSON_PARSER_ERROR") && failed.contains("b-2"),
+        "{failed}"
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn parent_fields_nest_under_their_relationship() {
+    let org = Org::start(20, |_| {}).await;
+    let (status, page) = org
+        .query("SELECT Id, Owner.Name, owner.email, LastName FROM Lead ORDER BY Id LIMIT 2")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let lead = &page["records"][0];
+    let owner_id = org
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .find(|p| p.crm_id.as_deref() == lead["Id"].as_str())
+        .unwrap()
+        .owner_id
+        .clone();
+    let rep = org
+        .sandbox
+        .world()
+        .reps
+        .iter()
+        .find(|r| r.id == owner_id)
+        .unwrap();
+    assert_eq!(lead["Owner"]["attributes"]["type"], "User");
+    assert_eq!(lead["Owner"]["Name"], rep.name.as_str());
+    assert_eq!(lead["Owner"]["Email"], rep.email.as_str());
+    let (_, created) = org
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{V}/sobjects/MQL__c/External_Id__c/p-1"),
+            json!({"Status__c": "Open"}),
+        )
+        .await;
+    assert_eq!(created["created"], true);
+    let (_, page) = org.query("SELECT Id, Lead__r.Email FROM MQL__c").await;
+    assert_eq!(page["records"][0]["Lead__r"], Value::Null);
+    // Parent fields filter too.
+    let soql = format!(
+        "SELECT Id, OwnerId FROM Lead WHERE Owner.Email = '{}' AND Owner.IsActive = true",
+        rep.email
+    );
+    let (status, page) = org.query(&soql).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let owned = org
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .filter(|p| {
+            p.crm_kind == mqlsync::sandbox::world::CrmKind::Lead
+                && p.crm_id.is_some()
+                && p.owner_id == rep.id
+        })
+        .count();
+    assert_eq!(page["totalSize"], owned);
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["OwnerId"] == rep.id.as_str())
+    );
+    let (status, body) = org.query("SELECT Id, Boss.Name FROM Lead").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
+    org.sandbox.shutdown().await;
+}
