@@ -10,6 +10,7 @@
 //! - [`connectors`]: the Salesforce and Marketo REST clients behind the `Crm` and `Map` traits.
 //! - [`sandbox`]: wire-faithful emulators of both APIs, sharing no code with the above.
 //! - [`simulate`]: replays a CSV or JSONL history through the engine into a store.
+//! - [`sync`]: vendor records <-> engine values (the mapping applied), the first sync.
 
 pub mod config;
 pub mod connectors;
@@ -18,3 +19,4 @@ pub mod mapping;
 pub mod sandbox;
 pub mod simulate;
 pub mod store;
+pub mod sync;

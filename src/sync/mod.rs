@@ -1,0 +1,8 @@
+//! The sync: moving records between the two systems and the engine.
+//!
+//! - [`records`]: vendor records <-> engine values, driven by the mapping (which field is the
+//!   threshold's score, where a lead's region is read, how a cycle is written as an MQL record).
+//!
+//! The first end-to-end run (`mqlsync run --once`) and the daemon's workers build on this.
+
+pub mod records;
