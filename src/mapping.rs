@@ -789,3 +789,120 @@ mod tests {
         assert!(e.message.contains("Not me"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod metadata_tests {
+    //! The shipped Salesforce DX metadata (`mappings/salesforce/`) must deploy every custom
+    //! field the default mapping names, so that a RevOps engineer who deploys it and runs with
+    //! the default mapping gets no INVALID_FIELD.
+
+    use std::path::Path;
+
+    use super::*;
+
+    fn field_file(object: &str, field: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("mappings/salesforce/force-app/main/default/objects")
+            .join(object)
+            .join("fields")
+            .join(format!("{field}.field-meta.xml"))
+    }
+
+    #[test]
+    fn every_custom_field_of_the_default_mapping_is_in_the_metadata() {
+        let m = load(None).unwrap().mapping;
+        let t = &m.crm.threshold;
+        let q = &m.crm.mql;
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for f in [
+            &t.score,
+            &t.effective_from,
+            &t.effective_to,
+            &t.active,
+            &t.reason,
+        ] {
+            wanted.push((t.object.clone(), f.clone()));
+        }
+        for f in [
+            &q.external_id,
+            &q.lead,
+            &q.contact,
+            &q.cycle_number,
+            &q.status,
+            &q.rejection_reason,
+            &q.outcome,
+            &q.score,
+            &q.threshold,
+            &q.threshold_id,
+            &q.segment,
+            &q.campaign_id,
+            &q.campaign_name,
+            &q.owner_at_mql,
+            &q.team,
+            &q.mql_date,
+            &q.sal_date,
+            &q.closed_date,
+            &q.sla_due,
+            &q.overdue,
+            &q.reassignment_count,
+            &q.backfilled,
+            &q.note,
+        ] {
+            wanted.push((q.object.clone(), f.clone()));
+        }
+        for p in [&m.crm.lead, &m.crm.contact] {
+            for f in [
+                &p.status,
+                &p.mql_date_recent,
+                &p.mql_date_original,
+                &p.sal_date_recent,
+                &p.sal_date_original,
+                &p.mql_count,
+            ] {
+                wanted.push((p.object.clone(), f.clone()));
+            }
+        }
+        for a in m.attributes.values() {
+            for (object, f) in [
+                (&m.crm.lead.object, &a.lead),
+                (&m.crm.contact.object, &a.contact),
+                (&t.object, &a.threshold),
+            ] {
+                if let Some(f) = f {
+                    wanted.push((object.clone(), f.clone()));
+                }
+            }
+        }
+        let custom: Vec<_> = wanted
+            .into_iter()
+            .filter(|(_, f)| f.ends_with("__c") && !f.contains('.'))
+            .collect();
+        assert!(custom.len() > 40, "{}", custom.len());
+        let missing: Vec<_> = custom
+            .iter()
+            .filter(|(o, f)| !field_file(o, f).exists())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in mappings/salesforce: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn every_rejection_reason_of_the_picklist_has_an_outcome() {
+        let m = load(None).unwrap();
+        let xml = std::fs::read_to_string(field_file("MQL__c", "Rejection_Reason__c")).unwrap();
+        let values: Vec<&str> = xml
+            .split("<fullName>")
+            .skip(2)
+            .filter_map(|s| s.split("</fullName>").next())
+            .collect();
+        assert_eq!(values.len(), 10, "{values:?}");
+        for v in values {
+            assert!(
+                m.policy.outcome_of(v).is_some(),
+                "picklist value {v:?} has no outcome in the mapping"
+            );
+        }
+    }
+}
