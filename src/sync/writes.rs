@@ -1,0 +1,207 @@
+//! Outbox rows -> CRM writes. Pure: groups the pending rows by the call that writes them
+//! (MQL records upserted by external id, lead and contact stamps updated by id, tasks created
+//! for notifications), each record tagged with the outbox key it settles. The writer sends
+//! each group in chunks of the vendor's collection size and settles every row with its own
+//! result, so one failing record never fails the others.
+
+use serde_json::{Map, Value, json};
+
+use crate::engine::model::{Action, CrmKind, CrmRef, Cycle, Stamps};
+use crate::mapping::Mapping;
+use crate::store::OutboxRow;
+
+use super::records::{mql_record, stamps_record};
+
+/// One record to write and the outbox row it settles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub row: OutboxRow,
+    pub record: Map<String, Value>,
+}
+
+/// The writes of a set of outbox rows, by call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WritePlan {
+    /// Upserts of the MQL object by its external id field.
+    pub mql_upserts: Vec<Write>,
+    /// Updates of leads by id.
+    pub lead_updates: Vec<Write>,
+    /// Updates of contacts by id.
+    pub contact_updates: Vec<Write>,
+    /// Tasks to create (new-MQL alerts for teams that want them).
+    pub task_creates: Vec<Write>,
+    /// Rows whose payload cannot be read (a store edited by hand, or written by a newer
+    /// mqlsync): settled as failed with this message, never sent.
+    pub unreadable: Vec<(OutboxRow, String)>,
+}
+
+impl WritePlan {
+    pub fn is_empty(&self) -> bool {
+        self.mql_upserts.is_empty()
+            && self.lead_updates.is_empty()
+            && self.contact_updates.is_empty()
+            && self.task_creates.is_empty()
+    }
+
+    /// The number of records to send.
+    pub fn len(&self) -> usize {
+        self.mql_upserts.len()
+            + self.lead_updates.len()
+            + self.contact_updates.len()
+            + self.task_creates.len()
+    }
+}
+
+/// The number of calls a plan needs with collections of `chunk` records: the minimum.
+pub fn minimum_calls(plan: &WritePlan, chunk: usize) -> usize {
+    [
+        &plan.mql_upserts,
+        &plan.lead_updates,
+        &plan.contact_updates,
+        &plan.task_creates,
+    ]
+    .iter()
+    .map(|w| w.len().div_ceil(chunk))
+    .sum()
+}
+
+/// Plans the writes of pending outbox rows.
+pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
+    let mut plan = WritePlan::default();
+    for row in rows {
+        match row.kind.as_str() {
+            "cycle" => match serde_json::from_str::<Cycle>(&row.payload) {
+                Ok(cycle) => {
+                    let record = mql_record(m, &cycle);
+                    plan.mql_upserts.push(Write { row, record });
+                }
+                Err(e) => plan.unreadable.push((row, format!("cycle payload: {e}"))),
+            },
+            "stamps" => match serde_json::from_str::<(CrmRef, Stamps)>(&row.payload) {
+                Ok((crm, stamps)) => {
+                    let record = stamps_record(m, &crm, &stamps);
+                    let write = Write { row, record };
+                    match crm.kind {
+                        CrmKind::Lead => plan.lead_updates.push(write),
+                        CrmKind::Contact => plan.contact_updates.push(write),
+                    }
+                }
+                Err(e) => plan.unreadable.push((row, format!("stamps payload: {e}"))),
+            },
+            "notify" => match serde_json::from_str::<Action>(&row.payload) {
+                Ok(Action::Notify {
+                    owner_id,
+                    external_id,
+                    crm,
+                    ..
+                }) => {
+                    let record = task(&owner_id, &external_id, &crm);
+                    plan.task_creates.push(Write { row, record });
+                }
+                Ok(_) | Err(_) => plan
+                    .unreadable
+                    .push((row, "notify payload is not a notification".into())),
+            },
+            other => {
+                let message = format!("unknown outbox kind {other:?}");
+                plan.unreadable.push((row, message));
+            }
+        }
+    }
+    plan
+}
+
+/// A CRM task telling the owner about a new MQL.
+fn task(owner_id: &str, external_id: &str, crm: &CrmRef) -> Map<String, Value> {
+    let mut r = Map::new();
+    r.insert("OwnerId".into(), json!(owner_id));
+    r.insert("WhoId".into(), json!(crm.id));
+    r.insert(
+        "Subject".into(),
+        json!(format!("New MQL {external_id}: accept or reject it")),
+    );
+    r.insert("Status".into(), json!("Not Started"));
+    r.insert("Description".into(), json!(format!("mqlsync opened MQL cycle {external_id}. Set it to Working to accept, or Rejected with a reason.")));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::AlertChannel;
+    use crate::mapping;
+
+    fn row(key: &str, kind: &str, payload: String) -> OutboxRow {
+        OutboxRow {
+            key: key.into(),
+            kind: kind.into(),
+            payload,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn rows_are_grouped_by_call_and_keep_their_keys() {
+        let m = mapping::load(None).unwrap().mapping;
+        let crm = CrmRef {
+            kind: CrmKind::Contact,
+            id: "003A".into(),
+        };
+        let stamps = Stamps {
+            status: Some("Marketing Qualified".into()),
+            mql_count: 1,
+            ..Stamps::default()
+        };
+        let notify = Action::Notify {
+            owner_id: "005A".into(),
+            external_id: "003A-1".into(),
+            crm: crm.clone(),
+            channel: AlertChannel::Task,
+        };
+        let rows = vec![
+            row(
+                "Contact:003A",
+                "stamps",
+                serde_json::to_string(&(crm.clone(), stamps)).unwrap(),
+            ),
+            row(
+                "Notify:003A-1:005A:t",
+                "notify",
+                serde_json::to_string(&notify).unwrap(),
+            ),
+            row("MQL:bad", "cycle", "{not json".into()),
+        ];
+        let p = plan(&m, rows);
+        assert_eq!(p.contact_updates.len(), 1);
+        assert_eq!(p.contact_updates[0].row.key, "Contact:003A");
+        assert_eq!(
+            p.contact_updates[0].record["Contact_Status__c"],
+            "Marketing Qualified"
+        );
+        assert_eq!(p.task_creates[0].record["WhoId"], "003A");
+        assert_eq!(p.unreadable.len(), 1);
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn the_minimum_is_one_call_per_200_records_per_kind() {
+        let m = mapping::load(None).unwrap().mapping;
+        let stamps = Stamps::default();
+        let rows: Vec<OutboxRow> = (0..401)
+            .map(|i| {
+                let crm = CrmRef {
+                    kind: CrmKind::Lead,
+                    id: format!("00Q{i}"),
+                };
+                row(
+                    &format!("Lead:00Q{i}"),
+                    "stamps",
+                    serde_json::to_string(&(crm, stamps.clone())).unwrap(),
+                )
+            })
+            .collect();
+        let p = plan(&m, rows);
+        assert_eq!(minimum_calls(&p, 200), 3);
+    }
+}
