@@ -19,4 +19,5 @@
 pub mod clock;
 pub mod faults;
 pub mod log;
+pub mod marketo;
 pub mod world;

@@ -521,8 +521,7 @@ mod tests {
             let last = world
                 .score_changes
                 .iter()
-                .filter(|c| c.map_id == person.map_id && c.field == ScoreField::LeadScore)
-                .next_back();
+                .rfind(|c| c.map_id == person.map_id && c.field == ScoreField::LeadScore);
             assert_eq!(last.map_or(0, |c| c.new), person.lead_score);
             assert_eq!(
                 person.lead_score,
