@@ -77,6 +77,8 @@ impl Activity {
 #[derive(Debug, Default)]
 pub struct ActivityIndex {
     pub entries: Vec<Activity>,
+    /// Each entry's REST record, rendered once (pages clone it instead of rebuilding it).
+    rendered: Vec<Value>,
     next_id: i64,
 }
 
@@ -91,7 +93,12 @@ impl ActivityIndex {
     pub fn new(mut entries: Vec<Activity>) -> Self {
         entries.sort_by_key(Activity::key);
         let next_id = entries.iter().map(|a| a.id).max().unwrap_or(0) + 1;
-        Self { entries, next_id }
+        let rendered = entries.iter().map(Activity::record).collect();
+        Self {
+            entries,
+            rendered,
+            next_id,
+        }
     }
 
     /// Adds an activity at `at` (truncated to the second, as Marketo's are); returns its id.
@@ -102,6 +109,7 @@ impl ActivityIndex {
         let key = activity.key();
         let at = self.entries.partition_point(|a| a.key() <= key);
         let id = activity.id;
+        self.rendered.insert(at, activity.record());
         self.entries.insert(at, activity);
         id
     }
@@ -110,7 +118,7 @@ impl ActivityIndex {
         &self,
         token: &str,
         batch: usize,
-        keep: impl Fn(&Activity) -> Option<Value>,
+        keep: impl Fn(&Activity, &Value) -> Option<Value>,
     ) -> Result<Page, ApiError> {
         let (since, last_id) = decode_token(token)?;
         let start = self
@@ -120,8 +128,9 @@ impl ActivityIndex {
         let mut records = Vec::new();
         let mut position = (since, last_id);
         let mut scanned_to = start;
-        for (i, activity) in self.entries[start..end].iter().enumerate() {
-            if let Some(record) = keep(activity) {
+        let rendered = &self.rendered[start..end];
+        for (i, (activity, record)) in self.entries[start..end].iter().zip(rendered).enumerate() {
+            if let Some(record) = keep(activity, record) {
                 records.push(record);
             }
             position = activity.key();
@@ -152,9 +161,9 @@ impl ActivityIndex {
         }
         let lead_ids = lead_ids(params)?;
         let batch = batch_size(params)?;
-        self.page(token, batch, |a| {
+        self.page(token, batch, |a, record| {
             (types.contains(&a.type_id) && (lead_ids.is_empty() || lead_ids.contains(&a.lead_id)))
-                .then(|| a.record())
+                .then(|| record.clone())
         })
     }
 
@@ -173,7 +182,7 @@ impl ActivityIndex {
         }
         let lead_ids = lead_ids(params)?;
         let batch = batch_size(params)?;
-        self.page(token, batch, |a| {
+        self.page(token, batch, |a, record| {
             if !lead_ids.is_empty() && !lead_ids.contains(&a.lead_id) {
                 return None;
             }
@@ -193,7 +202,7 @@ impl ActivityIndex {
             let keep =
                 a.type_id == NEW_LEAD || (a.type_id == CHANGE_DATA_VALUE && !touched.is_empty());
             keep.then(|| {
-                let mut v = a.record();
+                let mut v = record.clone();
                 v.as_object_mut()
                     .expect("object")
                     .remove("primaryAttributeValueId");

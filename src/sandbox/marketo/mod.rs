@@ -68,6 +68,8 @@ use super::world::{ScoreField, World};
 
 /// Largest request body Marketo accepts (413 above it).
 const MAX_BODY: usize = 1024 * 1024;
+/// Longest request URI Marketo accepts (414 above it; clients then tunnel with `_method=GET`).
+const MAX_URI: usize = 8 * 1024;
 
 /// How the Marketo emulator is set up.
 #[derive(Clone, Debug)]
@@ -398,7 +400,13 @@ async fn serve(State(m): State<Marketo>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let raw_method = parts.method.as_str().to_string();
+    let uri_len = parts.uri.path().len() + parts.uri.query().map_or(0, |q| q.len() + 1);
     let (response, kind, status) = match to_bytes(body, MAX_BODY).await {
+        _ if uri_len > MAX_URI => (
+            (StatusCode::URI_TOO_LONG, "Request-URI Too Long").into_response(),
+            "unknown",
+            414,
+        ),
         Err(_) => (
             (StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large").into_response(),
             "unknown",

@@ -674,3 +674,70 @@ async fn bulk_activity_extract_runs_its_states_and_serves_csv() {
     assert_eq!(part.status(), 206);
     assert_eq!(part.text().await.unwrap(), "m");
 }
+
+#[tokio::test]
+async fn transport_faults_and_limits_answer_as_told() {
+    let h = spawn(5).await;
+    let token = h.token().await;
+    let rules: Vec<FaultRule> = serde_json::from_value(json!([
+        {"system": "marketo", "kind": "activity_types", "times": 1, "action": {"type": "drop"}},
+        {"system": "marketo", "kind": "leads_describe", "times": 1, "action": {"type": "status", "status": 502}},
+        {"system": "marketo", "kind": "usage", "times": 1, "action": {"type": "malformed_json"}},
+    ]))
+    .unwrap();
+    for rule in rules {
+        h.faults.add(rule);
+    }
+    let dropped = h
+        .http
+        .get(format!("{}/rest/v1/activities/types.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(dropped.is_err() || dropped.unwrap().bytes().await.is_err());
+    let bad_gateway = h
+        .http
+        .get(format!("{}/rest/v1/leads/describe.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_gateway.status(), 502);
+    let garbled = h
+        .http
+        .get(format!("{}/rest/v1/stats/usage.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(garbled.json::<Value>().await.is_err());
+    let long = format!(
+        "{}/rest/v1/leads.json?filterType=id&filterValues={}",
+        h.base,
+        "1,".repeat(5000)
+    );
+    assert_eq!(
+        h.http
+            .get(long)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        414
+    );
+    let logged: Vec<(String, u16)> = h
+        .log
+        .snapshot()
+        .into_iter()
+        .map(|r| (r.kind, r.status))
+        .collect();
+    assert!(
+        logged.contains(&("leads_describe".to_string(), 502)),
+        "{logged:?}"
+    );
+    assert!(
+        logged.contains(&("activity_types".to_string(), 0)),
+        "{logged:?}"
+    );
+}
