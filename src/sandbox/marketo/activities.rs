@@ -242,6 +242,13 @@ fn ids(params: &Params, name: &str) -> Result<Vec<i64>, ApiError> {
 }
 
 fn lead_ids(params: &Params) -> Result<Vec<i64>, ApiError> {
+    if params.get("listId").is_some() || params.get("assetIds").is_some() {
+        // Not emulated: refuse rather than answer as if the filter were applied.
+        return Err(ApiError::new(
+            "1003",
+            "listId and assetIds filters are not supported by the sandbox",
+        ));
+    }
     let lead_ids = ids(params, "leadIds")?;
     if lead_ids.len() > MAX_LEAD_IDS {
         return Err(ApiError::new(

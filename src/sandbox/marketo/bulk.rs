@@ -16,6 +16,8 @@ use super::leads::{self, LeadTable, format_time};
 
 pub const MAX_QUEUED: usize = 10;
 pub const MAX_PROCESSING: usize = 2;
+/// Bytes of export files per Central-time day (1029 "Export daily quota" past it).
+pub const DAILY_EXPORT_BYTES: u64 = 500 * 1024 * 1024;
 const MAX_WINDOW_DAYS: i64 = 31;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct Job {
     pub finished_at: Option<Timestamp>,
     pub fields: Vec<String>,
     pub window: (Timestamp, Timestamp),
+    /// Which lead date the window filters on (`createdAt` or `updatedAt`).
+    pub window_field: &'static str,
     pub type_ids: Vec<i64>,
     pub primary_ids: Vec<i64>,
     pub file: Option<Vec<u8>>,
@@ -78,6 +82,8 @@ impl Job {
 pub struct Jobs {
     pub jobs: Vec<Job>,
     created: u64,
+    /// File bytes exported per quota day.
+    exported: std::collections::BTreeMap<jiff::civil::Date, u64>,
 }
 
 const ACTIVITY_FIELDS: [&str; 8] = [
@@ -100,16 +106,11 @@ impl Jobs {
         now: Timestamp,
     ) -> Result<Job, ApiError> {
         let filter = &body["filter"];
-        let range = match target {
-            Target::Activities => &filter["createdAt"],
-            Target::Leads => {
-                if !filter["createdAt"].is_null() {
-                    &filter["createdAt"]
-                } else {
-                    &filter["updatedAt"]
-                }
-            }
+        let window_field = match target {
+            Target::Leads if filter["createdAt"].is_null() => "updatedAt",
+            _ => "createdAt",
         };
+        let range = &filter[window_field];
         if range.is_null() {
             return Err(match target {
                 Target::Activities => ApiError::new("1003", "createdAt filter is required"),
@@ -189,6 +190,7 @@ impl Jobs {
             finished_at: None,
             fields,
             window: (start, end),
+            window_field,
             type_ids: ints(&filter["activityTypeIds"]),
             primary_ids: ints(&filter["primaryAttributeValueIds"]),
             file: None,
@@ -215,6 +217,20 @@ impl Jobs {
         let i = self.find(target, client_id, id)?;
         if self.jobs[i].status != "Created" {
             return Err(ApiError::new("1029", "Job already queued"));
+        }
+        let used = self
+            .exported
+            .get(&super::limits::quota_day(now))
+            .copied()
+            .unwrap_or(0);
+        if used >= DAILY_EXPORT_BYTES {
+            return Err(ApiError::new(
+                "1029",
+                format!(
+                    "Export daily quota {}MB exceeded",
+                    DAILY_EXPORT_BYTES / (1024 * 1024)
+                ),
+            ));
         }
         let queued = self
             .jobs
@@ -257,6 +273,10 @@ impl Jobs {
             match self.jobs[i].status {
                 "Processing" => {
                     let (file, records) = build_file(&self.jobs[i], leads, activities);
+                    *self
+                        .exported
+                        .entry(super::limits::quota_day(now))
+                        .or_insert(0) += file.len() as u64;
                     let job = &mut self.jobs[i];
                     job.file = Some(file);
                     job.records = records;
@@ -334,7 +354,7 @@ fn build_file(job: &Job, leads: &LeadTable, activities: &ActivityIndex) -> (Vec<
         Target::Leads => {
             for lead in leads.by_id.values() {
                 let at = lead
-                    .get("createdAt")
+                    .get(job.window_field)
                     .as_str()
                     .and_then(|t| t.parse::<Timestamp>().ok());
                 if at.is_some_and(|at| at >= start && at <= end) {

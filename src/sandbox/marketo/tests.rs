@@ -741,3 +741,80 @@ async fn transport_faults_and_limits_answer_as_told() {
         "{logged:?}"
     );
 }
+
+#[tokio::test]
+async fn bulk_lead_exports_filter_by_updated_at_and_the_queue_holds_ten() {
+    let h = spawn(60).await;
+    let token = h.token().await;
+    let window = json!({"startAt": "2026-10-03T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"});
+    let mut ids = Vec::new();
+    for _ in 0..11 {
+        let v = h
+            .post(
+                &token,
+                "/bulk/v1/leads/export/create.json",
+                json!({"format": "CSV",
+                "fields": ["id", "leadScore", "updatedAt"], "filter": {"updatedAt": window}}),
+            )
+            .await;
+        ids.push(v["result"][0]["exportId"].as_str().unwrap().to_string());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let v = h
+            .post(
+                &token,
+                &format!("/bulk/v1/leads/export/{id}/enqueue.json"),
+                json!({}),
+            )
+            .await;
+        if i < 10 {
+            assert_eq!(v["result"][0]["status"], json!("Queued"), "job {i}: {v}");
+        } else {
+            assert_eq!(code(&v), "1029");
+            assert_eq!(
+                v["errors"][0]["message"],
+                json!("Too many jobs (10) in queue")
+            );
+        }
+    }
+    let listed = h
+        .get(&token, "/bulk/v1/leads/export.json?status=Processing")
+        .await;
+    assert_eq!(listed["result"].as_array().unwrap().len(), 2, "{listed}");
+    let mut done = None;
+    for _ in 0..3 {
+        let s = h
+            .get(
+                &token,
+                &format!("/bulk/v1/leads/export/{}/status.json", ids[0]),
+            )
+            .await;
+        if s["result"][0]["status"] == json!("Completed") {
+            done = Some(s["result"][0].clone());
+            break;
+        }
+    }
+    let done = done.expect("the first job completes");
+    let csv = h
+        .http
+        .get(format!(
+            "{}/bulk/v1/leads/export/{}/file.json",
+            h.base, ids[0]
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start: Timestamp = "2026-10-03T12:00:00Z".parse().unwrap();
+    let want = h
+        .world
+        .people
+        .iter()
+        .filter(|p| p.modified_at >= start)
+        .count();
+    assert_eq!(csv.lines().count() - 1, want);
+    assert_eq!(done["numberOfRecords"], json!(want));
+}
