@@ -127,6 +127,7 @@ struct Inner {
     campaigns: HashMap<i64, String>,
     db: Mutex<Db>,
     webhook_calls: Arc<Mutex<Vec<WebhookCall>>>,
+    webhook_outstanding: Arc<tokio::sync::Semaphore>,
 }
 
 struct Db {
@@ -233,6 +234,9 @@ impl Marketo {
                     jobs: Jobs::default(),
                 }),
                 webhook_calls: Arc::new(Mutex::new(Vec::new())),
+                webhook_outstanding: Arc::new(tokio::sync::Semaphore::new(
+                    webhook::MAX_OUTSTANDING,
+                )),
             }),
         }
     }
@@ -297,16 +301,26 @@ impl Marketo {
             lead.clone()
         };
         if let Some(hook) = &inner.config.webhook {
-            let body = webhook::render(
-                &hook.template,
-                &TokenContext {
-                    lead: &lead,
-                    campaign,
-                    now,
-                    munchkin_id: &inner.config.munchkin_id,
-                },
+            let ctx = TokenContext {
+                lead: &lead,
+                campaign,
+                now,
+                munchkin_id: &inner.config.munchkin_id,
+            };
+            let body = webhook::render(&hook.template, &ctx, true);
+            let headers = hook
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), webhook::render(v, &ctx, false)))
+                .collect();
+            webhook::fire(
+                hook,
+                map_id,
+                body,
+                headers,
+                inner.webhook_outstanding.clone(),
+                inner.webhook_calls.clone(),
             );
-            webhook::fire(hook, map_id, body, inner.webhook_calls.clone());
         }
         Ok(())
     }

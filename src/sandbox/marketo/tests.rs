@@ -455,7 +455,7 @@ async fn a_score_change_is_an_activity_and_a_webhook_call() {
     config.webhook = Some(MarketoWebhook {
         url: hook_url,
         template: r#"{"leadId": {{lead.Id}}, "email": {{lead.Email Address}}, "score": {{lead.Lead Score}}, "campaign": {{campaign.id}}}"#.into(),
-        headers: vec![("X-Api-Key".into(), "s3cret".into())],
+        headers: vec![("X-Api-Key".into(), "s3cret-{{lead.Id}}".into())],
     });
     let h = spawn_with(10, config).await;
     let p = h.world.people[2].clone();
@@ -464,7 +464,7 @@ async fn a_score_change_is_an_activity_and_a_webhook_call() {
         .apply_score_change(p.map_id, ScoreField::BehaviorScore, 15, Some(1003))
         .unwrap();
     let (key, body) = rx.recv().await.unwrap();
-    assert_eq!(key, "s3cret");
+    assert_eq!(key, format!("s3cret-{}", p.map_id));
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         body,

@@ -2,8 +2,8 @@
 //! the configured template and headers with `{{lead.<Display Name>}}` (or REST name),
 //! `{{campaign.id}}`, `{{campaign.name}}`, `{{system.dateTime}}` and `{{system.munchkinId}}`
 //! tokens replaced; string tokens are JSON-quoted automatically, as Marketo's JSON token
-//! encoding does. One POST per change, 30 s timeout, no retries; outcomes are kept for the
-//! admin state. It must not block the request that caused the change.
+//! encoding does; header values take tokens too, unquoted. One POST per change, 30 s
+//! timeout, no retries, at most 20 outstanding; outcomes are kept for the admin state. It must not block the request that caused the change.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +41,9 @@ fn quoted(v: &Value) -> String {
 }
 
 /// Replaces every `{{...}}` token; unknown tokens become `null`, as empty tokens do.
-pub fn render(template: &str, ctx: &TokenContext<'_>) -> String {
+/// With `quote` (the body's JSON token encoding) string values are JSON-quoted; without it
+/// (headers) they are inserted as they are.
+pub fn render(template: &str, ctx: &TokenContext<'_>, quote: bool) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
@@ -51,7 +53,11 @@ pub fn render(template: &str, ctx: &TokenContext<'_>) -> String {
             return out;
         };
         let token = rest[open + 2..open + close].trim();
-        out.push_str(&value_of(token, ctx));
+        let value = value_of(token, ctx);
+        match serde_json::from_str::<Value>(&value) {
+            Ok(Value::String(text)) if !quote => out.push_str(&text),
+            _ => out.push_str(&value),
+        }
         rest = &rest[open + close + 2..];
     }
     out.push_str(rest);
@@ -87,11 +93,16 @@ fn value_of(token: &str, ctx: &TokenContext<'_>) -> String {
     }
 }
 
+/// At most this many webhook calls are outstanding at once; more wait, as Marketo's do.
+pub const MAX_OUTSTANDING: usize = 20;
+
 /// Sends one call in the background (when a tokio runtime is running) and records it.
 pub fn fire(
     hook: &MarketoWebhook,
     lead_id: i64,
     body: String,
+    headers: Vec<(String, String)>,
+    outstanding: Arc<tokio::sync::Semaphore>,
     calls: Arc<Mutex<Vec<WebhookCall>>>,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -103,15 +114,16 @@ pub fn fire(
         });
         return;
     };
-    let hook = hook.clone();
+    let url = hook.url.clone();
     runtime.spawn(async move {
+        let _permit = outstanding.acquire_owned().await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build();
         let result = match client {
             Ok(client) => {
-                let mut request = client.post(&hook.url).body(body.clone());
-                for (k, v) in &hook.headers {
+                let mut request = client.post(&url).body(body.clone());
+                for (k, v) in &headers {
                     request = request.header(k, v);
                 }
                 request.send().await.map(|r| r.status().as_u16())
