@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Runs every tests/compat/*_check.py (and *_check.js when Node is present) against one
-# `mqlsync sandbox`, unchanged clients redirected only by address. Installs the clients into
-# target/compat-venv (and target/compat-node) from tests/compat/requirements-*.txt.
+# `mqlsync sandbox`, unchanged clients redirected only by address. Each requirements-NAME.txt
+# gets its own virtual environment, target/compat-venv-NAME (the clients pin conflicting
+# versions of requests), and a script runs in the one its first lines name
+# (`# compat-venv: NAME`). jsforce goes to target/compat-node.
 # Ends with the line "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-venv=target/compat-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv" || { echo "compat: cannot create a virtual environment"; exit 1; }
-fi
 for req in tests/compat/requirements-*.txt; do
+  name=$(basename "$req" .txt); name=${name#requirements-}
+  venv=target/compat-venv-$name
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" || { echo "compat: cannot create a virtual environment"; exit 1; }
+  fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" || { echo "compat: pip install -r $req failed"; exit 1; }
 done
 node_ok=0
@@ -32,7 +35,7 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 [ -s "$info" ] || { echo "compat: the sandbox printed nothing in 30 s"; exit 1; }
-eval "$("$venv/bin/python" - "$info" <<'PY'
+eval "$(python3 - "$info" <<'PY'
 import json, shlex, sys
 s = json.loads(open(sys.argv[1]).readline())
 sf, mk = s["salesforce"], s.get("marketo", {})
@@ -46,6 +49,11 @@ PY
 passed=0; failed=0
 for script in tests/compat/*_check.py; do
   echo "-- $script"
+  venv=target/compat-venv-$(sed -n 's/^# compat-venv: *//p' "$script" | head -1)
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "FAILED: $script names no installed venv (a '# compat-venv: NAME' line for requirements-NAME.txt)"
+    failed=$((failed+1)); continue
+  fi
   if "$venv/bin/python" "$script"; then passed=$((passed+1)); else failed=$((failed+1)); echo "FAILED: $script"; fi
 done
 if [ $node_ok = 1 ]; then

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# compat-venv: salesforce
 """Checks the mqlsync Salesforce sandbox with the public simple-salesforce client, unchanged.
 
 Only the address is redirected, as docs/compat-clients.md says: a requests.Session subclass

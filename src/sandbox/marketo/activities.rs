@@ -1,0 +1,501 @@
+//! Marketo activities: the type catalogue (New Lead 12, Change Data Value 13, Change Score
+//! 22, ...), a time-ordered index of every activity, paging tokens that encode a position in
+//! it (RFC 4648 base32 of `<datetime>,<lastActivityId>`, as Marketo's older tokens are),
+//! activities pages and lead changes.
+//!
+//! A page scans at most [`SCAN_BLOCK`] index entries, so pages with sparse filters come back
+//! short or empty while `moreResult` is true, as the real API's do. Nothing here loads the
+//! whole table per request: a page starts with a binary search on the position.
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::envelope::ApiError;
+use super::leads::{self, FieldDef, batch_size, format_time};
+use super::routes::Params;
+
+/// Index entries one page may scan.
+pub const SCAN_BLOCK: usize = 1_000;
+pub const MAX_TYPE_IDS: usize = 10;
+pub const MAX_LEAD_IDS: usize = 30;
+pub const NEW_LEAD: i64 = 12;
+pub const CHANGE_DATA_VALUE: i64 = 13;
+pub const CHANGE_SCORE: i64 = 22;
+
+/// A field change carried by a Change Data Value activity (for lead changes).
+#[derive(Clone, Debug)]
+pub struct FieldChange {
+    pub field: &'static FieldDef,
+    pub old: Value,
+    pub new: Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct Activity {
+    pub id: i64,
+    pub lead_id: i64,
+    pub at: Timestamp,
+    pub type_id: i64,
+    pub campaign_id: Option<i64>,
+    pub primary_id: Option<i64>,
+    pub primary_value: Option<String>,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub changes: Vec<FieldChange>,
+}
+
+impl Activity {
+    fn key(&self) -> (Timestamp, i64) {
+        (self.at, self.id)
+    }
+
+    pub fn record(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "marketoGUID": self.id.to_string(),
+            "leadId": self.lead_id,
+            "activityDate": format_time(self.at),
+            "activityTypeId": self.type_id,
+            "attributes": self.attributes.iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect::<Vec<_>>(),
+        });
+        if let Some(c) = self.campaign_id {
+            v["campaignId"] = json!(c);
+        }
+        if let Some(p) = self.primary_id {
+            v["primaryAttributeValueId"] = json!(p);
+        }
+        if let Some(p) = &self.primary_value {
+            v["primaryAttributeValue"] = json!(p);
+        }
+        v
+    }
+}
+
+/// Every activity, ordered by (activityDate, id).
+#[derive(Debug, Default)]
+pub struct ActivityIndex {
+    pub entries: Vec<Activity>,
+    /// Each entry's REST record, rendered once (pages clone it instead of rebuilding it).
+    rendered: Vec<Value>,
+    next_id: i64,
+}
+
+/// One page: records, the position token, and whether more may follow.
+pub struct Page {
+    pub records: Vec<Value>,
+    pub token: String,
+    pub more: bool,
+}
+
+impl ActivityIndex {
+    pub fn new(mut entries: Vec<Activity>) -> Self {
+        entries.sort_by_key(Activity::key);
+        let next_id = entries.iter().map(|a| a.id).max().unwrap_or(0) + 1;
+        let rendered = entries.iter().map(Activity::record).collect();
+        Self {
+            entries,
+            rendered,
+            next_id,
+        }
+    }
+
+    /// Adds an activity at `at` (truncated to the second, as Marketo's are); returns its id.
+    pub fn push(&mut self, mut activity: Activity) -> i64 {
+        activity.id = self.next_id;
+        self.next_id += 1;
+        activity.at = Timestamp::from_second(activity.at.as_second()).expect("in range");
+        let key = activity.key();
+        let at = self.entries.partition_point(|a| a.key() <= key);
+        let id = activity.id;
+        self.rendered.insert(at, activity.record());
+        self.entries.insert(at, activity);
+        id
+    }
+
+    fn page(
+        &self,
+        token: &str,
+        batch: usize,
+        keep: impl Fn(&Activity, &Value) -> Option<Value>,
+    ) -> Result<Page, ApiError> {
+        let (since, last_id) = decode_token(token)?;
+        let start = self
+            .entries
+            .partition_point(|a| a.key() <= (since, last_id));
+        let end = (start + SCAN_BLOCK).min(self.entries.len());
+        let mut records = Vec::new();
+        let mut position = (since, last_id);
+        let mut scanned_to = start;
+        let rendered = &self.rendered[start..end];
+        for (i, (activity, record)) in self.entries[start..end].iter().zip(rendered).enumerate() {
+            if let Some(record) = keep(activity, record) {
+                records.push(record);
+            }
+            position = activity.key();
+            scanned_to = start + i + 1;
+            if records.len() == batch {
+                break;
+            }
+        }
+        Ok(Page {
+            records,
+            token: encode_token(position.0, position.1),
+            more: scanned_to < self.entries.len(),
+        })
+    }
+
+    /// `GET /rest/v1/activities.json`.
+    pub fn activities(&self, params: &Params) -> Result<Page, ApiError> {
+        let token = required(params, "nextPageToken")?;
+        let types = ids(params, "activityTypeIds")?;
+        if types.is_empty() {
+            return Err(ApiError::new("701", "activityTypeIds cannot be blank"));
+        }
+        if types.len() > MAX_TYPE_IDS {
+            return Err(ApiError::new(
+                "1003",
+                format!("Too many activityTypeIds, maximum is {MAX_TYPE_IDS}"),
+            ));
+        }
+        let lead_ids = lead_ids(params)?;
+        let batch = batch_size(params)?;
+        self.page(token, batch, |a, record| {
+            (types.contains(&a.type_id) && (lead_ids.is_empty() || lead_ids.contains(&a.lead_id)))
+                .then(|| record.clone())
+        })
+    }
+
+    /// `GET /rest/v1/activities/leadchanges.json`: New Lead and Change Data Value activities
+    /// that touched one of `fields`, each with a `fields` array of those changes.
+    pub fn lead_changes(&self, params: &Params) -> Result<Page, ApiError> {
+        let token = required(params, "nextPageToken")?;
+        let names = params.list("fields");
+        if names.is_empty() {
+            return Err(ApiError::new("701", "fields cannot be blank"));
+        }
+        for n in &names {
+            if leads::field(n).is_none() {
+                return Err(ApiError::new("1006", format!("Field '{n}' not found")));
+            }
+        }
+        let lead_ids = lead_ids(params)?;
+        let batch = batch_size(params)?;
+        self.page(token, batch, |a, record| {
+            if !lead_ids.is_empty() && !lead_ids.contains(&a.lead_id) {
+                return None;
+            }
+            let touched: Vec<Value> = a
+                .changes
+                .iter()
+                .filter(|c| names.iter().any(|n| n == c.field.name))
+                .map(|c| {
+                    let mut v = json!({"id": c.field.id, "name": c.field.name,
+                                       "newValue": as_text(&c.new)});
+                    if !c.old.is_null() {
+                        v["oldValue"] = json!(as_text(&c.old));
+                    }
+                    v
+                })
+                .collect();
+            let keep =
+                a.type_id == NEW_LEAD || (a.type_id == CHANGE_DATA_VALUE && !touched.is_empty());
+            keep.then(|| {
+                let mut v = record.clone();
+                v.as_object_mut()
+                    .expect("object")
+                    .remove("primaryAttributeValueId");
+                v.as_object_mut()
+                    .expect("object")
+                    .remove("primaryAttributeValue");
+                v["fields"] = Value::Array(touched);
+                v
+            })
+        })
+    }
+}
+
+fn as_text(v: &Value) -> Value {
+    match v {
+        Value::String(_) | Value::Null => v.clone(),
+        other => Value::String(other.to_string()),
+    }
+}
+
+fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+    params
+        .get(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::new("701", format!("{name} cannot be blank")))
+}
+
+fn ids(params: &Params, name: &str) -> Result<Vec<i64>, ApiError> {
+    params
+        .list(name)
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::new("1003", format!("Invalid {name} value '{v}'")))
+        })
+        .collect()
+}
+
+fn lead_ids(params: &Params) -> Result<Vec<i64>, ApiError> {
+    if params.get("listId").is_some() || params.get("assetIds").is_some() {
+        // Not emulated: refuse rather than answer as if the filter were applied.
+        return Err(ApiError::new(
+            "1003",
+            "listId and assetIds filters are not supported by the sandbox",
+        ));
+    }
+    let lead_ids = ids(params, "leadIds")?;
+    if lead_ids.len() > MAX_LEAD_IDS {
+        return Err(ApiError::new(
+            "1003",
+            format!("Too many leadIds, maximum is {MAX_LEAD_IDS}"),
+        ));
+    }
+    Ok(lead_ids)
+}
+
+/// Parses `sinceDatetime` / bulk dates: ISO 8601 with `Z` or an offset.
+pub fn parse_datetime(text: &str) -> Result<Timestamp, ApiError> {
+    let text = text.trim();
+    let normalised = match text.len().checked_sub(5).map(|i| text.split_at(i)) {
+        // `+0000` offsets without a colon, as Marketo itself writes them.
+        Some((head, tail))
+            if (tail.starts_with('+') || tail.starts_with('-'))
+                && tail[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{head}{}:{}", &tail[..3], &tail[3..])
+        }
+        _ => text.to_string(),
+    };
+    normalised
+        .parse::<Timestamp>()
+        .or_else(|_| {
+            jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S", &normalised)
+                .or_else(|_| {
+                    jiff::civil::Date::strptime("%Y-%m-%d", &normalised).map(|d| d.at(0, 0, 0, 0))
+                })
+                .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC))
+                .map(|z| z.timestamp())
+        })
+        .map_err(|_| ApiError::new("1003", format!("Invalid datetime '{text}'")))
+}
+
+/// A paging token for a position: after activity `last_id` at `at`.
+pub fn encode_token(at: Timestamp, last_id: i64) -> String {
+    let text = format!("{},{last_id}", at.strftime("%Y-%m-%dT%H:%M:%S.000+0000"));
+    base32_encode(text.as_bytes())
+}
+
+fn decode_token(token: &str) -> Result<(Timestamp, i64), ApiError> {
+    let invalid = || ApiError::new("1003", format!("Invalid nextPageToken '{token}'"));
+    let text = base32_decode(token).ok_or_else(invalid)?;
+    let (at, id) = text.rsplit_once(',').ok_or_else(invalid)?;
+    let at = parse_datetime(at).map_err(|_| invalid())?;
+    Ok((at, id.parse().map_err(|_| invalid())?))
+}
+
+const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// RFC 4648 base32 with `=` padding.
+pub fn base32_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(5) {
+        let mut buf = [0u8; 5];
+        buf[..chunk.len()].copy_from_slice(chunk);
+        let bits = buf.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let chars = (chunk.len() * 8).div_ceil(5);
+        for i in 0..8 {
+            if i < chars {
+                out.push(ALPHABET[((bits >> (35 - i * 5)) & 31) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn base32_decode(text: &str) -> Option<String> {
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim_end_matches('=').bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u64;
+        bits = (bits << 5) | v;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The activity type catalogue (`activities/types.json`).
+pub fn types() -> Vec<Value> {
+    let attr = |name: &str, t: &str| json!({"name": name, "dataType": t});
+    let t = |id: i64, name: &str, primary: (&str, &str), attrs: Vec<Value>| {
+        json!({"id": id, "name": name, "description": format!("User {}", name.to_lowercase()),
+               "primaryAttribute": attr(primary.0, primary.1), "attributes": attrs})
+    };
+    vec![
+        t(
+            1,
+            "Visit Webpage",
+            ("Webpage ID", "integer"),
+            vec![
+                attr("Client IP Address", "string"),
+                attr("Query Parameters", "string"),
+                attr("Referrer URL", "string"),
+                attr("User Agent", "string"),
+                attr("Webpage URL", "string"),
+            ],
+        ),
+        t(
+            2,
+            "Fill Out Form",
+            ("Webform ID", "integer"),
+            vec![
+                attr("Client IP Address", "string"),
+                attr("Form Fields", "text"),
+                attr("Webpage ID", "integer"),
+            ],
+        ),
+        t(
+            6,
+            "Send Email",
+            ("Mailing ID", "integer"),
+            vec![
+                attr("Campaign Run ID", "integer"),
+                attr("Step ID", "integer"),
+            ],
+        ),
+        t(
+            10,
+            "Open Email",
+            ("Mailing ID", "integer"),
+            vec![
+                attr("Device", "string"),
+                attr("Is Mobile Device", "boolean"),
+            ],
+        ),
+        t(
+            11,
+            "Click Email",
+            ("Mailing ID", "integer"),
+            vec![attr("Link", "string"), attr("Device", "string")],
+        ),
+        t(
+            NEW_LEAD,
+            "New Lead",
+            ("Lead ID", "integer"),
+            vec![
+                attr("Source Type", "string"),
+                attr("Lead Source", "string"),
+                attr("Created Date", "date"),
+            ],
+        ),
+        t(
+            CHANGE_DATA_VALUE,
+            "Change Data Value",
+            ("Attribute Name", "integer"),
+            vec![
+                attr("New Value", "string"),
+                attr("Old Value", "string"),
+                attr("Reason", "string"),
+                attr("Source", "string"),
+                attr("Api Method Name", "string"),
+                attr("Modifying User", "string"),
+                attr("Request Id", "string"),
+            ],
+        ),
+        t(
+            CHANGE_SCORE,
+            "Change Score",
+            ("Lead Field", "integer"),
+            vec![
+                attr("Change Value", "string"),
+                attr("New Value", "integer"),
+                attr("Old Value", "integer"),
+                attr("Reason", "string"),
+                attr("Urgency", "float"),
+                attr("Priority", "integer"),
+                attr("Relative Score", "integer"),
+                attr("Relative Urgency", "integer"),
+            ],
+        ),
+        t(
+            23,
+            "Change Owner",
+            ("Owner ID", "integer"),
+            vec![attr("New Owner", "string"), attr("Old Owner", "string")],
+        ),
+        t(
+            24,
+            "Add to List",
+            ("List ID", "integer"),
+            vec![attr("Source", "string")],
+        ),
+        t(
+            37,
+            "Delete Lead",
+            ("Lead ID", "integer"),
+            vec![attr("Remove from CRM", "boolean")],
+        ),
+        t(
+            104,
+            "Change Status in Progression",
+            ("Program ID", "integer"),
+            vec![
+                attr("Old Status ID", "integer"),
+                attr("New Status ID", "integer"),
+                attr("Reason", "string"),
+                attr("Success", "boolean"),
+                attr("Program Member ID", "integer"),
+            ],
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_base32_of_datetime_and_last_id() {
+        // The token in Adobe's paging-token example.
+        assert_eq!(
+            base32_decode("GIYDAOBNGEYS2MBWKQYDAORQGA5DAMBOGAYDAKZQGAYDALBQ").unwrap(),
+            "2008-11-06T00:00:00.000+0000,0"
+        );
+        let at: Timestamp = "2008-11-06T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            encode_token(at, 0),
+            "GIYDAOBNGEYS2MBWKQYDAORQGA5DAMBOGAYDAKZQGAYDALBQ"
+        );
+        assert_eq!(decode_token(&encode_token(at, 77)).unwrap(), (at, 77));
+        for s in ["", "a", "ab", "abc", "abcd", "abcde", "abcdef"] {
+            assert_eq!(base32_decode(&base32_encode(s.as_bytes())).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn datetimes_parse_in_marketo_forms() {
+        let want: Timestamp = "2014-10-06T21:22:17Z".parse().unwrap();
+        for text in [
+            "2014-10-06T13:22:17-08:00",
+            "2014-10-06T21:22:17Z",
+            "2014-10-06T21:22:17+0000",
+            "2014-10-06T21:22:17",
+        ] {
+            assert_eq!(parse_datetime(text).unwrap(), want, "{text}");
+        }
+        assert!(parse_datetime("yesterday").is_err());
+    }
+}

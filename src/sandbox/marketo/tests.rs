@@ -1,0 +1,820 @@
+//! Behaviour tests of the Marketo emulator, over real HTTP on 127.0.0.1 with reqwest as a
+//! plain client. Time comes from a frozen sandbox clock; nothing sleeps.
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::sandbox::faults::FaultRule;
+
+pub(super) fn now() -> Timestamp {
+    "2026-11-02T12:00:00Z".parse().unwrap()
+}
+
+pub(super) struct Harness {
+    pub marketo: Marketo,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: SandboxClock,
+    pub faults: Arc<Faults>,
+    pub log: Arc<RequestLog>,
+    pub world: World,
+}
+
+pub(super) async fn spawn_with(people: usize, config: MarketoConfig) -> Harness {
+    let world = World::generate(11, people, now());
+    let clock = SandboxClock::frozen(now());
+    let faults = Arc::new(Faults::default());
+    let log = Arc::new(RequestLog::default());
+    let marketo = Marketo::new(&world, config, clock.clone(), faults.clone(), log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = marketo.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Harness {
+        marketo,
+        base,
+        http: reqwest::Client::new(),
+        clock,
+        faults,
+        log,
+        world,
+    }
+}
+
+pub(super) async fn spawn(people: usize) -> Harness {
+    spawn_with(people, MarketoConfig::sandbox_default()).await
+}
+
+impl Harness {
+    pub async fn token(&self) -> String {
+        let c = MarketoConfig::sandbox_default();
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/identity/oauth/token?grant_type=client_credentials&client_id={}&client_secret={}",
+                self.base, c.client_id, c.client_secret
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, token: &str, path_and_query: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path_and_query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path_and_query}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["errors"][0]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn identity_reuses_tokens_and_rest_calls_take_only_bearer_headers() {
+    let h = spawn(20).await;
+    let first = h.token().await;
+    h.clock.advance(SignedDuration::from_secs(100));
+    let url = format!(
+        "{}/identity/oauth/token?grant_type=client_credentials&client_id=sandbox-marketo-client&client_secret=sandbox-marketo-secret",
+        h.base
+    );
+    let again: Value = h
+        .http
+        .post(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["access_token"], json!(first));
+    assert_eq!(again["expires_in"], json!(3500));
+    assert_eq!(again["token_type"], json!("bearer"));
+
+    let bad = h
+        .http
+        .get(url.replace("secret=sandbox", "secret=wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"],
+        json!("unauthorized")
+    );
+
+    let path = "/rest/v1/leads/describe.json";
+    let by_query: Value = h
+        .http
+        .get(format!("{}{path}?access_token={first}", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (by_query["success"].clone(), code(&by_query)),
+        (json!(false), "603")
+    );
+    assert_eq!(code(&h.get("not-a-token", path).await), "601");
+    assert_eq!(h.get(&first, path).await["success"], json!(true));
+    h.clock.advance(SignedDuration::from_secs(3500));
+    assert_eq!(code(&h.get(&first, path).await), "602");
+    let renewed = h.token().await;
+    assert_ne!(renewed, first);
+
+    h.faults.add(serde_json::from_value::<FaultRule>(json!(
+        {"system": "marketo", "kind": "leads_describe", "times": 1, "action": {"type": "expire_tokens"}})).unwrap());
+    assert_eq!(code(&h.get(&renewed, path).await), "602");
+    let kinds: Vec<String> = h.log.snapshot().iter().map(|r| r.kind.clone()).collect();
+    assert!(
+        kinds.iter().filter(|k| *k == "identity").count() >= 4,
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn describe_reports_score_fields_and_vendor_errors_are_http_200() {
+    let h = spawn(20).await;
+    let token = h.token().await;
+    let v = h.get(&token, "/rest/v1/leads/describe.json").await;
+    assert_eq!(v["errors"], json!([]));
+    assert!(v["requestId"].as_str().unwrap().contains('#'));
+    let score_fields: Vec<&str> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["dataType"] == "score")
+        .map(|f| f["rest"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        score_fields,
+        ["leadScore", "behaviorScore", "demographicScore"]
+    );
+
+    h.faults.add(serde_json::from_value::<FaultRule>(json!(
+        {"system": "marketo", "kind": "activity_types", "times": 1,
+         "action": {"type": "vendor_error", "code": "1029", "message": "Export daily quota 500MB exceeded"}})).unwrap());
+    let v = h.get(&token, "/rest/v1/activities/types.json").await;
+    assert_eq!(v["success"], json!(false));
+    assert_eq!(
+        v["errors"][0],
+        json!({"code": "1029", "message": "Export daily quota 500MB exceeded"})
+    );
+    let v = h.get(&token, "/rest/v1/activities/types.json").await;
+    let ids: Vec<i64> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.contains(&22) && ids.contains(&13), "{ids:?}");
+    assert_eq!(code(&h.get(&token, "/rest/v1/nothing.json").await), "610");
+}
+
+#[tokio::test]
+async fn leads_by_filter_pages_and_accepts_tunnelled_form_posts() {
+    let h = spawn(50).await;
+    let token = h.token().await;
+    let p = &h.world.people[3];
+    let v = h
+        .get(&token, &format!("/rest/v1/leads.json?filterType=email&filterValues={}&fields=leadScore,behaviorScore,sfdcType,region", p.email))
+        .await;
+    assert_eq!(v["result"][0]["id"], json!(p.map_id));
+    assert_eq!(v["result"][0]["leadScore"], json!(p.lead_score));
+    assert_eq!(v["result"][0]["behaviorScore"], json!(p.behavior_score));
+
+    let ids: Vec<String> = h
+        .world
+        .people
+        .iter()
+        .take(5)
+        .map(|p| p.map_id.to_string())
+        .collect();
+    let mut seen = Vec::new();
+    let mut token_param = String::new();
+    for _ in 0..10 {
+        let v = h
+            .get(
+                &token,
+                &format!(
+                    "/rest/v1/leads.json?filterType=id&filterValues={}&batchSize=2{token_param}",
+                    ids.join(",")
+                ),
+            )
+            .await;
+        seen.extend(
+            v["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["id"].as_i64().unwrap()),
+        );
+        match v["nextPageToken"].as_str() {
+            Some(t) => token_param = format!("&nextPageToken={t}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+
+    let form = format!(
+        "filterType=id&filterValues={}&fields=email",
+        ids.join("%2C")
+    );
+    let v: Value = h
+        .http
+        .post(format!("{}/rest/v1/leads.json", h.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("_method=GET&{form}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["result"].as_array().unwrap().len(), 5, "{v}");
+
+    let many: Vec<String> = (0..301).map(|i| i.to_string()).collect();
+    let v = h
+        .get(
+            &token,
+            &format!(
+                "/rest/v1/leads.json?filterType=id&filterValues={}",
+                many.join(",")
+            ),
+        )
+        .await;
+    assert_eq!(code(&v), "1003");
+    let v = h
+        .get(
+            &token,
+            "/rest/v1/leads.json?filterType=firstName&filterValues=Ada",
+        )
+        .await;
+    assert_eq!(code(&v), "1011");
+}
+
+#[tokio::test]
+async fn the_101st_call_in_20_seconds_gets_606() {
+    let h = spawn(5).await;
+    let token = h.token().await;
+    for i in 0..100 {
+        let v = h.get(&token, "/rest/v1/activities/types.json").await;
+        assert_eq!(v["success"], json!(true), "call {i}");
+    }
+    assert_eq!(
+        code(&h.get(&token, "/rest/v1/activities/types.json").await),
+        "606"
+    );
+    h.clock.advance(SignedDuration::from_secs(20));
+    assert_eq!(
+        h.get(&token, "/rest/v1/activities/types.json").await["success"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn the_daily_quota_gives_607_until_midnight_central() {
+    let mut config = MarketoConfig::sandbox_default();
+    config.daily_quota = 3;
+    let h = spawn_with(5, config).await;
+    let token = h.token().await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.get(&token, "/rest/v1/stats/usage.json").await["success"],
+            json!(true)
+        );
+    }
+    assert_eq!(
+        code(&h.get(&token, "/rest/v1/stats/usage.json").await),
+        "607"
+    );
+    // 12:00 UTC is 06:00 in Chicago: midnight Central is 18 hours on.
+    h.clock.advance(SignedDuration::from_hours(18));
+    let token = h.token().await;
+    let v = h.get(&token, "/rest/v1/stats/usage.json").await;
+    assert_eq!(v["result"][0]["total"], json!(1));
+}
+
+#[tokio::test]
+async fn the_11th_concurrent_call_gets_615() {
+    let h = spawn(5).await;
+    let token = h.token().await;
+    h.faults.add(
+        serde_json::from_value::<FaultRule>(json!(
+        {"system": "marketo", "kind": "leads_describe", "times": 10,
+         "action": {"type": "delay", "millis": 60000}}))
+        .unwrap(),
+    );
+    let mut in_flight = h.marketo.inner.limits.watch_in_flight();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let request = h
+            .http
+            .get(format!("{}/rest/v1/leads/describe.json", h.base))
+            .bearer_auth(&token)
+            .send();
+        held.push(tokio::spawn(request));
+    }
+    in_flight.wait_for(|n| *n == 10).await.unwrap();
+    assert_eq!(
+        code(&h.get(&token, "/rest/v1/activities/types.json").await),
+        "615"
+    );
+    for task in held {
+        task.abort();
+    }
+}
+
+async fn all_activities(h: &Harness, token: &str, query: &str) -> (Vec<Value>, usize) {
+    let start = h
+        .get(
+            token,
+            "/rest/v1/activities/pagingtoken.json?sinceDatetime=2020-01-01T00:00:00Z",
+        )
+        .await;
+    let mut next = start["nextPageToken"].as_str().unwrap().to_string();
+    let mut records = Vec::new();
+    let mut empty_with_more = 0;
+    for _ in 0..1000 {
+        let v = h
+            .get(
+                token,
+                &format!("/rest/v1/activities.json?nextPageToken={next}&{query}"),
+            )
+            .await;
+        assert_eq!(v["success"], json!(true), "{v}");
+        let page = v["result"].as_array().unwrap();
+        if page.is_empty() && v["moreResult"] == json!(true) {
+            empty_with_more += 1;
+        }
+        records.extend(page.iter().cloned());
+        next = v["nextPageToken"].as_str().unwrap().to_string();
+        if v["moreResult"] == json!(false) {
+            return (records, empty_with_more);
+        }
+    }
+    panic!("activities never ended");
+}
+
+#[tokio::test]
+async fn activities_page_through_short_and_empty_pages() {
+    let h = spawn(400).await;
+    let token = h.token().await;
+    let (changes, _) = all_activities(&h, &token, "activityTypeIds=22").await;
+    assert_eq!(changes.len(), h.world.score_changes.len());
+    let dates: Vec<&str> = changes
+        .iter()
+        .map(|a| a["activityDate"].as_str().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]));
+    let one = &changes[0];
+    assert!(one["primaryAttributeValue"].as_str().is_some());
+    assert!(one["campaignId"].as_i64().is_some());
+    assert_eq!(
+        one["marketoGUID"],
+        json!(one["id"].as_i64().unwrap().to_string())
+    );
+
+    let lead = h.world.people[7].map_id;
+    let (mine, empty_pages) = all_activities(
+        &h,
+        &token,
+        &format!("activityTypeIds=22,12&leadIds={lead}&batchSize=5"),
+    )
+    .await;
+    let expected = h
+        .world
+        .score_changes
+        .iter()
+        .filter(|c| c.map_id == lead)
+        .count()
+        + 1;
+    assert_eq!(mine.len(), expected);
+    assert!(
+        empty_pages > 0,
+        "a sparse filter should meet empty pages with moreResult true"
+    );
+
+    let eleven = "1,2,3,6,10,11,12,13,22,23,24";
+    let v = h.get(&token, &format!("/rest/v1/activities.json?nextPageToken=GIYDAOBNGEYS2MBWKQYDAORQGA5DAMBOGAYDAKZQGAYDALBQ&activityTypeIds={eleven}")).await;
+    assert_eq!(code(&v), "1003");
+}
+
+#[tokio::test]
+async fn a_score_change_is_an_activity_and_a_webhook_call() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let key = headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                tx.send((key, body)).unwrap();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let mut config = MarketoConfig::sandbox_default();
+    config.webhook = Some(MarketoWebhook {
+        url: hook_url,
+        template: r#"{"leadId": {{lead.Id}}, "email": {{lead.Email Address}}, "score": {{lead.Lead Score}}, "campaign": {{campaign.id}}}"#.into(),
+        headers: vec![("X-Api-Key".into(), "s3cret-{{lead.Id}}".into())],
+    });
+    let h = spawn_with(10, config).await;
+    let p = h.world.people[2].clone();
+    h.clock.advance(SignedDuration::from_secs(60));
+    h.marketo
+        .apply_score_change(p.map_id, ScoreField::BehaviorScore, 15, Some(1003))
+        .unwrap();
+    let (key, body) = rx.recv().await.unwrap();
+    assert_eq!(key, format!("s3cret-{}", p.map_id));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({"leadId": p.map_id, "email": p.email, "score": p.lead_score + 15, "campaign": 1003})
+    );
+
+    let token = h.token().await;
+    let since = "2026-11-02T12:00:30Z";
+    let t = h
+        .get(
+            &token,
+            &format!("/rest/v1/activities/pagingtoken.json?sinceDatetime={since}"),
+        )
+        .await;
+    let v = h
+        .get(
+            &token,
+            &format!(
+                "/rest/v1/activities.json?activityTypeIds=22&nextPageToken={}",
+                t["nextPageToken"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let records = v["result"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{v}");
+    assert_eq!(records[0]["primaryAttributeValue"], json!("Behavior Score"));
+    assert_eq!(records[1]["primaryAttributeValue"], json!("Lead Score"));
+    assert_eq!(records[1]["campaignId"], json!(1003));
+    let attrs = records[1]["attributes"].as_array().unwrap();
+    assert!(attrs.contains(&json!({"name": "Change Value", "value": "+15"})));
+    assert!(attrs.contains(&json!({"name": "New Value", "value": p.lead_score + 15})));
+    assert_eq!(v["moreResult"], json!(false));
+
+    let admin: Value = h
+        .http
+        .post(format!("{}/__sandbox/marketo/score_change", h.base))
+        .json(&json!({"map_id": p.map_id, "field": "leadScore", "delta": -5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin, json!({"ok": true}));
+    let state: Value = h
+        .http
+        .get(format!("{}/__sandbox/marketo/state", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lead = state["leads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == json!(p.map_id))
+        .unwrap()
+        .clone();
+    assert_eq!(lead["leadScore"], json!(p.lead_score + 10));
+}
+
+#[tokio::test]
+async fn syncing_leads_reports_per_record_status_and_feeds_lead_changes() {
+    let h = spawn(10).await;
+    let token = h.token().await;
+    h.faults.add(serde_json::from_value::<FaultRule>(json!(
+        {"system": "marketo", "kind": "leads_sync", "times": 1,
+         "action": {"type": "fail_record", "index": 1, "code": "1007", "message": "Multiple lead match lookup criteria"}})).unwrap());
+    let p = &h.world.people[0];
+    let t = h
+        .get(
+            &token,
+            "/rest/v1/activities/pagingtoken.json?sinceDatetime=2026-11-02T11:59:00Z",
+        )
+        .await;
+    let v = h
+        .post(
+            &token,
+            "/rest/v1/leads.json",
+            json!({"action": "createOrUpdate", "lookupField": "email", "input": [
+                {"email": p.email, "title": "Chief Scoring Officer"},
+                {"email": "second@example.com"},
+                {"email": "new@example.com", "firstName": "Nia"},
+            ]}),
+        )
+        .await;
+    assert_eq!(v["result"][0], json!({"id": p.map_id, "status": "updated"}));
+    assert_eq!(v["result"][1]["status"], json!("skipped"));
+    assert_eq!(v["result"][1]["reasons"][0]["code"], json!("1007"));
+    assert_eq!(v["result"][2]["status"], json!("created"));
+    let v = h
+        .post(
+            &token,
+            "/rest/v1/leads.json",
+            json!({"action": "createOnly", "input": [{"email": p.email}]}),
+        )
+        .await;
+    assert_eq!(v["result"][0]["reasons"][0]["code"], json!("1005"));
+
+    let v = h
+        .get(
+            &token,
+            &format!(
+                "/rest/v1/activities/leadchanges.json?fields=title&nextPageToken={}",
+                t["nextPageToken"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let changes = v["result"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{v}");
+    let data_value = changes
+        .iter()
+        .find(|c| c["activityTypeId"] == json!(13))
+        .unwrap();
+    assert_eq!(
+        data_value["fields"][0]["newValue"],
+        json!("Chief Scoring Officer")
+    );
+    assert_eq!(data_value["leadId"], json!(p.map_id));
+    assert!(changes.iter().any(|c| c["activityTypeId"] == json!(12)));
+}
+
+#[tokio::test]
+async fn bulk_activity_extract_runs_its_states_and_serves_csv() {
+    let h = spawn(100).await;
+    let token = h.token().await;
+    let too_long = h.post(&token, "/bulk/v1/activities/export/create.json", json!({"format": "CSV",
+        "filter": {"createdAt": {"startAt": "2026-08-01T00:00:00Z", "endAt": "2026-09-15T00:00:00Z"}}})).await;
+    assert_eq!(code(&too_long), "1003");
+    let created = h.post(&token, "/bulk/v1/activities/export/create.json", json!({"format": "CSV",
+        "filter": {"createdAt": {"startAt": "2026-10-05T00:00:00Z", "endAt": "2026-11-02T12:00:00Z"}, "activityTypeIds": [22]}})).await;
+    let id = created["result"][0]["exportId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(created["result"][0]["status"], json!("Created"));
+    let file_url = format!("{}/bulk/v1/activities/export/{id}/file.json", h.base);
+    let early = h
+        .http
+        .get(&file_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 404);
+    let q = h
+        .post(
+            &token,
+            &format!("/bulk/v1/activities/export/{id}/enqueue.json"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(q["result"][0]["status"], json!("Queued"));
+    let mut states = Vec::new();
+    for _ in 0..5 {
+        let s = h
+            .get(
+                &token,
+                &format!("/bulk/v1/activities/export/{id}/status.json"),
+            )
+            .await;
+        states.push(s["result"][0]["status"].as_str().unwrap().to_string());
+        if states.last().unwrap() == "Completed" {
+            assert!(
+                s["result"][0]["fileChecksum"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("sha256:")
+            );
+            break;
+        }
+    }
+    assert_eq!(states, ["Processing", "Completed"]);
+    let csv = h
+        .http
+        .get(&file_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "marketoGUID,leadId,activityDate,activityTypeId,campaignId,primaryAttributeValueId,primaryAttributeValue,attributes"
+    );
+    let start: Timestamp = "2026-10-05T00:00:00Z".parse().unwrap();
+    let want = h
+        .world
+        .score_changes
+        .iter()
+        .filter(|c| c.at >= start)
+        .count();
+    assert_eq!(lines.count(), want);
+    let part = h
+        .http
+        .get(&file_url)
+        .bearer_auth(&token)
+        .header("Range", "bytes=0-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.text().await.unwrap(), "m");
+}
+
+#[tokio::test]
+async fn transport_faults_and_limits_answer_as_told() {
+    let h = spawn(5).await;
+    let token = h.token().await;
+    let rules: Vec<FaultRule> = serde_json::from_value(json!([
+        {"system": "marketo", "kind": "activity_types", "times": 1, "action": {"type": "drop"}},
+        {"system": "marketo", "kind": "leads_describe", "times": 1, "action": {"type": "status", "status": 502}},
+        {"system": "marketo", "kind": "usage", "times": 1, "action": {"type": "malformed_json"}},
+    ]))
+    .unwrap();
+    for rule in rules {
+        h.faults.add(rule);
+    }
+    let dropped = h
+        .http
+        .get(format!("{}/rest/v1/activities/types.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(dropped.is_err() || dropped.unwrap().bytes().await.is_err());
+    let bad_gateway = h
+        .http
+        .get(format!("{}/rest/v1/leads/describe.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_gateway.status(), 502);
+    let garbled = h
+        .http
+        .get(format!("{}/rest/v1/stats/usage.json", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(garbled.json::<Value>().await.is_err());
+    let long = format!(
+        "{}/rest/v1/leads.json?filterType=id&filterValues={}",
+        h.base,
+        "1,".repeat(5000)
+    );
+    assert_eq!(
+        h.http
+            .get(long)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        414
+    );
+    let logged: Vec<(String, u16)> = h
+        .log
+        .snapshot()
+        .into_iter()
+        .map(|r| (r.kind, r.status))
+        .collect();
+    assert!(
+        logged.contains(&("leads_describe".to_string(), 502)),
+        "{logged:?}"
+    );
+    assert!(
+        logged.contains(&("activity_types".to_string(), 0)),
+        "{logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_lead_exports_filter_by_updated_at_and_the_queue_holds_ten() {
+    let h = spawn(60).await;
+    let token = h.token().await;
+    let window = json!({"startAt": "2026-10-03T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"});
+    let mut ids = Vec::new();
+    for _ in 0..11 {
+        let v = h
+            .post(
+                &token,
+                "/bulk/v1/leads/export/create.json",
+                json!({"format": "CSV",
+                "fields": ["id", "leadScore", "updatedAt"], "filter": {"updatedAt": window}}),
+            )
+            .await;
+        ids.push(v["result"][0]["exportId"].as_str().unwrap().to_string());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let v = h
+            .post(
+                &token,
+                &format!("/bulk/v1/leads/export/{id}/enqueue.json"),
+                json!({}),
+            )
+            .await;
+        if i < 10 {
+            assert_eq!(v["result"][0]["status"], json!("Queued"), "job {i}: {v}");
+        } else {
+            assert_eq!(code(&v), "1029");
+            assert_eq!(
+                v["errors"][0]["message"],
+                json!("Too many jobs (10) in queue")
+            );
+        }
+    }
+    let listed = h
+        .get(&token, "/bulk/v1/leads/export.json?status=Processing")
+        .await;
+    assert_eq!(listed["result"].as_array().unwrap().len(), 2, "{listed}");
+    let mut done = None;
+    for _ in 0..3 {
+        let s = h
+            .get(
+                &token,
+                &format!("/bulk/v1/leads/export/{}/status.json", ids[0]),
+            )
+            .await;
+        if s["result"][0]["status"] == json!("Completed") {
+            done = Some(s["result"][0].clone());
+            break;
+        }
+    }
+    let done = done.expect("the first job completes");
+    let csv = h
+        .http
+        .get(format!(
+            "{}/bulk/v1/leads/export/{}/file.json",
+            h.base, ids[0]
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start: Timestamp = "2026-10-03T12:00:00Z".parse().unwrap();
+    let want = h
+        .world
+        .people
+        .iter()
+        .filter(|p| p.modified_at >= start)
+        .count();
+    assert_eq!(csv.lines().count() - 1, want);
+    assert_eq!(done["numberOfRecords"], json!(want));
+}
