@@ -185,6 +185,14 @@ impl DailyBudget {
         self.inner.used.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Take back one locally counted call (Marketo does not count 601, 602, 604, 605, 608, 611).
+    pub fn uncount_call(&self) {
+        let _ = self
+            .inner
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
+    }
+
     /// Refuse a routine call once the remaining allocation is at or below the reserve, and any
     /// call once nothing is left.
     pub fn check(&self, priority: Priority, now: Timestamp) -> Result<()> {

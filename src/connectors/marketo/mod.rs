@@ -436,6 +436,9 @@ impl MarketoClient {
                 .map(|e| (e.code.as_str(), e.message.as_str()))
                 .unwrap_or(("", "success:false without errors"));
             let err = classify_code(code, message, now);
+            if matches!(code, "601" | "602" | "604" | "605" | "608" | "611") {
+                self.inner.budget.uncount_call(); // "not counted against your daily quota"
+            }
             if matches!(err, ConnectorError::SessionExpired { .. }) {
                 self.inner.tokens.invalidate(session.generation).await;
             }
