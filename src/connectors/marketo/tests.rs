@@ -369,7 +369,9 @@ async fn long_filters_go_as_post_with_method_get() {
         .await
         .unwrap();
     assert_eq!(page.leads[0]["id"], json!(2));
-    let n = stub.forms.lock().unwrap()[0]["filterValues"].split(',').count();
+    let n = stub.forms.lock().unwrap()[0]["filterValues"]
+        .split(',')
+        .count();
     assert_eq!(n, 300);
     let too_many: Vec<String> = (0..301).map(|i| i.to_string()).collect();
     assert!(matches!(

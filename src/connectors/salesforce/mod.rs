@@ -4,6 +4,7 @@
 //!
 //! This file must not know MQL semantics, and must not log or format a token, key or secret.
 
+pub mod bulk;
 pub mod incremental;
 pub mod soql;
 
@@ -361,18 +362,30 @@ impl SalesforceClient {
         priority: Priority,
     ) -> Result<Value> {
         super::retry::run(&self.inner.settings.retry, || {
-            self.call_once(method.clone(), url, body, priority)
+            let method = method.clone();
+            async move {
+                let (_, bytes) = self
+                    .call_once(method, url, body, priority, "application/json")
+                    .await?;
+                if bytes.is_empty() {
+                    return Ok(Value::Null);
+                }
+                http::json(SYS, &bytes)
+            }
         })
         .await
     }
 
+    /// One attempt: budget check, token, pacing, request, limit header, classification.
+    /// Returns the headers and the raw body of a successful response.
     async fn call_once(
         &self,
         method: Method,
         url: &str,
         body: Option<&Value>,
         priority: Priority,
-    ) -> Result<Value> {
+        accept: &str,
+    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
         self.inner.budget.check(priority, Timestamp::now())?;
         let session: Session = self.inner.tokens.session(|| self.fetch_token()).await?;
         let _permit = self.inner.pacer.admit().await;
@@ -389,7 +402,7 @@ impl SalesforceClient {
                 "Sforce-Call-Options",
                 format!("client={}", self.inner.settings.call_options_client),
             )
-            .header("Accept", "application/json");
+            .header("Accept", accept);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -403,6 +416,7 @@ impl SalesforceClient {
             self.inner.budget.observe(used, limit);
         }
         let status = resp.status();
+        let headers = resp.headers().clone();
         let retry_after = parse_retry_after(
             resp.headers()
                 .get("Retry-After")
@@ -415,10 +429,7 @@ impl SalesforceClient {
             }
             return Err(err);
         }
-        if bytes.is_empty() || status == StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        http::json(SYS, &bytes)
+        Ok((headers, bytes))
     }
 
     async fn collection(

@@ -695,3 +695,60 @@ fn settings_deserialize_with_defaults() {
         matches!(s.auth, SalesforceAuth::JwtBearer { ref audience, .. } if audience == "https://login.salesforce.com")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn bulk_query_polls_then_reads_result_sets_by_locator() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let p = polls.clone();
+    let created = Arc::new(Mutex::new(None::<Value>));
+    let c = created.clone();
+    let app = Router::new()
+        .route("/services/oauth2/token", post(|| async { Json(json!({"access_token":"t"})) }))
+        .route(
+            "/services/data/v62.0/jobs/query",
+            post(move |Json(b): Json<Value>| {
+                *c.lock().unwrap() = Some(b);
+                async { Json(json!({"id":"750R0000000zlh9IAA","operation":"query","object":"Lead","state":"UploadComplete"})) }
+            }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/query/750R0000000zlh9IAA",
+            get(move || {
+                let n = p.fetch_add(1, SeqCst);
+                async move {
+                    let state = if n < 2 { "InProgress" } else { "JobComplete" };
+                    Json(json!({"id":"750R0000000zlh9IAA","state": state}))
+                }
+            }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/query/750R0000000zlh9IAA/results",
+            get(|headers: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
+                assert_eq!(headers["accept"], "text/csv");
+                assert_eq!(q["maxRecords"], "2");
+                match q.get("locator").map(String::as_str) {
+                    None => ([("Sforce-Locator", "MTAwMDA"), ("Sforce-NumberOfRecords", "2")], "\"Id\",\"Email\"\n\"00Q1\",\"a@b.c\"\n\"00Q2\",\"\"\n"),
+                    Some("MTAwMDA") => ([("Sforce-Locator", "null"), ("Sforce-NumberOfRecords", "1")], "\"Id\",\"Email\"\n\"00Q3\",\"c@d.e\"\n"),
+                    Some(other) => panic!("unexpected locator {other}"),
+                }
+            }),
+        );
+    let base = serve(app).await;
+    let sf = client_credentials(&base);
+    let mut q = bulk::BulkQuery::start(sf, "SELECT Id, Email FROM Lead", true, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        created.lock().unwrap().as_ref().unwrap()["operation"],
+        json!("queryAll")
+    );
+    let job = q.wait(Duration::from_secs(10), 10).await.unwrap();
+    assert_eq!(job.state, "JobComplete");
+    assert_eq!(polls.load(SeqCst), 3);
+    let s1 = q.next_set().await.unwrap().unwrap();
+    assert_eq!(s1.len(), 2);
+    assert_eq!(s1[1]["Email"], Value::Null, "an empty CSV field is null");
+    let s2 = q.next_set().await.unwrap().unwrap();
+    assert_eq!(s2[0]["Id"], json!("00Q3"));
+    assert!(q.next_set().await.unwrap().is_none());
+}
