@@ -20,6 +20,8 @@ use super::limits::{Admit, DailyBudget, Pacer, Priority, resume_after_daily_limi
 use super::retry::RetryPolicy;
 use super::{Record, http};
 
+pub mod bulk;
+
 const SYS: System = System::Marketo;
 
 /// Most values in one `leads.json` filter, records in one page, type ids in one activity call.
@@ -265,6 +267,14 @@ pub fn classify_code(code: &str, message: &str, now: Timestamp) -> ConnectorErro
     }
 }
 
+/// What a call sends in its body.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    None,
+    Form(&'a [(&'a str, String)]),
+    Json(&'a Value),
+}
+
 struct Inner {
     settings: MarketoSettings,
     secret: SecretString,
@@ -378,11 +388,11 @@ impl MarketoClient {
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        form: Option<&[(&str, String)]>,
+        body: Body<'_>,
         priority: Priority,
     ) -> Result<Envelope> {
         super::retry::run(&self.inner.settings.retry, || {
-            self.call_once(method.clone(), path, query, form, priority)
+            self.call_once(method.clone(), path, query, body, priority)
         })
         .await
     }
@@ -392,7 +402,7 @@ impl MarketoClient {
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        form: Option<&[(&str, String)]>,
+        body: Body<'_>,
         priority: Priority,
     ) -> Result<Envelope> {
         let now = Timestamp::now();
@@ -406,8 +416,10 @@ impl MarketoClient {
             .request(method, format!("{}{path}", self.base()))
             .bearer_auth(session.access_token.expose_secret())
             .query(query);
-        if let Some(f) = form {
-            req = req.form(f);
+        match body {
+            Body::None => {}
+            Body::Form(f) => req = req.form(f),
+            Body::Json(j) => req = req.json(j),
         }
         let resp = req.send().await.map_err(|e| http::transport(SYS, e))?;
         let status = resp.status();
@@ -493,7 +505,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/activities/types.json",
                 &[],
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?,
@@ -506,7 +518,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/activities/pagingtoken.json",
                 &[("sinceDatetime", format_datetime(since))],
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?;
@@ -539,7 +551,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/activities.json",
                 &q,
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?,
@@ -557,7 +569,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/activities/leadchanges.json",
                 &q,
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?,
@@ -594,7 +606,7 @@ impl Map for MarketoClient {
                 Method::POST,
                 "/rest/v1/leads.json",
                 &[("_method", "GET".into())],
-                Some(&params),
+                Body::Form(&params),
                 Priority::Routine,
             )
             .await?
@@ -603,7 +615,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/leads.json",
                 &params,
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?
@@ -626,7 +638,7 @@ impl Map for MarketoClient {
                 Method::GET,
                 "/rest/v1/leads/describe.json",
                 &[],
-                None,
+                Body::None,
                 Priority::Routine,
             )
             .await?,
