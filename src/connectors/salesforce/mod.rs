@@ -148,6 +148,8 @@ struct Inner {
     settings: SalesforceSettings,
     creds: Credentials,
     http: reqwest::Client,
+    /// For the `oauth2` crate: redirects off, as it requires (no token sent to a redirect target).
+    oauth_http: reqwest::Client,
     tokens: TokenCache,
     pacer: Pacer,
     budget: DailyBudget,
@@ -234,11 +236,17 @@ impl SalesforceClient {
         );
         let pacer = Pacer::in_flight_only(settings.max_in_flight);
         let budget = DailyBudget::new(SYS, 0, settings.daily_reserve_pct);
+        let oauth_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .build()
+            .map_err(|e| ConnectorError::Config(format!("cannot build HTTP client: {e}")))?;
         Ok(SalesforceClient {
             inner: Arc::new(Inner {
                 settings,
                 creds,
                 http,
+                oauth_http,
                 tokens,
                 pacer,
                 budget,
@@ -293,28 +301,8 @@ impl SalesforceClient {
                     ("assertion", assertion.as_str()),
                 ])
             }
-            Credentials::ClientSecret { client_id, secret } => req
-                .basic_auth(client_id, Some(secret.expose_secret()))
-                .form(&[("grant_type", "client_credentials")]),
-            Credentials::Refresh {
-                client_id,
-                secret,
-                token,
-            } => {
-                let rt = token
-                    .lock()
-                    .expect("not poisoned")
-                    .expose_secret()
-                    .to_string();
-                let mut form = vec![
-                    ("grant_type", "refresh_token".to_string()),
-                    ("refresh_token", rt),
-                    ("client_id", client_id.clone()),
-                ];
-                if let Some(sec) = secret {
-                    form.push(("client_secret", sec.expose_secret().to_string()));
-                }
-                req.form(&form)
+            Credentials::ClientSecret { .. } | Credentials::Refresh { .. } => {
+                return self.fetch_token_oauth2().await;
             }
         };
         let resp = req.send().await.map_err(|e| http::transport(SYS, e))?;
@@ -350,6 +338,91 @@ impl SalesforceClient {
             access_token: body.access_token.into(),
             instance_url: body.instance_url,
             lifetime: None,
+        })
+    }
+
+    /// Client credentials and refresh token through the `oauth2` crate (HTTP Basic client auth;
+    /// without a secret the client id goes in the body). A rotated refresh token replaces the
+    /// old one (read it back with [`SalesforceClient::refresh_token`] to persist it).
+    async fn fetch_token_oauth2(&self) -> Result<FreshToken> {
+        use oauth2::basic::{BasicClient, BasicErrorResponse};
+        use oauth2::{
+            ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+        };
+        let token_url = TokenUrl::new(self.inner.settings.token_url.clone())
+            .map_err(|e| ConnectorError::Config(format!("token_url: {e}")))?;
+        let map_err = |e: RequestTokenError<
+            oauth2::HttpClientError<reqwest::Error>,
+            BasicErrorResponse,
+        >| match e {
+            RequestTokenError::ServerResponse(r) => ConnectorError::Auth {
+                system: SYS,
+                error: r.error().to_string(),
+                description: r.error_description().cloned().unwrap_or_default(),
+            },
+            RequestTokenError::Request(oauth2::HttpClientError::Reqwest(e)) => {
+                http::transport(SYS, *e)
+            }
+            RequestTokenError::Request(e) => ConnectorError::Transport {
+                system: SYS,
+                detail: e.to_string(),
+                timeout: false,
+            },
+            RequestTokenError::Parse(e, _) => ConnectorError::Malformed {
+                system: SYS,
+                detail: format!("token response: {e}"),
+            },
+            RequestTokenError::Other(e) => ConnectorError::Malformed {
+                system: SYS,
+                detail: format!("token response: {e}"),
+            },
+        };
+        let http = &self.inner.oauth_http;
+        let resp = match &self.inner.creds {
+            Credentials::ClientSecret { client_id, secret } => {
+                BasicClient::new(ClientId::new(client_id.clone()))
+                    .set_client_secret(ClientSecret::new(secret.expose_secret().to_string()))
+                    .set_token_uri(token_url)
+                    .exchange_client_credentials()
+                    .request_async(http)
+                    .await
+                    .map_err(map_err)?
+            }
+            Credentials::Refresh {
+                client_id,
+                secret,
+                token,
+            } => {
+                let rt = RefreshToken::new(
+                    token
+                        .lock()
+                        .expect("not poisoned")
+                        .expose_secret()
+                        .to_string(),
+                );
+                let mut client =
+                    BasicClient::new(ClientId::new(client_id.clone())).set_token_uri(token_url);
+                if let Some(sec) = secret {
+                    client = client
+                        .set_client_secret(ClientSecret::new(sec.expose_secret().to_string()));
+                }
+                let resp = client
+                    .exchange_refresh_token(&rt)
+                    .request_async(http)
+                    .await
+                    .map_err(map_err)?;
+                if let Some(new) = resp.refresh_token() {
+                    tracing::info!("Salesforce rotated the refresh token; persist the new one");
+                    *token.lock().expect("not poisoned") = new.secret().clone().into();
+                }
+                resp
+            }
+            Credentials::Jwt { .. } => unreachable!("JWT bearer is posted by fetch_token"),
+        };
+        Ok(FreshToken {
+            access_token: resp.access_token().secret().clone().into(),
+            instance_url: None,
+            lifetime: resp.expires_in(),
         })
     }
 

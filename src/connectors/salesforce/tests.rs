@@ -473,7 +473,9 @@ async fn request_timeout_is_retried() {
     let app = Router::new()
         .route(
             "/services/oauth2/token",
-            post(|| async { Json(json!({"access_token":"t","instance_url":"x"})) }),
+            post(|| async {
+                Json(json!({"access_token":"t","instance_url":"x","token_type":"Bearer"}))
+            }),
         )
         .route(
             "/services/data/v62.0/limits",
@@ -524,7 +526,7 @@ struct Collections {
 async fn upsert_in_chunks_of_200_with_one_failing_record() {
     let state = Arc::new(Collections::default());
     let app = Router::new()
-        .route("/services/oauth2/token", post(|| async { Json(json!({"access_token":"t"})) }))
+        .route("/services/oauth2/token", post(|| async { Json(json!({"access_token":"t","token_type":"Bearer"})) }))
         .route(
             "/services/data/v62.0/composite/sobjects/MQL__c/Cycle_Key__c",
             patch(|State(s): State<Arc<Collections>>, Json(b): Json<Value>| async move {
@@ -584,7 +586,7 @@ async fn incremental_read_dedupes_the_lookback_and_keeps_ties() {
     let app = Router::new()
         .route(
             "/services/oauth2/token",
-            post(|| async { Json(json!({"access_token":"t"})) }),
+            post(|| async { Json(json!({"access_token":"t","token_type":"Bearer"})) }),
         )
         .route(
             "/services/data/v62.0/query",
@@ -703,7 +705,7 @@ async fn bulk_query_polls_then_reads_result_sets_by_locator() {
     let created = Arc::new(Mutex::new(None::<Value>));
     let c = created.clone();
     let app = Router::new()
-        .route("/services/oauth2/token", post(|| async { Json(json!({"access_token":"t"})) }))
+        .route("/services/oauth2/token", post(|| async { Json(json!({"access_token":"t","token_type":"Bearer"})) }))
         .route(
             "/services/data/v62.0/jobs/query",
             post(move |Json(b): Json<Value>| {
@@ -751,4 +753,78 @@ async fn bulk_query_polls_then_reads_result_sets_by_locator() {
     let s2 = q.next_set().await.unwrap().unwrap();
     assert_eq!(s2[0]["Id"], json!("00Q3"));
     assert!(q.next_set().await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_credentials_and_refresh_token_flows() {
+    let forms = Arc::new(Mutex::new(Vec::<(String, HashMap<String, String>)>::new()));
+    let f = forms.clone();
+    let app = Router::new()
+        .route(
+            "/services/oauth2/token",
+            post(move |headers: HeaderMap, Form(form): Form<HashMap<String, String>>| {
+                let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                f.lock().unwrap().push((auth, form.clone()));
+                async move {
+                    match (form["grant_type"].as_str(), form.get("refresh_token").map(String::as_str)) {
+                        ("client_credentials", _) => (AxStatus::OK, Json(json!({"access_token":"cc","token_type":"Bearer","instance_url":"x"}))),
+                        ("refresh_token", Some("r1")) => (AxStatus::OK, Json(json!({"access_token":"rt","token_type":"Bearer","refresh_token":"r2"}))),
+                        _ => (AxStatus::BAD_REQUEST, Json(json!({"error":"invalid_grant","error_description":"expired access/refresh token"}))),
+                    }
+                }
+            }),
+        )
+        .route("/services/data/v62.0/limits", get(|| async { Json(json!({})) }));
+    let base = serve(app).await;
+
+    client_credentials(&base).limits().await.unwrap();
+    let (auth, form) = forms.lock().unwrap()[0].clone();
+    // base64("cid:s3cret")
+    assert_eq!(auth, "Basic Y2lkOnMzY3JldA==");
+    assert_eq!(form["grant_type"], "client_credentials");
+
+    let sf = SalesforceClient::new(
+        settings(
+            &base,
+            SalesforceAuth::RefreshToken {
+                client_id: "cid".into(),
+            },
+        ),
+        SalesforceSecrets {
+            client_secret: None,
+            refresh_token: Some("r1".into()),
+        },
+    )
+    .unwrap();
+    sf.limits().await.unwrap();
+    assert_eq!(
+        sf.refresh_token().unwrap().expose_secret(),
+        "r2",
+        "rotated token kept for persisting"
+    );
+    let (_, form) = forms.lock().unwrap()[1].clone();
+    assert_eq!(form.get("client_id").map(String::as_str), Some("cid"));
+
+    // A dead refresh token fails the run (no retry loop) and the error names no secret.
+    let sf = SalesforceClient::new(
+        settings(
+            &base,
+            SalesforceAuth::RefreshToken {
+                client_id: "cid".into(),
+            },
+        ),
+        SalesforceSecrets {
+            client_secret: Some("s3cret".into()),
+            refresh_token: Some("dead-token".into()),
+        },
+    )
+    .unwrap();
+    let err = sf.limits().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("invalid_grant") && !text.contains("dead-token") && !text.contains("s3cret"),
+        "{text}"
+    );
+    assert_eq!(forms.lock().unwrap().len(), 3);
 }
