@@ -138,11 +138,30 @@ impl ConnectorError {
         }
     }
 
+    /// When a spent daily quota can be used again (only for `Checkpoint`-class errors).
+    pub fn resume_at(&self) -> Option<Timestamp> {
+        match self.class() {
+            ErrorClass::Checkpoint { resume_at } => Some(resume_at),
+            _ => None,
+        }
+    }
+
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ConnectorError::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+}
+
+impl RecordError {
+    /// `Retry` when sending the record again later may succeed, else `FailRecord`.
+    pub fn class(&self) -> ErrorClass {
+        if self.retryable {
+            ErrorClass::Retry
+        } else {
+            ErrorClass::FailRecord
         }
     }
 }

@@ -620,12 +620,11 @@ impl Map for MarketoClient {
             )
             .await?
         };
-        let token = env
-            .next_page_token
-            .clone()
-            .filter(|_| env.more_result || !env.result.is_empty());
+        // Marketo sends `nextPageToken` with `moreResult:true` while pages remain; a full page
+        // with a token is also followed (older instances omit `moreResult`).
+        let more = env.more_result || env.result.len() == PAGE_SIZE;
+        let next_page_token = env.next_page_token.clone().filter(|_| more);
         let leads = Self::records(env)?;
-        let next_page_token = if leads.len() < PAGE_SIZE { None } else { token };
         Ok(LeadPage {
             leads,
             next_page_token,
