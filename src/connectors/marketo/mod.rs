@@ -655,10 +655,19 @@ pub struct ActivityCursor {
     pub last_guids: Vec<String>,
 }
 
+/// Which activity feed to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivitySource {
+    /// `/activities.json` for up to 10 activity type ids (e.g. 22 Change Score).
+    Types(Vec<u32>),
+    /// `/activities/leadchanges.json` with these lead fields (types 12 and 13).
+    LeadChanges(Vec<String>),
+}
+
 /// Follows `nextPageToken` through empty pages while `moreResult`, page by page.
 pub struct ActivityPages<M: Map> {
     map: M,
-    type_ids: Vec<u32>,
+    source: ActivitySource,
     cursor: ActivityCursor,
     done: bool,
     /// Empty pages in a row allowed before giving up for this run (Marketo scans in blocks and
@@ -668,10 +677,15 @@ pub struct ActivityPages<M: Map> {
 }
 
 impl<M: Map> ActivityPages<M> {
-    pub fn new(map: M, type_ids: Vec<u32>, cursor: ActivityCursor, max_empty_pages: usize) -> Self {
+    pub fn new(
+        map: M,
+        source: ActivitySource,
+        cursor: ActivityCursor,
+        max_empty_pages: usize,
+    ) -> Self {
         ActivityPages {
             map,
-            type_ids,
+            source,
             cursor,
             done: false,
             max_empty_pages,
@@ -685,10 +699,14 @@ impl<M: Map> ActivityPages<M> {
         if self.done {
             return Ok(None);
         }
-        let page = self
-            .map
-            .activities_page(&self.cursor.next_page_token, &self.type_ids)
-            .await?;
+        let token = &self.cursor.next_page_token;
+        let page = match &self.source {
+            ActivitySource::Types(ids) => self.map.activities_page(token, ids).await?,
+            ActivitySource::LeadChanges(fields) => {
+                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                self.map.lead_changes_page(token, &fields).await?
+            }
+        };
         let fresh: Vec<Activity> = page
             .activities
             .into_iter()

@@ -216,6 +216,15 @@ async fn serve_stub(stub: Arc<Stub>) -> String {
             .route("/rest/v1/activities/pagingtoken.json", get(paging_token))
             .route("/rest/v1/leads.json", get(leads_get).post(leads_post))
             .route(
+                "/rest/v1/activities/leadchanges.json",
+                get(|Query(q): Query<HashMap<String, String>>| async move {
+                    assert_eq!(q["fields"], "leadScore,email");
+                    Json(json!({"success":true,"nextPageToken":"LC2","moreResult":false,"result":[
+                        {"id":1078,"marketoGUID":"1078","leadId":775,"activityDate":"2014-09-17T22:31:49+0000","activityTypeId":13,
+                         "fields":[{"id":48,"name":"leadScore","newValue":"55","oldValue":"40"}],"attributes":[]}]}))
+                }),
+            )
+            .route(
                 "/rest/v1/leads/describe.json",
                 get(|| async { "{\"success\":true,\"result\":[{\"id\":1," }),
             )
@@ -239,7 +248,7 @@ async fn activities_follow_tokens_through_empty_pages_and_renew_on_602() {
         .unwrap();
     let mut pages = ActivityPages::new(
         mkto.clone(),
-        vec![22, 13],
+        ActivitySource::Types(vec![22, 13]),
         ActivityCursor {
             next_page_token: token,
             last_guids: vec![],
@@ -454,4 +463,36 @@ fn settings_deserialize_with_defaults() {
         (100, 10, 50_000)
     );
     assert!(s.identity_url.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lead_changes_follow_the_same_cursor() {
+    let stub = Arc::new(Stub::default());
+    let base = serve_stub(stub.clone()).await;
+    let cursor = ActivityCursor {
+        next_page_token: "LC1".into(),
+        last_guids: vec![],
+    };
+    let fields = vec!["leadScore".to_string(), "email".to_string()];
+    let mut pages = ActivityPages::new(
+        client(&base),
+        ActivitySource::LeadChanges(fields),
+        cursor,
+        10,
+    );
+    let (acts, cursor) = pages.next_page().await.unwrap().unwrap();
+    assert_eq!(acts[0].fields[0]["newValue"], json!("55"));
+    assert_eq!(
+        cursor,
+        ActivityCursor {
+            next_page_token: "LC2".into(),
+            last_guids: vec!["1078".into()]
+        }
+    );
+    assert!(pages.next_page().await.unwrap().is_none());
+    let stored = serde_json::to_value(&cursor).unwrap();
+    assert_eq!(
+        stored,
+        json!({"next_page_token":"LC2","last_guids":["1078"]})
+    );
 }
