@@ -788,12 +788,5 @@ impl Crm for SalesforceClient {
     }
 }
 
-/// The daily allocation as stored by a caller that wants to report it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ApiUsage {
-    pub used: u64,
-    pub limit: u64,
-}
-
 #[cfg(test)]
 mod tests;
