@@ -15,7 +15,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{FreshToken, Session, TokenCache};
