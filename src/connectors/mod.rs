@@ -1,1 +1,155 @@
-//! The Salesforce and Marketo REST clients (being written).
+//! The Salesforce and Marketo REST clients behind the [`Crm`] and [`Map`] traits.
+//!
+//! Vendor-level and generic: they speak SOQL, sObjects, activities and leads, and know nothing of
+//! MQLs, thresholds or mappings (the sync layer builds field lists and turns records into engine
+//! events). Records are `serde_json` maps; typed only where the vendor's shape is fixed
+//! ([`marketo::Activity`]).
+//!
+//! # Layout
+//! - [`error`]: [`ConnectorError`] and its [`ErrorClass`] (retry, renew token, back off, fail
+//!   record, checkpoint, fatal).
+//! - [`http`]: the reqwest client and transport-error mapping.
+//! - [`auth`]: the single-flight token cache.
+//! - [`limits`]: governor pacing on tokio time, in-flight caps, daily budgets with a reserve.
+//! - [`retry`]: backon-driven retry loop acting on the class.
+//! - [`salesforce`]: OAuth flows, SOQL escaping and cursors, query paging, sObject Collections,
+//!   `/limits`.
+//! - [`marketo`]: identity, envelope and codes, activities, paging tokens, leads by filter.
+//!
+//! Every client is `Clone`; clones share the token cache, the pacer and the daily budget, so one
+//! quota serves every task that calls a system. Delivery contract of the read paths: at-least-once
+//! (a checkpointed cursor may hand a record out again after a crash; consumers de-duplicate on
+//! `(SystemModstamp, Id)` or `marketoGUID`).
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod marketo;
+pub mod retry;
+pub mod salesforce;
+#[cfg(test)]
+mod testkit;
+
+use std::future::Future;
+
+pub use error::{ConnectorError, ErrorClass, RecordError, Result, System};
+pub use limits::Priority;
+
+/// One record as the vendor sent it.
+pub type Record = serde_json::Map<String, serde_json::Value>;
+
+/// How a write of one record ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WriteStatus {
+    Created,
+    Updated,
+    /// The vendor said the work was already done (see [`salesforce::already_done`]); counted as
+    /// success. `code` is the vendor code that said so.
+    AlreadyDone {
+        code: String,
+    },
+}
+
+/// The outcome of one record of a batch write, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordOutcome {
+    /// Position in the caller's input.
+    pub index: usize,
+    /// The record id the vendor reported, when it did.
+    pub id: Option<String>,
+    pub result: std::result::Result<WriteStatus, RecordError>,
+}
+
+/// One page of a SOQL query.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryPage {
+    pub total_size: u64,
+    pub done: bool,
+    #[serde(default)]
+    pub next_records_url: Option<String>,
+    pub records: Vec<Record>,
+}
+
+/// Which page to fetch.
+#[derive(Debug, Clone)]
+pub enum PageRequest {
+    /// The first page of `soql`; `all` uses `/queryAll` (deleted and merged rows too).
+    Start { soql: String, all: bool },
+    /// A later page, by the server's `nextRecordsUrl`.
+    Next { next_records_url: String },
+}
+
+/// The CRM (Salesforce REST).
+pub trait Crm: Clone + Send + Sync + 'static {
+    /// Fetch one page of a query (largest batch size).
+    fn query_page(
+        &self,
+        page: PageRequest,
+        priority: Priority,
+    ) -> impl Future<Output = Result<QueryPage>> + Send;
+
+    /// Upsert by external id through sObject Collections, 200 records a request; one outcome per
+    /// input record. A per-record failure fails that record only.
+    fn upsert(
+        &self,
+        object: &str,
+        external_id_field: &str,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
+
+    /// Update by record id (each record carries `Id`) through sObject Collections.
+    fn update(
+        &self,
+        object: &str,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
+
+    /// `GET /limits`; also refreshes the shared daily budget from `DailyApiRequests`.
+    fn limits(&self) -> impl Future<Output = Result<Record>> + Send;
+}
+
+/// Page-by-page reader of one query; memory holds one page at a time.
+pub struct QueryPages<C: Crm> {
+    crm: C,
+    next: Option<PageRequest>,
+    priority: Priority,
+}
+
+impl<C: Crm> QueryPages<C> {
+    pub fn new(crm: C, soql: impl Into<String>, all: bool, priority: Priority) -> Self {
+        QueryPages {
+            crm,
+            next: Some(PageRequest::Start {
+                soql: soql.into(),
+                all,
+            }),
+            priority,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Record>>> {
+        let Some(req) = self.next.take() else {
+            return Ok(None);
+        };
+        let page = self.crm.query_page(req.clone(), self.priority).await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                self.next = Some(req); // the caller may try again
+                return Err(e);
+            }
+        };
+        self.next = match (page.done, page.next_records_url) {
+            (false, Some(url)) => Some(PageRequest::Next {
+                next_records_url: url,
+            }),
+            _ => None,
+        };
+        Ok(Some(page.records))
+    }
+}
+
+pub use marketo::Map;
