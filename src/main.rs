@@ -66,6 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sync the CRM and the MAP. With `--once`: one full cycle (read, decide, write), a summary,
+    /// and exit (0 done, 1 with what failed).
+    Run {
+        /// One cycle, then exit. (The long-running daemon comes with the workers.)
+        #[arg(long)]
+        once: bool,
+        /// Store file (default: the config's `store`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
     Sandbox(mqlsync::sandbox::cli::SandboxArgs),
     /// Say why a CRM lead or contact is, or is not, an MQL, with its audit log.
@@ -137,6 +150,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Sandbox(_) => unreachable!("handled above"),
+        Command::Run { once, store, json } => {
+            if !once {
+                anyhow::bail!(
+                    "the long-running daemon is not built yet: use `mqlsync run --once` (from cron or a systemd timer)"
+                );
+            }
+            let loaded = mapping::load(config.mapping.as_deref())?;
+            let sf = mqlsync::sync::connect::salesforce(&config)?;
+            let mk = mqlsync::sync::connect::marketo(&config)?;
+            let mut store = Store::open(&store.unwrap_or_else(|| config.store.clone()))?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let usage = || (sf.budget().usage().0, mk.budget().usage().0);
+            let settings = mqlsync::sync::once::RunSettings::default();
+            let outcome = runtime.block_on(mqlsync::sync::once::run_once(
+                &sf,
+                &mk,
+                &loaded.mapping,
+                &loaded.policy,
+                &mut store,
+                Timestamp::now(),
+                &settings,
+                usage,
+            ));
+            match outcome {
+                Ok(summary) if json => println!("{}", serde_json::to_string_pretty(&summary)?),
+                Ok(summary) => print_run(&summary),
+                Err(e) => {
+                    if let Some(at) = e.resume_at() {
+                        anyhow::bail!(
+                            "{e}; everything read so far is committed; run again after {at}"
+                        );
+                    }
+                    return Err(e).context("run --once stopped; what was committed stays committed, the next run continues from there");
+                }
+            }
+            Ok(())
+        }
         Command::Check { mapping } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             println!(
@@ -266,6 +316,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {when}  {action:<13} {why}");
             }
             Ok(())
+        }
+    }
+}
+
+fn print_run(s: &mqlsync::sync::once::RunSummary) {
+    let list = |m: &std::collections::BTreeMap<String, usize>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!("read:      {}", list(&s.read));
+    println!("events:    {}", s.events);
+    println!("decisions: {}", list(&s.decisions));
+    println!("written:   {}", list(&s.written));
+    for (system, calls) in &s.calls {
+        println!(
+            "API calls: {system} {calls} (minimum for this work: {})",
+            s.minimum_calls.get(system).copied().unwrap_or(0)
+        );
+    }
+    if !s.unreadable.is_empty() {
+        println!(
+            "{} records could not be read (skipped, see the log):",
+            s.unreadable.len()
+        );
+        for u in s.unreadable.iter().take(20) {
+            println!("  {u}");
+        }
+    }
+    if !s.write_failures.is_empty() {
+        println!(
+            "{} records were refused by the CRM (kept in the outbox with their error):",
+            s.write_failures.len()
+        );
+        for f in s.write_failures.iter().take(20) {
+            println!("  {f}");
         }
     }
 }

@@ -670,6 +670,15 @@ fn build_team(
         .as_ref()
         .map(|v| hours(v, "reassign_after_hours"))
         .transpose()?;
+    if let Some(bad) = t.pool.iter().find(|id| {
+        !(id.len() == 15 || id.len() == 18) || !id.chars().all(|c| c.is_ascii_alphanumeric())
+    }) {
+        return Err(ctx.err(
+            t.time_zone.span(),
+            &key("pool"),
+            format!("{bad:?} is not a CRM user id (15 or 18 letters and digits)"),
+        ));
+    }
     if reassign_after_hours.is_some() && t.pool.len() < 2 {
         return Err(ctx.err(
             t.time_zone.span(),
@@ -785,6 +794,8 @@ mod tests {
         assert_eq!(e.key, "teams[0].time_zone");
         let e = broken("'(?i)\\bstudent\\b'", "'(?i)(student'");
         assert_eq!(e.key, "rules.title.patterns");
+        let e = broken("\"0055g0000000001AAA\"", "\"0055g000000000001IAA\"");
+        assert_eq!(e.key, "teams[0].pool");
         let e = broken("\"Bad Timing\" = \"Not now\"", "\"Bad Timing\" = \"Later\"");
         assert!(e.message.contains("Not me"), "{e}");
     }

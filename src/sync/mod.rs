@@ -6,5 +6,7 @@
 //!
 //! The first end-to-end run (`mqlsync run --once`) and the daemon's workers build on this.
 
+pub mod connect;
+pub mod once;
 pub mod records;
 pub mod writes;

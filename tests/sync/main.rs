@@ -1,0 +1,218 @@
+//! The first end-to-end sync against the sandbox: `run --once` reads both systems, decides,
+//! writes MQL records and stamps with the fewest calls, and a second run writes nothing.
+
+use std::collections::BTreeSet;
+
+use jiff::{SignedDuration, Timestamp};
+use mqlsync::config::{self, Config};
+use mqlsync::connectors::marketo::MarketoClient;
+use mqlsync::connectors::salesforce::SalesforceClient;
+use mqlsync::connectors::{Priority, QueryPages};
+use mqlsync::mapping;
+use mqlsync::sandbox::clock::SandboxClock;
+use mqlsync::sandbox::faults::System;
+use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+use mqlsync::store::Store;
+use mqlsync::sync::connect;
+use mqlsync::sync::once::{RunSettings, RunSummary, run_once};
+use serde_json::{Map, Value, json};
+
+struct App {
+    sandbox: Sandbox,
+    sf: SalesforceClient,
+    mk: MarketoClient,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+fn now() -> Timestamp {
+    "2026-11-02T12:00:00Z".parse().unwrap()
+}
+
+/// A sandbox on port 0 with a frozen clock, a config pointing at it, and a fresh store.
+async fn spawn_app() -> App {
+    let sandbox = Sandbox::start(SandboxOptions {
+        leads: 300,
+        seed: 3,
+        clock: SandboxClock::frozen(now()),
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let info = sandbox.connection_info();
+    let file = dir.path().join("mqlsync.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "store = \"state.sqlite\"\n[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
+            info["salesforce"]["base_url"].as_str().unwrap(),
+            info["salesforce"]["client_id"].as_str().unwrap(),
+            info["marketo"]["base_url"].as_str().unwrap(),
+            info["marketo"]["client_id"].as_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let env = vec![
+        (
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
+            info["salesforce"]["client_secret"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
+        (
+            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
+            info["marketo"]["client_secret"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
+    ];
+    let config: Config = config::load(Some(&file), &env).unwrap();
+    let sf = connect::salesforce(&config).unwrap();
+    let mk = connect::marketo(&config).unwrap();
+    let store = Store::open(&config.store).unwrap();
+    App {
+        sandbox,
+        sf,
+        mk,
+        store,
+        _dir: dir,
+    }
+}
+
+impl App {
+    async fn run(&mut self, at: Timestamp) -> RunSummary {
+        let m = mapping::load(None).unwrap();
+        let (sf, mk) = (self.sf.clone(), self.mk.clone());
+        let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
+        run_once(
+            &self.sf,
+            &self.mk,
+            &m.mapping,
+            &m.policy,
+            &mut self.store,
+            at,
+            &RunSettings::default(),
+            usage,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn query(&self, soql: &str) -> Vec<Map<String, Value>> {
+        let mut pages = QueryPages::new(self.sf.clone(), soql, false, Priority::Routine);
+        let mut all = Vec::new();
+        while let Some(page) = pages.next_page().await.unwrap() {
+            all.extend(page);
+        }
+        all
+    }
+
+    fn calls(&self, kind: &str) -> u64 {
+        self.sandbox
+            .log()
+            .counts()
+            .get(&(System::Salesforce, kind.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_writes_each_cycle_once_with_the_fewest_calls_and_a_second_run_writes_nothing() {
+    let mut app = spawn_app().await;
+    let first = app.run(now()).await;
+    let cycles = app.store.cycles().unwrap();
+    assert!(!cycles.is_empty(), "the seeded world has MQLs: {first:?}");
+    assert_eq!(first.written.get("mql_upsert"), Some(&cycles.len()));
+    assert!(
+        first.write_failures.is_empty(),
+        "{:?}",
+        first.write_failures
+    );
+    assert!(first.unreadable.is_empty(), "{:?}", first.unreadable);
+    assert_eq!(first.calls, first.minimum_calls, "calls used vs minimum");
+    assert_eq!(
+        app.calls("composite_upsert"),
+        cycles.len().div_ceil(200) as u64
+    );
+
+    // The CRM now holds exactly one MQL record per cycle, under its external id.
+    let in_crm: BTreeSet<String> = app
+        .query("SELECT Id, External_Id__c, Status__c FROM MQL__c")
+        .await
+        .iter()
+        .map(|r| r["External_Id__c"].as_str().unwrap().to_string())
+        .collect();
+    let decided: BTreeSet<String> = cycles.iter().map(|c| c.external_id.clone()).collect();
+    assert_eq!(in_crm, decided);
+
+    // Again: our own writes come back as changes, and nothing is written.
+    app.sandbox.log().clear();
+    let second = app.run(now()).await;
+    assert!(second.written.is_empty(), "{second:?}");
+    assert_eq!(
+        app.calls("composite_upsert") + app.calls("composite_update"),
+        0
+    );
+    assert!(app.store.outbox_pending(10).unwrap().is_empty());
+    assert_eq!(second.calls, second.minimum_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rep_accepting_an_mql_in_the_crm_stamps_the_sal_date_on_the_next_run() {
+    let mut app = spawn_app().await;
+    app.run(now()).await;
+    let cycle = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.status.as_str() == "Open")
+        .expect("an open MQL");
+    let record = app
+        .query(&format!(
+            "SELECT Id FROM MQL__c WHERE External_Id__c = '{}'",
+            cycle.external_id
+        ))
+        .await
+        .remove(0);
+    let later = now() + SignedDuration::from_mins(30);
+    app.sandbox.clock().set(later);
+    let mut edit = Map::new();
+    edit.insert("Status__c".into(), json!("Working"));
+    app.sandbox
+        .salesforce()
+        .edit_record("MQL__c", record["Id"].as_str().unwrap(), edit)
+        .unwrap();
+
+    let run = app.run(later).await;
+    assert_eq!(run.written.get("mql_upsert"), Some(&1), "{run:?}");
+    let object = cycle.crm.kind.as_str();
+    let person = app
+        .query(&format!(
+            "SELECT Id, SAL_Date_Most_Recent__c, MQL_Count__c FROM {object} WHERE Id = '{}'",
+            cycle.crm.id
+        ))
+        .await
+        .remove(0);
+    assert_eq!(
+        person["SAL_Date_Most_Recent__c"]
+            .as_str()
+            .map(|s| s.parse::<Timestamp>().unwrap()),
+        Some(later)
+    );
+    let stored = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.external_id == cycle.external_id)
+        .unwrap();
+    assert_eq!(
+        (stored.status.as_str(), stored.sal_at),
+        ("Working", Some(later))
+    );
+}
