@@ -4,6 +4,7 @@
 //! # Layout
 //! Data flows one way; each module is one stage (see `../shared/docs/architecture.md`).
 //! - [`config`]: settings from a TOML file and `MQLSYNC_*` variables, validated.
+//! - [`demo`]: the whole product in one command, against the sandbox.
 //! - [`mapping`]: CRM and MAP object and field names, segments, exclusion rules, SLA teams.
 //! - [`engine`]: the MQL decision, pure: thresholds, rules, lifecycle, SLA, reconcile.
 //! - [`store`]: the SQLite checkpoint store: migrations, cursors, snapshots, cycles, outbox, audit.
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod connectors;
+pub mod demo;
 pub mod engine;
 pub mod mapping;
 pub mod sandbox;

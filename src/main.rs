@@ -66,6 +66,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The whole product on embedded defaults: the sandbox, a sync, a sales manager turning a
+    /// knob, and the MQLs that turn produced.
+    Demo {
+        /// People in the seeded org.
+        #[arg(long, default_value_t = 2_000)]
+        leads: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where the demo's store goes (replaced on every run).
+        #[arg(long, default_value = "state/demo.sqlite")]
+        store: PathBuf,
+    },
     /// Sync the CRM and the MAP. With `--once`: one full cycle (read, decide, write), a summary,
     /// and exit (0 done, 1 with what failed).
     Run {
@@ -138,6 +150,32 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo { leads, seed, store } = &cli.command {
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let report = runtime.block_on(mqlsync::demo::run(*leads, *seed, store))?;
+        println!(
+            "mqlsync demo: a seeded org of {leads} people in the sandbox (Salesforce + Marketo emulators)\n"
+        );
+        println!("1. First sync");
+        print_run(&report.first);
+        println!("   MQL records in the CRM: {}\n", report.cycles_before);
+        let k = &report.knob;
+        println!(
+            "2. A sales manager turns the {} knob ({}) from {} down to {} in the CRM, and the next sync runs",
+            k.segment, k.threshold_id, k.from, k.to
+        );
+        print_run(&report.second);
+        println!(
+            "   MQL records in the CRM: {} ({} new from the knob turn)\n",
+            report.cycles_after,
+            report.cycles_after - report.cycles_before
+        );
+        println!(
+            "store: {} (try `mqlsync status --store {}`)",
+            report.store, report.store
+        );
+        return Ok(());
+    }
     if let Command::Sandbox(args) = cli.command {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         return runtime
@@ -149,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Sandbox(_) => unreachable!("handled above"),
+        Command::Sandbox(_) | Command::Demo { .. } => unreachable!("handled above"),
         Command::Run { once, store, json } => {
             if !once {
                 anyhow::bail!(

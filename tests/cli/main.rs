@@ -187,3 +187,47 @@ fn a_file_that_is_not_a_store_is_refused_with_exit_2() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn demo_syncs_the_sandbox_and_shows_the_mqls_of_a_knob_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mqlsync(
+        &[
+            "demo",
+            "--leads",
+            "600",
+            "--seed",
+            "7",
+            "--store",
+            "d/demo.sqlite",
+        ],
+        dir.path(),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}{}", stdout, text(&out.stderr));
+    assert!(
+        stdout.contains("1. First sync")
+            && stdout.contains("2. A sales manager turns the region=EMEA knob"),
+        "{stdout}"
+    );
+    let new: usize = stdout
+        .split(" new from the knob turn")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a count of new MQLs");
+    assert!(new > 0, "turning the knob down made no MQL: {stdout}");
+    // Every run used exactly the fewest calls its work allowed.
+    for line in stdout.lines().filter(|l| l.starts_with("API calls:")) {
+        let used: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        let minimum: u64 = line
+            .rsplit(": ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        assert_eq!(used, minimum, "{line}");
+    }
+    assert!(dir.path().join("d/demo.sqlite").exists());
+}

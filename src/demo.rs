@@ -1,0 +1,152 @@
+//! `mqlsync demo`: the whole product in one command, on embedded defaults. Starts the sandbox
+//! (both emulators, a seeded org), runs a full sync, then has a sales manager turn the EMEA
+//! knob down in the CRM and syncs again, so the new MQLs of that knob turn show up, with the
+//! API calls each run used against the fewest possible.
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Map, json};
+
+use crate::config;
+use crate::mapping;
+use crate::sandbox::clock::SandboxClock;
+use crate::sandbox::server::{Sandbox, SandboxOptions};
+use crate::store::Store;
+use crate::sync::connect;
+use crate::sync::once::{RunSettings, RunSummary, run_once};
+
+/// What the demo did.
+pub struct DemoReport {
+    pub first: RunSummary,
+    pub knob: KnobTurn,
+    pub second: RunSummary,
+    pub cycles_before: usize,
+    pub cycles_after: usize,
+    pub store: String,
+}
+
+/// The knob the demo turned.
+pub struct KnobTurn {
+    pub threshold_id: String,
+    pub segment: String,
+    pub from: f64,
+    pub to: f64,
+}
+
+/// Runs the demo with `leads` people seeded from `seed`, keeping the store at `store`.
+pub async fn run(
+    leads: usize,
+    seed: u64,
+    store_path: &std::path::Path,
+) -> anyhow::Result<DemoReport> {
+    let start = Timestamp::from_second(Timestamp::now().as_second())?;
+    let sandbox = Sandbox::start(SandboxOptions {
+        leads,
+        seed,
+        clock: SandboxClock::frozen(start),
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let info = sandbox.connection_info();
+    let text = |system: &str, key: &str| info[system][key].as_str().unwrap_or_default().to_string();
+    let dir = store_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let file = dir.join("demo.toml");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        &file,
+        format!(
+            "store = {:?}\n[salesforce]\nbase_url = {:?}\nauth = \"client_credentials\"\nclient_id = {:?}\n[marketo]\nbase_url = {:?}\nclient_id = {:?}\n",
+            store_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text("salesforce", "base_url"),
+            text("salesforce", "client_id"),
+            text("marketo", "base_url"),
+            text("marketo", "client_id"),
+        ),
+    )?;
+    let env = vec![
+        (
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
+            text("salesforce", "client_secret"),
+        ),
+        (
+            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
+            text("marketo", "client_secret"),
+        ),
+    ];
+    let config = config::load(Some(&file), &env)?;
+    let loaded = mapping::load(None)?;
+    let sf = connect::salesforce(&config)?;
+    let mk = connect::marketo(&config)?;
+    let _ = std::fs::remove_file(&config.store);
+    let mut store = Store::open(&config.store)?;
+    let settings = RunSettings::default();
+    let usage = || (sf.budget().usage().0, mk.budget().usage().0);
+
+    let first = run_once(
+        &sf,
+        &mk,
+        &loaded.mapping,
+        &loaded.policy,
+        &mut store,
+        start,
+        &settings,
+        usage,
+    )
+    .await?;
+    let cycles_before = store.cycles()?.len();
+
+    // A sales manager turns the EMEA knob down by 25 points, a minute later.
+    let knob = sandbox
+        .world()
+        .thresholds
+        .iter()
+        .find(|t| {
+            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= start)
+        })
+        .ok_or_else(|| anyhow::anyhow!("the seeded org has no EMEA threshold"))?;
+    let turn = KnobTurn {
+        threshold_id: knob.id.clone(),
+        segment: "region=EMEA".into(),
+        from: knob.score,
+        to: (knob.score - 25.0).max(0.0),
+    };
+    let later = start + SignedDuration::from_mins(1);
+    sandbox.clock().set(later);
+    let mut edit = Map::new();
+    edit.insert("Score_Threshold__c".into(), json!(turn.to));
+    edit.insert(
+        "Reason__c".into(),
+        json!("Pipeline short for the quarter: more leads"),
+    );
+    sandbox
+        .salesforce()
+        .edit_record("MQL_Threshold__c", &turn.threshold_id, edit)
+        .map_err(anyhow::Error::msg)?;
+
+    let second = run_once(
+        &sf,
+        &mk,
+        &loaded.mapping,
+        &loaded.policy,
+        &mut store,
+        later,
+        &settings,
+        usage,
+    )
+    .await?;
+    let cycles_after = store.cycles()?.len();
+    sandbox.shutdown().await;
+    Ok(DemoReport {
+        first,
+        knob: turn,
+        second,
+        cycles_before,
+        cycles_after,
+        store: config.store.display().to_string(),
+    })
+}
