@@ -70,6 +70,19 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
+/// One row of the CRM's field history of a threshold record.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThresholdFieldChange {
+    /// The history row's own id.
+    pub id: String,
+    pub threshold_id: String,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+    pub changed_at: Timestamp,
+    pub changed_by: Option<String>,
+}
+
 /// Counts for `mqlsync status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StoreSummary {
@@ -82,6 +95,7 @@ pub struct StoreSummary {
     pub map_leads: i64,
     pub thresholds: i64,
     pub threshold_versions: i64,
+    pub threshold_field_changes: i64,
     pub score_changes: i64,
     pub audit_entries: i64,
 }
@@ -292,6 +306,96 @@ impl Store {
         })
     }
 
+    /// Records field-history rows of threshold records (a row seen again is ignored) and the
+    /// cursor that read them, in one transaction.
+    pub fn record_threshold_history(
+        &mut self,
+        rows: &[ThresholdFieldChange],
+        cursor: (&str, &str),
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO threshold_field_history (id, threshold_id, field, old_value, new_value, changed_at, changed_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for r in rows {
+                insert
+                    .execute(params![
+                        r.id,
+                        r.threshold_id,
+                        r.field,
+                        r.old_value,
+                        r.new_value,
+                        ts(r.changed_at),
+                        r.changed_by
+                    ])
+                    .map_err(err)?;
+            }
+            tx.execute(
+                "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![cursor.0, cursor.1, ts(at)],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The field history of one threshold record, oldest first.
+    pub fn threshold_history(
+        &self,
+        threshold_id: &str,
+    ) -> Result<Vec<ThresholdFieldChange>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, threshold_id, field, old_value, new_value, changed_at, changed_by FROM threshold_field_history
+                 WHERE threshold_id = ?1 ORDER BY changed_at, id",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([threshold_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .map_err(|e| self.sql_err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, threshold_id, field, old_value, new_value, at, changed_by) =
+                row.map_err(|e| self.sql_err(e))?;
+            let changed_at = at.parse().map_err(|e: jiff::Error| StoreError::Decode {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
+            out.push(ThresholdFieldChange {
+                id,
+                threshold_id,
+                field,
+                old_value,
+                new_value,
+                changed_at,
+                changed_by,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every cycle, by CRM id and number.
     pub fn cycles(&self) -> Result<Vec<Cycle>, StoreError> {
         let mut stmt = self
@@ -404,6 +508,7 @@ impl Store {
             map_leads: count("SELECT count(*) FROM map_leads")?,
             thresholds: count("SELECT count(*) FROM thresholds")?,
             threshold_versions: count("SELECT count(*) FROM threshold_versions")?,
+            threshold_field_changes: count("SELECT count(*) FROM threshold_field_history")?,
             score_changes: count("SELECT count(*) FROM score_history")?,
             audit_entries: count("SELECT count(*) FROM audit")?,
         })

@@ -132,4 +132,18 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) STRICT;
     "#,
+    // 2: the CRM's own field history of threshold records (who turned which knob, from what,
+    // to what, when), kept for the audit trail and for backfill.
+    r#"
+    CREATE TABLE threshold_field_history (
+        id           TEXT PRIMARY KEY,
+        threshold_id TEXT NOT NULL,
+        field        TEXT NOT NULL,
+        old_value    TEXT,
+        new_value    TEXT,
+        changed_at   TEXT NOT NULL,
+        changed_by   TEXT
+    ) STRICT;
+    CREATE INDEX threshold_field_history_by_threshold ON threshold_field_history (threshold_id, changed_at);
+    "#,
 ];

@@ -286,3 +286,27 @@ fn a_store_of_a_newer_schema_is_refused() {
     );
     assert!(err.to_string().contains("upgrade mqlsync"));
 }
+
+#[test]
+fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    {
+        // A store as the first release left it: schema 1 with a cursor.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO cursors (name, value, updated_at) VALUES ('crm.Lead', 'x', 'y')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    const { assert!(SCHEMA_VERSION >= 2) };
+    assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
+    assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
+}

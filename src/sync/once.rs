@@ -18,7 +18,10 @@ use serde::Serialize;
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::incremental::IncrementalRead;
 use crate::connectors::salesforce::soql::ModstampCursor;
-use crate::connectors::{ConnectorError, Crm, ErrorClass, Map, RecordOutcome};
+use crate::connectors::salesforce::soql::datetime_literal;
+use crate::connectors::{
+    ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
+};
 use crate::engine::model::{Action, CrmKind, Event};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
@@ -92,6 +95,11 @@ pub struct RunSummary {
     pub calls: BTreeMap<String, u64>,
     /// The fewest calls the same work could take, by system.
     pub minimum_calls: BTreeMap<String, u64>,
+}
+
+/// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
+fn history_object(object: &str) -> String {
+    format!("{}__History", object.strip_suffix("__c").unwrap_or(object))
 }
 
 struct Run<'a, C: Crm, M: Map> {
@@ -168,6 +176,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             records::threshold(m, r).map(Event::Threshold)
         })
         .await?;
+        self.threshold_history().await?;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
                 CrmKind::Lead => m.crm.lead.object.clone(),
@@ -286,6 +295,45 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.sf_min += (read as u64).div_ceil(2000).max(1);
         tracing::debug!(object, pages, read, "read");
         *self.summary.read.entry(object.to_string()).or_default() += read;
+        Ok(())
+    }
+
+    /// The CRM's field history of threshold records since the last run: who turned which knob
+    /// from what to what. History objects have no `SystemModstamp`, so the cursor is the last
+    /// `CreatedDate` read, re-read with the look-back; rows seen again are ignored by id.
+    async fn threshold_history(&mut self) -> Result<(), SyncError> {
+        let m = self.mapping;
+        let object = history_object(&m.crm.threshold.object);
+        let name = format!("crm.{object}");
+        let since: Option<Timestamp> = self.store.cursor(&name)?.and_then(|t| t.parse().ok());
+        let lookback =
+            SignedDuration::try_from(self.settings.lookback).unwrap_or(SignedDuration::ZERO);
+        let filter = since.map_or_else(String::new, |t| {
+            format!(" WHERE CreatedDate >= {}", datetime_literal(t - lookback))
+        });
+        let soql = format!(
+            "SELECT Id, ParentId, Field, OldValue, NewValue, CreatedDate, CreatedById FROM {object}{filter} ORDER BY CreatedDate, Id"
+        );
+        let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
+        let (mut read, mut last) = (0usize, since);
+        while let Some(page) = pages.next_page().await? {
+            read += page.len();
+            let mut rows = Vec::with_capacity(page.len());
+            for r in &page {
+                match records::threshold_change(&object, r) {
+                    Ok(row) => {
+                        last = last.max(Some(row.changed_at));
+                        rows.push(row);
+                    }
+                    Err(e) => self.unreadable(e),
+                }
+            }
+            let cursor = last.map_or_else(String::new, |t| t.to_string());
+            self.store
+                .record_threshold_history(&rows, (&name, &cursor), self.now)?;
+        }
+        self.sf_min += (read as u64).div_ceil(2000).max(1);
+        *self.summary.read.entry(object).or_default() += read;
         Ok(())
     }
 

@@ -224,6 +224,24 @@ pub fn person_fields(m: &Mapping, kind: CrmKind) -> Vec<String> {
     fields
 }
 
+/// A row of a threshold object's field history (`ParentId`, `Field`, `OldValue`, `NewValue`,
+/// `CreatedDate`, `CreatedById`).
+pub fn threshold_change(
+    object: &str,
+    record: &Record,
+) -> Result<crate::store::ThresholdFieldChange, RecordError> {
+    let r = Reader { object, record };
+    Ok(crate::store::ThresholdFieldChange {
+        id: r.need_text("Id")?,
+        threshold_id: r.need_text("ParentId")?,
+        field: r.need_text("Field")?,
+        old_value: r.text("OldValue"),
+        new_value: r.text("NewValue"),
+        changed_at: r.need_instant("CreatedDate")?,
+        changed_by: r.text("CreatedById"),
+    })
+}
+
 /// A lead or contact record.
 pub fn person(m: &Mapping, kind: CrmKind, record: &Record) -> Result<PersonFacts, RecordError> {
     let p = person_object(m, kind);

@@ -31,8 +31,12 @@ fn now() -> Timestamp {
 
 /// A sandbox on port 0 with a frozen clock, a config pointing at it, and a fresh store.
 async fn spawn_app() -> App {
+    spawn_app_with(300).await
+}
+
+async fn spawn_app_with(leads: usize) -> App {
     let sandbox = Sandbox::start(SandboxOptions {
-        leads: 300,
+        leads,
         seed: 3,
         clock: SandboxClock::frozen(now()),
         ..SandboxOptions::default()
@@ -214,5 +218,61 @@ async fn a_rep_accepting_an_mql_in_the_crm_stamps_the_sal_date_on_the_next_run()
     assert_eq!(
         (stored.status.as_str(), stored.sal_at),
         ("Working", Some(later))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_leads_mql() {
+    // Enough people that some EMEA leads wait between the old and the new knob.
+    let mut app = spawn_app_with(2_000).await;
+    app.run(now()).await;
+    let before = app.store.cycles().unwrap().len();
+    let knob = app
+        .sandbox
+        .world()
+        .thresholds
+        .iter()
+        .find(|t| {
+            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
+        })
+        .unwrap()
+        .clone();
+    let later = now() + SignedDuration::from_mins(1);
+    app.sandbox.clock().set(later);
+    let mut edit = Map::new();
+    edit.insert("Score_Threshold__c".into(), json!(knob.score - 25.0));
+    app.sandbox
+        .salesforce()
+        .edit_record("MQL_Threshold__c", &knob.id, edit)
+        .unwrap();
+
+    let run = app.run(later).await;
+    assert_eq!(run.read.get("MQL_Threshold__c"), Some(&1), "{run:?}");
+    let history = app.store.threshold_history(&knob.id).unwrap();
+    let change = history
+        .iter()
+        .find(|h| h.field == "Score_Threshold__c" && h.changed_at == later)
+        .expect("the knob turn in the field history");
+    let value = |v: &Option<String>| v.as_deref().map(|s| s.parse::<f64>().unwrap());
+    assert_eq!(
+        (value(&change.old_value), value(&change.new_value)),
+        (Some(knob.score), Some(knob.score - 25.0))
+    );
+    assert!(change.changed_by.is_some());
+
+    let cycles = app.store.cycles().unwrap();
+    let new: Vec<_> = cycles.iter().filter(|c| c.mql_at == later).collect();
+    assert!(!new.is_empty(), "turning the knob down made no MQL");
+    assert_eq!(cycles.len(), before + new.len());
+    for c in new {
+        assert_eq!(
+            (c.segment.as_str(), c.threshold, c.threshold_id.as_deref()),
+            ("region=EMEA", knob.score - 25.0, Some(knob.id.as_str()))
+        );
+        assert!(c.score >= c.threshold && c.score < knob.score, "{c:?}");
+    }
+    assert_eq!(
+        run.written.get("mql_upsert").copied().unwrap_or(0),
+        cycles.len() - before
     );
 }
