@@ -153,7 +153,7 @@ fn opened(decisions: &[Decision]) -> Vec<&Cycle> {
     decisions
         .iter()
         .filter_map(|d| match &d.action {
-            Action::OpenCycle { cycle } => Some(cycle),
+            Action::OpenCycle { cycle } => Some(&**cycle),
             _ => None,
         })
         .collect()
@@ -180,7 +180,7 @@ fn a_score_at_the_threshold_opens_cycle_one_with_its_campaign_and_stamps() {
     let stamps = out
         .iter()
         .find_map(|d| match &d.action {
-            Action::StampPerson { stamps, .. } => Some(stamps.clone()),
+            Action::StampPerson { stamps, .. } => Some((**stamps).clone()),
             _ => None,
         })
         .unwrap();

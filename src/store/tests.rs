@@ -286,3 +286,63 @@ fn a_store_of_a_newer_schema_is_refused() {
     );
     assert!(err.to_string().contains("upgrade mqlsync"));
 }
+
+#[test]
+fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
+    use crate::engine::model::{CycleStatus, Outcome, RuleKind, Trigger};
+    let t0 = t(0);
+    let reasons = [
+        Reason::Qualified {
+            score: 1.0,
+            threshold: 1.0,
+            threshold_id: None,
+            trigger: Trigger::Link,
+        },
+        Reason::BelowThreshold {
+            score: 1.0,
+            threshold: 2.0,
+            threshold_id: None,
+        },
+        Reason::NoThreshold,
+        Reason::NotLinked { map_lead_id: 1 },
+        Reason::NoScore,
+        Reason::Excluded {
+            rule: RuleKind::Title,
+            detail: String::new(),
+        },
+        Reason::OpenCycle {
+            external_id: "x-1".into(),
+        },
+        Reason::CoolingDown {
+            until: t0,
+            outcome: Outcome::NotNow,
+        },
+        Reason::StatusChanged {
+            from: CycleStatus::Open,
+            to: CycleStatus::Working,
+            by: None,
+        },
+        Reason::OwnerChanged { to: None },
+        Reason::Converted { by: String::new() },
+        Reason::SlaOverdue { due: t0 },
+        Reason::Reassigned {
+            from: None,
+            to: "005B".into(),
+            count: 1,
+        },
+        Reason::EditRefused {
+            problem: String::new(),
+        },
+        Reason::ThresholdInvalid {
+            problem: String::new(),
+        },
+        Reason::ThresholdSeen { version: t0 },
+        Reason::RejectionReasonUnmapped {
+            reason: String::new(),
+        },
+    ];
+    for reason in &reasons {
+        let value = serde_json::to_value(reason).unwrap();
+        assert_eq!(value["code"].as_str(), Some(reason_code(reason)), "{value}");
+    }
+}
