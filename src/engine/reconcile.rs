@@ -197,8 +197,9 @@ fn on_person(
         return;
     }
     let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
-    person.facts = Some(facts.clone());
+    person.facts = Some(Box::new(facts.clone()));
     person.resolved = None;
+    person.cached_threshold = (0, 0.0);
     state.dirty.persons.insert(id.clone());
     if old_account != facts.account_id {
         if let Some(old) = old_account
@@ -397,7 +398,9 @@ fn resolve_for(
         policy.default_threshold,
     )?;
     if cacheable {
-        state.persons.get_mut(id).expect("person").resolved = Some((generation, resolved.clone()));
+        let person = state.persons.get_mut(id).expect("person");
+        person.cached_threshold = (generation.wrapping_add(1), resolved.score);
+        person.resolved = Some((generation, resolved.clone()));
     }
     Some(resolved)
 }
@@ -497,10 +500,8 @@ impl CacheWindow {
     fn threshold_score(self, person: &PersonState, at: Timestamp) -> Option<f64> {
         let cacheable = self.valid_from.is_none_or(|from| from <= at)
             && self.clock.is_some_and(|clock| at <= clock);
-        match &person.resolved {
-            Some((g, resolved)) if cacheable && *g == self.generation => Some(resolved.score),
-            _ => None,
-        }
+        let (g, score) = person.cached_threshold;
+        (cacheable && g == self.generation.wrapping_add(1)).then_some(score)
     }
 }
 
@@ -514,9 +515,7 @@ fn unchanged(
     scores: &Scores,
     at: Timestamp,
 ) -> bool {
-    if person.facts.is_none() {
-        return false;
-    }
+    // A cached threshold implies the person's facts arrived (it is resolved from them).
     let Some(threshold) = window.threshold_score(person, at) else {
         return false;
     };
@@ -526,7 +525,7 @@ fn unchanged(
     if score < threshold {
         return person.last_hold.is_none();
     }
-    match (person.open_cycle(), &person.last_hold) {
+    match (person.open_cycle(), person.last_hold.as_deref()) {
         (Some(open), Some(Reason::OpenCycle { external_id })) => *external_id == open.external_id,
         _ => false,
     }
@@ -563,8 +562,8 @@ fn evaluate(
             }
             return;
         }
-        if person.last_hold.as_ref() != Some(&reason) {
-            person.last_hold = Some(reason.clone());
+        if person.last_hold.as_deref() != Some(&reason) {
+            person.last_hold = Some(Box::new(reason.clone()));
             state.dirty.persons.insert(id.to_string());
             record(out, at, id, reason);
         }
@@ -596,7 +595,7 @@ fn open_cycle(
 ) {
     let policy = ctx.policy;
     let person = state.persons.get(id).expect("person");
-    let facts = person.facts.clone().expect("facts");
+    let facts = *person.facts.clone().expect("facts");
     let lead_id = person.map_lead.expect("a score");
     let scores = &state.map_leads[&lead_id].scores;
     let score = scores.value(&policy.score, at).expect("a score");

@@ -83,18 +83,26 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 pub type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// One CRM lead or contact.
+///
+/// Laid out for the score hot path: the first cache line holds everything the common
+/// "nothing changes" check reads (the MAP lead, the cached threshold, the cycles, whether a
+/// hold is recorded); the rest is boxed or comes after.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[repr(C, align(64))]
 pub struct PersonState {
-    pub facts: Option<PersonFacts>,
     /// The MAP lead whose score this person carries.
     pub map_lead: Option<i64>,
+    /// `(threshold generation + 1, score)` of `resolved`; generation 0 means none cached.
+    #[serde(skip)]
+    pub(crate) cached_threshold: (u64, f64),
     /// Every cycle, oldest first; at most the last one is open.
     pub cycles: Vec<Cycle>,
+    /// The reason of the last hold decision, so the same hold is not recorded twice.
+    pub last_hold: Option<Box<Reason>>,
+    pub facts: Option<Box<PersonFacts>>,
     pub stamps: Stamps,
     /// No new MQL before this instant (after a rejection), and the outcome that set it.
     pub cooldown: Option<(Timestamp, Outcome)>,
-    /// The reason of the last hold decision, so the same hold is not recorded twice.
-    pub last_hold: Option<Reason>,
     #[serde(skip)]
     pub(crate) resolved: Option<(u64, Resolved)>,
 }
