@@ -346,3 +346,23 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
         assert_eq!(value["code"].as_str(), Some(reason_code(reason)), "{value}");
     }
 }
+
+#[test]
+fn a_new_store_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sqlite");
+    let page_size = |store: &Store| -> i64 {
+        store
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(page_size(&Store::open(&path).unwrap()), 16_384);
+    let old = dir.path().join("old.sqlite");
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch("PRAGMA page_size = 4096; VACUUM;")
+            .unwrap();
+    }
+    assert_eq!(page_size(&Store::open(&old).unwrap()), 4_096);
+}
