@@ -266,6 +266,7 @@ fn store_phase() {
         decisions,
         &state,
     );
+    std::mem::forget(state);
 }
 
 fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {

@@ -366,3 +366,38 @@ fn a_new_store_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
     }
     assert_eq!(page_size(&Store::open(&old).unwrap()), 4_096);
 }
+
+#[test]
+fn a_store_kept_open_across_batches_saves_every_later_change_of_a_lead() {
+    // One engine state through every batch (no reload in between): a lead changed in one
+    // batch must be listed again when it changes in a later one.
+    let policy = Policy::example();
+    let all = events();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    for chunk in all.chunks(3) {
+        let decisions: Vec<Decision> = chunk
+            .iter()
+            .flat_map(|e| apply(&mut state, &policy, e))
+            .collect();
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &decisions,
+                    cursors: &[],
+                    seen_at: t(100),
+                },
+                &mut state,
+            )
+            .unwrap();
+        assert!(state.dirty.is_empty());
+    }
+    let reloaded = store.load_engine().unwrap();
+    assert_eq!(reloaded.map_leads, state.map_leads);
+    for (id, p) in &state.persons {
+        assert_eq!(reloaded.persons[id].cycles, p.cycles, "{id}");
+        assert_eq!(reloaded.persons[id].last_hold, p.last_hold, "{id}");
+        assert_eq!(reloaded.persons[id].map_lead, p.map_lead, "{id}");
+    }
+}
