@@ -357,7 +357,17 @@ fn a_new_store_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap()
     };
-    assert_eq!(page_size(&Store::open(&path).unwrap()), 16_384);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(page_size(&store), 16_384);
+    let pragma = |name: &str| -> i64 {
+        store
+            .conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(pragma("cache_size"), -65_536);
+    assert_eq!(pragma("wal_autocheckpoint"), 8_192);
+    drop(store);
     let old = dir.path().join("old.sqlite");
     {
         let conn = Connection::open(&old).unwrap();
