@@ -410,12 +410,14 @@ pub enum Reason {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// Create the MQL record of a new cycle.
-    OpenCycle { cycle: Cycle },
+    /// Create the MQL record of a new cycle. Boxed, as in `UpdateCycle`: a cycle is most of
+    /// a decision's size, and a small decision keeps the decision list out of the
+    /// allocator's large-chunk path (same JSON).
+    OpenCycle { cycle: Box<Cycle> },
     /// Write the cycle's record as it now stands.
-    UpdateCycle { cycle: Cycle },
+    UpdateCycle { cycle: Box<Cycle> },
     /// Write the status and date stamps onto the lead or contact.
-    StampPerson { crm: CrmRef, stamps: Stamps },
+    StampPerson { crm: CrmRef, stamps: Box<Stamps> },
     /// Tell the cycle's owner (a CRM task or an e-mail, as the team wants).
     Notify {
         owner_id: String,

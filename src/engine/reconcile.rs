@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::policy::{Policy, ScoreSource};
 use super::rules::first_exclusion;
+use super::score::Scores;
 use super::state::{EngineState, PersonState, Timer};
 use super::thresholds::{self, Resolved};
 
@@ -187,7 +188,7 @@ fn on_person(
     out: &mut Vec<Decision>,
 ) {
     let id = facts.crm.id.clone();
-    let person = state.persons.entry(id.clone()).or_default();
+    let person = state.persons.get_or_default(&id);
     if person
         .facts
         .as_ref()
@@ -196,8 +197,9 @@ fn on_person(
         return;
     }
     let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
-    person.facts = Some(facts.clone());
+    person.facts = Some(Box::new(facts.clone()));
     person.resolved = None;
+    person.cached_threshold = (0, 0.0);
     state.dirty.persons.insert(id.clone());
     if old_account != facts.account_id {
         if let Some(old) = old_account
@@ -284,6 +286,7 @@ fn on_score(
         ScoreSource::TimeDecayed { half_life } => Some(half_life),
         _ => None,
     };
+    let window = CacheWindow::of(state);
     let lead = state.map_leads.entry(change.map_lead_id).or_default();
     let applied = lead.scores.apply(
         change.part,
@@ -297,7 +300,7 @@ fn on_score(
     if !applied {
         return;
     }
-    state.dirty.map_leads.insert(change.map_lead_id);
+    lead.mark_dirty(change.map_lead_id, &mut state.dirty);
     let relevant = match ctx.policy.score {
         ScoreSource::Total => change.part == ScorePart::Total,
         _ => change.part != ScorePart::Total,
@@ -305,18 +308,16 @@ fn on_score(
     if !relevant {
         return;
     }
-    // The common cases end here with borrows only (see `unchanged`).
-    if let Some(crm) = &lead.crm
-        && let Some(person) = state.persons.get(&crm.id)
-        && person.map_lead == Some(change.map_lead_id)
-        && unchanged(state, ctx.policy, person, change.at)
-    {
-        return;
+    // The common cases end here with borrows only (see `unchanged`): the lead holds its
+    // person's slot, so no CRM id is hashed.
+    if let Some(slot) = lead.person {
+        let person = state.persons.at(slot);
+        if person.map_lead == Some(change.map_lead_id)
+            && unchanged(window, ctx.policy, person, &lead.scores, change.at)
+        {
+            return;
+        }
     }
-    let lead = state
-        .map_leads
-        .get_mut(&change.map_lead_id)
-        .expect("just applied");
     match lead.crm.as_ref().map(|c| c.id.clone()) {
         Some(crm_id) => {
             let trigger = || Trigger::ScoreChange {
@@ -346,10 +347,11 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
     }
     let old = std::mem::replace(&mut lead.crm, link.crm.clone());
     lead.link_at = Some(link.at);
-    state.dirty.map_leads.insert(link.map_lead_id);
+    lead.mark_dirty(link.map_lead_id, &mut state.dirty);
     if old == link.crm {
         return;
     }
+    lead.person = None;
     if let Some(old) = old
         && let Some(person) = state.persons.get_mut(&old.id)
         && person.map_lead == Some(link.map_lead_id)
@@ -358,8 +360,11 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
         state.dirty.persons.insert(old.id.clone());
     }
     if let Some(crm) = &link.crm {
-        let person = state.persons.entry(crm.id.clone()).or_default();
-        person.map_lead = Some(link.map_lead_id);
+        let slot = state.persons.slot_or_insert(&crm.id);
+        if let Some(lead) = state.map_leads.get_mut(&link.map_lead_id) {
+            lead.person = Some(slot);
+        }
+        state.persons.get_or_default(&crm.id).map_lead = Some(link.map_lead_id);
         state.dirty.persons.insert(crm.id.clone());
         evaluate(state, ctx, &crm.id, link.at, &|| Trigger::Link, None, out);
     }
@@ -393,7 +398,9 @@ fn resolve_for(
         policy.default_threshold,
     )?;
     if cacheable {
-        state.persons.get_mut(id).expect("person").resolved = Some((generation, resolved.clone()));
+        let person = state.persons.get_mut(id).expect("person");
+        person.cached_threshold = (generation.wrapping_add(1), resolved.score);
+        person.resolved = Some((generation, resolved.clone()));
     }
     Some(resolved)
 }
@@ -470,40 +477,55 @@ fn verdict(
     (reason, true)
 }
 
-/// The threshold score for a person at `at` when the cache can answer without cloning:
-/// the common "still below the threshold" case takes no allocation.
-fn cached_threshold_score(state: &EngineState, person: &PersonState, at: Timestamp) -> Option<f64> {
-    let cacheable = state.generation_valid_from.is_none_or(|from| from <= at)
-        && state.meta.clock.is_some_and(|clock| at <= clock);
-    match &person.resolved {
-        Some((g, resolved)) if cacheable && *g == state.threshold_generation => {
-            Some(resolved.score)
+/// What decides whether a person's cached threshold is valid at an instant, copied out of
+/// the state so that the hot path can hold a MAP lead mutably at the same time.
+#[derive(Clone, Copy)]
+struct CacheWindow {
+    generation: u64,
+    valid_from: Option<Timestamp>,
+    clock: Option<Timestamp>,
+}
+
+impl CacheWindow {
+    fn of(state: &EngineState) -> CacheWindow {
+        CacheWindow {
+            generation: state.threshold_generation,
+            valid_from: state.generation_valid_from,
+            clock: state.meta.clock,
         }
-        _ => None,
+    }
+
+    /// The threshold score for a person at `at` when the cache can answer without cloning:
+    /// the common "still below the threshold" case takes no allocation.
+    fn threshold_score(self, person: &PersonState, at: Timestamp) -> Option<f64> {
+        let cacheable = self.valid_from.is_none_or(|from| from <= at)
+            && self.clock.is_some_and(|clock| at <= clock);
+        let (g, score) = person.cached_threshold;
+        (cacheable && g == self.generation.wrapping_add(1)).then_some(score)
     }
 }
 
-/// Whether evaluating a person at `at` would change nothing, decided with borrows only for
-/// the two common cases: still below a cached threshold with no hold to clear, or at or
-/// above it with an open cycle whose hold is already recorded.
-fn unchanged(state: &EngineState, policy: &Policy, person: &PersonState, at: Timestamp) -> bool {
-    if person.facts.is_none() {
-        return false;
-    }
-    let Some(threshold) = cached_threshold_score(state, person, at) else {
+/// Whether evaluating a person (whose MAP lead has `scores`) at `at` would change nothing,
+/// decided with borrows only for the two common cases: still below a cached threshold with
+/// no hold to clear, or at or above it with an open cycle whose hold is already recorded.
+fn unchanged(
+    window: CacheWindow,
+    policy: &Policy,
+    person: &PersonState,
+    scores: &Scores,
+    at: Timestamp,
+) -> bool {
+    // A cached threshold implies the person's facts arrived (it is resolved from them).
+    let Some(threshold) = window.threshold_score(person, at) else {
         return false;
     };
-    let Some(score) = person
-        .map_lead
-        .and_then(|l| state.map_leads.get(&l))
-        .and_then(|l| l.scores.value(&policy.score, at))
-    else {
+    let Some(score) = scores.value(&policy.score, at) else {
         return false;
     };
     if score < threshold {
         return person.last_hold.is_none();
     }
-    match (person.open_cycle(), &person.last_hold) {
+    match (person.open_cycle(), person.last_hold.as_deref()) {
         (Some(open), Some(Reason::OpenCycle { external_id })) => *external_id == open.external_id,
         _ => false,
     }
@@ -520,10 +542,9 @@ fn evaluate(
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
-    if state
-        .persons
-        .get(id)
-        .is_some_and(|p| unchanged(state, policy, p, at))
+    if let Some(person) = state.persons.get(id)
+        && let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))
+        && unchanged(CacheWindow::of(state), policy, person, &lead.scores, at)
     {
         return;
     }
@@ -541,8 +562,8 @@ fn evaluate(
             }
             return;
         }
-        if person.last_hold.as_ref() != Some(&reason) {
-            person.last_hold = Some(reason.clone());
+        if person.last_hold.as_deref() != Some(&reason) {
+            person.last_hold = Some(Box::new(reason.clone()));
             state.dirty.persons.insert(id.to_string());
             record(out, at, id, reason);
         }
@@ -574,7 +595,7 @@ fn open_cycle(
 ) {
     let policy = ctx.policy;
     let person = state.persons.get(id).expect("person");
-    let facts = person.facts.clone().expect("facts");
+    let facts = *person.facts.clone().expect("facts");
     let lead_id = person.map_lead.expect("a score");
     let scores = &state.map_leads[&lead_id].scores;
     let score = scores.value(&policy.score, at).expect("a score");
@@ -641,7 +662,9 @@ fn open_cycle(
     out.push(Decision {
         at,
         subject: id.to_string(),
-        action: Action::OpenCycle { cycle },
+        action: Action::OpenCycle {
+            cycle: Box::new(cycle),
+        },
         reason: reason.clone(),
     });
     out.push(Decision {
@@ -649,7 +672,7 @@ fn open_cycle(
         subject: id.to_string(),
         action: Action::StampPerson {
             crm: crm.clone(),
-            stamps,
+            stamps: Box::new(stamps),
         },
         reason: reason.clone(),
     });
@@ -695,7 +718,9 @@ fn push_update(
     out.push(Decision {
         at,
         subject: subject.to_string(),
-        action: Action::UpdateCycle { cycle },
+        action: Action::UpdateCycle {
+            cycle: Box::new(cycle),
+        },
         reason,
     });
 }
@@ -721,7 +746,7 @@ fn push_stamps(
         subject: id.to_string(),
         action: Action::StampPerson {
             crm,
-            stamps: person.stamps.clone(),
+            stamps: Box::new(person.stamps.clone()),
         },
         reason,
     });

@@ -83,18 +83,26 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 pub type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// One CRM lead or contact.
+///
+/// Laid out for the score hot path: the first cache line holds everything the common
+/// "nothing changes" check reads (the MAP lead, the cached threshold, the cycles, whether a
+/// hold is recorded); the rest is boxed or comes after.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[repr(C, align(64))]
 pub struct PersonState {
-    pub facts: Option<PersonFacts>,
     /// The MAP lead whose score this person carries.
     pub map_lead: Option<i64>,
+    /// `(threshold generation + 1, score)` of `resolved`; generation 0 means none cached.
+    #[serde(skip)]
+    pub(crate) cached_threshold: (u64, f64),
     /// Every cycle, oldest first; at most the last one is open.
     pub cycles: Vec<Cycle>,
+    /// The reason of the last hold decision, so the same hold is not recorded twice.
+    pub last_hold: Option<Box<Reason>>,
+    pub facts: Option<Box<PersonFacts>>,
     pub stamps: Stamps,
     /// No new MQL before this instant (after a rejection), and the outcome that set it.
     pub cooldown: Option<(Timestamp, Outcome)>,
-    /// The reason of the last hold decision, so the same hold is not recorded twice.
-    pub last_hold: Option<Reason>,
     #[serde(skip)]
     pub(crate) resolved: Option<(u64, Resolved)>,
 }
@@ -105,14 +113,139 @@ impl PersonState {
     }
 }
 
+/// The CRM people, densely: records in a vector, found by CRM id through one index, so
+/// that a MAP lead can keep its person's slot and a score event reaches the person without
+/// hashing a string. Slots are never reused (people are never removed). Iteration follows
+/// insertion order, which is deterministic; what reaches decisions still sorts ids.
+#[derive(Clone, Debug, Default)]
+pub struct Persons {
+    index: FastMap<String, u32>,
+    ids: Vec<String>,
+    records: Vec<PersonState>,
+}
+
+impl Persons {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The slot of a person, if known.
+    pub fn slot(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&PersonState> {
+        self.slot(id).map(|s| &self.records[s as usize])
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut PersonState> {
+        let slot = self.slot(id)?;
+        Some(&mut self.records[slot as usize])
+    }
+
+    /// The person in a slot [`Persons::slot`] handed out.
+    pub fn at(&self, slot: u32) -> &PersonState {
+        &self.records[slot as usize]
+    }
+
+    /// The slot of a person, adding an empty record when the id is new.
+    pub fn slot_or_insert(&mut self, id: &str) -> u32 {
+        if let Some(slot) = self.slot(id) {
+            return slot;
+        }
+        let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 people");
+        self.index.insert(id.to_string(), slot);
+        self.ids.push(id.to_string());
+        self.records.push(PersonState::default());
+        slot
+    }
+
+    /// The person with this id, added empty when new.
+    pub fn get_or_default(&mut self, id: &str) -> &mut PersonState {
+        let slot = self.slot_or_insert(id);
+        &mut self.records[slot as usize]
+    }
+
+    /// Sets a person's record, adding it when new.
+    pub fn insert(&mut self, id: &str, person: PersonState) {
+        *self.get_or_default(id) = person;
+    }
+
+    /// `(id, person)` in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &PersonState)> {
+        self.ids.iter().zip(&self.records)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &PersonState> {
+        self.records.iter()
+    }
+}
+
+impl std::ops::Index<&str> for Persons {
+    type Output = PersonState;
+
+    fn index(&self, id: &str) -> &PersonState {
+        self.get(id)
+            .unwrap_or_else(|| panic!("no person {id} in the engine state"))
+    }
+}
+
+impl std::ops::Index<&String> for Persons {
+    type Output = PersonState;
+
+    fn index(&self, id: &String) -> &PersonState {
+        &self[id.as_str()]
+    }
+}
+
+impl<'a> IntoIterator for &'a Persons {
+    type Item = (&'a String, &'a PersonState);
+    type IntoIter = std::iter::Zip<std::slice::Iter<'a, String>, std::slice::Iter<'a, PersonState>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.ids.iter().zip(&self.records)
+    }
+}
+
 /// One MAP lead.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MapLeadState {
     pub crm: Option<CrmRef>,
     pub link_at: Option<Timestamp>,
     pub scores: Scores,
     /// Whether the "not linked" hold was recorded already.
     pub unlinked_recorded: bool,
+    /// The [`Persons`] slot of `crm`, resolved when the link is applied (and on load).
+    #[serde(skip)]
+    pub(crate) person: Option<u32>,
+    /// Listed in [`Dirty::map_leads`] since the store last saved.
+    #[serde(skip)]
+    pub(crate) dirty: bool,
+}
+
+/// Equal as saved: the person slot and the dirty flag are bookkeeping of one process.
+impl PartialEq for MapLeadState {
+    fn eq(&self, other: &Self) -> bool {
+        self.crm == other.crm
+            && self.link_at == other.link_at
+            && self.scores == other.scores
+            && self.unlinked_recorded == other.unlinked_recorded
+    }
+}
+
+impl MapLeadState {
+    /// Lists the lead for the store once per batch: a flag test, not a set insert.
+    #[inline]
+    pub(crate) fn mark_dirty(&mut self, id: i64, dirty: &mut Dirty) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.map_leads.push(id);
+        }
+    }
 }
 
 /// A pending timer. Timers are an index: each is checked against the state when it fires,
@@ -131,7 +264,8 @@ pub enum Timer {
 #[derive(Clone, Debug, Default)]
 pub struct Dirty {
     pub persons: FastSet<String>,
-    pub map_leads: FastSet<i64>,
+    /// Each changed lead once (see [`MapLeadState::mark_dirty`]), in the order changed.
+    pub map_leads: Vec<i64>,
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
     pub cycles: FastSet<String>,
@@ -162,9 +296,8 @@ pub struct EngineMeta {
 #[derive(Clone, Debug, Default)]
 pub struct EngineState {
     pub thresholds: BTreeMap<String, Threshold>,
-    /// By CRM id. Unordered for speed: whatever iterates it in a way that reaches decisions
-    /// sorts the ids first, so decisions never depend on hash order.
-    pub persons: FastMap<String, PersonState>,
+    /// By CRM id. Whatever iterates it in a way that reaches decisions sorts the ids first.
+    pub persons: Persons,
     pub map_leads: FastMap<i64, MapLeadState>,
     pub opportunities: BTreeMap<String, Opportunity>,
     pub meta: EngineMeta,
@@ -212,6 +345,9 @@ impl EngineState {
                     }
                 }
             }
+        }
+        for lead in self.map_leads.values_mut() {
+            lead.person = lead.crm.as_ref().and_then(|c| self.persons.slot(&c.id));
         }
         for (id, opp) in &self.opportunities {
             self.account_opportunities
@@ -261,6 +397,12 @@ impl EngineState {
 
     /// Takes the dirty keys, leaving an empty set.
     pub fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in &dirty.map_leads {
+            if let Some(lead) = self.map_leads.get_mut(id) {
+                lead.dirty = false;
+            }
+        }
+        dirty
     }
 }

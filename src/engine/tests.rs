@@ -153,7 +153,7 @@ fn opened(decisions: &[Decision]) -> Vec<&Cycle> {
     decisions
         .iter()
         .filter_map(|d| match &d.action {
-            Action::OpenCycle { cycle } => Some(cycle),
+            Action::OpenCycle { cycle } => Some(&**cycle),
             _ => None,
         })
         .collect()
@@ -180,7 +180,7 @@ fn a_score_at_the_threshold_opens_cycle_one_with_its_campaign_and_stamps() {
     let stamps = out
         .iter()
         .find_map(|d| match &d.action {
-            Action::StampPerson { stamps, .. } => Some(stamps.clone()),
+            Action::StampPerson { stamps, .. } => Some((**stamps).clone()),
             _ => None,
         })
         .unwrap();
@@ -703,4 +703,28 @@ proptest! {
             prop_assert!(out.is_empty(), "replay of {:?} gave {:?}", e, out);
         }
     }
+}
+
+#[test]
+fn a_map_lead_relinked_to_another_person_scores_for_the_new_one_only() {
+    // The MAP lead keeps its person's slot for the hot path: a relink must move it.
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(Event::Person(person("00QB", "NA", at(0))));
+    assert!(opened(&h.apply(score(1, "s1", 10.0, at(1), None))).is_empty());
+    h.apply(link(1, "00QB", at(2)));
+    assert_eq!(h.state.persons["00QA"].map_lead, None);
+    let out = h.apply(score(1, "s2", 500.0, at(3), None));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:?}");
+    assert_eq!(cycles[0].crm.id, "00QB");
+    assert!(h.state.persons["00QA"].cycles.is_empty());
+    // Unlinked: the next change is recorded as not linked, for nobody.
+    h.apply(Event::Link(MapLink {
+        map_lead_id: 1,
+        crm: None,
+        at: at(4),
+    }));
+    let out = h.apply(score(1, "s3", 900.0, at(5), None));
+    assert!(opened(&out).is_empty(), "{out:?}");
 }

@@ -310,3 +310,128 @@ fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
     assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
     assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
 }
+
+#[test]
+fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
+    use crate::engine::model::{CycleStatus, Outcome, RuleKind, Trigger};
+    let t0 = t(0);
+    let reasons = [
+        Reason::Qualified {
+            score: 1.0,
+            threshold: 1.0,
+            threshold_id: None,
+            trigger: Trigger::Link,
+        },
+        Reason::BelowThreshold {
+            score: 1.0,
+            threshold: 2.0,
+            threshold_id: None,
+        },
+        Reason::NoThreshold,
+        Reason::NotLinked { map_lead_id: 1 },
+        Reason::NoScore,
+        Reason::Excluded {
+            rule: RuleKind::Title,
+            detail: String::new(),
+        },
+        Reason::OpenCycle {
+            external_id: "x-1".into(),
+        },
+        Reason::CoolingDown {
+            until: t0,
+            outcome: Outcome::NotNow,
+        },
+        Reason::StatusChanged {
+            from: CycleStatus::Open,
+            to: CycleStatus::Working,
+            by: None,
+        },
+        Reason::OwnerChanged { to: None },
+        Reason::Converted { by: String::new() },
+        Reason::SlaOverdue { due: t0 },
+        Reason::Reassigned {
+            from: None,
+            to: "005B".into(),
+            count: 1,
+        },
+        Reason::EditRefused {
+            problem: String::new(),
+        },
+        Reason::ThresholdInvalid {
+            problem: String::new(),
+        },
+        Reason::ThresholdSeen { version: t0 },
+        Reason::RejectionReasonUnmapped {
+            reason: String::new(),
+        },
+    ];
+    for reason in &reasons {
+        let value = serde_json::to_value(reason).unwrap();
+        assert_eq!(value["code"].as_str(), Some(reason_code(reason)), "{value}");
+    }
+}
+
+#[test]
+fn a_new_store_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sqlite");
+    let page_size = |store: &Store| -> i64 {
+        store
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(page_size(&store), 16_384);
+    let pragma = |name: &str| -> i64 {
+        store
+            .conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(pragma("cache_size"), -65_536);
+    assert_eq!(pragma("wal_autocheckpoint"), 8_192);
+    drop(store);
+    let old = dir.path().join("old.sqlite");
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch("PRAGMA page_size = 4096; VACUUM;")
+            .unwrap();
+    }
+    assert_eq!(page_size(&Store::open(&old).unwrap()), 4_096);
+}
+
+#[test]
+fn a_store_kept_open_across_batches_saves_every_later_change_of_a_lead() {
+    // One engine state through every batch (no reload in between): a lead changed in one
+    // batch must be listed again when it changes in a later one.
+    let policy = Policy::example();
+    let all = events();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    for chunk in all.chunks(3) {
+        let decisions: Vec<Decision> = chunk
+            .iter()
+            .flat_map(|e| apply(&mut state, &policy, e))
+            .collect();
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &decisions,
+                    cursors: &[],
+                    seen_at: t(100),
+                },
+                &mut state,
+            )
+            .unwrap();
+        assert!(state.dirty.is_empty());
+    }
+    let reloaded = store.load_engine().unwrap();
+    assert_eq!(reloaded.map_leads, state.map_leads);
+    for (id, p) in &state.persons {
+        assert_eq!(reloaded.persons[id].cycles, p.cycles, "{id}");
+        assert_eq!(reloaded.persons[id].last_hold, p.last_hold, "{id}");
+        assert_eq!(reloaded.persons[id].map_lead, p.map_lead, "{id}");
+    }
+}
