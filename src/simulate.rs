@@ -437,13 +437,7 @@ pub fn run(
     let mut now = state.meta.clock.unwrap_or(Timestamp::UNIX_EPOCH);
     let count = |decisions: &[Decision], summary: &mut Summary| {
         for d in decisions {
-            let name = match d.action {
-                Action::OpenCycle { .. } => "open_cycle",
-                Action::UpdateCycle { .. } => "update_cycle",
-                Action::StampPerson { .. } => "stamp_person",
-                Action::Notify { .. } => "notify",
-                Action::Record => "record",
-            };
+            let name = d.action.name();
             *summary.decisions.entry(name.to_string()).or_default() += 1;
             if matches!(d.action, Action::OpenCycle { .. }) {
                 summary.cycles_opened += 1;

@@ -429,6 +429,19 @@ pub enum Action {
     Record,
 }
 
+impl Action {
+    /// The action's name, as the audit log and summaries count it (its JSON `action` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::OpenCycle { .. } => "open_cycle",
+            Action::UpdateCycle { .. } => "update_cycle",
+            Action::StampPerson { .. } => "stamp_person",
+            Action::Notify { .. } => "notify",
+            Action::Record => "record",
+        }
+    }
+}
+
 /// How a team wants to hear of new MQLs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -556,16 +556,6 @@ fn part_name(part: ScorePart) -> &'static str {
     }
 }
 
-fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::OpenCycle { .. } => "open_cycle",
-        Action::UpdateCycle { .. } => "update_cycle",
-        Action::StampPerson { .. } => "stamp_person",
-        Action::Notify { .. } => "notify",
-        Action::Record => "record",
-    }
-}
-
 /// The `code` tag of a reason, as its JSON carries it (kept equal by a test).
 fn reason_code(reason: &Reason) -> &'static str {
     match reason {
@@ -662,7 +652,7 @@ fn write_batch(
             audit.execute(params![
                 ts(d.at),
                 d.subject,
-                action_name(&d.action),
+                d.action.name(),
                 code,
                 reason,
                 seen

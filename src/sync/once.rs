@@ -22,7 +22,7 @@ use crate::connectors::salesforce::soql::datetime_literal;
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
 };
-use crate::engine::model::{Action, CrmKind, Event};
+use crate::engine::model::{CrmKind, Event};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OutboxRow, Store, StoreError};
@@ -227,13 +227,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             decisions.extend(reconcile(&mut self.state, &ctx, e));
         }
         for d in &decisions {
-            let name = match d.action {
-                Action::OpenCycle { .. } => "open_cycle",
-                Action::UpdateCycle { .. } => "update_cycle",
-                Action::StampPerson { .. } => "stamp_person",
-                Action::Notify { .. } => "notify",
-                Action::Record => "record",
-            };
+            let name = d.action.name();
             *self.summary.decisions.entry(name.into()).or_default() += 1;
         }
         self.summary.events += events.len();
