@@ -418,3 +418,25 @@ async fn marketo_reads_take_the_fewest_calls() {
     assert_eq!(app.calls(System::Marketo, "activities"), fetched);
     assert_eq!(app.calls(System::Marketo, "paging_token"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_bearer_flow_signs_in_to_the_sandbox_with_a_private_key_file() {
+    let app = default_app().await;
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/jwt/sandbox-test-only-private.pem");
+    let info = app.sandbox.connection_info();
+    let settings: SalesforceSettings = serde_json::from_value(json!({
+        "base_url": app.sandbox.salesforce_url(),
+        "token_url": format!("{}/services/oauth2/token", app.sandbox.salesforce_url()),
+        "auth": {"kind": "jwt_bearer", "client_id": info["salesforce"]["client_id"], "username": info["salesforce"]["username"], "private_key_file": key},
+        "retry": fast_retry(),
+    }))
+    .unwrap();
+    let jwt = SalesforceClient::new(settings, SalesforceSecrets::default()).unwrap();
+    let page = jwt
+        .query_page(start("SELECT Id FROM Lead LIMIT 3"), Priority::Routine)
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 3);
+    assert_eq!(app.calls(System::Salesforce, "token"), 1);
+}

@@ -276,3 +276,52 @@ async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_l
         cycles.len() - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_limit_stops_the_run_cleanly_keeping_what_it_committed_and_says_when_to_resume() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
+    let mut app = spawn_app().await;
+    // The org's daily limit runs out when the run reaches the MQL records: the fifth `query`
+    // (thresholds go through `queryAll`), after the threshold history, leads, contacts and
+    // opportunities, one page each.
+    app.sandbox.faults().add(FaultRule {
+        system: System::Salesforce,
+        method: None,
+        path: None,
+        kind: Some("query".into()),
+        skip: 4,
+        times: None,
+        action: FaultAction::VendorError {
+            code: "REQUEST_LIMIT_EXCEEDED".into(),
+            message: None,
+        },
+    });
+    let m = mapping::load(None).unwrap();
+    let (sf, mk) = (app.sf.clone(), app.mk.clone());
+    let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
+    let err = run_once(
+        &app.sf,
+        &app.mk,
+        &m.mapping,
+        &m.policy,
+        &mut app.store,
+        now(),
+        &RunSettings::default(),
+        usage,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.resume_at().is_some_and(|t| t > now()), "{err}");
+    // What was read before the limit is committed with its cursor; nothing was written.
+    assert!(app.store.cursor("crm.Lead").unwrap().is_some());
+    assert!(app.store.cursor("crm.MQL__c").unwrap().is_none());
+    assert_eq!(app.calls("composite_upsert"), 0);
+    // Once the limit is back, the next run picks up from there and writes.
+    app.sandbox.faults().clear();
+    let run = app.run(now()).await;
+    assert!(
+        run.written.get("mql_upsert").is_some_and(|n| *n > 0),
+        "{run:?}"
+    );
+    assert_eq!(run.read.get("Lead"), Some(&0), "leads were not read twice");
+}
