@@ -3,7 +3,7 @@
 //!
 //! Its standard is that public clients nobody here wrote (simple-salesforce, jsforce,
 //! marketorestpython, tap-marketo) work against it unchanged. It must share no code with
-//! `crate::connectors` or `crate::engine`: no wire types, no parsers, no rules. A protocol
+//! `src/connectors` or `src/engine`: no wire types, no parsers, no rules. A protocol
 //! misunderstanding written once and used on both sides would pass every test and fail on
 //! the first real org; written twice, it shows up as a failing test.
 //!

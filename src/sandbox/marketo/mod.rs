@@ -21,7 +21,7 @@
 //! `leads_sync` batch with `reasons`; `delay` holds the call in flight; `drop` aborts the
 //! response; `status` and `malformed_json` answer as told.
 //!
-//! It shares no code with `crate::connectors` or `crate::engine`, and reads time only from
+//! It shares no code with `src/connectors` or `src/engine`, and reads time only from
 //! the [`SandboxClock`].
 
 mod activities;

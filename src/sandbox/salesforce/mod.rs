@@ -1,8 +1,8 @@
 //! The Salesforce emulator: OAuth 2.0 token endpoint, REST API (query/queryAll with
 //! locators, sObject CRUD and upsert, describe, sObject Collections, limits), Bulk API 2.0,
 //! field history and Outbound Messaging, on one axum router, faithful to the wire facts in
-//! `docs/apis/salesforce.md`. It must share no code with `crate::connectors` or
-//! `crate::engine`, and it reads time only from the `SandboxClock`.
+//! `docs/apis/salesforce.md`. It must share no code with `src/connectors` or
+//! `src/engine`, and it reads time only from the `SandboxClock`.
 //!
 //! # Request pipeline
 //! Every request outside `/__sandbox` passes `gate`: it is classified into a *kind*, checked
