@@ -83,7 +83,10 @@ pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp
             policy.default_threshold,
         )
     });
-    verdict(state, policy, person, resolved, at, Trigger::PersonChange).0
+    verdict(state, policy, person, resolved.as_ref(), at, &|| {
+        Trigger::PersonChange
+    })
+    .0
 }
 
 fn bump_generation(state: &mut EngineState, from: Timestamp) {
@@ -162,22 +165,22 @@ fn reevaluate_segment(
     trigger: Trigger,
     out: &mut Vec<Decision>,
 ) {
-    let members: Vec<String> = state
+    let mut members: Vec<u32> = state
         .persons
-        .iter()
-        .filter(|(_, p)| p.map_lead.is_some())
-        .filter(|(_, p)| {
+        .values()
+        .zip(0u32..)
+        .filter(|(p, _)| p.map_lead.is_some())
+        .filter(|(p, _)| {
             p.facts.as_ref().is_some_and(|f| {
                 thresholds::matches(threshold, &f.attributes)
                     || previous.is_some_and(|prev| thresholds::matches(prev, &f.attributes))
             })
         })
-        .map(|(id, _)| id.clone())
+        .map(|(_, slot)| slot)
         .collect();
-    let mut members = members;
-    members.sort_unstable();
-    for id in members {
-        evaluate(state, ctx, &id, at, &|| trigger.clone(), None, out);
+    members.sort_unstable_by(|a, b| state.persons.id(*a).cmp(state.persons.id(*b)));
+    for slot in members {
+        evaluate_at(state, ctx, slot, at, &|| trigger.clone(), None, out);
     }
 }
 
@@ -188,7 +191,8 @@ fn on_person(
     out: &mut Vec<Decision>,
 ) {
     let id = facts.crm.id.clone();
-    let person = state.persons.get_or_default(&id);
+    let slot = state.persons.slot_or_insert(&id);
+    let person = state.persons.at_mut(slot);
     if person
         .facts
         .as_ref()
@@ -199,8 +203,8 @@ fn on_person(
     let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
     person.facts = Some(Box::new(facts.clone()));
     person.resolved = None;
-    person.cached_threshold = (0, 0.0);
-    state.dirty.persons.insert(id.clone());
+    person.cached_generation = 0;
+    state.persons.touch(slot, &mut state.dirty);
     if old_account != facts.account_id {
         if let Some(old) = old_account
             && let Some(people) = state.account_people.get_mut(&old)
@@ -220,7 +224,7 @@ fn on_person(
         convert(state, &id, at, "lead conversion", out);
         return;
     }
-    evaluate(state, ctx, &id, at, &|| Trigger::PersonChange, None, out);
+    evaluate_at(state, ctx, slot, at, &|| Trigger::PersonChange, None, out);
 }
 
 fn on_opportunity(
@@ -318,15 +322,16 @@ fn on_score(
             return;
         }
     }
-    match lead.crm.as_ref().map(|c| c.id.clone()) {
-        Some(crm_id) => {
+    match (lead.person, &lead.crm) {
+        (Some(slot), _) => {
             let trigger = || Trigger::ScoreChange {
                 change_id: change.change_id.clone(),
             };
             let campaign = change.campaign.as_ref();
-            evaluate(state, ctx, &crm_id, change.at, &trigger, campaign, out);
+            evaluate_at(state, ctx, slot, change.at, &trigger, campaign, out);
         }
-        None if !lead.unlinked_recorded => {
+        (None, Some(_)) => {}
+        (None, None) if !lead.unlinked_recorded => {
             lead.unlinked_recorded = true;
             let map_lead_id = change.map_lead_id;
             record(
@@ -336,7 +341,7 @@ fn on_score(
                 Reason::NotLinked { map_lead_id },
             );
         }
-        None => {}
+        (None, None) => {}
     }
 }
 
@@ -353,41 +358,56 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
     }
     lead.person = None;
     if let Some(old) = old
-        && let Some(person) = state.persons.get_mut(&old.id)
-        && person.map_lead == Some(link.map_lead_id)
+        && let Some(slot) = state.persons.slot(&old.id)
+        && state.persons.at(slot).map_lead == Some(link.map_lead_id)
     {
-        person.map_lead = None;
-        state.dirty.persons.insert(old.id.clone());
+        state.persons.at_mut(slot).map_lead = None;
+        state.persons.touch(slot, &mut state.dirty);
     }
     if let Some(crm) = &link.crm {
         let slot = state.persons.slot_or_insert(&crm.id);
         if let Some(lead) = state.map_leads.get_mut(&link.map_lead_id) {
             lead.person = Some(slot);
         }
-        state.persons.get_or_default(&crm.id).map_lead = Some(link.map_lead_id);
-        state.dirty.persons.insert(crm.id.clone());
-        evaluate(state, ctx, &crm.id, link.at, &|| Trigger::Link, None, out);
+        state.persons.at_mut(slot).map_lead = Some(link.map_lead_id);
+        state.persons.touch(slot, &mut state.dirty);
+        evaluate_at(state, ctx, slot, link.at, &|| Trigger::Link, None, out);
     }
 }
 
-/// The threshold for a person at `at`, from the cache when it is valid.
-fn resolve_for(
-    state: &mut EngineState,
-    policy: &Policy,
-    id: &str,
-    at: Timestamp,
-) -> Option<Resolved> {
+/// A person's threshold as [`resolve_at`] found it: in the person's cache (read it from
+/// there, without copying its strings), or computed for an instant the cache cannot hold.
+enum Resolution {
+    Cached,
+    Fresh(Option<Resolved>),
+}
+
+impl Resolution {
+    fn of<'a>(&'a self, person: &'a PersonState) -> Option<&'a Resolved> {
+        match self {
+            Resolution::Cached => person.resolved.as_ref().map(|(_, r)| r),
+            Resolution::Fresh(r) => r.as_ref(),
+        }
+    }
+}
+
+/// The threshold for the person in `slot` at `at`, filling the cache when it can.
+fn resolve_at(state: &mut EngineState, policy: &Policy, slot: u32, at: Timestamp) -> Resolution {
     let generation = state.threshold_generation;
     let cacheable = state.generation_valid_from.is_none_or(|from| from <= at)
         && state.meta.clock.is_some_and(|clock| at <= clock);
-    let person = state.persons.get(id)?;
+    let person = state.persons.at(slot);
     if cacheable
-        && let Some((g, resolved)) = &person.resolved
-        && *g == generation
+        && person
+            .resolved
+            .as_ref()
+            .is_some_and(|(g, _)| *g == generation)
     {
-        return Some(resolved.clone());
+        return Resolution::Cached;
     }
-    let facts = person.facts.as_ref()?;
+    let Some(facts) = person.facts.as_ref() else {
+        return Resolution::Fresh(None);
+    };
     let resolved = thresholds::resolve(
         state
             .thresholds
@@ -396,23 +416,28 @@ fn resolve_for(
         &facts.attributes,
         at,
         policy.default_threshold,
-    )?;
-    if cacheable {
-        let person = state.persons.get_mut(id).expect("person");
-        person.cached_threshold = (generation.wrapping_add(1), resolved.score);
-        person.resolved = Some((generation, resolved.clone()));
+    );
+    match resolved {
+        Some(resolved) if cacheable => {
+            let person = state.persons.at_mut(slot);
+            person.cached_threshold = resolved.score;
+            person.cached_generation = (generation as u32).wrapping_add(1);
+            person.resolved = Some((generation, resolved));
+            Resolution::Cached
+        }
+        resolved => Resolution::Fresh(resolved),
     }
-    Some(resolved)
 }
 
-/// The verdict for a person: the reason, and whether it qualifies.
+/// The verdict for a person: the reason, and whether it qualifies. `trigger` is asked only
+/// for a qualifying verdict (it copies the change id).
 fn verdict(
     state: &EngineState,
     policy: &Policy,
     person: &PersonState,
-    resolved: Option<Resolved>,
+    resolved: Option<&Resolved>,
     at: Timestamp,
-    trigger: Trigger,
+    trigger: &dyn Fn() -> Trigger,
 ) -> (Reason, bool) {
     let Some(lead_id) = person.map_lead else {
         return (Reason::NoScore, false);
@@ -439,7 +464,7 @@ fn verdict(
         let reason = Reason::BelowThreshold {
             score,
             threshold: resolved.score,
-            threshold_id: resolved.threshold_id,
+            threshold_id: resolved.threshold_id.clone(),
         };
         return (reason, false);
     }
@@ -471,8 +496,8 @@ fn verdict(
     let reason = Reason::Qualified {
         score,
         threshold: resolved.score,
-        threshold_id: resolved.threshold_id,
-        trigger,
+        threshold_id: resolved.threshold_id.clone(),
+        trigger: trigger(),
     };
     (reason, true)
 }
@@ -500,8 +525,8 @@ impl CacheWindow {
     fn threshold_score(self, person: &PersonState, at: Timestamp) -> Option<f64> {
         let cacheable = self.valid_from.is_none_or(|from| from <= at)
             && self.clock.is_some_and(|clock| at <= clock);
-        let (g, score) = person.cached_threshold;
-        (cacheable && g == self.generation.wrapping_add(1)).then_some(score)
+        let current = (self.generation as u32).wrapping_add(1);
+        (cacheable && person.cached_generation == current).then_some(person.cached_threshold)
     }
 }
 
@@ -525,97 +550,104 @@ fn unchanged(
     if score < threshold {
         return person.last_hold.is_none();
     }
-    match (person.open_cycle(), person.last_hold.as_deref()) {
-        (Some(open), Some(Reason::OpenCycle { external_id })) => *external_id == open.external_id,
-        _ => false,
-    }
+    person.open_hold != 0
 }
 
-/// Evaluates one person at `at` and opens a cycle when everything holds.
-fn evaluate(
+/// Evaluates the person in `slot` at `at` and opens a cycle when everything holds.
+fn evaluate_at(
     state: &mut EngineState,
     ctx: &Context<'_>,
-    id: &str,
+    slot: u32,
     at: Timestamp,
     trigger: &dyn Fn() -> Trigger,
     crossing_campaign: Option<&Campaign>,
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
-    if let Some(person) = state.persons.get(id)
-        && let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))
+    let person = state.persons.at(slot);
+    if let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))
         && unchanged(CacheWindow::of(state), policy, person, &lead.scores, at)
     {
         return;
     }
-    let resolved = resolve_for(state, policy, id, at);
-    let Some(person) = state.persons.get(id) else {
+    let resolution = resolve_at(state, policy, slot, at);
+    let person = state.persons.at(slot);
+    let resolved = resolution.of(person);
+    let (reason, qualifies) = verdict(state, policy, person, resolved, at, trigger);
+    if qualifies {
+        let resolved = resolved.cloned().expect("qualified with a threshold");
+        open_cycle(
+            state,
+            ctx,
+            slot,
+            at,
+            resolved,
+            crossing_campaign,
+            reason,
+            out,
+        );
         return;
-    };
-    let (reason, qualifies) = verdict(state, policy, person, resolved.clone(), at, trigger());
-    if !qualifies {
-        let hold = !matches!(reason, Reason::BelowThreshold { .. } | Reason::NoScore);
-        let person = state.persons.get_mut(id).expect("person");
-        if !hold {
-            if person.last_hold.take().is_some() {
-                state.dirty.persons.insert(id.to_string());
-            }
-            return;
-        }
-        if person.last_hold.as_deref() != Some(&reason) {
-            person.last_hold = Some(Box::new(reason.clone()));
-            state.dirty.persons.insert(id.to_string());
-            record(out, at, id, reason);
+    }
+    let hold = !matches!(reason, Reason::BelowThreshold { .. } | Reason::NoScore);
+    let person = state.persons.at_mut(slot);
+    if !hold {
+        person.open_hold = 0;
+        if person.last_hold.take().is_some() {
+            state.persons.touch(slot, &mut state.dirty);
         }
         return;
     }
-    let resolved = resolved.expect("qualified with a threshold");
-    open_cycle(
-        state,
-        ctx,
-        id,
-        at,
-        resolved,
-        crossing_campaign.cloned(),
-        reason,
-        out,
-    );
+    // The open cycle's hold, recorded: what `unchanged` may skip from now on.
+    person.open_hold = match (&reason, person.open_cycle()) {
+        (Reason::OpenCycle { external_id }, Some(open)) if *external_id == open.external_id => {
+            open.number
+        }
+        _ => 0,
+    };
+    if person.last_hold.as_deref() != Some(&reason) {
+        person.last_hold = Some(Box::new(reason.clone()));
+        state.persons.touch(slot, &mut state.dirty);
+        record(out, at, state.persons.id(slot), reason);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn open_cycle(
     state: &mut EngineState,
     ctx: &Context<'_>,
-    id: &str,
+    slot: u32,
     at: Timestamp,
     resolved: Resolved,
-    crossing_campaign: Option<Campaign>,
+    crossing_campaign: Option<&Campaign>,
     reason: Reason,
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
-    let person = state.persons.get(id).expect("person");
-    let facts = *person.facts.clone().expect("facts");
+    let id = state.persons.id(slot).to_string();
+    let person = state.persons.at(slot);
+    let facts = person.facts.as_deref().expect("facts");
     let lead_id = person.map_lead.expect("a score");
     let scores = &state.map_leads[&lead_id].scores;
     let score = scores.value(&policy.score, at).expect("a score");
-    let campaign = crossing_campaign.or_else(|| scores.last_campaign.clone());
+    let campaign = crossing_campaign.or(scores.last_campaign.as_ref()).cloned();
     let team = policy.team_for(&facts.attributes);
     let number = person.cycles.len() as u32 + 1;
     let external_id = format!("{id}-{number}");
+    let crm = facts.crm.clone();
+    let owner_id = facts.owner_id.clone();
     let cycle = Cycle {
         external_id: external_id.clone(),
-        crm: facts.crm.clone(),
+        crm: crm.clone(),
         map_lead_id: Some(lead_id),
         number,
         status: CycleStatus::Open,
         score,
         threshold: resolved.score,
-        threshold_id: resolved.threshold_id.clone(),
-        segment: resolved.segment.clone(),
+        threshold_id: resolved.threshold_id,
+        segment: resolved.segment,
         campaign,
-        owner_at_mql: facts.owner_id.clone(),
-        owner_id: facts.owner_id.clone(),
+        owner_at_mql: owner_id.clone(),
+        owner_id: owner_id.clone(),
         team: team.map(|t| t.name.clone()),
         mql_at: at,
         sal_at: None,
@@ -644,8 +676,12 @@ fn open_cycle(
             .insert((when, Timer::Reassign(external_id.clone())));
     }
     let alert = team.map(|t| t.alert).unwrap_or_default();
-    let person = state.persons.get_mut(id).expect("person");
+    let person = state.persons.at_mut(slot);
     person.last_hold = None;
+    person.open_hold = 0;
+    // Most people have one or two cycles: grow by one, not by Vec's minimum of four (four
+    // cycles are 2 KiB, most of a person's memory, and fresh pages for every new MQL).
+    person.cycles.reserve_exact(1);
     person.cycles.push(cycle.clone());
     let stamps = &mut person.stamps;
     stamps.status = Some(policy.mql_status.clone());
@@ -653,35 +689,36 @@ fn open_cycle(
     stamps.mql_original.get_or_insert(at);
     stamps.mql_count += 1;
     let stamps = stamps.clone();
-    state
-        .cycle_owner
-        .insert(external_id.clone(), id.to_string());
-    state.dirty.persons.insert(id.to_string());
-    state.dirty.cycles.insert(external_id.clone());
-    let crm = facts.crm.clone();
+    state.persons.touch(slot, &mut state.dirty);
+    state.cycle_owner.insert(external_id.clone(), slot);
+    state.dirty.cycles.push(external_id.clone());
     out.push(Decision {
         at,
-        subject: id.to_string(),
+        subject: id.clone(),
         action: Action::OpenCycle {
             cycle: Box::new(cycle),
         },
         reason: reason.clone(),
     });
+    let notify = (alert != super::model::AlertChannel::None)
+        .then_some(owner_id)
+        .flatten();
     out.push(Decision {
         at,
-        subject: id.to_string(),
+        subject: match notify {
+            Some(_) => id.clone(),
+            None => id,
+        },
         action: Action::StampPerson {
             crm: crm.clone(),
             stamps: Box::new(stamps),
         },
         reason: reason.clone(),
     });
-    if alert != super::model::AlertChannel::None
-        && let Some(owner_id) = facts.owner_id
-    {
+    if let Some(owner_id) = notify {
         out.push(Decision {
             at,
-            subject: id.to_string(),
+            subject: state.persons.id(slot).to_string(),
             action: Action::Notify {
                 owner_id,
                 external_id,
@@ -695,10 +732,11 @@ fn open_cycle(
 
 /// Mutable access to a cycle by external id, with its person's id.
 fn cycle_mut<'a>(state: &'a mut EngineState, external_id: &str) -> Option<(String, &'a mut Cycle)> {
-    let owner = state.cycle_owner.get(external_id)?.clone();
-    let cycle = state
-        .persons
-        .get_mut(&owner)?
+    let slot = *state.cycle_owner.get(external_id)?;
+    let owner = state.persons.id(slot).to_string();
+    let person = state.persons.at_mut(slot);
+    person.open_hold = 0;
+    let cycle = person
         .cycles
         .iter_mut()
         .find(|c| c.external_id == external_id)?;
@@ -713,8 +751,8 @@ fn push_update(
     cycle: Cycle,
     reason: Reason,
 ) {
-    state.dirty.cycles.insert(cycle.external_id.clone());
-    state.dirty.persons.insert(subject.to_string());
+    state.dirty.cycles.push(cycle.external_id.clone());
+    state.persons.touch_id(subject, &mut state.dirty);
     out.push(Decision {
         at,
         subject: subject.to_string(),
@@ -790,7 +828,7 @@ fn on_cycle_edit(
         return;
     }
     cycle.crm_modified_at = Some(at);
-    state.dirty.cycles.insert(edit.external_id.clone());
+    state.dirty.cycles.push(edit.external_id.clone());
     let (owner, cycle) = cycle_mut(state, &edit.external_id)
         .map(|(o, c)| (o, c.clone()))
         .expect("the cycle just found");
@@ -921,8 +959,8 @@ fn on_cycle_edit(
 }
 
 fn store_cycle(state: &mut EngineState, owner: &str, cycle: Cycle) {
-    state.dirty.cycles.insert(cycle.external_id.clone());
-    state.dirty.persons.insert(owner.to_string());
+    state.dirty.cycles.push(cycle.external_id.clone());
+    state.persons.touch_id(owner, &mut state.dirty);
     if let Some(slot) = state.persons.get_mut(owner).and_then(|p| {
         p.cycles
             .iter_mut()

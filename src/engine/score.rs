@@ -38,19 +38,21 @@ impl PartVersion {
     }
 }
 
-/// What the engine knows of one MAP lead's scores.
+/// What the engine knows of one MAP lead's scores. `repr(C)`, total first: a Total change
+/// touches the first 64 bytes and the first version.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Scores {
     pub total: Option<f64>,
+    /// The campaign of the most recent change: the MQL's campaign when the crossing change
+    /// names none.
+    pub last_campaign: Option<Campaign>,
+    pub versions: [PartVersion; 3],
     pub behavior: Option<f64>,
     pub demographic: Option<f64>,
     /// The decayed behaviour sum, valid at `decay_anchor`.
     pub decayed: f64,
     pub decay_anchor: Option<Timestamp>,
-    pub versions: [PartVersion; 3],
-    /// The campaign of the most recent change: the MQL's campaign when the crossing change
-    /// names none.
-    pub last_campaign: Option<Campaign>,
 }
 
 fn slot(part: ScorePart) -> usize {

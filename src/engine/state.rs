@@ -85,16 +85,25 @@ pub type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 /// One CRM lead or contact.
 ///
 /// Laid out for the score hot path: the first cache line holds everything the common
-/// "nothing changes" check reads (the MAP lead, the cached threshold, the cycles, whether a
-/// hold is recorded); the rest is boxed or comes after.
+/// "nothing changes" check reads (the MAP lead, the cached threshold, whether a hold is
+/// recorded and whether it is the open cycle's), so that check touches no other memory;
+/// the rest is boxed or comes after.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[repr(C, align(64))]
 pub struct PersonState {
     /// The MAP lead whose score this person carries.
     pub map_lead: Option<i64>,
-    /// `(threshold generation + 1, score)` of `resolved`; generation 0 means none cached.
+    /// The threshold score of `resolved`, valid while `cached_generation` is the low 32
+    /// bits of the threshold generation plus one (0: none cached). 32 bits keep this line
+    /// at 64 bytes; a stale entry would need 2^32 threshold changes in one process to match.
     #[serde(skip)]
-    pub(crate) cached_threshold: (u64, f64),
+    pub(crate) cached_threshold: f64,
+    #[serde(skip)]
+    pub(crate) cached_generation: u32,
+    /// The number of the open cycle whose "open cycle" hold is recorded in `last_hold`, or
+    /// 0. Set only after checking both; cleared whenever the hold or a cycle changes.
+    #[serde(skip)]
+    pub(crate) open_hold: u32,
     /// Every cycle, oldest first; at most the last one is open.
     pub cycles: Vec<Cycle>,
     /// The reason of the last hold decision, so the same hold is not recorded twice.
@@ -105,7 +114,13 @@ pub struct PersonState {
     pub cooldown: Option<(Timestamp, Outcome)>,
     #[serde(skip)]
     pub(crate) resolved: Option<(u64, Resolved)>,
+    /// Listed in [`Dirty::persons`] since the store last saved.
+    #[serde(skip)]
+    pub(crate) dirty: bool,
 }
+
+/// The hot line is one cache line.
+const _: () = assert!(std::mem::offset_of!(PersonState, facts) == 64);
 
 impl PersonState {
     pub fn open_cycle(&self) -> Option<&Cycle> {
@@ -142,14 +157,45 @@ impl Persons {
         self.slot(id).map(|s| &self.records[s as usize])
     }
 
+    /// A person, to change. Forgets the person's `open_hold` summary: whatever the caller
+    /// changes, the next evaluation checks afresh.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut PersonState> {
         let slot = self.slot(id)?;
-        Some(&mut self.records[slot as usize])
+        let person = &mut self.records[slot as usize];
+        person.open_hold = 0;
+        Some(person)
     }
 
     /// The person in a slot [`Persons::slot`] handed out.
     pub fn at(&self, slot: u32) -> &PersonState {
         &self.records[slot as usize]
+    }
+
+    pub(crate) fn at_mut(&mut self, slot: u32) -> &mut PersonState {
+        &mut self.records[slot as usize]
+    }
+
+    /// The CRM id of the person in a slot.
+    pub fn id(&self, slot: u32) -> &str {
+        &self.ids[slot as usize]
+    }
+
+    /// Lists the person in a slot for the store, once per batch: a flag test, not a set
+    /// insert of a copied id.
+    #[inline]
+    pub(crate) fn touch(&mut self, slot: u32, dirty: &mut Dirty) {
+        let person = &mut self.records[slot as usize];
+        if !person.dirty {
+            person.dirty = true;
+            dirty.persons.push(slot);
+        }
+    }
+
+    /// [`Persons::touch`] by CRM id; an unknown id is ignored.
+    pub(crate) fn touch_id(&mut self, id: &str, dirty: &mut Dirty) {
+        if let Some(slot) = self.slot(id) {
+            self.touch(slot, dirty);
+        }
     }
 
     /// The slot of a person, adding an empty record when the id is new.
@@ -167,7 +213,9 @@ impl Persons {
     /// The person with this id, added empty when new.
     pub fn get_or_default(&mut self, id: &str) -> &mut PersonState {
         let slot = self.slot_or_insert(id);
-        &mut self.records[slot as usize]
+        let person = &mut self.records[slot as usize];
+        person.open_hold = 0;
+        person
     }
 
     /// Sets a person's record, adding it when new.
@@ -212,19 +260,23 @@ impl<'a> IntoIterator for &'a Persons {
 }
 
 /// One MAP lead.
+///
+/// `repr(C)` with the fields a Total score change touches first (slot, flags, the score,
+/// its version, the last campaign): with the key they share the entry's first cache line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[repr(C)]
 pub struct MapLeadState {
-    pub crm: Option<CrmRef>,
-    pub link_at: Option<Timestamp>,
-    pub scores: Scores,
-    /// Whether the "not linked" hold was recorded already.
-    pub unlinked_recorded: bool,
     /// The [`Persons`] slot of `crm`, resolved when the link is applied (and on load).
     #[serde(skip)]
     pub(crate) person: Option<u32>,
     /// Listed in [`Dirty::map_leads`] since the store last saved.
     #[serde(skip)]
     pub(crate) dirty: bool,
+    /// Whether the "not linked" hold was recorded already.
+    pub unlinked_recorded: bool,
+    pub scores: Scores,
+    pub crm: Option<CrmRef>,
+    pub link_at: Option<Timestamp>,
 }
 
 /// Equal as saved: the person slot and the dirty flag are bookkeeping of one process.
@@ -263,12 +315,14 @@ pub enum Timer {
 /// What changed since the store last saved: the keys to write.
 #[derive(Clone, Debug, Default)]
 pub struct Dirty {
-    pub persons: FastSet<String>,
+    /// [`Persons`] slots, each changed person once (see [`Persons::touch`]).
+    pub persons: Vec<u32>,
     /// Each changed lead once (see [`MapLeadState::mark_dirty`]), in the order changed.
     pub map_leads: Vec<i64>,
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
-    pub cycles: FastSet<String>,
+    /// External ids of changed cycles; may repeat (the store writes each once).
+    pub cycles: Vec<String>,
     pub meta: bool,
 }
 
@@ -303,7 +357,8 @@ pub struct EngineState {
     pub meta: EngineMeta,
     pub dirty: Dirty,
     // Indexes, rebuilt by `rebuild_indexes`.
-    pub(crate) cycle_owner: FastMap<String, String>,
+    /// The [`Persons`] slot of each cycle's person, by external id.
+    pub(crate) cycle_owner: FastMap<String, u32>,
     pub(crate) account_people: FastMap<String, BTreeSet<String>>,
     pub(crate) account_opportunities: FastMap<String, BTreeSet<String>>,
     pub(crate) timers: BTreeSet<(Timestamp, Timer)>,
@@ -324,7 +379,8 @@ impl EngineState {
         self.account_people.clear();
         self.account_opportunities.clear();
         self.timers.clear();
-        for (id, person) in &self.persons {
+        for (slot, (id, person)) in self.persons.iter().enumerate() {
+            let slot = u32::try_from(slot).expect("fewer than 2^32 people");
             if let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) {
                 self.account_people
                     .entry(account)
@@ -332,8 +388,7 @@ impl EngineState {
                     .insert(id.clone());
             }
             for cycle in &person.cycles {
-                self.cycle_owner
-                    .insert(cycle.external_id.clone(), id.clone());
+                self.cycle_owner.insert(cycle.external_id.clone(), slot);
                 if cycle.status == super::model::CycleStatus::Open {
                     if let Some(due) = cycle.sla_due_at.filter(|_| !cycle.overdue) {
                         self.timers
@@ -378,9 +433,9 @@ impl EngineState {
 
     /// The cycle with this external id.
     pub fn cycle(&self, external_id: &str) -> Option<&Cycle> {
-        let owner = self.cycle_owner.get(external_id)?;
+        let owner = *self.cycle_owner.get(external_id)?;
         self.persons
-            .get(owner)?
+            .at(owner)
             .cycles
             .iter()
             .find(|c| c.external_id == external_id)
@@ -402,6 +457,9 @@ impl EngineState {
             if let Some(lead) = self.map_leads.get_mut(id) {
                 lead.dirty = false;
             }
+        }
+        for &slot in &dirty.persons {
+            self.persons.at_mut(slot).dirty = false;
         }
         dirty
     }

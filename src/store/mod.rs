@@ -718,28 +718,30 @@ fn write_state(
          ON CONFLICT (crm_id) DO UPDATE SET kind = excluded.kind, map_lead_id = excluded.map_lead_id, facts = excluded.facts,
              stamps = excluded.stamps, cooldown = excluded.cooldown, last_hold = excluded.last_hold",
     )?;
-    let mut person_ids: Vec<&String> = dirty.persons.iter().collect();
-    person_ids.sort_unstable();
-    for id in person_ids {
-        if let Some(p) = state.persons.get(id) {
-            let kind = p.facts.as_ref().map(|f| f.crm.kind.as_str());
-            person.execute(params![
-                id,
-                kind,
-                p.map_lead,
-                p.facts.as_ref().map(json),
-                json(&p.stamps),
-                p.cooldown.as_ref().map(json),
-                p.last_hold.as_ref().map(json)
-            ])?;
-        }
+    let mut person_slots = dirty.persons.clone();
+    person_slots.sort_unstable_by(|a, b| state.persons.id(*a).cmp(state.persons.id(*b)));
+    for slot in person_slots {
+        let (id, p) = (state.persons.id(slot), state.persons.at(slot));
+        let kind = p.facts.as_ref().map(|f| f.crm.kind.as_str());
+        person.execute(params![
+            id,
+            kind,
+            p.map_lead,
+            p.facts.as_ref().map(json),
+            json(&p.stamps),
+            p.cooldown.as_ref().map(json),
+            p.last_hold.as_ref().map(json)
+        ])?;
     }
     let mut cycle = tx.prepare_cached(
         "INSERT INTO cycles (external_id, crm_id, number, status, owner_id, team, segment, mql_at, backfilled, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (external_id) DO UPDATE SET status = excluded.status, owner_id = excluded.owner_id, body = excluded.body",
     )?;
-    for id in &dirty.cycles {
+    let mut cycle_ids: Vec<&String> = dirty.cycles.iter().collect();
+    cycle_ids.sort_unstable();
+    cycle_ids.dedup();
+    for id in cycle_ids {
         if let Some(c) = state.cycle(id) {
             cycle.execute(params![
                 c.external_id,
