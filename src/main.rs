@@ -346,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("no store at {}", path.display());
             }
             let store = Store::open(&path)?;
-            let state = store.load_engine()?;
+            let state = store.load_engine(&loaded.policy)?;
             let at = at.or(state.meta.clock).unwrap_or_else(Timestamp::now);
             let reason = explain(&state, &loaded.policy, &crm_id, at);
             println!("{crm_id} at {at}: {}", serde_json::to_string(&reason)?);

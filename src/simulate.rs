@@ -429,7 +429,7 @@ pub fn run(
     until: Option<Timestamp>,
     batch_size: usize,
 ) -> Result<Summary, StoreError> {
-    let mut state: EngineState = store.load_engine()?;
+    let mut state: EngineState = store.load_engine(policy)?;
     let mut summary = Summary {
         events: events.len(),
         ..Summary::default()
@@ -488,6 +488,7 @@ pub fn run(
             &mut state,
         )?;
     }
+    store.save_scores(&mut state)?;
     summary.cycles = store.cycles()?;
     Ok(summary)
 }

@@ -205,6 +205,7 @@ fn on_person(
     person.resolved = None;
     person.cached_generation = 0;
     state.persons.touch(slot, &mut state.dirty);
+    state.dirty.facts.push(slot);
     if old_account != facts.account_id {
         if let Some(old) = old_account
             && let Some(people) = state.account_people.get_mut(&old)
@@ -304,7 +305,7 @@ fn on_score(
     if !applied {
         return;
     }
-    lead.mark_dirty(change.map_lead_id, &mut state.dirty);
+    lead.mark_unsaved(change.map_lead_id, &mut state.unsaved_scores);
     let relevant = match ctx.policy.score {
         ScoreSource::Total => change.part == ScorePart::Total,
         _ => change.part != ScorePart::Total,
@@ -333,6 +334,7 @@ fn on_score(
         (None, Some(_)) => {}
         (None, None) if !lead.unlinked_recorded => {
             lead.unlinked_recorded = true;
+            lead.mark_dirty(change.map_lead_id, &mut state.dirty);
             let map_lead_id = change.map_lead_id;
             record(
                 out,

@@ -269,9 +269,13 @@ pub struct MapLeadState {
     /// The [`Persons`] slot of `crm`, resolved when the link is applied (and on load).
     #[serde(skip)]
     pub(crate) person: Option<u32>,
-    /// Listed in [`Dirty::map_leads`] since the store last saved.
+    /// Listed in [`Dirty::map_leads`] since the store last saved: the link changed.
     #[serde(skip)]
     pub(crate) dirty: bool,
+    /// Listed in [`EngineState::unsaved_scores`]: the scores changed since the store's last
+    /// score snapshot (the score history holds the changes until then).
+    #[serde(skip)]
+    pub(crate) unsaved: bool,
     /// Whether the "not linked" hold was recorded already.
     pub unlinked_recorded: bool,
     pub scores: Scores,
@@ -290,12 +294,21 @@ impl PartialEq for MapLeadState {
 }
 
 impl MapLeadState {
-    /// Lists the lead for the store once per batch: a flag test, not a set insert.
+    /// Lists the lead's row for the store once per batch: a flag test, not a set insert.
     #[inline]
     pub(crate) fn mark_dirty(&mut self, id: i64, dirty: &mut Dirty) {
         if !self.dirty {
             self.dirty = true;
             dirty.map_leads.push(id);
+        }
+    }
+
+    /// Lists the lead's scores for the next score snapshot, once.
+    #[inline]
+    pub(crate) fn mark_unsaved(&mut self, id: i64, unsaved: &mut Vec<i64>) {
+        if !self.unsaved {
+            self.unsaved = true;
+            unsaved.push(id);
         }
     }
 }
@@ -317,7 +330,12 @@ pub enum Timer {
 pub struct Dirty {
     /// [`Persons`] slots, each changed person once (see [`Persons::touch`]).
     pub persons: Vec<u32>,
-    /// Each changed lead once (see [`MapLeadState::mark_dirty`]), in the order changed.
+    /// The slots among `persons` whose CRM facts changed (may repeat): the store rewrites
+    /// a person's facts only then, not on every stamp or hold.
+    pub facts: Vec<u32>,
+    /// Each lead whose link changed once (see [`MapLeadState::mark_dirty`]), in the order
+    /// changed. Score changes are not listed: the store keeps them in its score history and
+    /// saves scores as a periodic snapshot ([`EngineState::unsaved_scores`]).
     pub map_leads: Vec<i64>,
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
@@ -356,6 +374,8 @@ pub struct EngineState {
     pub opportunities: BTreeMap<String, Opportunity>,
     pub meta: EngineMeta,
     pub dirty: Dirty,
+    /// MAP leads whose scores changed since the store's last score snapshot, each once.
+    pub(crate) unsaved_scores: Vec<i64>,
     // Indexes, rebuilt by `rebuild_indexes`.
     /// The [`Persons`] slot of each cycle's person, by external id.
     pub(crate) cycle_owner: FastMap<String, u32>,

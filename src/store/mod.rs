@@ -19,6 +19,7 @@ use crate::engine::model::{
     Action, Campaign, CrmKind, CrmRef, Cycle, Decision, Event, Opportunity, Reason, ScorePart,
     Threshold,
 };
+use crate::engine::policy::{Policy, ScoreSource};
 use crate::engine::score::{PartVersion, Scores};
 use crate::engine::state::{EngineMeta, EngineState, MapLeadState, PersonState};
 
@@ -112,10 +113,16 @@ pub struct Batch<'a> {
     pub seen_at: Timestamp,
 }
 
+/// Score-history rows after which a batch also saves a snapshot of the MAP-lead scores:
+/// loading a store replays at most this many rows (about half a second per 500,000), and a
+/// batch rewrites a lead's row once per snapshot instead of once per batch.
+pub const SCORE_SNAPSHOT_ROWS: i64 = 500_000;
+
 /// An open store.
 pub struct Store {
     conn: Connection,
     path: String,
+    score_snapshot_rows: i64,
 }
 
 fn ts(t: Timestamp) -> String {
@@ -239,7 +246,11 @@ impl Store {
         // rewrites many of the same lead pages, and a checkpoint copies each page once.
         conn.pragma_update(None, "wal_autocheckpoint", 8_192)
             .map_err(sql)?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+        };
         store.migrate(version)?;
         Ok(store)
     }
@@ -286,8 +297,16 @@ impl Store {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// Sets after how many score-history rows a batch saves a score snapshot
+    /// ([`SCORE_SNAPSHOT_ROWS`] by default; tests use small values to exercise both paths).
+    pub fn set_score_snapshot_rows(&mut self, rows: i64) {
+        self.score_snapshot_rows = rows.max(1);
+    }
+
     /// Commits a batch: its history, the engine's changed state, its decisions (audit log and
-    /// outbox) and its cursors, in one transaction. Takes the engine's dirty set.
+    /// outbox) and its cursors, in one transaction. Takes the engine's dirty set. When the
+    /// score history has grown by [`SCORE_SNAPSHOT_ROWS`] since the last score snapshot, the
+    /// same transaction saves a new one.
     pub fn commit_batch(
         &mut self,
         batch: Batch<'_>,
@@ -295,25 +314,43 @@ impl Store {
     ) -> Result<(), StoreError> {
         let dirty = state.take_dirty();
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
-        write_batch(&tx, &batch, state, &dirty).map_err(|source| StoreError::Sqlite {
+        let every = self.score_snapshot_rows;
+        let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
-        })?;
-        tx.commit()
-            .map_err(|source| StoreError::Sqlite { path, source })?;
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        write_batch(&tx, &batch, state, &dirty).map_err(err)?;
+        let (last, saved) = history_marks(&tx).map_err(err)?;
+        if last - saved >= every {
+            save_scores(&tx, state, last).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
         Ok(())
     }
 
-    /// Loads the engine state saved by earlier batches.
-    pub fn load_engine(&self) -> Result<EngineState, StoreError> {
-        load_engine(&self.conn).map_err(|e| match e {
+    /// Saves a snapshot of every MAP lead's scores changed since the last one, so that the
+    /// next load replays no score history (the end of `run --once` and `simulate`).
+    pub fn save_scores(&mut self, state: &mut EngineState) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let (last, saved) = history_marks(&tx).map_err(err)?;
+        if last > saved || !state.unsaved_scores.is_empty() {
+            save_scores(&tx, state, last).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Loads the engine state saved by earlier batches: the saved rows, then the score
+    /// history after the last score snapshot, applied in arrival order as the engine applied
+    /// it (the policy says how: a decayed score needs its half-life).
+    pub fn load_engine(&self, policy: &Policy) -> Result<EngineState, StoreError> {
+        load_engine(&self.conn, policy).map_err(|e| match e {
             LoadError::Sql(source) => self.sql_err(source),
             LoadError::Decode(detail) => StoreError::Decode {
                 path: self.path.clone(),
@@ -713,25 +750,37 @@ fn write_state(
             threshold.execute(params![id, json(t), ts(t.modified_at)])?;
         }
     }
-    let mut person = tx.prepare_cached(
+    // Facts change only with a CRM edit of the person; stamps, holds and cool-downs with
+    // most decisions. So a person whose facts did not change keeps its saved facts (a new
+    // row without facts has none to keep).
+    let mut with_facts = tx.prepare_cached(
         "INSERT INTO persons (crm_id, kind, map_lead_id, facts, stamps, cooldown, last_hold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (crm_id) DO UPDATE SET kind = excluded.kind, map_lead_id = excluded.map_lead_id, facts = excluded.facts,
              stamps = excluded.stamps, cooldown = excluded.cooldown, last_hold = excluded.last_hold",
     )?;
+    let mut without_facts = tx.prepare_cached(
+        "INSERT INTO persons (crm_id, map_lead_id, stamps, cooldown, last_hold) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (crm_id) DO UPDATE SET map_lead_id = excluded.map_lead_id,
+             stamps = excluded.stamps, cooldown = excluded.cooldown, last_hold = excluded.last_hold",
+    )?;
+    let mut facts_changed = dirty.facts.clone();
+    facts_changed.sort_unstable();
     let mut person_slots = dirty.persons.clone();
     person_slots.sort_unstable_by(|a, b| state.persons.id(*a).cmp(state.persons.id(*b)));
     for slot in person_slots {
         let (id, p) = (state.persons.id(slot), state.persons.at(slot));
-        let kind = p.facts.as_ref().map(|f| f.crm.kind.as_str());
-        person.execute(params![
-            id,
-            kind,
-            p.map_lead,
-            p.facts.as_ref().map(json),
-            json(&p.stamps),
-            p.cooldown.as_ref().map(json),
-            p.last_hold.as_ref().map(json)
-        ])?;
+        let stamps = json(&p.stamps);
+        let cooldown = p.cooldown.as_ref().map(json);
+        let last_hold = p.last_hold.as_ref().map(json);
+        if facts_changed.binary_search(&slot).is_ok() {
+            let kind = p.facts.as_ref().map(|f| f.crm.kind.as_str());
+            let facts = p.facts.as_ref().map(json);
+            with_facts.execute(params![
+                id, kind, p.map_lead, facts, stamps, cooldown, last_hold
+            ])?;
+        } else {
+            without_facts.execute(params![id, p.map_lead, stamps, cooldown, last_hold])?;
+        }
     }
     let mut cycle = tx.prepare_cached(
         "INSERT INTO cycles (external_id, crm_id, number, status, owner_id, team, segment, mql_at, backfilled, body)
@@ -757,6 +806,32 @@ fn write_state(
             ])?;
         }
     }
+    write_leads(tx, state, dirty.map_leads.clone())?;
+    let mut opp = tx.prepare_cached(
+        "INSERT INTO opportunities (id, account_id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, body = excluded.body",
+    )?;
+    for id in &dirty.opportunities {
+        if let Some(o) = state.opportunities.get(id) {
+            opp.execute(params![id, o.account_id, json(o)])?;
+        }
+    }
+    if dirty.meta {
+        tx.prepare_cached(
+            "INSERT INTO engine_meta (key, value) VALUES ('engine', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([json(&state.meta)])?;
+    }
+    Ok(())
+}
+
+/// Writes the rows of these MAP leads (link and scores) as the state has them.
+fn write_leads(
+    tx: &Transaction<'_>,
+    state: &EngineState,
+    mut lead_ids: Vec<i64>,
+) -> rusqlite::Result<()> {
     let mut lead = tx.prepare_cached(
         "INSERT INTO map_leads (id, crm_kind, crm_id, link_at_ns, total, behavior, demographic, decayed, decay_anchor_ns,
              total_at_ns, total_key, behavior_at_ns, behavior_key, demographic_at_ns, demographic_key, campaign_id, campaign_name, unlinked_recorded)
@@ -770,7 +845,6 @@ fn write_state(
     )?;
     // In id order: neighbouring rows share B-tree pages, so each page is found, changed
     // and logged once rather than once per lead.
-    let mut lead_ids = dirty.map_leads.clone();
     lead_ids.sort_unstable();
     for id in &lead_ids {
         if let Some(l) = state.map_leads.get(id) {
@@ -799,22 +873,39 @@ fn write_state(
             ])?;
         }
     }
-    let mut opp = tx.prepare_cached(
-        "INSERT INTO opportunities (id, account_id, body) VALUES (?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, body = excluded.body",
-    )?;
-    for id in &dirty.opportunities {
-        if let Some(o) = state.opportunities.get(id) {
-            opp.execute(params![id, o.account_id, json(o)])?;
+    Ok(())
+}
+
+/// The last score-history row and the last one the score snapshot covers.
+fn history_marks(tx: &Transaction<'_>) -> rusqlite::Result<(i64, i64)> {
+    let last: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM score_history", [], |r| {
+        r.get(0)
+    })?;
+    let saved: Option<String> = tx
+        .query_row(
+            "SELECT value FROM engine_meta WHERE key = 'scores_saved_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok((last, saved.and_then(|v| v.parse().ok()).unwrap_or(0)))
+}
+
+/// Saves the rows of every lead whose scores changed since the last snapshot, and marks the
+/// history through `last` as covered.
+fn save_scores(tx: &Transaction<'_>, state: &mut EngineState, last: i64) -> rusqlite::Result<()> {
+    let unsaved = std::mem::take(&mut state.unsaved_scores);
+    for id in &unsaved {
+        if let Some(lead) = state.map_leads.get_mut(id) {
+            lead.unsaved = false;
         }
     }
-    if dirty.meta {
-        tx.prepare_cached(
-            "INSERT INTO engine_meta (key, value) VALUES ('engine', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute([json(&state.meta)])?;
-    }
+    write_leads(tx, state, unsaved)?;
+    tx.prepare_cached(
+        "INSERT INTO engine_meta (key, value) VALUES ('scores_saved_through', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([last.to_string()])?;
     Ok(())
 }
 
@@ -841,7 +932,7 @@ fn kind_of(text: &str) -> CrmKind {
     }
 }
 
-fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
+fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadError> {
     let mut state = EngineState::new();
     let mut stmt = conn.prepare("SELECT id, body FROM thresholds")?;
     let mut rows = stmt.query([])?;
@@ -931,6 +1022,7 @@ fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
         };
         state.map_leads.insert(id, lead);
     }
+    replay_scores(conn, policy, &mut state)?;
     let mut stmt = conn.prepare("SELECT id, body FROM opportunities")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -951,6 +1043,64 @@ fn load_engine(conn: &Connection) -> Result<EngineState, LoadError> {
         .unwrap_or_default();
     state.rebuild_indexes();
     Ok(state)
+}
+
+/// Applies the score history after the last snapshot, in arrival order, as the engine did.
+/// Each change is versioned, so one the snapshot already holds changes nothing.
+fn replay_scores(
+    conn: &Connection,
+    policy: &Policy,
+    state: &mut EngineState,
+) -> Result<(), LoadError> {
+    let saved: i64 = conn
+        .query_row(
+            "SELECT value FROM engine_meta WHERE key = 'scores_saved_through'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let half_life = match policy.score {
+        ScoreSource::TimeDecayed { half_life } => Some(half_life),
+        _ => None,
+    };
+    let mut stmt = conn.prepare(
+        "SELECT map_lead_id, change_id, part, new_value, old_value, campaign_id, campaign_name, at_ns
+         FROM score_history WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([saved])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let change_id: String = r.get(1)?;
+        let what = format!("score change {change_id}");
+        let part = match r.get::<_, String>(2)?.as_str() {
+            "total" => ScorePart::Total,
+            "behavior" => ScorePart::Behavior,
+            "demographic" => ScorePart::Demographic,
+            other => return Err(LoadError::Decode(format!("{what}: unknown part {other:?}"))),
+        };
+        let campaign = r
+            .get::<_, Option<String>>(5)?
+            .map(|cid| {
+                r.get::<_, Option<String>>(6)
+                    .map(|name| Campaign { id: cid, name })
+            })
+            .transpose()?;
+        let at = from_ns(Some(r.get(7)?), &what)?.expect("an instant");
+        let lead = state.map_leads.entry(id).or_default();
+        lead.scores.apply(
+            part,
+            r.get(3)?,
+            r.get(4)?,
+            &change_id,
+            at,
+            campaign.as_ref(),
+            half_life,
+        );
+        lead.mark_unsaved(id, &mut state.unsaved_scores);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

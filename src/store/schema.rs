@@ -146,4 +146,28 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX threshold_field_history_by_threshold ON threshold_field_history (threshold_id, changed_at);
     "#,
+    // 3: the score history gets an arrival order (`seq`), so that MAP-lead scores can be
+    // saved as a periodic snapshot plus the history after it, instead of a row rewrite per
+    // lead per batch. The rows of earlier versions are all in the snapshot already (those
+    // versions rewrote every changed lead each batch), so the snapshot covers them.
+    r#"
+    CREATE TABLE score_history_v3 (
+        seq         INTEGER PRIMARY KEY,
+        change_id   TEXT NOT NULL UNIQUE,
+        map_lead_id INTEGER NOT NULL,
+        part        TEXT NOT NULL,
+        new_value   REAL NOT NULL,
+        old_value   REAL,
+        campaign_id TEXT,
+        campaign_name TEXT,
+        at_ns       INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO score_history_v3 (change_id, map_lead_id, part, new_value, old_value, campaign_id, campaign_name, at_ns)
+        SELECT change_id, map_lead_id, part, new_value, old_value, campaign_id, campaign_name, at_ns
+        FROM score_history ORDER BY at_ns, change_id;
+    DROP TABLE score_history;
+    ALTER TABLE score_history_v3 RENAME TO score_history;
+    INSERT INTO engine_meta (key, value)
+        SELECT 'scores_saved_through', CAST(coalesce(max(seq), 0) AS TEXT) FROM score_history;
+    "#,
 ];

@@ -89,6 +89,14 @@ fn a_new_store_is_migrated_to_the_latest_schema_in_wal_mode() {
 
 #[test]
 fn a_reloaded_store_continues_exactly_like_an_uninterrupted_run() {
+    // Score snapshots never (the history is replayed on every load), after every few
+    // history rows (snapshot and history mixed), and after every row.
+    for snapshot_rows in [i64::MAX, 5, 1] {
+        reload_after_every_batch(snapshot_rows);
+    }
+}
+
+fn reload_after_every_batch(snapshot_rows: i64) {
     let policy = Policy::example();
     let all = events();
     // Uninterrupted.
@@ -103,7 +111,8 @@ fn a_reloaded_store_continues_exactly_like_an_uninterrupted_run() {
     let mut got = Vec::new();
     for (n, chunk) in all.chunks(4).enumerate() {
         let mut store = Store::open(&path).unwrap();
-        let mut state = store.load_engine().unwrap();
+        store.set_score_snapshot_rows(snapshot_rows);
+        let mut state = store.load_engine(&policy).unwrap();
         let decisions: Vec<Vec<Decision>> = chunk
             .iter()
             .map(|e| apply(&mut state, &policy, e))
@@ -128,7 +137,7 @@ fn a_reloaded_store_continues_exactly_like_an_uninterrupted_run() {
         serde_json::to_string(&expected).unwrap()
     );
     let store = Store::open(&path).unwrap();
-    let reloaded = store.load_engine().unwrap();
+    let reloaded = store.load_engine(&policy).unwrap();
     assert_eq!(reloaded.persons.len(), straight.persons.len());
     for (id, p) in &straight.persons {
         assert_eq!(reloaded.persons[id].cycles, p.cycles, "{id}");
@@ -427,11 +436,130 @@ fn a_store_kept_open_across_batches_saves_every_later_change_of_a_lead() {
             .unwrap();
         assert!(state.dirty.is_empty());
     }
-    let reloaded = store.load_engine().unwrap();
+    let reloaded = store.load_engine(&policy).unwrap();
     assert_eq!(reloaded.map_leads, state.map_leads);
     for (id, p) in &state.persons {
         assert_eq!(reloaded.persons[id].cycles, p.cycles, "{id}");
         assert_eq!(reloaded.persons[id].last_hold, p.last_hold, "{id}");
         assert_eq!(reloaded.persons[id].map_lead, p.map_lead, "{id}");
     }
+}
+
+#[test]
+fn decayed_scores_with_late_and_repeated_changes_reload_exactly() {
+    // Behaviour changes under a decayed score, one arriving late (older than one applied)
+    // and one delivered twice: whatever mixes snapshot and replayed history, the reloaded
+    // scores are the ones of an uninterrupted run, to the bit.
+    let mut policy = Policy::example();
+    policy.score = crate::engine::policy::ScoreSource::TimeDecayed {
+        half_life: jiff::SignedDuration::from_hours(24 * 7),
+    };
+    let change = |lead: i64, id: &str, part: ScorePart, new: f64, at: i64| {
+        Event::Score(ScoreChange {
+            map_lead_id: lead,
+            change_id: id.to_string(),
+            part,
+            new_value: new,
+            old_value: None,
+            campaign: Some(Campaign {
+                id: format!("C-{id}"),
+                name: Some("Webinar".into()),
+            }),
+            at: t(at),
+        })
+    };
+    let all = vec![
+        change(1, "a", ScorePart::Demographic, 20.0, 10),
+        change(1, "b", ScorePart::Behavior, 35.0, 20),
+        change(2, "c", ScorePart::Behavior, 10.0, 30),
+        change(1, "d", ScorePart::Behavior, 55.0, 40_000),
+        change(1, "e", ScorePart::Behavior, 45.0, 30_000),
+        change(2, "f", ScorePart::Behavior, 70.0, 90_000),
+        change(1, "d", ScorePart::Behavior, 55.0, 40_000),
+        change(2, "g", ScorePart::Demographic, 5.0, 95_000),
+    ];
+    let mut straight = EngineState::new();
+    for e in &all {
+        apply(&mut straight, &policy, e);
+    }
+    for snapshot_rows in [i64::MAX, 3, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqlite");
+        for chunk in all.chunks(2) {
+            let mut store = Store::open(&path).unwrap();
+            store.set_score_snapshot_rows(snapshot_rows);
+            let mut state = store.load_engine(&policy).unwrap();
+            let decisions: Vec<Decision> = chunk
+                .iter()
+                .flat_map(|e| apply(&mut state, &policy, e))
+                .collect();
+            store
+                .commit_batch(
+                    Batch {
+                        events: chunk,
+                        decisions: &decisions,
+                        cursors: &[],
+                        seen_at: t(100),
+                    },
+                    &mut state,
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let mut reloaded = store.load_engine(&policy).unwrap();
+        assert_eq!(reloaded.map_leads, straight.map_leads, "{snapshot_rows}");
+        // After a final snapshot nothing is left to replay, and the rows alone say the same.
+        store.save_scores(&mut reloaded).unwrap();
+        let saved: String = store
+            .conn
+            .query_row(
+                "SELECT value FROM engine_meta WHERE key = 'scores_saved_through'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(saved, "7", "one row per distinct change");
+        let again = Store::open(&path).unwrap().load_engine(&policy).unwrap();
+        assert_eq!(again.map_leads, straight.map_leads, "{snapshot_rows}");
+        assert!(again.unsaved_scores.is_empty());
+    }
+}
+
+#[test]
+fn a_store_of_schema_2_keeps_its_score_history_and_needs_no_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO score_history (change_id, map_lead_id, part, new_value, at_ns)
+                 VALUES ('x2', 7, 'total', 40.0, 2000), ('x1', 7, 'total', 20.0, 1000);
+             INSERT INTO map_leads (id, total, decayed, total_at_ns, total_key, behavior_key, demographic_key, unlinked_recorded)
+                 VALUES (7, 40.0, 0.0, 2000, 5, 0, 0, 0);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let rows: Vec<(i64, String)> = store
+        .conn
+        .prepare("SELECT seq, change_id FROM score_history ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(1, "x1".to_string()), (2, "x2".to_string())]);
+    let state = store.load_engine(&Policy::example()).unwrap();
+    assert_eq!(state.map_leads[&7].scores.total, Some(40.0));
+    assert_eq!(state.map_leads[&7].scores.versions[0].change, 5);
+    assert!(
+        state.unsaved_scores.is_empty(),
+        "the snapshot covers the old rows"
+    );
 }

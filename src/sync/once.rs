@@ -133,7 +133,7 @@ pub async fn run_once<C: Crm, M: Map>(
     usage: impl Fn() -> (u64, u64),
 ) -> Result<RunSummary, SyncError> {
     let before = usage();
-    let state = store.load_engine()?;
+    let state = store.load_engine(policy)?;
     let mut run = Run {
         crm,
         map,
@@ -149,7 +149,14 @@ pub async fn run_once<C: Crm, M: Map>(
         usage: &usage,
         sf_start: None,
     };
-    let result = run.all().await;
+    let mut result = run.all().await;
+    // A complete run leaves a score snapshot, so the next run loads without replaying the
+    // score history. Not after a failure: the state may then hold a page that did not commit.
+    if result.is_ok()
+        && let Err(e) = run.store.save_scores(&mut run.state)
+    {
+        result = Err(e.into());
+    }
     let after = usage();
     let sf_calls = run
         .sf_start
