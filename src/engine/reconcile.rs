@@ -15,7 +15,7 @@ use super::model::{
 use super::policy::{Policy, ScoreSource};
 use super::rules::first_exclusion;
 use super::score::Scores;
-use super::state::{EngineState, PersonState, Timer};
+use super::state::{EngineState, Gate, PersonState, Timer};
 use super::thresholds::{self, Resolved};
 
 /// What a call may know besides the state and the event.
@@ -204,7 +204,7 @@ fn on_person(
     person.facts = Some(Box::new(facts.clone()));
     person.resolved = None;
     person.cached_generation = 0;
-    state.persons.touch(slot, &mut state.dirty);
+    state.touch_person(slot);
     state.dirty.facts.push(slot);
     if old_account != facts.account_id {
         if let Some(old) = old_account
@@ -313,13 +313,18 @@ fn on_score(
     if !relevant {
         return;
     }
-    // The common cases end here with borrows only (see `unchanged`): the lead holds its
-    // person's slot, so no CRM id is hashed.
-    if let Some(slot) = lead.person {
+    // The common cases end here: by the lead's gate alone, or with borrows of the person
+    // (see `unchanged`), whose slot the lead holds, so no CRM id is hashed.
+    let shortcuts = !state.no_shortcuts;
+    if shortcuts && lead.gate.quiet(window, ctx.policy, &lead.scores, change.at) {
+        return;
+    }
+    if shortcuts && let Some(slot) = lead.person {
         let person = state.persons.at(slot);
         if person.map_lead == Some(change.map_lead_id)
             && unchanged(window, ctx.policy, person, &lead.scores, change.at)
         {
+            lead.gate = Gate::of(person);
             return;
         }
     }
@@ -330,6 +335,14 @@ fn on_score(
             };
             let campaign = change.campaign.as_ref();
             evaluate_at(state, ctx, slot, change.at, &trigger, campaign, out);
+            // What the evaluation left is what the next change of this lead meets.
+            let person = state.persons.at(slot);
+            if person.map_lead == Some(change.map_lead_id) {
+                let gate = Gate::of(person);
+                if let Some(lead) = state.map_leads.get_mut(&change.map_lead_id) {
+                    lead.gate = gate;
+                }
+            }
         }
         (None, Some(_)) => {}
         (None, None) if !lead.unlinked_recorded => {
@@ -359,20 +372,23 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
         return;
     }
     lead.person = None;
+    lead.gate = Gate::default();
     if let Some(old) = old
         && let Some(slot) = state.persons.slot(&old.id)
         && state.persons.at(slot).map_lead == Some(link.map_lead_id)
     {
         state.persons.at_mut(slot).map_lead = None;
-        state.persons.touch(slot, &mut state.dirty);
+        state.touch_person(slot);
     }
     if let Some(crm) = &link.crm {
         let slot = state.persons.slot_or_insert(&crm.id);
         if let Some(lead) = state.map_leads.get_mut(&link.map_lead_id) {
             lead.person = Some(slot);
         }
+        // The person's previous MAP lead no longer speaks for it.
+        state.close_gate(state.persons.at(slot).map_lead);
         state.persons.at_mut(slot).map_lead = Some(link.map_lead_id);
-        state.persons.touch(slot, &mut state.dirty);
+        state.touch_person(slot);
         evaluate_at(state, ctx, slot, link.at, &|| Trigger::Link, None, out);
     }
 }
@@ -532,6 +548,34 @@ impl CacheWindow {
     }
 }
 
+impl Gate {
+    /// The gate of a person as it stands (closed when no threshold is cached).
+    fn of(person: &PersonState) -> Gate {
+        Gate {
+            generation: person.cached_generation,
+            quiet_below: person.last_hold.is_none(),
+            quiet_above: person.open_hold != 0,
+            threshold: person.cached_threshold,
+        }
+    }
+
+    /// What [`unchanged`] would answer for the person this gate copied: the same test on
+    /// the copy.
+    fn quiet(self, window: CacheWindow, policy: &Policy, scores: &Scores, at: Timestamp) -> bool {
+        let cacheable = window.valid_from.is_none_or(|from| from <= at)
+            && window.clock.is_some_and(|clock| at <= clock);
+        let current = (window.generation as u32).wrapping_add(1);
+        if !cacheable || self.generation == 0 || self.generation != current {
+            return false;
+        }
+        match scores.value(&policy.score, at) {
+            Some(score) if score < self.threshold => self.quiet_below,
+            Some(_) => self.quiet_above,
+            None => false,
+        }
+    }
+}
+
 /// Whether evaluating a person (whose MAP lead has `scores`) at `at` would change nothing,
 /// decided with borrows only for the two common cases: still below a cached threshold with
 /// no hold to clear, or at or above it with an open cycle whose hold is already recorded.
@@ -567,7 +611,8 @@ fn evaluate_at(
 ) {
     let policy = ctx.policy;
     let person = state.persons.at(slot);
-    if let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))
+    if !state.no_shortcuts
+        && let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))
         && unchanged(CacheWindow::of(state), policy, person, &lead.scores, at)
     {
         return;
@@ -595,7 +640,7 @@ fn evaluate_at(
     if !hold {
         person.open_hold = 0;
         if person.last_hold.take().is_some() {
-            state.persons.touch(slot, &mut state.dirty);
+            state.touch_person(slot);
         }
         return;
     }
@@ -608,7 +653,7 @@ fn evaluate_at(
     };
     if person.last_hold.as_deref() != Some(&reason) {
         person.last_hold = Some(Box::new(reason.clone()));
-        state.persons.touch(slot, &mut state.dirty);
+        state.touch_person(slot);
         record(out, at, state.persons.id(slot), reason);
     }
 }
@@ -691,7 +736,7 @@ fn open_cycle(
     stamps.mql_original.get_or_insert(at);
     stamps.mql_count += 1;
     let stamps = stamps.clone();
-    state.persons.touch(slot, &mut state.dirty);
+    state.touch_person(slot);
     state.cycle_owner.insert(external_id.clone(), slot);
     state.dirty.cycles.push(external_id.clone());
     out.push(Decision {
@@ -754,7 +799,7 @@ fn push_update(
     reason: Reason,
 ) {
     state.dirty.cycles.push(cycle.external_id.clone());
-    state.persons.touch_id(subject, &mut state.dirty);
+    state.touch_person_id(subject);
     out.push(Decision {
         at,
         subject: subject.to_string(),
@@ -962,7 +1007,7 @@ fn on_cycle_edit(
 
 fn store_cycle(state: &mut EngineState, owner: &str, cycle: Cycle) {
     state.dirty.cycles.push(cycle.external_id.clone());
-    state.persons.touch_id(owner, &mut state.dirty);
+    state.touch_person_id(owner);
     if let Some(slot) = state.persons.get_mut(owner).and_then(|p| {
         p.cycles
             .iter_mut()

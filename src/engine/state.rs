@@ -191,13 +191,6 @@ impl Persons {
         }
     }
 
-    /// [`Persons::touch`] by CRM id; an unknown id is ignored.
-    pub(crate) fn touch_id(&mut self, id: &str, dirty: &mut Dirty) {
-        if let Some(slot) = self.slot(id) {
-            self.touch(slot, dirty);
-        }
-    }
-
     /// The slot of a person, adding an empty record when the id is new.
     pub fn slot_or_insert(&mut self, id: &str) -> u32 {
         if let Some(slot) = self.slot(id) {
@@ -259,6 +252,19 @@ impl<'a> IntoIterator for &'a Persons {
     }
 }
 
+/// What a MAP lead's score change can be decided by without reading its person: a copy
+/// of the person's cached threshold and of whether the person is quiet below it (no hold to
+/// clear) or above it (its open cycle's hold recorded). Set after the person was read;
+/// cleared whenever the person changes ([`EngineState::touch_person`]) or is relinked.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Gate {
+    /// The person's `cached_generation`; 0: no gate.
+    pub(crate) generation: u32,
+    pub(crate) quiet_below: bool,
+    pub(crate) quiet_above: bool,
+    pub(crate) threshold: f64,
+}
+
 /// One MAP lead.
 ///
 /// `repr(C)` with the fields a Total score change touches first (slot, flags, the score,
@@ -269,6 +275,8 @@ pub struct MapLeadState {
     /// The [`Persons`] slot of `crm`, resolved when the link is applied (and on load).
     #[serde(skip)]
     pub(crate) person: Option<u32>,
+    #[serde(skip)]
+    pub(crate) gate: Gate,
     /// Listed in [`Dirty::map_leads`] since the store last saved: the link changed.
     #[serde(skip)]
     pub(crate) dirty: bool,
@@ -376,6 +384,9 @@ pub struct EngineState {
     pub dirty: Dirty,
     /// MAP leads whose scores changed since the store's last score snapshot, each once.
     pub(crate) unsaved_scores: Vec<i64>,
+    /// Tests only: decide every score change the long way (no gate, no `unchanged`), to
+    /// check that the shortcuts decide the same.
+    pub(crate) no_shortcuts: bool,
     // Indexes, rebuilt by `rebuild_indexes`.
     /// The [`Persons`] slot of each cycle's person, by external id.
     pub(crate) cycle_owner: FastMap<String, u32>,
@@ -444,6 +455,28 @@ impl EngineState {
         }
         self.threshold_generation += 1;
         self.generation_valid_from = clock;
+    }
+
+    /// Lists a changed person for the store and forgets the gate of its MAP lead: every
+    /// change of a person that the store saves passes here, so a gate never outlives what
+    /// it copied.
+    pub(crate) fn touch_person(&mut self, slot: u32) {
+        self.persons.touch(slot, &mut self.dirty);
+        self.close_gate(self.persons.at(slot).map_lead);
+    }
+
+    /// [`EngineState::touch_person`] by CRM id; an unknown id is ignored.
+    pub(crate) fn touch_person_id(&mut self, id: &str) {
+        if let Some(slot) = self.persons.slot(id) {
+            self.touch_person(slot);
+        }
+    }
+
+    /// Forgets a MAP lead's gate.
+    pub(crate) fn close_gate(&mut self, map_lead: Option<i64>) {
+        if let Some(lead) = map_lead.and_then(|id| self.map_leads.get_mut(&id)) {
+            lead.gate = Gate::default();
+        }
     }
 
     /// The next instant a timer fires, for the clock worker.

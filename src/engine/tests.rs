@@ -689,6 +689,18 @@ proptest! {
     }
 
     #[test]
+    fn the_shortcuts_decide_what_the_long_way_decides(raw in prop::collection::vec(arb_event(), 1..80)) {
+        // The gate of a MAP lead and `unchanged` skip evaluations that would change nothing:
+        // with both off, every score change is evaluated in full, and the decisions agree.
+        let events = timed(&raw);
+        let (_, quick) = run(&events);
+        let mut h = Harness::new();
+        h.state.no_shortcuts = true;
+        let full: Vec<Decision> = events.iter().flat_map(|e| h.apply(e.clone())).collect();
+        prop_assert_eq!(serde_json::to_string(&quick).unwrap(), serde_json::to_string(&full).unwrap());
+    }
+
+    #[test]
     fn replaying_already_applied_events_yields_no_decision(raw in prop::collection::vec(arb_event(), 1..60), from in 0usize..60) {
         let events = timed(&raw);
         let mut h = Harness::new();
