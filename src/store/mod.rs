@@ -6,6 +6,12 @@
 //! commit in one transaction ([`Store::commit_batch`]): after a crash the store holds either
 //! all of a batch or none of it, and the poller re-reads from the saved cursor. rusqlite is
 //! synchronous; async callers give the store its own thread or use `spawn_blocking`.
+//!
+//! MAP-lead scores are saved as a snapshot (`map_leads`) plus the score history after it:
+//! a batch appends its score changes, and only every [`SCORE_SNAPSHOT_ROWS`] history rows
+//! (or on [`Store::save_scores`]) are the changed leads' rows rewritten. Loading replays
+//! the rest in arrival order ([`Store::load_engine`]). A daemon should call `save_scores`
+//! when it stops, so that its next start replays nothing.
 
 mod schema;
 
