@@ -336,14 +336,14 @@ pub enum Timer {
 /// What changed since the store last saved: the keys to write.
 #[derive(Clone, Debug, Default)]
 pub struct Dirty {
-    /// [`Persons`] slots, each changed person once (see [`Persons::touch`]).
+    /// [`Persons`] slots, each changed person once (listed by `Persons::touch`).
     pub persons: Vec<u32>,
     /// The slots among `persons` whose CRM facts changed (may repeat): the store rewrites
     /// a person's facts only then, not on every stamp or hold.
     pub facts: Vec<u32>,
     /// Each lead whose link changed once (see [`MapLeadState::mark_dirty`]), in the order
     /// changed. Score changes are not listed: the store keeps them in its score history and
-    /// saves scores as a periodic snapshot ([`EngineState::unsaved_scores`]).
+    /// saves scores as a periodic snapshot (`EngineState::unsaved_scores`).
     pub map_leads: Vec<i64>,
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
