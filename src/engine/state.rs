@@ -341,7 +341,7 @@ pub struct Dirty {
     /// The slots among `persons` whose CRM facts changed (may repeat): the store rewrites
     /// a person's facts only then, not on every stamp or hold.
     pub facts: Vec<u32>,
-    /// Each lead whose link changed once (see [`MapLeadState::mark_dirty`]), in the order
+    /// Each lead whose link changed once (listed by `MapLeadState::mark_dirty`), in the order
     /// changed. Score changes are not listed: the store keeps them in its score history and
     /// saves scores as a periodic snapshot (`EngineState::unsaved_scores`).
     pub map_leads: Vec<i64>,
