@@ -75,6 +75,25 @@ fn apply(state: &mut EngineState, policy: &Policy, event: &Event) -> Vec<Decisio
     reconcile(state, &ctx, event)
 }
 
+/// Applies a batch of events and commits it with its decisions (no cursors).
+fn apply_and_commit(store: &mut Store, state: &mut EngineState, policy: &Policy, events: &[Event]) {
+    let decisions: Vec<Decision> = events
+        .iter()
+        .flat_map(|e| apply(state, policy, e))
+        .collect();
+    store
+        .commit_batch(
+            Batch {
+                events,
+                decisions: &decisions,
+                cursors: &[],
+                seen_at: t(100),
+            },
+            state,
+        )
+        .unwrap();
+}
+
 #[test]
 fn a_new_store_is_migrated_to_the_latest_schema_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
@@ -419,21 +438,7 @@ fn a_store_kept_open_across_batches_saves_every_later_change_of_a_lead() {
     let mut store = Store::open_in_memory().unwrap();
     let mut state = EngineState::new();
     for chunk in all.chunks(3) {
-        let decisions: Vec<Decision> = chunk
-            .iter()
-            .flat_map(|e| apply(&mut state, &policy, e))
-            .collect();
-        store
-            .commit_batch(
-                Batch {
-                    events: chunk,
-                    decisions: &decisions,
-                    cursors: &[],
-                    seen_at: t(100),
-                },
-                &mut state,
-            )
-            .unwrap();
+        apply_and_commit(&mut store, &mut state, &policy, chunk);
         assert!(state.dirty.is_empty());
     }
     let reloaded = store.load_engine(&policy).unwrap();
@@ -489,21 +494,7 @@ fn decayed_scores_with_late_and_repeated_changes_reload_exactly() {
             let mut store = Store::open(&path).unwrap();
             store.set_score_snapshot_rows(snapshot_rows);
             let mut state = store.load_engine(&policy).unwrap();
-            let decisions: Vec<Decision> = chunk
-                .iter()
-                .flat_map(|e| apply(&mut state, &policy, e))
-                .collect();
-            store
-                .commit_batch(
-                    Batch {
-                        events: chunk,
-                        decisions: &decisions,
-                        cursors: &[],
-                        seen_at: t(100),
-                    },
-                    &mut state,
-                )
-                .unwrap();
+            apply_and_commit(&mut store, &mut state, &policy, chunk);
         }
         let mut store = Store::open(&path).unwrap();
         let mut reloaded = store.load_engine(&policy).unwrap();
