@@ -541,10 +541,16 @@ impl CacheWindow {
     /// The threshold score for a person at `at` when the cache can answer without cloning:
     /// the common "still below the threshold" case takes no allocation.
     fn threshold_score(self, person: &PersonState, at: Timestamp) -> Option<f64> {
+        self.holds(person.cached_generation, at)
+            .then_some(person.cached_threshold)
+    }
+
+    /// Whether a threshold cached under `cached_generation` (a person's, or a gate's copy of
+    /// it) is valid at `at`.
+    fn holds(self, cached_generation: u32, at: Timestamp) -> bool {
         let cacheable = self.valid_from.is_none_or(|from| from <= at)
             && self.clock.is_some_and(|clock| at <= clock);
-        let current = (self.generation as u32).wrapping_add(1);
-        (cacheable && person.cached_generation == current).then_some(person.cached_threshold)
+        cacheable && cached_generation == (self.generation as u32).wrapping_add(1)
     }
 }
 
@@ -562,10 +568,7 @@ impl Gate {
     /// What [`unchanged`] would answer for the person this gate copied: the same test on
     /// the copy.
     fn quiet(self, window: CacheWindow, policy: &Policy, scores: &Scores, at: Timestamp) -> bool {
-        let cacheable = window.valid_from.is_none_or(|from| from <= at)
-            && window.clock.is_some_and(|clock| at <= clock);
-        let current = (window.generation as u32).wrapping_add(1);
-        if !cacheable || self.generation == 0 || self.generation != current {
+        if !window.holds(self.generation, at) {
             return false;
         }
         match scores.value(&policy.score, at) {

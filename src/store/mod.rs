@@ -599,6 +599,17 @@ fn part_name(part: ScorePart) -> &'static str {
     }
 }
 
+/// The inverse of [`part_name`].
+fn part_of(name: &str) -> Option<ScorePart> {
+    [
+        ScorePart::Total,
+        ScorePart::Behavior,
+        ScorePart::Demographic,
+    ]
+    .into_iter()
+    .find(|p| part_name(*p) == name)
+}
+
 /// The `code` tag of a reason, as its JSON carries it (kept equal by a test).
 fn reason_code(reason: &Reason) -> &'static str {
     match reason {
@@ -887,14 +898,19 @@ fn history_marks(tx: &Transaction<'_>) -> rusqlite::Result<(i64, i64)> {
     let last: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM score_history", [], |r| {
         r.get(0)
     })?;
-    let saved: Option<String> = tx
+    Ok((last, scores_saved_through(tx)?))
+}
+
+/// The last score-history row the score snapshot covers (0: none).
+fn scores_saved_through(conn: &Connection) -> rusqlite::Result<i64> {
+    let saved: Option<String> = conn
         .query_row(
             "SELECT value FROM engine_meta WHERE key = 'scores_saved_through'",
             [],
             |r| r.get(0),
         )
         .optional()?;
-    Ok((last, saved.and_then(|v| v.parse().ok()).unwrap_or(0)))
+    Ok(saved.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// Saves the rows of every lead whose scores changed since the last snapshot, and marks the
@@ -1058,15 +1074,7 @@ fn replay_scores(
     policy: &Policy,
     state: &mut EngineState,
 ) -> Result<(), LoadError> {
-    let saved: i64 = conn
-        .query_row(
-            "SELECT value FROM engine_meta WHERE key = 'scores_saved_through'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let saved = scores_saved_through(conn)?;
     let half_life = match policy.score {
         ScoreSource::TimeDecayed { half_life } => Some(half_life),
         _ => None,
@@ -1080,11 +1088,9 @@ fn replay_scores(
         let id: i64 = r.get(0)?;
         let change_id: String = r.get(1)?;
         let what = format!("score change {change_id}");
-        let part = match r.get::<_, String>(2)?.as_str() {
-            "total" => ScorePart::Total,
-            "behavior" => ScorePart::Behavior,
-            "demographic" => ScorePart::Demographic,
-            other => return Err(LoadError::Decode(format!("{what}: unknown part {other:?}"))),
+        let part = r.get::<_, String>(2)?;
+        let Some(part) = part_of(&part) else {
+            return Err(LoadError::Decode(format!("{what}: unknown part {part:?}")));
         };
         let campaign = r
             .get::<_, Option<String>>(5)?
