@@ -6,6 +6,8 @@
 //! at least once. The lifecycle of a cycle (Open -> Working -> Converted, or -> Rejected with
 //! a reason) lives here too, as the reaction to CRM edits of MQL records.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
 use super::model::{
@@ -16,7 +18,7 @@ use super::policy::{Policy, ScoreSource};
 use super::rules::first_exclusion;
 use super::score::Scores;
 use super::state::{EngineState, Gate, PersonState, Timer};
-use super::thresholds::{self, Resolved};
+use super::thresholds::{self, Resolved, Resolver};
 
 /// What a call may know besides the state and the event.
 #[derive(Clone, Copy, Debug)]
@@ -77,7 +79,7 @@ pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp
     };
     let resolved = person.facts.as_ref().and_then(|facts| {
         thresholds::resolve(
-            usable(state),
+            state.thresholds.values(),
             &facts.attributes,
             at,
             policy.default_threshold,
@@ -92,13 +94,6 @@ pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp
 fn bump_generation(state: &mut EngineState, from: Timestamp) {
     state.threshold_generation += 1;
     state.generation_valid_from = Some(state.generation_valid_from.map_or(from, |v| v.max(from)));
-}
-
-fn usable(state: &EngineState) -> impl Iterator<Item = &Threshold> {
-    state
-        .thresholds
-        .values()
-        .filter(|t| thresholds::problem(t).is_none())
 }
 
 fn record(out: &mut Vec<Decision>, at: Timestamp, subject: &str, reason: Reason) {
@@ -394,14 +389,14 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
 }
 
 /// A person's threshold as [`resolve_at`] found it: in the person's cache (read it from
-/// there, without copying its strings), or computed for an instant the cache cannot hold.
+/// there), or computed for an instant the cache cannot hold.
 enum Resolution {
     Cached,
-    Fresh(Option<Resolved>),
+    Fresh(Option<Arc<Resolved>>),
 }
 
 impl Resolution {
-    fn of<'a>(&'a self, person: &'a PersonState) -> Option<&'a Resolved> {
+    fn of<'a>(&'a self, person: &'a PersonState) -> Option<&'a Arc<Resolved>> {
         match self {
             Resolution::Cached => person.resolved.as_ref().map(|(_, r)| r),
             Resolution::Fresh(r) => r.as_ref(),
@@ -423,19 +418,25 @@ fn resolve_at(state: &mut EngineState, policy: &Policy, slot: u32, at: Timestamp
     {
         return Resolution::Cached;
     }
-    let Some(facts) = person.facts.as_ref() else {
+    if person.facts.is_none() {
         return Resolution::Fresh(None);
-    };
-    let resolved = thresholds::resolve(
-        state
-            .thresholds
-            .values()
-            .filter(|t| thresholds::problem(t).is_none()),
-        &facts.attributes,
-        at,
-        policy.default_threshold,
-    );
-    match resolved {
+    }
+    if state
+        .resolver
+        .as_ref()
+        .is_none_or(|(g, r)| *g != generation || !r.has_default(policy.default_threshold))
+    {
+        let resolver = Resolver::new(state.thresholds.values(), policy.default_threshold);
+        state.resolver = Some((generation, resolver));
+    }
+    let (_, resolver) = state.resolver.as_ref().expect("compiled above");
+    let facts = state
+        .persons
+        .at(slot)
+        .facts
+        .as_ref()
+        .expect("checked above");
+    match resolver.resolve(&facts.attributes, at) {
         Some(resolved) if cacheable => {
             let person = state.persons.at_mut(slot);
             person.cached_threshold = resolved.score;
@@ -623,7 +624,7 @@ fn evaluate_at(
     let resolution = resolve_at(state, policy, slot, at);
     let person = state.persons.at(slot);
     let resolved = resolution.of(person);
-    let (reason, qualifies) = verdict(state, policy, person, resolved, at, trigger);
+    let (reason, qualifies) = verdict(state, policy, person, resolved.map(|r| &**r), at, trigger);
     if qualifies {
         let resolved = resolved.cloned().expect("qualified with a threshold");
         open_cycle(
@@ -667,7 +668,7 @@ fn open_cycle(
     ctx: &Context<'_>,
     slot: u32,
     at: Timestamp,
-    resolved: Resolved,
+    resolved: Arc<Resolved>,
     crossing_campaign: Option<&Campaign>,
     reason: Reason,
     out: &mut Vec<Decision>,
@@ -693,8 +694,8 @@ fn open_cycle(
         status: CycleStatus::Open,
         score,
         threshold: resolved.score,
-        threshold_id: resolved.threshold_id,
-        segment: resolved.segment,
+        threshold_id: resolved.threshold_id.clone(),
+        segment: resolved.segment.clone(),
         campaign,
         owner_at_mql: owner_id.clone(),
         owner_id: owner_id.clone(),

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::model::{CrmRef, Cycle, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold};
 use super::score::Scores;
-use super::thresholds::Resolved;
+use super::thresholds::{Resolved, Resolver};
 
 /// A fast, deterministic hasher for the engine's maps (rustc's Fx word mixing, with a
 /// splitmix64 finish). Keys are CRM
@@ -113,7 +114,7 @@ pub struct PersonState {
     /// No new MQL before this instant (after a rejection), and the outcome that set it.
     pub cooldown: Option<(Timestamp, Outcome)>,
     #[serde(skip)]
-    pub(crate) resolved: Option<(u64, Resolved)>,
+    pub(crate) resolved: Option<(u64, Arc<Resolved>)>,
     /// Listed in [`Dirty::persons`] since the store last saved.
     #[serde(skip)]
     pub(crate) dirty: bool,
@@ -397,6 +398,8 @@ pub struct EngineState {
     pub(crate) threshold_generation: u64,
     /// Cached resolutions are valid from this instant up to the clock.
     pub(crate) generation_valid_from: Option<Timestamp>,
+    /// The threshold records compiled under the generation it is paired with.
+    pub(crate) resolver: Option<(u64, Resolver)>,
 }
 
 impl EngineState {

@@ -6,6 +6,7 @@
 //! answer never depends on iteration order. No match: the configured default, else none.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
@@ -30,36 +31,139 @@ pub fn matches(threshold: &Threshold, attributes: &BTreeMap<String, String>) -> 
     })
 }
 
-/// The threshold for a person at `t`.
+/// The threshold for a person at `t` (records with a [`problem`] never apply).
 pub fn resolve<'a>(
     thresholds: impl IntoIterator<Item = &'a Threshold>,
     attributes: &BTreeMap<String, String>,
     t: Timestamp,
     default: Option<f64>,
 ) -> Option<Resolved> {
-    thresholds
-        .into_iter()
-        .filter(|th| th.in_force_at(t) && matches(th, attributes))
-        .max_by(|a, b| {
-            (a.segment.len(), a.effective_from, a.modified_at, &a.id).cmp(&(
-                b.segment.len(),
-                b.effective_from,
-                b.modified_at,
-                &b.id,
+    Resolver::new(thresholds, default)
+        .resolve(attributes, t)
+        .map(|r| Resolved::clone(&r))
+}
+
+/// A set of threshold records compiled for resolution, for as long as the set is unchanged:
+/// records in order of precedence, best first, so the first one in force that the person
+/// matches wins; segment values trimmed and lower-cased once; each record's [`Resolved`]
+/// built once and shared by everyone it applies to. Resolving then costs a look-up of each
+/// segment field in the person's attributes and a few comparisons per record, where
+/// matching every record afresh cost some 20,000 instructions per person.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    /// The attribute names any segment uses, sorted.
+    fields: Vec<String>,
+    candidates: Vec<Candidate>,
+    default: Option<Arc<Resolved>>,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    /// (index into `fields`, the value trimmed and lower-cased).
+    segment: Vec<(usize, String)>,
+    effective_from: Option<Timestamp>,
+    effective_to: Option<Timestamp>,
+    resolved: Arc<Resolved>,
+}
+
+/// Segment fields a person's values are looked up for on the stack; more spill to the heap.
+const STACK_FIELDS: usize = 8;
+
+impl Resolver {
+    /// Compiles the records that can apply (active, not deleted, no [`problem`]) and the
+    /// configured default.
+    pub fn new<'a>(
+        thresholds: impl IntoIterator<Item = &'a Threshold>,
+        default: Option<f64>,
+    ) -> Self {
+        let mut usable: Vec<&Threshold> = thresholds
+            .into_iter()
+            .filter(|t| t.active && !t.deleted && problem(t).is_none())
+            .collect();
+        // Best first: most specific, then latest start (none counts as earliest), then
+        // latest modification, then the larger id.
+        usable.sort_by(|a, b| {
+            (b.segment.len(), b.effective_from, b.modified_at, &b.id).cmp(&(
+                a.segment.len(),
+                a.effective_from,
+                a.modified_at,
+                &a.id,
             ))
-        })
-        .map(|th| Resolved {
-            score: th.score,
-            threshold_id: Some(th.id.clone()),
-            segment: th.segment_label(),
-        })
-        .or_else(|| {
-            default.map(|score| Resolved {
-                score,
-                threshold_id: None,
-                segment: "default".to_string(),
+        });
+        let mut fields: Vec<String> = usable
+            .iter()
+            .flat_map(|t| t.segment.keys().cloned())
+            .collect();
+        fields.sort_unstable();
+        fields.dedup();
+        let candidates = usable
+            .into_iter()
+            .map(|t| Candidate {
+                segment: t
+                    .segment
+                    .iter()
+                    .map(|(key, value)| {
+                        let field = fields.binary_search(key).expect("collected above");
+                        (field, value.trim().to_ascii_lowercase())
+                    })
+                    .collect(),
+                effective_from: t.effective_from,
+                effective_to: t.effective_to,
+                resolved: Arc::new(Resolved {
+                    score: t.score,
+                    threshold_id: Some(t.id.clone()),
+                    segment: t.segment_label(),
+                }),
             })
-        })
+            .collect();
+        Resolver {
+            fields,
+            candidates,
+            default: default.map(|score| {
+                Arc::new(Resolved {
+                    score,
+                    threshold_id: None,
+                    segment: "default".to_string(),
+                })
+            }),
+        }
+    }
+
+    /// Whether this resolver was compiled with `default` as the configured default.
+    pub fn has_default(&self, default: Option<f64>) -> bool {
+        self.default.as_ref().map(|d| d.score.to_bits()) == default.map(f64::to_bits)
+    }
+
+    /// The threshold for a person with these attributes at `t`.
+    pub fn resolve(
+        &self,
+        attributes: &BTreeMap<String, String>,
+        t: Timestamp,
+    ) -> Option<Arc<Resolved>> {
+        let mut on_stack = [None; STACK_FIELDS];
+        let mut on_heap = Vec::new();
+        let values: &mut [Option<&str>] = if self.fields.len() <= STACK_FIELDS {
+            &mut on_stack[..self.fields.len()]
+        } else {
+            on_heap.resize(self.fields.len(), None);
+            &mut on_heap
+        };
+        for (value, field) in values.iter_mut().zip(&self.fields) {
+            *value = attributes.get(field).map(|a| a.trim());
+        }
+        self.candidates
+            .iter()
+            .find(|c| {
+                c.effective_from.is_none_or(|from| from <= t)
+                    && c.effective_to.is_none_or(|to| t < to)
+                    && c.segment.iter().all(|(field, wanted)| {
+                        values[*field].is_some_and(|v| v.eq_ignore_ascii_case(wanted))
+                    })
+            })
+            .map(|c| &c.resolved)
+            .or(self.default.as_ref())
+            .cloned()
+    }
 }
 
 /// Why a threshold record cannot be used, if it cannot.
@@ -83,6 +187,8 @@ pub fn problem(threshold: &Threshold) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
@@ -183,6 +289,95 @@ mod tests {
         assert_eq!(resolve([&off, &gone], &attrs(&[]), t, None), None);
         let r = resolve([&off, &gone], &attrs(&[]), t, Some(55.0)).unwrap();
         assert_eq!((r.score, r.threshold_id), (55.0, None));
+    }
+
+    /// The definition the compiled [`Resolver`] must agree with: match every usable record
+    /// afresh and take the greatest by precedence.
+    fn reference(
+        thresholds: &[Threshold],
+        attributes: &BTreeMap<String, String>,
+        t: Timestamp,
+        default: Option<f64>,
+    ) -> Option<(f64, Option<String>)> {
+        thresholds
+            .iter()
+            .filter(|r| problem(r).is_none() && r.in_force_at(t) && matches(r, attributes))
+            .max_by(|a, b| {
+                (a.segment.len(), a.effective_from, a.modified_at, &a.id).cmp(&(
+                    b.segment.len(),
+                    b.effective_from,
+                    b.modified_at,
+                    &b.id,
+                ))
+            })
+            .map(|r| (r.score, Some(r.id.clone())))
+            .or(default.map(|score| (score, None)))
+    }
+
+    fn day(d: i64) -> Timestamp {
+        ts("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_hours(24 * d)
+    }
+
+    fn arb_threshold() -> impl Strategy<Value = Threshold> {
+        let value = prop::sample::select(vec!["EMEA", " emea", "NA", "SDR", "ae "]);
+        (
+            "[a-d]{1,2}",
+            prop::collection::btree_map(
+                prop::sample::select(vec!["region", "team", "tier"]),
+                value,
+                0..3,
+            ),
+            0.0..100.0f64,
+            prop::option::of(0..20i64),
+            prop::option::of(1..20i64),
+            0..5i64,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(id, segment, score, from, length, modified, active, deleted)| Threshold {
+                    id,
+                    segment: segment
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    score,
+                    effective_from: from.map(day),
+                    effective_to: length.map(|l| day(from.unwrap_or(0) + l - 5)),
+                    active,
+                    set_by: None,
+                    modified_at: day(modified),
+                    deleted,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_compiled_resolver_agrees_with_matching_every_record(
+            // Ids are unique in the CRM (the state keys records by id).
+            thresholds in prop::collection::vec(arb_threshold(), 0..12).prop_map(|mut all| {
+                for (i, t) in all.iter_mut().enumerate() {
+                    t.id = format!("{}{i}", t.id);
+                }
+                all
+            }),
+            person in prop::collection::btree_map(
+                prop::sample::select(vec!["region", "team", "tier", "country"]),
+                prop::sample::select(vec!["EMEA", "emea ", "NA", "sdr", "AE", ""]),
+                0..4,
+            ),
+            at in 0..30i64,
+            default in prop::option::of(0.0..100.0f64),
+        ) {
+            let person: BTreeMap<String, String> =
+                person.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let resolver = Resolver::new(&thresholds, default);
+            let got = resolver
+                .resolve(&person, day(at))
+                .map(|r| (r.score, r.threshold_id.clone()));
+            proptest::prop_assert_eq!(got, reference(&thresholds, &person, day(at), default));
+        }
     }
 
     #[test]
