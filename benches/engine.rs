@@ -18,6 +18,10 @@ use mqlsync::store::{Batch, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The binary's allocator (see `src/main.rs`), so that these figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LEADS: i64 = 100_000;
 const EVENTS: usize = 1_000_000;
 /// Events per store transaction; `MQLSYNC_BENCH_BATCH` overrides it.

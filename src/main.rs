@@ -15,6 +15,13 @@ use mqlsync::mapping::{self, MappingError};
 use mqlsync::simulate::{self, HistoryError};
 use mqlsync::store::{Store, StoreError};
 
+/// mimalloc, not the system allocator: the engine allocates small strings and vectors per
+/// decision, and glibc malloc and free were a quarter of its instructions; a long-running
+/// daemon also fragments less. `benches/engine.rs` uses the same allocator, so its figures
+/// are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mqlsync",
