@@ -254,6 +254,27 @@ impl Outcome {
     }
 }
 
+/// A cycle's external id, `{crm id}-{number}`, written without the formatting machinery
+/// (which cost some 800 instructions per new MQL).
+pub fn cycle_external_id(crm_id: &str, number: u32) -> String {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut rest = number;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(crm_id.len() + 1 + digits.len() - start);
+    id.push_str(crm_id);
+    id.push('-');
+    id.extend(digits[start..].iter().map(|&d| char::from(d)));
+    id
+}
+
 /// One MQL cycle: what the MQL custom-object record in the CRM carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cycle {
@@ -460,4 +481,21 @@ pub struct Decision {
     pub subject: String,
     pub action: Action,
     pub reason: Reason,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_cycle_external_id_is_the_crm_id_a_dash_and_the_number(
+            crm_id in "[0-9A-Za-z]{0,18}",
+            number in any::<u32>(),
+        ) {
+            prop_assert_eq!(cycle_external_id(&crm_id, number), format!("{crm_id}-{number}"));
+        }
+    }
 }

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 use super::model::{
     Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink, Opportunity,
-    Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger,
+    Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger, cycle_external_id,
 };
 use super::policy::{Policy, ScoreSource};
 use super::rules::first_exclusion;
@@ -47,11 +47,7 @@ pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> V
 /// Lets time pass up to `ctx.now`: fires every timer due, in order, each at its own instant.
 pub fn advance(state: &mut EngineState, ctx: &Context<'_>) -> Vec<Decision> {
     let mut out = Vec::new();
-    while let Some((at, _)) = state.timers.first() {
-        if *at > ctx.now {
-            break;
-        }
-        let (at, timer) = state.timers.pop_first().expect("a first timer");
+    while let Some((at, timer)) = state.timers.pop_due(ctx.now) {
         state.meta.clock = Some(state.meta.clock.map_or(at, |c| c.max(at)));
         match timer {
             Timer::ThresholdBoundary(id) => {
@@ -139,7 +135,7 @@ fn on_threshold(
         if boundary > clock {
             state
                 .timers
-                .insert((boundary, Timer::ThresholdBoundary(new.id.clone())));
+                .insert(boundary, Timer::ThresholdBoundary(new.id.clone()));
         } else {
             bump_generation(state, boundary);
         }
@@ -683,7 +679,7 @@ fn open_cycle(
     let campaign = crossing_campaign.or(scores.last_campaign.as_ref()).cloned();
     let team = policy.team_for(&facts.attributes);
     let number = person.cycles.len() as u32 + 1;
-    let external_id = format!("{id}-{number}");
+    let external_id = cycle_external_id(&id, number);
     let crm = facts.crm.clone();
     let owner_id = facts.owner_id.clone();
     let cycle = Cycle {
@@ -717,14 +713,12 @@ fn open_cycle(
         crm_modified_at: None,
     };
     if let Some(due) = cycle.sla_due_at {
-        state
-            .timers
-            .insert((due, Timer::SlaDue(external_id.clone())));
+        state.timers.insert(due, Timer::SlaDue(external_id.clone()));
     }
     if let Some(when) = cycle.reassign_at {
         state
             .timers
-            .insert((when, Timer::Reassign(external_id.clone())));
+            .insert(when, Timer::Reassign(external_id.clone()));
     }
     let alert = team.map(|t| t.alert).unwrap_or_default();
     let person = state.persons.at_mut(slot);
@@ -1094,12 +1088,12 @@ fn reassign(
     if let Some(due) = cycle.sla_due_at {
         state
             .timers
-            .insert((due, Timer::SlaDue(external_id.to_string())));
+            .insert(due, Timer::SlaDue(external_id.to_string()));
     }
     if let Some(when) = cycle.reassign_at {
         state
             .timers
-            .insert((when, Timer::Reassign(external_id.to_string())));
+            .insert(when, Timer::Reassign(external_id.to_string()));
     }
     let reason = Reason::Reassigned {
         from: current,

@@ -59,7 +59,10 @@ pub fn first_exclusion<'a>(
             ),
         );
     }
-    if let Some(window) = rules.recent_opportunity {
+    // Calendar dates cost a time-zone conversion each: only with a closed opportunity.
+    if let Some(window) = rules.recent_opportunity
+        && opportunities.iter().any(|o| o.is_closed)
+    {
         let since = (at - window).to_zoned(TimeZone::UTC).date();
         let today = at.to_zoned(TimeZone::UTC).date();
         if let Some(recent) = opportunities

@@ -29,11 +29,12 @@ pub fn change_key(change_id: &str) -> u64 {
 }
 
 impl PartVersion {
-    /// Whether a change `(at, id)` is newer than the one applied.
-    pub fn is_newer(&self, at: Timestamp, change_id: &str) -> bool {
+    /// Whether a change `(at, key)` (`key` being the [`change_key`] of its id) is newer than
+    /// the one applied.
+    pub fn is_newer(&self, at: Timestamp, key: u64) -> bool {
         match self.at {
             None => true,
-            Some(seen) => (at, change_key(change_id)) > (seen, self.change),
+            Some(seen) => (at, key) > (seen, self.change),
         }
     }
 }
@@ -83,11 +84,12 @@ impl Scores {
         half_life: Option<SignedDuration>,
     ) -> bool {
         let version = &mut self.versions[slot(part)];
-        if !version.is_newer(at, change_id) {
+        let key = change_key(change_id);
+        if !version.is_newer(at, key) {
             return false;
         }
         version.at = Some(at);
-        version.change = change_key(change_id);
+        version.change = key;
         let value = match part {
             ScorePart::Total => &mut self.total,
             ScorePart::Behavior => &mut self.behavior,

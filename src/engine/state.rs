@@ -334,6 +334,43 @@ pub enum Timer {
     Reassign(String),
 }
 
+/// The pending timers in firing order, with the earliest instant kept aside: every event
+/// first asks whether a timer is due, and the answer is one comparison instead of a walk
+/// to the set's first leaf.
+#[derive(Clone, Debug, Default)]
+pub struct Agenda {
+    timers: BTreeSet<(Timestamp, Timer)>,
+    /// The instant of the first timer (`None`: no timers).
+    earliest: Option<Timestamp>,
+}
+
+impl Agenda {
+    pub fn insert(&mut self, at: Timestamp, timer: Timer) {
+        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+        self.timers.insert((at, timer));
+    }
+
+    /// Takes the first timer if it is due at `now`.
+    pub fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, Timer)> {
+        if self.earliest.is_none_or(|e| e > now) {
+            return None;
+        }
+        let first = self.timers.pop_first();
+        self.earliest = self.timers.first().map(|(at, _)| *at);
+        first
+    }
+
+    /// The instant the next timer fires.
+    pub fn next_at(&self) -> Option<Timestamp> {
+        self.earliest
+    }
+
+    pub fn clear(&mut self) {
+        self.timers.clear();
+        self.earliest = None;
+    }
+}
+
 /// What changed since the store last saved: the keys to write.
 #[derive(Clone, Debug, Default)]
 pub struct Dirty {
@@ -393,7 +430,7 @@ pub struct EngineState {
     pub(crate) cycle_owner: FastMap<String, u32>,
     pub(crate) account_people: FastMap<String, BTreeSet<String>>,
     pub(crate) account_opportunities: FastMap<String, BTreeSet<String>>,
-    pub(crate) timers: BTreeSet<(Timestamp, Timer)>,
+    pub(crate) timers: Agenda,
     /// Threshold cache generation: bumped whenever the set of records in force may change.
     pub(crate) threshold_generation: u64,
     /// Cached resolutions are valid from this instant up to the clock.
@@ -426,11 +463,11 @@ impl EngineState {
                 if cycle.status == super::model::CycleStatus::Open {
                     if let Some(due) = cycle.sla_due_at.filter(|_| !cycle.overdue) {
                         self.timers
-                            .insert((due, Timer::SlaDue(cycle.external_id.clone())));
+                            .insert(due, Timer::SlaDue(cycle.external_id.clone()));
                     }
                     if let Some(at) = cycle.reassign_at {
                         self.timers
-                            .insert((at, Timer::Reassign(cycle.external_id.clone())));
+                            .insert(at, Timer::Reassign(cycle.external_id.clone()));
                     }
                 }
             }
@@ -452,7 +489,7 @@ impl EngineState {
             {
                 if clock.is_none_or(|c| at > c) {
                     self.timers
-                        .insert((at, Timer::ThresholdBoundary(threshold.id.clone())));
+                        .insert(at, Timer::ThresholdBoundary(threshold.id.clone()));
                 }
             }
         }
@@ -484,7 +521,7 @@ impl EngineState {
 
     /// The next instant a timer fires, for the clock worker.
     pub fn next_wakeup(&self) -> Option<Timestamp> {
-        self.timers.first().map(|(at, _)| *at)
+        self.timers.next_at()
     }
 
     /// The cycle with this external id.
@@ -518,5 +555,32 @@ impl EngineState {
             self.persons.at_mut(slot).dirty = false;
         }
         dirty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agenda_gives_due_timers_in_order_and_keeps_its_earliest_instant() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let mut agenda = Agenda::default();
+        agenda.insert(at("2026-01-03T00:00:00Z"), Timer::SlaDue("b".into()));
+        agenda.insert(at("2026-01-01T00:00:00Z"), Timer::SlaDue("a".into()));
+        agenda.insert(at("2026-01-05T00:00:00Z"), Timer::Reassign("c".into()));
+        assert_eq!(agenda.next_at(), Some(at("2026-01-01T00:00:00Z")));
+        let now = at("2026-01-04T00:00:00Z");
+        let fired: Vec<Timer> = std::iter::from_fn(|| agenda.pop_due(now))
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(
+            fired,
+            [Timer::SlaDue("a".into()), Timer::SlaDue("b".into())]
+        );
+        assert_eq!(agenda.next_at(), Some(at("2026-01-05T00:00:00Z")));
+        agenda.clear();
+        assert_eq!(agenda.pop_due(at("2027-01-01T00:00:00Z")), None);
+        assert_eq!(agenda.next_at(), None);
     }
 }
