@@ -718,6 +718,35 @@ proptest! {
 }
 
 #[test]
+fn a_relink_closes_the_gate_of_the_persons_previous_map_lead() {
+    // Map lead 1's gate copies 00QA "quiet below 100". When map lead 2 takes 00QA over and
+    // opens its cycle, that copy is stale: the next change of map lead 1 must reach the
+    // person (who now records its open cycle's hold), as the long way does.
+    let history = [
+        Event::Person(person("00QA", "NA", at(0))),
+        link(1, "00QA", at(0)),
+        score(1, "s1", 50.0, at(1), None),
+        score(2, "s2", 500.0, at(2), None),
+        link(2, "00QA", at(3)),
+        score(1, "s3", 60.0, at(4), None),
+    ];
+    let mut quick = Harness::new();
+    let mut full = Harness::new();
+    full.state.no_shortcuts = true;
+    for event in &history[..5] {
+        assert_eq!(quick.apply(event.clone()), full.apply(event.clone()));
+    }
+    assert_eq!(quick.cycles("00QA").len(), 1, "map lead 2 opened cycle 1");
+    let out = quick.apply(history[5].clone());
+    assert_eq!(out, full.apply(history[5].clone()));
+    assert!(
+        out.iter().any(|d| d.subject == "00QA"
+            && matches!(&d.reason, Reason::OpenCycle { external_id } if external_id == "00QA-1")),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_map_lead_relinked_to_another_person_scores_for_the_new_one_only() {
     // The MAP lead keeps its person's slot for the hot path: a relink must move it.
     let mut h = Harness::new();
