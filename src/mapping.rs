@@ -113,8 +113,13 @@ pub struct CrmSection {
     pub contact: PersonObject,
     #[serde(default = "default_opportunity")]
     pub opportunity: String,
+    /// The object of new-MQL alert tasks.
     #[serde(default = "default_task")]
     pub task: String,
+    /// The task's text field that holds the alert's outbox key: looked up before a create,
+    /// so that a task is never created twice (a Task has no external id to upsert by).
+    #[serde(default = "default_task_alert_key")]
+    pub task_alert_key: String,
 }
 
 /// The MAP's fields.
@@ -163,6 +168,9 @@ fn default_opportunity() -> String {
 }
 fn default_task() -> String {
     "Task".into()
+}
+fn default_task_alert_key() -> String {
+    "MQL_Alert_Key__c".into()
 }
 
 /// One exclusion rule's switch and parameters.
@@ -884,6 +892,8 @@ mod metadata_tests {
                 }
             }
         }
+        // Task custom fields are Activity fields in the metadata (Task and Event share them).
+        wanted.push(("Activity".into(), m.crm.task_alert_key.clone()));
         let custom: Vec<_> = wanted
             .into_iter()
             .filter(|(_, f)| f.ends_with("__c") && !f.contains('.'))

@@ -99,6 +99,15 @@ pub trait Crm: Clone + Send + Sync + 'static {
         records: Vec<Record>,
     ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
 
+    /// Create records through sObject Collections, 200 records a request; one outcome per
+    /// input record. Not idempotent: the caller looks up what exists first, and a call whose
+    /// answer is lost is not sent again (see [`retry::Repeat`]).
+    fn create(
+        &self,
+        object: &str,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
+
     /// Update by record id (each record carries `Id`) through sObject Collections.
     fn update(
         &self,

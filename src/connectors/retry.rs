@@ -51,7 +51,28 @@ impl RetryPolicy {
 /// `Retry` and `BackOff` sleep (tokio time) and retry up to `max_retries`; `RenewToken` retries at
 /// once, at most twice (the attempt itself must have invalidated the token it used); every other
 /// class is returned to the caller.
-pub async fn run<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<T>
+pub async fn run<T, F, Fut>(policy: &RetryPolicy, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    run_as(policy, Repeat::Harmless, attempt).await
+}
+
+/// Whether a call may be sent again when its outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads, upserts and updates: sending them twice does what sending them once does.
+    Harmless,
+    /// Creates: a second send after a lost answer makes a second record. Only the errors that
+    /// say the server refused the call before doing it (a dead token, a rate limit) are
+    /// retried; a timeout, a dropped connection, a 5xx or an unreadable answer is returned,
+    /// and the caller finds out what happened before it sends again.
+    Unknown,
+}
+
+/// [`run`], for a call that may or may not be [`Repeat::Harmless`].
+pub async fn run_as<T, F, Fut>(policy: &RetryPolicy, repeat: Repeat, mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -69,7 +90,7 @@ where
                 tracing::info!(error = %err, "renewing access token");
                 continue;
             }
-            ErrorClass::Retry => delays.next(),
+            ErrorClass::Retry if repeat == Repeat::Harmless => delays.next(),
             ErrorClass::BackOff => delays.next().map(|d| {
                 d.max(Duration::from_millis(policy.rate_limit_delay_ms))
                     .max(err.retry_after().unwrap_or_default())
@@ -114,6 +135,37 @@ mod tests {
         })
         .await;
         assert_eq!(out.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_must_not_repeat_is_retried_only_when_the_server_refused_it() {
+        let n = AtomicUsize::new(0);
+        let out: Result<()> = run_as(&RetryPolicy::default(), Repeat::Unknown, || {
+            n.fetch_add(1, SeqCst);
+            async { Err(transient()) }
+        })
+        .await;
+        assert!(matches!(out, Err(ConnectorError::Transport { .. })));
+        assert_eq!(n.load(SeqCst), 1, "a lost answer is not sent again");
+
+        let n = AtomicUsize::new(0);
+        let out = run_as(&RetryPolicy::default(), Repeat::Unknown, || {
+            let k = n.fetch_add(1, SeqCst);
+            async move {
+                if k == 0 {
+                    Err(ConnectorError::RateLimited {
+                        system: System::Salesforce,
+                        code: "REQUEST_LIMIT_EXCEEDED".into(),
+                        message: "concurrent".into(),
+                        retry_after: None,
+                    })
+                } else {
+                    Ok(k)
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.unwrap(), 1, "a refused call is sent again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -76,6 +76,10 @@ pub enum FaultAction {
     Delay { millis: u64 },
     /// Close the connection without an answer.
     Drop,
+    /// Serve the request, then close the connection instead of answering: the write is done
+    /// and the client cannot know it (a timeout after the commit, the classic source of
+    /// duplicate creates).
+    LoseResponse,
     /// Invalidate every access token issued so far, then serve the request (so it fails
     /// with the vendor's expired-session error).
     ExpireTokens,

@@ -17,8 +17,7 @@ use serde::Serialize;
 
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::incremental::IncrementalRead;
-use crate::connectors::salesforce::soql::ModstampCursor;
-use crate::connectors::salesforce::soql::datetime_literal;
+use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
 };
@@ -29,6 +28,10 @@ use crate::store::{Batch, OutboxRow, Store, StoreError};
 
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, Write};
+
+/// Alert keys looked up per query: about 100 characters each once quoted and URL-encoded, so
+/// 100 keep the query URL well under Salesforce's 16,384-character limit.
+const ALERT_LOOKUP_KEYS: usize = 100;
 
 /// Why a run stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -425,21 +428,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let tasks = std::mem::take(&mut plan.task_creates);
         self.sf_min += writes::minimum_calls(&plan, 200) as u64;
         let mut results: Vec<(OutboxRow, Result<(), String>)> = plan
-            .unreadable
+            .unsent
             .into_iter()
             .map(|(row, e)| (row, Err(e)))
             .collect();
-        // Tasks need a create call, which the CRM connector does not make yet: settle them as
-        // failed with the reason, so they are visible and not retried for ever.
-        for w in tasks {
-            results.push((
-                w.row,
-                Err(
-                    "new-MQL alert tasks are not written yet (no create call in the CRM connector)"
-                        .into(),
-                ),
-            ));
-        }
         let mql = (
             m.crm.mql.object.clone(),
             Some(m.crm.mql.external_id.clone()),
@@ -477,11 +469,59 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
             }
         }
+        if stop.is_none()
+            && let Err(e) = self.alert_tasks(tasks, &mut results).await
+        {
+            stop = Some(e);
+        }
         self.store.outbox_settle(&results, self.now)?;
         match stop {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// Creates new-MQL alert tasks once. A task cannot be upserted (it has no external id), so
+    /// the alerts' keys are looked up first, deleted tasks included (a rep who deleted an
+    /// alert does not get it again): those found were created by an earlier run that stopped
+    /// before it settled them, and are settled without a write; the others are created.
+    async fn alert_tasks(
+        &mut self,
+        tasks: Vec<Write>,
+        results: &mut Vec<(OutboxRow, Result<(), String>)>,
+    ) -> Result<(), ConnectorError> {
+        let m = self.mapping;
+        let object = soql::identifier(&m.crm.task)?;
+        let key_field = soql::identifier(&m.crm.task_alert_key)?;
+        let mut found = BTreeSet::new();
+        for chunk in tasks.chunks(ALERT_LOOKUP_KEYS) {
+            let keys: Vec<String> = chunk.iter().map(|w| soql::quote(&w.row.key)).collect();
+            let query = format!(
+                "SELECT {key_field} FROM {object} WHERE {key_field} IN ({})",
+                keys.join(", ")
+            );
+            let mut pages = QueryPages::new(self.crm.clone(), query, true, Priority::Essential);
+            while let Some(page) = pages.next_page().await? {
+                self.sf_min += 1;
+                found.extend(
+                    page.iter()
+                        .filter_map(|r| r.get(key_field)?.as_str().map(str::to_string)),
+                );
+            }
+        }
+        let (existing, new): (Vec<Write>, Vec<Write>) =
+            tasks.into_iter().partition(|w| found.contains(&w.row.key));
+        for w in existing {
+            *self.summary.written.entry("task_found".into()).or_default() += 1;
+            results.push((w.row, Ok(())));
+        }
+        self.sf_min += new.len().div_ceil(200) as u64;
+        for chunk in new.chunks(200) {
+            let records: Vec<_> = chunk.iter().map(|w| w.record.clone()).collect();
+            let outcomes = self.crm.create(object, records).await?;
+            self.settle(chunk, outcomes, "task_create", results);
+        }
+        Ok(())
     }
 
     fn settle(

@@ -1,12 +1,13 @@
 //! Outbox rows -> CRM writes. Pure: groups the pending rows by the call that writes them
 //! (MQL records upserted by external id, lead and contact stamps updated by id, tasks created
-//! for notifications), each record tagged with the outbox key it settles. The writer sends
+//! for notifications, each task carrying its outbox key so that it is looked up before it is
+//! created), each record tagged with the outbox key it settles. The writer sends
 //! each group in chunks of the vendor's collection size and settles every row with its own
 //! result, so one failing record never fails the others.
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::model::{Action, CrmKind, CrmRef, Cycle, Stamps};
+use crate::engine::model::{Action, AlertChannel, CrmKind, CrmRef, Cycle, Stamps};
 use crate::mapping::Mapping;
 use crate::store::OutboxRow;
 
@@ -28,11 +29,12 @@ pub struct WritePlan {
     pub lead_updates: Vec<Write>,
     /// Updates of contacts by id.
     pub contact_updates: Vec<Write>,
-    /// Tasks to create (new-MQL alerts for teams that want them).
+    /// Tasks to create (new-MQL alerts for teams that want them), each with its outbox key
+    /// in the mapping's `task_alert_key` field.
     pub task_creates: Vec<Write>,
-    /// Rows whose payload cannot be read (a store edited by hand, or written by a newer
-    /// mqlsync): settled as failed with this message, never sent.
-    pub unreadable: Vec<(OutboxRow, String)>,
+    /// Rows settled as failed with this message, never sent: payloads that cannot be read (a
+    /// store edited by hand, or written by a newer mqlsync) and e-mail alerts.
+    pub unsent: Vec<(OutboxRow, String)>,
 }
 
 impl WritePlan {
@@ -52,7 +54,8 @@ impl WritePlan {
     }
 }
 
-/// The number of calls a plan needs with collections of `chunk` records: the minimum.
+/// The number of write calls a plan needs with collections of `chunk` records: the minimum
+/// (alert tasks add their look-ups, and only the tasks not found are created).
 pub fn minimum_calls(plan: &WritePlan, chunk: usize) -> usize {
     [
         &plan.mql_upserts,
@@ -75,7 +78,7 @@ pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
                     let record = mql_record(m, &cycle);
                     plan.mql_upserts.push(Write { row, record });
                 }
-                Err(e) => plan.unreadable.push((row, format!("cycle payload: {e}"))),
+                Err(e) => plan.unsent.push((row, format!("cycle payload: {e}"))),
             },
             "stamps" => match serde_json::from_str::<(CrmRef, Stamps)>(&row.payload) {
                 Ok((crm, stamps)) => {
@@ -86,34 +89,47 @@ pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
                         CrmKind::Contact => plan.contact_updates.push(write),
                     }
                 }
-                Err(e) => plan.unreadable.push((row, format!("stamps payload: {e}"))),
+                Err(e) => plan.unsent.push((row, format!("stamps payload: {e}"))),
             },
             "notify" => match serde_json::from_str::<Action>(&row.payload) {
                 Ok(Action::Notify {
                     owner_id,
                     external_id,
                     crm,
-                    ..
+                    channel: AlertChannel::Task,
                 }) => {
-                    let record = task(&owner_id, &external_id, &crm);
+                    let record = task(m, &row.key, &owner_id, &external_id, &crm);
                     plan.task_creates.push(Write { row, record });
                 }
+                Ok(Action::Notify { channel, .. }) => {
+                    let message = format!(
+                        "{channel:?} alerts are not sent by mqlsync: use alert = \"task\", or a CRM flow on new MQL records"
+                    );
+                    plan.unsent.push((row, message));
+                }
                 Ok(_) | Err(_) => plan
-                    .unreadable
+                    .unsent
                     .push((row, "notify payload is not a notification".into())),
             },
             other => {
                 let message = format!("unknown outbox kind {other:?}");
-                plan.unreadable.push((row, message));
+                plan.unsent.push((row, message));
             }
         }
     }
     plan
 }
 
-/// A CRM task telling the owner about a new MQL.
-fn task(owner_id: &str, external_id: &str, crm: &CrmRef) -> Map<String, Value> {
+/// A CRM task telling the owner about a new MQL, marked with the alert's outbox key.
+fn task(
+    m: &Mapping,
+    key: &str,
+    owner_id: &str,
+    external_id: &str,
+    crm: &CrmRef,
+) -> Map<String, Value> {
     let mut r = Map::new();
+    r.insert(m.crm.task_alert_key.clone(), json!(key));
     r.insert("OwnerId".into(), json!(owner_id));
     r.insert("WhoId".into(), json!(crm.id));
     r.insert(
@@ -128,7 +144,6 @@ fn task(owner_id: &str, external_id: &str, crm: &CrmRef) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::AlertChannel;
     use crate::mapping;
 
     fn row(key: &str, kind: &str, payload: String) -> OutboxRow {
@@ -170,6 +185,17 @@ mod tests {
                 "notify",
                 serde_json::to_string(&notify).unwrap(),
             ),
+            row(
+                "Notify:003A-1:005B:t",
+                "notify",
+                serde_json::to_string(&Action::Notify {
+                    owner_id: "005B".into(),
+                    external_id: "003A-1".into(),
+                    crm: crm.clone(),
+                    channel: AlertChannel::Email,
+                })
+                .unwrap(),
+            ),
             row("MQL:bad", "cycle", "{not json".into()),
         ];
         let p = plan(&m, rows);
@@ -180,7 +206,17 @@ mod tests {
             "Marketing Qualified"
         );
         assert_eq!(p.task_creates[0].record["WhoId"], "003A");
-        assert_eq!(p.unreadable.len(), 1);
+        assert_eq!(
+            p.task_creates[0].record["MQL_Alert_Key__c"],
+            "Notify:003A-1:005A:t"
+        );
+        assert_eq!(p.unsent.len(), 2, "{:?}", p.unsent);
+        assert_eq!(p.unsent[0].0.key, "Notify:003A-1:005B:t");
+        assert!(
+            p.unsent[0].1.contains("alert = \"task\""),
+            "{}",
+            p.unsent[0].1
+        );
         assert_eq!(p.len(), 2);
     }
 

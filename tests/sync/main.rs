@@ -325,3 +325,127 @@ async fn a_daily_limit_stops_the_run_cleanly_keeping_what_it_committed_and_says_
     );
     assert_eq!(run.read.get("Lead"), Some(&0), "leads were not read twice");
 }
+
+/// The alert tasks in the CRM, by alert key.
+async fn alert_tasks(app: &App) -> Vec<Map<String, Value>> {
+    app.query("SELECT Id, MQL_Alert_Key__c, WhoId, OwnerId, Subject FROM Task WHERE MQL_Alert_Key__c != null")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_mql_alert_tasks_are_created_once_even_when_the_answer_to_the_create_is_lost() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
+    let mut app = spawn_app().await;
+    // The CRM creates the first batch of tasks and the answer never arrives: the connector
+    // must not send the create again, and the run stops with the alert rows still pending.
+    app.sandbox.faults().add(FaultRule {
+        system: System::Salesforce,
+        method: None,
+        path: None,
+        kind: Some("composite_create".into()),
+        skip: 0,
+        times: Some(1),
+        action: FaultAction::LoseResponse,
+    });
+    let m = mapping::load(None).unwrap();
+    let (sf, mk) = (app.sf.clone(), app.mk.clone());
+    let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
+    let err = run_once(
+        &app.sf,
+        &app.mk,
+        &m.mapping,
+        &m.policy,
+        &mut app.store,
+        now(),
+        &RunSettings::default(),
+        usage,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(app.calls("composite_create"), 1, "sent once: {err}");
+    let created = alert_tasks(&app).await;
+    assert!(!created.is_empty(), "the lost create did create the tasks");
+    let pending: Vec<String> = app
+        .store
+        .outbox_pending(10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "notify")
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(pending.len(), created.len(), "the alerts are still pending");
+
+    // The next run finds them by their keys and creates nothing.
+    app.sandbox.faults().clear();
+    app.sandbox.log().clear();
+    let run = app.run(now()).await;
+    assert_eq!(
+        run.written.get("task_found"),
+        Some(&pending.len()),
+        "{run:?}"
+    );
+    assert_eq!(run.written.get("task_create"), None, "{run:?}");
+    assert_eq!(app.calls("composite_create"), 0);
+    assert_eq!(run.calls, run.minimum_calls);
+    let tasks = alert_tasks(&app).await;
+    let keys: BTreeSet<&str> = tasks
+        .iter()
+        .map(|t| t["MQL_Alert_Key__c"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), tasks.len(), "one task per alert");
+    assert_eq!(keys, pending.iter().map(String::as_str).collect());
+    assert!(app.store.outbox_pending(10_000).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_new_mql_of_a_team_that_wants_tasks_gets_a_task_for_each_of_its_owners() {
+    let mut app = spawn_app().await;
+    let first = app.run(now()).await;
+    let tasks = alert_tasks(&app).await;
+    // The default mapping's EMEA and APAC teams want tasks; NA wants none, LATAM e-mail.
+    let cycles = app.store.cycles().unwrap();
+    let wanting: Vec<_> = cycles
+        .iter()
+        .filter(|c| matches!(c.team.as_deref(), Some("SDR EMEA" | "SDR APAC")))
+        .collect();
+    assert!(
+        !wanting.is_empty(),
+        "the seeded world has MQLs in EMEA or APAC"
+    );
+    assert_eq!(first.written.get("task_create"), Some(&tasks.len()));
+    // A task per alert: the owner at the MQL, then each owner a reassignment hands it to.
+    // Key: `Notify:{external id}:{owner}:{instant}`.
+    for task in &tasks {
+        let key = task["MQL_Alert_Key__c"].as_str().unwrap();
+        let mut parts = key.splitn(4, ':');
+        let (_, external_id, owner) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let cycle = wanting
+            .iter()
+            .find(|c| c.external_id == external_id)
+            .unwrap_or_else(|| panic!("{key}: not a cycle of a team that wants tasks"));
+        assert_eq!(task["WhoId"], json!(cycle.crm.id), "{key}");
+        assert_eq!(task["OwnerId"], json!(owner), "{key}");
+    }
+    for c in &wanting {
+        let owners: BTreeSet<&str> = tasks
+            .iter()
+            .filter(|t| t["WhoId"] == json!(c.crm.id))
+            .map(|t| t["OwnerId"].as_str().unwrap())
+            .collect();
+        for owner in [&c.owner_at_mql, &c.owner_id].into_iter().flatten() {
+            assert!(
+                owners.contains(owner.as_str()),
+                "{}: no task for {owner}",
+                c.external_id
+            );
+        }
+    }
+    assert_eq!(first.calls, first.minimum_calls);
+
+    // A second run: nothing new, nothing looked up, nothing created.
+    app.sandbox.log().clear();
+    let second = app.run(now()).await;
+    assert!(second.written.is_empty(), "{second:?}");
+    assert_eq!(app.calls("composite_create"), 0);
+    assert_eq!(alert_tasks(&app).await.len(), tasks.len());
+}

@@ -23,7 +23,7 @@ use super::error::{ConnectorError, RecordError, Result, System};
 use super::limits::{
     Admit, DailyBudget, Pacer, Priority, parse_limit_info, resume_after_daily_limit,
 };
-use super::retry::{RetryPolicy, parse_retry_after};
+use super::retry::{Repeat, RetryPolicy, parse_retry_after};
 use super::{Crm, PageRequest, QueryPage, Record, RecordOutcome, WriteStatus, http};
 
 pub use incremental::{ChangePage, IncrementalRead};
@@ -434,7 +434,20 @@ impl SalesforceClient {
         body: Option<&Value>,
         priority: Priority,
     ) -> Result<Value> {
-        super::retry::run(&self.inner.settings.retry, || {
+        self.call_as(method, url, body, priority, Repeat::Harmless)
+            .await
+    }
+
+    /// [`Self::call`] for a call that may not be harmless to send twice (see [`Repeat`]).
+    async fn call_as(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        priority: Priority,
+        repeat: Repeat,
+    ) -> Result<Value> {
+        super::retry::run_as(&self.inner.settings.retry, repeat, || {
             let method = method.clone();
             async move {
                 let (_, bytes) = self
@@ -512,6 +525,7 @@ impl SalesforceClient {
         object: &str,
         records: Vec<Record>,
         upsert: bool,
+        repeat: Repeat,
     ) -> Result<Vec<RecordOutcome>> {
         let mut out = Vec::with_capacity(records.len());
         for (chunk_no, chunk) in records.chunks(COLLECTION_CHUNK).enumerate() {
@@ -525,7 +539,13 @@ impl SalesforceClient {
                 .collect();
             let body = json!({"allOrNone": false, "records": recs});
             let resp = self
-                .call(method.clone(), &url, Some(&body), Priority::Essential)
+                .call_as(
+                    method.clone(),
+                    &url,
+                    Some(&body),
+                    Priority::Essential,
+                    repeat,
+                )
                 .await?;
             let results: Vec<CollectionResult> =
                 serde_json::from_value(resp).map_err(|e| ConnectorError::Malformed {
@@ -751,14 +771,21 @@ impl Crm for SalesforceClient {
         soql::identifier(object)?;
         soql::identifier(external_id_field)?;
         let url = self.data_url(&format!("/composite/sobjects/{object}/{external_id_field}"));
-        self.collection(Method::PATCH, url, object, records, true)
+        self.collection(Method::PATCH, url, object, records, true, Repeat::Harmless)
+            .await
+    }
+
+    async fn create(&self, object: &str, records: Vec<Record>) -> Result<Vec<RecordOutcome>> {
+        soql::identifier(object)?;
+        let url = self.data_url("/composite/sobjects");
+        self.collection(Method::POST, url, object, records, false, Repeat::Unknown)
             .await
     }
 
     async fn update(&self, object: &str, records: Vec<Record>) -> Result<Vec<RecordOutcome>> {
         soql::identifier(object)?;
         let url = self.data_url("/composite/sobjects");
-        self.collection(Method::PATCH, url, object, records, false)
+        self.collection(Method::PATCH, url, object, records, false, Repeat::Harmless)
             .await
     }
 

@@ -499,6 +499,7 @@ impl Marketo {
         let fail = |e: ApiError| (envelope::failure(request_id.clone(), &e), 200);
         let mut delay = None;
         let mut fail_record = None;
+        let mut lose = false;
         match inner.faults.check(RequestFacts {
             system: System::Marketo,
             method,
@@ -524,6 +525,7 @@ impl Marketo {
             }
             Some(FaultAction::Delay { millis }) => delay = Some(Duration::from_millis(millis)),
             Some(FaultAction::Drop) => return (dropped(), 0),
+            Some(FaultAction::LoseResponse) => lose = true,
             Some(FaultAction::ExpireTokens) => inner.tokens.expire_all(now),
             Some(FaultAction::FailRecord {
                 index,
@@ -581,7 +583,7 @@ impl Marketo {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        match self.dispatch(
+        let answer = match self.dispatch(
             route,
             &args,
             &params,
@@ -597,7 +599,11 @@ impl Marketo {
                 (response, status)
             }
             Err(e) => fail(e),
+        };
+        if lose {
+            return (dropped(), 0);
         }
+        answer
     }
 
     fn identity(&self, params: &Params, now: Timestamp) -> (Response, u16) {

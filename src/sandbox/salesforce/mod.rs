@@ -647,6 +647,7 @@ async fn gate(State(sf): State<Salesforce>, mut req: Request, next: Next) -> Res
         })
     };
     let mut early = None;
+    let mut lose = false;
     match action {
         None => {}
         Some(FaultAction::Drop) => {
@@ -673,6 +674,7 @@ async fn gate(State(sf): State<Salesforce>, mut req: Request, next: Next) -> Res
         Some(FaultAction::ExpireTokens) => {
             inner.sessions.lock().expect("sessions lock").expire_all();
         }
+        Some(FaultAction::LoseResponse) => lose = true,
         Some(FaultAction::FailRecord {
             index,
             code,
@@ -700,6 +702,10 @@ async fn gate(State(sf): State<Salesforce>, mut req: Request, next: Next) -> Res
             }
         }
     };
+    if lose {
+        log(0);
+        return dropped();
+    }
     if is_rest {
         let used = inner.usage.lock().expect("usage lock").used(at);
         let value = format!("api-usage={used}/{}", inner.config.daily_api_limit);

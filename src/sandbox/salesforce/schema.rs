@@ -311,6 +311,7 @@ fn build() -> Schema {
                 t("ActivityDate", Date),
                 t("Status", Picklist),
                 t("Description", TextArea),
+                s("MQL_Alert_Key__c"),
             ],
             required: &[],
             tracked: &[],
