@@ -380,6 +380,9 @@ fn print_run(s: &mqlsync::sync::once::RunSummary) {
     println!("events:    {}", s.events);
     println!("decisions: {}", list(&s.decisions));
     println!("written:   {}", list(&s.written));
+    if !s.settled.is_empty() {
+        println!("settled:   {} (no write needed)", list(&s.settled));
+    }
     for (system, calls) in &s.calls {
         println!(
             "API calls: {system} {calls} (minimum for this work: {})",
@@ -397,7 +400,7 @@ fn print_run(s: &mqlsync::sync::once::RunSummary) {
     }
     if !s.write_failures.is_empty() {
         println!(
-            "{} records were refused by the CRM (kept in the outbox with their error):",
+            "{} records were refused by the CRM or are not sent by mqlsync (kept in the outbox with their error):",
             s.write_failures.len()
         );
         for f in s.write_failures.iter().take(20) {

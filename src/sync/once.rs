@@ -21,7 +21,7 @@ use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
 };
-use crate::engine::model::{CrmKind, Event};
+use crate::engine::model::{CrmKind, CycleStatus, Event};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OutboxRow, Store, StoreError};
@@ -92,12 +92,30 @@ pub struct RunSummary {
     pub decisions: BTreeMap<String, usize>,
     /// Records written, by call.
     pub written: BTreeMap<String, usize>,
-    /// Records the CRM refused (each kept with its outbox row).
+    /// Outbox rows settled without a write, by why: `task_found` (an earlier run created the
+    /// task and stopped before it heard back), `task_superseded` (the alert's cycle moved on).
+    pub settled: BTreeMap<String, usize>,
+    /// Records the CRM refused, and rows mqlsync does not send (each kept with its outbox
+    /// row and error).
     pub write_failures: Vec<String>,
     /// API calls this run made, by system (from the connectors' usage counters).
     pub calls: BTreeMap<String, u64>,
     /// The fewest calls the same work could take, by system.
     pub minimum_calls: BTreeMap<String, u64>,
+}
+
+/// Whether an alert still asks its rep for something: the cycle is Open (not yet accepted,
+/// rejected or converted) and owned by that rep. A first run catching up on weeks of history,
+/// or a writer held up by an outage, would otherwise hand each rep of a round-robin chain a
+/// task for an MQL that has since moved on.
+fn alert_is_current(state: &EngineState, alert: &writes::Alert<'_>) -> bool {
+    state.persons.get(alert.crm_id).is_some_and(|p| {
+        p.cycles.iter().any(|c| {
+            c.external_id == alert.external_id
+                && c.status == CycleStatus::Open
+                && c.owner_id.as_deref() == Some(alert.owner_id)
+        })
+    })
 }
 
 /// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
@@ -424,14 +442,27 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
-        let mut plan = writes::plan(m, self.store.outbox_pending(usize::MAX >> 1)?);
+        let state = &self.state;
+        let mut plan = writes::plan(m, self.store.outbox_pending(usize::MAX >> 1)?, |a| {
+            alert_is_current(state, a)
+        });
         let tasks = std::mem::take(&mut plan.task_creates);
         self.sf_min += writes::minimum_calls(&plan, 200) as u64;
-        let mut results: Vec<(OutboxRow, Result<(), String>)> = plan
-            .unsent
-            .into_iter()
-            .map(|(row, e)| (row, Err(e)))
-            .collect();
+        let mut results: Vec<(OutboxRow, Result<(), String>)> = Vec::new();
+        for (row, e) in plan.unsent {
+            self.summary
+                .write_failures
+                .push(format!("{}: {e}", row.key));
+            results.push((row, Err(e)));
+        }
+        if !plan.superseded.is_empty() {
+            *self
+                .summary
+                .settled
+                .entry("task_superseded".into())
+                .or_default() += plan.superseded.len();
+            results.extend(plan.superseded.into_iter().map(|row| (row, Ok(()))));
+        }
         let mql = (
             m.crm.mql.object.clone(),
             Some(m.crm.mql.external_id.clone()),
@@ -512,7 +543,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let (existing, new): (Vec<Write>, Vec<Write>) =
             tasks.into_iter().partition(|w| found.contains(&w.row.key));
         for w in existing {
-            *self.summary.written.entry("task_found".into()).or_default() += 1;
+            *self.summary.settled.entry("task_found".into()).or_default() += 1;
             results.push((w.row, Ok(())));
         }
         self.sf_min += new.len().div_ceil(200) as u64;

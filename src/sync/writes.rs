@@ -5,6 +5,8 @@
 //! each group in chunks of the vendor's collection size and settles every row with its own
 //! result, so one failing record never fails the others.
 
+use std::collections::btree_map::{BTreeMap, Entry};
+
 use serde_json::{Map, Value, json};
 
 use crate::engine::model::{Action, AlertChannel, CrmKind, CrmRef, Cycle, Stamps};
@@ -35,6 +37,8 @@ pub struct WritePlan {
     /// Rows settled as failed with this message, never sent: payloads that cannot be read (a
     /// store edited by hand, or written by a newer mqlsync) and e-mail alerts.
     pub unsent: Vec<(OutboxRow, String)>,
+    /// Alerts that no longer say anything (see [`Alert`]): settled as done, never sent.
+    pub superseded: Vec<OutboxRow>,
 }
 
 impl WritePlan {
@@ -68,9 +72,22 @@ pub fn minimum_calls(plan: &WritePlan, chunk: usize) -> usize {
     .sum()
 }
 
-/// Plans the writes of pending outbox rows.
-pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
+/// A new-MQL alert as the writer checks it before sending.
+pub struct Alert<'a> {
+    /// The lead or contact's CRM id.
+    pub crm_id: &'a str,
+    /// The MQL cycle's external id.
+    pub external_id: &'a str,
+    /// The rep it tells.
+    pub owner_id: &'a str,
+}
+
+/// Plans the writes of pending outbox rows. `current` says whether an alert still says
+/// something when it is about to be sent (its cycle still waits for that rep): an alert for
+/// a rep the cycle has since left, or for a cycle already worked, is superseded.
+pub fn plan(m: &Mapping, rows: Vec<OutboxRow>, current: impl Fn(&Alert<'_>) -> bool) -> WritePlan {
     let mut plan = WritePlan::default();
+    let mut latest: BTreeMap<(String, String), Write> = BTreeMap::new();
     for row in rows {
         match row.kind.as_str() {
             "cycle" => match serde_json::from_str::<Cycle>(&row.payload) {
@@ -98,8 +115,33 @@ pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
                     crm,
                     channel: AlertChannel::Task,
                 }) => {
-                    let record = task(m, &row.key, &owner_id, &external_id, &crm);
-                    plan.task_creates.push(Write { row, record });
+                    let alert = Alert {
+                        crm_id: &crm.id,
+                        external_id: &external_id,
+                        owner_id: &owner_id,
+                    };
+                    if current(&alert) {
+                        let record = task(m, &row.key, &owner_id, &external_id, &crm);
+                        // A cycle that came back to the same rep alerts once: the latest.
+                        let write = Write { row, record };
+                        match latest.entry((external_id, owner_id)) {
+                            Entry::Vacant(v) => {
+                                v.insert(write);
+                            }
+                            Entry::Occupied(mut o) => {
+                                let older = if alert_order(&o.get().row.key)
+                                    < alert_order(&write.row.key)
+                                {
+                                    o.insert(write)
+                                } else {
+                                    write
+                                };
+                                plan.superseded.push(older.row);
+                            }
+                        }
+                    } else {
+                        plan.superseded.push(row);
+                    }
                 }
                 Ok(Action::Notify { channel, .. }) => {
                     let message = format!(
@@ -117,7 +159,15 @@ pub fn plan(m: &Mapping, rows: Vec<OutboxRow>) -> WritePlan {
             }
         }
     }
+    plan.task_creates.extend(latest.into_values());
     plan
+}
+
+/// The order of two alerts of one cycle and rep: by the instant their outbox key ends with
+/// (`Notify:{external id}:{owner}:{instant}`), then by the key.
+fn alert_order(key: &str) -> (Option<jiff::Timestamp>, &str) {
+    let instant = key.splitn(4, ':').nth(3).and_then(|t| t.parse().ok());
+    (instant, key)
 }
 
 /// A CRM task telling the owner about a new MQL, marked with the alert's outbox key.
@@ -198,7 +248,7 @@ mod tests {
             ),
             row("MQL:bad", "cycle", "{not json".into()),
         ];
-        let p = plan(&m, rows);
+        let p = plan(&m, rows.clone(), |_| true);
         assert_eq!(p.contact_updates.len(), 1);
         assert_eq!(p.contact_updates[0].row.key, "Contact:003A");
         assert_eq!(
@@ -218,6 +268,49 @@ mod tests {
             p.unsent[0].1
         );
         assert_eq!(p.len(), 2);
+        // The same alert once its cycle no longer waits for 005A: not sent.
+        let p = plan(&m, rows, |a| a.owner_id != "005A");
+        assert!(p.task_creates.is_empty());
+        assert_eq!(p.superseded[0].key, "Notify:003A-1:005A:t");
+    }
+
+    #[test]
+    fn a_cycle_that_came_back_to_the_same_rep_alerts_once_with_the_latest_alert() {
+        let m = mapping::load(None).unwrap().mapping;
+        let crm = CrmRef {
+            kind: CrmKind::Lead,
+            id: "00QA".into(),
+        };
+        let alert = |owner: &str, at: &str| {
+            let notify = Action::Notify {
+                owner_id: owner.into(),
+                external_id: "00QA-1".into(),
+                crm: crm.clone(),
+                channel: AlertChannel::Task,
+            };
+            let key = format!("Notify:00QA-1:{owner}:{at}");
+            row(&key, "notify", serde_json::to_string(&notify).unwrap())
+        };
+        // A, then B, then A again (round-robin over a pool of two); the rows come in any order.
+        let rows = vec![
+            alert("005A", "2026-11-03T09:00:00Z"),
+            alert("005A", "2026-11-03T09:00:00.5Z"),
+            alert("005A", "2026-11-02T09:00:00Z"),
+            alert("005B", "2026-11-02T17:00:00Z"),
+        ];
+        let p = plan(&m, rows, |a| a.owner_id == "005A");
+        let keys: Vec<&str> = p.task_creates.iter().map(|w| w.row.key.as_str()).collect();
+        assert_eq!(keys, ["Notify:00QA-1:005A:2026-11-03T09:00:00.5Z"]);
+        let mut superseded: Vec<&str> = p.superseded.iter().map(|r| r.key.as_str()).collect();
+        superseded.sort();
+        assert_eq!(
+            superseded,
+            [
+                "Notify:00QA-1:005A:2026-11-02T09:00:00Z",
+                "Notify:00QA-1:005A:2026-11-03T09:00:00Z",
+                "Notify:00QA-1:005B:2026-11-02T17:00:00Z"
+            ]
+        );
     }
 
     #[test]
@@ -237,7 +330,7 @@ mod tests {
                 )
             })
             .collect();
-        let p = plan(&m, rows);
+        let p = plan(&m, rows, |_| true);
         assert_eq!(minimum_calls(&p, 200), 3);
     }
 }
