@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::schema::ObjectSchema;
 use super::soql;
 use super::store::{RecordError, api_user_id, format_datetime, normalize_write};
-use super::{FailRecord, Salesforce, api_version, error};
+use super::{FailRecord, Reply, Salesforce, api_version, error, json_body, not_found};
 use crate::sandbox::world::salesforce_id;
 
 struct QueryJob {
@@ -98,24 +98,6 @@ fn delimiter(name: Option<&str>) -> Result<u8, Response> {
     })
 }
 
-fn job_not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "The requested resource does not exist",
-    )
-}
-
-fn body_json(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "JSON_PARSER_ERROR",
-            &format!("Unexpected character: {e}"),
-        )
-    })
-}
-
 fn base_info(
     id: &str,
     api: f64,
@@ -157,15 +139,9 @@ pub(crate) async fn query_create(
     State(sf): State<Salesforce>,
     Path(version): Path<String>,
     body: bytes::Bytes,
-) -> Response {
-    let api = match api_version(&version) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let api = api_version(&version)?;
+    let body = json_body(&body)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let operation = body
@@ -173,21 +149,16 @@ pub(crate) async fn query_create(
         .and_then(Value::as_str)
         .unwrap_or("query");
     if !matches!(operation, "query" | "queryAll") {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "INVALIDJOB",
             &format!("Invalid operation: {operation}"),
-        );
+        ));
     }
-    let delim = match delimiter(body.get("columnDelimiter").and_then(Value::as_str)) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let delim = delimiter(body.get("columnDelimiter").and_then(Value::as_str))?;
     let text = body.get("query").and_then(Value::as_str).unwrap_or("");
-    let query = match soql::parse(text, now) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.code, &e.message),
-    };
+    let query =
+        soql::parse(text, now).map_err(|e| error(StatusCode::BAD_REQUEST, e.code, &e.message))?;
     let mut jobs = inner.bulk.lock().expect("bulk lock");
     let id = jobs.next_id();
     let mut info = base_info(&id, api, now, &body, "V2Query");
@@ -204,7 +175,7 @@ pub(crate) async fn query_create(
             delimiter: delim,
         },
     );
-    axum::Json(Value::Object(info)).into_response()
+    Ok(axum::Json(Value::Object(info)).into_response())
 }
 
 pub(crate) async fn query_list(State(sf): State<Salesforce>) -> Response {
@@ -252,58 +223,44 @@ fn complete(sf: &Salesforce, job: &mut QueryJob) {
 pub(crate) async fn query_status(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.query.get_mut(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.query.get_mut(&id).ok_or_else(not_found)?;
     if job.info["state"] == "UploadComplete" {
         complete(&sf, job);
     }
-    axum::Json(Value::Object(job.info.clone())).into_response()
+    Ok(axum::Json(Value::Object(job.info.clone())).into_response())
 }
 
 pub(crate) async fn query_abort(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
     body: bytes::Bytes,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let body = match body_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    api_version(&version)?;
+    let body = json_body(&body)?;
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.query.get_mut(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.query.get_mut(&id).ok_or_else(not_found)?;
     if body.get("state").and_then(Value::as_str) != Some("Aborted") {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "INVALIDJOBSTATE",
             "Invalid state transition",
-        );
+        ));
     }
     job.info.insert("state".into(), json!("Aborted"));
-    axum::Json(Value::Object(job.info.clone())).into_response()
+    Ok(axum::Json(Value::Object(job.info.clone())).into_response())
 }
 
 pub(crate) async fn query_delete(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    match sf.inner().bulk.lock().expect("bulk lock").query.remove(&id) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => job_not_found(),
-    }
+) -> Reply {
+    api_version(&version)?;
+    let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
+    jobs.query.remove(&id).ok_or_else(not_found)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -341,23 +298,19 @@ pub(crate) async fn query_results(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
     Query(params): Query<ResultParams>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.query.get_mut(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.query.get_mut(&id).ok_or_else(not_found)?;
     if job.info["state"] == "UploadComplete" {
         complete(&sf, job);
     }
     if job.info["state"] != "JobComplete" {
-        return error(
+        return Err(error(
             StatusCode::PRECONDITION_FAILED,
             "JOB_NOT_COMPLETE",
             "Job is not complete",
-        );
+        ));
     }
     let ids = job.ids.clone().expect("complete jobs have ids");
     let start = match params.locator.as_deref() {
@@ -365,11 +318,11 @@ pub(crate) async fn query_results(
         Some(l) => match l.parse::<usize>() {
             Ok(n) if n <= ids.len() => n,
             _ => {
-                return error(
+                return Err(error(
                     StatusCode::BAD_REQUEST,
                     "INVALID_LOCATOR",
                     "invalid locator",
-                );
+                ));
             }
         },
     };
@@ -397,7 +350,7 @@ pub(crate) async fn query_results(
     } else {
         "null".into()
     };
-    (
+    Ok((
         StatusCode::OK,
         [
             ("content-type", "text/csv".to_string()),
@@ -406,71 +359,62 @@ pub(crate) async fn query_results(
         ],
         csv_text(delim, &header, &rows),
     )
-        .into_response()
+        .into_response())
 }
 
 pub(crate) async fn ingest_create(
     State(sf): State<Salesforce>,
     Path(version): Path<String>,
     body: bytes::Bytes,
-) -> Response {
-    let api = match api_version(&version) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let api = api_version(&version)?;
+    let body = json_body(&body)?;
     let Some(object) = body
         .get("object")
         .and_then(Value::as_str)
         .and_then(|o| super::schema::SCHEMA.object(o))
     else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "INVALIDJOB",
             "InvalidJob : Invalid object",
-        );
+        ));
     };
     let operation = body.get("operation").and_then(Value::as_str).unwrap_or("");
     if !matches!(
         operation,
         "insert" | "update" | "upsert" | "delete" | "hardDelete"
     ) {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "INVALIDJOB",
             &format!("InvalidJob : Invalid operation: {operation}"),
-        );
+        ));
     }
     let external_id = match body.get("externalIdFieldName").and_then(Value::as_str) {
         Some(f) => match object.field(f).filter(|f| f.external_id || f.name == "Id") {
             Some(f) => Some(f.name),
             None => {
-                return error(
+                return Err(error(
                     StatusCode::BAD_REQUEST,
                     "INVALIDJOB",
                     &format!(
                         "InvalidJob : Field name provided, {f} is not an External ID or indexed field for {}",
                         object.name
                     ),
-                );
+                ));
             }
         },
         None if operation == "upsert" => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "INVALIDJOB",
                 "InvalidJob : External ID was blank for upsert",
-            );
+            ));
         }
         None => None,
     };
-    let delim = match delimiter(body.get("columnDelimiter").and_then(Value::as_str)) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let delim = delimiter(body.get("columnDelimiter").and_then(Value::as_str))?;
     let now = sf.inner().clock.now();
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
     let id = jobs.next_id();
@@ -500,73 +444,55 @@ pub(crate) async fn ingest_create(
             header: Vec::new(),
         },
     );
-    axum::Json(Value::Object(info)).into_response()
+    Ok(axum::Json(Value::Object(info)).into_response())
 }
 
 pub(crate) async fn ingest_upload(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
     body: bytes::Bytes,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let now = sf.inner().clock.now();
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.ingest.get_mut(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.ingest.get_mut(&id).ok_or_else(not_found)?;
     if job.info["state"] != "Open" {
-        return error(
+        return Err(error(
             StatusCode::CONFLICT,
             "INVALIDJOBSTATE",
             "Job is not open for data upload",
-        );
+        ));
     }
     if !job.data.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::CONFLICT,
             "INVALIDJOBSTATE",
             "Data has already been uploaded for this job",
-        );
+        ));
     }
     job.data = body.to_vec();
     jobs.batches.push(now);
-    StatusCode::CREATED.into_response()
+    Ok(StatusCode::CREATED.into_response())
 }
 
 pub(crate) async fn ingest_status(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let jobs = sf.inner().bulk.lock().expect("bulk lock");
-    match jobs.ingest.get(&id) {
-        Some(job) => axum::Json(Value::Object(job.info.clone())).into_response(),
-        None => job_not_found(),
-    }
+    let job = jobs.ingest.get(&id).ok_or_else(not_found)?;
+    Ok(axum::Json(Value::Object(job.info.clone())).into_response())
 }
 
 pub(crate) async fn ingest_delete(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    match sf
-        .inner()
-        .bulk
-        .lock()
-        .expect("bulk lock")
-        .ingest
-        .remove(&id)
-    {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => job_not_found(),
-    }
+) -> Reply {
+    api_version(&version)?;
+    let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
+    jobs.ingest.remove(&id).ok_or_else(not_found)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub(crate) async fn ingest_state(
@@ -574,19 +500,12 @@ pub(crate) async fn ingest_state(
     Path((version, id)): Path<(String, String)>,
     fail: Option<Extension<FailRecord>>,
     body: bytes::Bytes,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let body = match body_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    api_version(&version)?;
+    let body = json_body(&body)?;
     let target = body.get("state").and_then(Value::as_str).unwrap_or("");
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.ingest.get_mut(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.ingest.get_mut(&id).ok_or_else(not_found)?;
     match (job.info["state"].as_str(), target) {
         (Some("Open"), "Aborted") => {
             job.info.insert("state".into(), json!("Aborted"));
@@ -595,14 +514,14 @@ pub(crate) async fn ingest_state(
             process(&sf, job, fail.map(|Extension(f)| f));
         }
         _ => {
-            return error(
+            return Err(error(
                 StatusCode::CONFLICT,
                 "INVALIDJOBSTATE",
                 "Invalid state transition",
-            );
+            ));
         }
     }
-    axum::Json(Value::Object(job.info.clone())).into_response()
+    Ok(axum::Json(Value::Object(job.info.clone())).into_response())
 }
 
 /// Applies an uploaded CSV record by record, as the vendor's batch processing would.
@@ -750,14 +669,10 @@ fn apply_row(
 pub(crate) async fn ingest_results(
     State(sf): State<Salesforce>,
     Path((version, id, result)): Path<(String, String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let Some(job) = jobs.ingest.get(&id) else {
-        return job_not_found();
-    };
+    let job = jobs.ingest.get(&id).ok_or_else(not_found)?;
     let (mut header, rows) = match result.as_str() {
         "successfulResults" => (
             vec!["sf__Id".to_string(), "sf__Created".to_string()],
@@ -768,13 +683,13 @@ pub(crate) async fn ingest_results(
             &job.failed,
         ),
         "unprocessedrecords" => (vec![], &job.unprocessed),
-        _ => return job_not_found(),
+        _ => return Err(not_found()),
     };
     header.extend(job.header.iter().cloned());
-    (
+    Ok((
         StatusCode::OK,
         [("content-type", "text/csv")],
         csv_text(job.delimiter, &header, rows),
     )
-        .into_response()
+        .into_response())
 }

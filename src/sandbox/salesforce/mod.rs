@@ -32,8 +32,8 @@
 //! - [`bulk2`]: Bulk API 2.0 query and ingest jobs.
 //! - [`outbound`]: Outbound Messaging (SOAP notifications, retried until acknowledged).
 
-// Handlers return early with a ready vendor-shaped `Response` as the error; boxing it
-// everywhere would only add noise.
+// Handlers return early with a ready vendor-shaped `Response` as the error (see `Reply`);
+// boxing it everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod bulk2;
@@ -321,7 +321,7 @@ impl Salesforce {
             format!("{data}/jobs/ingest/{{job}}/{{result}}"),
             get(bulk2::ingest_results),
         );
-        api.fallback(not_found)
+        api.fallback(|| async { not_found() })
             .method_not_allowed_fallback(method_not_allowed)
             // Bulk API 2.0 accepts CSV uploads up to 150 MB (axum's default is 2 MB).
             .layer(axum::extract::DefaultBodyLimit::max(150 * 1024 * 1024))
@@ -460,7 +460,13 @@ impl Salesforce {
     }
 }
 
-async fn not_found() -> Response {
+/// What a REST handler answers. `Err` carries a ready vendor-shaped error, so the checks in
+/// front of the work (API version, object, body, job) are `?`; axum renders an `Err` just
+/// like an `Ok`, so both reach the wire as the same response.
+pub(crate) type Reply = Result<Response, Response>;
+
+/// The vendor's 404 for an unknown path, API version, object, record, field or job.
+pub(crate) fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
@@ -485,8 +491,20 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-pub(crate) fn record_error(status: StatusCode, e: &RecordError) -> Response {
-    (status, axum::Json(json!([e.top_level()]))).into_response()
+/// A single-record write the store refused: 400 with the record's error at the top level.
+pub(crate) fn record_error(e: RecordError) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!([e.top_level()]))).into_response()
+}
+
+/// Parses a JSON request body or answers 400 `JSON_PARSER_ERROR` as the vendor does.
+pub(crate) fn json_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            &format!("Unexpected character: {e}"),
+        )
+    })
 }
 
 /// Parses `vNN.N` or answers 404 as the vendor does for an unknown version.
@@ -495,13 +513,7 @@ pub(crate) fn api_version(version: &str) -> Result<f64, Response> {
         .strip_prefix('v')
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| (20.0..=70.0).contains(v) && version.contains('.'))
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "The requested resource does not exist",
-            )
-        })
+        .ok_or_else(not_found)
 }
 
 /// The request kind of a method and path (see the module docs).

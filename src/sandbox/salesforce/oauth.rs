@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use super::store::{api_user_id, org_id};
-use super::{Inner, Salesforce, error};
+use super::{Inner, Reply, Salesforce, error};
 
 pub(crate) struct Sessions {
     rng: ChaCha8Rng,
@@ -186,7 +186,7 @@ pub(crate) async fn token(
     State(sf): State<Salesforce>,
     headers: HeaderMap,
     body: bytes::Bytes,
-) -> Response {
+) -> Reply {
     let inner = sf.inner();
     let config = &inner.config;
     let params = form(&body);
@@ -215,7 +215,7 @@ pub(crate) async fn token(
         ),
     };
     let Some(grant) = params.get("grant_type") else {
-        return oauth_error("invalid_request", "grant type is missing");
+        return Err(oauth_error("invalid_request", "grant type is missing"));
     };
     let mut response = json!({
         "instance_url": instance_url,
@@ -226,22 +226,28 @@ pub(crate) async fn token(
     match grant.as_str() {
         "client_credentials" => {
             if client_id.as_deref() != Some(config.client_id.as_str()) {
-                return oauth_error("invalid_client_id", "client identifier invalid");
+                return Err(oauth_error(
+                    "invalid_client_id",
+                    "client identifier invalid",
+                ));
             }
             if client_secret.as_deref() != Some(config.client_secret.as_str()) {
-                return oauth_error("invalid_client", "invalid client credentials");
+                return Err(oauth_error("invalid_client", "invalid client credentials"));
             }
             response["scope"] = json!("api");
         }
         "refresh_token" => {
             if client_id.as_deref() != Some(config.client_id.as_str()) {
-                return oauth_error("invalid_client_id", "client identifier invalid");
+                return Err(oauth_error(
+                    "invalid_client_id",
+                    "client identifier invalid",
+                ));
             }
             if client_secret
                 .as_deref()
                 .is_some_and(|s| s != config.client_secret)
             {
-                return oauth_error("invalid_client", "invalid client credentials");
+                return Err(oauth_error("invalid_client", "invalid client credentials"));
             }
             let known = params.get("refresh_token").is_some_and(|t| {
                 inner
@@ -252,14 +258,12 @@ pub(crate) async fn token(
                     .contains_key(t)
             });
             if !known {
-                return oauth_error("invalid_grant", "expired access/refresh token");
+                return Err(oauth_error("invalid_grant", "expired access/refresh token"));
             }
             response["scope"] = json!("api refresh_token");
         }
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
-            if let Err(r) = check_assertion(inner, params.get("assertion"), now, host) {
-                return r;
-            }
+            check_assertion(inner, params.get("assertion"), now, host)?;
             response["scope"] = json!("api");
             let token = inner
                 .sessions
@@ -267,9 +271,14 @@ pub(crate) async fn token(
                 .expect("sessions lock")
                 .mint_access(now, config.session_ttl_secs);
             response["access_token"] = json!(token);
-            return axum::Json(response).into_response();
+            return Ok(axum::Json(response).into_response());
         }
-        _ => return oauth_error("unsupported_grant_type", "grant type not supported"),
+        _ => {
+            return Err(oauth_error(
+                "unsupported_grant_type",
+                "grant type not supported",
+            ));
+        }
     }
     let token = inner
         .sessions
@@ -282,7 +291,7 @@ pub(crate) async fn token(
         &config.client_secret,
         &format!("{identity}{issued_at}")
     ));
-    axum::Json(response).into_response()
+    Ok(axum::Json(response).into_response())
 }
 
 /// Base64 HMAC-SHA256 of `message` keyed with the client secret (the vendor's `signature`).

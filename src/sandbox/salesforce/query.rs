@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::soql::{self, Query, Selected};
 use super::store::{Record, Store, Table};
-use super::{Salesforce, api_version, error};
+use super::{Reply, Salesforce, api_version, error};
 use crate::sandbox::world::salesforce_id;
 
 /// How a query walks its table.
@@ -101,7 +101,7 @@ pub(crate) async fn query(
     path: Path<String>,
     params: QueryParams<QParams>,
     headers: HeaderMap,
-) -> Response {
+) -> Reply {
     run(state, path, params, headers, false, "query")
 }
 
@@ -110,7 +110,7 @@ pub(crate) async fn query_all(
     path: Path<String>,
     params: QueryParams<QParams>,
     headers: HeaderMap,
-) -> Response {
+) -> Reply {
     run(state, path, params, headers, true, "queryAll")
 }
 
@@ -121,23 +121,20 @@ fn run(
     headers: HeaderMap,
     all_rows: bool,
     endpoint: &str,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "MALFORMED_QUERY",
             "A query string has to be specified",
-        );
+        ));
     };
-    let query = match soql::parse(&text, now) {
-        Ok(q) => Arc::new(q),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.code, &e.message),
-    };
+    let query = soql::parse(&text, now)
+        .map(Arc::new)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.code, &e.message))?;
     let db = inner.db.lock().expect("db lock");
     let table = db
         .table(query.object.name)
@@ -148,8 +145,9 @@ fn run(
         .saturating_sub(query.offset)
         .min(query.limit.unwrap_or(usize::MAX));
     if query.count_only {
-        return axum::Json(json!({"totalSize": total, "done": true, "records": []}))
-            .into_response();
+        return Ok(
+            axum::Json(json!({"totalSize": total, "done": true, "records": []})).into_response(),
+        );
     }
     let cursor = Cursor {
         query,
@@ -169,16 +167,14 @@ fn run(
     };
     let body = serve_page(&sf, &db, &cursor, 0, start, &version, endpoint, now, None);
     drop(db);
-    body
+    Ok(body)
 }
 
 pub(crate) async fn query_more(
     State(sf): State<Salesforce>,
     Path((version, locator)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let invalid = || {
@@ -188,26 +184,22 @@ pub(crate) async fn query_more(
             "invalid query locator",
         )
     };
-    let Some((id, offset)) = locator.rsplit_once('-') else {
-        return invalid();
-    };
-    let Ok(offset) = offset.parse::<usize>() else {
-        return invalid();
-    };
+    let (id, offset) = locator.rsplit_once('-').ok_or_else(invalid)?;
+    let offset = offset.parse::<usize>().map_err(|_| invalid())?;
     // The cursor stays registered while a page is served, so concurrent or repeated
     // requests for the same page both succeed.
     let cursors = inner.cursors.lock().expect("cursors lock");
-    let Some(open) = cursors.open.get(id).filter(|c| c.expires > now) else {
-        return invalid();
-    };
-    let Some(position) = open.positions.get(&offset).cloned() else {
-        return invalid();
-    };
+    let open = cursors
+        .open
+        .get(id)
+        .filter(|c| c.expires > now)
+        .ok_or_else(invalid)?;
+    let position = open.positions.get(&offset).cloned().ok_or_else(invalid)?;
     let cursor = open.view();
     drop(cursors);
     let endpoint = if cursor.all_rows { "queryAll" } else { "query" };
     let db = inner.db.lock().expect("db lock");
-    serve_page(
+    Ok(serve_page(
         &sf,
         &db,
         &cursor,
@@ -217,7 +209,7 @@ pub(crate) async fn query_more(
         endpoint,
         now,
         Some(id.to_string()),
-    )
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

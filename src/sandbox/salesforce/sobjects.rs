@@ -17,7 +17,9 @@ use super::soql::Selected;
 use super::store::{
     RecordError, Store, api_user_id, format_datetime, is_id_shaped, normalize_write,
 };
-use super::{FailRecord, Salesforce, api_version, error, record_error};
+use super::{
+    FailRecord, Reply, Salesforce, api_version, error, json_body, not_found, record_error,
+};
 
 const VERSIONS: [(&str, &str); 6] = [
     ("Winter '24", "59.0"),
@@ -36,10 +38,8 @@ pub(crate) async fn versions() -> Response {
     axum::Json(list).into_response()
 }
 
-pub(crate) async fn resources(Path(version): Path<String>) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+pub(crate) async fn resources(Path(version): Path<String>) -> Reply {
+    api_version(&version)?;
     let base = format!("/services/data/{version}");
     let mut out = Map::new();
     for name in [
@@ -52,13 +52,11 @@ pub(crate) async fn resources(Path(version): Path<String>) -> Response {
     ] {
         out.insert(name.into(), json!(format!("{base}/{name}")));
     }
-    axum::Json(Value::Object(out)).into_response()
+    Ok(axum::Json(Value::Object(out)).into_response())
 }
 
-pub(crate) async fn limits(State(sf): State<Salesforce>, Path(version): Path<String>) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+pub(crate) async fn limits(State(sf): State<Salesforce>, Path(version): Path<String>) -> Reply {
+    api_version(&version)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let max = inner.config.daily_api_limit;
@@ -81,17 +79,18 @@ pub(crate) async fn limits(State(sf): State<Salesforce>, Path(version): Path<Str
         "FileStorageMB": {"Max": 20, "Remaining": 20},
         "SingleEmail": {"Max": 15, "Remaining": 15},
     });
-    axum::Json(body).into_response()
+    Ok(axum::Json(body).into_response())
 }
 
 fn object_or_404(name: &str) -> Result<&'static ObjectSchema, Response> {
-    SCHEMA.object(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        )
-    })
+    SCHEMA.object(name).ok_or_else(not_found)
+}
+
+/// The object a `/sobjects/{object}/...` path names, after its API version is checked: the
+/// vendor answers 404 for either one unknown.
+fn versioned_object(version: &str, name: &str) -> Result<&'static ObjectSchema, Response> {
+    api_version(version)?;
+    object_or_404(name)
 }
 
 fn urls(object: &ObjectSchema, version: &str) -> Value {
@@ -125,39 +124,29 @@ fn object_summary(object: &ObjectSchema, version: &str) -> Value {
     })
 }
 
-pub(crate) async fn describe_global(Path(version): Path<String>) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+pub(crate) async fn describe_global(Path(version): Path<String>) -> Reply {
+    api_version(&version)?;
     let sobjects: Vec<Value> = SCHEMA
         .objects
         .iter()
         .map(|o| object_summary(o, &version))
         .collect();
-    axum::Json(json!({"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": sobjects}))
-        .into_response()
+    Ok(
+        axum::Json(json!({"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": sobjects}))
+            .into_response(),
+    )
 }
 
-pub(crate) async fn sobject_info(Path((version, object)): Path<(String, String)>) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    axum::Json(json!({"objectDescribe": object_summary(object, &version), "recentItems": []}))
-        .into_response()
+pub(crate) async fn sobject_info(Path((version, object)): Path<(String, String)>) -> Reply {
+    let object = versioned_object(&version, &object)?;
+    Ok(
+        axum::Json(json!({"objectDescribe": object_summary(object, &version), "recentItems": []}))
+            .into_response(),
+    )
 }
 
-pub(crate) async fn describe(Path((version, object)): Path<(String, String)>) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+pub(crate) async fn describe(Path((version, object)): Path<(String, String)>) -> Reply {
+    let object = versioned_object(&version, &object)?;
     let mut body = object_summary(object, &version);
     let fields: Vec<Value> = object
         .fields
@@ -206,21 +195,11 @@ pub(crate) async fn describe(Path((version, object)): Path<(String, String)>) ->
     body["fields"] = json!(fields);
     body["childRelationships"] = json!([]);
     body["recordTypeInfos"] = json!([]);
-    axum::Json(body).into_response()
-}
-
-fn parse_body(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "JSON_PARSER_ERROR",
-            &format!("Unexpected character: {e}"),
-        )
-    })
+    Ok(axum::Json(body).into_response())
 }
 
 fn object_body(body: &[u8]) -> Result<Map<String, Value>, Response> {
-    match parse_body(body)? {
+    match json_body(body)? {
         Value::Object(map) => Ok(map),
         _ => Err(error(
             StatusCode::BAD_REQUEST,
@@ -254,24 +233,14 @@ pub(crate) async fn get_record(
     State(sf): State<Salesforce>,
     Path((version, object, id)): Path<(String, String, String)>,
     Query(params): Query<FieldsParam>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
     if !is_id_shaped(&id) {
-        return malformed_id(object, &id);
+        return Err(malformed_id(object, &id));
     }
     let db = sf.inner().db.lock().expect("db lock");
     let Some(record) = db.live(object.name, &id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
     let names: Vec<&str> = match &params.fields {
         Some(list) => {
@@ -280,11 +249,11 @@ pub(crate) async fn get_record(
                 match object.field(name) {
                     Some(f) => names.push(f.name),
                     None => {
-                        return error(
+                        return Err(error(
                             StatusCode::BAD_REQUEST,
                             "INVALID_FIELD",
                             &format!("No such column '{name}' on entity '{}'", object.name),
-                        );
+                        ));
                     }
                 }
             }
@@ -293,29 +262,19 @@ pub(crate) async fn get_record(
         None => object.fields.iter().map(|f| f.name).collect(),
     };
     let select: Vec<Selected> = names.into_iter().map(Selected::Field).collect();
-    axum::Json(render(&db, object.name, record, &select, &version)).into_response()
+    Ok(axum::Json(render(&db, object.name, record, &select, &version)).into_response())
 }
 
 pub(crate) async fn get_by_external(
     State(sf): State<Salesforce>,
     Path((version, object, field, value)): Path<(String, String, String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
     let Some(field) = object
         .field(&field)
         .filter(|f| f.external_id || f.name == "Id")
     else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
     let db = sf.inner().db.lock().expect("db lock");
     let id = if field.name == "Id" {
@@ -324,18 +283,14 @@ pub(crate) async fn get_by_external(
         db.by_external(object.name, field.name, &value)
     };
     let Some(record) = id.and_then(|id| db.live(object.name, &id)) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
     let select: Vec<Selected> = object
         .fields
         .iter()
         .map(|f| Selected::Field(f.name))
         .collect();
-    axum::Json(render(&db, object.name, record, &select, &version)).into_response()
+    Ok(axum::Json(render(&db, object.name, record, &select, &version)).into_response())
 }
 
 /// Checks that a new unique external id value is not taken by another record.
@@ -367,117 +322,73 @@ pub(crate) async fn create(
     State(sf): State<Salesforce>,
     Path((version, object)): Path<(String, String)>,
     body: bytes::Bytes,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let body = match object_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
+    let body = object_body(&body)?;
     if !object.createable {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "INVALID_TYPE_FOR_OPERATION",
             &format!("entity type {} does not support create", object.name),
-        );
+        ));
     }
-    let fields = match normalize_write(object, &body, true) {
-        Ok(f) => f,
-        Err(e) => return record_error(StatusCode::BAD_REQUEST, &e),
-    };
+    let fields = normalize_write(object, &body, true).map_err(record_error)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let mut db = inner.db.lock().expect("db lock");
-    if let Err(e) = check_unique(&db, object, &fields, None) {
-        return record_error(StatusCode::BAD_REQUEST, &e);
-    }
+    check_unique(&db, object, &fields, None).map_err(record_error)?;
     let id = db.insert(object, fields, now, &api_user_id());
     drop(db);
     sf.notify_outbound(object.name, std::slice::from_ref(&id));
-    (
+    Ok((
         StatusCode::CREATED,
         axum::Json(json!({"id": id, "success": true, "errors": []})),
     )
-        .into_response()
+        .into_response())
 }
 
 pub(crate) async fn update(
     State(sf): State<Salesforce>,
     Path((version, object, id)): Path<(String, String, String)>,
     body: bytes::Bytes,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
     if !is_id_shaped(&id) {
-        return malformed_id(object, &id);
+        return Err(malformed_id(object, &id));
     }
-    let body = match object_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let changes = match normalize_write(object, &body, false) {
-        Ok(f) => f,
-        Err(e) => return record_error(StatusCode::BAD_REQUEST, &e),
-    };
+    let body = object_body(&body)?;
+    let changes = normalize_write(object, &body, false).map_err(record_error)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let mut db = inner.db.lock().expect("db lock");
     let Some(id) = full_id(&db, object, &id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
-    if let Err(e) = check_unique(&db, object, &changes, Some(&id)) {
-        return record_error(StatusCode::BAD_REQUEST, &e);
-    }
-    if let Err(e) = db.update(object, &id, changes, now, &api_user_id()) {
-        return record_error(StatusCode::BAD_REQUEST, &e);
-    }
+    check_unique(&db, object, &changes, Some(&id)).map_err(record_error)?;
+    db.update(object, &id, changes, now, &api_user_id())
+        .map_err(record_error)?;
     drop(db);
     sf.notify_outbound(object.name, &[id]);
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub(crate) async fn delete(
     State(sf): State<Salesforce>,
     Path((version, object, id)): Path<(String, String, String)>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
     if !is_id_shaped(&id) {
-        return malformed_id(object, &id);
+        return Err(malformed_id(object, &id));
     }
     let inner = sf.inner();
     let now = inner.clock.now();
     let mut db = inner.db.lock().expect("db lock");
     let Some(id) = full_id(&db, object, &id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
-    match db.delete(object, &id, now, &api_user_id()) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => record_error(StatusCode::BAD_REQUEST, &e),
-    }
+    db.delete(object, &id, now, &api_user_id())
+        .map_err(record_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The outcome of one upsert: created or updated, with the record id.
@@ -510,45 +421,28 @@ pub(crate) async fn upsert(
     State(sf): State<Salesforce>,
     Path((version, object, field, value)): Path<(String, String, String, String)>,
     body: bytes::Bytes,
-) -> Response {
-    let api = match api_version(&version) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let api = api_version(&version)?;
+    let object = object_or_404(&object)?;
     let Some(field) = object.field(&field).filter(|f| f.external_id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The requested resource does not exist",
-        );
+        return Err(not_found());
     };
-    let body = match object_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = object_body(&body)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let mut db = inner.db.lock().expect("db lock");
     let result = upsert_one(&mut db, object, field.name, &value, body, now);
     drop(db);
-    match result {
-        Ok((id, created)) => {
-            sf.notify_outbound(object.name, std::slice::from_ref(&id));
-            let body = json!({"id": id, "success": true, "errors": [], "created": created});
-            if created {
-                (StatusCode::CREATED, axum::Json(body)).into_response()
-            } else if api >= 46.0 {
-                (StatusCode::OK, axum::Json(body)).into_response()
-            } else {
-                StatusCode::NO_CONTENT.into_response()
-            }
-        }
-        Err(e) => record_error(StatusCode::BAD_REQUEST, &e),
-    }
+    let (id, created) = result.map_err(record_error)?;
+    sf.notify_outbound(object.name, std::slice::from_ref(&id));
+    let body = json!({"id": id, "success": true, "errors": [], "created": created});
+    Ok(if created {
+        (StatusCode::CREATED, axum::Json(body)).into_response()
+    } else if api >= 46.0 {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -577,18 +471,9 @@ pub(crate) async fn updated(
     State(sf): State<Salesforce>,
     Path((version, object)): Path<(String, String)>,
     Query(params): Query<WindowParams>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let (start, end) = match window(&params) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
+    let (start, end) = window(&params)?;
     let (from, to) = (format_datetime(start), format_datetime(end));
     let db = sf.inner().db.lock().expect("db lock");
     let table = db.table(object.name).expect("table");
@@ -598,25 +483,16 @@ pub(crate) async fn updated(
         .filter(|(_, id)| table.records.get(id).is_some_and(|r| !r.deleted))
         .map(|(_, id)| id.as_str())
         .collect();
-    axum::Json(json!({"ids": ids, "latestDateCovered": to})).into_response()
+    Ok(axum::Json(json!({"ids": ids, "latestDateCovered": to})).into_response())
 }
 
 pub(crate) async fn deleted(
     State(sf): State<Salesforce>,
     Path((version, object)): Path<(String, String)>,
     Query(params): Query<WindowParams>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
-    let object = match object_or_404(&object) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let (start, end) = match window(&params) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let object = versioned_object(&version, &object)?;
+    let (start, end) = window(&params)?;
     let (from, to) = (format_datetime(start), format_datetime(end));
     let now = sf.inner().clock.now();
     let db = sf.inner().db.lock().expect("db lock");
@@ -630,8 +506,8 @@ pub(crate) async fn deleted(
         })
         .collect();
     let earliest = format_datetime(now - jiff::SignedDuration::from_hours(15 * 24));
-    axum::Json(json!({"deletedRecords": records, "earliestDateAvailable": earliest, "latestDateCovered": to}))
-        .into_response()
+    Ok(axum::Json(json!({"deletedRecords": records, "earliestDateAvailable": earliest, "latestDateCovered": to}))
+        .into_response())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,7 +521,7 @@ enum CollectionOp {
 }
 
 fn collection_request(body: &[u8]) -> Result<(bool, Vec<Value>), Response> {
-    let value = parse_body(body)?;
+    let value = json_body(body)?;
     let all_or_none = value
         .get("allOrNone")
         .and_then(Value::as_bool)
@@ -672,7 +548,7 @@ pub(crate) async fn collection_create(
     Path(version): Path<String>,
     fail: Option<Extension<FailRecord>>,
     body: bytes::Bytes,
-) -> Response {
+) -> Reply {
     collection(state, &version, None, CollectionOp::Create, fail, &body)
 }
 
@@ -681,7 +557,7 @@ pub(crate) async fn collection_update(
     Path(version): Path<String>,
     fail: Option<Extension<FailRecord>>,
     body: bytes::Bytes,
-) -> Response {
+) -> Reply {
     collection(state, &version, None, CollectionOp::Update, fail, &body)
 }
 
@@ -690,7 +566,7 @@ pub(crate) async fn collection_upsert(
     Path((version, object, field)): Path<(String, String, String)>,
     fail: Option<Extension<FailRecord>>,
     body: bytes::Bytes,
-) -> Response {
+) -> Reply {
     collection(
         state,
         &version,
@@ -714,37 +590,28 @@ fn collection(
     op: CollectionOp,
     fail: Option<Extension<FailRecord>>,
     body: &[u8],
-) -> Response {
-    let api = match api_version(version) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let (all_or_none, records) = match collection_request(body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let api = api_version(version)?;
+    let (all_or_none, records) = collection_request(body)?;
     let upsert = match &upsert_key {
         Some((object, field)) => {
-            let object = match object_or_404(object) {
-                Ok(o) => o,
-                Err(r) => return r,
-            };
+            let object = object_or_404(object)?;
             let Some(field) = object.field(field).filter(|f| f.external_id) else {
-                return error(
+                return Err(error(
                     StatusCode::BAD_REQUEST,
                     "INVALID_FIELD",
                     &format!(
                         "Field name provided, {field} is not an External ID or indexed field for {}",
                         object.name
                     ),
-                );
+                ));
             };
             Some((object, field.name))
         }
         None => None,
     };
     if op == CollectionOp::Upsert && api < 46.0 {
-        return not_found_resource();
+        return Err(not_found());
     }
     let inner = sf.inner();
     let now = inner.clock.now();
@@ -813,15 +680,7 @@ fn collection(
     for (object, id) in notify {
         sf.notify_outbound(object, &[id]);
     }
-    axum::Json(results).into_response()
-}
-
-fn not_found_resource() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "The requested resource does not exist",
-    )
+    Ok(axum::Json(results).into_response())
 }
 
 fn plan_record(
@@ -995,10 +854,8 @@ pub(crate) async fn collection_delete(
     State(sf): State<Salesforce>,
     Path(version): Path<String>,
     Query(params): Query<DeleteParams>,
-) -> Response {
-    if let Err(r) = api_version(&version) {
-        return r;
-    }
+) -> Reply {
+    api_version(&version)?;
     let ids: Vec<String> = params
         .ids
         .unwrap_or_default()
@@ -1008,11 +865,11 @@ pub(crate) async fn collection_delete(
         .map(str::to_string)
         .collect();
     if ids.len() > 200 {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "EXCEEDED_ID_LIMIT",
             "record limit reached. cannot submit more than 200 records into this call",
-        );
+        ));
     }
     let inner = sf.inner();
     let now = inner.clock.now();
@@ -1047,5 +904,5 @@ pub(crate) async fn collection_delete(
             },
         })
         .collect();
-    axum::Json(results).into_response()
+    Ok(axum::Json(results).into_response())
 }
