@@ -273,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("cursors:");
             for (name, value, at) in &summary.cursors {
-                println!("  {name:<28} {value}  (saved {at})");
+                println!("  {name:<28} {}  (saved {at})", cursor_brief(value));
             }
             println!("cycles by status:");
             for (status, n) in &summary.cycles_by_status {
@@ -283,6 +283,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "outbox: {} pending, {} failed",
                 summary.outbox_pending, summary.outbox_failed
             );
+            for (error, n) in &summary.outbox_failures {
+                println!("  {n:>6} failed: {error}");
+            }
             println!(
                 "seen: {} people, {} MAP leads, {} thresholds ({} versions), {} score changes; {} audit entries",
                 summary.persons,
@@ -365,6 +368,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A cursor as one short line: a JSON cursor's fields with long strings cut and lists
+/// counted (the ids seen at the cursor's instant, the activity GUIDs of the last page), so
+/// that `status` stays readable; `status --json` keeps them whole.
+fn cursor_brief(value: &str) -> String {
+    fn cut(s: &str) -> String {
+        match s.char_indices().nth(24) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s.to_string(),
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={}", cut(s)),
+                serde_json::Value::Array(a) if a.len() == 1 => format!("{k}=[1 item]"),
+                serde_json::Value::Array(a) => format!("{k}=[{} items]", a.len()),
+                serde_json::Value::Object(o) => format!("{k}={{{} fields}}", o.len()),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ if value.chars().count() > 64 => cut(value),
+        _ => value.to_string(),
+    }
+}
+
 fn print_run(s: &mqlsync::sync::once::RunSummary) {
     let list = |m: &std::collections::BTreeMap<String, usize>| {
         if m.is_empty() {
@@ -437,5 +467,35 @@ fn print_cycles(cycles: &[Cycle]) {
             if c.overdue { "yes" } else { "no" },
             c.reassignments
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cursor_brief;
+
+    #[test]
+    fn a_cursor_is_shown_on_one_short_line() {
+        let recent: Vec<_> = (0..50)
+            .map(|i| serde_json::json!(["2026-11-23T11:07:27Z", format!("00Q{i:015}")]))
+            .collect();
+        let modstamp = serde_json::json!({
+            "systemmodstamp": "2026-11-23T11:07:27Z",
+            "id": "00Q5g00000000L5EAI",
+            "recent": recent,
+        });
+        assert_eq!(
+            cursor_brief(&modstamp.to_string()),
+            "id=00Q5g00000000L5EAI recent=[50 items] systemmodstamp=2026-11-23T11:07:27Z"
+        );
+        let token = serde_json::json!({
+            "next_page_token": "GIYDENRNGEYS2MRTKQYDSORSGU5DENZOGAYDAKZQGAYDALBVGAYDEMBZG44A====",
+            "last_guids": ["50020803", "50020804"],
+        });
+        assert_eq!(
+            cursor_brief(&token.to_string()),
+            "last_guids=[2 items] next_page_token=GIYDENRNGEYS2MRTKQYDSORS…"
+        );
+        assert_eq!(cursor_brief("2026-11-23T11:08:27Z"), "2026-11-23T11:08:27Z");
     }
 }

@@ -99,6 +99,8 @@ pub struct StoreSummary {
     pub cycles_by_status: Vec<(String, i64)>,
     pub outbox_pending: i64,
     pub outbox_failed: i64,
+    /// The commonest errors of failed outbox rows (at most five), with how many rows have each.
+    pub outbox_failures: Vec<(String, i64)>,
     pub persons: i64,
     pub map_leads: i64,
     pub thresholds: i64,
@@ -557,12 +559,27 @@ impl Store {
         {
             by_status.push(row.map_err(e)?);
         }
+        let mut failures = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT coalesce(last_error, ''), count(*) AS n FROM outbox WHERE state = 'failed'
+                 GROUP BY last_error ORDER BY n DESC, last_error LIMIT 5",
+            )
+            .map_err(e)?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(e)?
+        {
+            failures.push(row.map_err(e)?);
+        }
         Ok(StoreSummary {
             schema_version: self.schema_version()?,
             cursors,
             cycles_by_status: by_status,
             outbox_pending: count("SELECT count(*) FROM outbox WHERE state = 'pending'")?,
             outbox_failed: count("SELECT count(*) FROM outbox WHERE state = 'failed'")?,
+            outbox_failures: failures,
             persons: count("SELECT count(*) FROM persons")?,
             map_leads: count("SELECT count(*) FROM map_leads")?,
             thresholds: count("SELECT count(*) FROM thresholds")?,

@@ -264,7 +264,12 @@ fn the_outbox_keeps_the_latest_state_per_record_and_a_replay_requeues_nothing() 
         .collect();
     store.outbox_settle(&results, t(60)).unwrap();
     assert!(store.outbox_pending(100).unwrap().is_empty());
-    assert_eq!(store.summary().unwrap().outbox_failed, 1);
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.outbox_failed, 1);
+    assert_eq!(
+        summary.outbox_failures,
+        [("FIELD_CUSTOM_VALIDATION_EXCEPTION".to_string(), 1)]
+    );
     // The same decisions again (a replayed batch): written rows stay written, the failed one
     // is retried.
     commit(&mut store, &mut state, &decisions);
