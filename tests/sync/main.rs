@@ -15,7 +15,7 @@ use mqlsync::sandbox::faults::System;
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::store::Store;
 use mqlsync::sync::connect;
-use mqlsync::sync::once::{RunSettings, RunSummary, run_once};
+use mqlsync::sync::once::{RunSettings, RunSummary, SyncError, run_once};
 use serde_json::{Map, Value, json};
 
 struct App {
@@ -89,6 +89,11 @@ async fn spawn_app_with(leads: usize) -> App {
 
 impl App {
     async fn run(&mut self, at: Timestamp) -> RunSummary {
+        self.try_run(at).await.unwrap()
+    }
+
+    /// One `run --once` with the default mapping, which may stop with an error.
+    async fn try_run(&mut self, at: Timestamp) -> Result<RunSummary, SyncError> {
         let m = mapping::load(None).unwrap();
         let (sf, mk) = (self.sf.clone(), self.mk.clone());
         let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
@@ -103,7 +108,6 @@ impl App {
             usage,
         )
         .await
-        .unwrap()
     }
 
     async fn query(&self, soql: &str) -> Vec<Map<String, Value>> {
@@ -297,21 +301,7 @@ async fn a_daily_limit_stops_the_run_cleanly_keeping_what_it_committed_and_says_
             message: None,
         },
     });
-    let m = mapping::load(None).unwrap();
-    let (sf, mk) = (app.sf.clone(), app.mk.clone());
-    let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
-    let err = run_once(
-        &app.sf,
-        &app.mk,
-        &m.mapping,
-        &m.policy,
-        &mut app.store,
-        now(),
-        &RunSettings::default(),
-        usage,
-    )
-    .await
-    .unwrap_err();
+    let err = app.try_run(now()).await.unwrap_err();
     assert!(err.resume_at().is_some_and(|t| t > now()), "{err}");
     // What was read before the limit is committed with its cursor; nothing was written.
     assert!(app.store.cursor("crm.Lead").unwrap().is_some());
@@ -348,21 +338,7 @@ async fn new_mql_alert_tasks_are_created_once_even_when_the_answer_to_the_create
         times: Some(1),
         action: FaultAction::LoseResponse,
     });
-    let m = mapping::load(None).unwrap();
-    let (sf, mk) = (app.sf.clone(), app.mk.clone());
-    let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
-    let err = run_once(
-        &app.sf,
-        &app.mk,
-        &m.mapping,
-        &m.policy,
-        &mut app.store,
-        now(),
-        &RunSettings::default(),
-        usage,
-    )
-    .await
-    .unwrap_err();
+    let err = app.try_run(now()).await.unwrap_err();
     assert_eq!(app.calls("composite_create"), 1, "sent once: {err}");
     let created = alert_tasks(&app).await;
     assert!(!created.is_empty(), "the lost create did create the tasks");
