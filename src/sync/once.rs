@@ -513,9 +513,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Creates new-MQL alert tasks once. A task cannot be upserted (it has no external id), so
-    /// the alerts' keys are looked up first, deleted tasks included (a rep who deleted an
-    /// alert does not get it again): those found were created by an earlier run that stopped
-    /// before it settled them, and are settled without a write; the others are created.
+    /// the alerts' keys are looked up first (`queryAll`: a task a rep already deleted counts
+    /// too): those found were created by an earlier run that stopped before it heard back,
+    /// and are settled without a write; the others are created.
     async fn alert_tasks(
         &mut self,
         tasks: Vec<Write>,
