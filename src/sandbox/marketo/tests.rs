@@ -676,6 +676,31 @@ async fn bulk_activity_extract_runs_its_states_and_serves_csv() {
 }
 
 #[tokio::test]
+async fn a_lost_response_means_the_request_was_served_but_never_answered() {
+    let h = spawn(5).await;
+    let token = h.token().await;
+    h.faults.add(
+        serde_json::from_value(
+            json!({"system": "marketo", "kind": "bulk_activities_create",
+            "times": 1, "action": {"type": "lose_response"}}),
+        )
+        .unwrap(),
+    );
+    let lost = h
+        .http
+        .post(format!("{}/bulk/v1/activities/export/create.json", h.base))
+        .bearer_auth(&token)
+        .json(&json!({"format": "CSV", "filter": {"createdAt":
+            {"startAt": "2026-10-05T00:00:00Z", "endAt": "2026-11-02T12:00:00Z"}}}))
+        .send()
+        .await;
+    assert!(lost.is_err() || lost.unwrap().bytes().await.is_err());
+    // The job exists all the same: a client that creates again without looking makes two.
+    let jobs = h.get(&token, "/bulk/v1/activities/export.json").await;
+    assert_eq!(jobs["result"].as_array().map(Vec::len), Some(1), "{jobs}");
+}
+
+#[tokio::test]
 async fn transport_faults_and_limits_answer_as_told() {
     let h = spawn(5).await;
     let token = h.token().await;
