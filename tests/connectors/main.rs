@@ -372,6 +372,61 @@ async fn marketo_607_checkpoints_until_midnight_in_chicago() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_is_not_sent_again() {
+    use mqlsync::connectors::marketo::bulk::{ExportKind, activity_export_request};
+    let app = default_app().await;
+    // Salesforce: a collection create that the CRM did, but whose answer never came.
+    app.fault(
+        System::Salesforce,
+        "composite_create",
+        1,
+        FaultAction::LoseResponse,
+    );
+    let task = json!({"Subject": "New MQL", "MQL_Alert_Key__c": "Notify:x"});
+    let err = app
+        .sf
+        .create("Task", vec![task.as_object().unwrap().clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retry, "{err}");
+    assert_eq!(app.calls(System::Salesforce, "composite_create"), 1);
+    // Marketo: an export job created, the answer lost.
+    app.fault(
+        System::Marketo,
+        "bulk_activities_create",
+        1,
+        FaultAction::LoseResponse,
+    );
+    let request =
+        activity_export_request(&[22], now() - jiff::SignedDuration::from_hours(24), now())
+            .unwrap();
+    assert!(
+        app.mk
+            .export_create(ExportKind::Activities, &request)
+            .await
+            .is_err()
+    );
+    assert_eq!(app.calls(System::Marketo, "bulk_activities_create"), 1);
+    // Refusals before the work are sent again: a 615 (too many at once) backs off and retries.
+    app.fault(
+        System::Marketo,
+        "bulk_activities_create",
+        1,
+        FaultAction::VendorError {
+            code: "615".into(),
+            message: None,
+        },
+    );
+    let job = app
+        .mk
+        .export_create(ExportKind::Activities, &request)
+        .await
+        .unwrap();
+    assert_eq!(job.status, "Created");
+    assert_eq!(app.calls(System::Marketo, "bulk_activities_create"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketo_reads_take_the_fewest_calls() {
     let app = spawn_app(SandboxOptions {
         leads: 700,

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::{Body, MarketoClient, SYS, format_datetime};
 use crate::connectors::error::{ConnectorError, Result};
 use crate::connectors::limits::Admit;
+use crate::connectors::retry::Repeat;
 use crate::connectors::{Priority, http};
 
 /// What is exported.
@@ -93,9 +94,15 @@ impl MarketoClient {
         }
     }
 
-    async fn export_call(&self, method: Method, path: &str, body: Body<'_>) -> Result<ExportJob> {
+    async fn export_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+        repeat: Repeat,
+    ) -> Result<ExportJob> {
         let env = self
-            .call(method, path, &[], body, Priority::Routine)
+            .call_as(method, path, &[], body, Priority::Routine, repeat)
             .await?;
         let first = env
             .result
@@ -111,12 +118,15 @@ impl MarketoClient {
         })
     }
 
-    /// `POST /bulk/v1/{kind}/export/create.json` with `request` as the JSON body.
+    /// `POST /bulk/v1/{kind}/export/create.json` with `request` as the JSON body. Not sent
+    /// again when its answer is lost (a second job would be created): the caller lists the
+    /// jobs (`status=Created`) to find one it may have made.
     pub async fn export_create(&self, kind: ExportKind, request: &Value) -> Result<ExportJob> {
         self.export_call(
             Method::POST,
             &Self::export_path(kind, None, "create")?,
             Body::Json(request),
+            Repeat::Unknown,
         )
         .await
     }
@@ -127,6 +137,7 @@ impl MarketoClient {
             Method::POST,
             &Self::export_path(kind, Some(id), "enqueue")?,
             Body::None,
+            Repeat::Harmless,
         )
         .await
     }
@@ -137,6 +148,7 @@ impl MarketoClient {
             Method::GET,
             &Self::export_path(kind, Some(id), "status")?,
             Body::None,
+            Repeat::Harmless,
         )
         .await
     }
@@ -147,6 +159,7 @@ impl MarketoClient {
             Method::POST,
             &Self::export_path(kind, Some(id), "cancel")?,
             Body::None,
+            Repeat::Harmless,
         )
         .await
     }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::auth::{FreshToken, TokenCache};
 use super::error::{ConnectorError, Result, System};
 use super::limits::{Admit, DailyBudget, Pacer, Priority, resume_after_daily_limit};
-use super::retry::RetryPolicy;
+use super::retry::{Repeat, RetryPolicy};
 use super::{Record, http};
 
 pub mod bulk;
@@ -391,7 +391,21 @@ impl MarketoClient {
         body: Body<'_>,
         priority: Priority,
     ) -> Result<Envelope> {
-        super::retry::run(&self.inner.settings.retry, || {
+        self.call_as(method, path, query, body, priority, Repeat::Harmless)
+            .await
+    }
+
+    /// [`Self::call`] for a call that may not be harmless to send twice (see [`Repeat`]).
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Body<'_>,
+        priority: Priority,
+        repeat: Repeat,
+    ) -> Result<Envelope> {
+        super::retry::run_as(&self.inner.settings.retry, repeat, || {
             self.call_once(method.clone(), path, query, body, priority)
         })
         .await
