@@ -111,6 +111,9 @@ enum Command {
         /// The instant to explain at (default: the store's clock).
         #[arg(long)]
         at: Option<Timestamp>,
+        /// Print JSON (the machine-readable reasons) instead of sentences.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -130,6 +133,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    quiet_on_closed_pipe(&cli.command);
     let filter = tracing_subscriber::EnvFilter::try_from_env("MQLSYNC_LOG")
         .unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
@@ -147,6 +151,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Commands that only read and print end quietly when their reader goes away
+/// (`mqlsync explain 00Q... | head`), as `cat` does, instead of panicking on the write. The
+/// Rust runtime ignores SIGPIPE so that writing to a closed socket is an error, not death:
+/// the commands that serve or call over the network (`sandbox`, `run`, `demo`) keep that.
+fn quiet_on_closed_pipe(command: &Command) {
+    #[cfg(unix)]
+    if matches!(
+        command,
+        Command::Check { .. }
+            | Command::Status { .. }
+            | Command::Simulate { .. }
+            | Command::Explain { .. }
+    ) {
+        // SAFETY: restores the default disposition of one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = command;
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -349,6 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             mapping,
             at,
+            json,
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             let path = store.unwrap_or_else(|| config.store.clone());
@@ -359,8 +386,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let state = store.load_engine(&loaded.policy)?;
             let at = at.or(state.meta.clock).unwrap_or_else(Timestamp::now);
             let reason = explain(&state, &loaded.policy, &crm_id, at);
-            println!("{crm_id} at {at}: {}", serde_json::to_string(&reason)?);
-            for (when, action, why) in store.audit_of(&crm_id)? {
+            let history = store.audit_of(&crm_id)?;
+            if json {
+                let history: Vec<serde_json::Value> = history
+                    .iter()
+                    .map(|(when, action, why)| {
+                        let why = serde_json::from_str::<serde_json::Value>(why)
+                            .unwrap_or_else(|_| why.as_str().into());
+                        serde_json::json!({"at": when, "action": action, "reason": why})
+                    })
+                    .collect();
+                let out = serde_json::json!({
+                    "crm_id": crm_id, "at": at, "reason": reason, "history": history,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            println!("{crm_id} at {at}: {reason}");
+            if !history.is_empty() {
+                println!("history:");
+            }
+            for (when, action, why) in history {
+                // Rows written by a newer mqlsync may not parse: show them as stored.
+                let why = serde_json::from_str::<mqlsync::engine::model::Reason>(&why)
+                    .map_or(why, |r| r.to_string());
                 println!("  {when}  {action:<13} {why}");
             }
             Ok(())

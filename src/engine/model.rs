@@ -427,6 +427,116 @@ pub enum Reason {
     },
 }
 
+impl RuleKind {
+    /// The rule's name as a sentence says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            RuleKind::Status => "status",
+            RuleKind::OpenOpportunity => "open opportunity",
+            RuleKind::RecentOpportunity => "recent opportunity",
+            RuleKind::RecentMql => "recent MQL",
+            RuleKind::Title => "title",
+            RuleKind::Region => "region",
+            RuleKind::Vertical => "vertical",
+        }
+    }
+}
+
+/// What set off an evaluation, as `explain` says it.
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::ScoreChange { change_id } => write!(f, "a score change ({change_id})"),
+            Trigger::ThresholdChange { threshold_id } => {
+                write!(f, "a change of threshold {threshold_id}")
+            }
+            Trigger::ThresholdSchedule { threshold_id } => {
+                write!(f, "threshold {threshold_id} starting or ending")
+            }
+            Trigger::PersonChange => f.write_str("a change of the lead or contact"),
+            Trigger::Link => f.write_str("the MAP lead being linked to it"),
+        }
+    }
+}
+
+/// A reason as one sentence for people (`explain`); the audit log keeps the JSON.
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let which = |id: &Option<String>| id.clone().unwrap_or_else(|| "the default".into());
+        match self {
+            Reason::Qualified {
+                score,
+                threshold,
+                threshold_id,
+                trigger,
+            } => write!(
+                f,
+                "MQL: score {score} reached the threshold {threshold} ({}), on {trigger}",
+                which(threshold_id)
+            ),
+            Reason::BelowThreshold {
+                score,
+                threshold,
+                threshold_id,
+            } => write!(
+                f,
+                "not an MQL: score {score} is below the threshold {threshold} ({})",
+                which(threshold_id)
+            ),
+            Reason::NoThreshold => f.write_str(
+                "not an MQL: no threshold record matches its segment and the mapping sets no default",
+            ),
+            Reason::NotLinked { map_lead_id } => write!(
+                f,
+                "MAP lead {map_lead_id} is not linked to a CRM lead or contact yet"
+            ),
+            Reason::NoScore => f.write_str("not an MQL: no score has arrived from the MAP"),
+            Reason::Excluded { rule, detail } => write!(
+                f,
+                "not an MQL: excluded by the {} rule ({detail})",
+                rule.label()
+            ),
+            Reason::OpenCycle { external_id } => {
+                write!(f, "already an MQL: cycle {external_id} is open")
+            }
+            Reason::CoolingDown { until, outcome } => write!(
+                f,
+                "not an MQL: cooling down until {until} after a rejection ({})",
+                outcome.as_str()
+            ),
+            Reason::StatusChanged { from, to, by } => {
+                write!(f, "status changed from {} to {}", from.as_str(), to.as_str())?;
+                match by {
+                    Some(by) => write!(f, " by {by}"),
+                    None => Ok(()),
+                }
+            }
+            Reason::OwnerChanged { to } => match to {
+                Some(to) => write!(f, "owner changed to {to}"),
+                None => f.write_str("owner removed"),
+            },
+            Reason::Converted { by } => write!(f, "converted ({by})"),
+            Reason::SlaOverdue { due } => write!(f, "overdue: not accepted by {due}"),
+            Reason::Reassigned { from, to, count } => write!(
+                f,
+                "reassigned from {} to {to} (reassignment {count})",
+                from.as_deref().unwrap_or("nobody")
+            ),
+            Reason::EditRefused { problem } => write!(f, "a rep's edit was refused: {problem}"),
+            Reason::ThresholdInvalid { problem } => {
+                write!(f, "threshold record not used: {problem}")
+            }
+            Reason::ThresholdSeen { version } => {
+                write!(f, "threshold version of {version} recorded")
+            }
+            Reason::RejectionReasonUnmapped { reason } => write!(
+                f,
+                "rejection reason {reason:?} has no outcome in the mapping: no cool-down"
+            ),
+        }
+    }
+}
+
 /// Something the engine wants done, with the reason for the audit log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]

@@ -104,9 +104,17 @@ fn simulate_into_a_store_then_status_and_explain_read_it_and_a_rerun_adds_nothin
     let explain = mqlsync(&["explain", "00QCHL", "--store", "s.sqlite"], dir.path());
     let said = text(&explain.stdout);
     assert!(
-        said.contains("\"code\":\"excluded\"") && said.contains("\"rule\":\"title\""),
+        said.contains("not an MQL: excluded by the title rule (title"),
         "{said}"
     );
+    let explain = mqlsync(
+        &["explain", "00QCHL", "--store", "s.sqlite", "--json"],
+        dir.path(),
+    );
+    let said: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    assert_eq!(said["reason"]["code"], "excluded");
+    assert_eq!(said["reason"]["rule"], "title");
+    assert!(said["history"].as_array().is_some_and(|h| !h.is_empty()));
 }
 
 #[test]
@@ -230,4 +238,39 @@ fn demo_syncs_the_sandbox_and_shows_the_mqls_of_a_knob_turn() {
         assert_eq!(used, minimum, "{line}");
     }
     assert!(dir.path().join("d/demo.sqlite").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    // 3,000 leads that all become MQLs: `simulate` prints far more than a pipe holds.
+    let dir = tempfile::tempdir().unwrap();
+    let mut history = String::from(
+        "{\"type\": \"threshold\", \"at\": \"2026-03-01T08:00:00Z\", \"id\": \"a0T-ALL\", \"score\": 10}\n",
+    );
+    for i in 0..3000 {
+        history.push_str(&format!(
+            "{{\"type\": \"person\", \"at\": \"2026-03-02T09:00:00Z\", \"id\": \"00Q{i:09}\", \"kind\": \"Lead\", \"status\": \"Open - Not Contacted\", \"owner\": \"0055g0000000004AAA\", \"attributes\": {{\"region\": \"EMEA\"}}}}\n\
+             {{\"type\": \"link\", \"at\": \"2026-03-02T09:00:00Z\", \"id\": \"00Q{i:09}\", \"kind\": \"Lead\", \"map_lead\": {i}}}\n\
+             {{\"type\": \"score\", \"at\": \"2026-03-02T10:00:00Z\", \"map_lead\": {i}, \"value\": 50}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("many.jsonl"), history).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+        .args(["simulate", "many.jsonl"])
+        .current_dir(dir.path())
+        .env_remove("MQLSYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe's read end is dropped here, like `| head -c 64`.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
 }
