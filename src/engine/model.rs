@@ -599,6 +599,39 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn reasons_read_as_sentences() {
+        let qualified = Reason::Qualified {
+            score: 82.5,
+            threshold: 80.0,
+            threshold_id: None,
+            trigger: Trigger::ScoreChange {
+                change_id: "5001".into(),
+            },
+        };
+        assert_eq!(
+            qualified.to_string(),
+            "MQL: score 82.5 reached the threshold 80 (the default), on a score change (5001)"
+        );
+        let cooling = Reason::CoolingDown {
+            until: "2026-06-01T00:00:00Z".parse().unwrap(),
+            outcome: Outcome::NotNow,
+        };
+        assert_eq!(
+            cooling.to_string(),
+            "not an MQL: cooling down until 2026-06-01T00:00:00Z after a rejection (Not now)"
+        );
+        let moved = Reason::Reassigned {
+            from: None,
+            to: "005B".into(),
+            count: 2,
+        };
+        assert_eq!(
+            moved.to_string(),
+            "reassigned from nobody to 005B (reassignment 2)"
+        );
+    }
+
     proptest! {
         #[test]
         fn a_cycle_external_id_is_the_crm_id_a_dash_and_the_number(

@@ -271,6 +271,15 @@ fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
     // The pipe's read end is dropped here, like `| head -c 64`.
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{}", text(&out.stderr));
-    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
 }
