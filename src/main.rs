@@ -53,6 +53,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put failed outbox writes back in line for the next run, once their cause is fixed in
+    /// the CRM (a validation rule, an inactive owner).
+    Requeue {
+        /// Store file (default: the config's `store`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Only the rows whose error contains this text (e.g. `INACTIVE_OWNER_OR_USER`).
+        #[arg(long)]
+        error: Option<String>,
+    },
     /// Replay a CSV or JSONL history through the engine and print the resulting cycles.
     Simulate {
         /// The history: `.csv` or `.jsonl` (columns in the README, example in tests/fixtures/).
@@ -279,6 +289,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Requeue { store, error } => {
+            let path = store.unwrap_or_else(|| config.store.clone());
+            if !path.exists() {
+                anyhow::bail!("no store at {}", path.display());
+            }
+            let n = Store::open(&path)?.outbox_requeue(error.as_deref())?;
+            println!("{n} failed writes are pending again: the next run sends them");
+            Ok(())
+        }
         Command::Status { store, json } => {
             let path = store.unwrap_or_else(|| config.store.clone());
             if !path.exists() {
@@ -311,6 +330,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             for (error, n) in &summary.outbox_failures {
                 println!("  {n:>6} failed: {error}");
+            }
+            if summary.outbox_failed > 0 {
+                println!(
+                    "  fix the cause in the CRM, then `mqlsync requeue [--error TEXT]` sends them again"
+                );
             }
             println!(
                 "seen: {} people, {} MAP leads, {} thresholds ({} versions), {} score changes; {} audit entries",

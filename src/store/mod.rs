@@ -65,6 +65,22 @@ pub enum StoreError {
     Decode { path: String, detail: String },
 }
 
+/// Attempts after which a write the CRM keeps refusing for now (a locked row) is failed.
+pub const OUTBOX_MAX_ATTEMPTS: i64 = 5;
+
+/// How the write of an outbox row ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    /// Written, or found written (or no longer needed).
+    Done,
+    /// Refused for good (a validation rule, a bad value), or not sent by mqlsync: kept as
+    /// failed with the error until `mqlsync requeue`.
+    Failed(String),
+    /// Refused for now (a locked row): stays pending for the next run, and is failed after
+    /// [`OUTBOX_MAX_ATTEMPTS`] attempts.
+    Retry(String),
+}
+
 /// One remote write waiting in the outbox.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OutboxRow {
@@ -500,11 +516,11 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
 
-    /// Marks outbox rows written (`Ok`) or failed with the vendor's error (`Err`), in one
-    /// transaction. A row whose payload changed since it was read stays pending.
+    /// Records how the writes of outbox rows ended (see [`Settlement`]), in one transaction.
+    /// A row whose payload changed since it was read stays pending for its new payload.
     pub fn outbox_settle(
         &mut self,
-        results: &[(OutboxRow, Result<(), String>)],
+        results: &[(OutboxRow, Settlement)],
         at: Timestamp,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
@@ -520,15 +536,43 @@ impl Store {
             let mut failed = tx
                 .prepare_cached("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2")
                 .map_err(err)?;
-            for (row, result) in results {
-                match result {
-                    Ok(()) => done.execute(params![row.key, row.payload, ts(at)]),
-                    Err(e) => failed.execute(params![row.key, row.payload, e, ts(at)]),
+            let mut retry = tx
+                .prepare_cached(
+                    "UPDATE outbox SET state = CASE WHEN attempts + 1 >= ?5 THEN 'failed' ELSE 'pending' END,
+                     attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2",
+                )
+                .map_err(err)?;
+            for (row, settlement) in results {
+                match settlement {
+                    Settlement::Done => done.execute(params![row.key, row.payload, ts(at)]),
+                    Settlement::Failed(e) => {
+                        failed.execute(params![row.key, row.payload, e, ts(at)])
+                    }
+                    Settlement::Retry(e) => retry.execute(params![
+                        row.key,
+                        row.payload,
+                        e,
+                        ts(at),
+                        OUTBOX_MAX_ATTEMPTS
+                    ]),
                 }
                 .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Puts failed outbox rows back to pending, with a fresh count of attempts, after the
+    /// cause was fixed in the CRM (a validation rule, an inactive owner): all of them, or those
+    /// whose error contains `error`. Returns how many.
+    pub fn outbox_requeue(&mut self, error: Option<&str>) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0
+                 WHERE state = 'failed' AND (?1 IS NULL OR instr(last_error, ?1) > 0)",
+                params![error],
+            )
+            .map_err(|e| self.sql_err(e))
     }
 
     /// Summary counts for `mqlsync status`.

@@ -249,15 +249,15 @@ fn the_outbox_keeps_the_latest_state_per_record_and_a_replay_requeues_nothing() 
         .count();
     assert_eq!(mql_rows, opened, "one row per cycle");
     assert!(pending.iter().all(|r| r.attempts == 0));
-    let results: Vec<(OutboxRow, Result<(), String>)> = pending
+    let results: Vec<(OutboxRow, Settlement)> = pending
         .iter()
         .map(|r| {
             (
                 r.clone(),
                 if r.key == pending[0].key {
-                    Err("FIELD_CUSTOM_VALIDATION_EXCEPTION".into())
+                    Settlement::Failed("FIELD_CUSTOM_VALIDATION_EXCEPTION".into())
                 } else {
-                    Ok(())
+                    Settlement::Done
                 },
             )
         })
@@ -558,4 +558,69 @@ fn a_store_of_schema_2_keeps_its_score_history_and_needs_no_replay() {
         state.unsaved_scores.is_empty(),
         "the snapshot covers the old rows"
     );
+}
+
+#[test]
+fn a_write_refused_for_now_stays_pending_until_its_attempts_run_out_and_failed_rows_can_be_requeued()
+ {
+    let policy = Policy::example();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let decisions: Vec<Decision> = events()
+        .iter()
+        .flat_map(|e| apply(&mut state, &policy, e))
+        .collect();
+    store
+        .commit_batch(
+            Batch {
+                events: &[],
+                decisions: &decisions,
+                cursors: &[],
+                seen_at: t(50),
+            },
+            &mut state,
+        )
+        .unwrap();
+    let pending = store.outbox_pending(100).unwrap();
+    let (locked, refused) = (pending[0].clone(), pending[1].clone());
+    let lock = "UNABLE_TO_LOCK_ROW: unable to obtain exclusive access";
+    for attempt in 1..=OUTBOX_MAX_ATTEMPTS {
+        store
+            .outbox_settle(
+                &[
+                    (locked.clone(), Settlement::Retry(lock.into())),
+                    (
+                        refused.clone(),
+                        Settlement::Failed("INACTIVE_OWNER_OR_USER: x".into()),
+                    ),
+                ],
+                t(60 + attempt),
+            )
+            .unwrap();
+        let still = store.outbox_pending(100).unwrap();
+        let waiting = still.iter().find(|r| r.key == locked.key);
+        if attempt < OUTBOX_MAX_ATTEMPTS {
+            let row = waiting.expect("a locked row is sent again");
+            assert_eq!(row.attempts, attempt);
+            assert_eq!(row.last_error.as_deref(), Some(lock));
+        } else {
+            assert!(
+                waiting.is_none(),
+                "failed after {OUTBOX_MAX_ATTEMPTS} attempts"
+            );
+        }
+        assert!(
+            still.iter().all(|r| r.key != refused.key),
+            "refused for good"
+        );
+    }
+    assert_eq!(store.summary().unwrap().outbox_failed, 2);
+    // The owner is active again: requeue the rows that failed for that reason only.
+    assert_eq!(store.outbox_requeue(Some("NO_SUCH_ERROR")).unwrap(), 0);
+    assert_eq!(store.outbox_requeue(Some("INACTIVE_OWNER")).unwrap(), 1);
+    let back = store.outbox_pending(100).unwrap();
+    let row = back.iter().find(|r| r.key == refused.key).unwrap();
+    assert_eq!(row.attempts, 0);
+    assert_eq!(store.outbox_requeue(None).unwrap(), 1);
+    assert_eq!(store.summary().unwrap().outbox_failed, 0);
 }

@@ -24,7 +24,7 @@ use crate::connectors::{
 use crate::engine::model::{CrmKind, CycleStatus, Event};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
-use crate::store::{Batch, OutboxRow, Store, StoreError};
+use crate::store::{Batch, OutboxRow, Settlement, Store, StoreError};
 
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, Write};
@@ -448,12 +448,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         });
         let tasks = std::mem::take(&mut plan.task_creates);
         self.sf_min += writes::minimum_calls(&plan, 200) as u64;
-        let mut results: Vec<(OutboxRow, Result<(), String>)> = Vec::new();
+        let mut results: Vec<(OutboxRow, Settlement)> = Vec::new();
         for (row, e) in plan.unsent {
             self.summary
                 .write_failures
                 .push(format!("{}: {e}", row.key));
-            results.push((row, Err(e)));
+            results.push((row, Settlement::Failed(e)));
         }
         if !plan.superseded.is_empty() {
             *self
@@ -461,7 +461,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .settled
                 .entry("task_superseded".into())
                 .or_default() += plan.superseded.len();
-            results.extend(plan.superseded.into_iter().map(|row| (row, Ok(()))));
+            results.extend(
+                plan.superseded
+                    .into_iter()
+                    .map(|row| (row, Settlement::Done)),
+            );
         }
         let mql = (
             m.crm.mql.object.clone(),
@@ -519,7 +523,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     async fn alert_tasks(
         &mut self,
         tasks: Vec<Write>,
-        results: &mut Vec<(OutboxRow, Result<(), String>)>,
+        results: &mut Vec<(OutboxRow, Settlement)>,
     ) -> Result<(), ConnectorError> {
         let m = self.mapping;
         let object = soql::identifier(&m.crm.task)?;
@@ -544,7 +548,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             tasks.into_iter().partition(|w| found.contains(&w.row.key));
         for w in existing {
             *self.summary.settled.entry("task_found".into()).or_default() += 1;
-            results.push((w.row, Ok(())));
+            results.push((w.row, Settlement::Done));
         }
         self.sf_min += new.len().div_ceil(200) as u64;
         for chunk in new.chunks(200) {
@@ -560,22 +564,28 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         chunk: &[Write],
         outcomes: Vec<RecordOutcome>,
         label: &str,
-        results: &mut Vec<(OutboxRow, Result<(), String>)>,
+        results: &mut Vec<(OutboxRow, Settlement)>,
     ) {
         for (i, w) in chunk.iter().enumerate() {
             let result = match outcomes.iter().find(|o| o.index == i).map(|o| &o.result) {
                 Some(Ok(_)) => {
                     *self.summary.written.entry(label.into()).or_default() += 1;
-                    Ok(())
+                    Settlement::Done
                 }
                 Some(Err(e)) => {
                     let text = format!("{}: {}", e.code, e.message);
+                    let (settlement, after) = if e.retryable {
+                        (Settlement::Retry(text.clone()), " (sent again next run)")
+                    } else {
+                        (Settlement::Failed(text.clone()), "")
+                    };
                     self.summary
                         .write_failures
-                        .push(format!("{}: {text}", w.row.key));
-                    Err(text)
+                        .push(format!("{}: {text}{after}", w.row.key));
+                    settlement
                 }
-                None => Err("the CRM returned no result for this record".to_string()),
+                // Nothing says the CRM refused it: the next run sends it again.
+                None => Settlement::Retry("the CRM returned no result for this record".into()),
             };
             results.push((w.row.clone(), result));
         }

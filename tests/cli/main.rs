@@ -101,6 +101,10 @@ fn simulate_into_a_store_then_status_and_explain_read_it_and_a_rerun_adds_nothin
     let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v["cycles_opened"], 0);
     assert_eq!(v["decisions"], serde_json::json!({}));
+    // Nothing failed (simulate sends nothing): requeue finds nothing to put back.
+    let requeue = mqlsync(&["requeue", "--store", "s.sqlite"], dir.path());
+    assert!(requeue.status.success(), "{}", text(&requeue.stderr));
+    assert!(text(&requeue.stdout).starts_with("0 failed writes are pending again"));
     let explain = mqlsync(&["explain", "00QCHL", "--store", "s.sqlite"], dir.path());
     let said = text(&explain.stdout);
     assert!(

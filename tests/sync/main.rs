@@ -429,3 +429,68 @@ async fn each_mql_waiting_for_a_rep_of_a_team_that_wants_tasks_gets_one_task_for
     assert_eq!(app.calls("composite_create"), 0);
     assert_eq!(alert_tasks(&app).await.len(), tasks.len());
 }
+
+/// Fails the first record of the next MQL upsert with `code`.
+fn fail_first_mql(app: &App, code: &str) {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
+    app.sandbox.faults().add(FaultRule {
+        system: System::Salesforce,
+        method: None,
+        path: None,
+        kind: Some("composite_upsert".into()),
+        skip: 0,
+        times: Some(1),
+        action: FaultAction::FailRecord {
+            index: 0,
+            code: Some(code.into()),
+            message: None,
+        },
+    });
+}
+
+async fn mql_records(app: &App) -> usize {
+    app.query("SELECT Id FROM MQL__c").await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mql_record_the_crm_refuses_for_now_is_sent_again_by_the_next_run() {
+    let mut app = spawn_app().await;
+    fail_first_mql(&app, "UNABLE_TO_LOCK_ROW");
+    let first = app.run(now()).await;
+    let cycles = app.store.cycles().unwrap().len();
+    assert_eq!(mql_records(&app).await, cycles - 1);
+    assert!(
+        first
+            .write_failures
+            .iter()
+            .any(|f| f.contains("UNABLE_TO_LOCK_ROW") && f.ends_with("(sent again next run)")),
+        "{first:?}"
+    );
+    let second = app.run(now()).await;
+    assert_eq!(second.written.get("mql_upsert"), Some(&1), "{second:?}");
+    assert_eq!(mql_records(&app).await, cycles, "no MQL lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mql_record_refused_for_good_waits_for_a_requeue_then_is_written() {
+    let mut app = spawn_app().await;
+    fail_first_mql(&app, "FIELD_CUSTOM_VALIDATION_EXCEPTION");
+    app.run(now()).await;
+    let cycles = app.store.cycles().unwrap().len();
+    // Refused for good: the next run does not hammer the CRM with it.
+    app.sandbox.log().clear();
+    let second = app.run(now()).await;
+    assert_eq!(app.calls("composite_upsert"), 0, "{second:?}");
+    assert_eq!(app.store.summary().unwrap().outbox_failed, 1);
+    assert_eq!(mql_records(&app).await, cycles - 1);
+    // The admin fixed the validation rule and requeues: the next run writes it.
+    assert_eq!(
+        app.store
+            .outbox_requeue(Some("FIELD_CUSTOM_VALIDATION_EXCEPTION"))
+            .unwrap(),
+        1
+    );
+    let third = app.run(now()).await;
+    assert_eq!(third.written.get("mql_upsert"), Some(&1), "{third:?}");
+    assert_eq!(mql_records(&app).await, cycles);
+}
