@@ -11,7 +11,7 @@ use mqlsync::connectors::{Priority, QueryPages};
 use mqlsync::engine::model::CycleStatus;
 use mqlsync::mapping;
 use mqlsync::sandbox::clock::SandboxClock;
-use mqlsync::sandbox::faults::System;
+use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::store::Store;
 use mqlsync::sync::connect;
@@ -117,6 +117,20 @@ impl App {
             all.extend(page);
         }
         all
+    }
+
+    /// Arms a Salesforce fault on requests of `kind`: after `skip` of them, `times` times
+    /// (for ever when `None`).
+    fn fault(&self, kind: &str, skip: u32, times: Option<u32>, action: FaultAction) {
+        self.sandbox.faults().add(FaultRule {
+            system: System::Salesforce,
+            method: None,
+            path: None,
+            kind: Some(kind.into()),
+            skip,
+            times,
+            action,
+        });
     }
 
     fn calls(&self, kind: &str) -> u64 {
@@ -284,23 +298,19 @@ async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_limit_stops_the_run_cleanly_keeping_what_it_committed_and_says_when_to_resume() {
-    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
     let mut app = spawn_app().await;
     // The org's daily limit runs out when the run reaches the MQL records: the fifth `query`
     // (thresholds go through `queryAll`), after the threshold history, leads, contacts and
     // opportunities, one page each.
-    app.sandbox.faults().add(FaultRule {
-        system: System::Salesforce,
-        method: None,
-        path: None,
-        kind: Some("query".into()),
-        skip: 4,
-        times: None,
-        action: FaultAction::VendorError {
+    app.fault(
+        "query",
+        4,
+        None,
+        FaultAction::VendorError {
             code: "REQUEST_LIMIT_EXCEEDED".into(),
             message: None,
         },
-    });
+    );
     let err = app.try_run(now()).await.unwrap_err();
     assert!(err.resume_at().is_some_and(|t| t > now()), "{err}");
     // What was read before the limit is committed with its cursor; nothing was written.
@@ -325,19 +335,10 @@ async fn alert_tasks(app: &App) -> Vec<Map<String, Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_mql_alert_tasks_are_created_once_even_when_the_answer_to_the_create_is_lost() {
-    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
     let mut app = spawn_app().await;
     // The CRM creates the first batch of tasks and the answer never arrives: the connector
     // must not send the create again, and the run stops with the alert rows still pending.
-    app.sandbox.faults().add(FaultRule {
-        system: System::Salesforce,
-        method: None,
-        path: None,
-        kind: Some("composite_create".into()),
-        skip: 0,
-        times: Some(1),
-        action: FaultAction::LoseResponse,
-    });
+    app.fault("composite_create", 0, Some(1), FaultAction::LoseResponse);
     let err = app.try_run(now()).await.unwrap_err();
     assert_eq!(app.calls("composite_create"), 1, "sent once: {err}");
     let created = alert_tasks(&app).await;
@@ -432,20 +433,16 @@ async fn each_mql_waiting_for_a_rep_of_a_team_that_wants_tasks_gets_one_task_for
 
 /// Fails the first record of the next MQL upsert with `code`.
 fn fail_first_mql(app: &App, code: &str) {
-    use mqlsync::sandbox::faults::{FaultAction, FaultRule};
-    app.sandbox.faults().add(FaultRule {
-        system: System::Salesforce,
-        method: None,
-        path: None,
-        kind: Some("composite_upsert".into()),
-        skip: 0,
-        times: Some(1),
-        action: FaultAction::FailRecord {
+    app.fault(
+        "composite_upsert",
+        0,
+        Some(1),
+        FaultAction::FailRecord {
             index: 0,
             code: Some(code.into()),
             message: None,
         },
-    });
+    );
 }
 
 async fn mql_records(app: &App) -> usize {
