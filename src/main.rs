@@ -43,6 +43,10 @@ enum Command {
         /// Mapping file (default: the config's, else the built-in default mapping).
         #[arg(long)]
         mapping: Option<PathBuf>,
+        /// Also check the mapping against the org and the MAP: every object and field the sync
+        /// reads or writes exists and is writable where written (one describe per object).
+        #[arg(long)]
+        remote: bool,
     },
     /// Summarise the store: cursors, cycles by status, outbox depth.
     Status {
@@ -134,6 +138,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
             || c.is::<MappingError>()
             || c.is::<HistoryError>()
             || c.is::<mqlsync::sandbox::faults::FaultsFileError>()
+            || c.is::<mqlsync::sync::preflight::Mismatch>()
             || matches!(
                 c.downcast_ref::<StoreError>(),
                 Some(StoreError::NotAStore { .. } | StoreError::NewerSchema { .. })
@@ -171,7 +176,7 @@ fn quiet_on_closed_pipe(command: &Command) {
     #[cfg(unix)]
     if matches!(
         command,
-        Command::Check { .. }
+        Command::Check { remote: false, .. }
             | Command::Status { .. }
             | Command::Simulate { .. }
             | Command::Explain { .. }
@@ -268,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check { mapping } => {
+        Command::Check { mapping, remote } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             println!(
                 "config: {}",
@@ -287,6 +292,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "\n# effective config (secrets redacted)\n{}",
                 toml::to_string(&config).context("printing the config")?
             );
+            if remote {
+                let sf = mqlsync::sync::connect::salesforce(&config)?;
+                let mk = mqlsync::sync::connect::marketo(&config)?;
+                let runtime =
+                    tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                let problems =
+                    runtime.block_on(mqlsync::sync::preflight::check(&sf, &mk, &loaded.mapping))?;
+                if !problems.is_empty() {
+                    for p in &problems {
+                        println!("remote: {p}");
+                    }
+                    return Err(mqlsync::sync::preflight::Mismatch {
+                        count: problems.len(),
+                    }
+                    .into());
+                }
+                println!(
+                    "remote: ok (every object and field the sync uses is there and writable where written)"
+                );
+            }
             Ok(())
         }
         Command::Requeue { store, error } => {

@@ -115,6 +115,10 @@ pub trait Crm: Clone + Send + Sync + 'static {
         records: Vec<Record>,
     ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
 
+    /// `GET /sobjects/{object}/describe`: the object's fields and what the user may do with
+    /// them.
+    fn describe(&self, object: &str) -> impl Future<Output = Result<Record>> + Send;
+
     /// `GET /limits`; also refreshes the shared daily budget from `DailyApiRequests`.
     fn limits(&self) -> impl Future<Output = Result<Record>> + Send;
 }

@@ -3,10 +3,12 @@
 //! - [`records`]: vendor records <-> engine values, driven by the mapping (which field is the
 //!   threshold's score, where a lead's region is read, how a cycle is written as an MQL record).
 //! - [`writes`]: outbox rows -> the CRM calls that write them, one result per row.
+//! - [`preflight`]: the mapping checked against the org and the MAP (`check --remote`).
 //!
 //! The first end-to-end run (`mqlsync run --once`) and the daemon's workers build on this.
 
 pub mod connect;
 pub mod once;
+pub mod preflight;
 pub mod records;
 pub mod writes;

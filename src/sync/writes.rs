@@ -171,7 +171,7 @@ fn alert_order(key: &str) -> (Option<jiff::Timestamp>, &str) {
 }
 
 /// A CRM task telling the owner about a new MQL, marked with the alert's outbox key.
-fn task(
+pub(crate) fn task(
     m: &Mapping,
     key: &str,
     owner_id: &str,

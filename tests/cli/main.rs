@@ -287,3 +287,62 @@ fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_remote_against_the_sandbox_passes_and_a_wrong_field_is_exit_2_naming_the_key() {
+    use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sandbox = runtime
+        .block_on(Sandbox::start(SandboxOptions {
+            leads: 20,
+            ..SandboxOptions::default()
+        }))
+        .unwrap();
+    let info = sandbox.connection_info();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mqlsync.toml"),
+        format!(
+            "[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
+            info["salesforce"]["base_url"].as_str().unwrap(),
+            info["salesforce"]["client_id"].as_str().unwrap(),
+            info["marketo"]["base_url"].as_str().unwrap(),
+            info["marketo"]["client_id"].as_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let bad = mqlsync::mapping::DEFAULT_MAPPING
+        .replace("overdue = \"Overdue__c\"", "overdue = \"Overdue_Flag__c\"");
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .args(["--config", "mqlsync.toml", "check", "--remote"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .env(
+                "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+                info["salesforce"]["client_secret"].as_str().unwrap(),
+            )
+            .env(
+                "MQLSYNC_MARKETO_CLIENT_SECRET",
+                info["marketo"]["client_secret"].as_str().unwrap(),
+            )
+            .output()
+            .unwrap()
+    };
+    let good = check(&[]);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    assert!(text(&good.stdout).contains("remote: ok"), "{}", text(&good.stdout));
+    let out = check(&["--mapping", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "remote: crm.mql.overdue: MQL__c has no field Overdue_Flag__c, or the integration user cannot see it"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains("1 problem(s)"), "{}", text(&out.stderr));
+}

@@ -491,3 +491,33 @@ async fn an_mql_record_refused_for_good_waits_for_a_requeue_then_is_written() {
     assert_eq!(third.written.get("mql_upsert"), Some(&1), "{third:?}");
     assert_eq!(mql_records(&app).await, cycles);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_remote_finds_the_default_mapping_whole_and_names_the_key_of_each_problem() {
+    use mqlsync::sync::preflight;
+    let app = spawn_app().await;
+    let mut m = mapping::load(None).unwrap().mapping;
+    let problems = preflight::check(&app.sf, &app.mk, &m).await.unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    m.crm.mql.overdue = "Overdue_Flag__c".into();
+    m.crm.mql.note = "CreatedDate".into();
+    m.crm.mql.external_id = "Segment__c".into();
+    m.map.total_score = "leadScor".into();
+    let problems: Vec<String> = preflight::check(&app.sf, &app.mk, &m)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let expected = [
+        "crm.mql.overdue: MQL__c has no field Overdue_Flag__c, or the integration user cannot see it",
+        "crm.mql.note: MQL__c.CreatedDate is not writable by the integration user",
+        "crm.mql.external_id, crm.mql.segment: MQL__c.Segment__c is not an External ID field: MQL records are upserted by it",
+        "map.total_score: the MAP has no lead field leadScor (REST name)",
+    ];
+    for e in expected {
+        assert!(problems.iter().any(|p| p == e), "missing {e:?} in {problems:#?}");
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+}

@@ -789,6 +789,21 @@ impl Crm for SalesforceClient {
             .await
     }
 
+    async fn describe(&self, object: &str) -> Result<Record> {
+        soql::identifier(object)?;
+        let url = self.data_url(&format!("/sobjects/{object}/describe"));
+        match self
+            .call(Method::GET, &url, None, Priority::Routine)
+            .await?
+        {
+            Value::Object(map) => Ok(map),
+            _ => Err(ConnectorError::Malformed {
+                system: SYS,
+                detail: format!("describe of {object} is not an object"),
+            }),
+        }
+    }
+
     async fn limits(&self) -> Result<Record> {
         let v = self
             .call(
