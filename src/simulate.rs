@@ -420,7 +420,8 @@ pub struct Summary {
     pub cycles: Vec<Cycle>,
 }
 
-/// Replays `events` into `store` in batches of `batch_size`, then lets time run to `until`.
+/// Replays `events` into `store` in batches of `batch_size`, then lets time run to `until`,
+/// holding the store's writer lock (a sync on the same store is refused meanwhile).
 pub fn run(
     events: &[HistoryEvent],
     policy: &Policy,
@@ -429,6 +430,7 @@ pub fn run(
     until: Option<Timestamp>,
     batch_size: usize,
 ) -> Result<Summary, StoreError> {
+    let _writer = store.lock_writer()?;
     let mut state: EngineState = store.load_engine(policy)?;
     let mut summary = Summary {
         events: events.len(),

@@ -63,6 +63,19 @@ pub enum StoreError {
         "store {path}: a saved record cannot be read ({detail}); the store may have been edited by hand"
     )]
     Decode { path: String, detail: String },
+    #[error(
+        "store {path} is being written by another mqlsync process (it holds {lock}); wait for that run to end, or stop the other daemon"
+    )]
+    Busy { path: String, lock: String },
+}
+
+/// Held while a process writes the store (a run, later the daemon): a second writer is
+/// refused instead of interleaving with the first, which would read the same outbox rows and
+/// create alert tasks twice. An OS file lock on `{store}.lock`, so a process that dies never
+/// leaves it behind. Dropping it releases the store.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: Option<std::fs::File>,
 }
 
 /// Attempts after which a write the CRM keeps refusing for now (a locked row) is failed.
@@ -207,6 +220,35 @@ impl Store {
     /// Where the store lives.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Takes the store for writing (see [`WriterLock`]); a store in memory is this process's
+    /// alone.
+    pub fn lock_writer(&self) -> Result<WriterLock, StoreError> {
+        if self.path == ":memory:" {
+            return Ok(WriterLock { _file: None });
+        }
+        let lock = format!("{}.lock", self.path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| StoreError::NotAStore {
+                path: self.path.clone(),
+                detail: format!("cannot open its lock file {lock}: {e}"),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(WriterLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy {
+                path: self.path.clone(),
+                lock,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::NotAStore {
+                path: self.path.clone(),
+                detail: format!("cannot lock {lock}: {e}"),
+            }),
+        }
     }
 
     fn prepare(conn: Connection, path: String) -> Result<Store, StoreError> {

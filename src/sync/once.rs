@@ -141,7 +141,9 @@ struct Run<'a, C: Crm, M: Map> {
     sf_start: Option<u64>,
 }
 
-/// Runs one sync cycle at `now` (the caller's clock).
+/// Runs one sync cycle at `now` (the caller's clock). Holds the store's writer lock for the
+/// whole run: a second run on the same store (an overlapping cron job) stops at once with
+/// [`StoreError::Busy`].
 #[allow(clippy::too_many_arguments)]
 pub async fn run_once<C: Crm, M: Map>(
     crm: &C,
@@ -153,6 +155,7 @@ pub async fn run_once<C: Crm, M: Map>(
     settings: &RunSettings,
     usage: impl Fn() -> (u64, u64),
 ) -> Result<RunSummary, SyncError> {
+    let _writer = store.lock_writer()?;
     let before = usage();
     let state = store.load_engine(policy)?;
     let mut run = Run {

@@ -334,7 +334,11 @@ fn check_remote_against_the_sandbox_passes_and_a_wrong_field_is_exit_2_naming_th
     };
     let good = check(&[]);
     assert!(good.status.success(), "{}", text(&good.stderr));
-    assert!(text(&good.stdout).contains("remote: ok"), "{}", text(&good.stdout));
+    assert!(
+        text(&good.stdout).contains("remote: ok"),
+        "{}",
+        text(&good.stdout)
+    );
     let out = check(&["--mapping", "bad.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
@@ -344,5 +348,9 @@ fn check_remote_against_the_sandbox_passes_and_a_wrong_field_is_exit_2_naming_th
         "{}",
         text(&out.stdout)
     );
-    assert!(text(&out.stderr).contains("1 problem(s)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 problem(s)"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -517,7 +517,35 @@ async fn check_remote_finds_the_default_mapping_whole_and_names_the_key_of_each_
         "map.total_score: the MAP has no lead field leadScor (REST name)",
     ];
     for e in expected {
-        assert!(problems.iter().any(|p| p == e), "missing {e:?} in {problems:#?}");
+        assert!(
+            problems.iter().any(|p| p == e),
+            "missing {e:?} in {problems:#?}"
+        );
     }
     assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_store_is_refused_while_the_first_holds_it() {
+    let mut app = spawn_app().await;
+    // Another process (an overlapping cron job) has the same store file open and is writing.
+    let other = Store::open(std::path::Path::new(app.store.path())).unwrap();
+    let held = other.lock_writer().unwrap();
+    let err = app.try_run(now()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is being written by another mqlsync process"),
+        "{err}"
+    );
+    assert_eq!(
+        app.calls("query") + app.calls("query_all"),
+        0,
+        "no call made"
+    );
+    drop(held);
+    let run = app.run(now()).await;
+    assert!(
+        run.written.get("mql_upsert").is_some_and(|n| *n > 0),
+        "{run:?}"
+    );
 }
