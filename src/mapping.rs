@@ -829,73 +829,20 @@ mod metadata_tests {
 
     #[test]
     fn every_custom_field_of_the_default_mapping_is_in_the_metadata() {
+        // The fields the sync reads and writes, as `check --remote` lists them.
         let m = load(None).unwrap().mapping;
-        let t = &m.crm.threshold;
-        let q = &m.crm.mql;
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        for f in [
-            &t.score,
-            &t.effective_from,
-            &t.effective_to,
-            &t.active,
-            &t.reason,
-        ] {
-            wanted.push((t.object.clone(), f.clone()));
-        }
-        for f in [
-            &q.external_id,
-            &q.lead,
-            &q.contact,
-            &q.cycle_number,
-            &q.status,
-            &q.rejection_reason,
-            &q.outcome,
-            &q.score,
-            &q.threshold,
-            &q.threshold_id,
-            &q.segment,
-            &q.campaign_id,
-            &q.campaign_name,
-            &q.owner_at_mql,
-            &q.team,
-            &q.mql_date,
-            &q.sal_date,
-            &q.closed_date,
-            &q.sla_due,
-            &q.overdue,
-            &q.reassignment_count,
-            &q.backfilled,
-            &q.note,
-        ] {
-            wanted.push((q.object.clone(), f.clone()));
-        }
-        for p in [&m.crm.lead, &m.crm.contact] {
-            for f in [
-                &p.status,
-                &p.mql_date_recent,
-                &p.mql_date_original,
-                &p.sal_date_recent,
-                &p.sal_date_original,
-                &p.mql_count,
-            ] {
-                wanted.push((p.object.clone(), f.clone()));
-            }
-        }
-        for a in m.attributes.values() {
-            for (object, f) in [
-                (&m.crm.lead.object, &a.lead),
-                (&m.crm.contact.object, &a.contact),
-                (&t.object, &a.threshold),
-            ] {
-                if let Some(f) = f {
-                    wanted.push((object.clone(), f.clone()));
-                }
-            }
-        }
-        // Task custom fields are Activity fields in the metadata (Task and Event share them).
-        wanted.push(("Activity".into(), m.crm.task_alert_key.clone()));
-        let custom: Vec<_> = wanted
+        let custom: Vec<(String, String)> = crate::sync::preflight::field_uses(&m)
             .into_iter()
+            .flat_map(|(object, fields)| {
+                // Task custom fields are Activity fields in the metadata (Task and Event
+                // share them).
+                let folder = if object == m.crm.task {
+                    "Activity".to_string()
+                } else {
+                    object
+                };
+                fields.into_keys().map(move |f| (folder.clone(), f))
+            })
             .filter(|(_, f)| f.ends_with("__c") && !f.contains('.'))
             .collect();
         assert!(custom.len() > 40, "{}", custom.len());

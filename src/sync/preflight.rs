@@ -48,7 +48,7 @@ impl std::fmt::Display for Problem {
 
 /// What the sync does with a field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Use {
+pub(crate) enum Use {
     Read,
     Write,
     /// Written, and the key that upserts go by.
@@ -56,7 +56,7 @@ enum Use {
 }
 
 /// Every (object, field, use) of a sync with this mapping.
-fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>> {
+pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>> {
     let mut uses: BTreeMap<String, BTreeMap<String, Use>> = BTreeMap::new();
     let mut add = |object: &str, fields: &mut dyn Iterator<Item = String>, use_: Use| {
         let entry = uses.entry(object.to_string()).or_default();
