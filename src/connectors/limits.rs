@@ -178,6 +178,13 @@ impl DailyBudget {
         self.inner.limit.store(limit, Ordering::Relaxed);
     }
 
+    /// Record the instance's count for today (Marketo `stats/usage.json`): every integration's
+    /// calls since midnight US Central, so that the reserve holds across runs and processes.
+    pub fn observe_today(&self, used: u64, now: Timestamp) {
+        self.inner.day.store(chicago_day(now), Ordering::Relaxed);
+        self.inner.used.store(used, Ordering::Relaxed);
+    }
+
     /// Count one call locally (Marketo has no usage header); resets at midnight US Central.
     pub fn count_call(&self, now: Timestamp) {
         let day = chicago_day(now);

@@ -156,6 +156,10 @@ pub async fn run_once<C: Crm, M: Map>(
     usage: impl Fn() -> (u64, u64),
 ) -> Result<RunSummary, SyncError> {
     let _writer = store.lock_writer()?;
+    // Marketo's count is the instance's, for today: read it first, so that the reserve holds
+    // across runs and against other integrations (a fresh process would otherwise count from
+    // zero). The call itself is counted below, with the run's.
+    map.refresh_usage().await?;
     let before = usage();
     let state = store.load_engine(policy)?;
     let mut run = Run {
@@ -169,7 +173,7 @@ pub async fn run_once<C: Crm, M: Map>(
         settings,
         summary: RunSummary::default(),
         sf_min: 0,
-        mkto_min: 0,
+        mkto_min: 1,
         usage: &usage,
         sf_start: None,
     };
@@ -188,7 +192,7 @@ pub async fn run_once<C: Crm, M: Map>(
     run.summary.calls.insert("salesforce".into(), sf_calls);
     run.summary
         .calls
-        .insert("marketo".into(), after.1.saturating_sub(before.1));
+        .insert("marketo".into(), after.1.saturating_sub(before.1) + 1);
     run.summary
         .minimum_calls
         .insert("salesforce".into(), run.sf_min);

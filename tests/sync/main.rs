@@ -32,10 +32,11 @@ fn now() -> Timestamp {
 
 /// A sandbox on port 0 with a frozen clock, a config pointing at it, and a fresh store.
 async fn spawn_app() -> App {
-    spawn_app_with(300).await
+    spawn_app_with(300, "").await
 }
 
-async fn spawn_app_with(leads: usize) -> App {
+/// `marketo_extra`: more `[marketo]` settings, one `key = value` a line.
+async fn spawn_app_with(leads: usize, marketo_extra: &str) -> App {
     let sandbox = Sandbox::start(SandboxOptions {
         leads,
         seed: 3,
@@ -50,7 +51,7 @@ async fn spawn_app_with(leads: usize) -> App {
     std::fs::write(
         &file,
         format!(
-            "store = \"state.sqlite\"\n[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
+            "store = \"state.sqlite\"\n[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n{marketo_extra}\n",
             info["salesforce"]["base_url"].as_str().unwrap(),
             info["salesforce"]["client_id"].as_str().unwrap(),
             info["marketo"]["base_url"].as_str().unwrap(),
@@ -243,7 +244,7 @@ async fn a_rep_accepting_an_mql_in_the_crm_stamps_the_sal_date_on_the_next_run()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_leads_mql() {
     // Enough people that some EMEA leads wait between the old and the new knob.
-    let mut app = spawn_app_with(2_000).await;
+    let mut app = spawn_app_with(2_000, "").await;
     app.run(now()).await;
     let before = app.store.cycles().unwrap().len();
     let knob = app
@@ -548,4 +549,41 @@ async fn a_second_run_on_the_same_store_is_refused_while_the_first_holds_it() {
         run.written.get("mql_upsert").is_some_and(|n| *n > 0),
         "{run:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marketo_reserve_counts_what_other_integrations_used_today() {
+    // A quota of 40 calls, 20 % kept back: routine work stops at 32 used.
+    let mut app = spawn_app_with(300, "daily_quota = 40").await;
+    // Another integration spent 35 of them today, before mqlsync's run started.
+    let info = app.sandbox.connection_info();
+    let base = info["marketo"]["base_url"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .get(format!(
+            "{base}/identity/oauth/token?grant_type=client_credentials&client_id={}&client_secret={}",
+            info["marketo"]["client_id"].as_str().unwrap(),
+            info["marketo"]["client_secret"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    for _ in 0..35 {
+        let r = http
+            .get(format!("{base}/rest/v1/activities/types.json"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    // A fresh process must not count from zero: it reads the day's count and stops at once.
+    let err = app.try_run(now()).await.unwrap_err();
+    assert!(err.resume_at().is_some(), "{err}");
+    assert!(err.to_string().contains("reserve"), "{err}");
+    assert_eq!(app.mk.budget().usage().0, 36, "35 + the usage call itself");
 }

@@ -111,6 +111,9 @@ pub trait Map: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<LeadPage>> + Send;
     /// `GET /rest/v1/leads/describe.json`.
     fn describe(&self) -> impl Future<Output = Result<Vec<Record>>> + Send;
+    /// `GET /rest/v1/stats/usage.json`: today's calls of the whole instance (every
+    /// integration), which the daily budget takes as its count. Returns that count.
+    fn refresh_usage(&self) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// An activity (`/activities.json` and `/activities/leadchanges.json`). `marketo_guid` is the key.
@@ -643,6 +646,27 @@ impl Map for MarketoClient {
             leads,
             next_page_token,
         })
+    }
+
+    async fn refresh_usage(&self) -> Result<u64> {
+        let env = self
+            .call(
+                Method::GET,
+                "/rest/v1/stats/usage.json",
+                &[],
+                Body::None,
+                Priority::Essential,
+            )
+            .await?;
+        let total = Self::records(env)?
+            .first()
+            .and_then(|day| day.get("total"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        // The local count includes this call; the instance's may not yet.
+        let used = total.max(self.inner.budget.usage().0);
+        self.inner.budget.observe_today(used, Timestamp::now());
+        Ok(used)
     }
 
     async fn describe(&self) -> Result<Vec<Record>> {
