@@ -623,42 +623,28 @@ impl Store {
         let count = |sql: &str| -> Result<i64, StoreError> {
             self.conn.query_row(sql, [], |r| r.get(0)).map_err(e)
         };
-        let mut cursors = Vec::new();
+        let pairs = |sql: &str| -> Result<Vec<(String, i64)>, StoreError> {
+            let mut stmt = self.conn.prepare(sql).map_err(e)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(e)?;
+            rows.collect::<Result<_, _>>().map_err(e)
+        };
         let mut stmt = self
             .conn
             .prepare("SELECT name, value, updated_at FROM cursors ORDER BY name")
             .map_err(e)?;
-        for row in stmt
+        let cursors = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(e)?
-        {
-            cursors.push(row.map_err(e)?);
-        }
-        let mut by_status = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT status, count(*) FROM cycles GROUP BY status ORDER BY status")
+            .collect::<Result<_, _>>()
             .map_err(e)?;
-        for row in stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(e)?
-        {
-            by_status.push(row.map_err(e)?);
-        }
-        let mut failures = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT coalesce(last_error, ''), count(*) AS n FROM outbox WHERE state = 'failed'
-                 GROUP BY last_error ORDER BY n DESC, last_error LIMIT 5",
-            )
-            .map_err(e)?;
-        for row in stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(e)?
-        {
-            failures.push(row.map_err(e)?);
-        }
+        let by_status =
+            pairs("SELECT status, count(*) FROM cycles GROUP BY status ORDER BY status")?;
+        let failures = pairs(
+            "SELECT coalesce(last_error, ''), count(*) AS n FROM outbox WHERE state = 'failed'
+             GROUP BY last_error ORDER BY n DESC, last_error LIMIT 5",
+        )?;
         Ok(StoreSummary {
             schema_version: self.schema_version()?,
             cursors,
