@@ -190,6 +190,19 @@ fn quiet_on_closed_pipe(command: &Command) {
     let _ = command;
 }
 
+/// The store a reading command works on (`--store`, else the config's), which must exist:
+/// opening would create an empty one.
+fn existing_store(store: Option<PathBuf>, config: &Config) -> anyhow::Result<PathBuf> {
+    let path = store.unwrap_or_else(|| config.store.clone());
+    if !path.exists() {
+        anyhow::bail!(
+            "no store at {}: run `mqlsync simulate --store` or `mqlsync run` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("MQLSYNC_") && k != "MQLSYNC_CONFIG")
@@ -315,22 +328,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Requeue { store, error } => {
-            let path = store.unwrap_or_else(|| config.store.clone());
-            if !path.exists() {
-                anyhow::bail!("no store at {}", path.display());
-            }
+            let path = existing_store(store, &config)?;
             let n = Store::open(&path)?.outbox_requeue(error.as_deref())?;
             println!("{n} failed writes are pending again: the next run sends them");
             Ok(())
         }
         Command::Status { store, json } => {
-            let path = store.unwrap_or_else(|| config.store.clone());
-            if !path.exists() {
-                anyhow::bail!(
-                    "no store at {}: run `mqlsync simulate --store` or `mqlsync run` first",
-                    path.display()
-                );
-            }
+            let path = existing_store(store, &config)?;
             let summary = Store::open(&path)?.summary()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -427,11 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
-            let path = store.unwrap_or_else(|| config.store.clone());
-            if !path.exists() {
-                anyhow::bail!("no store at {}", path.display());
-            }
-            let store = Store::open(&path)?;
+            let store = Store::open(&existing_store(store, &config)?)?;
             let state = store.load_engine(&loaded.policy)?;
             let at = at.or(state.meta.clock).unwrap_or_else(Timestamp::now);
             let reason = explain(&state, &loaded.policy, &crm_id, at);
