@@ -27,7 +27,7 @@ use crate::mapping::Mapping;
 use crate::store::{Batch, OutboxRow, Settlement, Store, StoreError};
 
 use super::records::{self, RecordError, ScoreFields};
-use super::writes::{self, Write};
+use super::writes::{self, AlertState, Write};
 
 /// Alert keys looked up per query: about 100 characters each once quoted and URL-encoded, so
 /// 100 keep the query URL well under Salesforce's 16,384-character limit.
@@ -107,15 +107,27 @@ pub struct RunSummary {
 /// Whether an alert still asks its rep for something: the cycle is Open (not yet accepted,
 /// rejected or converted) and owned by that rep. A first run catching up on weeks of history,
 /// or a writer held up by an outage, would otherwise hand each rep of a round-robin chain a
-/// task for an MQL that has since moved on.
-fn alert_is_current(state: &EngineState, alert: &writes::Alert<'_>) -> bool {
-    state.persons.get(alert.crm_id).is_some_and(|p| {
-        p.cycles.iter().any(|c| {
+/// task for an MQL that has since moved on. A current alert is due on the date of the SLA
+/// deadline in the cycle's team's time zone.
+fn alert_state(state: &EngineState, policy: &Policy, alert: &writes::Alert<'_>) -> AlertState {
+    let cycle = state.persons.get(alert.crm_id).and_then(|p| {
+        p.cycles.iter().find(|c| {
             c.external_id == alert.external_id
                 && c.status == CycleStatus::Open
                 && c.owner_id.as_deref() == Some(alert.owner_id)
         })
-    })
+    });
+    let Some(cycle) = cycle else {
+        return AlertState::Superseded;
+    };
+    let zone = policy
+        .teams
+        .iter()
+        .find(|t| cycle.team.as_deref() == Some(t.name.as_str()))
+        .map_or(jiff::tz::TimeZone::UTC, |t| t.calendar.time_zone.clone());
+    AlertState::Current {
+        due: cycle.sla_due_at.map(|due| due.to_zoned(zone).date()),
+    }
 }
 
 /// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
@@ -449,9 +461,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
-        let state = &self.state;
+        let (state, policy) = (&self.state, self.policy);
         let mut plan = writes::plan(m, self.store.outbox_pending(usize::MAX >> 1)?, |a| {
-            alert_is_current(state, a)
+            alert_state(state, policy, a)
         });
         let tasks = std::mem::take(&mut plan.task_creates);
         self.sf_min += writes::minimum_calls(&plan, 200) as u64;

@@ -134,7 +134,8 @@ pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>>
             .map(|(k, _)| k);
         add(object, &mut written.filter(|f| f != "Id"), Use::Write);
     }
-    let task = writes::task(m, "", "", "", &sample.crm);
+    let due = Some(jiff::civil::date(2000, 1, 1));
+    let task = writes::task(m, "", "", "", &sample.crm, due);
     add(&c.task, &mut task.into_iter().map(|(k, _)| k), Use::Write);
     uses
 }

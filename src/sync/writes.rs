@@ -7,6 +7,8 @@
 
 use std::collections::btree_map::{BTreeMap, Entry};
 
+use jiff::civil::Date;
+
 use serde_json::{Map, Value, json};
 
 use crate::engine::model::{Action, AlertChannel, CrmKind, CrmRef, Cycle, Stamps};
@@ -82,10 +84,24 @@ pub struct Alert<'a> {
     pub owner_id: &'a str,
 }
 
-/// Plans the writes of pending outbox rows. `current` says whether an alert still says
+/// What the writer knows of an alert's cycle when it is about to send it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertState {
+    /// The cycle waits for this rep: send the alert, due when the rep must accept (the SLA
+    /// deadline's date in the team's time zone).
+    Current { due: Option<Date> },
+    /// The cycle moved on (another owner, or already worked): the alert says nothing now.
+    Superseded,
+}
+
+/// Plans the writes of pending outbox rows. `state` says whether an alert still says
 /// something when it is about to be sent (its cycle still waits for that rep): an alert for
 /// a rep the cycle has since left, or for a cycle already worked, is superseded.
-pub fn plan(m: &Mapping, rows: Vec<OutboxRow>, current: impl Fn(&Alert<'_>) -> bool) -> WritePlan {
+pub fn plan(
+    m: &Mapping,
+    rows: Vec<OutboxRow>,
+    state: impl Fn(&Alert<'_>) -> AlertState,
+) -> WritePlan {
     let mut plan = WritePlan::default();
     let mut latest: BTreeMap<(String, String), Write> = BTreeMap::new();
     for row in rows {
@@ -120,8 +136,8 @@ pub fn plan(m: &Mapping, rows: Vec<OutboxRow>, current: impl Fn(&Alert<'_>) -> b
                         external_id: &external_id,
                         owner_id: &owner_id,
                     };
-                    if current(&alert) {
-                        let record = task(m, &row.key, &owner_id, &external_id, &crm);
+                    if let AlertState::Current { due } = state(&alert) {
+                        let record = task(m, &row.key, &owner_id, &external_id, &crm, due);
                         // A cycle that came back to the same rep alerts once: the latest.
                         let write = Write { row, record };
                         match latest.entry((external_id, owner_id)) {
@@ -170,16 +186,21 @@ fn alert_order(key: &str) -> (Option<jiff::Timestamp>, &str) {
     (instant, key)
 }
 
-/// A CRM task telling the owner about a new MQL, marked with the alert's outbox key.
+/// A CRM task telling the owner about a new MQL, due when it must be accepted, marked with
+/// the alert's outbox key.
 pub(crate) fn task(
     m: &Mapping,
     key: &str,
     owner_id: &str,
     external_id: &str,
     crm: &CrmRef,
+    due: Option<Date>,
 ) -> Map<String, Value> {
     let mut r = Map::new();
     r.insert(m.crm.task_alert_key.clone(), json!(key));
+    if let Some(due) = due {
+        r.insert("ActivityDate".into(), json!(due.to_string()));
+    }
     r.insert("OwnerId".into(), json!(owner_id));
     r.insert("WhoId".into(), json!(crm.id));
     r.insert(
@@ -248,7 +269,8 @@ mod tests {
             ),
             row("MQL:bad", "cycle", "{not json".into()),
         ];
-        let p = plan(&m, rows.clone(), |_| true);
+        let due = Some(jiff::civil::date(2026, 11, 3));
+        let p = plan(&m, rows.clone(), |_| AlertState::Current { due });
         assert_eq!(p.contact_updates.len(), 1);
         assert_eq!(p.contact_updates[0].row.key, "Contact:003A");
         assert_eq!(
@@ -260,6 +282,7 @@ mod tests {
             p.task_creates[0].record["MQL_Alert_Key__c"],
             "Notify:003A-1:005A:t"
         );
+        assert_eq!(p.task_creates[0].record["ActivityDate"], "2026-11-03");
         assert_eq!(p.unsent.len(), 2, "{:?}", p.unsent);
         assert_eq!(p.unsent[0].0.key, "Notify:003A-1:005B:t");
         assert!(
@@ -269,7 +292,13 @@ mod tests {
         );
         assert_eq!(p.len(), 2);
         // The same alert once its cycle no longer waits for 005A: not sent.
-        let p = plan(&m, rows, |a| a.owner_id != "005A");
+        let p = plan(&m, rows, |a| {
+            if a.owner_id == "005A" {
+                AlertState::Superseded
+            } else {
+                AlertState::Current { due: None }
+            }
+        });
         assert!(p.task_creates.is_empty());
         assert_eq!(p.superseded[0].key, "Notify:003A-1:005A:t");
     }
@@ -298,7 +327,13 @@ mod tests {
             alert("005A", "2026-11-02T09:00:00Z"),
             alert("005B", "2026-11-02T17:00:00Z"),
         ];
-        let p = plan(&m, rows, |a| a.owner_id == "005A");
+        let p = plan(&m, rows, |a| {
+            if a.owner_id == "005A" {
+                AlertState::Current { due: None }
+            } else {
+                AlertState::Superseded
+            }
+        });
         let keys: Vec<&str> = p.task_creates.iter().map(|w| w.row.key.as_str()).collect();
         assert_eq!(keys, ["Notify:00QA-1:005A:2026-11-03T09:00:00.5Z"]);
         let mut superseded: Vec<&str> = p.superseded.iter().map(|r| r.key.as_str()).collect();
@@ -330,7 +365,7 @@ mod tests {
                 )
             })
             .collect();
-        let p = plan(&m, rows, |_| true);
+        let p = plan(&m, rows, |_| AlertState::Current { due: None });
         assert_eq!(minimum_calls(&p, 200), 3);
     }
 }

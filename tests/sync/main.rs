@@ -330,7 +330,7 @@ async fn a_daily_limit_stops_the_run_cleanly_keeping_what_it_committed_and_says_
 
 /// The alert tasks in the CRM, by alert key.
 async fn alert_tasks(app: &App) -> Vec<Map<String, Value>> {
-    app.query("SELECT Id, MQL_Alert_Key__c, WhoId, OwnerId, Subject FROM Task WHERE MQL_Alert_Key__c != null")
+    app.query("SELECT Id, MQL_Alert_Key__c, WhoId, OwnerId, Subject, ActivityDate FROM Task WHERE MQL_Alert_Key__c != null")
         .await
 }
 
@@ -379,6 +379,7 @@ async fn new_mql_alert_tasks_are_created_once_even_when_the_answer_to_the_create
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mql_waiting_for_a_rep_of_a_team_that_wants_tasks_gets_one_task_for_that_rep() {
     let mut app = spawn_app().await;
+    let m = mapping::load(None).unwrap();
     let first = app.run(now()).await;
     let tasks = alert_tasks(&app).await;
     // The default mapping's EMEA, APAC and LATAM teams want tasks; NA wants none. The first
@@ -413,6 +414,23 @@ async fn each_mql_waiting_for_a_rep_of_a_team_that_wants_tasks_gets_one_task_for
             .unwrap_or_else(|| panic!("no task for {}", c.external_id));
         assert_eq!(task["WhoId"], json!(c.crm.id));
         assert_eq!(task["OwnerId"], json!(c.owner_id.as_deref().unwrap()));
+        // Due when the rep must accept: the SLA deadline's date where the team works.
+        let zone = m
+            .policy
+            .teams
+            .iter()
+            .find(|t| c.team.as_deref() == Some(t.name.as_str()))
+            .unwrap()
+            .calendar
+            .time_zone
+            .clone();
+        let due = c.sla_due_at.unwrap().to_zoned(zone).date();
+        assert_eq!(
+            task["ActivityDate"],
+            json!(due.to_string()),
+            "{}",
+            c.external_id
+        );
     }
     // Every other alert was settled without a write, none was lost or left pending.
     let alerts = first.decisions["notify"];
