@@ -425,6 +425,9 @@ pub enum Reason {
     RejectionReasonUnmapped {
         reason: String,
     },
+    /// `explain` of an id the store has never read as a lead or contact, nor linked to a MAP
+    /// lead.
+    NotSeen,
 }
 
 impl RuleKind {
@@ -532,6 +535,9 @@ impl std::fmt::Display for Reason {
             Reason::RejectionReasonUnmapped { reason } => write!(
                 f,
                 "rejection reason {reason:?} has no outcome in the mapping: no cool-down"
+            ),
+            Reason::NotSeen => f.write_str(
+                "not seen: no lead or contact with this id has been read or linked (check the id, and that a run has read it)",
             ),
         }
     }

@@ -71,7 +71,7 @@ pub fn advance(state: &mut EngineState, ctx: &Context<'_>) -> Vec<Decision> {
 /// Why a person is or is not an MQL at `at`, computed afresh without changing anything.
 pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp) -> Reason {
     let Some(person) = state.persons.get(crm_id) else {
-        return Reason::NotLinked { map_lead_id: 0 };
+        return Reason::NotSeen;
     };
     let resolved = person.facts.as_ref().and_then(|facts| {
         thresholds::resolve(

@@ -232,6 +232,16 @@ fn no_threshold_and_no_default_means_no_mql_and_explain_says_so() {
 }
 
 #[test]
+fn explain_of_an_id_never_seen_says_so_rather_than_blaming_a_link() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    assert_eq!(
+        explain(&h.state, &h.policy, "00QNOPE", at(2)),
+        Reason::NotSeen
+    );
+}
+
+#[test]
 fn turning_the_knob_down_makes_waiting_leads_mql_at_that_moment() {
     let mut h = Harness::new();
     h.apply(threshold("a0T-NA", Some("NA"), 90.0, at(0)));

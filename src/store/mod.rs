@@ -719,6 +719,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::ThresholdInvalid { .. } => "threshold_invalid",
         Reason::ThresholdSeen { .. } => "threshold_seen",
         Reason::RejectionReasonUnmapped { .. } => "rejection_reason_unmapped",
+        Reason::NotSeen => "not_seen",
     }
 }
 

@@ -397,6 +397,7 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
         Reason::RejectionReasonUnmapped {
             reason: String::new(),
         },
+        Reason::NotSeen,
     ];
     for reason in &reasons {
         let value = serde_json::to_value(reason).unwrap();
