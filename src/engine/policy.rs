@@ -86,6 +86,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The team a cycle records by name (`Cycle::team`).
+    pub fn team_named(&self, name: &str) -> Option<&Team> {
+        self.teams.iter().find(|t| t.name == name)
+    }
+
     /// The most specific team covering these attributes.
     pub fn team_for(&self, attributes: &BTreeMap<String, String>) -> Option<&Team> {
         self.teams

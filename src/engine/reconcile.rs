@@ -1056,7 +1056,7 @@ fn reassign(
     let Some(team) = cycle
         .team
         .as_deref()
-        .and_then(|name| ctx.policy.teams.iter().find(|t| t.name == name))
+        .and_then(|name| ctx.policy.team_named(name))
     else {
         return;
     };

@@ -120,10 +120,10 @@ fn alert_state(state: &EngineState, policy: &Policy, alert: &writes::Alert<'_>) 
     let Some(cycle) = cycle else {
         return AlertState::Superseded;
     };
-    let zone = policy
-        .teams
-        .iter()
-        .find(|t| cycle.team.as_deref() == Some(t.name.as_str()))
+    let zone = cycle
+        .team
+        .as_deref()
+        .and_then(|name| policy.team_named(name))
         .map_or(jiff::tz::TimeZone::UTC, |t| t.calendar.time_zone.clone());
     AlertState::Current {
         due: cycle.sla_due_at.map(|due| due.to_zoned(zone).date()),

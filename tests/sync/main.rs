@@ -417,15 +417,8 @@ async fn each_mql_waiting_for_a_rep_of_a_team_that_wants_tasks_gets_one_task_for
         assert_eq!(task["WhoId"], json!(c.crm.id));
         assert_eq!(task["OwnerId"], json!(c.owner_id.as_deref().unwrap()));
         // Due when the rep must accept: the SLA deadline's date where the team works.
-        let zone = m
-            .policy
-            .teams
-            .iter()
-            .find(|t| c.team.as_deref() == Some(t.name.as_str()))
-            .unwrap()
-            .calendar
-            .time_zone
-            .clone();
+        let team = m.policy.team_named(c.team.as_deref().unwrap()).unwrap();
+        let zone = team.calendar.time_zone.clone();
         let due = c.sla_due_at.unwrap().to_zoned(zone).date();
         assert_eq!(
             task["ActivityDate"],
