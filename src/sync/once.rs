@@ -9,7 +9,7 @@
 //! it can resume. Run twice, the second run writes nothing: every event is a replay and every
 //! outbox row is already written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -21,7 +21,7 @@ use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
 };
-use crate::engine::model::{CrmKind, CycleStatus, Event};
+use crate::engine::model::{CrmKind, CycleStatus, Event, MapLink, ScoreChange};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OutboxRow, Settlement, Store, StoreError};
@@ -33,6 +33,16 @@ use super::writes::{self, AlertState, Write};
 /// 100 keep the query URL well under Salesforce's 16,384-character limit.
 const ALERT_LOOKUP_KEYS: usize = 100;
 
+/// Records on a Marketo activities page.
+const MAP_PAGE_SIZE: u64 = 300;
+/// Ids a Marketo leads-by-filter call takes.
+const MAP_FILTER_VALUES: usize = 300;
+/// Score changes that may wait for their leads' links before the look-up is made with fewer
+/// than 300 ids (bounds memory when new leads are rare among many changes).
+const MAX_WAITING_CHANGES: usize = 50_000;
+/// Where the store keeps the MAP's score fields as last described.
+const SCORE_FIELDS_CURSOR: &str = "map.score_fields";
+
 /// Why a run stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -40,6 +50,12 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Remote(#[from] ConnectorError),
+    /// The MAP returned a record the sync cannot key: the page it belongs to is not
+    /// committed, so its cursor does not move past it.
+    #[error(
+        "Marketo's {call} returned {detail}; nothing of the pages waiting for it was committed, so the next run reads them again (if it persists, the MAP is returning records it cannot identify: ask Marketo support)"
+    )]
+    Unkeyed { call: String, detail: String },
     #[error(
         "cursor {name} in the store cannot be read ({detail}); delete it with care to re-read from the start"
     )]
@@ -135,6 +151,65 @@ fn history_object(object: &str) -> String {
     format!("{}__History", object.strip_suffix("__c").unwrap_or(object))
 }
 
+/// An activities page read but not yet committed: it waits until the links of its new MAP
+/// leads are known.
+struct WaitingPage {
+    changes: Vec<ScoreChange>,
+    /// The leads whose links this page is the first to need, in the order queued.
+    needs: Vec<i64>,
+    /// The page may commit once this many queued leads have been asked for.
+    ready_after: usize,
+    cursor: String,
+}
+
+/// The MAP leads whose CRM links a run looks up: queued once each, asked for 300 at a time in
+/// the order queued, and held until the page that needs them commits.
+#[derive(Default)]
+struct LinkLookup {
+    seen: HashSet<i64>,
+    queue: Vec<i64>,
+    asked: usize,
+    found: HashMap<i64, MapLink>,
+}
+
+impl LinkLookup {
+    /// Queues the leads not queued before in this run; returns them.
+    fn queue(&mut self, ids: impl Iterator<Item = i64>) -> Vec<i64> {
+        let new: Vec<i64> = ids.filter(|id| self.seen.insert(*id)).collect();
+        self.queue.extend_from_slice(&new);
+        new
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn asked(&self) -> usize {
+        self.asked
+    }
+
+    fn unasked(&self) -> usize {
+        self.queue.len() - self.asked
+    }
+
+    /// The next leads to ask for (at most 300), counted as asked.
+    fn next_chunk(&mut self) -> Vec<i64> {
+        let end = (self.asked + MAP_FILTER_VALUES).min(self.queue.len());
+        let chunk = self.queue[self.asked..end].to_vec();
+        self.asked = end;
+        chunk
+    }
+
+    fn found(&mut self, link: MapLink) {
+        self.found.insert(link.map_lead_id, link);
+    }
+
+    /// The link found for a lead (none when the MAP did not return it), handed out once.
+    fn take(&mut self, id: i64) -> Option<MapLink> {
+        self.found.remove(&id)
+    }
+}
+
 struct Run<'a, C: Crm, M: Map> {
     crm: &'a C,
     map: &'a M,
@@ -151,6 +226,8 @@ struct Run<'a, C: Crm, M: Map> {
     /// The CRM's call counter after this run's first call, less that call: Salesforce only
     /// reports the org's running total, which includes every other integration's calls.
     sf_start: Option<u64>,
+    /// Cursors to commit with the next page (what a run learnt that is not a page position).
+    later_cursors: Vec<(String, String)>,
 }
 
 /// Runs one sync cycle at `now` (the caller's clock). Holds the store's writer lock for the
@@ -188,6 +265,7 @@ pub async fn run_once<C: Crm, M: Map>(
         mkto_min: 1,
         usage: &usage,
         sf_start: None,
+        later_cursors: Vec::new(),
     };
     let mut result = run.all().await;
     // A complete run leaves a score snapshot, so the next run loads without replaying the
@@ -278,11 +356,13 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             *self.summary.decisions.entry(name.into()).or_default() += 1;
         }
         self.summary.events += events.len();
+        let mut cursors = std::mem::take(&mut self.later_cursors);
+        cursors.push(cursor);
         self.store.commit_batch(
             Batch {
                 events: &events,
                 decisions: &decisions,
-                cursors: &[cursor],
+                cursors: &cursors,
                 seen_at: self.now,
             },
             &mut self.state,
@@ -380,13 +460,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     async fn map_activities(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
-        let describe = self.map.describe().await?;
-        let describe: Vec<serde_json::Value> = describe
-            .into_iter()
-            .map(serde_json::Value::Object)
-            .collect();
-        let fields = ScoreFields::from_describe(m, &describe);
-        self.mkto_min += 1;
+        let fields = self.score_fields().await?;
         let name = "map.activities".to_string();
         let mut cursor: ActivityCursor = self.cursor(&name)?;
         if cursor.next_page_token.is_empty() {
@@ -403,11 +477,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             cursor,
             self.settings.max_empty_pages,
         );
+        let mut links = LinkLookup::default();
+        let mut waiting: VecDeque<WaitingPage> = VecDeque::new();
         let mut read = 0usize;
-        let mut nonempty = 0u64;
         while let Some((activities, cursor)) = pages.next_page().await? {
             read += activities.len();
-            nonempty += u64::from(!activities.is_empty());
             let mut changes = Vec::with_capacity(activities.len());
             for a in &activities {
                 let value = serde_json::to_value(a).expect("activities serialise");
@@ -417,45 +491,155 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     Err(e) => self.unreadable(e),
                 }
             }
-            // Links of leads the engine has not linked yet, 300 ids a call.
-            let unlinked: BTreeSet<i64> = changes
-                .iter()
-                .map(|c| c.map_lead_id)
-                .filter(|id| self.state.map_leads.get(id).is_none_or(|l| l.crm.is_none()))
-                .collect();
-            let mut events = Vec::new();
-            let ids: Vec<String> = unlinked.iter().map(i64::to_string).collect();
-            let link_fields = [
-                m.map.crm_lead_id.as_str(),
-                m.map.crm_contact_id.as_str(),
-                "updatedAt",
-            ];
-            for chunk in ids.chunks(300) {
-                let mut token: Option<String> = None;
-                loop {
-                    let page = self
-                        .map
-                        .leads_by_filter("id", chunk, &link_fields, token.as_deref())
-                        .await?;
-                    self.mkto_min += 1;
-                    for lead in page.leads {
-                        match records::link(m, &serde_json::Value::Object(lead)) {
-                            Ok(l) => events.push(Event::Link(l)),
-                            Err(e) => self.unreadable(e),
-                        }
+            // The CRM links of leads the engine has not linked yet, looked up 300 ids a call
+            // across pages: a page waits until every link it needs is known, so that each
+            // lead's link still commits before its score changes.
+            let state = &self.state;
+            let needs = links.queue(
+                changes
+                    .iter()
+                    .map(|c| c.map_lead_id)
+                    .filter(|id| state.map_leads.get(id).is_none_or(|l| l.crm.is_none())),
+            );
+            let cursor = serde_json::to_string(&cursor).expect("cursors serialise");
+            waiting.push_back(WaitingPage {
+                changes,
+                needs,
+                ready_after: links.queued(),
+                cursor,
+            });
+            let buffered: usize = waiting.iter().map(|p| p.changes.len()).sum();
+            while links.unasked() >= MAP_FILTER_VALUES
+                || (links.unasked() > 0 && buffered >= MAX_WAITING_CHANGES)
+            {
+                self.look_up_links(&mut links).await?;
+            }
+            self.commit_ready(&name, &mut waiting, &mut links)?;
+        }
+        while links.unasked() > 0 {
+            self.look_up_links(&mut links).await?;
+        }
+        self.commit_ready(&name, &mut waiting, &mut links)?;
+        debug_assert!(
+            waiting.is_empty(),
+            "every page commits once its links are known"
+        );
+        // The fewest calls for this work: an activities page holds 300, a leads-by-filter
+        // call takes 300 ids.
+        self.mkto_min += (read as u64).div_ceil(MAP_PAGE_SIZE).max(1);
+        self.mkto_min += (links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
+        *self.summary.read.entry("activities".into()).or_default() += read;
+        Ok(())
+    }
+
+    /// Which MAP field ids are the mapped score fields: from the copy of the MAP's lead
+    /// describe the store keeps (made for the same field names, less than a day old), else
+    /// from a new describe, kept with the next committed page. Field ids do not change when a
+    /// field is renamed; the daily refresh catches a field deleted and made again.
+    async fn score_fields(&mut self) -> Result<ScoreFields, SyncError> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Kept {
+            names: Vec<String>,
+            read_at: Timestamp,
+            fields: ScoreFields,
+        }
+        let names = ScoreFields::mapped_names(self.mapping);
+        let kept = self
+            .store
+            .cursor(SCORE_FIELDS_CURSOR)?
+            .and_then(|text| serde_json::from_str::<Kept>(&text).ok())
+            .filter(|k| {
+                k.names == names
+                    && k.read_at <= self.now
+                    && self.now.duration_since(k.read_at) < SignedDuration::from_hours(24)
+            });
+        if let Some(kept) = kept {
+            return Ok(kept.fields);
+        }
+        let describe: Vec<serde_json::Value> = self
+            .map
+            .describe()
+            .await?
+            .into_iter()
+            .map(serde_json::Value::Object)
+            .collect();
+        let fields = ScoreFields::from_describe(self.mapping, &describe);
+        let kept = Kept {
+            names,
+            read_at: self.now,
+            fields,
+        };
+        self.later_cursors.push((
+            SCORE_FIELDS_CURSOR.to_string(),
+            serde_json::to_string(&kept).expect("score fields serialise"),
+        ));
+        Ok(kept.fields)
+    }
+
+    /// Asks the MAP for the CRM links of the next (up to) 300 queued leads. A lead row the
+    /// sync cannot key (no `id`) fails the call: none of the waiting pages commits, so the
+    /// cursor stays before them and the next run reads them again.
+    async fn look_up_links(&mut self, links: &mut LinkLookup) -> Result<(), SyncError> {
+        let m = self.mapping;
+        let ids: Vec<String> = links.next_chunk().iter().map(i64::to_string).collect();
+        let fields = [
+            m.map.crm_lead_id.as_str(),
+            m.map.crm_contact_id.as_str(),
+            "updatedAt",
+        ];
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .map
+                .leads_by_filter("id", &ids, &fields, token.as_deref())
+                .await?;
+            for lead in page.leads {
+                let lead = serde_json::Value::Object(lead);
+                match records::link(m, &lead) {
+                    Ok(l) => links.found(l),
+                    Err(e) if e.field == "id" => {
+                        return Err(SyncError::Unkeyed {
+                            call: format!(
+                                "GET /rest/v1/leads.json?filterType=id ({} ids: {}..{})",
+                                ids.len(),
+                                ids.first().map_or("", String::as_str),
+                                ids.last().map_or("", String::as_str)
+                            ),
+                            detail: "a lead row without `id`".into(),
+                        });
                     }
-                    match page.next_page_token {
-                        Some(t) => token = Some(t),
-                        None => break,
-                    }
+                    Err(e) => self.unreadable(e),
                 }
             }
-            events.extend(changes.into_iter().map(Event::Score));
-            let cursor = serde_json::to_string(&cursor).expect("cursors serialise");
-            self.commit(events, (name.clone(), cursor))?;
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return Ok(()),
+            }
         }
-        self.mkto_min += nonempty.max(1);
-        *self.summary.read.entry("activities".into()).or_default() += read;
+    }
+
+    /// Commits, in order, the waiting pages whose links are all known: each page with the
+    /// links it needs first, then its score changes, and its cursor.
+    fn commit_ready(
+        &mut self,
+        name: &str,
+        waiting: &mut VecDeque<WaitingPage>,
+        links: &mut LinkLookup,
+    ) -> Result<(), SyncError> {
+        while waiting
+            .front()
+            .is_some_and(|p| p.ready_after <= links.asked())
+        {
+            let page = waiting.pop_front().expect("a front page");
+            let mut events: Vec<Event> = page
+                .needs
+                .iter()
+                .filter_map(|id| links.take(*id))
+                .map(Event::Link)
+                .collect();
+            events.extend(page.changes.into_iter().map(Event::Score));
+            self.commit(events, (name.to_string(), page.cursor))?;
+        }
         Ok(())
     }
 

@@ -443,13 +443,28 @@ pub fn stamps_record(m: &Mapping, crm: &CrmRef, stamps: &Stamps) -> Record {
 
 /// Which score part each MAP lead field id is, from the MAP's lead describe
 /// (`[{"id": 58, "displayName": "Lead Score", "rest": {"name": "leadScore"}}, ...]`).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Serialisable, so that a run can keep it in the store instead of describing every time.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScoreFields {
     by_id: HashMap<i64, ScorePart>,
     by_display_name: HashMap<String, ScorePart>,
 }
 
 impl ScoreFields {
+    /// The MAP field names (REST) the mapping reads scores from, in the order total,
+    /// behaviour, demographic: what a kept copy of the describe was made for.
+    pub fn mapped_names(m: &Mapping) -> Vec<String> {
+        [
+            Some(m.map.total_score.as_str()),
+            m.map.behavior_score.as_deref(),
+            m.map.demographic_score.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+    }
+
     pub fn from_describe(m: &Mapping, describe: &[Value]) -> ScoreFields {
         let parts: Vec<(&str, ScorePart)> = [
             (Some(m.map.total_score.as_str()), ScorePart::Total),

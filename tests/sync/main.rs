@@ -125,8 +125,20 @@ impl App {
     /// Arms a Salesforce fault on requests of `kind`: after `skip` of them, `times` times
     /// (for ever when `None`).
     fn fault(&self, kind: &str, skip: u32, times: Option<u32>, action: FaultAction) {
+        self.fault_on(System::Salesforce, kind, skip, times, action);
+    }
+
+    /// [`App::fault`] on either system.
+    fn fault_on(
+        &self,
+        system: System,
+        kind: &str,
+        skip: u32,
+        times: Option<u32>,
+        action: FaultAction,
+    ) {
         self.sandbox.faults().add(FaultRule {
-            system: System::Salesforce,
+            system,
             method: None,
             path: None,
             kind: Some(kind.into()),
@@ -583,4 +595,50 @@ async fn the_marketo_reserve_counts_what_other_integrations_used_today() {
     assert!(err.resume_at().is_some(), "{err}");
     assert!(err.to_string().contains("reserve"), "{err}");
     assert_eq!(app.mk.budget().usage().0, 36, "35 + the usage call itself");
+}
+
+/// Issue 11, point 9: a MAP lead row the sync cannot key used to be skipped while the cursor
+/// moved on, losing the person for good. Now the pages waiting for it do not commit, the run
+/// names the call, and the next run reads them again and ends where an unbroken run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_lead_row_without_an_id_fails_its_pages_and_the_next_run_reads_them_again() {
+    let mut app = spawn_app().await;
+    let lead_without_id = json!({
+        "requestId": "e1f#19a0c", "success": true,
+        "result": [{"sfdcLeadId": "00Q000000000001AAA", "updatedAt": "2026-11-01T10:00:00Z"}],
+    });
+    app.fault_on(
+        System::Marketo,
+        "leads_by_filter",
+        0,
+        Some(1),
+        FaultAction::Status {
+            status: 200,
+            body: Some(lead_without_id),
+        },
+    );
+    let err = app.try_run(now()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("GET /rest/v1/leads.json?filterType=id") && text.contains("without `id`"),
+        "{text}"
+    );
+    assert_eq!(
+        app.store.cursor("map.activities").unwrap(),
+        None,
+        "the activities cursor must not move past pages whose leads were not linked"
+    );
+    app.run(now()).await;
+    let mut unbroken = spawn_app().await;
+    unbroken.run(now()).await;
+    let ids = |app: &App| -> BTreeSet<String> {
+        app.store
+            .cycles()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.external_id)
+            .collect()
+    };
+    assert!(!ids(&unbroken).is_empty());
+    assert_eq!(ids(&app), ids(&unbroken));
 }
