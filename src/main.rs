@@ -131,6 +131,16 @@ enum Command {
     },
 }
 
+/// A run that finished but left writes parked in the outbox (refused for good by the CRM):
+/// exit code 3, so that a scheduler can tell "done, but someone must act" from "stopped".
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{count} writes are parked in the outbox (listed above); fix the cause in the CRM, then `mqlsync requeue [--error TEXT]` sends them again"
+)]
+struct ParkedWrites {
+    count: usize,
+}
+
 /// A failure caused by input the user can fix: exit code 2.
 fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -161,6 +171,8 @@ fn main() -> ExitCode {
             eprintln!("mqlsync: {e:#}");
             if is_bad_input(&e) {
                 ExitCode::from(2)
+            } else if e.is::<ParkedWrites>() {
+                ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             }
@@ -273,8 +285,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 usage,
             ));
             match outcome {
-                Ok(summary) if json => println!("{}", serde_json::to_string_pretty(&summary)?),
-                Ok(summary) => print_run(&summary),
+                Ok(summary) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&summary)?);
+                    } else {
+                        print_run(&summary);
+                    }
+                    if summary.parked.count > 0 {
+                        return Err(ParkedWrites {
+                            count: summary.parked.count,
+                        }
+                        .into());
+                    }
+                }
                 Err(e) => {
                     if let Some(at) = e.resume_at() {
                         anyhow::bail!(
@@ -528,11 +551,25 @@ fn print_run(s: &mqlsync::sync::once::RunSummary) {
     }
     if !s.write_failures.is_empty() {
         println!(
-            "{} records were refused by the CRM or are not sent by mqlsync (kept in the outbox with their error):",
+            "{} records were refused by the CRM or are not sent by mqlsync in this run (kept in the outbox with their error):",
             s.write_failures.len()
         );
         for f in s.write_failures.iter().take(20) {
             println!("  {f}");
+        }
+    }
+    if s.parked.count > 0 {
+        println!(
+            "{} writes are parked in the outbox, waiting for `mqlsync requeue`{}:",
+            s.parked.count,
+            if s.parked.count > s.parked.first.len() {
+                format!(" (the first {})", s.parked.first.len())
+            } else {
+                String::new()
+            }
+        );
+        for p in &s.parked.first {
+            println!("  {p}");
         }
     }
 }

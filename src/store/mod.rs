@@ -617,6 +617,36 @@ impl Store {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// The writes parked in the outbox (refused for good, or refused for now too many times):
+    /// how many, and the first `limit` as `(key, error)` in key order.
+    pub fn outbox_parked(
+        &self,
+        limit: usize,
+    ) -> Result<(usize, Vec<(String, String)>), StoreError> {
+        let e = |source| self.sql_err(source);
+        let count: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE state = 'failed'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, coalesce(last_error, '') FROM outbox WHERE state = 'failed'
+                 ORDER BY key LIMIT ?1",
+            )
+            .map_err(e)?;
+        let first = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(e)?
+            .collect::<Result<Vec<(String, String)>, _>>()
+            .map_err(e)?;
+        Ok((count as usize, first))
+    }
+
     /// Summary counts for `mqlsync status`.
     pub fn summary(&self) -> Result<StoreSummary, StoreError> {
         let e = |source| self.sql_err(source);

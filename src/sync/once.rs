@@ -24,7 +24,7 @@ use crate::connectors::{
 use crate::engine::model::{CrmKind, CycleStatus, Event, MapLink, ScoreChange};
 use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
-use crate::store::{Batch, OutboxRow, Settlement, Store, StoreError};
+use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
 
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, AlertState, Write};
@@ -118,7 +118,22 @@ pub struct RunSummary {
     pub calls: BTreeMap<String, u64>,
     /// The fewest calls the same work could take, by system.
     pub minimum_calls: BTreeMap<String, u64>,
+    /// The writes left parked in the outbox when the run ended, this run's and earlier runs'
+    /// (refused for good, or refused for now [`OUTBOX_MAX_ATTEMPTS`] times): they wait for the
+    /// cause to be fixed in the CRM and `mqlsync requeue`. A run that leaves any exits 3.
+    pub parked: Parked,
 }
+
+/// Writes waiting in the outbox for `mqlsync requeue`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Parked {
+    pub count: usize,
+    /// The first [`PARKED_LISTED`] by outbox key, as `key: error`.
+    pub first: Vec<String>,
+}
+
+/// Parked writes a summary lists by name (`mqlsync status` counts them all).
+pub const PARKED_LISTED: usize = 50;
 
 /// Whether an alert still asks its rep for something: the cycle is Open (not yet accepted,
 /// rejected or converted) and owned by that rep. A first run catching up on weeks of history,
@@ -268,6 +283,20 @@ pub async fn run_once<C: Crm, M: Map>(
         later_cursors: Vec::new(),
     };
     let mut result = run.all().await;
+    if result.is_ok() {
+        match run.store.outbox_parked(PARKED_LISTED) {
+            Ok((count, first)) => {
+                run.summary.parked = Parked {
+                    count,
+                    first: first
+                        .into_iter()
+                        .map(|(k, e)| format!("{k}: {e}"))
+                        .collect(),
+                }
+            }
+            Err(e) => result = Err(e.into()),
+        }
+    }
     // A complete run leaves a score snapshot, so the next run loads without replaying the
     // score history. Not after a failure: the state may then hold a page that did not commit.
     if result.is_ok()
@@ -777,10 +806,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
                 Some(Err(e)) => {
                     let text = format!("{}: {}", e.code, e.message);
-                    let (settlement, after) = if e.retryable {
-                        (Settlement::Retry(text.clone()), " (sent again next run)")
-                    } else {
-                        (Settlement::Failed(text.clone()), "")
+                    // The store parks a row refused for now on its last attempt: say so, not
+                    // that it will be sent again.
+                    let last = w.row.attempts + 1 >= OUTBOX_MAX_ATTEMPTS;
+                    let (settlement, after) = match (e.retryable, last) {
+                        (true, false) => (Settlement::Retry(text.clone()), " (sent again next run)".to_string()),
+                        (true, true) => (
+                            Settlement::Retry(text.clone()),
+                            format!(" (refused {OUTBOX_MAX_ATTEMPTS} times: parked until `mqlsync requeue`)"),
+                        ),
+                        (false, _) => (
+                            Settlement::Failed(text.clone()),
+                            " (refused for good: parked until the cause is fixed in the CRM and `mqlsync requeue` is run)".to_string(),
+                        ),
                     };
                     self.summary
                         .write_failures

@@ -354,3 +354,117 @@ fn check_remote_against_the_sandbox_passes_and_a_wrong_field_is_exit_2_naming_th
         text(&out.stderr)
     );
 }
+
+/// A sandbox in this process (its own runtime) with a config file pointing at it, and the
+/// binary run against it with the sandbox's secrets in the environment.
+struct SandboxOrg {
+    _runtime: tokio::runtime::Runtime,
+    sandbox: mqlsync::sandbox::server::Sandbox,
+    dir: tempfile::TempDir,
+}
+
+impl SandboxOrg {
+    fn start(leads: usize, faults: Vec<mqlsync::sandbox::faults::FaultRule>) -> SandboxOrg {
+        use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let sandbox = runtime
+            .block_on(Sandbox::start(SandboxOptions {
+                leads,
+                seed: 3,
+                faults,
+                ..SandboxOptions::default()
+            }))
+            .unwrap();
+        let info = sandbox.connection_info();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mqlsync.toml"),
+            format!(
+                "store = \"state/mqlsync.sqlite\"\n[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
+                info["salesforce"]["base_url"].as_str().unwrap(),
+                info["salesforce"]["client_id"].as_str().unwrap(),
+                info["marketo"]["base_url"].as_str().unwrap(),
+                info["marketo"]["client_id"].as_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        SandboxOrg {
+            _runtime: runtime,
+            sandbox,
+            dir,
+        }
+    }
+
+    /// `mqlsync --config mqlsync.toml ARGS` in the config's directory.
+    fn mqlsync(&self, args: &[&str]) -> Output {
+        let info = self.sandbox.connection_info();
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .args(["--config", "mqlsync.toml"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .env(
+                "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+                info["salesforce"]["client_secret"].as_str().unwrap(),
+            )
+            .env(
+                "MQLSYNC_MARKETO_CLIENT_SECRET",
+                info["marketo"]["client_secret"].as_str().unwrap(),
+            )
+            .output()
+            .unwrap()
+    }
+}
+
+/// Issue 11, point 13: a run that leaves writes refused for good exits 3 and lists them, and
+/// so does every later run until they are requeued (they used to vanish from the output and
+/// the run exit 0).
+#[test]
+fn a_run_that_leaves_writes_parked_exits_3_and_lists_them_until_they_are_requeued() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
+    let org = SandboxOrg::start(
+        300,
+        vec![FaultRule {
+            system: System::Salesforce,
+            method: None,
+            path: None,
+            kind: Some("composite_upsert".into()),
+            skip: 0,
+            times: Some(1),
+            action: FaultAction::FailRecord {
+                index: 0,
+                code: Some("FIELD_CUSTOM_VALIDATION_EXCEPTION".into()),
+                message: Some("Owner must be active".into()),
+            },
+        }],
+    );
+    for run in ["first", "second"] {
+        let out = org.mqlsync(&["run", "--once"]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{run} run: {}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("1 writes are parked in the outbox")
+                && stdout.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION: Owner must be active"),
+            "{run} run: {stdout}"
+        );
+        assert!(
+            text(&out.stderr).contains("mqlsync requeue"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let json = org.mqlsync(&["run", "--once", "--json"]);
+    assert_eq!(json.status.code(), Some(3));
+    let summary: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(summary["parked"]["count"], 1);
+    let requeue = org.mqlsync(&["requeue"]);
+    assert!(requeue.status.success(), "{}", text(&requeue.stderr));
+    let out = org.mqlsync(&["run", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}

@@ -642,3 +642,49 @@ async fn a_map_lead_row_without_an_id_fails_its_pages_and_the_next_run_reads_the
     assert!(!ids(&unbroken).is_empty());
     assert_eq!(ids(&app), ids(&unbroken));
 }
+
+/// Issue 11, point 4 and 13: a write refused for now on its last attempt is parked, and says
+/// so (not "sent again next run"); every later run lists it until it is requeued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_now_on_its_last_attempt_is_said_parked_and_later_runs_list_it() {
+    let mut app = spawn_app().await;
+    let attempts = mqlsync::store::OUTBOX_MAX_ATTEMPTS as u32;
+    app.fault(
+        "composite_upsert",
+        0,
+        Some(attempts),
+        FaultAction::FailRecord {
+            index: 0,
+            code: Some("UNABLE_TO_LOCK_ROW".into()),
+            message: None,
+        },
+    );
+    for attempt in 1..=attempts {
+        let run = app.run(now()).await;
+        let failure = run
+            .write_failures
+            .iter()
+            .find(|f| f.contains("UNABLE_TO_LOCK_ROW"))
+            .unwrap_or_else(|| panic!("attempt {attempt}: {run:?}"));
+        if attempt < attempts {
+            assert!(failure.ends_with("(sent again next run)"), "{failure}");
+            assert_eq!(run.parked.count, 0, "{run:?}");
+        } else {
+            assert!(!failure.contains("sent again"), "{failure}");
+            assert!(
+                failure.contains("parked until `mqlsync requeue`"),
+                "{failure}"
+            );
+            assert_eq!(run.parked.count, 1, "{run:?}");
+        }
+    }
+    let later = app.run(now()).await;
+    assert!(later.write_failures.is_empty(), "{later:?}");
+    assert_eq!(later.parked.count, 1);
+    assert!(
+        later.parked.first[0].starts_with("MQL:")
+            && later.parked.first[0].contains("UNABLE_TO_LOCK_ROW"),
+        "{:?}",
+        later.parked
+    );
+}
