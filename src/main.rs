@@ -108,9 +108,15 @@ enum Command {
         /// Store file (default: the config's `store`).
         #[arg(long)]
         store: Option<PathBuf>,
-        /// Print the summary as JSON.
+        /// Print the summary as JSON, with every record written (object, CRM id, external id,
+        /// action, outcome); with `--dry-run`, every record it would write and its fields.
         #[arg(long)]
         json: bool,
+        /// Read and decide as usual, but write nothing to the CRM and commit nothing to the
+        /// store (the run works on a copy): print each record it would create or update, by
+        /// object, with the fields that would change. The next real run does the same work.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
     Sandbox(mqlsync::sandbox::cli::SandboxArgs),
@@ -202,6 +208,17 @@ fn quiet_on_closed_pipe(command: &Command) {
     let _ = command;
 }
 
+/// From here on, a write to a closed stdout ends the process quietly (see
+/// [`quiet_on_closed_pipe`]); for commands that are done with the network and only print.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal; the threads left (the async
+    // runtime's, idle) do not write to sockets any more.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// The store a reading command works on (`--store`, else the config's), which must exist:
 /// opening would create an empty one.
 fn existing_store(store: Option<PathBuf>, config: &Config) -> anyhow::Result<PathBuf> {
@@ -261,7 +278,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Sandbox(_) | Command::Demo { .. } => unreachable!("handled above"),
-        Command::Run { once, store, json } => {
+        Command::Run {
+            once,
+            store,
+            json,
+            dry_run,
+        } => {
             if !once {
                 anyhow::bail!(
                     "the long-running daemon is not built yet: use `mqlsync run --once` (from cron or a systemd timer)"
@@ -270,10 +292,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = mapping::load(config.mapping.as_deref())?;
             let sf = mqlsync::sync::connect::salesforce(&config)?;
             let mk = mqlsync::sync::connect::marketo(&config)?;
-            let mut store = Store::open(&store.unwrap_or_else(|| config.store.clone()))?;
+            let path = store.unwrap_or_else(|| config.store.clone());
+            // A dry run works on a copy of the store (removed when `_scratch` drops).
+            let (_scratch, mut store) = if dry_run {
+                let (scratch, store) = mqlsync::sync::dry_run::ScratchStore::open(&path)?;
+                (Some(scratch), store)
+            } else {
+                (None, Store::open(&path)?)
+            };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let usage = || (sf.budget().usage().0, mk.budget().usage().0);
-            let settings = mqlsync::sync::once::RunSettings::default();
+            let settings = mqlsync::sync::once::RunSettings {
+                dry_run,
+                ..Default::default()
+            };
             let outcome = runtime.block_on(mqlsync::sync::once::run_once(
                 &sf,
                 &mk,
@@ -284,7 +316,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &settings,
                 usage,
             ));
+            // The network work is over: a reader that goes away now ends the printing quietly.
+            end_quietly_on_closed_pipe();
             match outcome {
+                Ok(mut summary) if dry_run => {
+                    let original = match path.exists() {
+                        true => Some(Store::open_read_only(&path)?),
+                        false => None,
+                    };
+                    mqlsync::sync::dry_run::compare(
+                        original.as_ref(),
+                        &loaded.mapping,
+                        &mut summary.plan,
+                    )?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&summary)?);
+                    } else {
+                        print_dry_run(&summary, &path);
+                    }
+                }
                 Ok(summary) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -297,6 +347,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         .into());
                     }
+                }
+                Err(e) if dry_run => {
+                    return Err(e).context("run --once --dry-run stopped; nothing was written to the CRM or committed to the store");
                 }
                 Err(e) => {
                     if let Some(at) = e.resume_at() {
@@ -516,30 +569,66 @@ fn cursor_brief(value: &str) -> String {
     }
 }
 
-fn print_run(s: &mqlsync::sync::once::RunSummary) {
-    let list = |m: &std::collections::BTreeMap<String, usize>| {
-        if m.is_empty() {
-            "none".to_string()
-        } else {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+/// A count under a name a user reads: the summary's keys (action and call names, kept as
+/// they are in `--json`) in the product's words.
+fn in_words(key: &str, n: usize) -> String {
+    let words = match key {
+        "open_cycle" => "MQLs opened",
+        "update_cycle" => "MQL record changes (status, SLA, owner)",
+        "stamp_person" => "people stamped",
+        "notify" => "alerts to reps",
+        "record" => "decisions recorded for `explain` only",
+        "mql_upsert" => "MQL records",
+        "lead_update" => "leads stamped",
+        "contact_update" => "contacts stamped",
+        "task_create" => "alert tasks",
+        "task_superseded" => "alerts no longer needed (their MQL had moved on)",
+        "task_found" => "alert tasks already in the CRM",
+        "activities" => "score changes",
+        other => return format!("{other} {n}"),
     };
-    println!("read:      {}", list(&s.read));
-    println!("events:    {}", s.events);
-    println!("decisions: {}", list(&s.decisions));
-    println!("written:   {}", list(&s.written));
-    if !s.settled.is_empty() {
-        println!("settled:   {} (no write needed)", list(&s.settled));
+    format!("{n} {words}")
+}
+
+fn counts_in_words(m: &std::collections::BTreeMap<String, usize>) -> String {
+    if m.is_empty() {
+        return "none".to_string();
     }
+    m.iter()
+        .map(|(k, v)| in_words(k, *v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_run(s: &mqlsync::sync::once::RunSummary) {
+    print_reads_and_decisions(s);
+    println!("written:   {}", counts_in_words(&s.written));
+    if !s.settled.is_empty() {
+        println!("no write needed: {}", counts_in_words(&s.settled));
+    }
+    print_calls(s);
+    print_problems(s);
+}
+
+fn print_reads_and_decisions(s: &mqlsync::sync::once::RunSummary) {
+    println!("read:      {}", counts_in_words(&s.read));
+    println!(
+        "decided:   {} (from {} events)",
+        counts_in_words(&s.decisions),
+        s.events
+    );
+}
+
+fn print_calls(s: &mqlsync::sync::once::RunSummary) {
     for (system, calls) in &s.calls {
         println!(
             "API calls: {system} {calls} (minimum for this work: {})",
             s.minimum_calls.get(system).copied().unwrap_or(0)
         );
     }
+}
+
+fn print_problems(s: &mqlsync::sync::once::RunSummary) {
     if !s.unreadable.is_empty() {
         println!(
             "{} records could not be read (skipped, see the log):",
@@ -571,6 +660,60 @@ fn print_run(s: &mqlsync::sync::once::RunSummary) {
         for p in &s.parked.first {
             println!("  {p}");
         }
+    }
+}
+
+/// A dry run: what was read and decided, then every record a real run would write now.
+fn print_dry_run(s: &mqlsync::sync::once::RunSummary, store: &Path) {
+    println!(
+        "dry run: nothing was sent to the CRM and nothing was committed to {}; a real run now would do this work.\n",
+        store.display()
+    );
+    print_reads_and_decisions(s);
+    print_calls(s);
+    if s.plan.is_empty() {
+        println!("\nplan: nothing to write");
+    }
+    let mut objects: Vec<&str> = s.plan.iter().map(|p| p.object.as_str()).collect();
+    objects.dedup();
+    for object in objects {
+        let writes: Vec<_> = s.plan.iter().filter(|p| p.object == object).collect();
+        let count = |action: &str| writes.iter().filter(|p| p.action == action).count();
+        println!(
+            "\n{object}: {} to create, {} to update",
+            count("create"),
+            writes.len() - count("create")
+        );
+        for w in writes {
+            let id = w
+                .external_id
+                .as_deref()
+                .or(w.crm_id.as_deref())
+                .unwrap_or(&w.key);
+            // A new record starts empty: its empty fields say nothing.
+            let fields: Vec<String> = w
+                .fields
+                .iter()
+                .filter(|f| f.field != "Id" && !(w.action == "create" && f.to.is_null()))
+                .map(|f| match &f.from {
+                    Some(from) => {
+                        format!("{}: {} -> {}", f.field, show_value(from), show_value(&f.to))
+                    }
+                    None => format!("{}={}", f.field, show_value(&f.to)),
+                })
+                .collect();
+            println!("  {:<6} {id}  {}", w.action, fields.join("  "));
+        }
+    }
+    print_problems(s);
+}
+
+/// A field value as a user reads it: strings without quotes, null as `(empty)`.
+fn show_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "(empty)".into(),
+        other => other.to_string(),
     }
 }
 

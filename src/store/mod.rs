@@ -208,6 +208,75 @@ impl Store {
         Self::prepare(conn, shown)
     }
 
+    /// Copies the store at `source` into a new file `dest` (SQLite's `VACUUM INTO`: a
+    /// consistent snapshot, even while a run writes the source), for a dry run to work on.
+    /// The source is opened read-only and left as it is.
+    pub fn copy_to(source: &Path, dest: &Path) -> Result<(), StoreError> {
+        let shown = source.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            source,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Opens the store at `path` for reading only: no migration, no write, nothing created.
+    /// Only a store of this version can be read this way (an older one is migrated by the
+    /// next run that opens it for writing).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        let ids: Result<(i32, i64), _> = conn.query_row(
+            "SELECT application_id, user_version FROM pragma_application_id, pragma_user_version",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        );
+        match ids {
+            Ok((APPLICATION_ID, SCHEMA_VERSION)) => Ok(Store {
+                conn,
+                path: shown,
+                score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+            }),
+            Ok((APPLICATION_ID, version)) if version > SCHEMA_VERSION => {
+                Err(StoreError::NewerSchema {
+                    path: shown,
+                    found: version,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            Ok((APPLICATION_ID, version)) => Err(StoreError::NotAStore {
+                path: shown,
+                detail: format!(
+                    "schema {version} cannot be read without migrating it to {SCHEMA_VERSION}: run `mqlsync run --once` (or any command that writes) first"
+                ),
+            }),
+            Ok((app_id, _)) => Err(StoreError::NotAStore {
+                path: shown,
+                detail: format!(
+                    "a SQLite database of another application (application_id {app_id})"
+                ),
+            }),
+            Err(e) => Err(StoreError::NotAStore {
+                path: shown,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// A store in memory, for tests and `simulate` without `--store`.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
@@ -614,6 +683,28 @@ impl Store {
                  WHERE state = 'failed' AND (?1 IS NULL OR instr(last_error, ?1) > 0)",
                 params![error],
             )
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// The outbox row of `key` as last written to the CRM, if it was (its payload is what the
+    /// CRM record holds from mqlsync).
+    pub fn outbox_written(&self, key: &str) -> Result<Option<OutboxRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT key, kind, payload, attempts, last_error FROM outbox
+                 WHERE key = ?1 AND state = 'done'",
+                [key],
+                |r| {
+                    Ok(OutboxRow {
+                        key: r.get(0)?,
+                        kind: r.get(1)?,
+                        payload: r.get(2)?,
+                        attempts: r.get(3)?,
+                        last_error: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
             .map_err(|e| self.sql_err(e))
     }
 

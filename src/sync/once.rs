@@ -19,7 +19,7 @@ use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::incremental::IncrementalRead;
 use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
 use crate::connectors::{
-    ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome,
+    ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome, WriteStatus,
 };
 use crate::engine::model::{CrmKind, CycleStatus, Event, MapLink, ScoreChange};
 use crate::engine::{Context, EngineState, Policy, reconcile};
@@ -85,6 +85,10 @@ pub struct RunSettings {
     pub initial_window: SignedDuration,
     /// Empty activity pages in a row before a run stops reading (the cursor keeps the place).
     pub max_empty_pages: usize,
+    /// Read and decide as usual but send no write: each record the run would write is listed
+    /// in [`RunSummary::plan`] instead. The caller runs a dry run on a copy of the store
+    /// (see [`super::dry_run`]), so that nothing is committed either.
+    pub dry_run: bool,
 }
 
 impl Default for RunSettings {
@@ -93,6 +97,7 @@ impl Default for RunSettings {
             lookback: Duration::from_secs(300),
             initial_window: SignedDuration::from_hours(24 * 30),
             max_empty_pages: 50,
+            dry_run: false,
         }
     }
 }
@@ -122,6 +127,57 @@ pub struct RunSummary {
     /// (refused for good, or refused for now [`OUTBOX_MAX_ATTEMPTS`] times): they wait for the
     /// cause to be fixed in the CRM and `mqlsync requeue`. A run that leaves any exits 3.
     pub parked: Parked,
+    /// Every record this run sent, with how it ended (empty in a dry run).
+    pub records: Vec<RecordWrite>,
+    /// A dry run's writes: every record it would send, none sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedWrite>,
+}
+
+/// One record a run sent to the CRM and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordWrite {
+    /// The CRM object (`MQL__c`, `Lead`, `Contact`, `Task`).
+    pub object: String,
+    /// The record's CRM id: the one the CRM reported, else the one the write named.
+    pub crm_id: Option<String>,
+    /// The MQL record's external id, or an alert task's key.
+    pub external_id: Option<String>,
+    /// `create` or `update` as the CRM reported it; `upsert` when it did not say.
+    pub action: String,
+    /// `written`, `already_done` (the CRM said the work was done), `retry` (refused for now:
+    /// sent again next run), `parked` (refused for good, or for now too many times) or
+    /// `no_result` (the CRM said nothing of it: sent again next run).
+    pub outcome: String,
+    /// The CRM's error, for `retry` and `parked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One record a dry run would send.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannedWrite {
+    pub object: String,
+    /// The outbox key the write would settle.
+    pub key: String,
+    pub crm_id: Option<String>,
+    pub external_id: Option<String>,
+    /// `create` (a new MQL record or task), `update`, or `upsert` (an MQL record whose
+    /// previous write the store does not know).
+    pub action: String,
+    /// The fields it would send, each with what mqlsync last wrote there when the store
+    /// knows it; fields that would not change are left out.
+    pub fields: Vec<FieldChange>,
+}
+
+/// A field of a planned write.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    /// What mqlsync last wrote there (absent: nothing known; `null`: written empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<serde_json::Value>,
+    pub to: serde_json::Value,
 }
 
 /// Writes waiting in the outbox for `mqlsync requeue`.
@@ -679,7 +735,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             alert_state(state, policy, a)
         });
         let tasks = std::mem::take(&mut plan.task_creates);
-        self.sf_min += writes::minimum_calls(&plan, 200) as u64;
+        if !self.settings.dry_run {
+            self.sf_min += writes::minimum_calls(&plan, 200) as u64;
+        }
         let mut results: Vec<(OutboxRow, Settlement)> = Vec::new();
         for (row, e) in plan.unsent {
             self.summary
@@ -719,6 +777,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         );
         let mut stop = None;
         for (object, ext, group, label) in [mql, leads, contacts] {
+            if self.settings.dry_run {
+                let action = if ext.is_some() { "upsert" } else { "update" };
+                self.plan_writes(&object, &group, action);
+                continue;
+            }
             for chunk in group.chunks(200) {
                 if stop.is_some() {
                     break;
@@ -729,7 +792,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     None => self.crm.update(&object, records).await,
                 };
                 match outcome {
-                    Ok(outcomes) => self.settle(chunk, outcomes, label, &mut results),
+                    Ok(outcomes) => self.settle(&object, chunk, outcomes, label, &mut results),
                     // The whole call failed after the connector's own retries: the rows stay
                     // pending for the next run.
                     Err(e) => stop = Some(e),
@@ -782,26 +845,96 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             *self.summary.settled.entry("task_found".into()).or_default() += 1;
             results.push((w.row, Settlement::Done));
         }
+        if self.settings.dry_run {
+            self.plan_writes(object, &new, "create");
+            return Ok(());
+        }
         self.sf_min += new.len().div_ceil(200) as u64;
         for chunk in new.chunks(200) {
             let records: Vec<_> = chunk.iter().map(|w| w.record.clone()).collect();
             let outcomes = self.crm.create(object, records).await?;
-            self.settle(chunk, outcomes, "task_create", results);
+            self.settle(object, chunk, outcomes, "task_create", results);
         }
         Ok(())
     }
 
+    /// A dry run's writes: listed with every field they would send (the caller compares them
+    /// with what was last written, see [`super::dry_run::compare`]).
+    fn plan_writes(&mut self, object: &str, writes: &[Write], action: &str) {
+        for w in writes {
+            let (crm_id, external_id) = self.record_ids(object, w);
+            self.summary.plan.push(PlannedWrite {
+                object: object.to_string(),
+                key: w.row.key.clone(),
+                crm_id,
+                external_id,
+                action: action.to_string(),
+                fields: w
+                    .record
+                    .iter()
+                    .map(|(field, to)| FieldChange {
+                        field: field.clone(),
+                        from: None,
+                        to: to.clone(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+
+    /// The CRM id a write names (updates carry `Id`) and its external id (an MQL record's
+    /// external id field, an alert task's key).
+    fn record_ids(&self, object: &str, w: &Write) -> (Option<String>, Option<String>) {
+        let m = self.mapping;
+        let text = |field: &str| {
+            w.record
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let external_id = if object == m.crm.mql.object {
+            text(&m.crm.mql.external_id)
+        } else if object == m.crm.task {
+            Some(w.row.key.clone())
+        } else {
+            None
+        };
+        (text("Id"), external_id)
+    }
+
     fn settle(
         &mut self,
+        object: &str,
         chunk: &[Write],
         outcomes: Vec<RecordOutcome>,
         label: &str,
         results: &mut Vec<(OutboxRow, Settlement)>,
     ) {
         for (i, w) in chunk.iter().enumerate() {
-            let result = match outcomes.iter().find(|o| o.index == i).map(|o| &o.result) {
-                Some(Ok(_)) => {
+            let outcome = outcomes.iter().find(|o| o.index == i);
+            let (crm_id, external_id) = self.record_ids(object, w);
+            let mut record = RecordWrite {
+                object: object.to_string(),
+                crm_id: outcome.and_then(|o| o.id.clone()).or(crm_id),
+                external_id,
+                action: "upsert".into(),
+                outcome: "no_result".into(),
+                error: None,
+            };
+            if label == "task_create" {
+                record.action = "create".into();
+            } else if label != "mql_upsert" {
+                record.action = "update".into();
+            }
+            let result = match outcome.map(|o| &o.result) {
+                Some(Ok(status)) => {
                     *self.summary.written.entry(label.into()).or_default() += 1;
+                    record.outcome = "written".into();
+                    match status {
+                        WriteStatus::Created => record.action = "create".into(),
+                        WriteStatus::Updated => record.action = "update".into(),
+                        WriteStatus::AlreadyDone { .. } => record.outcome = "already_done".into(),
+                    }
                     Settlement::Done
                 }
                 Some(Err(e)) => {
@@ -823,11 +956,18 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     self.summary
                         .write_failures
                         .push(format!("{}: {text}{after}", w.row.key));
+                    record.outcome = match &settlement {
+                        Settlement::Retry(_) if !last => "retry",
+                        _ => "parked",
+                    }
+                    .into();
+                    record.error = Some(text);
                     settlement
                 }
                 // Nothing says the CRM refused it: the next run sends it again.
                 None => Settlement::Retry("the CRM returned no result for this record".into()),
             };
+            self.summary.records.push(record);
             results.push((w.row.clone(), result));
         }
     }

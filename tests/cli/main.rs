@@ -468,3 +468,120 @@ fn a_run_that_leaves_writes_parked_exits_3_and_lists_them_until_they_are_requeue
     let out = org.mqlsync(&["run", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// The external ids of the MQL records a `run --once --json` wrote, or a dry run would write.
+fn mql_ids(summary: &serde_json::Value, list: &str) -> std::collections::BTreeSet<String> {
+    summary[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["object"] == "MQL__c")
+        .map(|r| r["external_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 11, point 2: a dry run reads and decides, writes nothing to the CRM, commits nothing
+/// to the store, and lists each record it would write; the next real run then does exactly
+/// that work and `--json` lists every record it wrote; a later dry run shows only the fields
+/// that change, with what was written before.
+#[test]
+fn a_dry_run_writes_nothing_and_plans_exactly_what_the_next_run_writes() {
+    use mqlsync::sandbox::faults::System;
+    let org = SandboxOrg::start(300, Vec::new());
+    let writes = || {
+        let counts = org.sandbox.log().counts();
+        ["composite_upsert", "composite_update", "composite_create"]
+            .iter()
+            .map(|k| {
+                counts
+                    .get(&(System::Salesforce, k.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    let text_run = org.mqlsync(&["run", "--once", "--dry-run"]);
+    assert!(text_run.status.success(), "{}", text(&text_run.stderr));
+    let stdout = text(&text_run.stdout);
+    assert!(stdout.starts_with("dry run: nothing was sent"), "{stdout}");
+    assert!(stdout.contains("\nMQL__c: "), "{stdout}");
+    assert!(stdout.contains("to create"), "{stdout}");
+    let dry = json_of(&org.mqlsync(&["run", "--once", "--dry-run", "--json"]));
+    assert_eq!(writes(), 0, "a dry run sends no write");
+    assert!(
+        !org.dir.path().join("state/mqlsync.sqlite").exists(),
+        "a dry run creates no store"
+    );
+    let planned = mql_ids(&dry, "plan");
+    assert!(!planned.is_empty(), "{dry}");
+    let create = dry["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["object"] == "MQL__c")
+        .unwrap();
+    assert_eq!(create["action"], "create");
+    assert!(
+        create["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["field"] == "Status__c" && f["to"] == "Open" && f.get("from").is_none()),
+        "{create}"
+    );
+
+    let real = json_of(&org.mqlsync(&["run", "--once", "--json"]));
+    assert_eq!(
+        mql_ids(&real, "records"),
+        planned,
+        "the real run did the planned work"
+    );
+    let record = real["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["object"] == "MQL__c")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (record["action"].as_str(), record["outcome"].as_str()),
+        (Some("create"), Some("written")),
+        "{record}"
+    );
+    assert!(record["crm_id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // A rep accepts that MQL: the dry run plans its update and the person's SAL stamp, with
+    // only the fields that change and what they held.
+    let mut edit = serde_json::Map::new();
+    edit.insert("Status__c".into(), serde_json::json!("Working"));
+    org.sandbox
+        .salesforce()
+        .edit_record("MQL__c", record["crm_id"].as_str().unwrap(), edit)
+        .unwrap();
+    let before = writes();
+    let dry = json_of(&org.mqlsync(&["run", "--once", "--dry-run", "--json"]));
+    assert_eq!(writes(), before);
+    let update = dry["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["external_id"] == record["external_id"])
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert_eq!(update["action"], "update");
+    let fields = update["fields"].as_array().unwrap();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f["field"] == "SAL_Date__c" && f["from"].is_null() && f["to"].is_string()),
+        "{update}"
+    );
+    assert!(
+        fields.iter().all(|f| f["field"] != "External_Id__c"),
+        "unchanged fields are left out: {update}"
+    );
+}
