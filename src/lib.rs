@@ -2,7 +2,8 @@
 //! lead scoring.
 //!
 //! # Layout
-//! Data flows one way; each module is one stage (see `../shared/docs/architecture.md`).
+//! Data flows one way; each module is one stage. What the product must do is
+//! `docs/behaviour.md`; the README's "Layout" maps the directories.
 //! - [`config`]: settings from a TOML file and `MQLSYNC_*` variables, validated.
 //! - [`demo`]: the whole product in one command, against the sandbox.
 //! - [`mapping`]: CRM and MAP object and field names, segments, exclusion rules, SLA teams.

@@ -12,6 +12,8 @@ use jiff::Timestamp;
 use mqlsync::config::{self, Config, ConfigError};
 use mqlsync::engine::{Cycle, explain};
 use mqlsync::mapping::{self, MappingError};
+use mqlsync::sandbox::cli::WriteConfigError;
+use mqlsync::sandbox::server::SandboxError;
 use mqlsync::simulate::{self, HistoryError};
 use mqlsync::store::{Store, StoreError};
 
@@ -154,6 +156,14 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
             || c.is::<MappingError>()
             || c.is::<HistoryError>()
             || c.is::<mqlsync::sandbox::faults::FaultsFileError>()
+            // Its variants are transparent, so the chain holds the SandboxError, not its cause.
+            || matches!(
+                c.downcast_ref::<SandboxError>(),
+                Some(
+                    SandboxError::Faults(_)
+                        | SandboxError::WriteConfig(WriteConfigError::NotOurs { .. })
+                )
+            )
             || c.is::<mqlsync::sync::preflight::Mismatch>()
             || matches!(
                 c.downcast_ref::<StoreError>(),

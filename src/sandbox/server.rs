@@ -68,6 +68,9 @@ pub enum SandboxError {
     },
     #[error(transparent)]
     Faults(#[from] FaultsFileError),
+    /// `mqlsync sandbox --write-config` could not write, or would not replace, a file.
+    #[error(transparent)]
+    WriteConfig(#[from] super::cli::WriteConfigError),
 }
 
 /// Credentials a Marketo client uses (the Salesforce ones are in `SalesforceConfig`).

@@ -585,3 +585,136 @@ fn a_dry_run_writes_nothing_and_plans_exactly_what_the_next_run_writes() {
         "unchanged fields are left out: {update}"
     );
 }
+/// Kills the sandbox child when the test ends, also when an assertion fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sandbox_write_config_gives_a_config_that_runs_with_no_exported_secret() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    // Default world (the demo's), free ports: as the README's walk-through starts it.
+    let mut sandbox = Running(
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .args(["sandbox", "--json", "--write-config", "mqlsync.toml"])
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mqlsync sandbox starts"),
+    );
+    // The first stdout line comes once the config is written: the ready signal.
+    let mut first = String::new();
+    BufReader::new(sandbox.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&first).expect("the --json line");
+    let human: Vec<String> = BufReader::new(sandbox.0.stderr.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .take_while(|l| !l.starts_with("Config for mqlsync"))
+        .collect();
+    assert!(
+        human.iter().any(|l| l.starts_with("2000 people, seed 7;")),
+        "the sandbox's default world is the demo's: {human:?}"
+    );
+    let config = std::fs::read_to_string(dir.path().join("mqlsync.toml")).unwrap();
+    assert!(
+        config.contains(info["salesforce"]["base_url"].as_str().unwrap())
+            && config.contains(info["marketo"]["base_url"].as_str().unwrap()),
+        "{config}"
+    );
+    assert!(!config.contains("sandbox-consumer-secret"), "{config}");
+
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .args(["--config", "mqlsync.toml", "run", "--once"])
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env_remove("MQLSYNC_SALESFORCE_CLIENT_SECRET")
+            .env_remove("MQLSYNC_MARKETO_CLIENT_SECRET")
+            .env("MQLSYNC_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    let first_run = run();
+    assert!(
+        first_run.status.success(),
+        "{}{}",
+        text(&first_run.stdout),
+        text(&first_run.stderr)
+    );
+    assert!(
+        text(&first_run.stdout).contains("MQL records"),
+        "{}",
+        text(&first_run.stdout)
+    );
+    assert!(dir.path().join("state/sandbox.sqlite").exists());
+    let second = run();
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains("written:   none"),
+        "{}",
+        text(&second.stdout)
+    );
+}
+
+#[test]
+fn sandbox_write_config_leaves_a_file_it_did_not_write_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqlsync.toml"), "store = \"mine.sqlite\"\n").unwrap();
+    let out = mqlsync(
+        &["sandbox", "--leads", "5", "--write-config", "mqlsync.toml"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "mqlsync.toml exists and was not written by `mqlsync sandbox --write-config`"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("mqlsync.toml")).unwrap(),
+        "store = \"mine.sqlite\"\n"
+    );
+    assert!(!dir.path().join("mqlsync.salesforce-secret").exists());
+}
+
+#[test]
+fn the_sandbox_and_the_demo_default_to_the_same_world() {
+    let dir = tempfile::tempdir().unwrap();
+    // `-h`: one line per option, ending with its default.
+    let default_of = |command: &str, flag: &str| {
+        let out = mqlsync(&[command, "-h"], dir.path());
+        let help = text(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("--{flag} <")))
+            .unwrap_or_else(|| panic!("`{command} -h` has no --{flag}: {help}"))
+            .to_string();
+        line.split("[default: ")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .unwrap_or_else(|| panic!("{command} --{flag} shows no default: {line}"))
+            .to_string()
+    };
+    for flag in ["leads", "seed"] {
+        assert_eq!(
+            default_of("sandbox", flag),
+            default_of("demo", flag),
+            "--{flag}"
+        );
+    }
+    assert_eq!(default_of("sandbox", "leads"), "2000");
+}

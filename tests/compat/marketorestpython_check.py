@@ -5,7 +5,7 @@
 Checks leads by filter (the client tunnels them as POST with _method=GET in a form body),
 describe's score fields, activities through paging tokens (following short and empty pages
 while moreResult is true), and a bulk activity extract (create, enqueue, poll, file).
-Only the client's host is redirected, as tests/compat and shared/docs/compat-clients.md say.
+Only the client's host is redirected (client.host), as tests/compat/README.md says.
 
 Environment: MKTO_BASE_URL, MKTO_CLIENT_ID, MKTO_CLIENT_SECRET. Prints what it checked;
 exits non-zero on the first failure.

@@ -2,7 +2,7 @@
 # compat-venv: salesforce
 """Checks the mqlsync Salesforce sandbox with the public simple-salesforce client, unchanged.
 
-Only the address is redirected, as docs/compat-clients.md says: a requests.Session subclass
+Only the address is redirected, as tests/compat/README.md says: a requests.Session subclass
 rewrites https://127.0.0.1:PORT (and the login host https://login.salesforce.com, for the
 JWT bearer flow) to the sandbox's http base URL. Reads SF_BASE_URL, SF_CLIENT_ID,
 SF_CLIENT_SECRET, SF_USERNAME (e.g. from `mqlsync sandbox --json`); optional SF_JWT_KEY (path

@@ -7,7 +7,7 @@ Score activity stream, which tap-marketo does with bulk activity exports (create
 poll, Range probe, download) in windows from start_date. The tap builds
 https://<munchkin>.mktorest.com URLs itself, so the host is redirected at the
 requests.Session.send level by a sitecustomize.py on PYTHONPATH, as DNS would redirect it
-(shared/docs/compat-clients.md). The Change Score records are compared with what the REST
+(see tests/compat/README.md). The Change Score records are compared with what the REST
 activities API returns for the same window.
 
 Environment: MKTO_BASE_URL, MKTO_CLIENT_ID, MKTO_CLIENT_SECRET; TAP_MARKETO (the tap's

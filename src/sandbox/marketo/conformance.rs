@@ -1,7 +1,8 @@
 //! Conformance with Adobe's own description of the API: every route in the served table
 //! exists in `swagger-mapi.json` (or `swagger-identity.json`) with the same method and
 //! parameter names, and a real answer of the sandbox on each carries the fields the
-//! description marks required (the envelope and the records in `result`).
+//! description marks required (the envelope and the records in `result`). The descriptions
+//! are kept in `tests/reference/marketo/` (its README says where they come from).
 
 use serde_json::{Value, json};
 
@@ -10,11 +11,11 @@ use super::tests::{Harness, spawn};
 
 fn spec(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/reference/marketo/swagger-{name}.json",
+        "{}/tests/reference/marketo/swagger-{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read Adobe's OpenAPI description at {path}: {e}; the conformance test needs the shared reference folder beside the crate")
+        panic!("cannot read Adobe's OpenAPI description at {path}: {e}; restore it from git (see tests/reference/marketo/README.md for its source)")
     });
     serde_json::from_str(&text).expect("the OpenAPI description is JSON")
 }
