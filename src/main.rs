@@ -472,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             // Read and check everything before the store is touched.
-            let events = simulate::read_history(&history)?;
+            let rows = simulate::read_history(&history)?;
             let mut store = match &store {
                 Some(path) => Store::open(path)?,
                 None => Store::open_in_memory()?,
@@ -484,19 +484,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             );
             let summary = simulate::run(
-                &events,
+                &rows,
                 &loaded.policy,
                 &mut store,
                 &cursor,
                 until,
                 batch_size,
             )?;
+            // Ignored rows are said on stderr in both modes; `--json` also lists them.
+            for warning in &summary.warnings {
+                eprintln!("{warning}");
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print_cycles(&summary.cycles);
+                let ignored = match summary.warnings.len() {
+                    0 => String::new(),
+                    n => format!("; {n} rows ignored (warnings on stderr)"),
+                };
                 println!(
-                    "\n{} events, {} new cycles; decisions: {}",
+                    "\n{} events, {} new cycles; decisions: {}{ignored}",
                     summary.events,
                     summary.cycles_opened,
                     summary

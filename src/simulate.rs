@@ -6,6 +6,12 @@
 //! Each row is one event; `type` says which, `at` is when it happened (RFC 3339). The
 //! columns (CSV header or JSON keys) each type reads are listed in [`FIELDS`] and in the
 //! README. Rows are applied in file order, at the latest instant seen so far.
+//!
+//! A well-formed row can still change nothing: a `cycle` row naming an MQL record that does
+//! not exist, or one older than a version of the record already applied. The engine
+//! records those in the audit log; here each also becomes a [`Warning`] with its file and
+//! line, so that a row never vanishes silently. A row replayed into the same store is a
+//! version already seen, not an older one, and warns nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +21,7 @@ use jiff::civil::Date;
 
 use crate::engine::model::{
     Action, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink,
-    Opportunity, PersonFacts, ScoreChange, ScorePart, Threshold,
+    Opportunity, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
 };
 use crate::engine::{Context, EngineState, Policy, advance, reconcile};
 use crate::store::{Batch, Store, StoreError};
@@ -92,10 +98,18 @@ pub struct HistoryEvent {
     pub event: Event,
 }
 
+/// A history file, read and checked: its name as given (for messages) and its events in
+/// file order.
+#[derive(Clone, Debug)]
+pub struct History {
+    pub file: String,
+    pub events: Vec<HistoryEvent>,
+}
+
 type Row = BTreeMap<String, String>;
 
 /// Reads a whole history file; the format follows the extension (`.csv`, `.jsonl`/`.ndjson`).
-pub fn read_history(path: &Path) -> Result<Vec<HistoryEvent>, HistoryError> {
+pub fn read_history(path: &Path) -> Result<History, HistoryError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| HistoryError {
         file: file.clone(),
@@ -120,7 +134,8 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryEvent>, HistoryError> {
             });
         }
     };
-    rows.into_iter()
+    let events = rows
+        .into_iter()
         .map(|(line, row)| {
             to_event(&row, line)
                 .map(|event| HistoryEvent { line, event })
@@ -131,7 +146,8 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryEvent>, HistoryError> {
                     message,
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(History { file, events })
 }
 
 fn unknown(file: &str, line: usize, field: &str) -> HistoryError {
@@ -418,12 +434,66 @@ pub struct Summary {
     pub cycles_opened: usize,
     /// Every cycle in the store after the run.
     pub cycles: Vec<Cycle>,
+    /// Every lead and contact in the store after the run, by CRM id, with the stamps mqlsync
+    /// keeps on it (what a sync would write onto the record).
+    pub persons: Vec<PersonStamps>,
+    /// The rows that were read but ignored, in file order.
+    pub warnings: Vec<Warning>,
 }
 
-/// Replays `events` into `store` in batches of `batch_size`, then lets time run to `until`,
+/// A lead or contact's stamps: status, original and most recent MQL and SAL dates, MQL count.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PersonStamps {
+    pub crm_id: String,
+    #[serde(flatten)]
+    pub stamps: Stamps,
+}
+
+/// A row that was read but changed nothing, and why: `file:line: type: message`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Warning {
+    pub file: String,
+    pub line: usize,
+    /// What happened to the row, starting with its type (`cycle: ...; row ignored`).
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// The warning for a decision that ignored its row, if it is one.
+fn ignored_row(reason: &Reason) -> Option<String> {
+    match reason {
+        Reason::EditUnknownCycle { external_id, .. } => Some(format!(
+            "cycle: MQL record {external_id} does not exist; row ignored"
+        )),
+        Reason::EditStale {
+            external_id,
+            edited_at,
+            applied_at: Some(applied_at),
+            ..
+        } => Some(format!(
+            "cycle: row at {edited_at} is older than the one already applied at {applied_at} for {external_id}; row ignored"
+        )),
+        Reason::EditStale {
+            external_id,
+            edited_at,
+            applied_at: None,
+            mql_at,
+        } => Some(format!(
+            "cycle: row at {edited_at} is older than MQL record {external_id} itself (MQL at {mql_at}); row ignored"
+        )),
+        _ => None,
+    }
+}
+
+/// Replays a history into `store` in batches of `batch_size`, then lets time run to `until`,
 /// holding the store's writer lock (a sync on the same store is refused meanwhile).
 pub fn run(
-    events: &[HistoryEvent],
+    history: &History,
     policy: &Policy,
     store: &mut Store,
     cursor: &str,
@@ -432,6 +502,7 @@ pub fn run(
 ) -> Result<Summary, StoreError> {
     let _writer = store.lock_writer()?;
     let mut state: EngineState = store.load_engine(policy)?;
+    let events = &history.events;
     let mut summary = Summary {
         events: events.len(),
         ..Summary::default()
@@ -456,7 +527,18 @@ pub fn run(
                 now,
                 backfill: false,
             };
+            let from = decisions.len();
             decisions.extend(reconcile(&mut state, &ctx, &h.event));
+            summary.warnings.extend(
+                decisions[from..]
+                    .iter()
+                    .filter_map(|d| ignored_row(&d.reason))
+                    .map(|message| Warning {
+                        file: history.file.clone(),
+                        line: h.line,
+                        message,
+                    }),
+            );
             batch_events.push(h.event.clone());
         }
         count(&decisions, &mut summary);
@@ -492,5 +574,86 @@ pub fn run(
     }
     store.save_scores(&mut state)?;
     summary.cycles = store.cycles()?;
+    summary.persons = state
+        .persons
+        .iter()
+        .map(|(id, person)| PersonStamps {
+            crm_id: id.clone(),
+            stamps: person.stamps.clone(),
+        })
+        .collect();
+    summary.persons.sort_by(|a, b| a.crm_id.cmp(&b.crm_id));
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A JSONL history with a comment and a blank line, so that lines are not row numbers.
+    const JSONL: &str = r#"# one lead, its MQL, a rep's edits in the wrong order and one of no record
+{"type":"person","at":"2026-03-02T09:00:00Z","id":"00QA","kind":"Lead","status":"Open","attributes":{"region":"NA"}}
+{"type":"link","at":"2026-03-02T09:00:00Z","id":"00QA","kind":"Lead","map_lead":1}
+
+{"type":"score","at":"2026-03-02T10:00:00Z","map_lead":1,"value":150}
+{"type":"cycle","at":"2026-03-02T12:00:00Z","id":"00QA-1","status":"Working"}
+{"type":"cycle","at":"2026-03-02T11:00:00Z","id":"00QA-1","status":"Rejected","rejection_reason":"Bad Timing"}
+{"type":"cycle","at":"2026-03-02T13:00:00Z","id":"00QB-1","status":"Working"}
+"#;
+
+    fn history(dir: &Path) -> History {
+        let path = dir.join("h.jsonl");
+        std::fs::write(&path, JSONL).unwrap();
+        read_history(&path).unwrap()
+    }
+
+    #[test]
+    fn ignored_rows_are_warned_with_their_line_and_a_replay_warns_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = history(dir.path());
+        let policy = Policy::example();
+        let mut store = Store::open_in_memory().unwrap();
+        let summary = run(&history, &policy, &mut store, "simulate:h", None, 2).unwrap();
+        let said: Vec<String> = summary.warnings.iter().map(|w| w.to_string()).collect();
+        let file = &history.file;
+        assert_eq!(
+            said,
+            [
+                format!(
+                    "{file}:7: cycle: row at 2026-03-02T11:00:00Z is older than the one already applied at 2026-03-02T12:00:00Z for 00QA-1; row ignored"
+                ),
+                format!("{file}:8: cycle: MQL record 00QB-1 does not exist; row ignored"),
+            ]
+        );
+        let again = run(&history, &policy, &mut store, "simulate:h", None, 2).unwrap();
+        assert_eq!(again.warnings, []);
+        assert_eq!(again.decisions, BTreeMap::new());
+    }
+
+    #[test]
+    fn the_summary_lists_every_person_with_its_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = history(dir.path());
+        let mut store = Store::open_in_memory().unwrap();
+        let summary = run(&history, &Policy::example(), &mut store, "h", None, 100).unwrap();
+        let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
+        assert_eq!(
+            summary.persons,
+            [PersonStamps {
+                crm_id: "00QA".into(),
+                stamps: Stamps {
+                    status: Some("Sales Accepted".into()),
+                    mql_recent: at("2026-03-02T10:00:00Z"),
+                    mql_original: at("2026-03-02T10:00:00Z"),
+                    sal_recent: at("2026-03-02T12:00:00Z"),
+                    sal_original: at("2026-03-02T12:00:00Z"),
+                    mql_count: 1,
+                },
+            }]
+        );
+        let json = serde_json::to_value(&summary.persons[0]).unwrap();
+        assert_eq!(json["crm_id"], "00QA");
+        assert_eq!(json["mql_count"], 1);
+        assert_eq!(json["sal_original"], "2026-03-02T12:00:00Z");
+    }
 }

@@ -306,9 +306,15 @@ pub struct Cycle {
     pub backfilled: bool,
     /// A note for the CRM record (a data-quality problem mqlsync refused to accept).
     pub note: Option<String>,
-    /// The last CRM modification of the record mqlsync has applied: edits at or before it
-    /// are replays.
+    /// The last CRM modification of the record mqlsync has applied: only a later edit is
+    /// applied.
     pub crm_modified_at: Option<Timestamp>,
+    /// Every CRM version of the record mqlsync has read (applied, refused or found stale),
+    /// ascending: an edit at one of these instants is a replay and changes nothing, while an
+    /// older edit at any other instant arrived out of order and is recorded as stale. Absent
+    /// from cycles saved before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crm_versions: Vec<Timestamp>,
 }
 
 /// The date stamps and status mqlsync keeps on the lead or contact (the "basic" solution).
@@ -425,6 +431,21 @@ pub enum Reason {
     RejectionReasonUnmapped {
         reason: String,
     },
+    /// An edit of an MQL record that has no cycle in this store (made by hand in the CRM,
+    /// or by another store): not applied. Recorded once per version of the record.
+    EditUnknownCycle {
+        external_id: String,
+        edited_at: Timestamp,
+    },
+    /// An edit of an MQL record older than what is already applied: a later version of the
+    /// record (`applied_at`), or, without one, the MQL itself (`mql_at`). It arrived out of
+    /// order and is not applied. Recorded once per version of the record.
+    EditStale {
+        external_id: String,
+        edited_at: Timestamp,
+        applied_at: Option<Timestamp>,
+        mql_at: Timestamp,
+    },
     /// `explain` of an id the store has never read as a lead or contact, nor linked to a MAP
     /// lead.
     NotSeen,
@@ -535,6 +556,31 @@ impl std::fmt::Display for Reason {
             Reason::RejectionReasonUnmapped { reason } => write!(
                 f,
                 "rejection reason {reason:?} has no outcome in the mapping: no cool-down"
+            ),
+            Reason::EditUnknownCycle {
+                external_id,
+                edited_at,
+            } => write!(
+                f,
+                "an edit of MQL record {external_id} made at {edited_at} was ignored: this store has no MQL with that external id (a record made by hand in the CRM, or by another store)"
+            ),
+            Reason::EditStale {
+                external_id,
+                edited_at,
+                applied_at: Some(applied_at),
+                ..
+            } => write!(
+                f,
+                "an edit of MQL record {external_id} made at {edited_at} was ignored: the record's later version of {applied_at} is already applied"
+            ),
+            Reason::EditStale {
+                external_id,
+                edited_at,
+                applied_at: None,
+                mql_at,
+            } => write!(
+                f,
+                "an edit of MQL record {external_id} made at {edited_at} was ignored: it is older than the MQL itself ({mql_at})"
             ),
             Reason::NotSeen => f.write_str(
                 "not seen: no lead or contact with this id has been read or linked (check the id, and that a run has read it)",

@@ -671,6 +671,16 @@ fn open_cycle(
 ) {
     let policy = ctx.policy;
     let id = state.persons.id(slot).to_string();
+    let number = state.persons.at(slot).cycles.len() as u32 + 1;
+    let external_id = cycle_external_id(&id, number);
+    // Edits of this record read before the cycle existed stay versions seen.
+    let crm_versions = match state.meta.unknown_cycle_edits.remove(&external_id) {
+        Some(versions) => {
+            state.dirty.meta = true;
+            versions
+        }
+        None => Vec::new(),
+    };
     let person = state.persons.at(slot);
     let facts = person.facts.as_deref().expect("facts");
     let lead_id = person.map_lead.expect("a score");
@@ -678,8 +688,6 @@ fn open_cycle(
     let score = scores.value(&policy.score, at).expect("a score");
     let campaign = crossing_campaign.or(scores.last_campaign.as_ref()).cloned();
     let team = policy.team_for(&facts.attributes);
-    let number = person.cycles.len() as u32 + 1;
-    let external_id = cycle_external_id(&id, number);
     let crm = facts.crm.clone();
     let owner_id = facts.owner_id.clone();
     let cycle = Cycle {
@@ -711,6 +719,7 @@ fn open_cycle(
         backfilled: ctx.backfill,
         note: None,
         crm_modified_at: None,
+        crm_versions,
     };
     if let Some(due) = cycle.sla_due_at {
         state.timers.insert(due, Timer::SlaDue(external_id.clone()));
@@ -865,11 +874,27 @@ fn on_cycle_edit(
 ) {
     let policy = ctx.policy;
     let at = edit.modified_at;
-    let Some((_, cycle)) = cycle_mut(state, &edit.external_id) else {
+    let Some((owner, cycle)) = cycle_mut(state, &edit.external_id) else {
+        unknown_cycle_edit(state, edit, out);
         return;
     };
-    // A replay, or an edit older than the record itself (it cannot be about this cycle).
-    if cycle.crm_modified_at.is_some_and(|seen| seen >= at) || at < cycle.mql_at {
+    // A version read before (a replay, or a poll's look-back) changes nothing.
+    if cycle.crm_modified_at == Some(at) || !remember_version(&mut cycle.crm_versions, at) {
+        return;
+    }
+    // Out of order: older than a version already applied, or than the MQL itself (it
+    // cannot be about this cycle). Not applied, but recorded, once.
+    let applied_at = cycle.crm_modified_at.filter(|applied| *applied > at);
+    if applied_at.is_some() || at < cycle.mql_at {
+        let reason = Reason::EditStale {
+            external_id: edit.external_id.clone(),
+            edited_at: at,
+            applied_at,
+            mql_at: cycle.mql_at,
+        };
+        state.dirty.cycles.push(edit.external_id.clone());
+        state.touch_person_id(&owner);
+        record(out, at, &owner, reason);
         return;
     }
     cycle.crm_modified_at = Some(at);
@@ -1001,6 +1026,45 @@ fn on_cycle_edit(
     if stamped {
         push_stamps(state, out, at, &owner, reason);
     }
+}
+
+/// Adds a CRM version to a record's ascending list; false if it is there already.
+fn remember_version(versions: &mut Vec<Timestamp>, at: Timestamp) -> bool {
+    match versions.binary_search(&at) {
+        Ok(_) => false,
+        Err(i) => {
+            versions.insert(i, at);
+            true
+        }
+    }
+}
+
+/// An edit of an MQL record no cycle here has: recorded once per version, under the CRM id
+/// the external id names (`{crm id}-{number}`), where `explain` of that id finds it.
+fn unknown_cycle_edit(state: &mut EngineState, edit: &CycleEdit, out: &mut Vec<Decision>) {
+    let versions = state
+        .meta
+        .unknown_cycle_edits
+        .entry(edit.external_id.clone())
+        .or_default();
+    if !remember_version(versions, edit.modified_at) {
+        return;
+    }
+    state.dirty.meta = true;
+    let subject = edit
+        .external_id
+        .rsplit_once('-')
+        .filter(|(id, number)| !id.is_empty() && number.parse::<u32>().is_ok())
+        .map_or(edit.external_id.as_str(), |(id, _)| id);
+    record(
+        out,
+        edit.modified_at,
+        subject,
+        Reason::EditUnknownCycle {
+            external_id: edit.external_id.clone(),
+            edited_at: edit.modified_at,
+        },
+    );
 }
 
 fn store_cycle(state: &mut EngineState, owner: &str, cycle: Cycle) {

@@ -176,6 +176,7 @@ mod tests {
             backfilled: false,
             note: None,
             crm_modified_at: None,
+            crm_versions: Vec::new(),
         }
     }
 

@@ -408,6 +408,12 @@ pub struct EngineMeta {
     pub clock: Option<Timestamp>,
     /// Next pool position per team.
     pub round_robin: BTreeMap<String, usize>,
+    /// Edits of MQL records that have no cycle here (by external id, the versions read,
+    /// ascending), so that each is recorded once however often it is read again. Few in
+    /// practice: every record mqlsync writes has its cycle. A cycle opened later under one
+    /// of these ids takes its versions over.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown_cycle_edits: BTreeMap<String, Vec<Timestamp>>,
 }
 
 /// The whole engine state.

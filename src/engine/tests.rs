@@ -465,6 +465,129 @@ fn a_closed_cycle_cannot_be_reopened_by_an_edit() {
 }
 
 #[test]
+fn an_edit_of_an_mql_record_that_does_not_exist_is_recorded_once_under_its_crm_id() {
+    let mut h = Harness::new();
+    let out = h.apply(edit("00QZ-3", CycleStatus::Working, None, at(5)));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].subject.as_str(), out[0].at), ("00QZ", at(5)));
+    assert!(matches!(out[0].action, Action::Record));
+    assert_eq!(
+        out[0].reason,
+        Reason::EditUnknownCycle {
+            external_id: "00QZ-3".into(),
+            edited_at: at(5),
+        }
+    );
+    assert_eq!(
+        out[0].reason.to_string(),
+        "an edit of MQL record 00QZ-3 made at 2026-03-02T10:05:00Z was ignored: this store has no MQL with that external id (a record made by hand in the CRM, or by another store)"
+    );
+    assert!(h.state.dirty.meta, "the version seen is saved");
+    // Read again (a poll's look-back, a replayed history): nothing new to say.
+    assert!(
+        h.apply_at(edit("00QZ-3", CycleStatus::Working, None, at(5)), at(9))
+            .is_empty()
+    );
+    // A later version of the record is news, and an external id of no form is its own subject.
+    assert_eq!(
+        h.apply(edit("00QZ-3", CycleStatus::Rejected, None, at(10)))
+            .len(),
+        1
+    );
+    let out = h.apply(edit("hand-made", CycleStatus::Open, None, at(11)));
+    assert_eq!(out[0].subject, "hand-made");
+}
+
+#[test]
+fn an_edit_older_than_a_version_already_applied_is_recorded_once_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(1), None));
+    h.apply(edit("00QA-1", CycleStatus::Working, None, at(30)));
+    h.apply(edit("00QA-1", CycleStatus::Converted, None, at(60)));
+    let before = h.cycles("00QA")[0].clone();
+    let stamps = h.state.persons["00QA"].stamps.clone();
+    // A rejection made before the conversion arrives after it.
+    let late = edit("00QA-1", CycleStatus::Rejected, Some("Bad Timing"), at(40));
+    let out = h.apply_at(late.clone(), at(61));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].subject, "00QA");
+    assert_eq!(
+        out[0].reason,
+        Reason::EditStale {
+            external_id: "00QA-1".into(),
+            edited_at: at(40),
+            applied_at: Some(at(60)),
+            mql_at: at(1),
+        }
+    );
+    assert!(out[0].reason.to_string().ends_with(
+        "was ignored: the record's later version of 2026-03-02T11:00:00Z is already applied"
+    ));
+    let after = &h.cycles("00QA")[0];
+    assert_eq!(
+        (after.status, after.outcome),
+        (before.status, before.outcome)
+    );
+    assert_eq!(after.crm_modified_at, Some(at(60)));
+    assert_eq!(after.crm_versions, [at(30), at(40), at(60)]);
+    assert_eq!(h.state.persons["00QA"].stamps, stamps);
+    assert!(h.state.persons["00QA"].cooldown.is_none());
+    // The same stale version read again, and the applied versions replayed: nothing.
+    assert!(h.apply_at(late, at(62)).is_empty());
+    for when in [30, 60] {
+        let status = if when == 30 {
+            CycleStatus::Working
+        } else {
+            CycleStatus::Converted
+        };
+        assert!(
+            h.apply_at(edit("00QA-1", status, None, at(when)), at(62))
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn an_edit_older_than_the_mql_itself_is_recorded_once_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(10), None));
+    let early = edit("00QA-1", CycleStatus::Rejected, Some("Bad Timing"), at(5));
+    let out = h.apply_at(early.clone(), at(11));
+    assert_eq!(
+        out.iter().map(|d| &d.reason).collect::<Vec<_>>(),
+        [&Reason::EditStale {
+            external_id: "00QA-1".into(),
+            edited_at: at(5),
+            applied_at: None,
+            mql_at: at(10),
+        }]
+    );
+    assert!(
+        out[0]
+            .reason
+            .to_string()
+            .ends_with("was ignored: it is older than the MQL itself (2026-03-02T10:10:00Z)")
+    );
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Open);
+    assert_eq!(h.cycles("00QA")[0].crm_modified_at, None);
+    assert!(h.apply_at(early, at(12)).is_empty());
+}
+
+#[test]
+fn an_edit_read_before_its_cycle_opened_is_still_a_replay_once_it_has() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    let early = edit("00QA-1", CycleStatus::Working, None, at(0));
+    assert_eq!(h.apply(early.clone()).len(), 1);
+    h.apply(score(1, "a1", 150.0, at(1), None));
+    assert!(h.state.meta.unknown_cycle_edits.is_empty(), "taken over");
+    assert_eq!(h.cycles("00QA")[0].crm_versions, [at(0)]);
+    assert!(h.apply_at(early, at(2)).is_empty());
+}
+
+#[test]
 fn an_open_mql_past_its_sla_is_overdue_then_moves_round_robin() {
     let mut h = Harness::new();
     h.lead("00QA", 1);

@@ -840,6 +840,8 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::ThresholdInvalid { .. } => "threshold_invalid",
         Reason::ThresholdSeen { .. } => "threshold_seen",
         Reason::RejectionReasonUnmapped { .. } => "rejection_reason_unmapped",
+        Reason::EditUnknownCycle { .. } => "edit_unknown_cycle",
+        Reason::EditStale { .. } => "edit_stale",
         Reason::NotSeen => "not_seen",
     }
 }

@@ -397,6 +397,16 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
         Reason::RejectionReasonUnmapped {
             reason: String::new(),
         },
+        Reason::EditUnknownCycle {
+            external_id: "x-1".into(),
+            edited_at: t0,
+        },
+        Reason::EditStale {
+            external_id: "x-1".into(),
+            edited_at: t0,
+            applied_at: None,
+            mql_at: t0,
+        },
         Reason::NotSeen,
     ];
     for reason in &reasons {

@@ -172,6 +172,7 @@ fn sample_cycle() -> Cycle {
         backfilled: false,
         note: Some(String::new()),
         crm_modified_at: None,
+        crm_versions: Vec::new(),
     }
 }
 

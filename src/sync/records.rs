@@ -713,6 +713,7 @@ mod tests {
             backfilled: false,
             note: None,
             crm_modified_at: None,
+            crm_versions: Vec::new(),
         };
         let r = mql_record(&m(), &cycle);
         assert_eq!(r["External_Id__c"], "00QA-1");

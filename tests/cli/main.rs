@@ -718,3 +718,160 @@ fn the_sandbox_and_the_demo_default_to_the_same_world() {
     }
     assert_eq!(default_of("sandbox", "leads"), "2000");
 }
+
+// --- simulate ---
+
+/// `tests/fixtures/history-ignored-rows.csv`, the messages of its three ignored rows by line.
+fn ignored_rows() -> (String, [(u64, &'static str); 3]) {
+    let file = fixture("history-ignored-rows.csv").display().to_string();
+    let rows = [
+        (
+            11,
+            "cycle: row at 2026-03-02T16:00:00Z is older than the one already applied at 2026-03-03T09:00:00Z for 00QEVA-1; row ignored",
+        ),
+        (12, "cycle: MQL record 00QEVA-3 does not exist; row ignored"),
+        (
+            14,
+            "cycle: row at 2026-03-19T12:00:00Z is older than MQL record 00QEVA-2 itself (MQL at 2026-03-20T10:00:00Z); row ignored",
+        ),
+    ];
+    (file, rows)
+}
+
+#[test]
+fn simulate_warns_of_each_ignored_cycle_row_with_its_file_and_line_and_audits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, rows) = ignored_rows();
+    let expected_stderr: String = rows
+        .iter()
+        .map(|(line, message)| format!("{file}:{line}: {message}\n"))
+        .collect();
+    let out = mqlsync(
+        &["simulate", &file, "--store", "s.sqlite", "--json"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), expected_stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(line, message)| serde_json::json!({"file": file, "line": line, "message": message}))
+        .collect();
+    assert_eq!(v["warnings"], serde_json::Value::from(warnings));
+    // The rows changed nothing: 00QEVA-1 stays Converted, 00QEVA-2 is Working from 15:00.
+    assert_eq!(v["cycles"][0]["status"], "Converted");
+    assert_eq!(v["cycles"][1]["sal_at"], "2026-03-20T15:00:00Z");
+
+    // Each is in the store's audit log, where `explain` of the lead finds it.
+    let explain = mqlsync(
+        &["explain", "00QEVA", "--store", "s.sqlite", "--json"],
+        dir.path(),
+    );
+    let said: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    let ignored: Vec<(&str, &str)> = said["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["action"] == "record")
+        .map(|h| {
+            (
+                h["reason"]["code"].as_str().unwrap(),
+                h["reason"]["external_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            ("edit_stale", "00QEVA-1"),
+            ("edit_unknown_cycle", "00QEVA-3"),
+            ("edit_stale", "00QEVA-2"),
+        ]
+    );
+    let explain = mqlsync(&["explain", "00QEVA", "--store", "s.sqlite"], dir.path());
+    assert!(
+        text(&explain.stdout).contains(
+            "an edit of MQL record 00QEVA-3 made at 2026-03-05T10:00:00Z was ignored: this store has no MQL with that external id"
+        ),
+        "{}",
+        text(&explain.stdout)
+    );
+
+    // Without --json the warnings are the same lines, and the summary counts them.
+    let out = mqlsync(&["simulate", &file], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), expected_stderr);
+    assert!(
+        text(&out.stdout)
+            .trim_end()
+            .ends_with("; 3 rows ignored (warnings on stderr)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn simulate_json_gives_each_persons_stamps_after_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = ignored_rows();
+    let out = mqlsync(&["simulate", &file, "--json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // By hand from the fixture: 00QEVA MQLs at 10:00 on 2 March (score 120 >= 100), is
+    // accepted at 14:00, converted the next day, and MQLs again on 20 March (150; the
+    // 15-day re-MQL window is over), accepted at 15:00. 00QFOX stays below (40).
+    assert_eq!(
+        v["persons"],
+        serde_json::json!([
+            {
+                "crm_id": "00QEVA",
+                "status": "Sales Accepted",
+                "mql_recent": "2026-03-20T10:00:00Z",
+                "mql_original": "2026-03-02T10:00:00Z",
+                "sal_recent": "2026-03-20T15:00:00Z",
+                "sal_original": "2026-03-02T14:00:00Z",
+                "mql_count": 2,
+            },
+            {
+                "crm_id": "00QFOX",
+                "status": null,
+                "mql_recent": null,
+                "mql_original": null,
+                "sal_recent": null,
+                "sal_original": null,
+                "mql_count": 0,
+            },
+        ])
+    );
+    // The fields that were there before are unchanged.
+    assert_eq!(v["events"], 14);
+    assert_eq!(v["cycles_opened"], 2);
+    assert_eq!(v["cycles"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn simulate_replayed_into_the_same_store_warns_nothing_and_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = ignored_rows();
+    let args = ["simulate", file.as_str(), "--store", "s.sqlite", "--json"];
+    let audit_entries = || {
+        let status = mqlsync(&["status", "--store", "s.sqlite", "--json"], dir.path());
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        v["audit_entries"].as_i64().unwrap()
+    };
+    let first = mqlsync(&args, dir.path());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(text(&first.stderr).lines().count(), 3);
+    let entries = audit_entries();
+    // Every row is a version already seen, the ignored ones included: not older, replayed.
+    let again = mqlsync(&args, dir.path());
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stderr), "");
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(v["decisions"], serde_json::json!({}));
+    assert_eq!(audit_entries(), entries);
+    // The stamps come from the store's state, the same as after the first run.
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(v["persons"], first["persons"]);
+}
