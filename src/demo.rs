@@ -8,6 +8,7 @@ use serde_json::{Map, json};
 
 use crate::config;
 use crate::mapping;
+use crate::sandbox::cli::sandbox_config_toml;
 use crate::sandbox::clock::SandboxClock;
 use crate::sandbox::server::{Sandbox, SandboxOptions};
 use crate::store::Store;
@@ -21,7 +22,23 @@ pub struct DemoReport {
     pub second: RunSummary,
     pub cycles_before: usize,
     pub cycles_after: usize,
+    /// The people the knob turn made MQLs, by name.
+    pub new_mqls: Vec<NewMql>,
     pub store: String,
+}
+
+/// A person the knob turn made an MQL.
+pub struct NewMql {
+    pub name: String,
+    /// Title and company, as the CRM has them.
+    pub role: String,
+    pub crm_kind: &'static str,
+    pub crm_id: String,
+    pub score: f64,
+    pub threshold: f64,
+    /// The MQL record's external id.
+    pub external_id: String,
+    pub alerted: bool,
 }
 
 /// The knob the demo turned.
@@ -54,20 +71,11 @@ pub async fn run(
         .unwrap_or_default();
     let file = dir.join("demo.toml");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        &file,
-        format!(
-            "store = {:?}\n[salesforce]\nbase_url = {:?}\nauth = \"client_credentials\"\nclient_id = {:?}\n[marketo]\nbase_url = {:?}\nclient_id = {:?}\n",
-            store_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            text("salesforce", "base_url"),
-            text("salesforce", "client_id"),
-            text("marketo", "base_url"),
-            text("marketo", "client_id"),
-        ),
-    )?;
+    let store_name = store_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::write(&file, sandbox_config_toml(&info, &store_name, None))?;
     let env = vec![
         (
             "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
@@ -98,7 +106,12 @@ pub async fn run(
         usage,
     )
     .await?;
-    let cycles_before = store.cycles()?.len();
+    let before: std::collections::HashSet<String> = store
+        .cycles()?
+        .into_iter()
+        .map(|c| c.external_id)
+        .collect();
+    let cycles_before = before.len();
 
     // A sales manager turns the EMEA knob down by 25 points, a minute later.
     let knob = sandbox
@@ -139,7 +152,42 @@ pub async fn run(
         usage,
     )
     .await?;
-    let cycles_after = store.cycles()?.len();
+    let after = store.cycles()?;
+    let cycles_after = after.len();
+    let alerted: std::collections::HashSet<&str> = second
+        .records
+        .iter()
+        .filter(|r| r.object == loaded.mapping.crm.task && r.outcome == "written")
+        .filter_map(|r| r.external_id.as_deref())
+        .collect();
+    let world = sandbox.world();
+    let mut new_mqls: Vec<NewMql> = after
+        .iter()
+        .filter(|c| !before.contains(&c.external_id))
+        .map(|c| {
+            let person = world
+                .people
+                .iter()
+                .find(|p| p.crm_id.as_deref() == Some(c.crm.id.as_str()));
+            NewMql {
+                name: person.map_or_else(
+                    || "(not in the seeded world)".into(),
+                    |p| format!("{} {}", p.first_name, p.last_name),
+                ),
+                role: person.map_or_else(String::new, |p| format!("{}, {}", p.title, p.company)),
+                crm_kind: c.crm.kind.as_str(),
+                crm_id: c.crm.id.clone(),
+                score: c.score,
+                threshold: c.threshold,
+                // An alert task's key starts with `Notify:{external id}:`.
+                alerted: alerted
+                    .iter()
+                    .any(|k| k.strip_prefix("Notify:").is_some_and(|rest| rest.starts_with(&format!("{}:", c.external_id)))),
+                external_id: c.external_id.clone(),
+            }
+        })
+        .collect();
+    new_mqls.sort_by(|a, b| a.name.cmp(&b.name));
     sandbox.shutdown().await;
     Ok(DemoReport {
         first,
@@ -147,6 +195,7 @@ pub async fn run(
         second,
         cycles_before,
         cycles_after,
+        new_mqls,
         store: config.store.display().to_string(),
     })
 }

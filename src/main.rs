@@ -270,6 +270,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report.cycles_after,
             report.cycles_after - report.cycles_before
         );
+        if !report.new_mqls.is_empty() {
+            println!("   The knob turn made these people MQLs:");
+        }
+        for p in &report.new_mqls {
+            println!(
+                "   - {} ({}), {} {}: score {} against the new threshold {}; MQL record {}{}",
+                p.name,
+                p.role,
+                p.crm_kind,
+                p.crm_id,
+                p.score,
+                p.threshold,
+                p.external_id,
+                if p.alerted {
+                    ", a task for the owning rep"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!();
         println!(
             "store: {} (try `mqlsync status --store {}`)",
             report.store, report.store
