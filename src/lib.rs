@@ -6,6 +6,7 @@
 //! `docs/behaviour.md`; the README's "Layout" maps the directories.
 //! - [`config`]: settings from a TOML file and `MQLSYNC_*` variables, validated.
 //! - [`demo`]: the whole product in one command, against the sandbox.
+//! - [`logging`]: logs to stderr (text or JSON lines) and progress bars on a terminal.
 //! - [`mapping`]: CRM and MAP object and field names, segments, exclusion rules, SLA teams.
 //! - [`engine`]: the MQL decision, pure: thresholds, rules, lifecycle, SLA, reconcile.
 //! - [`store`]: the SQLite checkpoint store: migrations, cursors, snapshots, cycles, outbox, audit.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod engine;
+pub mod logging;
 pub mod mapping;
 pub mod sandbox;
 pub mod simulate;
