@@ -258,8 +258,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = mapping::load(config.mapping.as_deref())?;
             let sf = mqlsync::sync::connect::salesforce(&config)?;
             let mk = mqlsync::sync::connect::marketo(&config)?;
-            let mut store = Store::open(&store.unwrap_or_else(|| config.store.clone()))?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // Wrong credentials or a server out of reach stop the run before it creates a store.
+            runtime.block_on(mqlsync::sync::connect::sign_in(&sf, &mk))?;
+            let mut store = Store::open(&store.unwrap_or_else(|| config.store.clone()))?;
             let usage = || (sf.budget().usage().0, mk.budget().usage().0);
             let settings = mqlsync::sync::once::RunSettings::default();
             let outcome = runtime.block_on(mqlsync::sync::once::run_once(
@@ -310,8 +312,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mk = mqlsync::sync::connect::marketo(&config)?;
                 let runtime =
                     tokio::runtime::Runtime::new().context("starting the async runtime")?;
-                let problems =
-                    runtime.block_on(mqlsync::sync::preflight::check(&sf, &mk, &loaded.mapping))?;
+                let problems = runtime.block_on(async {
+                    mqlsync::sync::connect::sign_in(&sf, &mk).await?;
+                    mqlsync::sync::preflight::check(&sf, &mk, &loaded.mapping).await
+                })?;
                 if !problems.is_empty() {
                     for p in &problems {
                         println!("remote: {p}");

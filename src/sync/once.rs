@@ -38,7 +38,9 @@ const ALERT_LOOKUP_KEYS: usize = 100;
 pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    /// Transparent: the connector's message names the cause, once (with `{0}` and a source,
+    /// `{:#}` printed it twice).
+    #[error(transparent)]
     Remote(#[from] ConnectorError),
     #[error(
         "cursor {name} in the store cannot be read ({detail}); delete it with care to re-read from the start"
