@@ -516,3 +516,66 @@ fn a_token_endpoint_that_answers_a_page_is_reported_with_its_status() {
     );
     assert!(!dir.path().join("state").exists(), "a store was created");
 }
+
+#[test]
+fn check_remote_passes_on_a_standard_marketo_and_the_parts_source_names_its_keys() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
+    // A standard Marketo instance: `leadScore` and the CRM ids, no custom behaviour or
+    // demographic score fields.
+    let field = |id: i64, name: &str, display: &str, data_type: &str| {
+        serde_json::json!({"id": id, "displayName": display, "dataType": data_type,
+            "rest": {"name": name, "readOnly": false}, "soap": {"name": name, "readOnly": false}})
+    };
+    let standard = serde_json::json!({
+        "requestId": "e42b#14272d07d78", "success": true,
+        "result": [
+            field(1, "id", "Id", "integer"),
+            field(2, "email", "Email Address", "email"),
+            field(58, "leadScore", "Lead Score", "score"),
+            field(60, "sfdcLeadId", "SFDC Lead ID", "string"),
+            field(61, "sfdcContactId", "SFDC Contact ID", "string"),
+        ],
+    });
+    let describe = FaultRule {
+        system: System::Marketo,
+        method: None,
+        path: None,
+        kind: Some("leads_describe".into()),
+        skip: 0,
+        times: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: Some(standard),
+        },
+    };
+    let (_runtime, sandbox) = start_sandbox(vec![describe]);
+    let dir = tempfile::tempdir().unwrap();
+    remote_config(dir.path(), sandbox.salesforce_url(), sandbox.marketo_url());
+    let out = remote(dir.path(), &["check", "--remote"], SANDBOX_SECRETS);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("remote: ok"));
+
+    let parts = mqlsync::mapping::DEFAULT_MAPPING.replace(
+        "source = \"total\"",
+        "source = \"behavior_plus_demographic\"",
+    );
+    std::fs::write(dir.path().join("parts.toml"), parts).unwrap();
+    let out = remote(
+        dir.path(),
+        &["check", "--remote", "--mapping", "parts.toml"],
+        SANDBOX_SECRETS,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let problems: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("remote: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "remote: map.behavior_score: the MAP has no lead field behaviorScore (REST name), which score.source = \"behavior_plus_demographic\" reads",
+            "remote: map.demographic_score: the MAP has no lead field demographicScore (REST name), which score.source = \"behavior_plus_demographic\" reads",
+        ]
+    );
+}
