@@ -323,6 +323,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = mapping::load(config.mapping.as_deref())?;
             let sf = mqlsync::sync::connect::salesforce(&config)?;
             let mk = mqlsync::sync::connect::marketo(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // Wrong credentials or a server out of reach stop the run before it creates a store.
+            runtime.block_on(mqlsync::sync::connect::sign_in(&sf, &mk))?;
             let path = store.unwrap_or_else(|| config.store.clone());
             // A dry run works on a copy of the store (removed when `_scratch` drops).
             let (_scratch, mut store) = if dry_run {
@@ -331,7 +334,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 (None, Store::open(&path)?)
             };
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let usage = || (sf.budget().usage().0, mk.budget().usage().0);
             let settings = mqlsync::sync::once::RunSettings {
                 dry_run,
@@ -417,8 +419,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mk = mqlsync::sync::connect::marketo(&config)?;
                 let runtime =
                     tokio::runtime::Runtime::new().context("starting the async runtime")?;
-                let problems =
-                    runtime.block_on(mqlsync::sync::preflight::check(&sf, &mk, &loaded.mapping))?;
+                let problems = runtime.block_on(async {
+                    mqlsync::sync::connect::sign_in(&sf, &mk).await?;
+                    mqlsync::sync::preflight::check(&sf, &mk, &loaded.mapping).await
+                })?;
                 if !problems.is_empty() {
                     for p in &problems {
                         println!("remote: {p}");

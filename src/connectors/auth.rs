@@ -2,6 +2,9 @@
 //! server rejects it, with one renewal in flight at a time (single flight: concurrent callers wait
 //! for the same renewal instead of each fetching a token).
 //!
+//! Also how a token endpoint's refusal reads ([`refusal`], [`not_a_token_answer`]), shared by
+//! both vendors' sign-ins.
+//!
 //! Tokens are `SecretString`; this file must never log or format a token.
 
 use std::time::Duration;
@@ -10,7 +13,8 @@ use secrecy::SecretString;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::error::Result;
+use super::error::{ConnectorError, Result, System};
+use super::http;
 
 /// A token as the token endpoint returned it.
 #[derive(Clone)]
@@ -104,6 +108,55 @@ impl TokenCache {
     }
 }
 
+/// A token endpoint's answer that is not a token and not an OAuth refusal: a 5xx, an HTML
+/// page, a REST error array, an empty body. It is reported as the server's own answer
+/// ([`ConnectorError::TokenEndpoint`], retried when a 5xx). `None` for a success, and for an
+/// OAuth error object (`{"error": ...}`, RFC 6749 section 5.2) in a 4xx, which the caller reads
+/// as a refusal of the credentials ([`refusal`]).
+pub fn not_a_token_answer(
+    system: System,
+    url: &str,
+    status: u16,
+    body: &[u8],
+    setting: &str,
+) -> Option<ConnectorError> {
+    if (200..300).contains(&status) {
+        return None;
+    }
+    let oauth = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_string));
+    if oauth && status < 500 {
+        return None;
+    }
+    Some(ConnectorError::TokenEndpoint {
+        system,
+        url: url.to_string(),
+        status,
+        body: http::snippet(body),
+        setting: setting.to_string(),
+    })
+}
+
+/// An OAuth error object as a refusal of `what` (`the client credentials`), naming what to
+/// check.
+pub fn refusal(system: System, what: &str, body: &[u8], check: &str) -> ConnectorError {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    ConnectorError::Auth {
+        system,
+        what: what.to_string(),
+        error: field("error"),
+        description: field("error_description"),
+        check: check.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +170,56 @@ mod tests {
             instance_url: None,
             lifetime: Some(Duration::from_secs(secs)),
         }
+    }
+
+    #[test]
+    fn a_token_endpoint_answer_is_a_refusal_only_when_it_is_an_oauth_error() {
+        let refusal =
+            br#"{"error":"invalid_client","error_description":"invalid client credentials"}"#;
+        assert!(not_a_token_answer(System::Salesforce, "u", 400, refusal, "k").is_none());
+        assert!(not_a_token_answer(System::Salesforce, "u", 200, b"{}", "k").is_none());
+        let array =
+            br#"[{"errorCode":"SERVER_UNAVAILABLE","message":"Server temporarily unavailable"}]"#;
+        let e = not_a_token_answer(System::Salesforce, "https://login/x", 503, array, "k").unwrap();
+        assert_eq!(
+            e.to_string(),
+            "Salesforce's token endpoint https://login/x answered 503 Service Unavailable: \
+             [{\"errorCode\":\"SERVER_UNAVAILABLE\",\"message\":\"Server temporarily unavailable\"}]; \
+             the server's own error: run again later"
+        );
+        assert_eq!(e.class(), crate::connectors::ErrorClass::Retry);
+        // An OAuth-shaped 5xx is still the server's trouble, not the credentials'.
+        let e = not_a_token_answer(System::Marketo, "u", 500, refusal, "k").unwrap();
+        assert_eq!(e.class(), crate::connectors::ErrorClass::Retry);
+        // A wrong URL: an HTML 404, to be fixed in the settings.
+        let e = not_a_token_answer(
+            System::Marketo,
+            "u",
+            404,
+            b"<html>\n<h1>Not Found</h1>",
+            "marketo.identity_url",
+        )
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "Marketo's token endpoint u answered 404 Not Found: <html> <h1>Not Found</h1>; check marketo.identity_url"
+        );
+        assert_eq!(e.class(), crate::connectors::ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn a_refusal_names_what_was_refused_and_what_to_check() {
+        let e = refusal(
+            System::Salesforce,
+            "the client credentials",
+            br#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+        );
+        assert_eq!(
+            e.to_string(),
+            "Salesforce refused the client credentials (invalid_client: invalid client credentials): check MQLSYNC_SALESFORCE_CLIENT_SECRET"
+        );
+        assert_eq!(e.class(), crate::connectors::ErrorClass::Fatal);
     }
 
     #[tokio::test(start_paused = true)]

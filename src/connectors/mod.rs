@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //! - [`error`]: [`ConnectorError`] and its [`ErrorClass`] (retry, renew token, back off, fail
-//!   record, checkpoint, fatal).
-//! - [`http`]: the reqwest client and transport-error mapping.
-//! - [`auth`]: the single-flight token cache.
+//!   record, checkpoint, fatal); [`SettingNames`], what the user's config calls the settings an
+//!   error tells them to check.
+//! - [`http`]: the reqwest client and transport-error mapping (a refused connection or an
+//!   unknown host is its own, unretried error naming the configured URL).
+//! - [`auth`]: the single-flight token cache; a token endpoint's refusal or other answer.
 //! - [`limits`]: governor pacing on tokio time, in-flight caps, daily budgets with a reserve.
 //! - [`retry`]: backon-driven retry loop acting on the class.
 //! - [`salesforce`]: OAuth flows, SOQL escaping and cursors, query paging, sObject Collections,
@@ -33,7 +35,7 @@ mod testkit;
 
 use std::future::Future;
 
-pub use error::{ConnectorError, ErrorClass, RecordError, Result, System};
+pub use error::{ConnectorError, ErrorClass, RecordError, Result, SettingNames, System};
 pub use limits::Priority;
 
 /// One record as the vendor sent it.

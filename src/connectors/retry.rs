@@ -185,6 +185,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_server_that_cannot_be_reached_is_tried_once() {
+        let n = AtomicUsize::new(0);
+        let out: Result<()> = run(&RetryPolicy::default(), || async {
+            n.fetch_add(1, SeqCst);
+            Err(ConnectorError::Unreachable {
+                system: System::Salesforce,
+                url: "http://127.0.0.1:9".into(),
+                cause: "connection refused".into(),
+                setting: "salesforce.base_url".into(),
+            })
+        })
+        .await;
+        assert!(matches!(out, Err(ConnectorError::Unreachable { .. })));
+        assert_eq!(n.load(SeqCst), 1, "refused is not worth a retry");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rate_limits_wait_at_least_retry_after() {
         let start = tokio::time::Instant::now();
         let n = AtomicUsize::new(0);

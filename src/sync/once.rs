@@ -48,7 +48,9 @@ const SCORE_FIELDS_CURSOR: &str = "map.score_fields";
 pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    /// Transparent: the connector's message names the cause, once (with `{0}` and a source,
+    /// `{:#}` printed it twice).
+    #[error(transparent)]
     Remote(#[from] ConnectorError),
     /// The MAP returned a record the sync cannot key: the page it belongs to is not
     /// committed, so its cursor does not move past it.

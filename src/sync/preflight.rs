@@ -286,21 +286,78 @@ pub async fn check<C: Crm, M: Map>(
         .iter()
         .filter_map(|f| f.get("rest")?.get("name")?.as_str())
         .collect();
-    let mm = &m.map;
-    let wanted = [
-        Some(&mm.total_score),
-        mm.behavior_score.as_ref(),
-        mm.demographic_score.as_ref(),
-        Some(&mm.crm_lead_id),
-        Some(&mm.crm_contact_id),
-    ];
-    for field in wanted.into_iter().flatten() {
-        if !names.contains(field.as_str()) {
+    for (field, why) in map_fields(m) {
+        if !names.contains(field) {
             problem(
                 Some(field),
-                format!("the MAP has no lead field {field} (REST name)"),
+                format!("the MAP has no lead field {field} (REST name), which {why}"),
             );
         }
     }
     Ok(problems)
+}
+
+/// The MAP lead fields the sync reads with this mapping, each with what it is read for: the
+/// score fields of the configured score source only (a standard Marketo instance has
+/// `leadScore`, not the custom behaviour and demographic scores), and the CRM id fields that
+/// link MAP leads to CRM people.
+fn map_fields(m: &Mapping) -> Vec<(&str, String)> {
+    let mm = &m.map;
+    let source = m.score.source.get_ref();
+    let reads = format!("score.source = {source:?} reads");
+    let scores = match source.as_str() {
+        "total" => vec![Some(&mm.total_score)],
+        _ => vec![mm.behavior_score.as_ref(), mm.demographic_score.as_ref()],
+    };
+    let mut fields: Vec<(&str, String)> = scores
+        .into_iter()
+        .flatten()
+        .map(|f| (f.as_str(), reads.clone()))
+        .collect();
+    fields.push((&mm.crm_lead_id, "links MAP leads to CRM leads".into()));
+    fields.push((&mm.crm_contact_id, "links MAP leads to CRM contacts".into()));
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(source: &str) -> Mapping {
+        let text = crate::mapping::DEFAULT_MAPPING
+            .replace("source = \"total\"", &format!("source = \"{source}\""));
+        crate::mapping::parse(&text, "mapping.toml")
+            .unwrap()
+            .mapping
+    }
+
+    fn fields(source: &str) -> Vec<String> {
+        let m = mapping(source);
+        map_fields(&m)
+            .into_iter()
+            .map(|(f, _)| f.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_score_fields_of_the_score_source_are_required_of_the_map() {
+        assert_eq!(
+            fields("total"),
+            ["leadScore", "sfdcLeadId", "sfdcContactId"],
+            "a standard Marketo instance has no behaviour or demographic score"
+        );
+        let parts = [
+            "behaviorScore",
+            "demographicScore",
+            "sfdcLeadId",
+            "sfdcContactId",
+        ];
+        assert_eq!(fields("behavior_plus_demographic"), parts);
+        assert_eq!(fields("time_decayed"), parts);
+        let m = mapping("behavior_plus_demographic");
+        assert_eq!(
+            map_fields(&m)[0].1,
+            "score.source = \"behavior_plus_demographic\" reads"
+        );
+    }
 }

@@ -875,3 +875,228 @@ fn simulate_replayed_into_the_same_store_warns_nothing_and_adds_nothing() {
     let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(v["persons"], first["persons"]);
 }
+
+// --- remote errors ---
+// Each error of a run or a remote check that talks to Salesforce or Marketo is one line that
+// names the URL, key or file to check, printed once, and leaves no store behind.
+
+/// A config naming these two systems, with the sandbox's client ids.
+fn remote_config(dir: &Path, sf_base_url: &str, mk_base_url: &str) {
+    std::fs::write(
+        dir.join("mqlsync.toml"),
+        format!(
+            "store = \"state/mqlsync.sqlite\"\n\
+             [salesforce]\nbase_url = \"{sf_base_url}\"\nauth = \"client_credentials\"\nclient_id = \"3MVG9sandbox.mqlsync.consumer.key\"\n\
+             [marketo]\nbase_url = \"{mk_base_url}\"\nclient_id = \"sandbox-marketo-client\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `mqlsync --config mqlsync.toml ARGS` with these secrets; warnings (each retry logs one) go
+/// to stderr with the error.
+fn remote(dir: &Path, args: &[&str], secrets: (&str, &str)) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+        .args(["--config", "mqlsync.toml"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MQLSYNC_CONFIG")
+        .env("MQLSYNC_LOG", "warn")
+        .env("MQLSYNC_SALESFORCE_CLIENT_SECRET", secrets.0)
+        .env("MQLSYNC_MARKETO_CLIENT_SECRET", secrets.1)
+        .output()
+        .expect("mqlsync runs")
+}
+
+const SANDBOX_SECRETS: (&str, &str) = ("sandbox-consumer-secret", "sandbox-marketo-secret");
+
+/// The one line a failed command printed on stderr (no retry warning, no repeated cause).
+fn one_line_error(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    err.trim_end().to_string()
+}
+
+fn start_sandbox(
+    faults: Vec<mqlsync::sandbox::faults::FaultRule>,
+) -> (tokio::runtime::Runtime, mqlsync::sandbox::server::Sandbox) {
+    use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sandbox = runtime
+        .block_on(Sandbox::start(SandboxOptions {
+            leads: 20,
+            faults,
+            ..SandboxOptions::default()
+        }))
+        .unwrap();
+    (runtime, sandbox)
+}
+
+#[test]
+fn a_server_out_of_reach_is_named_with_its_key_at_once_and_leaves_no_store() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+    }; // the listener is gone: the port refuses connections
+    let dir = tempfile::tempdir().unwrap();
+    remote_config(dir.path(), &closed, &closed);
+    for args in [&["run", "--once"][..], &["check", "--remote"]] {
+        let err = one_line_error(&remote(dir.path(), args, SANDBOX_SECRETS));
+        assert_eq!(
+            err,
+            format!(
+                "mqlsync: cannot reach Salesforce at {closed} (connection refused): check salesforce.base_url in mqlsync.toml or that the server is up"
+            ),
+            "{args:?}"
+        );
+    }
+    remote_config(dir.path(), "http://mqlsync-nowhere.invalid", &closed);
+    let err = one_line_error(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
+    assert!(
+        err.starts_with(
+            "mqlsync: cannot reach Salesforce at http://mqlsync-nowhere.invalid (host name not found"
+        ) && err.ends_with("check salesforce.base_url in mqlsync.toml or that the server is up"),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "a store was created");
+}
+
+#[test]
+fn a_wrong_secret_is_reported_once_and_leaves_no_store_then_the_right_one_runs() {
+    let (_runtime, sandbox) = start_sandbox(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    remote_config(dir.path(), sandbox.salesforce_url(), sandbox.marketo_url());
+    let store = dir.path().join("state/mqlsync.sqlite");
+    let wrong_sf = ("not-the-secret", SANDBOX_SECRETS.1);
+    for args in [&["run", "--once"][..], &["check", "--remote"]] {
+        let err = one_line_error(&remote(dir.path(), args, wrong_sf));
+        assert_eq!(
+            err,
+            "mqlsync: Salesforce refused the client credentials (invalid_client: invalid client credentials): \
+             check the client secret in MQLSYNC_SALESFORCE_CLIENT_SECRET and salesforce.client_id in mqlsync.toml",
+            "{args:?}"
+        );
+    }
+    let wrong_mk = (SANDBOX_SECRETS.0, "not-the-secret");
+    let err = one_line_error(&remote(dir.path(), &["run", "--once"], wrong_mk));
+    assert!(
+        err.starts_with("mqlsync: Marketo refused the client credentials (unauthorized: ")
+            && err.ends_with(
+                "check the client secret in MQLSYNC_MARKETO_CLIENT_SECRET and marketo.client_id in mqlsync.toml"
+            ),
+        "{err}"
+    );
+    assert!(!store.exists(), "a store was created");
+
+    // Signing in before the store opens costs no call: the run still uses the fewest.
+    let out = remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let calls: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("API calls:"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{stdout}");
+    for line in calls {
+        let used = line.split_whitespace().nth(3).unwrap();
+        let minimum = line.rsplit(": ").next().unwrap().trim_end_matches(')');
+        assert_eq!(used, minimum, "{line}");
+    }
+    assert!(store.exists());
+}
+
+#[test]
+fn a_token_endpoint_that_answers_a_page_is_reported_with_its_status() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
+    // A login URL that is not Salesforce's: an HTML 404 where an OAuth answer belongs.
+    let not_found = FaultRule {
+        system: System::Salesforce,
+        method: None,
+        path: None,
+        kind: Some("token".into()),
+        skip: 0,
+        times: None,
+        action: FaultAction::Status {
+            status: 404,
+            body: Some("<html>\n<body>\n<h1>Not Found</h1>\n</body>\n</html>".into()),
+        },
+    };
+    let (_runtime, sandbox) = start_sandbox(vec![not_found]);
+    let dir = tempfile::tempdir().unwrap();
+    remote_config(dir.path(), sandbox.salesforce_url(), sandbox.marketo_url());
+    let err = one_line_error(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
+    assert_eq!(
+        err,
+        format!(
+            "mqlsync: Salesforce's token endpoint {}/services/oauth2/token answered 404 Not Found: \
+             <html> <body> <h1>Not Found</h1> </body> </html>; check salesforce.base_url in mqlsync.toml",
+            sandbox.salesforce_url()
+        )
+    );
+    assert!(!dir.path().join("state").exists(), "a store was created");
+}
+
+#[test]
+fn check_remote_passes_on_a_standard_marketo_and_the_parts_source_names_its_keys() {
+    use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
+    // A standard Marketo instance: `leadScore` and the CRM ids, no custom behaviour or
+    // demographic score fields.
+    let field = |id: i64, name: &str, display: &str, data_type: &str| {
+        serde_json::json!({"id": id, "displayName": display, "dataType": data_type,
+            "rest": {"name": name, "readOnly": false}, "soap": {"name": name, "readOnly": false}})
+    };
+    let standard = serde_json::json!({
+        "requestId": "e42b#14272d07d78", "success": true,
+        "result": [
+            field(1, "id", "Id", "integer"),
+            field(2, "email", "Email Address", "email"),
+            field(58, "leadScore", "Lead Score", "score"),
+            field(60, "sfdcLeadId", "SFDC Lead ID", "string"),
+            field(61, "sfdcContactId", "SFDC Contact ID", "string"),
+        ],
+    });
+    let describe = FaultRule {
+        system: System::Marketo,
+        method: None,
+        path: None,
+        kind: Some("leads_describe".into()),
+        skip: 0,
+        times: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: Some(standard),
+        },
+    };
+    let (_runtime, sandbox) = start_sandbox(vec![describe]);
+    let dir = tempfile::tempdir().unwrap();
+    remote_config(dir.path(), sandbox.salesforce_url(), sandbox.marketo_url());
+    let out = remote(dir.path(), &["check", "--remote"], SANDBOX_SECRETS);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("remote: ok"));
+
+    let parts = mqlsync::mapping::DEFAULT_MAPPING.replace(
+        "source = \"total\"",
+        "source = \"behavior_plus_demographic\"",
+    );
+    std::fs::write(dir.path().join("parts.toml"), parts).unwrap();
+    let out = remote(
+        dir.path(),
+        &["check", "--remote", "--mapping", "parts.toml"],
+        SANDBOX_SECRETS,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let problems: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("remote: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "remote: map.behavior_score: the MAP has no lead field behaviorScore (REST name), which score.source = \"behavior_plus_demographic\" reads",
+            "remote: map.demographic_score: the MAP has no lead field demographicScore (REST name), which score.source = \"behavior_plus_demographic\" reads",
+        ]
+    );
+}

@@ -495,3 +495,151 @@ async fn the_jwt_bearer_flow_signs_in_to_the_sandbox_with_a_private_key_file() {
     assert_eq!(page.records.len(), 3);
     assert_eq!(app.calls(System::Salesforce, "token"), 1);
 }
+
+/// A Salesforce client of the sandbox's app with this secret, and these URLs when given.
+fn salesforce_client(app: &App, secret: &str, base_url: Option<&str>) -> SalesforceClient {
+    let info = app.sandbox.connection_info();
+    let token_url = format!("{}/services/oauth2/token", app.sandbox.salesforce_url());
+    let settings: SalesforceSettings = serde_json::from_value(json!({
+        "base_url": base_url.unwrap_or(app.sandbox.salesforce_url()),
+        "token_url": token_url,
+        "auth": {"kind": "client_credentials", "client_id": info["salesforce"]["client_id"]},
+        "request_timeout_secs": 1,
+        "retry": fast_retry(),
+        "names": {"base_url": "salesforce.base_url in mqlsync.toml", "token_url": "salesforce.login_url in mqlsync.toml", "credentials": "MQLSYNC_SALESFORCE_CLIENT_SECRET"},
+    }))
+    .unwrap();
+    let secrets = SalesforceSecrets {
+        client_secret: Some(secret.to_string().into()),
+        refresh_token: None,
+    };
+    SalesforceClient::new(settings, secrets).unwrap()
+}
+
+/// A port nothing listens on: bound, then let go.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_from_a_token_endpoint_is_retried_then_reported_as_the_servers_answer() {
+    let app = default_app().await;
+    let unavailable = FaultAction::Status {
+        status: 503,
+        body: None,
+    };
+    app.fault(System::Salesforce, "token", 100, unavailable.clone());
+    let err = app.sf.sign_in().await.unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.starts_with(&format!(
+            "Salesforce's token endpoint {}/services/oauth2/token answered 503 Service Unavailable: [{{\"errorCode\":\"SERVER_UNAVAILABLE\"",
+            app.sandbox.salesforce_url()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("retrying"), "{said}");
+    assert_eq!(
+        err.class(),
+        ErrorClass::Retry,
+        "a 5xx is the server's trouble"
+    );
+    assert_eq!(
+        app.calls(System::Salesforce, "token"),
+        4,
+        "retried as a 5xx is: once, then three retries"
+    );
+
+    // Marketo's identity endpoint, with a REST envelope where an OAuth answer belongs.
+    app.fault(System::Marketo, "identity", 100, unavailable);
+    let err = app.mk.sign_in().await.unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.contains("/identity/oauth/token answered 503 Service Unavailable: {\"")
+            && said.contains("\"611\""),
+        "{said}"
+    );
+    assert!(!said.contains("client_secret"), "{said}");
+    assert_eq!(app.calls(System::Marketo, "identity"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_once_naming_what_to_check_and_is_not_retried() {
+    let app = default_app().await;
+    let sf = salesforce_client(&app, "not-the-secret", None);
+    let err = sf.sign_in().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Salesforce refused the client credentials (invalid_client: invalid client credentials): check MQLSYNC_SALESFORCE_CLIENT_SECRET"
+    );
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert_eq!(app.calls(System::Salesforce, "token"), 1, "not retried");
+
+    let mk: MarketoSettings = serde_json::from_value(json!({
+        "base_url": app.sandbox.marketo_url(),
+        "client_id": app.sandbox.connection_info()["marketo"]["client_id"],
+        "retry": fast_retry(),
+    }))
+    .unwrap();
+    let mk = MarketoClient::new(mk, "not-the-secret".to_string().into()).unwrap();
+    let err = mk.sign_in().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("Marketo refused the client credentials (unauthorized: "),
+        "{err}"
+    );
+    assert_eq!(app.calls(System::Marketo, "identity"), 1, "not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_first_costs_no_call_the_token_serves_the_calls_after_it() {
+    let app = default_app().await;
+    app.sf.sign_in().await.unwrap();
+    app.mk.sign_in().await.unwrap();
+    assert_eq!(app.mk.budget().usage().0, 0, "identity is not counted");
+    app.leads().await;
+    app.mk.describe().await.unwrap();
+    assert_eq!(app.calls(System::Salesforce, "token"), 1);
+    assert_eq!(app.calls(System::Marketo, "identity"), 1);
+    assert_eq!(app.mk.budget().usage().0, 1, "the describe only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_nobody_listens_at_is_unreachable_at_once_naming_its_setting() {
+    let app = default_app().await;
+    let base = format!("http://127.0.0.1:{}", closed_port());
+    // The token endpoint answers; the API's host refuses the connection.
+    let sf = salesforce_client(&app, "sandbox-consumer-secret", Some(&base));
+    let err = sf
+        .query_page(start("SELECT Id FROM Lead"), Priority::Routine)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot reach Salesforce at {base} (connection refused): check salesforce.base_url in mqlsync.toml or that the server is up"
+        )
+    );
+    assert_eq!(err.class(), ErrorClass::Fatal, "not worth a retry");
+
+    // Marketo's identity endpoint on another host, which does not resolve.
+    let mk: MarketoSettings = serde_json::from_value(json!({
+        "base_url": app.sandbox.marketo_url(),
+        "identity_url": "http://identity.mqlsync-nowhere.invalid/identity",
+        "client_id": "c",
+        "retry": fast_retry(),
+        "names": {"token_url": "MQLSYNC_MARKETO_IDENTITY_URL"},
+    }))
+    .unwrap();
+    let mk = MarketoClient::new(mk, "s".to_string().into()).unwrap();
+    let err = mk.sign_in().await.unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.starts_with(
+            "cannot reach Marketo at http://identity.mqlsync-nowhere.invalid/identity (host name not found"
+        ) && said.ends_with("check MQLSYNC_MARKETO_IDENTITY_URL or that the server is up"),
+        "{said}"
+    );
+    assert_eq!(err.class(), ErrorClass::Fatal);
+}

@@ -540,7 +540,7 @@ async fn check_remote_finds_the_default_mapping_whole_and_names_the_key_of_each_
         "crm.mql.overdue: MQL__c has no field Overdue_Flag__c, or the integration user cannot see it",
         "crm.mql.note: MQL__c.CreatedDate is not writable by the integration user",
         "crm.mql.external_id, crm.mql.segment: MQL__c.Segment__c is not an External ID field: MQL records are upserted by it",
-        "map.total_score: the MAP has no lead field leadScor (REST name)",
+        "map.total_score: the MAP has no lead field leadScor (REST name), which score.source = \"total\" reads",
     ];
     for e in expected {
         assert!(

@@ -188,7 +188,7 @@ impl MarketoClient {
             .bearer_auth(session.access_token.expose_secret())
             .send()
             .await
-            .map_err(|e| http::transport(SYS, e))?;
+            .map_err(|e| http::send_error(SYS, e, &self.inner.api))?;
         let status = resp.status();
         if status.as_u16() == 404 || status.is_server_error() {
             return Err(ConnectorError::Server {
@@ -311,6 +311,7 @@ mod tests {
             token_margin_secs: 60,
             request_timeout_secs: 30,
             retry: RetryPolicy::default(),
+            names: Default::default(),
         };
         let mkto = MarketoClient::new(settings, "s".into()).unwrap();
         let t = |s: &str| s.parse::<Timestamp>().unwrap();

@@ -14,8 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::auth::{FreshToken, TokenCache};
-use super::error::{ConnectorError, Result, System};
+use super::auth::{self, FreshToken, TokenCache};
+use super::error::{ConnectorError, Result, SettingNames, System};
+use super::http::Target;
 use super::limits::{Admit, DailyBudget, Pacer, Priority, resume_after_daily_limit};
 use super::retry::{Repeat, RetryPolicy};
 use super::{Record, http};
@@ -62,6 +63,9 @@ pub struct MarketoSettings {
     pub request_timeout_secs: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// What the user's configuration calls these settings, for errors that say what to check.
+    #[serde(default)]
+    pub names: SettingNames,
 }
 
 fn default_calls_per_20s() -> u32 {
@@ -281,6 +285,11 @@ enum Body<'a> {
 struct Inner {
     settings: MarketoSettings,
     secret: SecretString,
+    /// `{identity URL}/oauth/token`, without the query that carries the secret.
+    identity: String,
+    /// The REST API and the identity endpoint, named when they cannot be reached.
+    api: Target,
+    token: Target,
     http: reqwest::Client,
     tokens: TokenCache,
     pacer: Pacer,
@@ -303,6 +312,30 @@ struct IdentityBody {
 
 impl MarketoClient {
     pub fn new(settings: MarketoSettings, client_secret: SecretString) -> Result<Self> {
+        let base = settings.base_url.trim_end_matches('/').to_string();
+        let identity = match &settings.identity_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("{base}/identity"),
+        };
+        let api = Target {
+            url: base.clone(),
+            setting: settings
+                .names
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "base_url".into()),
+        };
+        // The identity endpoint on the API's host is named by the base URL's setting.
+        let token = if identity.starts_with(&format!("{base}/")) {
+            api.clone()
+        } else {
+            Target {
+                url: identity.clone(),
+                setting: (settings.names.token_url.clone())
+                    .unwrap_or_else(|| "identity_url".into()),
+            }
+        };
+        let identity = format!("{identity}/oauth/token");
         let http = http::client(Duration::from_secs(settings.request_timeout_secs))?;
         let tokens = TokenCache::new(
             Duration::from_secs(settings.token_margin_secs),
@@ -318,12 +351,27 @@ impl MarketoClient {
             inner: Arc::new(Inner {
                 settings,
                 secret: client_secret,
+                identity,
+                api,
+                token,
                 http,
                 tokens,
                 pacer,
                 budget,
             }),
         })
+    }
+
+    /// Sign in now (or keep the cached token), with the retries any call gets, so that wrong
+    /// credentials or a server that cannot be reached stop a run before it starts work. The
+    /// token is the one the calls that follow use: signing in first costs no call, and
+    /// identity calls are not counted against the daily quota.
+    pub async fn sign_in(&self) -> Result<()> {
+        super::retry::run(&self.inner.settings.retry, || async {
+            self.inner.tokens.session(|| self.fetch_token()).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The shared daily budget (calls counted locally since midnight US Central).
@@ -336,15 +384,11 @@ impl MarketoClient {
     }
 
     async fn fetch_token(&self) -> Result<FreshToken> {
-        let identity = match &self.inner.settings.identity_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("{}/identity", self.base()),
-        };
-        // Identity takes its parameters in the query string; errors never carry this URL.
+        // Identity takes its parameters in the query string; errors carry the URL without it.
         let resp = self
             .inner
             .http
-            .get(format!("{identity}/oauth/token"))
+            .get(&self.inner.identity)
             .query(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", self.inner.settings.client_id.as_str()),
@@ -352,30 +396,17 @@ impl MarketoClient {
             ])
             .send()
             .await
-            .map_err(|e| http::transport(SYS, e))?;
-        let status = resp.status();
+            .map_err(|e| http::send_error(SYS, e, &self.inner.token))?;
+        let status = resp.status().as_u16();
         let bytes = http::body(SYS, resp).await?;
-        if status.is_server_error() {
-            return Err(ConnectorError::Server {
-                system: SYS,
-                status: status.as_u16(),
-                code: String::new(),
-                message: "identity".into(),
-            });
+        let (url, setting) = (&self.inner.identity, &self.inner.token.setting);
+        if let Some(e) = auth::not_a_token_answer(SYS, url, status, &bytes, setting) {
+            return Err(e);
         }
-        if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            return Err(ConnectorError::Auth {
-                system: SYS,
-                error: field("error"),
-                description: field("error_description"),
-            });
+        if !(200..300).contains(&status) {
+            let names = &self.inner.settings.names;
+            let check = (names.credentials.as_deref()).unwrap_or("client_id and the client secret");
+            return Err(auth::refusal(SYS, "the client credentials", &bytes, check));
         }
         let body: IdentityBody = http::json(SYS, &bytes)?;
         Ok(FreshToken {
@@ -438,7 +469,10 @@ impl MarketoClient {
             Body::Form(f) => req = req.form(f),
             Body::Json(j) => req = req.json(j),
         }
-        let resp = req.send().await.map_err(|e| http::transport(SYS, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http::send_error(SYS, e, &self.inner.api))?;
         let status = resp.status();
         let bytes = http::body(SYS, resp).await?;
         if status.is_server_error() {
@@ -446,7 +480,7 @@ impl MarketoClient {
                 system: SYS,
                 status: status.as_u16(),
                 code: String::new(),
-                message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+                message: http::snippet(&bytes),
             });
         }
         if !status.is_success() {
@@ -454,7 +488,7 @@ impl MarketoClient {
                 system: SYS,
                 status: status.as_u16(),
                 code: String::new(),
-                message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+                message: http::snippet(&bytes),
             });
         }
         let env: Envelope = http::json(SYS, &bytes)?;

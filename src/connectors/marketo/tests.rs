@@ -28,6 +28,7 @@ fn settings(base: &str) -> MarketoSettings {
         token_margin_secs: 60,
         request_timeout_secs: 30,
         retry: RetryPolicy::default(),
+        names: Default::default(),
     }
 }
 

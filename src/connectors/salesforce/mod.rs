@@ -18,8 +18,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{FreshToken, Session, TokenCache};
-use super::error::{ConnectorError, RecordError, Result, System};
+use super::auth::{self, FreshToken, Session, TokenCache};
+use super::error::{ConnectorError, RecordError, Result, SettingNames, System};
+use super::http::Target;
 use super::limits::{
     Admit, DailyBudget, Pacer, Priority, parse_limit_info, resume_after_daily_limit,
 };
@@ -70,6 +71,9 @@ pub struct SalesforceSettings {
     pub call_options_client: String,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// What the user's configuration calls these settings, for errors that say what to check.
+    #[serde(default)]
+    pub names: SettingNames,
 }
 
 /// How to obtain an access token.
@@ -147,6 +151,13 @@ enum Credentials {
 struct Inner {
     settings: SalesforceSettings,
     creds: Credentials,
+    /// The REST API, named when it cannot be reached.
+    api: Target,
+    /// The token endpoint, named when it cannot be reached or answers with something else
+    /// than a token.
+    token: Target,
+    /// What was refused when the token endpoint refuses us, and what to check.
+    refused: (&'static str, String),
     http: reqwest::Client,
     /// For the `oauth2` crate: redirects off, as it requires (no token sent to a redirect target).
     oauth_http: reqwest::Client,
@@ -171,19 +182,61 @@ struct TokenBody {
 }
 
 #[derive(Deserialize)]
-struct OAuthError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
-}
-
-#[derive(Deserialize)]
 struct RestError {
     #[serde(default, rename = "errorCode", alias = "statusCode")]
     error_code: String,
     #[serde(default)]
     message: String,
+}
+
+/// Where the REST API and the token endpoint are, as the user configured them. A token
+/// endpoint on the API's host (the default) is named by the base URL's setting.
+fn targets(settings: &SalesforceSettings) -> (Target, Target) {
+    let names = &settings.names;
+    let base = settings.base_url.trim_end_matches('/');
+    let api = Target {
+        url: base.to_string(),
+        setting: names.base_url.clone().unwrap_or_else(|| "base_url".into()),
+    };
+    let token = if origin(&settings.token_url) == origin(base) {
+        api.clone()
+    } else {
+        Target {
+            url: origin(&settings.token_url),
+            setting: names
+                .token_url
+                .clone()
+                .unwrap_or_else(|| "token_url".into()),
+        }
+    };
+    (api, token)
+}
+
+/// `https://login.salesforce.com` of `https://login.salesforce.com/services/oauth2/token`.
+fn origin(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| url.to_string(), |u| u.origin().ascii_serialization())
+}
+
+/// What the token endpoint refuses when it refuses this client, and what to check then.
+fn refused(settings: &SalesforceSettings) -> (&'static str, String) {
+    let (what, default_check) = match &settings.auth {
+        SalesforceAuth::JwtBearer { .. } => (
+            "the JWT bearer assertion",
+            "client_id, username and private_key_file, and that the connected app holds the key's certificate and pre-authorizes the user",
+        ),
+        SalesforceAuth::ClientCredentials { .. } => {
+            ("the client credentials", "client_id and the client secret")
+        }
+        SalesforceAuth::RefreshToken { .. } => {
+            ("the refresh token", "client_id and the refresh token")
+        }
+    };
+    let check = settings
+        .names
+        .credentials
+        .clone()
+        .unwrap_or_else(|| default_check.into());
+    (what, check)
 }
 
 impl SalesforceClient {
@@ -229,6 +282,8 @@ impl SalesforceClient {
                 })?),
             },
         };
+        let (api, token) = targets(&settings);
+        let refused = refused(&settings);
         let http = http::client(Duration::from_secs(settings.request_timeout_secs))?;
         let tokens = TokenCache::new(
             Duration::ZERO,
@@ -245,6 +300,9 @@ impl SalesforceClient {
             inner: Arc::new(Inner {
                 settings,
                 creds,
+                api,
+                token,
+                refused,
                 http,
                 oauth_http,
                 tokens,
@@ -252,6 +310,18 @@ impl SalesforceClient {
                 budget,
             }),
         })
+    }
+
+    /// Sign in now (or keep the cached token), with the retries any call gets, so that wrong
+    /// credentials or a server that cannot be reached stop a run before it starts work. The
+    /// token is the one the calls that follow use: signing in first costs no call, and the
+    /// token endpoint is not an API call counted against the daily limit.
+    pub async fn sign_in(&self) -> Result<()> {
+        super::retry::run(&self.inner.settings.retry, || async {
+            self.inner.tokens.session(|| self.fetch_token()).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The shared daily budget (`used`, `limit`) as last seen in `Sforce-Limit-Info`.
@@ -305,27 +375,18 @@ impl SalesforceClient {
                 return self.fetch_token_oauth2().await;
             }
         };
-        let resp = req.send().await.map_err(|e| http::transport(SYS, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http::send_error(SYS, e, &self.inner.token))?;
         let status = resp.status();
         let bytes = http::body(SYS, resp).await?;
-        if status.is_server_error() {
-            return Err(ConnectorError::Server {
-                system: SYS,
-                status: status.as_u16(),
-                code: String::new(),
-                message: "token endpoint".into(),
-            });
+        if let Some(e) = self.not_a_token_answer(status.as_u16(), &bytes) {
+            return Err(e);
         }
         if !status.is_success() {
-            let e: OAuthError = serde_json::from_slice(&bytes).unwrap_or(OAuthError {
-                error: format!("HTTP {status}"),
-                error_description: String::new(),
-            });
-            return Err(ConnectorError::Auth {
-                system: SYS,
-                error: e.error,
-                description: e.error_description,
-            });
+            let (what, check) = &self.inner.refused;
+            return Err(auth::refusal(SYS, what, &bytes, check));
         }
         let body: TokenBody = http::json(SYS, &bytes)?;
         if let (Credentials::Refresh { token, .. }, Some(new)) =
@@ -341,6 +402,44 @@ impl SalesforceClient {
         })
     }
 
+    /// [`auth::not_a_token_answer`] for this client's token endpoint.
+    fn not_a_token_answer(&self, status: u16, body: &[u8]) -> Option<ConnectorError> {
+        let token = &self.inner.settings.token_url;
+        auth::not_a_token_answer(SYS, token, status, body, &self.inner.token.setting)
+    }
+
+    /// The HTTP client the `oauth2` crate sends through: ours, so that an unreachable endpoint,
+    /// a 5xx or an answer that is not OAuth (HTML, a REST error array) is reported as such
+    /// instead of as a token response that does not parse.
+    async fn oauth_send(
+        &self,
+        request: oauth2::HttpRequest,
+    ) -> Result<oauth2::HttpResponse, ConnectorError> {
+        let request = reqwest::Request::try_from(request)
+            .map_err(|e| ConnectorError::Config(format!("token request: {e}")))?;
+        let resp = self
+            .inner
+            .oauth_http
+            .execute(request)
+            .await
+            .map_err(|e| http::send_error(SYS, e, &self.inner.token))?;
+        let status = resp.status();
+        let mut answer = oauth2::http::Response::builder().status(status);
+        for (name, value) in resp.headers() {
+            answer = answer.header(name, value);
+        }
+        let bytes = http::body(SYS, resp).await?;
+        if let Some(e) = self.not_a_token_answer(status.as_u16(), &bytes) {
+            return Err(e);
+        }
+        answer
+            .body(bytes.to_vec())
+            .map_err(|e| ConnectorError::Malformed {
+                system: SYS,
+                detail: format!("token response: {e}"),
+            })
+    }
+
     /// Client credentials and refresh token through the `oauth2` crate (HTTP Basic client auth;
     /// without a secret the client id goes in the body). A rotated refresh token replaces the
     /// old one (read it back with [`SalesforceClient::refresh_token`] to persist it).
@@ -351,23 +450,15 @@ impl SalesforceClient {
         };
         let token_url = TokenUrl::new(self.inner.settings.token_url.clone())
             .map_err(|e| ConnectorError::Config(format!("token_url: {e}")))?;
-        let map_err = |e: RequestTokenError<
-            oauth2::HttpClientError<reqwest::Error>,
-            BasicErrorResponse,
-        >| match e {
+        let map_err = |e: RequestTokenError<ConnectorError, BasicErrorResponse>| match e {
             RequestTokenError::ServerResponse(r) => ConnectorError::Auth {
                 system: SYS,
+                what: self.inner.refused.0.to_string(),
                 error: r.error().to_string(),
                 description: r.error_description().cloned().unwrap_or_default(),
+                check: self.inner.refused.1.clone(),
             },
-            RequestTokenError::Request(oauth2::HttpClientError::Reqwest(e)) => {
-                http::transport(SYS, *e)
-            }
-            RequestTokenError::Request(e) => ConnectorError::Transport {
-                system: SYS,
-                detail: e.to_string(),
-                timeout: false,
-            },
+            RequestTokenError::Request(e) => e,
             RequestTokenError::Parse(e, _) => ConnectorError::Malformed {
                 system: SYS,
                 detail: format!("token response: {e}"),
@@ -377,14 +468,14 @@ impl SalesforceClient {
                 detail: format!("token response: {e}"),
             },
         };
-        let http = &self.inner.oauth_http;
+        let http = OAuthSender(self);
         let resp = match &self.inner.creds {
             Credentials::ClientSecret { client_id, secret } => {
                 BasicClient::new(ClientId::new(client_id.clone()))
                     .set_client_secret(ClientSecret::new(secret.expose_secret().to_string()))
                     .set_token_uri(token_url)
                     .exchange_client_credentials()
-                    .request_async(http)
+                    .request_async(&http)
                     .await
                     .map_err(map_err)?
             }
@@ -408,7 +499,7 @@ impl SalesforceClient {
                 }
                 let resp = client
                     .exchange_refresh_token(&rt)
-                    .request_async(http)
+                    .request_async(&http)
                     .await
                     .map_err(map_err)?;
                 if let Some(new) = resp.refresh_token() {
@@ -492,7 +583,10 @@ impl SalesforceClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| http::transport(SYS, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http::send_error(SYS, e, &self.inner.api))?;
         if let Some((used, limit)) = resp
             .headers()
             .get("Sforce-Limit-Info")
@@ -563,6 +657,20 @@ impl SalesforceClient {
             }
         }
         Ok(out)
+    }
+}
+
+/// The `oauth2` crate's HTTP client: [`SalesforceClient::oauth_send`].
+struct OAuthSender<'a>(&'a SalesforceClient);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for OAuthSender<'_> {
+    type Error = ConnectorError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<oauth2::HttpResponse, ConnectorError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.0.oauth_send(request))
     }
 }
 
@@ -673,18 +781,17 @@ pub fn classify(
         .and_then(|v| v.into_iter().next());
     let (code, message) = match first {
         Some(e) => (e.error_code, e.message),
-        None => (
-            String::new(),
-            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        ),
+        None => (String::new(), http::snippet(body)),
     };
     let s = status.as_u16();
     Some(match (s, code.as_str()) {
         (401, _) if message.contains("not valid for use with the REST API") => {
             ConnectorError::Auth {
                 system: SYS,
+                what: "the session for the REST API".into(),
                 error: code,
                 description: message,
+                check: "that the integration user has the API Enabled permission".into(),
             }
         }
         (401, _) => ConnectorError::SessionExpired {

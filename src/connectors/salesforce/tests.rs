@@ -35,6 +35,7 @@ fn settings(base: &str, auth: SalesforceAuth) -> SalesforceSettings {
         session_renew_after_secs: 3600,
         call_options_client: "mqlsync".into(),
         retry: RetryPolicy::default(),
+        names: Default::default(),
     }
 }
 
