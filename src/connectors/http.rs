@@ -18,6 +18,50 @@ pub fn client(request_timeout: Duration) -> Result<reqwest::Client> {
         .map_err(|e| ConnectorError::Config(format!("cannot build HTTP client: {e}")))
 }
 
+/// What a client (and its clones) has sent so far: every HTTP request (API calls, token
+/// requests, retries, describes, file downloads), and among them the token requests. What a
+/// run reports as the calls it made: the figure a count at the server gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub requests: u64,
+    pub token_requests: u64,
+}
+
+impl std::ops::Sub for Sent {
+    type Output = Sent;
+
+    fn sub(self, earlier: Sent) -> Sent {
+        Sent {
+            requests: self.requests.saturating_sub(earlier.requests),
+            token_requests: self.token_requests.saturating_sub(earlier.token_requests),
+        }
+    }
+}
+
+/// The counters behind [`Sent`], shared by a client's clones.
+#[derive(Clone, Debug, Default)]
+pub struct RequestCount(std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>);
+
+impl RequestCount {
+    /// Counts one request about to be sent.
+    pub fn count(&self) {
+        self.0[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one token request about to be sent (a request too).
+    pub fn count_token(&self) {
+        self.count();
+        self.0[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn sent(&self) -> Sent {
+        Sent {
+            requests: self.0[0].load(std::sync::atomic::Ordering::Relaxed),
+            token_requests: self.0[1].load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Where a request goes, as the user configured it: named when nothing answers there.
 #[derive(Clone, Debug)]
 pub struct Target {

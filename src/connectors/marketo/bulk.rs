@@ -181,6 +181,7 @@ impl MarketoClient {
         let _permit = self.inner.pacer.admit().await;
         self.inner.budget.count_call(now);
         use secrecy::ExposeSecret;
+        self.inner.requests.count();
         let mut resp = self
             .inner
             .http

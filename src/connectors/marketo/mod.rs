@@ -294,6 +294,7 @@ struct Inner {
     tokens: TokenCache,
     pacer: Pacer,
     budget: DailyBudget,
+    requests: http::RequestCount,
 }
 
 /// The Marketo client. Clones share the token, the 100/20 s pacer, the in-flight cap and the
@@ -358,6 +359,7 @@ impl MarketoClient {
                 tokens,
                 pacer,
                 budget,
+                requests: http::RequestCount::default(),
             }),
         })
     }
@@ -379,12 +381,18 @@ impl MarketoClient {
         &self.inner.budget
     }
 
+    /// What this client and its clones have sent so far (see [`http::Sent`]).
+    pub fn sent(&self) -> http::Sent {
+        self.inner.requests.sent()
+    }
+
     fn base(&self) -> &str {
         self.inner.settings.base_url.trim_end_matches('/')
     }
 
     async fn fetch_token(&self) -> Result<FreshToken> {
         // Identity takes its parameters in the query string; errors carry the URL without it.
+        self.inner.requests.count_token();
         let resp = self
             .inner
             .http
@@ -469,6 +477,7 @@ impl MarketoClient {
             Body::Form(f) => req = req.form(f),
             Body::Json(j) => req = req.json(j),
         }
+        self.inner.requests.count();
         let resp = req
             .send()
             .await

@@ -164,6 +164,7 @@ struct Inner {
     tokens: TokenCache,
     pacer: Pacer,
     budget: DailyBudget,
+    requests: http::RequestCount,
 }
 
 /// The Salesforce client. Clones share the token, the pacer and the daily budget.
@@ -308,6 +309,7 @@ impl SalesforceClient {
                 tokens,
                 pacer,
                 budget,
+                requests: http::RequestCount::default(),
             }),
         })
     }
@@ -327,6 +329,11 @@ impl SalesforceClient {
     /// The shared daily budget (`used`, `limit`) as last seen in `Sforce-Limit-Info`.
     pub fn budget(&self) -> &DailyBudget {
         &self.inner.budget
+    }
+
+    /// What this client and its clones have sent so far (see [`http::Sent`]).
+    pub fn sent(&self) -> http::Sent {
+        self.inner.requests.sent()
     }
 
     /// The current refresh token (it changes when the org rotates refresh tokens; persist it).
@@ -375,6 +382,7 @@ impl SalesforceClient {
                 return self.fetch_token_oauth2().await;
             }
         };
+        self.inner.requests.count_token();
         let resp = req
             .send()
             .await
@@ -417,6 +425,7 @@ impl SalesforceClient {
     ) -> Result<oauth2::HttpResponse, ConnectorError> {
         let request = reqwest::Request::try_from(request)
             .map_err(|e| ConnectorError::Config(format!("token request: {e}")))?;
+        self.inner.requests.count_token();
         let resp = self
             .inner
             .oauth_http
@@ -583,6 +592,7 @@ impl SalesforceClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.inner.requests.count();
         let resp = req
             .send()
             .await
