@@ -203,11 +203,19 @@ fn existing_store(store: Option<PathBuf>, config: &Config) -> anyhow::Result<Pat
     Ok(path)
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+/// The config `command` needs: the commands that only read or edit the store (`status`,
+/// `explain`, `requeue`) need no secrets, so they run where the connectors' are not set.
+fn load_config(path: Option<&Path>, command: &Command) -> anyhow::Result<Config> {
     let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("MQLSYNC_") && k != "MQLSYNC_CONFIG")
+        .filter(|(k, _)| k.starts_with("MQLSYNC_"))
         .collect();
-    Ok(config::load(path, &env)?)
+    let scope = match command {
+        Command::Status { .. } | Command::Explain { .. } | Command::Requeue { .. } => {
+            config::Scope::Local
+        }
+        _ => config::Scope::Remote,
+    };
+    Ok(config::load_for(path, &env, scope)?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -246,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))
             .context("sandbox");
     }
-    let config = load_config(cli.config.as_deref())?;
+    let config = load_config(cli.config.as_deref(), &cli.command)?;
     match cli.command {
         Command::Sandbox(_) | Command::Demo { .. } => unreachable!("handled above"),
         Command::Run { once, store, json } => {
