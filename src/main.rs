@@ -527,17 +527,17 @@ fn cursor_brief(value: &str) -> String {
     }
 }
 
-/// The `status` lines of the first pending or failed writes: the records they write, and a
-/// failed one's error.
+/// The `status` lines of the first pending or failed writes: the records they write, and the
+/// last error of one that was tried (a pending one was refused for now and is sent again).
 fn print_writes(state: &str, shown: &[mqlsync::store::OutboxEntry], total: i64) {
     if shown.is_empty() {
         return;
     }
     println!("  {state} writes:");
     for w in shown {
-        match (&w.last_error, state) {
-            (Some(error), "failed") => println!("    {}  {error}", w.key),
-            _ => println!("    {}", w.key),
+        match &w.last_error {
+            Some(error) => println!("    {}  ({} attempts) {error}", w.key, w.attempts),
+            None => println!("    {}", w.key),
         }
     }
     let more = total - shown.len() as i64;

@@ -12,6 +12,12 @@
 //! (or on [`Store::save_scores`]) are the changed leads' rows rewritten. Loading replays
 //! the rest in arrival order ([`Store::load_engine`]). A daemon should call `save_scores`
 //! when it stops, so that its next start replays nothing.
+//!
+//! One writer per store file: [`Store::open`] (the writers: a run, `simulate`, `requeue`)
+//! takes the writer lock on the file's real path before it creates or migrates anything, and
+//! writers hold it for their work ([`Store::lock_writer`]); [`Store::open_existing`] (the
+//! readers: `status`, `explain`) needs no lock and writes nothing. Opening says what the user
+//! can fix when the file cannot be used (`open.rs`).
 
 mod open;
 mod schema;

@@ -331,9 +331,24 @@ fn a_store_of_a_newer_schema_is_refused() {
 fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.sqlite");
+    schema_1_store(&path);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    const { assert!(SCHEMA_VERSION >= 2) };
+    assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
+    assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
+    // A reader (`status` after an upgrade) migrates it the same way, under the writer lock.
+    let path = dir.path().join("r.sqlite");
+    schema_1_store(&path);
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(reader.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(reader.summary().unwrap().threshold_field_changes, 0);
+}
+
+/// A store as the first release left it: schema 1 with a cursor.
+fn schema_1_store(path: &Path) {
     {
-        // A store as the first release left it: schema 1 with a cursor.
-        let conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(path).unwrap();
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .unwrap();
@@ -344,11 +359,6 @@ fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
         )
         .unwrap();
     }
-    let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    const { assert!(SCHEMA_VERSION >= 2) };
-    assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
-    assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
 }
 
 #[test]
