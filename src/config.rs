@@ -1,7 +1,13 @@
 //! Settings: a TOML file (`mqlsync.toml`) with `MQLSYNC_*` environment overrides, validated
 //! into ready values. Secrets come only from the environment or from a file path, never
-//! from the TOML itself, and are never printed. Every error names the file (or the
-//! variable), the key and what is allowed.
+//! from the TOML itself, and are never printed. Every error names the file and line (or the
+//! variable), the key and what is allowed; an unknown key or variable also names the one it
+//! was probably meant to be (never a secret key, which a file may not hold).
+//!
+//! Loading runs in stages: the file's keys (syntax, unknown keys, value types, each with its
+//! line), then the environment's overrides (each error names its variable), then the merged
+//! values. Commands that only use the store load with [`Scope::Local`] and need no secret.
+//! Must not: read a secret from the file, or print one.
 //!
 //! | key | env override | meaning |
 //! | --- | --- | --- |
@@ -21,10 +27,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: {key}: {message}")]
 pub struct ConfigError {
-    /// The file (with line when known) or the environment variable.
+    /// The file (`FILE:LINE` when the key is in it), or `environment` for a variable.
     pub source_name: String,
+    /// The dotted key (`salesforce.base_url`), or the variable's name.
     pub key: String,
     pub message: String,
+}
+
+/// Which settings a command uses. Commands that only read or edit the store (`status`,
+/// `explain`, `requeue`) run where the connectors' secrets are not set (an operator's shell,
+/// a support machine): they get [`Scope::Local`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The store and the mapping: secrets are neither read nor required (the connectors'
+    /// secrets in the returned config are `None`), every other key is checked as usual.
+    Local,
+    /// Everything a sync needs, secrets included (`run`, `check`, `demo`).
+    Remote,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -38,36 +57,33 @@ struct RawConfig {
     sync: RawSync,
 }
 
+/// Required keys are options here so that a file may leave them to the environment; their
+/// presence is checked once file and environment are merged.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSalesforce {
-    base_url: String,
+    base_url: Option<String>,
     login_url: Option<String>,
     api_version: Option<String>,
-    auth: String,
-    client_id: String,
+    auth: Option<String>,
+    client_id: Option<String>,
     username: Option<String>,
     private_key_file: Option<String>,
     client_secret_file: Option<String>,
     refresh_token_file: Option<String>,
     daily_reserve_percent: Option<f64>,
-    /// Refused: secrets never live in the config file.
-    client_secret: Option<String>,
-    refresh_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawMarketo {
-    base_url: String,
+    base_url: Option<String>,
     identity_url: Option<String>,
-    client_id: String,
+    client_id: Option<String>,
     client_secret_file: Option<String>,
     calls_per_20s: Option<u32>,
     max_in_flight: Option<u32>,
     daily_quota: Option<u64>,
-    /// Refused: secrets never live in the config file.
-    client_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -154,7 +170,8 @@ pub struct Config {
     pub overrides: Vec<String>,
 }
 
-/// Environment variable -> config key path.
+/// Environment variable -> config key path. Also the list of every key a config file may
+/// hold (besides the sections themselves).
 const OVERRIDES: &[(&str, &[&str])] = &[
     ("MQLSYNC_MAPPING", &["mapping"]),
     ("MQLSYNC_STORE", &["store"]),
@@ -213,8 +230,42 @@ const SECRET_VARS: &[&str] = &[
     "MQLSYNC_MARKETO_CLIENT_SECRET",
 ];
 
-/// Reads the config from `file` (none: defaults) and the given environment.
+/// `MQLSYNC_*` variables that are not settings: the config file's path and logging, read by
+/// the command line. Any other `MQLSYNC_*` variable must be a setting or a secret.
+pub const NON_CONFIG_VARS: &[&str] = &["MQLSYNC_CONFIG", "MQLSYNC_LOG", "MQLSYNC_LOG_FORMAT"];
+
+/// Secret keys a config file may not hold: (key, its variable, its `*_file` key).
+const REFUSED_SECRETS: &[(&str, &str, &str)] = &[
+    (
+        "salesforce.client_secret",
+        "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+        "client_secret_file",
+    ),
+    (
+        "salesforce.refresh_token",
+        "MQLSYNC_SALESFORCE_REFRESH_TOKEN",
+        "refresh_token_file",
+    ),
+    (
+        "marketo.client_secret",
+        "MQLSYNC_MARKETO_CLIENT_SECRET",
+        "client_secret_file",
+    ),
+];
+
+/// Reads the whole config (secrets included) from `file` (none: defaults) and the given
+/// environment.
 pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    load_for(file, env, Scope::Remote)
+}
+
+/// Reads the config a command of `scope` needs: the file's keys are checked (syntax, unknown
+/// keys, types, with their line), then the environment's overrides, then the merged values.
+pub fn load_for(
+    file: Option<&Path>,
+    env: &[(String, String)],
+    scope: Scope,
+) -> Result<Config, ConfigError> {
     let shown = file.map_or_else(
         || "(no config file)".to_string(),
         |f| f.display().to_string(),
@@ -227,54 +278,35 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, Con
         })?,
         None => String::new(),
     };
+    let keys = FileKeys::read(&shown, &text)?;
+    // The file alone first, so that a value of the wrong type names its line.
+    toml::from_str::<RawConfig>(&text).map_err(|e| keys.error(&e))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| toml_error(&shown, &text, &e))?;
-    let mut overrides = Vec::new();
-    for (name, value) in env {
-        if !name.starts_with("MQLSYNC_")
-            || SECRET_VARS.contains(&name.as_str())
-            || name == "MQLSYNC_LOG"
-        {
-            continue;
-        }
-        let Some((_, path)) = OVERRIDES.iter().find(|(n, _)| n == name) else {
-            let known: Vec<&str> = OVERRIDES
-                .iter()
-                .map(|(n, _)| *n)
-                .chain(SECRET_VARS.iter().copied())
-                .collect();
-            return Err(ConfigError {
-                source_name: format!("{name} (environment)"),
-                key: name.clone(),
-                message: format!("not a setting mqlsync knows; known: {}", known.join(", ")),
-            });
-        };
-        set_path(&mut table, path, literal(value));
-        overrides.push(name.clone());
-    }
-    let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let named = overrides.iter().find(|o| {
-            e.message()
-                .contains(&o.trim_start_matches("MQLSYNC_").to_ascii_lowercase())
-        });
-        ConfigError {
-            source_name: named.map_or_else(|| shown.clone(), |n| format!("{n} (environment)")),
-            key: e
-                .message()
-                .split('`')
-                .nth(1)
-                .unwrap_or("(value)")
-                .to_string(),
-            message: e.message().trim().replace('\n', " "),
-        }
+    let overrides = apply_env(&mut table, env)?;
+    let raw = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError {
+        source_name: shown.clone(),
+        key: "(value)".into(),
+        message: one_line(e.message()),
     })?;
-    validate(raw, file, &shown, env, overrides)
+    let origin = Origin {
+        shown: &shown,
+        lines: keys.lines,
+        overrides,
+    };
+    validate(raw, file, &origin, env, scope)
+}
+
+fn one_line(message: &str) -> String {
+    message.trim().replace('\n', " ")
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e.span().map(|s| line_at(text, s.start));
     ConfigError {
         source_name: line.map_or_else(|| file.to_string(), |l| format!("{file}:{l}")),
         key: e
@@ -283,7 +315,298 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
             .nth(1)
             .unwrap_or("(syntax)")
             .to_string(),
-        message: e.message().trim().replace('\n', " "),
+        message: one_line(e.message()),
+    }
+}
+
+/// The keys of a config file with their lines, every one of them known to mqlsync.
+struct FileKeys<'a> {
+    shown: &'a str,
+    text: &'a str,
+    /// Dotted key -> line (sections too, for keys missing from them).
+    lines: std::collections::BTreeMap<String, usize>,
+    /// Where each key's value is, innermost last, for errors that come with a span.
+    values: Vec<(std::ops::Range<usize>, String)>,
+}
+
+/// The sections of the file: every settings key that has a dot.
+fn sections() -> impl Iterator<Item = &'static str> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (_, path) in OVERRIDES {
+        if path.len() == 2 && !seen.contains(&path[0]) {
+            seen.push(path[0]);
+        }
+    }
+    seen.into_iter()
+}
+
+/// The settings keys of a section (`""`: the top level, sections included).
+fn keys_of(section: &str) -> Vec<&'static str> {
+    let mut keys: Vec<&str> = OVERRIDES
+        .iter()
+        .filter_map(|(_, path)| match path {
+            [key] if section.is_empty() => Some(*key),
+            [s, key] if *s == section => Some(*key),
+            _ => None,
+        })
+        .collect();
+    if section.is_empty() {
+        keys.extend(sections());
+    }
+    keys
+}
+
+impl<'a> FileKeys<'a> {
+    fn read(shown: &'a str, text: &'a str) -> Result<FileKeys<'a>, ConfigError> {
+        let doc = toml::de::DeTable::parse(text).map_err(|e| toml_error(shown, text, &e))?;
+        let mut keys = FileKeys {
+            shown,
+            text,
+            lines: Default::default(),
+            values: Vec::new(),
+        };
+        for (key, value) in doc.get_ref().iter() {
+            let name: &str = key.get_ref();
+            keys.check(key.span().start, "", name)?;
+            keys.lines
+                .insert(name.to_string(), line_at(text, key.span().start));
+            keys.values.push((value.span(), name.to_string()));
+            let Some(table) = value.get_ref().as_table() else {
+                continue;
+            };
+            if !sections().any(|s| s == name) {
+                continue;
+            }
+            for (k, v) in table.iter() {
+                let dotted = format!("{name}.{}", k.get_ref());
+                keys.check(k.span().start, name, k.get_ref())?;
+                keys.lines
+                    .insert(dotted.clone(), line_at(text, k.span().start));
+                keys.values.push((v.span(), dotted));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Refuses a key mqlsync does not know (with the key it was probably meant to be) and a
+    /// secret, which is never read from a file.
+    fn check(&self, at: usize, section: &str, key: &str) -> Result<(), ConfigError> {
+        let known = keys_of(section);
+        if known.contains(&key) {
+            return Ok(());
+        }
+        let dotted = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        let error = |message: String| ConfigError {
+            source_name: format!("{}:{}", self.shown, line_at(self.text, at)),
+            key: dotted.clone(),
+            message,
+        };
+        let secrets: Vec<&(&str, &str, &str)> = REFUSED_SECRETS
+            .iter()
+            .filter(|(k, _, _)| {
+                k.strip_prefix(section)
+                    .and_then(|r| r.strip_prefix('.'))
+                    .is_some()
+            })
+            .collect();
+        let secret_of = |name: &str| {
+            secrets
+                .iter()
+                .find(|(k, _, _)| k.rsplit('.').next() == Some(name))
+                .copied()
+        };
+        let refused = |(_, var, file_key): &(&str, &str, &str)| {
+            format!("secrets are not read from the config file; set {var} or `{file_key}`")
+        };
+        if let Some(secret) = secret_of(key) {
+            return Err(error(refused(secret)));
+        }
+        let near = closest(key, known.iter().copied());
+        let near_secret = closest(
+            key,
+            secrets
+                .iter()
+                .map(|(k, _, _)| k.rsplit('.').next().unwrap_or(k)),
+        );
+        match (near, near_secret) {
+            // Never suggest a secret key (it would be refused next): say where it goes.
+            (_, Some((s, d))) if near.is_none_or(|(_, n)| d < n) => Err(error(format!(
+                "unknown key; {}",
+                refused(secret_of(s).expect("a secret key"))
+            ))),
+            (Some((k, _)), _) => Err(error(format!("unknown key; did you mean `{k}`?"))),
+            _ => {
+                let elsewhere: Vec<String> = std::iter::once("")
+                    .chain(sections())
+                    .filter(|s| *s != section && keys_of(s).contains(&key))
+                    .map(|s| {
+                        if s.is_empty() {
+                            "the top level (before any [section])".to_string()
+                        } else {
+                            format!("[{s}]")
+                        }
+                    })
+                    .collect();
+                if elsewhere.is_empty() {
+                    let place = if section.is_empty() {
+                        "the top level".to_string()
+                    } else {
+                        format!("[{section}]")
+                    };
+                    Err(error(format!(
+                        "unknown key; {place} has: {}",
+                        known.join(", ")
+                    )))
+                } else {
+                    Err(error(format!(
+                        "unknown key here; `{key}` belongs in {}",
+                        elsewhere.join(" or ")
+                    )))
+                }
+            }
+        }
+    }
+
+    /// A deserialisation error of the file, at its line and key.
+    fn error(&self, e: &toml::de::Error) -> ConfigError {
+        let Some(span) = e.span() else {
+            return ConfigError {
+                source_name: self.shown.to_string(),
+                key: "(value)".into(),
+                message: one_line(e.message()),
+            };
+        };
+        let key = self
+            .values
+            .iter()
+            .filter(|(v, _)| v.start <= span.start && span.start < v.end.max(v.start + 1))
+            .min_by_key(|(v, _)| v.len())
+            .map_or("(value)", |(_, k)| k.as_str());
+        ConfigError {
+            source_name: format!("{}:{}", self.shown, line_at(self.text, span.start)),
+            key: key.to_string(),
+            message: one_line(e.message()),
+        }
+    }
+}
+
+/// The candidate `typed` most probably meant, with its distance: at most a third of its
+/// letters off (a swap of two neighbours counts once), or one name a prefix of the other.
+fn closest<'c>(
+    typed: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<(&'c str, usize)> {
+    let limit = (typed.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (c, edit_distance(typed, c)))
+        .filter(|(c, d)| {
+            *d <= limit || (typed.len() >= 4 && (c.starts_with(typed) || typed.starts_with(c)))
+        })
+        .min_by_key(|(_, d)| *d)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// neighbouring letters, each counting one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// A setting the environment overrode.
+struct Override {
+    var: String,
+    /// The dotted key it set.
+    key: String,
+}
+
+/// Puts the environment's settings into the file's table. A variable that is neither a
+/// setting, a secret nor one of [`NON_CONFIG_VARS`] is refused by name, with the closest
+/// one. A value is taken as a number or boolean when it reads as one and its key takes it,
+/// else as text (`MQLSYNC_SALESFORCE_API_VERSION=62.0` is the text "62.0").
+fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<Vec<Override>, ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, value) in env {
+        if !name.starts_with("MQLSYNC_")
+            || SECRET_VARS.contains(&name.as_str())
+            || NON_CONFIG_VARS.contains(&name.as_str())
+        {
+            continue;
+        }
+        let Some((_, path)) = OVERRIDES.iter().find(|(n, _)| n == name) else {
+            return Err(unknown_variable(name));
+        };
+        let mut typed = table.clone();
+        set_path(&mut typed, path, literal(value));
+        let mut text = table.clone();
+        set_path(&mut text, path, toml::Value::String(value.clone()));
+        // The file alone deserialised, and so did the variables before this one: an error
+        // now is this value's.
+        *table = match RawConfig::deserialize(toml::Value::Table(typed.clone())) {
+            Ok(_) => typed,
+            Err(e) => match RawConfig::deserialize(toml::Value::Table(text.clone())) {
+                Ok(_) => text,
+                Err(_) => {
+                    return Err(ConfigError {
+                        source_name: "environment".into(),
+                        key: name.clone(),
+                        message: format!("{value:?}: {}", one_line(e.message())),
+                    });
+                }
+            },
+        };
+        overrides.push(Override {
+            var: name.clone(),
+            key: path.join("."),
+        });
+    }
+    Ok(overrides)
+}
+
+fn unknown_variable(name: &str) -> ConfigError {
+    let known = OVERRIDES
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(SECRET_VARS.iter().copied())
+        .chain(NON_CONFIG_VARS.iter().copied());
+    let message = match closest(name, known.clone()) {
+        Some((near, _)) => format!("unknown variable; did you mean {near}?"),
+        None => format!(
+            "unknown variable; unset it, or use one of: {}",
+            known.collect::<Vec<_>>().join(", ")
+        ),
+    };
+    ConfigError {
+        source_name: "environment".into(),
+        key: name.to_string(),
+        message,
     }
 }
 
@@ -314,214 +637,117 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
     here.insert(last.to_string(), value);
 }
 
-fn secret(
-    env: &[(String, String)],
-    var: &str,
-    file_key: Option<&String>,
-    base: &Path,
-    source: &str,
-    key: &str,
-) -> Result<Option<Secret>, ConfigError> {
-    if let Some((_, v)) = env.iter().find(|(n, _)| n == var) {
-        return Ok(Some(Secret {
-            value: SecretString::from(v.clone()),
-            origin: var.to_string(),
-        }));
-    }
-    let Some(path) = file_key else {
-        return Ok(None);
-    };
-    let full = crate::mapping::resolve_path(base, path);
-    let value = std::fs::read_to_string(&full).map_err(|e| ConfigError {
-        source_name: source.to_string(),
-        key: key.to_string(),
-        message: format!("cannot read the secret file {}: {e}", full.display()),
-    })?;
-    Ok(Some(Secret {
-        value: SecretString::from(value.trim().to_string()),
-        origin: format!("file {}", full.display()),
-    }))
+/// Where a value came from, for its errors: the variable that set it, else the file's line.
+struct Origin<'a> {
+    shown: &'a str,
+    lines: std::collections::BTreeMap<String, usize>,
+    overrides: Vec<Override>,
 }
 
-fn check_url(source: &str, key: &str, url: &str) -> Result<String, ConfigError> {
-    let ok =
-        (url.starts_with("https://") || url.starts_with("http://")) && url.len() > "https://".len();
-    if !ok {
-        return Err(ConfigError {
-            source_name: source.to_string(),
-            key: key.to_string(),
-            message: format!("{url:?} is not an http(s) URL (e.g. https://acme.my.salesforce.com)"),
+impl Origin<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        if let Some(o) = self.overrides.iter().find(|o| o.key == key) {
+            return ConfigError {
+                source_name: "environment".into(),
+                key: o.var.clone(),
+                message,
+            };
+        }
+        // A key missing from its section: the section's line.
+        let line = self.lines.get(key).or_else(|| {
+            key.rsplit_once('.')
+                .and_then(|(section, _)| self.lines.get(section))
         });
+        ConfigError {
+            source_name: line
+                .map_or_else(|| self.shown.to_string(), |l| format!("{}:{l}", self.shown)),
+            key: key.to_string(),
+            message,
+        }
     }
-    Ok(url.trim_end_matches('/').to_string())
+
+    fn required(
+        &self,
+        value: Option<String>,
+        key: &str,
+        what: &str,
+    ) -> Result<String, ConfigError> {
+        value.ok_or_else(|| self.err(key, format!("missing: {what}")))
+    }
+
+    fn secret(
+        &self,
+        env: &[(String, String)],
+        var: &str,
+        file_key: Option<&String>,
+        base: &Path,
+        key: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        if let Some((_, v)) = env.iter().find(|(n, _)| n == var) {
+            return Ok(Some(Secret {
+                value: SecretString::from(v.clone()),
+                origin: var.to_string(),
+            }));
+        }
+        let Some(path) = file_key else {
+            return Ok(None);
+        };
+        let full = crate::mapping::resolve_path(base, path);
+        let value = std::fs::read_to_string(&full).map_err(|e| {
+            self.err(
+                key,
+                format!("cannot read the secret file {}: {e}", full.display()),
+            )
+        })?;
+        Ok(Some(Secret {
+            value: SecretString::from(value.trim().to_string()),
+            origin: format!("file {}", full.display()),
+        }))
+    }
+
+    fn url(&self, key: &str, url: &str) -> Result<String, ConfigError> {
+        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+            && url.len() > "https://".len();
+        if !ok {
+            return Err(self.err(
+                key,
+                format!("{url:?} is not an http(s) URL (e.g. https://acme.my.salesforce.com)"),
+            ));
+        }
+        Ok(url.trim_end_matches('/').to_string())
+    }
 }
 
 fn validate(
     raw: RawConfig,
     file: Option<&Path>,
-    shown: &str,
+    origin: &Origin<'_>,
     env: &[(String, String)],
-    overrides: Vec<String>,
+    scope: Scope,
 ) -> Result<Config, ConfigError> {
     let base = file
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let err = |key: &str, message: String| ConfigError {
-        source_name: shown.to_string(),
-        key: key.to_string(),
-        message,
-    };
-    let salesforce = match raw.salesforce {
-        None => None,
-        Some(sf) => {
-            if sf.client_secret.is_some() || sf.refresh_token.is_some() {
-                let key = if sf.client_secret.is_some() {
-                    "salesforce.client_secret"
-                } else {
-                    "salesforce.refresh_token"
-                };
-                return Err(err(key, "secrets are not read from the config file; set MQLSYNC_SALESFORCE_CLIENT_SECRET / MQLSYNC_SALESFORCE_REFRESH_TOKEN or client_secret_file / refresh_token_file".into()));
-            }
-            let client_secret = secret(
-                env,
-                "MQLSYNC_SALESFORCE_CLIENT_SECRET",
-                sf.client_secret_file.as_ref(),
-                &base,
-                shown,
-                "salesforce.client_secret_file",
-            )?;
-            let refresh_token = secret(
-                env,
-                "MQLSYNC_SALESFORCE_REFRESH_TOKEN",
-                sf.refresh_token_file.as_ref(),
-                &base,
-                shown,
-                "salesforce.refresh_token_file",
-            )?;
-            let auth = match sf.auth.as_str() {
-                "jwt_bearer" => {
-                    let username = sf.username.clone().ok_or_else(|| {
-                        err(
-                            "salesforce.username",
-                            "jwt_bearer needs the integration user's username".into(),
-                        )
-                    })?;
-                    let key = sf.private_key_file.clone().ok_or_else(|| {
-                        err(
-                            "salesforce.private_key_file",
-                            "jwt_bearer needs the path of the PEM private key".into(),
-                        )
-                    })?;
-                    SalesforceAuth::JwtBearer {
-                        username,
-                        private_key_file: crate::mapping::resolve_path(&base, &key),
-                    }
-                }
-                "client_credentials" => {
-                    if client_secret.is_none() {
-                        return Err(err("salesforce.client_secret_file", "client_credentials needs MQLSYNC_SALESFORCE_CLIENT_SECRET or client_secret_file".into()));
-                    }
-                    SalesforceAuth::ClientCredentials
-                }
-                "refresh_token" => {
-                    if refresh_token.is_none() {
-                        return Err(err("salesforce.refresh_token_file", "refresh_token needs MQLSYNC_SALESFORCE_REFRESH_TOKEN or refresh_token_file".into()));
-                    }
-                    SalesforceAuth::RefreshToken
-                }
-                other => {
-                    return Err(err(
-                        "salesforce.auth",
-                        format!("{other:?}: use jwt_bearer, client_credentials or refresh_token"),
-                    ));
-                }
-            };
-            let reserve = sf.daily_reserve_percent.unwrap_or(20.0);
-            if !(0.0..100.0).contains(&reserve) {
-                return Err(err(
-                    "salesforce.daily_reserve_percent",
-                    format!("{reserve}: a percentage from 0 up to (not including) 100"),
-                ));
-            }
-            let base_url = check_url(shown, "salesforce.base_url", &sf.base_url)?;
-            Some(SalesforceConfig {
-                login_url: match &sf.login_url {
-                    Some(u) => check_url(shown, "salesforce.login_url", u)?,
-                    None => base_url.clone(),
-                },
-                base_url,
-                api_version: sf.api_version.unwrap_or_else(|| "62.0".into()),
-                auth,
-                client_id: sf.client_id,
-                client_secret,
-                refresh_token,
-                daily_reserve_percent: reserve,
-            })
-        }
-    };
-    let marketo = match raw.marketo {
-        None => None,
-        Some(m) => {
-            if m.client_secret.is_some() {
-                return Err(err("marketo.client_secret", "secrets are not read from the config file; set MQLSYNC_MARKETO_CLIENT_SECRET or client_secret_file".into()));
-            }
-            let client_secret = secret(
-                env,
-                "MQLSYNC_MARKETO_CLIENT_SECRET",
-                m.client_secret_file.as_ref(),
-                &base,
-                shown,
-                "marketo.client_secret_file",
-            )?;
-            if client_secret.is_none() {
-                return Err(err(
-                    "marketo.client_secret_file",
-                    "Marketo needs MQLSYNC_MARKETO_CLIENT_SECRET or client_secret_file".into(),
-                ));
-            }
-            let calls = m.calls_per_20s.unwrap_or(100);
-            if calls == 0 || calls > 100 {
-                return Err(err(
-                    "marketo.calls_per_20s",
-                    format!("{calls}: from 1 to 100 (Marketo allows 100 calls in 20 s)"),
-                ));
-            }
-            let in_flight = m.max_in_flight.unwrap_or(10);
-            if in_flight == 0 || in_flight > 10 {
-                return Err(err(
-                    "marketo.max_in_flight",
-                    format!("{in_flight}: from 1 to 10 (Marketo allows 10 concurrent calls)"),
-                ));
-            }
-            let base_url = check_url(shown, "marketo.base_url", &m.base_url)?;
-            Some(MarketoConfig {
-                identity_url: match &m.identity_url {
-                    Some(u) => check_url(shown, "marketo.identity_url", u)?,
-                    None => format!("{base_url}/identity"),
-                },
-                base_url,
-                client_id: m.client_id,
-                client_secret,
-                calls_per_20s: calls,
-                max_in_flight: in_flight,
-                daily_quota: m.daily_quota.unwrap_or(50_000),
-            })
-        }
-    };
+    let salesforce = raw
+        .salesforce
+        .map(|sf| salesforce(sf, origin, env, &base, scope))
+        .transpose()?;
+    let marketo = raw
+        .marketo
+        .map(|m| marketo(m, origin, env, &base, scope))
+        .transpose()?;
     let poll = raw.sync.poll_interval_secs.unwrap_or(30);
     if poll == 0 {
-        return Err(err(
+        return Err(origin.err(
             "sync.poll_interval_secs",
-            "0: poll at least every second (1 or more)".into(),
+            "0: poll at least every second (1 or more)",
         ));
     }
     let batch = raw.sync.batch_size.unwrap_or(2_000);
     if batch == 0 {
-        return Err(err(
-            "sync.batch_size",
-            "0: a batch has 1 or more events".into(),
-        ));
+        return Err(origin.err("sync.batch_size", "0: a batch has 1 or more events"));
     }
     Ok(Config {
         file: file.map(Path::to_path_buf),
@@ -536,7 +762,179 @@ fn validate(
             poll_interval_secs: poll,
             batch_size: batch,
         },
-        overrides,
+        overrides: origin.overrides.iter().map(|o| o.var.clone()).collect(),
+    })
+}
+
+fn salesforce(
+    sf: RawSalesforce,
+    origin: &Origin<'_>,
+    env: &[(String, String)],
+    base: &Path,
+    scope: Scope,
+) -> Result<SalesforceConfig, ConfigError> {
+    let (client_secret, refresh_token) = match scope {
+        Scope::Local => (None, None),
+        Scope::Remote => (
+            origin.secret(
+                env,
+                "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+                sf.client_secret_file.as_ref(),
+                base,
+                "salesforce.client_secret_file",
+            )?,
+            origin.secret(
+                env,
+                "MQLSYNC_SALESFORCE_REFRESH_TOKEN",
+                sf.refresh_token_file.as_ref(),
+                base,
+                "salesforce.refresh_token_file",
+            )?,
+        ),
+    };
+    let needs_secrets = scope == Scope::Remote;
+    let auth = origin.required(
+        sf.auth,
+        "salesforce.auth",
+        "jwt_bearer, client_credentials or refresh_token",
+    )?;
+    let auth = match auth.as_str() {
+        "jwt_bearer" => {
+            let username = sf.username.clone().ok_or_else(|| {
+                origin.err(
+                    "salesforce.username",
+                    "jwt_bearer needs the integration user's username",
+                )
+            })?;
+            let key = sf.private_key_file.clone().ok_or_else(|| {
+                origin.err(
+                    "salesforce.private_key_file",
+                    "jwt_bearer needs the path of the PEM private key",
+                )
+            })?;
+            SalesforceAuth::JwtBearer {
+                username,
+                private_key_file: crate::mapping::resolve_path(base, &key),
+            }
+        }
+        "client_credentials" => {
+            if needs_secrets && client_secret.is_none() {
+                return Err(origin.err(
+                    "salesforce.client_secret_file",
+                    "client_credentials needs MQLSYNC_SALESFORCE_CLIENT_SECRET or client_secret_file",
+                ));
+            }
+            SalesforceAuth::ClientCredentials
+        }
+        "refresh_token" => {
+            if needs_secrets && refresh_token.is_none() {
+                return Err(origin.err(
+                    "salesforce.refresh_token_file",
+                    "refresh_token needs MQLSYNC_SALESFORCE_REFRESH_TOKEN or refresh_token_file",
+                ));
+            }
+            SalesforceAuth::RefreshToken
+        }
+        other => {
+            return Err(origin.err(
+                "salesforce.auth",
+                format!("{other:?}: use jwt_bearer, client_credentials or refresh_token"),
+            ));
+        }
+    };
+    let reserve = sf.daily_reserve_percent.unwrap_or(20.0);
+    if !(0.0..100.0).contains(&reserve) {
+        return Err(origin.err(
+            "salesforce.daily_reserve_percent",
+            format!("{reserve}: a percentage from 0 up to (not including) 100"),
+        ));
+    }
+    let base_url = origin.required(
+        sf.base_url,
+        "salesforce.base_url",
+        "the org's URL (e.g. https://acme.my.salesforce.com)",
+    )?;
+    let base_url = origin.url("salesforce.base_url", &base_url)?;
+    Ok(SalesforceConfig {
+        login_url: match &sf.login_url {
+            Some(u) => origin.url("salesforce.login_url", u)?,
+            None => base_url.clone(),
+        },
+        base_url,
+        api_version: sf.api_version.unwrap_or_else(|| "62.0".into()),
+        auth,
+        client_id: origin.required(
+            sf.client_id,
+            "salesforce.client_id",
+            "the connected app's consumer key",
+        )?,
+        client_secret,
+        refresh_token,
+        daily_reserve_percent: reserve,
+    })
+}
+
+fn marketo(
+    m: RawMarketo,
+    origin: &Origin<'_>,
+    env: &[(String, String)],
+    base: &Path,
+    scope: Scope,
+) -> Result<MarketoConfig, ConfigError> {
+    let client_secret = match scope {
+        Scope::Local => None,
+        Scope::Remote => {
+            let secret = origin.secret(
+                env,
+                "MQLSYNC_MARKETO_CLIENT_SECRET",
+                m.client_secret_file.as_ref(),
+                base,
+                "marketo.client_secret_file",
+            )?;
+            if secret.is_none() {
+                return Err(origin.err(
+                    "marketo.client_secret_file",
+                    "Marketo needs MQLSYNC_MARKETO_CLIENT_SECRET or client_secret_file",
+                ));
+            }
+            secret
+        }
+    };
+    let calls = m.calls_per_20s.unwrap_or(100);
+    if calls == 0 || calls > 100 {
+        return Err(origin.err(
+            "marketo.calls_per_20s",
+            format!("{calls}: from 1 to 100 (Marketo allows 100 calls in 20 s)"),
+        ));
+    }
+    let in_flight = m.max_in_flight.unwrap_or(10);
+    if in_flight == 0 || in_flight > 10 {
+        return Err(origin.err(
+            "marketo.max_in_flight",
+            format!("{in_flight}: from 1 to 10 (Marketo allows 10 concurrent calls)"),
+        ));
+    }
+    let base_url = origin.required(
+        m.base_url,
+        "marketo.base_url",
+        "the REST API URL (e.g. https://123-ABC-456.mktorest.com)",
+    )?;
+    let base_url = origin.url("marketo.base_url", &base_url)?;
+    Ok(MarketoConfig {
+        identity_url: match &m.identity_url {
+            Some(u) => origin.url("marketo.identity_url", u)?,
+            None => format!("{base_url}/identity"),
+        },
+        base_url,
+        client_id: origin.required(
+            m.client_id,
+            "marketo.client_id",
+            "the LaunchPoint service's client id",
+        )?,
+        client_secret,
+        calls_per_20s: calls,
+        max_in_flight: in_flight,
+        daily_quota: m.daily_quota.unwrap_or(50_000),
     })
 }
 
@@ -646,25 +1044,287 @@ client_id = "abc"
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), &GOOD.replace("auth = ", "auht = "));
         let e = load(Some(&file), &[]).unwrap_err();
-        assert!(
-            e.source_name.ends_with("mqlsync.toml:3") || e.source_name.contains("mqlsync.toml"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:5: salesforce.auht: unknown key; did you mean `auth`?",
+                file.display()
+            )
         );
-        assert!(e.to_string().contains("auht"), "{e}");
         let file = write(dir.path(), &GOOD.replace("client_credentials", "password"));
         let e = load(Some(&file), &[]).unwrap_err();
         assert_eq!(e.key, "salesforce.auth");
+        assert!(e.source_name.ends_with("mqlsync.toml:5"), "{e}");
         assert!(e.message.contains("jwt_bearer"), "{e}");
         let e = load(
             Some(&write(dir.path(), GOOD)),
             &env(&[("MQLSYNC_SYNC_POLL_INTERVAL", "5")]),
         )
         .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment: MQLSYNC_SYNC_POLL_INTERVAL: unknown variable; did you mean MQLSYNC_SYNC_POLL_INTERVAL_SECS?"
+        );
+    }
+
+    /// Issue 11, point 4: an unknown key names its line and section, with the key it was
+    /// probably meant to be.
+    #[test]
+    fn an_unknown_key_names_line_and_section_and_the_closest_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            &GOOD.replace("base_url = \"https://acme", "base_ulr = \"https://acme"),
+        );
+        let e = load(Some(&file), &[]).unwrap_err();
+        assert_eq!(e.source_name, format!("{}:4", file.display()));
+        assert_eq!(e.key, "salesforce.base_ulr");
+        assert_eq!(e.message, "unknown key; did you mean `base_url`?");
+        // A section's name, a key at the wrong level, a key of another section.
+        let e = load(
+            Some(&write(dir.path(), "[salesforc]\nbase_url = \"x\"\n")),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:1: salesforc: unknown key; did you mean `salesforce`?",
+                file.display()
+            )
+        );
+        let e = load(Some(&write(dir.path(), "\n\nbatch_size = 5\n")), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:3: batch_size: unknown key here; `batch_size` belongs in [sync]",
+                file.display()
+            )
+        );
+        let e = load(
+            Some(&write(dir.path(), "[marketo]\nlogin_url = \"x\"\n")),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2: marketo.login_url: unknown key here; `login_url` belongs in [salesforce]",
+                file.display()
+            )
+        );
+        let e = load(Some(&write(dir.path(), "[sync]\nfrobnicate = 1\n")), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size",
+                file.display()
+            )
+        );
+        // A dotted key is in its section too.
+        let e = load(Some(&write(dir.path(), "sync.batch_sise = 5\n")), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:1: sync.batch_sise: unknown key; did you mean `batch_size`?",
+                file.display()
+            )
+        );
+    }
+
+    /// A misspelt secret key is not answered with the secret key, which would be refused next.
+    #[test]
+    fn a_key_close_to_a_secret_is_pointed_at_the_variable_not_the_refused_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            &GOOD.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nclient_secre = \"oops\"",
+            ),
+        );
+        let e = load(Some(&file), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:10: marketo.client_secre: unknown key; secrets are not read from the config file; set MQLSYNC_MARKETO_CLIENT_SECRET or `client_secret_file`",
+                file.display()
+            )
+        );
+        assert!(!e.to_string().contains("oops"));
+        // The `_file` key is suggested when it is the closer one.
+        let file = write(
+            dir.path(),
+            &GOOD.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nclient_secrt_file = \"s\"",
+            ),
+        );
+        let e = load(Some(&file), &[]).unwrap_err();
+        assert_eq!(e.message, "unknown key; did you mean `client_secret_file`?");
+        let file = write(
+            dir.path(),
+            &GOOD.replace(
+                "client_id = \"3MVG9\"",
+                "client_id = \"3MVG9\"\nrefresh_tokn = \"oops\"",
+            ),
+        );
+        let e = load(Some(&file), &[]).unwrap_err();
         assert!(
-            e.source_name.contains("environment")
-                && e.message.contains("MQLSYNC_SYNC_POLL_INTERVAL_SECS"),
+            e.message
+                .contains("set MQLSYNC_SALESFORCE_REFRESH_TOKEN or `refresh_token_file`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            &format!("{GOOD}[sync]\nbatch_size = \"lots\"\n"),
+        );
+        let e = load(Some(&file), &[]).unwrap_err();
+        assert_eq!(e.source_name, format!("{}:11", file.display()));
+        assert_eq!(e.key, "sync.batch_size");
+        // A required key left out names its section's line.
+        let file = write(dir.path(), &GOOD.replace("client_id = \"abc\"\n", ""));
+        let e = load(
+            Some(&file),
+            &env(&[
+                ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+                ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.source_name, format!("{}:7", file.display()));
+        assert_eq!(e.key, "marketo.client_id");
+    }
+
+    /// Issue 11, point 4: an unknown or mistyped `MQLSYNC_*` variable names the variable, not
+    /// the file; the variables of logging and of the config's path are not settings.
+    #[test]
+    fn variables_are_named_by_name_and_logging_variables_are_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), GOOD);
+        let secrets = [
+            ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+            ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+        ];
+        let e = load(
+            Some(&file),
+            &env(&[("MQLSYNC_SALESFORCE_BASE_ULR", "https://x.example")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment: MQLSYNC_SALESFORCE_BASE_ULR: unknown variable; did you mean MQLSYNC_SALESFORCE_BASE_URL?"
+        );
+        let e = load(Some(&file), &env(&[("MQLSYNC_LOG_FROMAT", "json")])).unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown variable; did you mean MQLSYNC_LOG_FORMAT?"
+        );
+        let e = load(Some(&file), &env(&[("MQLSYNC_FROBNICATE", "1")])).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("unknown variable; unset it, or use one of: MQLSYNC_MAPPING,"),
+            "{e}"
+        );
+        for var in NON_CONFIG_VARS {
+            let mut e = env(&secrets);
+            e.push((var.to_string(), "x".into()));
+            load(Some(&file), &e).unwrap_or_else(|err| panic!("{var}: {err}"));
+        }
+        // A value that does not fit its key names the variable.
+        let mut e = env(&secrets);
+        e.push(("MQLSYNC_SYNC_BATCH_SIZE".into(), "lots".into()));
+        let err = load(Some(&file), &e).unwrap_err();
+        assert_eq!(
+            (err.source_name.as_str(), err.key.as_str()),
+            ("environment", "MQLSYNC_SYNC_BATCH_SIZE")
+        );
+        assert!(err.message.starts_with("\"lots\": invalid type"), "{err}");
+        // ... and so does one that fits its type but not its rules.
+        let mut e = env(&secrets);
+        e.push(("MQLSYNC_SALESFORCE_AUTH".into(), "password".into()));
+        let err = load(Some(&file), &e).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment: MQLSYNC_SALESFORCE_AUTH: \"password\": use jwt_bearer, client_credentials or refresh_token"
+        );
+        // A text setting that reads as a number stays text.
+        let mut e = env(&secrets);
+        e.push(("MQLSYNC_SALESFORCE_API_VERSION".into(), "61.0".into()));
+        assert_eq!(
+            load(Some(&file), &e)
+                .unwrap()
+                .salesforce
+                .unwrap()
+                .api_version,
+            "61.0"
+        );
+    }
+
+    /// Issue 11, point 5: commands that only read the store load the config without secrets.
+    #[test]
+    fn the_local_scope_needs_no_secrets_and_reads_no_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace(
+            "client_id = \"abc\"",
+            "client_id = \"abc\"\nclient_secret_file = \"missing.txt\"",
+        );
+        let file = write(dir.path(), &text);
+        let cfg = load_for(Some(&file), &[], Scope::Local).unwrap();
+        assert_eq!(cfg.store, dir.path().join("data/m.sqlite"));
+        assert!(cfg.marketo.unwrap().client_secret.is_none());
+        let e = load(
+            Some(&file),
+            &env(&[("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("cannot read the secret file"), "{e}");
+        // The whole config still says what is missing.
+        let e = load(Some(&write(dir.path(), GOOD)), &[]).unwrap_err();
+        assert_eq!(e.key, "salesforce.client_secret_file");
+        assert!(
+            e.message.contains("MQLSYNC_SALESFORCE_CLIENT_SECRET"),
+            "{e}"
+        );
+        // Everything else is still checked.
+        let file = write(
+            dir.path(),
+            &GOOD.replace("https://123-ABC", "ftp://123-ABC"),
+        );
+        let e = load_for(Some(&file), &[], Scope::Local).unwrap_err();
+        assert_eq!(e.key, "marketo.base_url");
+    }
+
+    #[test]
+    fn every_setting_is_a_key_the_file_may_hold() {
+        for (var, path) in OVERRIDES {
+            let (section, key) = match path {
+                [key] => ("", *key),
+                [section, key] => (*section, *key),
+                _ => unreachable!(),
+            };
+            assert!(keys_of(section).contains(&key), "{var}");
+            let mut table = toml::Table::new();
+            set_path(&mut table, path, toml::Value::Integer(1));
+            // Deserialises as a key of the raw config (a type error at most, never unknown).
+            if let Err(e) = RawConfig::deserialize(toml::Value::Table(table)) {
+                assert!(!e.message().contains("unknown field"), "{var}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn closeness_counts_a_swap_once() {
+        assert_eq!(edit_distance("base_ulr", "base_url"), 1);
+        assert_eq!(edit_distance("store", "store"), 0);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(closest("stor", ["store", "sync"]), Some(("store", 1)));
+        assert_eq!(closest("zzz", ["store", "sync"]), None);
     }
 
     #[test]

@@ -106,11 +106,8 @@ pub async fn run(
         usage,
     )
     .await?;
-    let before: std::collections::HashSet<String> = store
-        .cycles()?
-        .into_iter()
-        .map(|c| c.external_id)
-        .collect();
+    let before: std::collections::HashSet<String> =
+        store.cycles()?.into_iter().map(|c| c.external_id).collect();
     let cycles_before = before.len();
 
     // A sales manager turns the EMEA knob down by 25 points, a minute later.
@@ -180,9 +177,10 @@ pub async fn run(
                 score: c.score,
                 threshold: c.threshold,
                 // An alert task's key starts with `Notify:{external id}:`.
-                alerted: alerted
-                    .iter()
-                    .any(|k| k.strip_prefix("Notify:").is_some_and(|rest| rest.starts_with(&format!("{}:", c.external_id)))),
+                alerted: alerted.iter().any(|k| {
+                    k.strip_prefix("Notify:")
+                        .is_some_and(|rest| rest.starts_with(&format!("{}:", c.external_id)))
+                }),
                 external_id: c.external_id.clone(),
             }
         })

@@ -59,12 +59,18 @@ pub fn format_from(
 /// Installs the global subscriber. `default_filter` applies when `MQLSYNC_LOG` is not set
 /// (`info` for a run: a line per phase and per committed page; `warn` elsewhere). `progress`
 /// asks for progress bars, drawn only for text logs on a terminal.
-pub fn init(format: LogFormat, default_filter: &str, progress: bool) -> Result<(), LogSettingError> {
+pub fn init(
+    format: LogFormat,
+    default_filter: &str,
+    progress: bool,
+) -> Result<(), LogSettingError> {
     let filter = match std::env::var("MQLSYNC_LOG") {
         Ok(value) => EnvFilter::try_new(&value).map_err(|e| LogSettingError {
             variable: "MQLSYNC_LOG",
             value,
-            message: format!("{e}: use a level (`info`, `debug`) or directives such as `mqlsync=debug,warn`"),
+            message: format!(
+                "{e}: use a level (`info`, `debug`) or directives such as `mqlsync=debug,warn`"
+            ),
         })?,
         Err(_) => EnvFilter::new(default_filter),
     };
@@ -109,7 +115,10 @@ mod tests {
 
     #[test]
     fn the_flag_wins_then_the_variable_then_text() {
-        assert_eq!(format_from(Some(LogFormat::Json), Some("text")).unwrap(), LogFormat::Json);
+        assert_eq!(
+            format_from(Some(LogFormat::Json), Some("text")).unwrap(),
+            LogFormat::Json
+        );
         assert_eq!(format_from(None, Some("JSON")).unwrap(), LogFormat::Json);
         assert_eq!(format_from(None, None).unwrap(), LogFormat::Text);
         let e = format_from(None, Some("yaml")).unwrap_err();

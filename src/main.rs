@@ -150,6 +150,11 @@ struct ParkedWrites {
 }
 
 /// A failure caused by input the user can fix: exit code 2.
+///
+/// A store path counts as input: one that cannot be used as given (not a store, a newer
+/// schema, a damaged file, a place this user cannot write) is 2, like a config that cannot be
+/// used, because running again unchanged fails the same way. A store another run holds
+/// (`Busy`) is 1: it frees itself when that run ends, as a network failure may.
 fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<ConfigError>()
@@ -167,7 +172,13 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
             || c.is::<mqlsync::sync::preflight::Mismatch>()
             || matches!(
                 c.downcast_ref::<StoreError>(),
-                Some(StoreError::NotAStore { .. } | StoreError::NewerSchema { .. })
+                Some(
+                    StoreError::NotAStore { .. }
+                        | StoreError::NewerSchema { .. }
+                        | StoreError::Corrupt { .. }
+                        | StoreError::PermissionDenied { .. }
+                        | StoreError::ReadOnly { .. }
+                )
             )
     })
 }
@@ -242,11 +253,21 @@ fn existing_store(store: Option<PathBuf>, config: &Config) -> anyhow::Result<Pat
     Ok(path)
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+/// The config `command` needs: the commands that call neither the CRM nor the MAP (`status`,
+/// `explain`, `requeue`, `simulate`) need no secrets, so they run where the connectors'
+/// secrets are not set.
+fn load_config(path: Option<&Path>, command: &Command) -> anyhow::Result<Config> {
     let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("MQLSYNC_") && k != "MQLSYNC_CONFIG")
+        .filter(|(k, _)| k.starts_with("MQLSYNC_"))
         .collect();
-    Ok(config::load(path, &env)?)
+    let scope = match command {
+        Command::Status { .. }
+        | Command::Explain { .. }
+        | Command::Requeue { .. }
+        | Command::Simulate { .. } => config::Scope::Local,
+        _ => config::Scope::Remote,
+    };
+    Ok(config::load_for(path, &env, scope)?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -306,7 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))
             .context("sandbox");
     }
-    let config = load_config(cli.config.as_deref())?;
+    let config = load_config(cli.config.as_deref(), &cli.command)?;
     match cli.command {
         Command::Sandbox(_) | Command::Demo { .. } => unreachable!("handled above"),
         Command::Run {
@@ -354,7 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match outcome {
                 Ok(mut summary) if dry_run => {
                     let original = match path.exists() {
-                        true => Some(Store::open_read_only(&path)?),
+                        true => Some(Store::open_existing(&path)?),
                         false => None,
                     };
                     mqlsync::sync::dry_run::compare(
@@ -440,13 +461,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Requeue { store, error } => {
             let path = existing_store(store, &config)?;
-            let n = Store::open(&path)?.outbox_requeue(error.as_deref())?;
+            // A writer: refused while a run holds the store, which may be settling these rows.
+            let mut store = Store::open(&path)?;
+            let _writer = store.lock_writer()?;
+            let n = store.outbox_requeue(error.as_deref())?;
             println!("{n} failed writes are pending again: the next run sends them");
             Ok(())
         }
         Command::Status { store, json } => {
             let path = existing_store(store, &config)?;
-            let summary = Store::open(&path)?.summary()?;
+            let summary = Store::open_existing(&path)?.summary()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(());
@@ -457,8 +481,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.schema_version
             );
             println!("cursors:");
-            for (name, value, at) in &summary.cursors {
-                println!("  {name:<28} {}  (saved {at})", cursor_brief(value));
+            for c in &summary.cursors {
+                println!(
+                    "  {:<28} {}  (saved {})",
+                    c.name,
+                    cursor_brief(&c.value),
+                    c.saved_at
+                );
             }
             println!("cycles by status:");
             for (status, n) in &summary.cycles_by_status {
@@ -468,6 +497,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "outbox: {} pending, {} failed",
                 summary.outbox_pending, summary.outbox_failed
             );
+            print_writes("pending", &summary.pending_writes, summary.outbox_pending);
+            print_writes("failed", &summary.failed_writes, summary.outbox_failed);
+            if !summary.outbox_failures.is_empty() {
+                println!("  commonest errors of failed writes:");
+            }
             for (error, n) in &summary.outbox_failures {
                 println!("  {n:>6} failed: {error}");
             }
@@ -550,7 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
-            let store = Store::open(&existing_store(store, &config)?)?;
+            let store = Store::open_existing(&existing_store(store, &config)?)?;
             let state = store.load_engine(&loaded.policy)?;
             let at = at.or(state.meta.clock).unwrap_or_else(Timestamp::now);
             let reason = explain(&state, &loaded.policy, &crm_id, at);
@@ -609,6 +643,25 @@ fn cursor_brief(value: &str) -> String {
             .join(" "),
         _ if value.chars().count() > 64 => cut(value),
         _ => value.to_string(),
+    }
+}
+
+/// The `status` lines of the first pending or failed writes: the records they write, and the
+/// last error of one that was tried (a pending one was refused for now and is sent again).
+fn print_writes(state: &str, shown: &[mqlsync::store::OutboxEntry], total: i64) {
+    if shown.is_empty() {
+        return;
+    }
+    println!("  {state} writes:");
+    for w in shown {
+        match &w.last_error {
+            Some(error) => println!("    {}  ({} attempts) {error}", w.key, w.attempts),
+            None => println!("    {}", w.key),
+        }
+    }
+    let more = total - shown.len() as i64;
+    if more > 0 {
+        println!("    and {more} more");
     }
 }
 

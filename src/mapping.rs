@@ -234,8 +234,9 @@ pub struct TeamSection {
     pub matches: BTreeMap<String, Spanned<String>>,
     pub accept_within_hours: Spanned<f64>,
     pub reassign_after_hours: Option<Spanned<f64>>,
+    /// The owners a reassignment moves an MQL to, in turn (CRM user ids).
     #[serde(default)]
-    pub pool: Vec<String>,
+    pub pool: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub alert: Option<Spanned<String>>,
     pub time_zone: Spanned<String>,
@@ -678,18 +679,27 @@ fn build_team(
         .as_ref()
         .map(|v| hours(v, "reassign_after_hours"))
         .transpose()?;
-    if let Some(bad) = t.pool.iter().find(|id| {
+    let pool: &[Spanned<String>] = t.pool.as_ref().map_or(&[], |p| p.get_ref());
+    if let Some(bad) = pool.iter().find(|id| {
+        let id = id.get_ref();
         !(id.len() == 15 || id.len() == 18) || !id.chars().all(|c| c.is_ascii_alphanumeric())
     }) {
         return Err(ctx.err(
-            t.time_zone.span(),
+            bad.span(),
             &key("pool"),
-            format!("{bad:?} is not a CRM user id (15 or 18 letters and digits)"),
+            format!(
+                "{:?} is not a CRM user id (15 or 18 letters and digits)",
+                bad.get_ref()
+            ),
         ));
     }
-    if reassign_after_hours.is_some() && t.pool.len() < 2 {
+    if let Some(after) = &t.reassign_after_hours
+        && pool.len() < 2
+    {
+        // At the pool, or at the setting that needs one when there is no pool.
+        let span = t.pool.as_ref().map_or_else(|| after.span(), Spanned::span);
         return Err(ctx.err(
-            t.time_zone.span(),
+            span,
             &key("pool"),
             "reassignment needs a pool of at least two owners",
         ));
@@ -703,7 +713,7 @@ fn build_team(
             .collect(),
         accept_within_hours: hours(&t.accept_within_hours, "accept_within_hours")?,
         reassign_after_hours,
-        pool: t.pool.clone(),
+        pool: pool.iter().map(|id| id.get_ref().clone()).collect(),
         alert,
         calendar: BusinessCalendar {
             time_zone: tz,
@@ -802,10 +812,33 @@ mod tests {
         assert_eq!(e.key, "teams[0].time_zone");
         let e = broken("'(?i)\\bstudent\\b'", "'(?i)(student'");
         assert_eq!(e.key, "rules.title.patterns");
-        let e = broken("\"0055g0000000001AAA\"", "\"0055g000000000001IAA\"");
-        assert_eq!(e.key, "teams[0].pool");
+
         let e = broken("\"Bad Timing\" = \"Not now\"", "\"Bad Timing\" = \"Later\"");
         assert!(e.message.contains("Not me"), "{e}");
+    }
+
+    /// Issue 11, point 4: a team's pool error points at the `pool` line, not the time zone's.
+    #[test]
+    fn a_pool_error_names_the_pool_line() {
+        let e = broken("\"0055g0000000001AAA\"", "\"0055g000000000001IAA\"");
+        assert_eq!(e.key, "teams[0].pool");
+        assert_eq!(e.line, line_of("pool = [\"0055g0000000001AAA\""));
+        assert!(e.message.contains("0055g000000000001IAA"), "{e}");
+        // An id on a line of its own, in a pool written over several lines.
+        let e = broken(
+            "pool = [\"0055g0000000001AAA\", ",
+            "pool = [\n  \"0055g0000000001AAA\",\n  \"not-an-id\",\n  ",
+        );
+        assert_eq!(e.line, line_of("pool = [\"0055g0000000001AAA\"") + 2);
+        // Too small a pool for reassignment: the pool's line.
+        let e = broken(
+            "pool = [\"0055g0000000001AAA\", \"0055g0000000002AAA\", \"0055g0000000003AAA\"]",
+            "pool = [\"0055g0000000001AAA\"]",
+        );
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("teams[0].pool", line_of("pool = [\"0055g0000000001AAA\""))
+        );
     }
 }
 

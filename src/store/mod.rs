@@ -12,7 +12,14 @@
 //! (or on [`Store::save_scores`]) are the changed leads' rows rewritten. Loading replays
 //! the rest in arrival order ([`Store::load_engine`]). A daemon should call `save_scores`
 //! when it stops, so that its next start replays nothing.
+//!
+//! One writer per store file: [`Store::open`] (the writers: a run, `simulate`, `requeue`)
+//! takes the writer lock on the file's real path before it creates or migrates anything, and
+//! writers hold it for their work ([`Store::lock_writer`]); [`Store::open_existing`] (the
+//! readers: `status`, `explain`) needs no lock and writes nothing. Opening says what the user
+//! can fix when the file cannot be used (`open.rs`).
 
+mod open;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +36,7 @@ use crate::engine::policy::{Policy, ScoreSource};
 use crate::engine::score::{PartVersion, Scores};
 use crate::engine::state::{EngineMeta, EngineState, MapLeadState, PersonState};
 
+pub use open::{ReadOnlyPlace, WriterLock};
 pub use schema::{APPLICATION_ID, MIGRATIONS};
 
 /// The schema version this build writes.
@@ -49,33 +57,38 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    /// Never "start a new store": against an org already synced, a new store numbers MQL
+    /// cycles from 1 again, and its writes would overwrite the MQL records in the CRM.
     #[error(
-        "{path} failed its integrity check: {detail}; restore a backup or start a new store and backfill"
+        "store {path} is damaged (SQLite integrity check: {detail}); mqlsync will not use it: move it and any {path}-wal and {path}-shm aside, then copy your last backup of the store to {path}"
     )]
     Corrupt { path: String, detail: String },
-    #[error("store {path}: {source}")]
+    #[error("store {path}: {error}")]
     Sqlite {
         path: String,
-        #[source]
-        source: rusqlite::Error,
+        /// Not a `source`: its text is already in this message.
+        error: rusqlite::Error,
     },
     #[error(
         "store {path}: a saved record cannot be read ({detail}); the store may have been edited by hand"
     )]
     Decode { path: String, detail: String },
     #[error(
-        "store {path} is being written by another mqlsync process (it holds {lock}); wait for that run to end, or stop the other daemon"
+        "store {path} is being written by another mqlsync process{} (it holds {lock}); wait for that run to end, or stop it",
+        holder.map_or_else(String::new, |pid| format!(" (pid {pid})"))
     )]
-    Busy { path: String, lock: String },
-}
-
-/// Held while a process writes the store (a run, later the daemon): a second writer is
-/// refused instead of interleaving with the first, which would read the same outbox rows and
-/// create alert tasks twice. An OS file lock on `{store}.lock`, so a process that dies never
-/// leaves it behind. Dropping it releases the store.
-#[derive(Debug)]
-pub struct WriterLock {
-    _file: Option<std::fs::File>,
+    Busy {
+        path: String,
+        lock: String,
+        /// The process id the holder wrote into the lock file, when it could be read.
+        holder: Option<u32>,
+    },
+    #[error(
+        "permission denied: cannot create the store at {path} ({detail}); make the directory writable or set `store` / MQLSYNC_STORE"
+    )]
+    PermissionDenied { path: String, detail: String },
+    #[error("the store at {path} is {place}")]
+    ReadOnly { path: String, place: ReadOnlyPlace },
 }
 
 /// Attempts after which a write the CRM keeps refusing for now (a locked row) is failed.
@@ -124,12 +137,16 @@ pub struct ThresholdFieldChange {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StoreSummary {
     pub schema_version: i64,
-    pub cursors: Vec<(String, String, String)>,
+    pub cursors: Vec<SavedCursor>,
     pub cycles_by_status: Vec<(String, i64)>,
     pub outbox_pending: i64,
     pub outbox_failed: i64,
     /// The commonest errors of failed outbox rows (at most five), with how many rows have each.
     pub outbox_failures: Vec<(String, i64)>,
+    /// The first [`SUMMARY_ROWS`] pending writes, oldest first: which records wait.
+    pub pending_writes: Vec<OutboxEntry>,
+    /// The first [`SUMMARY_ROWS`] failed writes, oldest first, with their errors.
+    pub failed_writes: Vec<OutboxEntry>,
     pub persons: i64,
     pub map_leads: i64,
     pub thresholds: i64,
@@ -137,6 +154,45 @@ pub struct StoreSummary {
     pub threshold_field_changes: i64,
     pub score_changes: i64,
     pub audit_entries: i64,
+}
+
+/// Pending and failed writes [`Store::summary`] lists, of each (the counts say how many more).
+pub const SUMMARY_ROWS: usize = 20;
+
+/// A cursor as saved. In JSON its value is the cursor itself when it is a JSON object or list
+/// (a paging token with the ids it saw), not a string of JSON; any other value stays the text
+/// it was saved as (`"20"`, an instant), so that a value never changes type with its content.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedCursor {
+    pub name: String,
+    pub value: String,
+    pub saved_at: String,
+}
+
+impl Serialize for SavedCursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let structured = serde_json::from_str::<serde_json::Value>(&self.value)
+            .ok()
+            .filter(|v| v.is_object() || v.is_array());
+        let mut out = s.serialize_struct("SavedCursor", 3)?;
+        out.serialize_field("name", &self.name)?;
+        match structured {
+            Some(v) => out.serialize_field("value", &v)?,
+            None => out.serialize_field("value", &self.value)?,
+        }
+        out.serialize_field("saved_at", &self.saved_at)?;
+        out.end()
+    }
+}
+
+/// One outbox row as `status` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    /// The record it writes (see [`OutboxRow::key`]).
+    pub key: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
 }
 
 /// What one batch commits.
@@ -158,8 +214,17 @@ pub const SCORE_SNAPSHOT_ROWS: i64 = 500_000;
 /// An open store.
 pub struct Store {
     conn: Connection,
+    /// The path as the user named it, for messages.
     path: String,
+    /// The writer lock's file ([`Store::lock_writer`]); `None` in memory.
+    lock: Option<PathBuf>,
     score_snapshot_rows: i64,
+}
+
+/// What the checks on opening found.
+struct Opened {
+    version: i64,
+    tables: i64,
 }
 
 fn ts(t: Timestamp) -> String {
@@ -192,20 +257,72 @@ fn json<T: Serialize>(value: &T) -> String {
 }
 
 impl Store {
-    /// Opens (creating if missing) the store at `path`, checks it, and runs migrations.
+    /// Opens (creating if missing) the store at `path` to write it: checks it and runs the
+    /// migrations it lacks, holding the writer lock meanwhile, so that two first runs on a
+    /// fresh store do not both create its tables (the second is refused with
+    /// [`StoreError::Busy`]). The lock is released on return: a writer takes it again for its
+    /// work with [`Store::lock_writer`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::NotAStore {
-                path: path.display().to_string(),
-                detail: format!("cannot create its folder: {e}"),
-            })?;
-        }
         let shown = path.display().to_string();
-        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
-            path: shown.clone(),
-            source,
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open::io_failure(&shown, path, &e, "create its folder"))?;
+        }
+        let real = open::real_path(path)
+            .map_err(|e| open::io_failure(&shown, path, &e, "find its folder"))?;
+        let lock = open::lock_path(&real);
+        let _writer = WriterLock::acquire(&lock, &shown, &real)?;
+        let conn = Connection::open(&real).map_err(|e| {
+            open::sqlite_failure(&shown, &real, &e).unwrap_or(StoreError::Sqlite {
+                path: shown.clone(),
+                error: e,
+            })
         })?;
-        Self::prepare(conn, shown)
+        // SQLite opens a file it may not write read-only, without a word.
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(
+                open::access_problem(&shown, &real).unwrap_or(StoreError::ReadOnly {
+                    path: shown,
+                    place: ReadOnlyPlace::File,
+                }),
+            );
+        }
+        let opened = Self::check(&conn, &shown, &real)?;
+        Self::ready(conn, shown, Some(lock), opened)
+    }
+
+    /// Opens an existing store to read it (`status`, `explain`): never creates, migrates or
+    /// writes it, and needs no lock, so it works while a run writes the store. A store of an
+    /// older schema is migrated first, as [`Store::open`] does.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let real =
+            open::real_path(path).map_err(|e| open::io_failure(&shown, path, &e, "find it"))?;
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&real, flags).map_err(|e| {
+            open::sqlite_failure(&shown, &real, &e).unwrap_or(StoreError::Sqlite {
+                path: shown.clone(),
+                error: e,
+            })
+        })?;
+        let opened = Self::check(&conn, &shown, &real)?;
+        if opened.version < SCHEMA_VERSION {
+            drop(conn);
+            return Store::open(path);
+        }
+        let sql = |error| StoreError::Sqlite {
+            path: shown.clone(),
+            error,
+        };
+        conn.pragma_update(None, "cache_size", -65_536)
+            .map_err(sql)?;
+        Ok(Store {
+            conn,
+            lock: Some(open::lock_path(&real)),
+            path: shown,
+            score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+        })
     }
 
     /// Copies the store at `source` into a new file `dest` (SQLite's `VACUUM INTO`: a
@@ -213,9 +330,9 @@ impl Store {
     /// The source is opened read-only and left as it is.
     pub fn copy_to(source: &Path, dest: &Path) -> Result<(), StoreError> {
         let shown = source.display().to_string();
-        let err = |source| StoreError::Sqlite {
+        let err = |error| StoreError::Sqlite {
             path: shown.clone(),
-            source,
+            error,
         };
         let conn = Connection::open_with_flags(
             source,
@@ -227,63 +344,15 @@ impl Store {
         Ok(())
     }
 
-    /// Opens the store at `path` for reading only: no migration, no write, nothing created.
-    /// Only a store of this version can be read this way (an older one is migrated by the
-    /// next run that opens it for writing).
-    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        let shown = path.display().to_string();
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Sqlite {
-            path: shown.clone(),
-            source,
-        })?;
-        let ids: Result<(i32, i64), _> = conn.query_row(
-            "SELECT application_id, user_version FROM pragma_application_id, pragma_user_version",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        );
-        match ids {
-            Ok((APPLICATION_ID, SCHEMA_VERSION)) => Ok(Store {
-                conn,
-                path: shown,
-                score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
-            }),
-            Ok((APPLICATION_ID, version)) if version > SCHEMA_VERSION => {
-                Err(StoreError::NewerSchema {
-                    path: shown,
-                    found: version,
-                    supported: SCHEMA_VERSION,
-                })
-            }
-            Ok((APPLICATION_ID, version)) => Err(StoreError::NotAStore {
-                path: shown,
-                detail: format!(
-                    "schema {version} cannot be read without migrating it to {SCHEMA_VERSION}: run `mqlsync run --once` (or any command that writes) first"
-                ),
-            }),
-            Ok((app_id, _)) => Err(StoreError::NotAStore {
-                path: shown,
-                detail: format!(
-                    "a SQLite database of another application (application_id {app_id})"
-                ),
-            }),
-            Err(e) => Err(StoreError::NotAStore {
-                path: shown,
-                detail: e.to_string(),
-            }),
-        }
-    }
-
     /// A store in memory, for tests and `simulate` without `--store`.
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
-            path: ":memory:".into(),
-            source,
+        let shown = ":memory:".to_string();
+        let conn = Connection::open_in_memory().map_err(|error| StoreError::Sqlite {
+            path: shown.clone(),
+            error,
         })?;
-        Self::prepare(conn, ":memory:".into())
+        let opened = Self::check(&conn, &shown, Path::new(":memory:"))?;
+        Self::ready(conn, shown, None, opened)
     }
 
     /// Where the store lives.
@@ -294,45 +363,28 @@ impl Store {
     /// Takes the store for writing (see [`WriterLock`]); a store in memory is this process's
     /// alone.
     pub fn lock_writer(&self) -> Result<WriterLock, StoreError> {
-        if self.path == ":memory:" {
-            return Ok(WriterLock { _file: None });
-        }
-        let lock = format!("{}.lock", self.path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(|e| StoreError::NotAStore {
-                path: self.path.clone(),
-                detail: format!("cannot open its lock file {lock}: {e}"),
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(WriterLock { _file: Some(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy {
-                path: self.path.clone(),
-                lock,
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::NotAStore {
-                path: self.path.clone(),
-                detail: format!("cannot lock {lock}: {e}"),
-            }),
+        match &self.lock {
+            None => Ok(WriterLock::private()),
+            Some(lock) => WriterLock::acquire(lock, &self.path, Path::new(&self.path)),
         }
     }
 
-    fn prepare(conn: Connection, path: String) -> Result<Store, StoreError> {
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
+    /// Tells an mqlsync store from anything else, refuses a newer schema or a damaged file.
+    fn check(conn: &Connection, path: &str, real: &Path) -> Result<Opened, StoreError> {
+        let sql = |error| StoreError::Sqlite {
+            path: path.to_string(),
+            error,
         };
-        let not_a_store = |detail: String| StoreError::NotAStore {
-            path: path.clone(),
-            detail,
-        };
-        // The first read tells a SQLite file from anything else.
+        // The first read tells a SQLite file from anything else, and a file this user cannot
+        // use from one that is not a store.
         let app_id: i32 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| not_a_store(e.to_string()))?;
+            .map_err(|e| {
+                open::sqlite_failure(path, real, &e).unwrap_or(StoreError::NotAStore {
+                    path: path.to_string(),
+                    detail: e.to_string(),
+                })
+            })?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql)?;
@@ -340,27 +392,49 @@ impl Store {
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
             .map_err(sql)?;
         if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
-            return Err(not_a_store(format!(
-                "a SQLite database of another application (application_id {app_id}, {tables} schema objects)"
-            )));
+            return Err(StoreError::NotAStore {
+                path: path.to_string(),
+                detail: format!(
+                    "a SQLite database of another application (application_id {app_id}, {tables} schema objects)"
+                ),
+            });
         }
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
-                path,
+                path: path.to_string(),
                 found: version,
                 supported: SCHEMA_VERSION,
             });
         }
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(sql)?;
-        if check != "ok" {
+        let damaged =
+            |e: rusqlite::Error| open::sqlite_failure(path, real, &e).unwrap_or_else(|| sql(e));
+        let mut stmt = conn.prepare("PRAGMA quick_check").map_err(damaged)?;
+        let report: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(damaged)?
+            .collect::<Result<_, _>>()
+            .map_err(damaged)?;
+        if report != ["ok"] {
             return Err(StoreError::Corrupt {
-                path,
-                detail: check,
+                path: path.to_string(),
+                detail: open::integrity_summary(&report),
             });
         }
-        if tables == 0 {
+        Ok(Opened { version, tables })
+    }
+
+    /// Sets the connection up for writing and runs the migrations the store lacks.
+    fn ready(
+        conn: Connection,
+        path: String,
+        lock: Option<PathBuf>,
+        opened: Opened,
+    ) -> Result<Store, StoreError> {
+        let sql = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        if opened.tables == 0 {
             // Only a new file takes a page size (before WAL mode writes its header). 16 KiB
             // pages: a batch rewrites most lead pages anyway, and bigger pages mean fewer
             // B-tree levels, WAL frames and write calls for the same bytes.
@@ -384,16 +458,17 @@ impl Store {
         let mut store = Store {
             conn,
             path,
+            lock,
             score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
         };
-        store.migrate(version)?;
+        store.migrate(opened.version)?;
         Ok(store)
     }
 
     fn sql_err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
-            source,
+            error: source,
         }
     }
 
@@ -402,7 +477,7 @@ impl Store {
             let path = self.path.clone();
             let err = |source| StoreError::Sqlite {
                 path: path.clone(),
-                source,
+                error: source,
             };
             let tx = self.conn.transaction().map_err(err)?;
             tx.execute_batch(migration).map_err(err)?;
@@ -452,7 +527,7 @@ impl Store {
         let every = self.score_snapshot_rows;
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
         write_batch(&tx, &batch, state, &dirty).map_err(err)?;
@@ -470,7 +545,7 @@ impl Store {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
         let (last, saved) = history_marks(&tx).map_err(err)?;
@@ -505,7 +580,7 @@ impl Store {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
@@ -637,7 +712,7 @@ impl Store {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
@@ -756,10 +831,35 @@ impl Store {
             .prepare("SELECT name, value, updated_at FROM cursors ORDER BY name")
             .map_err(e)?;
         let cursors = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                Ok(SavedCursor {
+                    name: r.get(0)?,
+                    value: r.get(1)?,
+                    saved_at: r.get(2)?,
+                })
+            })
             .map_err(e)?
             .collect::<Result<_, _>>()
             .map_err(e)?;
+        let entries = |state: &str| -> Result<Vec<OutboxEntry>, StoreError> {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT key, attempts, last_error FROM outbox WHERE state = ?1
+                     ORDER BY updated_at, key LIMIT ?2",
+                )
+                .map_err(e)?;
+            let rows = stmt
+                .query_map(params![state, SUMMARY_ROWS as i64], |r| {
+                    Ok(OutboxEntry {
+                        key: r.get(0)?,
+                        attempts: r.get(1)?,
+                        last_error: r.get(2)?,
+                    })
+                })
+                .map_err(e)?;
+            rows.collect::<Result<_, _>>().map_err(e)
+        };
         let by_status =
             pairs("SELECT status, count(*) FROM cycles GROUP BY status ORDER BY status")?;
         let failures = pairs(
@@ -773,6 +873,8 @@ impl Store {
             outbox_pending: count("SELECT count(*) FROM outbox WHERE state = 'pending'")?,
             outbox_failed: count("SELECT count(*) FROM outbox WHERE state = 'failed'")?,
             outbox_failures: failures,
+            pending_writes: entries("pending")?,
+            failed_writes: entries("failed")?,
             persons: count("SELECT count(*) FROM persons")?,
             map_leads: count("SELECT count(*) FROM map_leads")?,
             thresholds: count("SELECT count(*) FROM thresholds")?,

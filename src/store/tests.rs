@@ -1,5 +1,7 @@
-//! Store tests: migrations and refusals, one-transaction batches, the outbox, and that a
-//! store reloaded after any batch continues exactly as an uninterrupted run.
+//! Store tests: migrations and refusals, one-transaction batches, the outbox, that a store
+//! reloaded after any batch continues exactly as an uninterrupted run, and opening: one
+//! writer per store file however it is named, readers beside it, and what a store that
+//! cannot be used says.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,11 @@ fn t(minutes: i64) -> Timestamp {
 }
 
 fn events() -> Vec<Event> {
+    events_of(6)
+}
+
+/// A threshold of 80, then `people` leads whose scores cross it.
+fn events_of(people: i64) -> Vec<Event> {
     let mut out = vec![Event::Threshold(Threshold {
         id: "a0T1".into(),
         segment: BTreeMap::from([("region".to_string(), "NA".to_string())]),
@@ -25,7 +32,7 @@ fn events() -> Vec<Event> {
         modified_at: t(0),
         deleted: false,
     })];
-    for i in 0..6 {
+    for i in 0..people {
         let id = format!("00Q{i}");
         out.push(Event::Person(PersonFacts {
             crm: CrmRef {
@@ -324,9 +331,24 @@ fn a_store_of_a_newer_schema_is_refused() {
 fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.sqlite");
+    schema_1_store(&path);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    const { assert!(SCHEMA_VERSION >= 2) };
+    assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
+    assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
+    // A reader (`status` after an upgrade) migrates it the same way, under the writer lock.
+    let path = dir.path().join("r.sqlite");
+    schema_1_store(&path);
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(reader.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(reader.summary().unwrap().threshold_field_changes, 0);
+}
+
+/// A store as the first release left it: schema 1 with a cursor.
+fn schema_1_store(path: &Path) {
     {
-        // A store as the first release left it: schema 1 with a cursor.
-        let conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(path).unwrap();
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .unwrap();
@@ -337,11 +359,6 @@ fn a_store_of_an_older_schema_is_migrated_and_keeps_what_it_had() {
         )
         .unwrap();
     }
-    let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    const { assert!(SCHEMA_VERSION >= 2) };
-    assert_eq!(store.cursor("crm.Lead").unwrap().as_deref(), Some("x"));
-    assert_eq!(store.summary().unwrap().threshold_field_changes, 0);
 }
 
 #[test]
@@ -634,4 +651,280 @@ fn a_write_refused_for_now_stays_pending_until_its_attempts_run_out_and_failed_r
     assert_eq!(row.attempts, 0);
     assert_eq!(store.outbox_requeue(None).unwrap(), 1);
     assert_eq!(store.summary().unwrap().outbox_failed, 0);
+}
+
+/// Holds the writer lock of the store at `path` as another process would, without opening it.
+fn hold_lock(path: &Path) -> WriterLock {
+    let real = open::real_path(path).unwrap();
+    WriterLock::acquire(&open::lock_path(&real), "other", &real).unwrap()
+}
+
+/// Issue 11, point 4: two first runs on a fresh store. The second must stop at the writer lock,
+/// not at "table cursors already exists" or "database is locked" from creating the tables
+/// the first is creating.
+#[test]
+fn a_second_first_open_of_a_fresh_store_stops_at_the_writer_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.sqlite");
+    let held = hold_lock(&path);
+    let err = Store::open(&path).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::Busy { holder: Some(pid), .. } if *pid == std::process::id()),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("is being written by another mqlsync process (pid "),
+        "{err}"
+    );
+    assert!(!path.exists(), "nothing created before the lock");
+    drop(held);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+/// The same race with two real opens on two threads, many times over: every open either
+/// succeeds or is refused at the lock, and the store ends up whole.
+#[test]
+fn concurrent_first_opens_give_one_store_or_the_lock_message() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("race-{round}.sqlite"));
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let opens: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| Store::open(&path).map(drop).map_err(|e| e.to_string())))
+                .collect();
+            opens.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    e.contains("is being written by another mqlsync process"),
+                    "{e}"
+                );
+            }
+        }
+        assert!(results.iter().any(Result::is_ok), "{results:?}");
+        assert_eq!(
+            Store::open(&path).unwrap().schema_version().unwrap(),
+            SCHEMA_VERSION
+        );
+    }
+}
+
+/// Issue 11, point 12: the lock is the store file's, not the path's. A run reaching the store
+/// through a symlink to the file, a symlink to its folder, or a path with `..` in it is the
+/// same writer as one using the real path.
+#[cfg(unix)]
+#[test]
+fn every_path_to_one_store_takes_one_writer_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let real = data.join("s.sqlite");
+    let first = Store::open(&real).unwrap();
+    let _writer = first.lock_writer().unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("link.sqlite")).unwrap();
+    std::os::unix::fs::symlink("data", dir.path().join("alias")).unwrap();
+    for other in [
+        dir.path().join("link.sqlite"),
+        dir.path().join("alias/s.sqlite"),
+        dir.path().join("alias/../data/./s.sqlite"),
+    ] {
+        let err = Store::open(&other).err().unwrap();
+        assert!(
+            matches!(err, StoreError::Busy { .. }),
+            "{}: {err}",
+            other.display()
+        );
+    }
+    // A symlink to a store not created yet leads to where SQLite will create it.
+    std::os::unix::fs::symlink("data/later.sqlite", dir.path().join("dangling.sqlite")).unwrap();
+    assert_eq!(
+        open::real_path(&dir.path().join("dangling.sqlite")).unwrap(),
+        std::fs::canonicalize(&data).unwrap().join("later.sqlite")
+    );
+}
+
+/// `status` and `explain` read a store while a run holds it, and never write it.
+#[test]
+fn a_reader_opens_a_store_a_writer_holds_and_writes_nothing() {
+    let policy = Policy::example();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let mut state = EngineState::new();
+    apply_and_commit(&mut store, &mut state, &policy, &events());
+    let _writer = store.lock_writer().unwrap();
+    let reader = Store::open_existing(&path).unwrap();
+    assert!(reader.summary().unwrap().outbox_pending > 0);
+    assert!(!reader.load_engine(&policy).unwrap().persons.is_empty());
+    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+}
+
+/// Issue 11, point 5: `status` names the records of pending and failed writes, at most
+/// [`SUMMARY_ROWS`] of each, and its JSON holds a JSON cursor as an object.
+#[test]
+fn the_summary_lists_the_first_pending_and_failed_writes_and_cursors_as_values() {
+    let policy = Policy::example();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let all = events_of(15);
+    let decisions: Vec<Decision> = all
+        .iter()
+        .flat_map(|e| apply(&mut state, &policy, e))
+        .collect();
+    let modstamp = r#"{"systemmodstamp":"2026-03-02T10:00:00Z","id":"00Q1","recent":[]}"#;
+    store
+        .commit_batch(
+            Batch {
+                events: &all,
+                decisions: &decisions,
+                cursors: &[
+                    ("crm.Lead".to_string(), modstamp.to_string()),
+                    ("simulate:h.csv".to_string(), "20".to_string()),
+                ],
+                seen_at: t(50),
+            },
+            &mut state,
+        )
+        .unwrap();
+    let pending = store.outbox_pending(1_000).unwrap();
+    assert!(pending.len() > SUMMARY_ROWS + 2, "{}", pending.len());
+    store
+        .outbox_settle(
+            &[(
+                pending[0].clone(),
+                Settlement::Failed("INACTIVE_OWNER_OR_USER: x".into()),
+            )],
+            t(60),
+        )
+        .unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.pending_writes.len(), SUMMARY_ROWS);
+    assert_eq!(summary.outbox_pending as usize, pending.len() - 1);
+    assert!(
+        summary
+            .pending_writes
+            .iter()
+            .all(|w| w.key != pending[0].key)
+    );
+    assert_eq!(summary.failed_writes.len(), 1);
+    assert_eq!(summary.failed_writes[0].key, pending[0].key);
+    assert_eq!(
+        summary.failed_writes[0].last_error.as_deref(),
+        Some("INACTIVE_OWNER_OR_USER: x")
+    );
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(
+        json["cursors"][0],
+        serde_json::json!({
+            "name": "crm.Lead",
+            "value": {"systemmodstamp": "2026-03-02T10:00:00Z", "id": "00Q1", "recent": []},
+            "saved_at": "2026-03-02T10:50:00Z",
+        })
+    );
+    // A cursor that is not a JSON object or list stays the text it was saved as.
+    assert_eq!(json["cursors"][1]["value"], "20");
+    assert_eq!(
+        json["pending_writes"].as_array().unwrap().len(),
+        SUMMARY_ROWS
+    );
+}
+
+/// Issue 11, point 4: a damaged store is one line naming it and a recovery that works: put a
+/// copy back, with the damaged file's -wal and -shm moved aside too.
+#[test]
+fn a_damaged_store_is_one_line_and_a_backup_put_back_opens() {
+    let policy = Policy::example();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let mut state = EngineState::new();
+    apply_and_commit(&mut store, &mut state, &policy, &events());
+    let cycles = store.cycles().unwrap();
+    drop(store);
+    // The backup the README describes: a copy taken while no run is going.
+    let backup = dir.path().join("backup.sqlite");
+    std::fs::copy(&path, &backup).unwrap();
+    // Later work, then damage: a table's pages overwritten.
+    let mut store = Store::open(&path).unwrap();
+    apply_and_commit(&mut store, &mut state, &policy, &events_of(8)[1..]);
+    drop(store);
+    let root: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'cycles'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start((root as u64 - 1) * 16_384 + 8))
+            .unwrap();
+        f.write_all(&[0xff; 4]).unwrap();
+    }
+    for err in [
+        Store::open(&path).err().unwrap(),
+        Store::open_existing(&path).err().unwrap(),
+    ] {
+        let said = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{said}");
+        assert!(!said.contains('\n'), "{said}");
+        assert!(
+            said.starts_with(&format!(
+                "store {} is damaged (SQLite integrity check: ",
+                path.display()
+            )),
+            "{said}"
+        );
+        assert!(
+            said.contains("copy your last backup of the store to"),
+            "{said}"
+        );
+    }
+    // The recovery the message gives.
+    for side in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{side}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}.damaged", from.display())).unwrap();
+        }
+    }
+    std::fs::copy(&backup, &path).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.cycles().unwrap(), cycles);
+}
+
+/// What an error of the OS means for the user, for the cases root cannot make with chmod (the
+/// CLI tests make them as another user where they can).
+#[test]
+fn access_errors_name_the_place_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("new.sqlite");
+    let existing = dir.path().join("old.sqlite");
+    std::fs::write(&existing, "").unwrap();
+    let rofs = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+    let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    let said = open::io_failure("new.sqlite", &missing, &rofs, "create its folder").to_string();
+    assert_eq!(
+        said,
+        "the store at new.sqlite is on a read-only file system; mount it read-write, or set `store` / MQLSYNC_STORE to a writable path"
+    );
+    let said = open::io_failure("new.sqlite", &missing, &denied, "create its folder").to_string();
+    assert!(
+        said.starts_with(
+            "permission denied: cannot create the store at new.sqlite (create its folder: "
+        ) && said.ends_with("; make the directory writable or set `store` / MQLSYNC_STORE"),
+        "{said}"
+    );
+    let said =
+        open::io_failure("old.sqlite", &existing, &denied, "create its lock file").to_string();
+    assert!(
+        said.starts_with(&format!(
+            "the store at old.sqlite is in a read-only directory ({}): ",
+            dir.path().display()
+        )),
+        "{said}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The command line as a user runs it: `check`, `simulate`, `status`, `explain`, and the
-//! exit code 2 with a one-line message for input that cannot be used.
+//! exit code 2 with a one-line message for input that cannot be used (a config, a mapping, a
+//! store path this user cannot write), and one writer per store file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -93,8 +94,8 @@ fn simulate_into_a_store_then_status_and_explain_read_it_and_a_rerun_adds_nothin
     assert!(mqlsync(&args, dir.path()).status.success());
     let status = mqlsync(&["status", "--store", "s.sqlite", "--json"], dir.path());
     let first: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(first["cursors"][0][0], "simulate:history.csv");
-    assert_eq!(first["cursors"][0][1], "20");
+    assert_eq!(first["cursors"][0]["name"], "simulate:history.csv");
+    assert_eq!(first["cursors"][0]["value"], "20");
     assert!(first["outbox_pending"].as_i64().unwrap() > 0);
     // The same history again: every event is a replay.
     let again = mqlsync(&[&args[..], &["--json"]].concat(), dir.path());
@@ -911,7 +912,7 @@ fn remote(dir: &Path, args: &[&str], secrets: (&str, &str)) -> Output {
 const SANDBOX_SECRETS: (&str, &str) = ("sandbox-consumer-secret", "sandbox-marketo-secret");
 
 /// The one line a failed command printed on stderr (no retry warning, no repeated cause).
-fn one_line_error(out: &Output) -> String {
+fn one_line_failure(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -943,7 +944,7 @@ fn a_server_out_of_reach_is_named_with_its_key_at_once_and_leaves_no_store() {
     let dir = tempfile::tempdir().unwrap();
     remote_config(dir.path(), &closed, &closed);
     for args in [&["run", "--once"][..], &["check", "--remote"]] {
-        let err = one_line_error(&remote(dir.path(), args, SANDBOX_SECRETS));
+        let err = one_line_failure(&remote(dir.path(), args, SANDBOX_SECRETS));
         assert_eq!(
             err,
             format!(
@@ -953,7 +954,7 @@ fn a_server_out_of_reach_is_named_with_its_key_at_once_and_leaves_no_store() {
         );
     }
     remote_config(dir.path(), "http://mqlsync-nowhere.invalid", &closed);
-    let err = one_line_error(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
+    let err = one_line_failure(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
     assert!(
         err.starts_with(
             "mqlsync: cannot reach Salesforce at http://mqlsync-nowhere.invalid (host name not found"
@@ -971,7 +972,7 @@ fn a_wrong_secret_is_reported_once_and_leaves_no_store_then_the_right_one_runs()
     let store = dir.path().join("state/mqlsync.sqlite");
     let wrong_sf = ("not-the-secret", SANDBOX_SECRETS.1);
     for args in [&["run", "--once"][..], &["check", "--remote"]] {
-        let err = one_line_error(&remote(dir.path(), args, wrong_sf));
+        let err = one_line_failure(&remote(dir.path(), args, wrong_sf));
         assert_eq!(
             err,
             "mqlsync: Salesforce refused the client credentials (invalid_client: invalid client credentials): \
@@ -980,7 +981,7 @@ fn a_wrong_secret_is_reported_once_and_leaves_no_store_then_the_right_one_runs()
         );
     }
     let wrong_mk = (SANDBOX_SECRETS.0, "not-the-secret");
-    let err = one_line_error(&remote(dir.path(), &["run", "--once"], wrong_mk));
+    let err = one_line_failure(&remote(dir.path(), &["run", "--once"], wrong_mk));
     assert!(
         err.starts_with("mqlsync: Marketo refused the client credentials (unauthorized: ")
             && err.ends_with(
@@ -1026,7 +1027,7 @@ fn a_token_endpoint_that_answers_a_page_is_reported_with_its_status() {
     let (_runtime, sandbox) = start_sandbox(vec![not_found]);
     let dir = tempfile::tempdir().unwrap();
     remote_config(dir.path(), sandbox.salesforce_url(), sandbox.marketo_url());
-    let err = one_line_error(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
+    let err = one_line_failure(&remote(dir.path(), &["run", "--once"], SANDBOX_SECRETS));
     assert_eq!(
         err,
         format!(
@@ -1099,4 +1100,403 @@ fn check_remote_passes_on_a_standard_marketo_and_the_parts_source_names_its_keys
             "remote: map.demographic_score: the MAP has no lead field demographicScore (REST name), which score.source = \"behavior_plus_demographic\" reads",
         ]
     );
+}
+
+// --- input errors, store-only commands, one writer ---
+
+/// The binary's own message, without the `mqlsync: ` prefix; asserts it is one line.
+fn one_line_error(out: &Output) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err.trim_end()
+        .strip_prefix("mqlsync: ")
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_string()
+}
+
+/// Issue 11, point 4: an unknown config key names its line and section with the key meant; an
+/// unknown variable names the variable; the logging variables are not settings.
+#[test]
+fn an_unknown_key_or_variable_is_one_line_naming_it_and_the_closest_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mqlsync.toml"),
+        "store = \"s.sqlite\"\n[salesforce]\nbase_ulr = \"https://acme.my.salesforce.com\"\nauth = \"client_credentials\"\nclient_id = \"x\"\n",
+    )
+    .unwrap();
+    let out = mqlsync(&["--config", "mqlsync.toml", "status"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        one_line_error(&out),
+        "mqlsync.toml:3: salesforce.base_ulr: unknown key; did you mean `base_url`?"
+    );
+    let run = |var: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .arg("check")
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .env(var, "json")
+            .output()
+            .unwrap()
+    };
+    let out = run("MQLSYNC_SALESFORCE_BASE_ULR");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        one_line_error(&out),
+        "environment: MQLSYNC_SALESFORCE_BASE_ULR: unknown variable; did you mean MQLSYNC_SALESFORCE_BASE_URL?"
+    );
+    let out = run("MQLSYNC_LOG_FORMAT");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Issue 11, point 4: a team pool id error points at the `pool` line.
+#[test]
+fn a_team_pool_error_names_the_pool_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = mqlsync::mapping::DEFAULT_MAPPING;
+    let line = good[..good.find("pool = [\"0055g0000000001AAA\"").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    let bad = good.replacen("\"0055g0000000001AAA\"", "\"0055g0000000001AA\"", 1);
+    std::fs::write(dir.path().join("m.toml"), bad).unwrap();
+    let out = mqlsync(&["check", "--mapping", "m.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        one_line_error(&out).starts_with(&format!(
+            "m.toml:{line}: teams[0].pool: \"0055g0000000001AA\""
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Issue 11, point 5: `status`, `explain` and `requeue` (and `simulate`) work with a config whose
+/// secrets are not set; `run` still says which one is missing.
+#[test]
+fn store_commands_need_no_secrets_and_run_names_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mqlsync.toml"),
+        "store = \"s.sqlite\"\n[salesforce]\nbase_url = \"https://acme.my.salesforce.com\"\nauth = \"client_credentials\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent/secret\"\n[marketo]\nbase_url = \"https://123-ABC-456.mktorest.com\"\nclient_id = \"y\"\n",
+    )
+    .unwrap();
+    let history = fixture("history.csv");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+            .arg("--config")
+            .arg("mqlsync.toml")
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env_remove("MQLSYNC_SALESFORCE_CLIENT_SECRET")
+            .env_remove("MQLSYNC_SALESFORCE_REFRESH_TOKEN")
+            .env_remove("MQLSYNC_MARKETO_CLIENT_SECRET")
+            .env("MQLSYNC_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["simulate", history.to_str().unwrap(), "--store", "s.sqlite"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["explain", "00QCHL"],
+        &["requeue"],
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = run(&["run", "--once"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        one_line_error(&out).contains("cannot read the secret file /nonexistent/secret"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Issue 11, point 5: `status` names the records of pending writes, and `--json` holds them and
+/// its cursors as values.
+#[test]
+fn status_lists_the_records_waiting_in_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    let args = ["simulate", history.to_str().unwrap(), "--store", "s.sqlite"];
+    assert!(mqlsync(&args, dir.path()).status.success());
+    let json = mqlsync(&["status", "--store", "s.sqlite", "--json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let keys: Vec<&str> = v["pending_writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys.len() as i64,
+        v["outbox_pending"].as_i64().unwrap().min(20)
+    );
+    assert!(keys.contains(&"MQL:00QADA-1"), "{keys:?}");
+    assert_eq!(
+        v["cursors"][0],
+        serde_json::json!({"name": "simulate:history.csv", "value": "20", "saved_at": v["cursors"][0]["saved_at"]})
+    );
+    let said = text(&mqlsync(&["status", "--store", "s.sqlite"], dir.path()).stdout);
+    assert!(said.contains("  pending writes:\n"), "{said}");
+    assert!(said.contains("\n    MQL:00QADA-1\n"), "{said}");
+}
+
+/// Holds the writer lock of the store `name` in `dir` as a running mqlsync would: an OS lock on
+/// `{real path}.lock` with this process's id in it.
+fn hold_writer_lock(dir: &Path, name: &str) -> std::fs::File {
+    use std::io::Write as _;
+    let lock = std::fs::canonicalize(dir)
+        .unwrap()
+        .join(format!("{name}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(lock)
+        .unwrap();
+    file.try_lock().unwrap();
+    write!(file, "{}", std::process::id()).unwrap();
+    file
+}
+
+/// Issue 11, point 4: two first runs on a fresh store. The second stops with the writer-lock
+/// message before it creates anything (not "table cursors already exists" nor "database is
+/// locked").
+#[test]
+fn a_second_writer_of_a_fresh_store_stops_at_the_lock_before_creating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = hold_writer_lock(dir.path(), "fresh.sqlite");
+    let history = fixture("history.csv");
+    let out = mqlsync(
+        &[
+            "simulate",
+            history.to_str().unwrap(),
+            "--store",
+            "fresh.sqlite",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = one_line_error(&out);
+    assert!(
+        said.starts_with(&format!(
+            "store fresh.sqlite is being written by another mqlsync process (pid {})",
+            std::process::id()
+        )),
+        "{said}"
+    );
+    assert!(!dir.path().join("fresh.sqlite").exists());
+}
+
+/// Issue 11, point 12: a second writer reaching the store through a symlink to the file or a
+/// relative path with `..` takes the same lock as the first (it wrote every alert task twice
+/// when the lock followed the path as typed); readers still read.
+#[cfg(unix)]
+#[test]
+fn one_writer_per_store_file_through_a_symlink_or_a_relative_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    let real = dir.path().join("data/s.sqlite");
+    let simulate = |store: &str| {
+        mqlsync(
+            &["simulate", history.to_str().unwrap(), "--store", store],
+            dir.path(),
+        )
+    };
+    assert!(simulate("data/s.sqlite").status.success());
+    std::os::unix::fs::symlink("data/s.sqlite", dir.path().join("link.sqlite")).unwrap();
+    // Another process's run holds the store by its real path.
+    let store = mqlsync::store::Store::open(&real).unwrap();
+    let _writer = store.lock_writer().unwrap();
+    for path in ["link.sqlite", "./data/../data/s.sqlite"] {
+        let out = simulate(path);
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", text(&out.stderr));
+        assert!(
+            one_line_error(&out).contains("is being written by another mqlsync process"),
+            "{path}: {}",
+            text(&out.stderr)
+        );
+        let out = mqlsync(&["requeue", "--store", path], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", text(&out.stderr));
+        let out = mqlsync(&["status", "--store", path], dir.path());
+        assert!(out.status.success(), "{path}: {}", text(&out.stderr));
+    }
+}
+
+/// Issue 11, point 4: a damaged store is one line naming it and what to do, exit 2.
+#[test]
+fn a_damaged_store_is_one_line_naming_it_exit_2() {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    let args = ["simulate", history.to_str().unwrap(), "--store", "s.sqlite"];
+    assert!(mqlsync(&args, dir.path()).status.success());
+    let path = dir.path().join("s.sqlite");
+    let root: u64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'cycles'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start((root - 1) * 16_384 + 8)).unwrap();
+    f.write_all(&[0xff; 4]).unwrap();
+    drop(f);
+    for args in [&["status", "--store", "s.sqlite"][..], &args[..]] {
+        let out = mqlsync(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let said = one_line_error(&out);
+        assert!(
+            said.starts_with("store s.sqlite is damaged (SQLite integrity check: ")
+                && said.ends_with("then copy your last backup of the store to s.sqlite"),
+            "{said}"
+        );
+    }
+}
+
+/// Runs mqlsync as a user the file permissions apply to: this user when the tests do not run
+/// as root, else `nobody` through setpriv(1). `None` where that cannot be done here.
+#[cfg(unix)]
+fn mqlsync_unprivileged(args: &[&str], dir: &Path) -> Option<Output> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(mqlsync(args, dir));
+    }
+    let run = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_mqlsync"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .output()
+            .ok()
+    };
+    run(&["--version"])
+        .filter(|o| o.status.success())
+        .and_then(|_| run(args))
+}
+
+/// Issue 11, point 4: a store where this user cannot write says "permission denied" with the
+/// path, or that its directory is read-only; not SQLite's "unable to open database file".
+#[cfg(unix)]
+#[test]
+fn a_store_this_user_cannot_write_says_so_naming_the_path_exit_2() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    std::fs::create_dir(dir.path().join("ro")).unwrap();
+    let args = [
+        "simulate",
+        history.to_str().unwrap(),
+        "--store",
+        "ro/old.sqlite",
+    ];
+    assert!(mqlsync(&args, dir.path()).status.success());
+    std::fs::copy(&history, dir.path().join("history.csv")).unwrap();
+    let mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(dir.path(), 0o755);
+    mode(&dir.path().join("ro"), 0o555);
+    mode(&dir.path().join("history.csv"), 0o644);
+    let run = |args: &[&str]| mqlsync_unprivileged(args, dir.path());
+    let Some(out) = run(&["simulate", "history.csv", "--store", "ro/new.sqlite"]) else {
+        eprintln!("skipped: cannot run mqlsync as a user without root's permissions here");
+        return;
+    };
+    for (out, expected) in [
+        (
+            out,
+            "permission denied: cannot create the store at ro/new.sqlite (",
+        ),
+        (
+            run(&["simulate", "history.csv", "--store", "ro/sub/new.sqlite"]).unwrap(),
+            "permission denied: cannot create the store at ro/sub/new.sqlite (",
+        ),
+        (
+            run(&["status", "--store", "ro/old.sqlite"]).unwrap(),
+            "the store at ro/old.sqlite is in a read-only directory (",
+        ),
+        (
+            run(&["simulate", "history.csv", "--store", "ro/old.sqlite"]).unwrap(),
+            "the store at ro/old.sqlite is in a read-only directory (",
+        ),
+    ] {
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let said = one_line_error(&out);
+        assert!(said.starts_with(expected), "{said}");
+        assert!(
+            !said.contains("unable to open") && !said.contains("Error code"),
+            "{said}"
+        );
+    }
+    mode(&dir.path().join("ro"), 0o755);
+}
+
+/// Issue 11, point 4: a store on a read-only mount says so. Needs a mount namespace (root with
+/// CAP_SYS_ADMIN); elsewhere the test says it was skipped.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_store_on_a_read_only_file_system_says_so_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = fixture("history.csv");
+    let args = [
+        "simulate",
+        history.to_str().unwrap(),
+        "--store",
+        "mnt/s.sqlite",
+    ];
+    assert!(mqlsync(&args, dir.path()).status.success());
+    let mnt = std::fs::canonicalize(dir.path().join("mnt")).unwrap();
+    let read_only = |args: &[&str]| {
+        Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "mount --bind '{0}' '{0}' && mount -o remount,bind,ro '{0}' && exec \"$0\" \"$@\"",
+                mnt.display()
+            ))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("MQLSYNC_CONFIG")
+            .env("MQLSYNC_LOG", "off")
+            .output()
+            .ok()
+    };
+    if !read_only(&["true"]).is_some_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot mount read-only here");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_mqlsync");
+    for args in [
+        &[bin, "status", "--store", "mnt/s.sqlite"][..],
+        &[
+            bin,
+            "simulate",
+            history.to_str().unwrap(),
+            "--store",
+            "mnt/s.sqlite",
+        ],
+        &[
+            bin,
+            "simulate",
+            history.to_str().unwrap(),
+            "--store",
+            "mnt/new/s.sqlite",
+        ],
+    ] {
+        let out = read_only(args).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let said = one_line_error(&out);
+        assert!(said.contains(" is on a read-only file system; "), "{said}");
+    }
 }
