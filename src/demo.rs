@@ -93,7 +93,7 @@ pub async fn run(
     let _ = std::fs::remove_file(&config.store);
     let mut store = Store::open(&config.store)?;
     let settings = RunSettings::default();
-    let usage = || (sf.budget().usage().0, mk.budget().usage().0);
+    let sent = || (sf.sent(), mk.sent());
 
     let first = run_once(
         &sf,
@@ -103,7 +103,7 @@ pub async fn run(
         &mut store,
         start,
         &settings,
-        usage,
+        sent,
     )
     .await?;
     let before: std::collections::HashSet<String> =
@@ -146,7 +146,7 @@ pub async fn run(
         &mut store,
         later,
         &settings,
-        usage,
+        sent,
     )
     .await?;
     let after = store.cycles()?;

@@ -8,6 +8,7 @@
 
 use std::io::IsTerminal;
 
+use indicatif::{ProgressState, ProgressStyle};
 use tracing_indicatif::IndicatifLayer;
 use tracing_indicatif::filter::{IndicatifFilter, hide_indicatif_span_fields};
 use tracing_subscriber::EnvFilter;
@@ -85,8 +86,20 @@ pub fn init(
             )
             .init(),
         LogFormat::Text if progress && terminal => {
+            // `phase="Lead" 4000 records (2,300/s, 2s)`: the phase, its records so far, the rate.
+            let style = ProgressStyle::with_template(
+                "{spinner} {span_fields} {pos} records ({rate}, {elapsed})",
+            )
+            .expect("the progress template is valid")
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            );
             let bars = IndicatifLayer::new()
-                .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
+                .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()))
+                .with_progress_style(style);
             registry
                 .with(
                     tracing_subscriber::fmt::layer()

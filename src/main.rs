@@ -34,6 +34,10 @@ struct Cli {
     /// Config file (TOML); `MQLSYNC_*` variables override it.
     #[arg(long, global = true, env = "MQLSYNC_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr: `text`, or `json` (one object a line); default from
+    /// `MQLSYNC_LOG_FORMAT`, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<mqlsync::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,13 +190,22 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     quiet_on_closed_pipe(&cli.command);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MQLSYNC_LOG")
-        .unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli) {
+    // A run logs a line per phase and per committed page by default (and draws progress bars
+    // on a terminal); the other commands print their own output and log only warnings.
+    let run = matches!(cli.command, Command::Run { .. });
+    let default_filter = if run { "mqlsync=info,warn" } else { "warn" };
+    let logging = mqlsync::logging::format_from(
+        cli.log_format,
+        std::env::var(mqlsync::logging::FORMAT_VARIABLE)
+            .ok()
+            .as_deref(),
+    )
+    .and_then(|format| mqlsync::logging::init(format, default_filter, run));
+    if let Err(e) = logging {
+        eprintln!("mqlsync: {e}");
+        return ExitCode::from(2);
+    }
+    match self::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mqlsync: {e:#}");
@@ -345,6 +358,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sf = mqlsync::sync::connect::salesforce(&config)?;
             let mk = mqlsync::sync::connect::marketo(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // The sign-in's requests count with the run.
+            let sent = || (sf.sent(), mk.sent());
+            let sent_before = sent();
             // Wrong credentials or a server out of reach stop the run before it creates a store.
             runtime.block_on(mqlsync::sync::connect::sign_in(&sf, &mk))?;
             let path = store.unwrap_or_else(|| config.store.clone());
@@ -355,9 +371,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 (None, Store::open(&path)?)
             };
-            let usage = || (sf.budget().usage().0, mk.budget().usage().0);
             let settings = mqlsync::sync::once::RunSettings {
                 dry_run,
+                sent_before: Some(sent_before),
                 ..Default::default()
             };
             let outcome = runtime.block_on(mqlsync::sync::once::run_once(
@@ -368,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut store,
                 Timestamp::now(),
                 &settings,
-                usage,
+                sent,
             ));
             // The network work is over: a reader that goes away now ends the printing quietly.
             end_quietly_on_closed_pipe();
@@ -485,7 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "  {:<28} {}  (saved {})",
                     c.name,
-                    cursor_brief(&c.value),
+                    mqlsync::sync::cursor_brief(&c.value),
                     c.saved_at
                 );
             }
@@ -616,33 +632,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-/// A cursor as one short line: a JSON cursor's fields with long strings cut and lists
-/// counted (the ids seen at the cursor's instant, the activity GUIDs of the last page), so
-/// that `status` stays readable; `status --json` keeps them whole.
-fn cursor_brief(value: &str) -> String {
-    fn cut(s: &str) -> String {
-        match s.char_indices().nth(24) {
-            Some((i, _)) => format!("{}…", &s[..i]),
-            None => s.to_string(),
-        }
-    }
-    match serde_json::from_str::<serde_json::Value>(value) {
-        Ok(serde_json::Value::Object(fields)) => fields
-            .iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={}", cut(s)),
-                serde_json::Value::Array(a) if a.len() == 1 => format!("{k}=[1 item]"),
-                serde_json::Value::Array(a) => format!("{k}=[{} items]", a.len()),
-                serde_json::Value::Object(o) => format!("{k}={{{} fields}}", o.len()),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ if value.chars().count() > 64 => cut(value),
-        _ => value.to_string(),
     }
 }
 
@@ -841,35 +830,5 @@ fn print_cycles(cycles: &[Cycle]) {
             if c.overdue { "yes" } else { "no" },
             c.reassignments
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cursor_brief;
-
-    #[test]
-    fn a_cursor_is_shown_on_one_short_line() {
-        let recent: Vec<_> = (0..50)
-            .map(|i| serde_json::json!(["2026-11-23T11:07:27Z", format!("00Q{i:015}")]))
-            .collect();
-        let modstamp = serde_json::json!({
-            "systemmodstamp": "2026-11-23T11:07:27Z",
-            "id": "00Q5g00000000L5EAI",
-            "recent": recent,
-        });
-        assert_eq!(
-            cursor_brief(&modstamp.to_string()),
-            "id=00Q5g00000000L5EAI recent=[50 items] systemmodstamp=2026-11-23T11:07:27Z"
-        );
-        let token = serde_json::json!({
-            "next_page_token": "GIYDENRNGEYS2MRTKQYDSORSGU5DENZOGAYDAKZQGAYDALBVGAYDEMBZG44A====",
-            "last_guids": ["50020803", "50020804"],
-        });
-        assert_eq!(
-            cursor_brief(&token.to_string()),
-            "last_guids=[2 items] next_page_token=GIYDENRNGEYS2MRTKQYDSORS…"
-        );
-        assert_eq!(cursor_brief("2026-11-23T11:08:27Z"), "2026-11-23T11:08:27Z");
     }
 }

@@ -15,3 +15,60 @@ pub mod once;
 pub mod preflight;
 pub mod records;
 pub mod writes;
+
+/// A cursor as one short line: a JSON cursor's fields with long strings cut and lists
+/// counted (the ids seen at the cursor's instant, the activity GUIDs of the last page), so
+/// that `status` stays readable; `status --json` keeps them whole.
+pub fn cursor_brief(value: &str) -> String {
+    fn cut(s: &str) -> String {
+        match s.char_indices().nth(24) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s.to_string(),
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={}", cut(s)),
+                serde_json::Value::Array(a) if a.len() == 1 => format!("{k}=[1 item]"),
+                serde_json::Value::Array(a) => format!("{k}=[{} items]", a.len()),
+                serde_json::Value::Object(o) => format!("{k}={{{} fields}}", o.len()),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ if value.chars().count() > 64 => cut(value),
+        _ => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cursor_brief;
+
+    #[test]
+    fn a_cursor_is_shown_on_one_short_line() {
+        let recent: Vec<_> = (0..50)
+            .map(|i| serde_json::json!(["2026-11-23T11:07:27Z", format!("00Q{i:015}")]))
+            .collect();
+        let modstamp = serde_json::json!({
+            "systemmodstamp": "2026-11-23T11:07:27Z",
+            "id": "00Q5g00000000L5EAI",
+            "recent": recent,
+        });
+        assert_eq!(
+            cursor_brief(&modstamp.to_string()),
+            "id=00Q5g00000000L5EAI recent=[50 items] systemmodstamp=2026-11-23T11:07:27Z"
+        );
+        let token = serde_json::json!({
+            "next_page_token": "GIYDENRNGEYS2MRTKQYDSORSGU5DENZOGAYDAKZQGAYDALBVGAYDEMBZG44A====",
+            "last_guids": ["50020803", "50020804"],
+        });
+        assert_eq!(
+            cursor_brief(&token.to_string()),
+            "last_guids=[2 items] next_page_token=GIYDENRNGEYS2MRTKQYDSORS…"
+        );
+        assert_eq!(cursor_brief("2026-11-23T11:08:27Z"), "2026-11-23T11:08:27Z");
+    }
+}

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
+use tracing::Instrument;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use crate::connectors::http::Sent;
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::incremental::IncrementalRead;
 use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
@@ -87,6 +90,9 @@ pub struct RunSettings {
     pub initial_window: SignedDuration,
     /// Empty activity pages in a row before a run stops reading (the cursor keeps the place).
     pub max_empty_pages: usize,
+    /// What the clients had sent when the run began, when the caller signed in before calling
+    /// [`run_once`] (so that the sign-in counts with the run); `None`: at the call.
+    pub sent_before: Option<(Sent, Sent)>,
     /// Read and decide as usual but send no write: each record the run would write is listed
     /// in [`RunSummary::plan`] instead. The caller runs a dry run on a copy of the store
     /// (see [`super::dry_run`]), so that nothing is committed either.
@@ -99,6 +105,7 @@ impl Default for RunSettings {
             lookback: Duration::from_secs(300),
             initial_window: SignedDuration::from_hours(24 * 30),
             max_empty_pages: 50,
+            sent_before: None,
             dry_run: false,
         }
     }
@@ -121,9 +128,14 @@ pub struct RunSummary {
     /// Records the CRM refused, and rows mqlsync does not send (each kept with its outbox
     /// row and error).
     pub write_failures: Vec<String>,
-    /// API calls this run made, by system (from the connectors' usage counters).
+    /// The HTTP requests this run sent, by system (token requests, retries and describes
+    /// included): what a count at the server gives.
     pub calls: BTreeMap<String, u64>,
-    /// The fewest calls the same work could take, by system.
+    /// The fewest calls the same work could take, by system, computed from the work (records
+    /// read and written, the page and batch sizes of each API), never from the calls made: a
+    /// token request when the run had to sign in, Marketo's daily usage, each query's pages of
+    /// 2,000, activities pages of 300, link look-ups of 300 ids, alert-key look-ups as long as
+    /// SOQL allows, writes of 200. A describe is not in it.
     pub minimum_calls: BTreeMap<String, u64>,
     /// The writes left parked in the outbox when the run ended, this run's and earlier runs'
     /// (refused for good, or refused for now [`OUTBOX_MAX_ATTEMPTS`] times): they wait for the
@@ -219,6 +231,16 @@ fn alert_state(state: &EngineState, policy: &Policy, alert: &writes::Alert<'_>) 
     }
 }
 
+/// The span of one phase of a run (an object read, the score changes, the writes): log lines
+/// inside it carry its name, and on a terminal it is drawn as a progress bar.
+fn phase(name: &str) -> tracing::Span {
+    tracing::info_span!(
+        "phase",
+        phase = name,
+        "indicatif.pb_show" = tracing::field::Empty
+    )
+}
+
 /// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
 fn history_object(object: &str) -> String {
     format!("{}__History", object.strip_suffix("__c").unwrap_or(object))
@@ -295,17 +317,17 @@ struct Run<'a, C: Crm, M: Map> {
     summary: RunSummary,
     sf_min: u64,
     mkto_min: u64,
-    usage: &'a dyn Fn() -> (u64, u64),
-    /// The CRM's call counter after this run's first call, less that call: Salesforce only
-    /// reports the org's running total, which includes every other integration's calls.
-    sf_start: Option<u64>,
+    /// What each client has sent so far, `(salesforce, marketo)`: the calls figures.
+    sent: &'a dyn Fn() -> (Sent, Sent),
     /// Cursors to commit with the next page (what a run learnt that is not a page position).
     later_cursors: Vec<(String, String)>,
 }
 
 /// Runs one sync cycle at `now` (the caller's clock). Holds the store's writer lock for the
 /// whole run: a second run on the same store (an overlapping cron job) stops at once with
-/// [`StoreError::Busy`].
+/// [`StoreError::Busy`]. `sent` says what each client, `(salesforce, marketo)`, has sent so
+/// far (their [`Sent`] counters): the run's calls are what they sent from
+/// [`RunSettings::sent_before`] (else from the run's start) to its end.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_once<C: Crm, M: Map>(
     crm: &C,
@@ -315,14 +337,14 @@ pub async fn run_once<C: Crm, M: Map>(
     store: &mut Store,
     now: Timestamp,
     settings: &RunSettings,
-    usage: impl Fn() -> (u64, u64),
+    sent: impl Fn() -> (Sent, Sent),
 ) -> Result<RunSummary, SyncError> {
+    let before = settings.sent_before.unwrap_or_else(&sent);
     let _writer = store.lock_writer()?;
     // Marketo's count is the instance's, for today: read it first, so that the reserve holds
     // across runs and against other integrations (a fresh process would otherwise count from
-    // zero). The call itself is counted below, with the run's.
+    // zero).
     map.refresh_usage().await?;
-    let before = usage();
     let state = store.load_engine(policy)?;
     let mut run = Run {
         crm,
@@ -335,9 +357,9 @@ pub async fn run_once<C: Crm, M: Map>(
         settings,
         summary: RunSummary::default(),
         sf_min: 0,
+        // The day's usage, read above.
         mkto_min: 1,
-        usage: &usage,
-        sf_start: None,
+        sent: &sent,
         later_cursors: Vec::new(),
     };
     let mut result = run.all().await;
@@ -362,14 +384,14 @@ pub async fn run_once<C: Crm, M: Map>(
     {
         result = Err(e.into());
     }
-    let after = usage();
-    let sf_calls = run
-        .sf_start
-        .map_or(0, |start| after.0.saturating_sub(start));
-    run.summary.calls.insert("salesforce".into(), sf_calls);
-    run.summary
-        .calls
-        .insert("marketo".into(), after.1.saturating_sub(before.1) + 1);
+    let after = sent();
+    let (sf, mk) = (after.0 - before.0, after.1 - before.1);
+    // A client that had to sign in needed one token request; more (a token renewed early, a
+    // refused first try) count against the run.
+    run.sf_min += u64::from(sf.token_requests > 0);
+    run.mkto_min += u64::from(mk.token_requests > 0);
+    run.summary.calls.insert("salesforce".into(), sf.requests);
+    run.summary.calls.insert("marketo".into(), mk.requests);
     run.summary
         .minimum_calls
         .insert("salesforce".into(), run.sf_min);
@@ -383,12 +405,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     async fn all(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         // Thresholds first, so that people read in this run meet the knob as it stands.
+        let object = m.crm.threshold.object.clone();
         let fields = records::threshold_fields(m);
-        self.crm_object(&m.crm.threshold.object.clone(), fields, true, |m, r| {
+        self.crm_object(&object, fields, true, |m, r| {
             records::threshold(m, r).map(Event::Threshold)
         })
+        .instrument(phase(&object))
         .await?;
-        self.threshold_history().await?;
+        let history = history_object(&m.crm.threshold.object);
+        self.threshold_history().instrument(phase(&history)).await?;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
                 CrmKind::Lead => m.crm.lead.object.clone(),
@@ -398,23 +423,69 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.crm_object(&object, fields, false, move |m, r| {
                 records::person(m, kind, r).map(Event::Person)
             })
+            .instrument(phase(&object))
             .await?;
         }
         let fields = records::OPPORTUNITY_FIELDS
             .iter()
             .map(|s| s.to_string())
             .collect();
-        self.crm_object(&m.crm.opportunity.clone(), fields, false, |m, r| {
+        let object = m.crm.opportunity.clone();
+        self.crm_object(&object, fields, false, |m, r| {
             records::opportunity(m, r).map(Event::Opportunity)
         })
+        .instrument(phase(&object))
         .await?;
+        let object = m.crm.mql.object.clone();
         let fields = records::mql_fields(m);
-        self.crm_object(&m.crm.mql.object.clone(), fields, false, |m, r| {
+        self.crm_object(&object, fields, false, |m, r| {
             records::cycle_edit(m, r).map(Event::CycleEdit)
         })
+        .instrument(phase(&object))
         .await?;
-        self.map_activities().await?;
-        self.drain_outbox().await
+        self.map_activities()
+            .instrument(phase("score changes"))
+            .await?;
+        self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// Calls sent so far in this process, `(salesforce, marketo)`, for the log.
+    fn calls_so_far(&self) -> (u64, u64) {
+        let (sf, mk) = (self.sent)();
+        (sf.requests, mk.requests)
+    }
+
+    /// Logs a committed page (and moves the phase's progress bar on by its records).
+    fn log_page(&self, source: &str, records: usize, cursor: &str) {
+        let (salesforce_calls, marketo_calls) = self.calls_so_far();
+        tracing::Span::current().pb_inc(records as u64);
+        tracing::info!(
+            source,
+            records,
+            cursor = %super::cursor_brief(cursor),
+            salesforce_calls,
+            marketo_calls,
+            "committed a page"
+        );
+    }
+
+    /// Logs one write call (and moves the progress bar on by its records).
+    fn log_write(&self, object: &str, records: usize) {
+        let (salesforce_calls, marketo_calls) = self.calls_so_far();
+        tracing::Span::current().pb_inc(records as u64);
+        tracing::info!(
+            object,
+            records,
+            salesforce_calls,
+            marketo_calls,
+            "wrote a batch"
+        );
+    }
+
+    /// Logs the end of a phase.
+    fn log_phase_done(&self, records: usize, pages: u64) {
+        let (salesforce_calls, marketo_calls) = self.calls_so_far();
+        tracing::info!(records, pages, salesforce_calls, marketo_calls, "read");
     }
 
     fn cursor<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, SyncError> {
@@ -484,9 +555,6 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let mut read = 0usize;
         let mut pages = 0u64;
         while let Some(page) = reader.next_page().await? {
-            if self.sf_start.is_none() {
-                self.sf_start = Some((self.usage)().0.saturating_sub(1));
-            }
             pages += 1;
             read += page.records.len();
             let mut events = Vec::with_capacity(page.records.len());
@@ -497,11 +565,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
             }
             let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
-            self.commit(events, (name.clone(), cursor))?;
+            self.commit(events, (name.clone(), cursor.clone()))?;
+            self.log_page(object, page.records.len(), &cursor);
         }
         // The fewest query calls for what was read: one per 2,000 records, at least one.
         self.sf_min += (read as u64).div_ceil(2000).max(1);
-        tracing::debug!(object, pages, read, "read");
+        self.log_phase_done(read, pages);
         *self.summary.read.entry(object.to_string()).or_default() += read;
         Ok(())
     }
@@ -523,8 +592,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             "SELECT Id, ParentId, Field, OldValue, NewValue, CreatedDate, CreatedById FROM {object}{filter} ORDER BY CreatedDate, Id"
         );
         let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
-        let (mut read, mut last) = (0usize, since);
+        let (mut read, mut last, mut count) = (0usize, since, 0u64);
         while let Some(page) = pages.next_page().await? {
+            count += 1;
             read += page.len();
             let mut rows = Vec::with_capacity(page.len());
             for r in &page {
@@ -539,8 +609,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             let cursor = last.map_or_else(String::new, |t| t.to_string());
             self.store
                 .record_threshold_history(&rows, (&name, &cursor), self.now)?;
+            self.log_page(&object, page.len(), &cursor);
         }
         self.sf_min += (read as u64).div_ceil(2000).max(1);
+        self.log_phase_done(read, count);
         *self.summary.read.entry(object).or_default() += read;
         Ok(())
     }
@@ -566,9 +638,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         );
         let mut links = LinkLookup::default();
         let mut waiting: VecDeque<WaitingPage> = VecDeque::new();
-        let mut read = 0usize;
+        let (mut read, mut page_count) = (0usize, 0u64);
         while let Some((activities, cursor)) = pages.next_page().await? {
             read += activities.len();
+            page_count += 1;
             let mut changes = Vec::with_capacity(activities.len());
             for a in &activities {
                 let value = serde_json::to_value(a).expect("activities serialise");
@@ -616,6 +689,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.mkto_min += (read as u64).div_ceil(MAP_PAGE_SIZE).max(1);
         self.mkto_min += (links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
         *self.summary.read.entry("activities".into()).or_default() += read;
+        self.log_phase_done(read, page_count);
         Ok(())
     }
 
@@ -724,8 +798,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .filter_map(|id| links.take(*id))
                 .map(Event::Link)
                 .collect();
+            let records = page.changes.len();
             events.extend(page.changes.into_iter().map(Event::Score));
-            self.commit(events, (name.to_string(), page.cursor))?;
+            self.commit(events, (name.to_string(), page.cursor.clone()))?;
+            self.log_page("activities", records, &page.cursor);
         }
         Ok(())
     }
@@ -794,7 +870,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     None => self.crm.update(&object, records).await,
                 };
                 match outcome {
-                    Ok(outcomes) => self.settle(&object, chunk, outcomes, label, &mut results),
+                    Ok(outcomes) => {
+                        self.settle(&object, chunk, outcomes, label, &mut results);
+                        self.log_write(&object, chunk.len());
+                    }
                     // The whole call failed after the connector's own retries: the rows stay
                     // pending for the next run.
                     Err(e) => stop = Some(e),
@@ -856,6 +935,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             let records: Vec<_> = chunk.iter().map(|w| w.record.clone()).collect();
             let outcomes = self.crm.create(object, records).await?;
             self.settle(object, chunk, outcomes, "task_create", results);
+            self.log_write(object, chunk.len());
         }
         Ok(())
     }

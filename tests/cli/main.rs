@@ -396,15 +396,25 @@ impl SandboxOrg {
         }
     }
 
-    /// `mqlsync --config mqlsync.toml ARGS` in the config's directory.
+    /// `mqlsync --config mqlsync.toml ARGS` in the config's directory, logs off.
     fn mqlsync(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .env("MQLSYNC_LOG", "off")
+            .output()
+            .unwrap()
+    }
+
+    /// The command [`SandboxOrg::mqlsync`] runs, with the logging variables unset.
+    fn command(&self, args: &[&str]) -> Command {
         let info = self.sandbox.connection_info();
-        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mqlsync"));
+        command
             .args(["--config", "mqlsync.toml"])
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("MQLSYNC_CONFIG")
-            .env("MQLSYNC_LOG", "off")
+            .env_remove("MQLSYNC_LOG")
+            .env_remove("MQLSYNC_LOG_FORMAT")
             .env(
                 "MQLSYNC_SALESFORCE_CLIENT_SECRET",
                 info["salesforce"]["client_secret"].as_str().unwrap(),
@@ -412,10 +422,112 @@ impl SandboxOrg {
             .env(
                 "MQLSYNC_MARKETO_CLIENT_SECRET",
                 info["marketo"]["client_secret"].as_str().unwrap(),
-            )
-            .output()
-            .unwrap()
+            );
+        command
     }
+}
+
+/// Issue 11, point 3: at the default level a run logs a line per phase and per committed page
+/// (source, records, cursor, calls so far), without colour codes when stderr is not a
+/// terminal; `MQLSYNC_LOG_FORMAT=json` or `--log-format json` gives one JSON object a line.
+#[test]
+fn a_run_logs_each_phase_and_page_as_text_or_json_lines() {
+    let org = SandboxOrg::start(300, Vec::new());
+    let out = org.command(&["run", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI codes off a terminal: {log}"
+    );
+    let page = log
+        .lines()
+        .find(|l| l.contains("committed a page") && l.contains("source=\"Lead\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    for field in ["records=", "cursor=", "salesforce_calls=", "marketo_calls="] {
+        assert!(page.contains(field), "{page}");
+    }
+    for phase in [
+        "MQL_Threshold__c",
+        "Lead",
+        "Contact",
+        "Opportunity",
+        "MQL__c",
+        "score changes",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("phase=\"{phase}\"")) && l.contains(" read records=")),
+            "no end-of-phase line for {phase}: {log}"
+        );
+    }
+    assert!(log.contains("wrote a batch"), "{log}");
+
+    for (variable, flag) in [(Some("json"), None), (None, Some("json"))] {
+        let mut command = match flag {
+            Some(f) => org.command(&["--log-format", f, "run", "--once"]),
+            None => org.command(&["run", "--once"]),
+        };
+        if let Some(v) = variable {
+            command.env("MQLSYNC_LOG_FORMAT", v);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines: Vec<serde_json::Value> = text(&out.stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"] == "read"),
+            "{lines:?}"
+        );
+    }
+    let bad = org
+        .command(&["run", "--once"])
+        .env("MQLSYNC_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(
+        text(&bad.stderr),
+        "mqlsync: MQLSYNC_LOG_FORMAT=\"yaml\": not a log format: use `text` or `json`\n"
+    );
+}
+
+/// Issue 11, point 3: on a terminal a run draws a progress bar per phase with its records and
+/// rate (`script` gives the run a terminal; skipped where util-linux's `script` is missing).
+#[test]
+fn a_run_on_a_terminal_shows_each_phase_with_records_and_rate() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to give the run a terminal");
+        return;
+    }
+    let org = SandboxOrg::start(300, Vec::new());
+    let binary = env!("CARGO_BIN_EXE_mqlsync");
+    let info = org.sandbox.connection_info();
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{binary} --config mqlsync.toml run --once"),
+            "/dev/null",
+        ])
+        .current_dir(org.dir.path())
+        .env_remove("MQLSYNC_LOG")
+        .env_remove("MQLSYNC_LOG_FORMAT")
+        .env(
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+            info["salesforce"]["client_secret"].as_str().unwrap(),
+        )
+        .env(
+            "MQLSYNC_MARKETO_CLIENT_SECRET",
+            info["marketo"]["client_secret"].as_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let screen = text(&out.stdout);
+    let bar = regex::Regex::new(r#"phase="Lead" \d+ records \(\d+/s, \d+s\)"#).unwrap();
+    assert!(bar.is_match(&screen), "{screen}");
 }
 
 /// Issue 11, point 13: a run that leaves writes refused for good exits 3 and lists them, and

@@ -99,7 +99,7 @@ impl App {
     async fn try_run(&mut self, at: Timestamp) -> Result<RunSummary, SyncError> {
         let m = mapping::load(None).unwrap();
         let (sf, mk) = (self.sf.clone(), self.mk.clone());
-        let usage = move || (sf.budget().usage().0, mk.budget().usage().0);
+        let sent = move || (sf.sent(), mk.sent());
         run_once(
             &self.sf,
             &self.mk,
@@ -108,7 +108,7 @@ impl App {
             &mut self.store,
             at,
             &RunSettings::default(),
-            usage,
+            sent,
         )
         .await
     }
