@@ -19,6 +19,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::connectors::http::Sent;
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
+use crate::connectors::salesforce::MAX_SOQL_CHARS;
 use crate::connectors::salesforce::incremental::IncrementalRead;
 use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
 use crate::connectors::{
@@ -31,10 +32,6 @@ use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, Sto
 
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, AlertState, Write};
-
-/// Alert keys looked up per query: about 100 characters each once quoted and URL-encoded, so
-/// 100 keep the query URL well under Salesforce's 16,384-character limit.
-const ALERT_LOOKUP_KEYS: usize = 100;
 
 /// Records on a Marketo activities page.
 const MAP_PAGE_SIZE: u64 = 300;
@@ -239,6 +236,35 @@ fn phase(name: &str) -> tracing::Span {
         phase = name,
         "indicatif.pb_show" = tracing::field::Empty
     )
+}
+
+/// The queries that look up alert keys: `SELECT {field} FROM {object} WHERE {field} IN (...)`,
+/// each as long as SOQL allows (100,000 characters: about 1,000 keys of 90), so that a first
+/// run's thousands of alerts cost a few look-ups. A statement that long does not fit in a
+/// query URL; the connector sends it in a Composite request's body.
+fn alert_lookups(object: &str, key_field: &str, keys: &[&str]) -> Vec<String> {
+    let head = format!("SELECT {key_field} FROM {object} WHERE {key_field} IN (");
+    let mut queries = Vec::new();
+    let mut query = String::new();
+    for key in keys {
+        let quoted = soql::quote(key);
+        // `, ` before every key but the first, and the closing `)`.
+        if !query.is_empty() && query.len() + 2 + quoted.len() + 1 > MAX_SOQL_CHARS {
+            query.push(')');
+            queries.push(std::mem::take(&mut query));
+        }
+        if query.is_empty() {
+            query.push_str(&head);
+        } else {
+            query.push_str(", ");
+        }
+        query.push_str(&quoted);
+    }
+    if !query.is_empty() {
+        query.push(')');
+        queries.push(query);
+    }
+    queries
 }
 
 /// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
@@ -905,15 +931,13 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let object = soql::identifier(&m.crm.task)?;
         let key_field = soql::identifier(&m.crm.task_alert_key)?;
         let mut found = BTreeSet::new();
-        for chunk in tasks.chunks(ALERT_LOOKUP_KEYS) {
-            let keys: Vec<String> = chunk.iter().map(|w| soql::quote(&w.row.key)).collect();
-            let query = format!(
-                "SELECT {key_field} FROM {object} WHERE {key_field} IN ({})",
-                keys.join(", ")
-            );
+        let keys: Vec<&str> = tasks.iter().map(|w| w.row.key.as_str()).collect();
+        let queries = alert_lookups(object, key_field, &keys);
+        // The fewest look-ups: as many keys a statement as SOQL's length allows.
+        self.sf_min += queries.len() as u64;
+        for query in queries {
             let mut pages = QueryPages::new(self.crm.clone(), query, true, Priority::Essential);
             while let Some(page) = pages.next_page().await? {
-                self.sf_min += 1;
                 found.extend(
                     page.iter()
                         .filter_map(|r| r.get(key_field)?.as_str().map(str::to_string)),
@@ -1012,10 +1036,16 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 Some(Ok(status)) => {
                     *self.summary.written.entry(label.into()).or_default() += 1;
                     record.outcome = "written".into();
+                    // Only an upsert's answer says whether it created the record.
                     match status {
-                        WriteStatus::Created => record.action = "create".into(),
-                        WriteStatus::Updated => record.action = "update".into(),
+                        WriteStatus::Created if label == "mql_upsert" => {
+                            record.action = "create".into()
+                        }
+                        WriteStatus::Updated if label == "mql_upsert" => {
+                            record.action = "update".into()
+                        }
                         WriteStatus::AlreadyDone { .. } => record.outcome = "already_done".into(),
+                        _ => {}
                     }
                     Settlement::Done
                 }
@@ -1052,5 +1082,39 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.summary.records.push(record);
             results.push((w.row.clone(), result));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_lookups_fill_each_statement_up_to_soqls_length_limit() {
+        let keys: Vec<String> = (0..2_500)
+            .map(|i| {
+                format!("Notify:00Q5g00000{i:05}AAA-1:0055g0000000{i:03}AAA:2026-11-03T09:00:00Z")
+            })
+            .collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let queries = alert_lookups("Task", "MQL_Alert_Key__c", &refs);
+        // 2,500 keys of 70 characters (74 quoted with `, `): about 1,350 a statement.
+        assert_eq!(
+            queries.len(),
+            2,
+            "{:?}",
+            queries.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(queries.iter().all(|q| q.len() <= MAX_SOQL_CHARS));
+        assert!(queries[0].len() > MAX_SOQL_CHARS - 100, "the first is full");
+        let listed: usize = queries.iter().map(|q| q.matches("'Notify:").count()).sum();
+        assert_eq!(listed, keys.len());
+        assert!(
+            queries[1].starts_with(
+                "SELECT MQL_Alert_Key__c FROM Task WHERE MQL_Alert_Key__c IN ('Notify:"
+            )
+        );
+        assert!(queries[1].ends_with("Z')"));
+        assert!(alert_lookups("Task", "K", &[]).is_empty());
     }
 }

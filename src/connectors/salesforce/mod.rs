@@ -173,6 +173,27 @@ pub struct SalesforceClient {
     inner: Arc<Inner>,
 }
 
+/// A Composite response: one answer per subrequest, in order.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompositeAnswer {
+    composite_response: Vec<CompositeSubAnswer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompositeSubAnswer {
+    #[serde(default)]
+    body: Value,
+    http_status_code: u16,
+}
+
+/// The longest query URL sent as a GET: the REST API takes at most 16,384 bytes of URI and
+/// headers together; ours add about 400.
+const MAX_QUERY_URL: usize = 15_000;
+/// SOQL's limit on a statement's length.
+pub const MAX_SOQL_CHARS: usize = 100_000;
+
 #[derive(Deserialize)]
 struct TokenBody {
     access_token: String,
@@ -622,6 +643,69 @@ impl SalesforceClient {
         Ok((headers, bytes))
     }
 
+    /// The first page of a query whose URL is too long for a GET (the REST API refuses a URI
+    /// over 16,384 bytes with 414, or 431 with the headers): sent as the one subrequest of a
+    /// Composite request, whose body takes the statement up to SOQL's own limit of 100,000
+    /// characters; one call against the API limits, like the GET. Later pages come by
+    /// `nextRecordsUrl` as usual. The subrequest's own status and errors are read as a direct
+    /// call's would be, and retried the same way (a query is harmless to send twice).
+    async fn query_in_composite(
+        &self,
+        url: &reqwest::Url,
+        soql: &str,
+        priority: Priority,
+    ) -> Result<QueryPage> {
+        if soql.chars().count() > MAX_SOQL_CHARS {
+            return Err(ConnectorError::Config(format!(
+                "a SOQL statement of {} characters is over Salesforce's limit of {MAX_SOQL_CHARS}",
+                soql.chars().count()
+            )));
+        }
+        let relative = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+        let body = json!({
+            "allOrNone": false,
+            "compositeRequest": [{"method": "GET", "url": relative, "referenceId": "query"}],
+        });
+        let composite = self.data_url("/composite");
+        super::retry::run_as(&self.inner.settings.retry, Repeat::Harmless, || async {
+            let (_, bytes) = self
+                .call_once(
+                    Method::POST,
+                    &composite,
+                    Some(&body),
+                    priority,
+                    "application/json",
+                )
+                .await?;
+            let answer: CompositeAnswer =
+                serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Malformed {
+                    system: SYS,
+                    detail: format!("composite response: {e}"),
+                })?;
+            let Some(sub) = answer.composite_response.into_iter().next() else {
+                return Err(ConnectorError::Malformed {
+                    system: SYS,
+                    detail: "composite response without a subrequest answer".into(),
+                });
+            };
+            let status = StatusCode::from_u16(sub.http_status_code).map_err(|e| {
+                ConnectorError::Malformed {
+                    system: SYS,
+                    detail: format!("composite subrequest status: {e}"),
+                }
+            })?;
+            let body = serde_json::to_vec(&sub.body).unwrap_or_default();
+            if let Some(err) = classify(status, &body, None, Timestamp::now()) {
+                return Err(err);
+            }
+            serde_json::from_value(sub.body).map_err(|e| ConnectorError::Malformed {
+                system: SYS,
+                detail: format!("query page: {e}"),
+            })
+        })
+        .await
+    }
+
     async fn collection(
         &self,
         method: Method,
@@ -857,6 +941,9 @@ impl Crm for SalesforceClient {
                 let mut u = reqwest::Url::parse(&self.data_url(path))
                     .map_err(|e| ConnectorError::Config(format!("base_url is not a URL: {e}")))?;
                 u.query_pairs_mut().append_pair("q", soql);
+                if u.as_str().len() > MAX_QUERY_URL {
+                    return self.query_in_composite(&u, soql, priority).await;
+                }
                 u.to_string()
             }
             PageRequest::Next { next_records_url } => {
