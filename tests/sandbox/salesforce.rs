@@ -956,3 +956,462 @@ async fn parent_fields_nest_under_their_relationship() {
     assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
     org.sandbox.shutdown().await;
 }
+
+/// A 65-character alert-task key, as the sync builds them.
+fn alert_key(n: usize) -> String {
+    format!("alert-{n:0>59}")
+}
+
+impl Org {
+    /// POSTs a Composite request; the status, `Sforce-Limit-Info` and body.
+    async fn composite(&self, body: Value) -> (StatusCode, String, Value) {
+        let r = self
+            .http
+            .post(self.url(&format!("{V}/composite")))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("composite request");
+        let status = r.status();
+        let usage = r
+            .headers()
+            .get("sforce-limit-info")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, usage, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create_task(&self, key: &str) -> String {
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                &format!("{V}/sobjects/Task"),
+                json!({"Subject": "MQL alert", "MQL_Alert_Key__c": key}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    async fn log_records(&self) -> Vec<Value> {
+        let log = self
+            .admin(
+                reqwest::Method::GET,
+                "/__sandbox/log?system=salesforce",
+                Value::Null,
+            )
+            .await;
+        log["records"].as_array().unwrap().clone()
+    }
+}
+
+/// `text` form-encoded as a query parameter value (what a client's URL builder sends).
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sends `GET target` over a plain TCP connection and returns the response's status line.
+async fn raw_get(org: &Org, target: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = org.sandbox.salesforce_url().trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        org.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn query_subrequest(reference: &str, soql: &str) -> Value {
+    let q = form_encode(soql);
+    json!({"method": "GET", "url": format!("{V}/query/?q={q}"), "referenceId": reference})
+}
+
+/// `SELECT Id, MQL_Alert_Key__c FROM Task WHERE MQL_Alert_Key__c IN (...)` over `keys`.
+fn alert_key_query(keys: &[String]) -> String {
+    let list: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
+    format!(
+        "SELECT Id, MQL_Alert_Key__c FROM Task WHERE MQL_Alert_Key__c IN ({})",
+        list.join(",")
+    )
+}
+
+#[tokio::test]
+async fn composite_answers_its_subrequests_in_order_as_one_call() {
+    let org = Org::start(20, |_| {}).await;
+    let first = org.create_task(&alert_key(1)).await;
+    let leads = org.query("SELECT COUNT() FROM Lead").await.1["totalSize"].clone();
+    org.sandbox.log().clear();
+    let (status, usage, body) = org
+        .composite(json!({
+            "allOrNone": false,
+            "compositeRequest": [
+                query_subrequest("alertTasks", &alert_key_query(&[alert_key(1), alert_key(2)])),
+                query_subrequest("leadCount", "SELECT COUNT() FROM Lead"),
+                {"method": "POST", "url": format!("{V}/sobjects/Task"), "referenceId": "newTask",
+                 "body": {"Subject": "MQL alert", "MQL_Alert_Key__c": alert_key(2)}},
+                {"method": "GET", "url": format!("{V}/sobjects/Task/@{{newTask.id}}?fields=MQL_Alert_Key__c"),
+                 "referenceId": "readBack"},
+            ]
+        }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // One call: the token, one POST and one query came before it.
+    assert_eq!(usage, "api-usage=3/15000");
+    let results = body["compositeResponse"].as_array().unwrap();
+    let refs: Vec<&str> = results
+        .iter()
+        .map(|r| r["referenceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(refs, ["alertTasks", "leadCount", "newTask", "readBack"]);
+    assert_eq!(results[0]["httpStatusCode"], 200);
+    assert_eq!(results[0]["httpHeaders"], json!({}));
+    assert_eq!(results[0]["body"]["totalSize"], 1);
+    assert_eq!(results[0]["body"]["done"], true);
+    assert_eq!(results[0]["body"]["records"][0]["Id"], first.as_str());
+    assert_eq!(
+        results[0]["body"]["records"][0]["MQL_Alert_Key__c"],
+        alert_key(1).as_str()
+    );
+    assert_eq!(results[1]["body"]["totalSize"], leads);
+    assert_eq!(results[2]["httpStatusCode"], 201);
+    let created = results[2]["body"]["id"].as_str().unwrap();
+    assert_eq!(
+        results[2]["httpHeaders"]["Location"],
+        format!("{V}/sobjects/Task/{created}").as_str()
+    );
+    assert_eq!(results[3]["httpStatusCode"], 200);
+    assert_eq!(
+        results[3]["body"]["MQL_Alert_Key__c"],
+        alert_key(2).as_str()
+    );
+
+    let kinds: Vec<(String, u64)> = org
+        .log_records()
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("composite".to_string(), 200)]);
+    org.sandbox.shutdown().await;
+}
+
+/// Issue 11 point 10: alert-task keys are looked up with about 1,000 keys per statement,
+/// which only a request body can carry.
+#[tokio::test]
+async fn long_soql_works_in_a_composite_but_not_in_a_url() {
+    let org = Org::start(10, |_| {}).await;
+    let hits = [
+        org.create_task(&alert_key(7)).await,
+        org.create_task(&alert_key(400)).await,
+    ];
+    let keys: Vec<String> = (0..900).map(alert_key).collect();
+    let soql = alert_key_query(&keys);
+    assert!(soql.chars().count() > 60_000, "{}", soql.len());
+
+    let (status, _, body) = org
+        .composite(json!({"compositeRequest": [query_subrequest("alertTasks", &soql)]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = &body["compositeResponse"][0];
+    assert_eq!(result["httpStatusCode"], 200, "{result}");
+    let mut found: Vec<&str> = result["body"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap())
+        .collect();
+    found.sort_unstable();
+    let mut expected: Vec<&str> = hits.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(found, expected);
+
+    // The same statement as a URL is refused. Encoded it is over 65,534 bytes, which
+    // reqwest will not even build a request for and the HTTP server refuses before `gate`
+    // sees it, so it goes over a raw connection.
+    let target = format!("{V}/query?q={}", form_encode(&soql));
+    assert!(target.len() > 65_534, "{}", target.len());
+    let status_line = raw_get(&org, &target).await;
+    assert!(status_line.starts_with("HTTP/1.1 414"), "{status_line}");
+
+    // A URL over 16,384 bytes that the HTTP server still reads gets the vendor's page,
+    // is logged as the query it would have been, and costs no API call.
+    org.sandbox.log().clear();
+    let medium = alert_key_query(&keys[..250]);
+    let r = org
+        .http
+        .get(org.url(&format!("{V}/query")))
+        .query(&[("q", &medium)])
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    assert!(r.headers().get("sforce-limit-info").is_none());
+    assert_eq!(
+        r.text().await.unwrap(),
+        "<h1>Bad Message 414</h1><pre>reason: URI Too Long</pre>"
+    );
+    // URI and headers together over the limit: 431.
+    let short = alert_key_query(&keys[..100]);
+    let r = org
+        .http
+        .get(org.url(&format!("{V}/query")))
+        .query(&[("q", &short)])
+        .header("X-Trace", "t".repeat(9_000))
+        .bearer_auth(&org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "<h1>Bad Message 431</h1><pre>reason: Request Header Fields Too Large</pre>"
+    );
+    // Without the header the same URI is served.
+    let (status, page) = org.query(&short).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["totalSize"], 1);
+    let logged: Vec<(String, u64)> = org
+        .log_records()
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("query".to_string(), 414),
+            ("query".to_string(), 431),
+            ("query".to_string(), 200)
+        ]
+    );
+    // Only the served query counted: token, 2 creates, composite, this query.
+    let r = org.get(&format!("{V}/limits")).await;
+    assert_eq!(r.headers()["sforce-limit-info"], "api-usage=5/15000");
+
+    // Past the SOQL limit even a body is refused.
+    let many: Vec<String> = (0..1_400).map(alert_key).collect();
+    let mut too_long = alert_key_query(&many);
+    too_long.push_str(&" ".repeat(100_001 - too_long.chars().count()));
+    let (status, _, body) = org
+        .composite(json!({"compositeRequest": [query_subrequest("tooLong", &too_long)]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = &body["compositeResponse"][0];
+    assert_eq!(result["httpStatusCode"], 400);
+    assert_eq!(result["body"][0]["errorCode"], "MALFORMED_QUERY");
+    assert!(
+        result["body"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100001 characters"),
+        "{result}"
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn composite_refuses_what_the_vendor_refuses() {
+    let org = Org::start(10, |_| {}).await;
+    let lookup = |i: usize| query_subrequest(&format!("q{i}"), "SELECT Id FROM User LIMIT 1");
+    let read = |i: usize| json!({"method": "GET", "url": format!("{V}/limits"), "referenceId": format!("r{i}")});
+    let only_result = |body: &Value| body["compositeResponse"][0].clone();
+
+    // 26 subrequests.
+    let (status, _, body) = org
+        .composite(json!({"compositeRequest": (0..26).map(read).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["compositeResponse"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        only_result(&body),
+        json!({"body": [{"errorCode": "LIMIT_EXCEEDED", "message": "The request can’t contain more than 25 operations."}],
+               "httpHeaders": {}, "httpStatusCode": 400, "referenceId": null})
+    );
+    // 25 are served.
+    let (_, _, body) = org
+        .composite(json!({"compositeRequest": (0..25).map(read).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(body["compositeResponse"].as_array().unwrap().len(), 25);
+    assert_eq!(body["compositeResponse"][24]["httpStatusCode"], 200);
+
+    // 6 query operations (5 are fine).
+    let (_, _, body) = org
+        .composite(json!({"compositeRequest": (0..6).map(lookup).collect::<Vec<_>>()}))
+        .await;
+    let result = only_result(&body);
+    assert_eq!(result["httpStatusCode"], 400);
+    assert_eq!(result["referenceId"], Value::Null);
+    assert_eq!(result["body"][0]["errorCode"], "LIMIT_EXCEEDED");
+    let (_, _, body) = org
+        .composite(json!({"compositeRequest": (0..5).map(lookup).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(body["compositeResponse"].as_array().unwrap().len(), 5);
+
+    // Requests the vendor cannot deserialize: 400 at the top level.
+    for (bad, says) in [
+        (
+            json!({"method": "GET", "url": format!("{V}/limits")}),
+            "referenceId is required",
+        ),
+        (
+            json!({"method": "GET", "url": format!("{V}/limits"), "referenceId": "a-b"}),
+            "letters, digits and underscores",
+        ),
+        (
+            json!({"method": "get", "url": format!("{V}/limits"), "referenceId": "a"}),
+            "method must be one of",
+        ),
+        (
+            json!({"method": "GET", "url": "limits", "referenceId": "a"}),
+            "url must be a path",
+        ),
+        (
+            json!({"method": "GET", "url": format!("{V}/limits"), "referenceId": "a",
+                "httpHeaders": {"Authorization": "Bearer x"}}),
+            "may not set Authorization",
+        ),
+    ] {
+        let (status, _, body) = org.composite(json!({"compositeRequest": [bad]})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body[0]["errorCode"], "INVALID_INPUT");
+        assert!(
+            body[0]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    let (status, _, body) = org
+        .composite(json!({"compositeRequest": [read(1), read(1)]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Duplicate referenceId 'r1'")
+    );
+
+    // Per subrequest: an unsupported resource, a wrong method, a bad reference, and a
+    // subrequest depending on a failed one; the others still run (allOrNone false).
+    let (status, _, body) = org
+        .composite(json!({"compositeRequest": [
+            {"method": "POST", "url": format!("{V}/jobs/ingest"), "referenceId": "bulk",
+             "body": {"object": "Task", "operation": "insert"}},
+            {"method": "DELETE", "url": format!("{V}/limits"), "referenceId": "deleteLimits"},
+            {"method": "GET", "url": format!("{V}/sobjects/Task/@{{nobody.id}}"), "referenceId": "dangling"},
+            query_subrequest("broken", "SELECT Nope FROM Task"),
+            {"method": "GET", "url": format!("{V}/sobjects/Task/@{{broken.records[0].Id}}"), "referenceId": "dependent"},
+            read(1),
+        ]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let codes: Vec<(u64, String)> = body["compositeResponse"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["httpStatusCode"].as_u64().unwrap(),
+                r["body"][0]["errorCode"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (404, "NOT_FOUND".to_string()),
+            (405, "METHOD_NOT_ALLOWED".to_string()),
+            (400, "PROCESSING_HALTED".to_string()),
+            (400, "INVALID_FIELD".to_string()),
+            (400, "PROCESSING_HALTED".to_string()),
+            (200, String::new()),
+        ]
+    );
+
+    // allOrNone: the first failure halts the rest, and everything else reports the
+    // rollback; writes cannot be rolled back here, so they are refused up front.
+    let (status, _, body) = org
+        .composite(json!({"allOrNone": true, "compositeRequest": [
+            lookup(1), query_subrequest("broken", "SELECT Nope FROM Task"), lookup(2)]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let results = body["compositeResponse"].as_array().unwrap();
+    assert_eq!(results[1]["body"][0]["errorCode"], "INVALID_FIELD");
+    for i in [0, 2] {
+        assert_eq!(results[i]["httpStatusCode"], 400);
+        assert_eq!(
+            results[i]["body"],
+            json!([{"errorCode": "PROCESSING_HALTED", "message": "The transaction was rolled back since another operation in the same transaction failed."}])
+        );
+    }
+    let (status, _, body) = org
+        .composite(json!({"allOrNone": true, "compositeRequest": [
+            {"method": "POST", "url": format!("{V}/sobjects/Task"), "referenceId": "t",
+             "body": {"Subject": "x"}}]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "FUNCTIONALITY_NOT_ENABLED");
+    assert_eq!(
+        org.query("SELECT COUNT() FROM Task").await.1["totalSize"],
+        0
+    );
+    org.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_composite_query_pages_on_with_its_next_records_url() {
+    let org = Org::start(700, |_| {}).await;
+    let total = org.query("SELECT COUNT() FROM Lead").await.1["totalSize"]
+        .as_u64()
+        .unwrap();
+    assert!(total > 400, "{total}");
+    let mut first = query_subrequest("leads", "SELECT Id FROM Lead ORDER BY Id");
+    first["httpHeaders"] = json!({"Sforce-Query-Options": "batchSize=200"});
+    let (_, _, body) = org.composite(json!({"compositeRequest": [first]})).await;
+    let page = &body["compositeResponse"][0]["body"];
+    assert_eq!(page["totalSize"], total);
+    assert_eq!(page["done"], false);
+    assert_eq!(page["records"].as_array().unwrap().len(), 200);
+    let next = page["nextRecordsUrl"].as_str().unwrap().to_string();
+    assert!(next.starts_with(&format!("{V}/query/01g")), "{next}");
+
+    // A plain GET follows it ...
+    let (status, second) = org.get_json(&next).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["records"].as_array().unwrap().len(), 200);
+    assert!(
+        second["records"][0]["Id"].as_str() > page["records"][199]["Id"].as_str(),
+        "pages continue in Id order"
+    );
+    // ... and so does a query-more subrequest.
+    let (_, _, body) = org
+        .composite(json!({"compositeRequest": [
+            {"method": "GET", "url": next, "referenceId": "again"}]}))
+        .await;
+    assert_eq!(body["compositeResponse"][0]["body"], second);
+    org.sandbox.shutdown().await;
+}

@@ -5,21 +5,36 @@
 //! `src/engine`, and it reads time only from the `SandboxClock`.
 //!
 //! # Request pipeline
-//! Every request outside `/__sandbox` passes `gate`: it is classified into a *kind*, checked
-//! against the fault rules (`System::Salesforce`), authenticated (Bearer session, 401
-//! `INVALID_SESSION_ID` when unknown or idle longer than `session_ttl_secs`), counted against
-//! the rolling-24-h daily API limit (403 `REQUEST_LIMIT_EXCEEDED` when `limits` is on and the
-//! limit is used up), served, given an `Sforce-Limit-Info` header, and recorded in the
-//! request log with its kind and final status (0 when a fault dropped the connection).
+//! Every request outside `/__sandbox` passes `gate`: it is classified into a *kind*, held to
+//! the vendor's request size limits (below), checked against the fault rules
+//! (`System::Salesforce`), authenticated (Bearer session, 401 `INVALID_SESSION_ID` when
+//! unknown or idle longer than `session_ttl_secs`), counted against the rolling-24-h daily
+//! API limit (403 `REQUEST_LIMIT_EXCEEDED` when `limits` is on and the limit is used up),
+//! served, given an `Sforce-Limit-Info` header, and recorded in the request log with its
+//! kind and final status (0 when a fault dropped the connection).
+//!
+//! # Request size limits
+//! The vendor refuses a request whose URI is longer than 16,384 bytes with `414 URI Too
+//! Long`, and one whose URI and headers together pass 16,384 bytes with `431 Request
+//! Header Fields Too Large`, in both cases with its front end's HTML page
+//! (`<h1>Bad Message 414</h1><pre>reason: URI Too Long</pre>`, as clients have logged it).
+//! `gate` does the same before anything else: the refusal is logged under the kind the
+//! request would have had, is not authenticated, not counted against the daily limit and
+//! has no `Sforce-Limit-Info`. URIs here count as sent on the request line (path and
+//! query), headers as `name: value` plus CRLF. A URI longer than 65,534 bytes never reaches
+//! `gate`: the HTTP server itself answers 414 with an empty body and nothing is logged.
+//! Long SOQL belongs in a Composite subrequest ([`composite`]), where only the SOQL limits
+//! apply.
 //!
 //! # Request kinds (for the request log and fault rules)
 //! `token`, `revoke`, `versions`, `resources`, `limits`, `describe_global`, `describe`,
 //! `sobject_info`, `query`, `query_all`, `query_more`, `sobject_get`, `sobject_get_by_external`,
 //! `sobject_create`, `sobject_update`, `sobject_delete`, `sobject_upsert`, `updated`,
-//! `deleted`, `composite_create`, `composite_update`, `composite_upsert`, `composite_delete`,
-//! `bulk2_query_create`, `bulk2_query_status`, `bulk2_query_results`, `bulk2_query_abort`,
-//! `bulk2_ingest_create`, `bulk2_ingest_upload`, `bulk2_ingest_state`, `bulk2_ingest_status`,
-//! `bulk2_ingest_results`, `bulk2_ingest_delete`, `unknown`.
+//! `deleted`, `composite` (one call, whatever its subrequests), `composite_create`,
+//! `composite_update`, `composite_upsert`, `composite_delete`, `bulk2_query_create`,
+//! `bulk2_query_status`, `bulk2_query_results`, `bulk2_query_abort`, `bulk2_ingest_create`,
+//! `bulk2_ingest_upload`, `bulk2_ingest_state`, `bulk2_ingest_status`, `bulk2_ingest_results`,
+//! `bulk2_ingest_delete`, `unknown`.
 //! Calls that count against the daily limit: every kind except `token`, `revoke`, `versions`.
 //!
 //! # Layout
@@ -29,6 +44,7 @@
 //! - [`oauth`]: token endpoint and sessions.
 //! - [`query`]: query/queryAll and query locators (cursors).
 //! - [`sobjects`]: CRUD, upsert, describe, collections, limits.
+//! - [`composite`]: the Composite resource (subrequests run by the handlers above).
 //! - [`bulk2`]: Bulk API 2.0 query and ingest jobs.
 //! - [`outbound`]: Outbound Messaging (SOAP notifications, retried until acknowledged).
 
@@ -37,6 +53,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bulk2;
+pub mod composite;
 pub mod oauth;
 pub mod outbound;
 pub mod query;
@@ -282,6 +299,7 @@ impl Salesforce {
             format!("{data}/sobjects/{{object}}/{{field}}/{{value}}"),
             get(sobjects::get_by_external).patch(sobjects::upsert),
         );
+        route(format!("{data}/composite"), post(composite::composite));
         route(
             format!("{data}/composite/sobjects"),
             post(sobjects::collection_create)
@@ -475,6 +493,11 @@ pub(crate) fn not_found() -> Response {
 }
 
 async fn method_not_allowed(method: Method) -> Response {
+    not_allowed(&method)
+}
+
+/// The vendor's 405 for a resource that does not serve `method`.
+pub(crate) fn not_allowed(method: &Method) -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
@@ -540,6 +563,7 @@ pub fn classify(method: &Method, path: &str) -> &'static str {
             ("DELETE", ["sobjects", _, _]) => "sobject_delete",
             ("GET", ["sobjects", _, _, _]) => "sobject_get_by_external",
             ("PATCH", ["sobjects", _, _, _]) => "sobject_upsert",
+            ("POST", ["composite"]) => "composite",
             ("POST", ["composite", "sobjects"]) => "composite_create",
             ("PATCH", ["composite", "sobjects"]) => "composite_update",
             ("DELETE", ["composite", "sobjects"]) => "composite_delete",
@@ -559,6 +583,44 @@ pub fn classify(method: &Method, path: &str) -> &'static str {
         },
         _ => "unknown",
     }
+}
+
+/// The most bytes the vendor takes in a URI, and in a URI and its headers together.
+pub const MAX_URI_AND_HEADER_BYTES: usize = 16_384;
+
+/// The vendor front end's refusal of a request over [`MAX_URI_AND_HEADER_BYTES`]: 414 for
+/// the URI alone, 431 for URI and headers together; `None` when the request fits.
+fn oversized(req: &Request) -> Option<Response> {
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path().len(), |p| p.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let (status, reason) = if uri > MAX_URI_AND_HEADER_BYTES {
+        (StatusCode::URI_TOO_LONG, "URI Too Long")
+    } else if uri + headers > MAX_URI_AND_HEADER_BYTES {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        )
+    } else {
+        return None;
+    };
+    Some(
+        (
+            status,
+            [("content-type", "text/html;charset=iso-8859-1")],
+            format!(
+                "<h1>Bad Message {}</h1><pre>reason: {reason}</pre>",
+                status.as_u16()
+            ),
+        )
+            .into_response(),
+    )
 }
 
 fn counts_against_limit(kind: &str) -> bool {
@@ -635,13 +697,25 @@ fn dropped() -> Response {
     Response::new(Body::from_stream(stream))
 }
 
-/// The per-request pipeline: kind, faults, session, daily limit, handler, header, log.
+/// The per-request pipeline: kind, size limits, faults, session, daily limit, handler,
+/// header, log.
 async fn gate(State(sf): State<Salesforce>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let kind = classify(&method, &path);
     let inner = sf.inner();
     let at = inner.clock.now();
+    if let Some(refused) = oversized(&req) {
+        inner.log.record(RequestRecord {
+            system: System::Salesforce,
+            method: method.to_string(),
+            path,
+            kind: kind.to_string(),
+            status: refused.status().as_u16(),
+            at,
+        });
+        return refused;
+    }
     let action = inner.faults.check(RequestFacts {
         system: System::Salesforce,
         method: method.as_str(),
@@ -834,6 +908,7 @@ mod tests {
                 format!("{v}/composite/sobjects/MQL__c/External_Id__c"),
                 "composite_upsert",
             ),
+            (Method::POST, format!("{v}/composite/"), "composite"),
             (Method::GET, format!("{v}/limits/"), "limits"),
             (
                 Method::GET,

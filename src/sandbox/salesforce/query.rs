@@ -1,4 +1,6 @@
 //! `GET /query?q=`, `GET /queryAll?q=` and `GET /query/{locator}-{offset}` (queryMore).
+//! The work sits in [`run`] and [`more`], which Composite subrequests call too (with `q`
+//! already decoded from the subrequest's `url`), so both paths answer alike.
 //!
 //! A query locator holds a cursor, not a copy of the table: for the orders the tables are
 //! indexed by (none, `Id`, `SystemModstamp[, Id]`, either direction) it keeps the last
@@ -97,35 +99,38 @@ fn batch_size(headers: &HeaderMap) -> usize {
 }
 
 pub(crate) async fn query(
-    state: State<Salesforce>,
-    path: Path<String>,
-    params: QueryParams<QParams>,
-    headers: HeaderMap,
-) -> Reply {
-    run(state, path, params, headers, false, "query")
-}
-
-pub(crate) async fn query_all(
-    state: State<Salesforce>,
-    path: Path<String>,
-    params: QueryParams<QParams>,
-    headers: HeaderMap,
-) -> Reply {
-    run(state, path, params, headers, true, "queryAll")
-}
-
-fn run(
     State(sf): State<Salesforce>,
     Path(version): Path<String>,
     QueryParams(params): QueryParams<QParams>,
     headers: HeaderMap,
-    all_rows: bool,
-    endpoint: &str,
 ) -> Reply {
-    api_version(&version)?;
+    run(&sf, &version, params.q, &headers, false)
+}
+
+pub(crate) async fn query_all(
+    State(sf): State<Salesforce>,
+    Path(version): Path<String>,
+    QueryParams(params): QueryParams<QParams>,
+    headers: HeaderMap,
+) -> Reply {
+    run(&sf, &version, params.q, &headers, true)
+}
+
+/// Runs one SOQL statement (already decoded from `q`) and answers its first page: the GET
+/// handlers and Composite subrequests both come here. `headers` are the request's (or the
+/// subrequest's `httpHeaders`), read for `Sforce-Query-Options`.
+pub(crate) fn run(
+    sf: &Salesforce,
+    version: &str,
+    q: Option<String>,
+    headers: &HeaderMap,
+    all_rows: bool,
+) -> Reply {
+    api_version(version)?;
+    let endpoint = if all_rows { "queryAll" } else { "query" };
     let inner = sf.inner();
     let now = inner.clock.now();
-    let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
+    let Some(text) = q.filter(|q| !q.trim().is_empty()) else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "MALFORMED_QUERY",
@@ -154,7 +159,7 @@ fn run(
         all_rows,
         walk,
         total,
-        batch: batch_size(&headers),
+        batch: batch_size(headers),
         expires: now + SignedDuration::from_hours(48),
         positions: BTreeMap::new(),
     };
@@ -165,7 +170,7 @@ fn run(
     } else {
         Position::Start
     };
-    let body = serve_page(&sf, &db, &cursor, 0, start, &version, endpoint, now, None);
+    let body = serve_page(sf, &db, &cursor, 0, start, version, endpoint, now, None);
     drop(db);
     Ok(body)
 }
@@ -174,7 +179,13 @@ pub(crate) async fn query_more(
     State(sf): State<Salesforce>,
     Path((version, locator)): Path<(String, String)>,
 ) -> Reply {
-    api_version(&version)?;
+    more(&sf, &version, &locator)
+}
+
+/// Serves the page a `nextRecordsUrl` locator (`{cursor id}-{offset}`) points at, for the
+/// GET handler and for Composite subrequests.
+pub(crate) fn more(sf: &Salesforce, version: &str, locator: &str) -> Reply {
+    api_version(version)?;
     let inner = sf.inner();
     let now = inner.clock.now();
     let invalid = || {
@@ -200,12 +211,12 @@ pub(crate) async fn query_more(
     let endpoint = if cursor.all_rows { "queryAll" } else { "query" };
     let db = inner.db.lock().expect("db lock");
     Ok(serve_page(
-        &sf,
+        sf,
         &db,
         &cursor,
         offset,
         position,
-        &version,
+        version,
         endpoint,
         now,
         Some(id.to_string()),

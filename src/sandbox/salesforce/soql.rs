@@ -8,12 +8,26 @@
 //! Errors come back as the vendor's `MALFORMED_QUERY` / `INVALID_FIELD` / `INVALID_TYPE`
 //! with the "ERROR at Row:r:Column:c" message. Field and object names resolve through the
 //! schema case-insensitively. It must not know about paging or HTTP.
+//!
+//! # Size limits
+//! The vendor's documented limits hold here whatever carries the statement (a GET `q`, a
+//! Composite subrequest `url`, a Bulk API 2.0 job): at most [`MAX_STATEMENT_CHARS`]
+//! characters per statement and [`MAX_LITERAL_CHARS`] per string literal (the vendor states
+//! the latter for WHERE clauses, the only place our subset has literals). The docs name no
+//! error code for either, so both answer `MALFORMED_QUERY` with a message saying which limit
+//! was passed.
 
 use jiff::Timestamp;
 use serde_json::Value;
 
 use super::schema::{FieldType, ObjectSchema, SCHEMA};
 use super::store::{Record, Store, format_datetime};
+
+/// The longest SOQL statement the vendor accepts, in characters (its default limit).
+pub const MAX_STATEMENT_CHARS: usize = 100_000;
+
+/// The longest string literal the vendor accepts in a WHERE clause, in characters.
+pub const MAX_LITERAL_CHARS: usize = 4_000;
 
 /// A query the vendor would refuse, with its errorCode.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +227,15 @@ fn lex(src: &str) -> Result<Vec<Lexed>, (usize, String)> {
                     c => s.push(c),
                 }
             }
+            let len = s.chars().count();
+            if len > MAX_LITERAL_CHARS {
+                return Err((
+                    start,
+                    format!(
+                        "String literal of {len} characters is longer than the {MAX_LITERAL_CHARS} characters a string in a WHERE clause may have"
+                    ),
+                ));
+            }
             out.push(Lexed {
                 tok: Tok::Str(s),
                 pos: start,
@@ -306,6 +329,15 @@ pub fn parse(src: &str, now: Timestamp) -> Result<Query, SoqlError> {
         return Err(SoqlError {
             code: "MALFORMED_QUERY",
             message: "SOQL statements cannot be empty or null".into(),
+        });
+    }
+    let len = src.chars().count();
+    if len > MAX_STATEMENT_CHARS {
+        return Err(SoqlError {
+            code: "MALFORMED_QUERY",
+            message: format!(
+                "SOQL statement of {len} characters is longer than the {MAX_STATEMENT_CHARS} characters a statement may have"
+            ),
         });
     }
     let toks = lex(src).map_err(|(pos, msg)| located(src, pos, "MALFORMED_QUERY", &msg))?;
@@ -1152,5 +1184,45 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, "INVALID_FIELD");
+    }
+
+    /// `SELECT Id FROM Task WHERE MQL_Alert_Key__c IN ('k...', ...)` padded with spaces to
+    /// exactly `len` characters.
+    fn statement_of(len: usize) -> String {
+        let keys: Vec<String> = (0..1_400).map(|i| format!("'{i:0>65}'")).collect();
+        let mut q = format!(
+            "SELECT Id FROM Task WHERE MQL_Alert_Key__c IN ({})",
+            keys.join(",")
+        );
+        assert!(q.len() < len);
+        q.push_str(&" ".repeat(len - q.len()));
+        q
+    }
+
+    #[test]
+    fn statements_up_to_the_vendors_length_limit_parse() {
+        let q = parse(&statement_of(MAX_STATEMENT_CHARS), now()).unwrap();
+        assert_eq!(q.object.name, "Task");
+        let err = parse(&statement_of(MAX_STATEMENT_CHARS + 1), now()).unwrap_err();
+        assert_eq!(err.code, "MALFORMED_QUERY");
+        assert!(err.message.contains("100001 characters"), "{}", err.message);
+        assert!(err.message.contains("100000"), "{}", err.message);
+    }
+
+    #[test]
+    fn string_literals_are_limited_to_4000_characters() {
+        let at_limit = format!(
+            "SELECT Id FROM Lead WHERE LastName = '{}'",
+            "x".repeat(MAX_LITERAL_CHARS)
+        );
+        assert!(parse(&at_limit, now()).is_ok());
+        let over = format!(
+            "SELECT Id FROM Lead WHERE LastName = '{}'",
+            "x".repeat(MAX_LITERAL_CHARS + 1)
+        );
+        let err = parse(&over, now()).unwrap_err();
+        assert_eq!(err.code, "MALFORMED_QUERY");
+        assert!(err.message.contains("4001 characters"), "{}", err.message);
+        assert!(err.message.contains("Column:38"), "{}", err.message);
     }
 }
