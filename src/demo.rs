@@ -70,12 +70,25 @@ pub async fn run(
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
     let file = dir.join("demo.toml");
-    std::fs::create_dir_all(&dir)?;
+    // The demo's store is new each time: the old one goes with its -wal and -shm (a stale
+    // -wal beside a new file would be read as part of it). Opening the store first makes a
+    // folder this user cannot write an error that names the store's path.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = store_path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(name));
+    }
+    let mut store = Store::open(store_path)?;
     let store_name = store_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    std::fs::write(&file, sandbox_config_toml(&info, &store_name, None))?;
+    std::fs::write(&file, sandbox_config_toml(&info, &store_name, None)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the demo's config {}: {e}; pass --store with a path in a folder you can write",
+            file.display()
+        )
+    })?;
     let env = vec![
         (
             "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
@@ -90,8 +103,6 @@ pub async fn run(
     let loaded = mapping::load(None)?;
     let sf = connect::salesforce(&config)?;
     let mk = connect::marketo(&config)?;
-    let _ = std::fs::remove_file(&config.store);
-    let mut store = Store::open(&config.store)?;
     let settings = RunSettings::default();
     let sent = || (sf.sent(), mk.sent());
 

@@ -24,15 +24,44 @@ use mqlsync::store::{Store, StoreError};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What the top-level help ends with: exit codes, the environment and an example.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  done
+  1  stopped before the end (a server out of reach, a daily limit, a store another run holds):
+     what was committed stays committed; the next run continues from there
+  2  input that cannot be used (config, mapping, history, store path): one line naming the
+     file, line and key, or the variable, or the path
+  3  `run` finished, but writes the CRM refused are parked in the outbox (listed): fix the
+     cause in the CRM, then `mqlsync requeue`
+
+Environment:
+  MQLSYNC_CONFIG              the config file, when --config is not given
+  MQLSYNC_LOG                 log filter: `info`, `debug`, or directives such as
+                              `mqlsync=debug,warn` (default: `mqlsync=info,warn` for `run`,
+                              `warn` for the rest); logs go to stderr
+  MQLSYNC_LOG_FORMAT          `text` (default) or `json` (one object a line), like --log-format
+  MQLSYNC_<SECTION>_<KEY>     any config key, e.g. MQLSYNC_SALESFORCE_BASE_URL
+  MQLSYNC_SALESFORCE_CLIENT_SECRET, MQLSYNC_SALESFORCE_REFRESH_TOKEN, MQLSYNC_MARKETO_CLIENT_SECRET
+                              the secrets (or the config's *_file keys; never the TOML itself)
+
+Example:
+  mqlsync demo                                     # the product on embedded defaults
+  mqlsync sandbox --write-config mqlsync.toml      # emulators + a ready config (terminal 1)
+  mqlsync --config mqlsync.toml run --once --dry-run
+  mqlsync --config mqlsync.toml run --once";
+
 #[derive(Parser)]
 #[command(
     name = "mqlsync",
     version,
-    about = "Sales controls the MQL threshold; marketing keeps scoring."
+    about = "Sales controls the MQL threshold; marketing keeps scoring.",
+    after_help = AFTER_HELP
 )]
 struct Cli {
-    /// Config file (TOML); `MQLSYNC_*` variables override it.
-    #[arg(long, global = true, env = "MQLSYNC_CONFIG")]
+    /// Config file (TOML), for the commands that read one (before or after the command);
+    /// `MQLSYNC_*` variables override it. Default: `MQLSYNC_CONFIG`, else built-in defaults.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format on stderr: `text`, or `json` (one object a line); default from
     /// `MQLSYNC_LOG_FORMAT`, else text.
@@ -42,22 +71,39 @@ struct Cli {
     command: Command,
 }
 
+/// `--config` after a command that reads a config.
+#[derive(clap::Args, Default)]
+struct ConfigFlag {
+    /// Config file (TOML); `MQLSYNC_*` variables override it. Default: `MQLSYNC_CONFIG`, else
+    /// built-in defaults.
+    #[arg(long = "config", value_name = "FILE", id = "command_config")]
+    path: Option<PathBuf>,
+}
+
+/// An RFC 3339 instant, such as `2026-03-02T10:00:00Z` or `2026-03-02T11:00:00+01:00`.
+const INSTANT: &str = "INSTANT";
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and the mapping and print the effective config, secrets redacted.
     Check {
+        #[command(flatten)]
+        config: ConfigFlag,
         /// Mapping file (default: the config's, else the built-in default mapping).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         mapping: Option<PathBuf>,
         /// Also check the mapping against the org and the MAP: every object and field the sync
         /// reads or writes exists and is writable where written (one describe per object).
         #[arg(long)]
         remote: bool,
     },
-    /// Summarise the store: cursors, cycles by status, outbox depth.
+    /// Summarise the store: cursors, cycles by status, the writes waiting or failed, what it
+    /// has seen. Needs no secrets; reads while a run writes.
     Status {
+        #[command(flatten)]
+        config: ConfigFlag,
         /// Store file (default: the config's `store`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -66,8 +112,10 @@ enum Command {
     /// Put failed outbox writes back in line for the next run, once their cause is fixed in
     /// the CRM (a validation rule, an inactive owner).
     Requeue {
+        #[command(flatten)]
+        config: ConfigFlag,
         /// Store file (default: the config's `store`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
         /// Only the rows whose error contains this text (e.g. `INACTIVE_OWNER_OR_USER`).
         #[arg(long)]
@@ -75,16 +123,21 @@ enum Command {
     },
     /// Replay a CSV or JSONL history through the engine and print the resulting cycles.
     Simulate {
-        /// The history: `.csv` or `.jsonl` (columns in the README, example in tests/fixtures/).
+        /// The history: `.csv` or `.jsonl`, one event a row (`threshold`, `person`, `link`,
+        /// `score`, `opportunity`, `cycle`; the columns are in the README, examples in
+        /// tests/fixtures/).
         history: PathBuf,
-        /// Store to write into (default: a fresh store in memory).
-        #[arg(long)]
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// Store to write into (default: a fresh store in memory, gone at exit).
+        #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
         /// Mapping file (default: the config's, else the built-in default mapping).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         mapping: Option<PathBuf>,
-        /// Let time run to this instant after the last row (SLA timers, scheduled thresholds).
-        #[arg(long)]
+        /// Let time run to this instant after the last row (SLA timers, scheduled
+        /// thresholds): RFC 3339, e.g. `2026-03-10T00:00:00Z`.
+        #[arg(long, value_name = INSTANT)]
         until: Option<Timestamp>,
         /// Events per store transaction.
         #[arg(long, default_value_t = 2_000)]
@@ -96,23 +149,29 @@ enum Command {
     /// The whole product on embedded defaults: the sandbox, a sync, a sales manager turning a
     /// knob, and the MQLs that turn produced.
     Demo {
-        /// People in the seeded org.
+        /// People in the seeded org (the same world as `mqlsync sandbox` by default).
         #[arg(long, default_value_t = 2_000)]
         leads: usize,
+        /// Seed of the seeded org's generator: the same seed, the same people and history.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Where the demo's store goes (replaced on every run).
-        #[arg(long, default_value = "state/demo.sqlite")]
+        /// Where the demo's store goes (replaced on every run; a `demo.toml` is written beside
+        /// it).
+        #[arg(long, value_name = "FILE", default_value = "state/demo.sqlite")]
         store: PathBuf,
     },
-    /// Sync the CRM and the MAP. With `--once`: one full cycle (read, decide, write), a summary,
-    /// and exit (0 done, 1 with what failed).
+    /// Sync the CRM and the MAP once (`--once`, required until the long-running daemon is
+    /// built): read since the cursors, decide, write through the outbox, print a summary.
+    /// Exit 0 done, 1 stopped, 3 writes left parked.
     Run {
-        /// One cycle, then exit. (The long-running daemon comes with the workers.)
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// One full cycle, then exit. Required: the long-running daemon is not built yet, so
+        /// schedule `run --once` from cron or a systemd timer.
         #[arg(long)]
         once: bool,
         /// Store file (default: the config's `store`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
         /// Print the summary as JSON, with every record written (object, CRM id, external id,
         /// action, outcome); with `--dry-run`, every record it would write and its fields.
@@ -130,12 +189,17 @@ enum Command {
     Explain {
         /// The CRM lead or contact id.
         crm_id: String,
-        #[arg(long)]
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// Store file (default: the config's `store`).
+        #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
-        #[arg(long)]
+        /// Mapping file (default: the config's, else the built-in default mapping).
+        #[arg(long, value_name = "FILE")]
         mapping: Option<PathBuf>,
-        /// The instant to explain at (default: the store's clock).
-        #[arg(long)]
+        /// The instant to explain at (default: the store's clock): RFC 3339, e.g.
+        /// `2026-03-10T00:00:00Z`.
+        #[arg(long, value_name = INSTANT)]
         at: Option<Timestamp>,
         /// Print JSON (the machine-readable reasons) instead of sentences.
         #[arg(long)]
@@ -269,6 +333,33 @@ fn existing_store(store: Option<PathBuf>, config: &Config) -> anyhow::Result<Pat
 /// The config `command` needs: the commands that call neither the CRM nor the MAP (`status`,
 /// `explain`, `requeue`, `simulate`) need no secrets, so they run where the connectors'
 /// secrets are not set.
+/// The config file a command reads: its own `--config`, else the one before the command, else
+/// `MQLSYNC_CONFIG`. `demo` and `sandbox` make their own and refuse one given by flag.
+fn config_path(top: Option<PathBuf>, command: &Command) -> anyhow::Result<Option<PathBuf>> {
+    let own = match command {
+        Command::Check { config, .. }
+        | Command::Status { config, .. }
+        | Command::Requeue { config, .. }
+        | Command::Simulate { config, .. }
+        | Command::Run { config, .. }
+        | Command::Explain { config, .. } => config.path.clone(),
+        Command::Demo { .. } | Command::Sandbox(_) => {
+            if let Some(path) = top {
+                return Err(ConfigError {
+                    source_name: "command line".into(),
+                    key: format!("--config {}", path.display()),
+                    message: "`demo` and `sandbox` use their own embedded settings and read no config; drop --config".into(),
+                }
+                .into());
+            }
+            return Ok(None);
+        }
+    };
+    Ok(own
+        .or(top)
+        .or_else(|| std::env::var_os("MQLSYNC_CONFIG").map(PathBuf::from)))
+}
+
 fn load_config(path: Option<&Path>, command: &Command) -> anyhow::Result<Config> {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("MQLSYNC_"))
@@ -284,6 +375,7 @@ fn load_config(path: Option<&Path>, command: &Command) -> anyhow::Result<Config>
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_file = config_path(cli.config, &cli.command)?;
     if let Command::Demo { leads, seed, store } = &cli.command {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let report = runtime.block_on(mqlsync::demo::run(*leads, *seed, store))?;
@@ -340,7 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))
             .context("sandbox");
     }
-    let config = load_config(cli.config.as_deref(), &cli.command)?;
+    let config = load_config(config_file.as_deref(), &cli.command)?;
     match cli.command {
         Command::Sandbox(_) | Command::Demo { .. } => unreachable!("handled above"),
         Command::Run {
@@ -348,6 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             json,
             dry_run,
+            ..
         } => {
             if !once {
                 anyhow::bail!(
@@ -432,7 +525,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check { mapping, remote } => {
+        Command::Check {
+            mapping, remote, ..
+        } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             println!(
                 "config: {}",
@@ -475,7 +570,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Requeue { store, error } => {
+        Command::Requeue { store, error, .. } => {
             let path = existing_store(store, &config)?;
             // A writer: refused while a run holds the store, which may be settling these rows.
             let mut store = Store::open(&path)?;
@@ -484,7 +579,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{n} failed writes are pending again: the next run sends them");
             Ok(())
         }
-        Command::Status { store, json } => {
+        Command::Status { store, json, .. } => {
             let path = existing_store(store, &config)?;
             let summary = Store::open_existing(&path)?.summary()?;
             if json {
@@ -544,6 +639,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             until,
             batch_size,
             json,
+            ..
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             // Read and check everything before the store is touched.
@@ -598,6 +694,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mapping,
             at,
             json,
+            ..
         } => {
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             let store = Store::open_existing(&existing_store(store, &config)?)?;

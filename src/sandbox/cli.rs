@@ -29,7 +29,13 @@ pub struct SandboxArgs {
     /// Port of the Marketo emulator (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub mkto_port: u16,
-    /// JSON array of fault rules to arm at start (see `src/sandbox/faults.rs`).
+    /// Fault rules to arm at start: a JSON file holding an array of rules, each
+    /// `{"system": "salesforce"|"marketo", "kind": "query"|"activities"|..., "method", "path",
+    /// "skip": N, "times": N, "action": {"type": ...}}` where the action type is `status`
+    /// (`status`, `body`), `vendor_error` (`code`, e.g. "606" or "REQUEST_LIMIT_EXCEEDED"),
+    /// `delay` (`millis`), `drop`, `lose_response`, `expire_tokens`, `fail_record` (`index`,
+    /// `code`) or `malformed_json`. The README's "The sandbox" lists them; rules can also be
+    /// set while it runs (`PUT /__sandbox/faults`).
     #[arg(long, value_name = "FILE")]
     pub faults: Option<PathBuf>,
     /// Print one JSON object with URLs and credentials as the first line of output.

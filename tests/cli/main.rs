@@ -1556,6 +1556,11 @@ fn a_store_this_user_cannot_write_says_so_naming_the_path_exit_2() {
             run(&["simulate", "history.csv", "--store", "ro/old.sqlite"]).unwrap(),
             "the store at ro/old.sqlite is in a read-only directory (",
         ),
+        // The demo used to say only "Permission denied (os error 13)".
+        (
+            run(&["demo", "--leads", "20", "--store", "ro/demo/demo.sqlite"]).unwrap(),
+            "permission denied: cannot create the store at ro/demo/demo.sqlite (",
+        ),
     ] {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
         let said = one_line_error(&out);
@@ -1624,4 +1629,90 @@ fn a_store_on_a_read_only_file_system_says_so_exit_2() {
         let said = one_line_error(&out);
         assert!(said.contains(" is on a read-only file system; "), "{said}");
     }
+}
+
+// --- help and README ---
+
+/// The long flags named in a text (`--help` and the global `--log-format` aside).
+fn flags_in(text: &str) -> std::collections::BTreeSet<String> {
+    let flag = regex::Regex::new(r"--[a-z][a-z0-9-]*").unwrap();
+    flag.find_iter(text)
+        .map(|m| m.as_str().to_string())
+        .filter(|f| f != "--help" && f != "--log-format")
+        .collect()
+}
+
+/// Issue 11, point 7: every option of every command is described, the README's command table
+/// lists exactly the flags the program takes, options a command ignores are not offered on it,
+/// and the top-level help gives the exit codes, `MQLSYNC_LOG` and an example.
+#[test]
+fn the_help_and_the_readme_agree_with_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let commands = [
+        "demo", "run", "check", "status", "simulate", "requeue", "explain", "sandbox",
+    ];
+    for command in commands {
+        let out = mqlsync(&[command, "-h"], dir.path());
+        assert!(out.status.success(), "{command}");
+        let help = text(&out.stdout);
+        // One line an option in the short help: each has words after its name.
+        let options: Vec<&str> = help
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("--"))
+            .collect();
+        for option in &options {
+            let described = option
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            assert!(described, "`{command} -h`: {option:?} has no description");
+        }
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `mqlsync {command}")))
+            .unwrap_or_else(|| panic!("the README's command table has no row for {command}"));
+        let usage = row.split('|').nth(1).unwrap();
+        let offered: String = options
+            .iter()
+            .map(|o| o.split_whitespace().next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(
+            flags_in(usage),
+            flags_in(&offered),
+            "the README's `{command}` row and `mqlsync {command} -h` list different flags"
+        );
+    }
+    for command in ["demo", "sandbox"] {
+        let help = text(&mqlsync(&[command, "--help"], dir.path()).stdout);
+        assert!(
+            !help.lines().any(|l| l.trim_start().starts_with("--config")),
+            "`{command}` reads no config: {help}"
+        );
+    }
+    let run = text(&mqlsync(&["run", "--help"], dir.path()).stdout);
+    assert!(
+        run.contains("--once") && run.contains("required until the long-running daemon"),
+        "{run}"
+    );
+    let top = text(&mqlsync(&["--help"], dir.path()).stdout);
+    for needed in [
+        "Exit codes:",
+        "  3  ",
+        "MQLSYNC_LOG ",
+        "MQLSYNC_LOG_FORMAT",
+        "Example:",
+    ] {
+        assert!(
+            top.contains(needed),
+            "top-level help lacks {needed:?}: {top}"
+        );
+    }
+    let at = text(&mqlsync(&["explain", "-h"], dir.path()).stdout);
+    assert!(
+        at.contains("--at <INSTANT>") && at.contains("RFC 3339"),
+        "{at}"
+    );
 }
