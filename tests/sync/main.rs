@@ -803,3 +803,49 @@ async fn a_first_run_over_3000_people_costs_at_most_a_tenth_over_the_fewest_call
         (sf_calls, mk_calls)
     );
 }
+
+/// Issue 11, point 9: an activity the sync cannot key (here without `marketoGUID`) fails its
+/// page too: the run names the call, the cursor stays before it, and the next run ends where
+/// an unbroken run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_without_a_guid_fails_its_page_and_the_next_run_reads_it_again() {
+    let mut app = spawn_app().await;
+    let unkeyed = json!({
+        "requestId": "a1b#19a0d", "success": true, "nextPageToken": "GIYDAOBNGEYS2MBWKQ======",
+        "moreResult": true,
+        "result": [{"id": 1, "leadId": 1000001, "activityDate": "2026-11-01T10:00:00Z",
+                    "activityTypeId": 22, "primaryAttributeValue": "Lead Score",
+                    "attributes": [{"name": "New Value", "value": 40}]}],
+    });
+    app.fault_on(
+        System::Marketo,
+        "activities",
+        0,
+        Some(1),
+        FaultAction::Status {
+            status: 200,
+            body: Some(unkeyed),
+        },
+    );
+    let text = app.try_run(now()).await.unwrap_err().to_string();
+    assert!(
+        text.contains("GET /rest/v1/activities.json (nextPageToken ")
+            && text.contains("marketoGUID")
+            && !text.contains("retrying"),
+        "{text}"
+    );
+    assert_eq!(app.store.cursor("map.activities").unwrap(), None);
+    app.run(now()).await;
+    let mut unbroken = spawn_app().await;
+    unbroken.run(now()).await;
+    let ids = |app: &App| -> BTreeSet<String> {
+        app.store
+            .cycles()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.external_id)
+            .collect()
+    };
+    assert!(!ids(&unbroken).is_empty());
+    assert_eq!(ids(&app), ids(&unbroken));
+}

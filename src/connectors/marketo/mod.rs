@@ -532,7 +532,10 @@ impl MarketoClient {
             .collect()
     }
 
-    fn activity_page(env: Envelope) -> Result<ActivityPage> {
+    /// An activities page. An activity the caller cannot key (no `marketoGUID`, no `leadId`,
+    /// no date) fails the whole page, naming the call and its paging token, so that a cursor
+    /// never moves past a record it could not use.
+    fn activity_page(env: Envelope, call: &str, token: &str) -> Result<ActivityPage> {
         let next_page_token =
             env.next_page_token
                 .clone()
@@ -548,7 +551,9 @@ impl MarketoClient {
             .collect::<std::result::Result<Vec<Activity>, _>>()
             .map_err(|e| ConnectorError::Malformed {
                 system: SYS,
-                detail: format!("activity: {e}"),
+                detail: format!(
+                    "GET {call} (nextPageToken {token}) returned an activity that cannot be used: {e}; nothing of that page was committed"
+                ),
             })?;
         Ok(ActivityPage {
             activities,
@@ -615,6 +620,8 @@ impl Map for MarketoClient {
                 Priority::Routine,
             )
             .await?,
+            "/rest/v1/activities.json",
+            token,
         )
     }
 
@@ -633,6 +640,8 @@ impl Map for MarketoClient {
                 Priority::Routine,
             )
             .await?,
+            "/rest/v1/activities/leadchanges.json",
+            token,
         )
     }
 
