@@ -120,6 +120,19 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
+impl OutboxRow {
+    /// A row of `SELECT key, kind, payload, attempts, last_error FROM outbox`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+        Ok(OutboxRow {
+            key: r.get(0)?,
+            kind: r.get(1)?,
+            payload: r.get(2)?,
+            attempts: r.get(3)?,
+            last_error: r.get(4)?,
+        })
+    }
+}
+
 /// One row of the CRM's field history of a threshold record.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ThresholdFieldChange {
@@ -689,15 +702,7 @@ impl Store {
             )
             .map_err(|e| self.sql_err(e))?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(OutboxRow {
-                    key: r.get(0)?,
-                    kind: r.get(1)?,
-                    payload: r.get(2)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                })
-            })
+            .query_map([limit as i64], OutboxRow::read)
             .map_err(|e| self.sql_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
@@ -769,15 +774,7 @@ impl Store {
                 "SELECT key, kind, payload, attempts, last_error FROM outbox
                  WHERE key = ?1 AND state = 'done'",
                 [key],
-                |r| {
-                    Ok(OutboxRow {
-                        key: r.get(0)?,
-                        kind: r.get(1)?,
-                        payload: r.get(2)?,
-                        attempts: r.get(3)?,
-                        last_error: r.get(4)?,
-                    })
-                },
+                OutboxRow::read,
             )
             .optional()
             .map_err(|e| self.sql_err(e))

@@ -308,48 +308,11 @@ fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
 
 #[test]
 fn check_remote_against_the_sandbox_passes_and_a_wrong_field_is_exit_2_naming_the_key() {
-    use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sandbox = runtime
-        .block_on(Sandbox::start(SandboxOptions {
-            leads: 20,
-            ..SandboxOptions::default()
-        }))
-        .unwrap();
-    let info = sandbox.connection_info();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("mqlsync.toml"),
-        format!(
-            "[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
-            info["salesforce"]["base_url"].as_str().unwrap(),
-            info["salesforce"]["client_id"].as_str().unwrap(),
-            info["marketo"]["base_url"].as_str().unwrap(),
-            info["marketo"]["client_id"].as_str().unwrap(),
-        ),
-    )
-    .unwrap();
+    let org = SandboxOrg::start(20, Vec::new());
     let bad = mqlsync::mapping::DEFAULT_MAPPING
         .replace("overdue = \"Overdue__c\"", "overdue = \"Overdue_Flag__c\"");
-    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
-    let check = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_mqlsync"))
-            .args(["--config", "mqlsync.toml", "check", "--remote"])
-            .args(extra)
-            .current_dir(dir.path())
-            .env_remove("MQLSYNC_CONFIG")
-            .env("MQLSYNC_LOG", "off")
-            .env(
-                "MQLSYNC_SALESFORCE_CLIENT_SECRET",
-                info["salesforce"]["client_secret"].as_str().unwrap(),
-            )
-            .env(
-                "MQLSYNC_MARKETO_CLIENT_SECRET",
-                info["marketo"]["client_secret"].as_str().unwrap(),
-            )
-            .output()
-            .unwrap()
-    };
+    std::fs::write(org.dir.path().join("bad.toml"), bad).unwrap();
+    let check = |extra: &[&str]| org.mqlsync(&[&["check", "--remote"], extra].concat());
     let good = check(&[]);
     assert!(good.status.success(), "{}", text(&good.stderr));
     assert!(
@@ -395,17 +358,9 @@ impl SandboxOrg {
             .unwrap();
         let info = sandbox.connection_info();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("mqlsync.toml"),
-            format!(
-                "store = \"state/mqlsync.sqlite\"\n[salesforce]\nbase_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\n[marketo]\nbase_url = \"{}\"\nclient_id = \"{}\"\n",
-                info["salesforce"]["base_url"].as_str().unwrap(),
-                info["salesforce"]["client_id"].as_str().unwrap(),
-                info["marketo"]["base_url"].as_str().unwrap(),
-                info["marketo"]["client_id"].as_str().unwrap(),
-            ),
-        )
-        .unwrap();
+        let config =
+            mqlsync::sandbox::cli::sandbox_config_toml(&info, "state/mqlsync.sqlite", None);
+        std::fs::write(dir.path().join("mqlsync.toml"), config).unwrap();
         SandboxOrg {
             _runtime: runtime,
             sandbox,
