@@ -4,10 +4,15 @@
 //! the engine, commit each page with its cursor in one transaction, then drain the outbox
 //! through sObject Collections (200 records a call, one result per record).
 //!
-//! A record that cannot be read fails that record (counted, logged), not the page. A daily
-//! limit or budget reserve stops the run cleanly after the last committed page and says when
-//! it can resume. Run twice, the second run writes nothing: every event is a replay and every
-//! outbox row is already written.
+//! A record that cannot be read fails that record (counted, logged), not the page; a MAP record
+//! that cannot even be keyed (a lead without `id`) fails its page, so that no cursor moves past
+//! it. A daily limit or budget reserve stops the run cleanly after the last committed page and
+//! says when it can resume. Run twice, the second run writes nothing: every event is a replay
+//! and every outbox row is already written. A dry run ([`RunSettings::dry_run`]) does the same
+//! reads and decisions and lists the writes instead of sending them.
+//!
+//! Each phase is a tracing span (a progress bar on a terminal) and logs a line per committed
+//! page; the summary counts every request the clients sent against the fewest the work needs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
