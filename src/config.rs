@@ -15,7 +15,7 @@
 //! | `store` | `MQLSYNC_STORE` | SQLite store path (default `state/mqlsync.sqlite`) |
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
 //! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota |
-//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size |
+//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`) |
 //! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET` | or the `*_file` keys |
 
 use std::path::{Path, PathBuf};
@@ -91,6 +91,7 @@ struct RawMarketo {
 struct RawSync {
     poll_interval_secs: Option<u64>,
     batch_size: Option<usize>,
+    go_live: Option<String>,
 }
 
 /// How mqlsync signs in to Salesforce.
@@ -153,6 +154,19 @@ pub struct MarketoConfig {
 pub struct SyncConfig {
     pub poll_interval_secs: u64,
     pub batch_size: usize,
+    pub go_live: GoLive,
+}
+
+/// What the first run does with people already at or above their threshold, not excluded and
+/// without any cycle (`sync.go_live`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoLive {
+    /// They become MQLs at go-live, dated then, with reason `at_go_live` (the default).
+    #[default]
+    Mql,
+    /// They wait for their next score change (or a knob turn).
+    Wait,
 }
 
 /// The validated configuration.
@@ -221,6 +235,7 @@ const OVERRIDES: &[(&str, &[&str])] = &[
         &["sync", "poll_interval_secs"],
     ),
     ("MQLSYNC_SYNC_BATCH_SIZE", &["sync", "batch_size"]),
+    ("MQLSYNC_SYNC_GO_LIVE", &["sync", "go_live"]),
 ];
 
 /// Secret variables, read directly and never placed in the table.
@@ -749,6 +764,18 @@ fn validate(
     if batch == 0 {
         return Err(origin.err("sync.batch_size", "0: a batch has 1 or more events"));
     }
+    let go_live = match raw.sync.go_live.as_deref() {
+        None | Some("mql") => GoLive::Mql,
+        Some("wait") => GoLive::Wait,
+        Some(other) => {
+            return Err(origin.err(
+                "sync.go_live",
+                format!(
+                    "{other:?}: use \"mql\" (people already above their threshold become MQLs at the first run) or \"wait\" (they wait for their next score change)"
+                ),
+            ));
+        }
+    };
     Ok(Config {
         file: file.map(Path::to_path_buf),
         mapping: raw.mapping.map(|m| crate::mapping::resolve_path(&base, &m)),
@@ -761,6 +788,7 @@ fn validate(
         sync: SyncConfig {
             poll_interval_secs: poll,
             batch_size: batch,
+            go_live,
         },
         overrides: origin.overrides.iter().map(|o| o.var.clone()).collect(),
     })
@@ -1117,7 +1145,7 @@ client_id = "abc"
         assert_eq!(
             e.to_string(),
             format!(
-                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size",
+                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size, go_live",
                 file.display()
             )
         );

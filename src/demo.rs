@@ -24,7 +24,19 @@ pub struct DemoReport {
     pub cycles_after: usize,
     /// The people the knob turn made MQLs, by name.
     pub new_mqls: Vec<NewMql>,
+    /// Everyone of the segment between the new and the old threshold, and what became of them.
+    pub between: Between,
     pub store: String,
+}
+
+/// The people of the turned segment whose score sat between the new threshold (included) and
+/// the old one when the knob turned: those who became MQLs, and why the others did not.
+#[derive(Default)]
+pub struct Between {
+    pub people: usize,
+    pub became_mqls: usize,
+    /// Why the others are not new MQLs, in `explain`'s words, with how many.
+    pub held: std::collections::BTreeMap<String, usize>,
 }
 
 /// A person the knob turn made an MQL.
@@ -162,6 +174,7 @@ pub async fn run(
     .await?;
     let after = store.cycles()?;
     let cycles_after = after.len();
+    let between = between(&store, &loaded.policy, &turn, &before, later)?;
     let alerted: std::collections::HashSet<&str> = second
         .records
         .iter()
@@ -205,6 +218,53 @@ pub async fn run(
         cycles_before,
         cycles_after,
         new_mqls,
+        between,
         store: config.store.display().to_string(),
     })
+}
+
+/// Who of the turned segment (region EMEA) sat between the new threshold and the old one at
+/// the turn, from the store's own state: which of them became MQLs, and the engine's reason
+/// (`explain`) for each of the others.
+fn between(
+    store: &Store,
+    policy: &crate::engine::Policy,
+    turn: &KnobTurn,
+    before: &std::collections::HashSet<String>,
+    at: Timestamp,
+) -> anyhow::Result<Between> {
+    use crate::engine::model::Reason;
+    let state = store.load_engine(policy)?;
+    let mut out = Between::default();
+    for (id, person) in state.persons.iter() {
+        let in_segment = person
+            .facts
+            .as_ref()
+            .is_some_and(|f| f.attributes.get("region").map(String::as_str) == Some("EMEA"));
+        let score = person
+            .map_lead
+            .and_then(|l| state.map_leads.get(&l))
+            .and_then(|l| l.scores.value(&policy.score, at));
+        if !score.is_some_and(|s| in_segment && s >= turn.to && s < turn.from) {
+            continue;
+        }
+        out.people += 1;
+        let opened_now = person
+            .cycles
+            .iter()
+            .any(|c| !before.contains(&c.external_id));
+        if opened_now {
+            out.became_mqls += 1;
+            continue;
+        }
+        let why = match crate::engine::explain(&state, policy, id, at) {
+            Reason::Excluded { rule, .. } => format!("excluded by the {} rule", rule.label()),
+            Reason::OpenCycle { .. } => "an MQL still open from before".to_string(),
+            Reason::CoolingDown { .. } => "cooling down after a rejection".to_string(),
+            Reason::NotLinked { .. } => "not linked to a CRM record".to_string(),
+            other => other.to_string(),
+        };
+        *out.held.entry(why).or_default() += 1;
+    }
+    Ok(out)
 }

@@ -182,6 +182,10 @@ enum Command {
         /// object, with the fields that would change. The next real run does the same work.
         #[arg(long)]
         dry_run: bool,
+        /// Read the current score of every MAP lead linked to a CRM lead or contact again (a
+        /// store's first run always does): repairs scores whose changes were missed.
+        #[arg(long)]
+        full: bool,
     },
     /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
     Sandbox(mqlsync::sandbox::cli::SandboxArgs),
@@ -396,6 +400,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report.cycles_after,
             report.cycles_after - report.cycles_before
         );
+        let b = &report.between;
+        println!(
+            "   Between the new and the old threshold ({} <= score < {}) the segment held {} people: {} became MQLs{}",
+            k.to,
+            k.from,
+            b.people,
+            b.became_mqls,
+            if b.held.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the others: {}",
+                    b.held
+                        .iter()
+                        .map(|(why, n)| format!("{n} {why}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
         if !report.new_mqls.is_empty() {
             println!("   The knob turn made these people MQLs:");
         }
@@ -440,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             json,
             dry_run,
+            full,
             ..
         } => {
             if !once {
@@ -466,6 +491,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let settings = mqlsync::sync::once::RunSettings {
                 dry_run,
+                full,
+                go_live: config.sync.go_live,
                 sent_before: Some(sent_before),
                 ..Default::default()
             };
@@ -767,6 +794,7 @@ fn in_words(key: &str, n: usize) -> String {
         "task_superseded" => "alerts no longer needed (their MQL had moved on)",
         "task_found" => "alert tasks already in the CRM",
         "activities" => "score changes",
+        "current scores" => "MAP leads' current scores",
         other => return format!("{other} {n}"),
     };
     format!("{n} {words}")
@@ -784,12 +812,54 @@ fn counts_in_words(m: &std::collections::BTreeMap<String, usize>) -> String {
 
 fn print_run(s: &mqlsync::sync::once::RunSummary) {
     print_reads_and_decisions(s);
+    print_go_live(s, false);
     println!("written:   {}", counts_in_words(&s.written));
     if !s.settled.is_empty() {
         println!("no write needed: {}", counts_in_words(&s.settled));
     }
     print_calls(s);
     print_problems(s);
+}
+
+/// What going live did, or (in a dry run) will do, and what else the user may choose.
+fn print_go_live(s: &mqlsync::sync::once::RunSummary, dry_run: bool) {
+    use mqlsync::config::GoLive;
+    let Some(g) = &s.go_live else { return };
+    let list = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, n)| format!("{} {n}", if k.is_empty() { "(none)" } else { k }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (will, did) = if dry_run {
+        ("will become", "the first real run")
+    } else {
+        ("became", "this run")
+    };
+    match g.setting {
+        GoLive::Mql => println!(
+            "go-live:   {} people already at or above their threshold (not excluded, no MQL before) {will} MQLs at go-live ({did}, reason at_go_live)",
+            g.people
+        ),
+        GoLive::Wait => println!(
+            "go-live:   {} people already at or above their threshold wait for their next score change (sync.go_live = \"wait\")",
+            g.people
+        ),
+    }
+    if g.people > 0 {
+        println!("           by segment: {}", list(&g.by_segment));
+        println!("           by CRM status: {}", list(&g.by_status));
+    }
+    if dry_run && g.people > 0 {
+        println!(
+            "           to keep someone out, add an exclusion to the mapping; to choose the other way, set sync.go_live = \"{}\"",
+            if g.setting == GoLive::Mql {
+                "wait"
+            } else {
+                "mql"
+            }
+        );
+    }
 }
 
 fn print_reads_and_decisions(s: &mqlsync::sync::once::RunSummary) {
@@ -852,6 +922,7 @@ fn print_dry_run(s: &mqlsync::sync::once::RunSummary, store: &Path) {
         store.display()
     );
     print_reads_and_decisions(s);
+    print_go_live(s, true);
     print_calls(s);
     if s.plan.is_empty() {
         println!("\nplan: nothing to write");

@@ -164,8 +164,23 @@ pub enum Event {
     Person(PersonFacts),
     Opportunity(Opportunity),
     Score(ScoreChange),
+    /// The value a score field holds at `at`, read from the MAP's lead record rather than
+    /// from a change (a first run reads every linked lead's current score this way, so that
+    /// scores older than the activity look-back are known). Applied like a change of that
+    /// field, versioned the same way, but nobody is evaluated: it is what the MAP holds, not
+    /// something that happened at `at`. What becomes of the people it reaches is
+    /// [`Event::GoLive`]'s decision, or the next change's or knob turn's.
+    CurrentScore(ScoreChange),
     Link(MapLink),
     CycleEdit(CycleEdit),
+    /// mqlsync goes live at `at`. With `mqls`, everyone linked, without any cycle, at or above
+    /// their threshold and not excluded becomes an MQL now, with reason `at_go_live` (a first
+    /// run knows people whose scores crossed long before it); without, they wait for their
+    /// next score change or knob turn. Once per store: a later one is a replay.
+    GoLive {
+        at: Timestamp,
+        mqls: bool,
+    },
 }
 
 impl Event {
@@ -175,9 +190,10 @@ impl Event {
             Event::Threshold(t) => t.modified_at,
             Event::Person(p) => p.modified_at,
             Event::Opportunity(o) => o.modified_at,
-            Event::Score(s) => s.at,
+            Event::Score(s) | Event::CurrentScore(s) => s.at,
             Event::Link(l) => l.at,
             Event::CycleEdit(e) => e.modified_at,
+            Event::GoLive { at, .. } => *at,
         }
     }
 }
@@ -357,6 +373,8 @@ pub enum Trigger {
     },
     PersonChange,
     Link,
+    /// mqlsync went live (see [`Event::GoLive`]).
+    GoLive,
 }
 
 /// Why a decision was taken (or not): machine-readable, for the audit log and `explain`.
@@ -449,6 +467,13 @@ pub enum Reason {
     /// `explain` of an id the store has never read as a lead or contact, nor linked to a MAP
     /// lead.
     NotSeen,
+    /// At go-live the person was already at or above the threshold, not excluded and without
+    /// any cycle: an MQL from go-live on (its score may have crossed long before).
+    AtGoLive {
+        score: f64,
+        threshold: f64,
+        threshold_id: Option<String>,
+    },
 }
 
 impl RuleKind {
@@ -479,6 +504,7 @@ impl std::fmt::Display for Trigger {
             }
             Trigger::PersonChange => f.write_str("a change of the lead or contact"),
             Trigger::Link => f.write_str("the MAP lead being linked to it"),
+            Trigger::GoLive => f.write_str("mqlsync going live"),
         }
     }
 }
@@ -581,6 +607,15 @@ impl std::fmt::Display for Reason {
             } => write!(
                 f,
                 "an edit of MQL record {external_id} made at {edited_at} was ignored: it is older than the MQL itself ({mql_at})"
+            ),
+            Reason::AtGoLive {
+                score,
+                threshold,
+                threshold_id,
+            } => write!(
+                f,
+                "MQL at go-live: score {score} was already at or above the threshold {threshold} ({}) when mqlsync went live",
+                which(threshold_id)
             ),
             Reason::NotSeen => f.write_str(
                 "not seen: no lead or contact with this id has been read or linked (check the id, and that a run has read it)",

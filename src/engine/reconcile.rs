@@ -38,8 +38,10 @@ pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> V
         Event::Person(p) => on_person(state, ctx, p, &mut out),
         Event::Opportunity(o) => on_opportunity(state, ctx, o, &mut out),
         Event::Score(s) => on_score(state, ctx, s, &mut out),
+        Event::CurrentScore(s) => on_current_score(state, ctx, s),
         Event::Link(l) => on_link(state, ctx, l, &mut out),
         Event::CycleEdit(e) => on_cycle_edit(state, ctx, e, &mut out),
+        Event::GoLive { at, mqls } => go_live(state, ctx, *at, *mqls, &mut out),
     }
     out
 }
@@ -269,6 +271,62 @@ fn on_opportunity(
                 );
             }
         }
+    }
+}
+
+/// A score field's current value, read from the MAP: applied like a change (so the history
+/// holds it and a reload gets it back), nobody evaluated. With a time-decayed score, the
+/// behaviour points the engine did not know arrive at `at` and start fading from there.
+fn on_current_score(state: &mut EngineState, ctx: &Context<'_>, change: &ScoreChange) {
+    let half_life = match ctx.policy.score {
+        ScoreSource::TimeDecayed { half_life } => Some(half_life),
+        _ => None,
+    };
+    let lead = state.map_leads.entry(change.map_lead_id).or_default();
+    let applied = lead.scores.apply(
+        change.part,
+        change.new_value,
+        change.old_value,
+        &change.change_id,
+        change.at,
+        change.campaign.as_ref(),
+        half_life,
+    );
+    if applied {
+        lead.mark_unsaved(change.map_lead_id, &mut state.unsaved_scores);
+    }
+}
+
+/// Go-live: everyone linked and without any cycle is evaluated at `at`; those who qualify
+/// open a cycle with reason `at_go_live`. People below their threshold record nothing (a
+/// first run would write one audit row per person of the org).
+/// Once per store: a second go-live is a replay and yields nothing. Without `mqls` it only
+/// marks the store as live.
+fn go_live(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    at: Timestamp,
+    mqls: bool,
+    out: &mut Vec<Decision>,
+) {
+    if state.meta.went_live.is_some() {
+        return;
+    }
+    state.meta.went_live = Some(at);
+    state.dirty.meta = true;
+    if !mqls {
+        return;
+    }
+    let mut slots: Vec<u32> = (0..state.persons.len() as u32)
+        .filter(|slot| {
+            let person = state.persons.at(*slot);
+            person.cycles.is_empty() && person.map_lead.is_some() && person.facts.is_some()
+        })
+        .collect();
+    // By CRM id, so that the decisions come in the same order after a reload.
+    slots.sort_by(|a, b| state.persons.id(*a).cmp(state.persons.id(*b)));
+    for slot in slots {
+        evaluate_at(state, ctx, slot, at, &|| Trigger::GoLive, None, out);
     }
 }
 
@@ -621,6 +679,20 @@ fn evaluate_at(
     let person = state.persons.at(slot);
     let resolved = resolution.of(person);
     let (reason, qualifies) = verdict(state, policy, person, resolved.map(|r| &**r), at, trigger);
+    // Qualified at go-live is a reason of its own: the crossing may be long before.
+    let reason = match reason {
+        Reason::Qualified {
+            score,
+            threshold,
+            threshold_id,
+            trigger: Trigger::GoLive,
+        } => Reason::AtGoLive {
+            score,
+            threshold,
+            threshold_id,
+        },
+        other => other,
+    };
     if qualifies {
         let resolved = resolved.cloned().expect("qualified with a threshold");
         open_cycle(

@@ -414,6 +414,9 @@ pub struct EngineMeta {
     /// of these ids takes its versions over.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unknown_cycle_edits: BTreeMap<String, Vec<Timestamp>>,
+    /// When mqlsync went live on this store ([`crate::engine::model::Event::GoLive`]): once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub went_live: Option<Timestamp>,
 }
 
 /// The whole engine state.

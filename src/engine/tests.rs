@@ -713,6 +713,15 @@ fn arb_event() -> impl Strategy<Value = (u16, Event)> {
                 Timestamp::UNIX_EPOCH,
             )
         }),
+        (0u8..4, 0u32..250).prop_map(|(m, s)| current(
+            i64::from(m),
+            f64::from(s),
+            Timestamp::UNIX_EPOCH
+        )),
+        any::<bool>().prop_map(|mqls| Event::GoLive {
+            at: Timestamp::UNIX_EPOCH,
+            mqls
+        }),
     ]
     .prop_flat_map(|e| (1u16..600, Just(e)))
 }
@@ -729,12 +738,13 @@ fn timed(raw: &[(u16, Event)]) -> Vec<Event> {
                 Event::Threshold(x) => x.modified_at = t,
                 Event::Person(x) => x.modified_at = t,
                 Event::Opportunity(x) => x.modified_at = t,
-                Event::Score(x) => {
+                Event::Score(x) | Event::CurrentScore(x) => {
                     x.at = t;
                     x.change_id = format!("c{i}");
                 }
                 Event::Link(x) => x.at = t,
                 Event::CycleEdit(x) => x.modified_at = t,
+                Event::GoLive { at, .. } => *at = t,
             }
             e
         })
@@ -901,4 +911,108 @@ fn a_map_lead_relinked_to_another_person_scores_for_the_new_one_only() {
     }));
     let out = h.apply(score(1, "s3", 900.0, at(5), None));
     assert!(opened(&out).is_empty(), "{out:?}");
+}
+
+/// A score field's current value as the MAP holds it (issue 12: a first run reads them).
+fn current(map: i64, value: f64, when: Timestamp) -> Event {
+    Event::CurrentScore(ScoreChange {
+        map_lead_id: map,
+        change_id: "current".into(),
+        part: ScorePart::Total,
+        new_value: value,
+        old_value: None,
+        campaign: None,
+        at: when,
+    })
+}
+
+#[test]
+fn current_scores_decide_nothing_and_go_live_makes_mqls_of_who_is_already_above() {
+    let mut h = Harness::new();
+    h.lead("00QABOVE", 1);
+    h.lead("00QBELOW", 2);
+    h.lead("00QHASCYCLE", 3);
+    let mut student = person("00QSTUDENT", "NA", at(0));
+    student.title = Some("Student".into());
+    h.apply(Event::Person(student));
+    h.apply(link(4, "00QSTUDENT", at(0)));
+    // 00QHASCYCLE crossed inside the look-back: its cycle came from the activity.
+    assert_eq!(
+        opened(&h.apply(score(3, "c1", 120.0, at(5), None))).len(),
+        1
+    );
+    for (map, value) in [(1, 150.0), (2, 50.0), (3, 130.0), (4, 160.0)] {
+        assert!(h.apply(current(map, value, at(50))).is_empty());
+    }
+    let out = h.apply(Event::GoLive {
+        at: at(60),
+        mqls: true,
+    });
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:?}");
+    assert_eq!(
+        (
+            cycles[0].external_id.as_str(),
+            cycles[0].mql_at,
+            cycles[0].score
+        ),
+        ("00QABOVE-1", at(60), 150.0)
+    );
+    let reasons: Vec<&Reason> = out.iter().map(|d| &d.reason).collect();
+    assert!(
+        matches!(reasons[0], Reason::AtGoLive { score, threshold, .. } if *score == 150.0 && *threshold == 100.0),
+        "{reasons:?}"
+    );
+    // The student is excluded (recorded), the one below records nothing, the one with a cycle
+    // is not evaluated.
+    assert!(
+        out.iter()
+            .all(|d| d.subject != "00QBELOW" && d.subject != "00QHASCYCLE")
+    );
+    assert!(out.iter().any(|d| d.subject == "00QSTUDENT"
+        && matches!(
+            d.reason,
+            Reason::Excluded {
+                rule: RuleKind::Title,
+                ..
+            }
+        )));
+    assert_eq!(h.cycles("00QHASCYCLE").len(), 1);
+    // Going live is once.
+    assert!(
+        h.apply(Event::GoLive {
+            at: at(90),
+            mqls: true
+        })
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_knob_turn_reaches_people_known_only_by_their_current_score() {
+    let mut h = Harness::new();
+    h.apply(threshold("T-NA", Some("NA"), 90.0, at(0)));
+    h.lead("00QOLD", 1);
+    // No change in the look-back: the score is known only from the lead record.
+    assert!(h.apply(current(1, 80.0, at(10))).is_empty());
+    // Gone live with go_live = "wait": nobody opened, the store is live.
+    let quiet = h.apply(Event::GoLive {
+        at: at(15),
+        mqls: false,
+    });
+    assert!(quiet.is_empty() && h.state.meta.went_live == Some(at(15)));
+    let out = h.apply(threshold("T-NA", Some("NA"), 75.0, at(20)));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:?}");
+    assert_eq!((cycles[0].mql_at, cycles[0].threshold), (at(20), 75.0));
+}
+
+#[test]
+fn a_current_score_older_than_a_known_change_is_a_replay() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 60.0, at(30), None));
+    h.apply(current(1, 140.0, at(20)));
+    let value = h.state.map_leads[&1].scores.value(&h.policy.score, at(40));
+    assert_eq!(value, Some(60.0));
 }

@@ -942,6 +942,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::EditUnknownCycle { .. } => "edit_unknown_cycle",
         Reason::EditStale { .. } => "edit_stale",
         Reason::NotSeen => "not_seen",
+        Reason::AtGoLive { .. } => "at_go_live",
     }
 }
 
@@ -963,7 +964,7 @@ fn write_batch(
         )?;
         for event in batch.events {
             match event {
-                Event::Score(s) => {
+                Event::Score(s) | Event::CurrentScore(s) => {
                     let (cid, cname) = s.campaign.as_ref().map_or((None, None), |c: &Campaign| {
                         (Some(c.id.as_str()), c.name.as_deref())
                     });

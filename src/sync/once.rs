@@ -22,6 +22,7 @@ use serde::Serialize;
 use tracing::Instrument;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use crate::config::GoLive;
 use crate::connectors::http::Sent;
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::MAX_SOQL_CHARS;
@@ -35,6 +36,7 @@ use crate::engine::{Context, EngineState, Policy, reconcile};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
 
+use super::current;
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, AlertState, Write};
 
@@ -95,6 +97,11 @@ pub struct RunSettings {
     /// What the clients had sent when the run began, when the caller signed in before calling
     /// [`run_once`] (so that the sign-in counts with the run); `None`: at the call.
     pub sent_before: Option<(Sent, Sent)>,
+    /// Read every linked MAP lead's current score again (`run --once --full`); a store's first
+    /// run does it anyway (see [`super::current`]).
+    pub full: bool,
+    /// What the store's first run does with people already at or above their threshold.
+    pub go_live: GoLive,
     /// Read and decide as usual but send no write: each record the run would write is listed
     /// in [`RunSummary::plan`] instead. The caller runs a dry run on a copy of the store
     /// (see [`super::dry_run`]), so that nothing is committed either.
@@ -108,6 +115,8 @@ impl Default for RunSettings {
             initial_window: SignedDuration::from_hours(24 * 30),
             max_empty_pages: 50,
             sent_before: None,
+            full: false,
+            go_live: GoLive::Mql,
             dry_run: false,
         }
     }
@@ -148,6 +157,22 @@ pub struct RunSummary {
     /// A dry run's writes: every record it would send, none sent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedWrite>,
+    /// The store's first run: who was already at or above their threshold when it went live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_live: Option<GoLiveReport>,
+}
+
+/// What going live did (or, with `go_live = "wait"`, left waiting): the people already at or
+/// above their threshold, not excluded and without any cycle, counted by segment and by their
+/// current CRM status.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GoLiveReport {
+    pub at: Timestamp,
+    pub setting: GoLive,
+    /// With `mql`: the MQLs opened at go-live; with `wait`: the people left waiting.
+    pub people: usize,
+    pub by_segment: BTreeMap<String, usize>,
+    pub by_status: BTreeMap<String, usize>,
 }
 
 /// One record a run sent to the CRM and how it ended.
@@ -477,6 +502,20 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.map_activities()
             .instrument(phase("score changes"))
             .await?;
+        let progress: current::Progress = self.cursor(current::CURSOR)?;
+        if progress.read_at.is_none() || self.settings.full {
+            let progress = if progress.read_at.is_some() {
+                current::Progress::default()
+            } else {
+                progress
+            };
+            self.current_scores(progress)
+                .instrument(phase("current scores"))
+                .await?;
+        }
+        if self.state.meta.went_live.is_none() {
+            self.go_live()?;
+        }
         self.drain_outbox().instrument(phase("writes")).await
     }
 
@@ -530,7 +569,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Applies events, commits them with their decisions and the cursor in one transaction.
-    fn commit(&mut self, events: Vec<Event>, cursor: (String, String)) -> Result<(), SyncError> {
+    fn commit(
+        &mut self,
+        events: Vec<Event>,
+        cursor: (String, String),
+    ) -> Result<Vec<crate::engine::model::Decision>, SyncError> {
         let ctx = Context {
             policy: self.policy,
             now: self.now,
@@ -556,7 +599,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             },
             &mut self.state,
         )?;
-        Ok(())
+        Ok(decisions)
     }
 
     fn unreadable(&mut self, e: RecordError) {
@@ -721,6 +764,138 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.mkto_min += (links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
         *self.summary.read.entry("activities".into()).or_default() += read;
         self.log_phase_done(read, page_count);
+        Ok(())
+    }
+
+    /// The current score of every MAP lead linked to a CRM person the store knows, by
+    /// `sfdcLeadId` / `sfdcContactId`, 300 ids a call, each call committed with its progress
+    /// (a killed read resumes after the last id committed).
+    async fn current_scores(&mut self, mut progress: current::Progress) -> Result<(), SyncError> {
+        let m = self.mapping;
+        let source = &self.policy.score;
+        let fields = current::lead_fields(m, source);
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let (mut read, mut calls) = (0usize, 0u64);
+        for kind in [CrmKind::Lead, CrmKind::Contact] {
+            let filter = current::filter_field(m, kind).to_string();
+            let people = current::people(&self.state, kind, progress.after(kind));
+            for chunk in people.chunks(current::IDS_A_CALL) {
+                let mut rows = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let page = self
+                        .map
+                        .leads_by_filter(&filter, chunk, &fields, token.as_deref())
+                        .await?;
+                    rows.extend(page.leads.into_iter().map(serde_json::Value::Object));
+                    match page.next_page_token {
+                        Some(t) => token = Some(t),
+                        None => break,
+                    }
+                }
+                calls += 1;
+                read += rows.len();
+                let mut unreadable = Vec::new();
+                let events =
+                    current::events(m, source, &self.state, &rows, self.now, &mut unreadable)
+                        .map_err(|e| SyncError::Unkeyed {
+                            call: format!(
+                                "GET /rest/v1/leads.json?filterType={filter} ({} ids: {}..{})",
+                                chunk.len(),
+                                chunk.first().map_or("", String::as_str),
+                                chunk.last().map_or("", String::as_str)
+                            ),
+                            detail: format!("a lead row without `id` ({})", e.message),
+                        })?;
+                for e in unreadable {
+                    self.unreadable(e);
+                }
+                progress.set_after(kind, chunk.last().expect("a chunk is not empty"));
+                let cursor = serde_json::to_string(&progress).expect("cursors serialise");
+                self.commit(events, (current::CURSOR.to_string(), cursor.clone()))?;
+                self.log_page("current scores", rows.len(), &cursor);
+            }
+        }
+        progress = current::Progress {
+            read_at: Some(self.now),
+            ..current::Progress::default()
+        };
+        let cursor = serde_json::to_string(&progress).expect("cursors serialise");
+        self.commit(Vec::new(), (current::CURSOR.to_string(), cursor))?;
+        // The fewest calls: one per 300 people of each kind.
+        self.mkto_min += calls;
+        *self
+            .summary
+            .read
+            .entry("current scores".into())
+            .or_default() += read;
+        self.log_phase_done(read, calls);
+        Ok(())
+    }
+
+    /// Goes live: with `go_live = "mql"`, everyone already at or above their threshold, not
+    /// excluded and without any cycle becomes an MQL now (reason `at_go_live`); with `"wait"`
+    /// they are counted and left for their next score change. Either way the store is live
+    /// from now on, and this happens once.
+    fn go_live(&mut self) -> Result<(), SyncError> {
+        let mqls = self.settings.go_live == GoLive::Mql;
+        let mut report = GoLiveReport {
+            at: self.now,
+            setting: self.settings.go_live,
+            ..GoLiveReport::default()
+        };
+        if !mqls {
+            // Who would have become an MQL: the engine's own verdict, read-only.
+            let waiting: Vec<(String, String)> = self
+                .state
+                .persons
+                .iter()
+                .filter(|(_, p)| p.cycles.is_empty() && p.facts.is_some())
+                .filter_map(|(id, p)| {
+                    match crate::engine::explain(&self.state, self.policy, id, self.now) {
+                        crate::engine::model::Reason::Qualified { threshold_id, .. } => {
+                            let segment = threshold_id
+                                .and_then(|t| self.state.thresholds.get(&t))
+                                .map_or_else(|| "default".to_string(), |t| t.segment_label());
+                            let status = p.facts.as_ref().and_then(|f| f.status.clone());
+                            Some((segment, status.unwrap_or_default()))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            for (segment, status) in waiting {
+                report.people += 1;
+                *report.by_segment.entry(segment).or_default() += 1;
+                *report.by_status.entry(status).or_default() += 1;
+            }
+        }
+        let event = Event::GoLive { at: self.now, mqls };
+        let decisions = self.commit(vec![event], ("sync.go_live".into(), self.now.to_string()))?;
+        for d in &decisions {
+            if let (
+                crate::engine::model::Reason::AtGoLive { .. },
+                crate::engine::model::Action::OpenCycle { cycle },
+            ) = (&d.reason, &d.action)
+            {
+                report.people += 1;
+                *report.by_segment.entry(cycle.segment.clone()).or_default() += 1;
+                let status = self
+                    .state
+                    .persons
+                    .get(&cycle.crm.id)
+                    .and_then(|p| p.facts.as_ref())
+                    .and_then(|f| f.status.clone())
+                    .unwrap_or_default();
+                *report.by_status.entry(status).or_default() += 1;
+            }
+        }
+        tracing::info!(
+            people = report.people,
+            setting = ?report.setting,
+            "went live"
+        );
+        self.summary.go_live = Some(report);
         Ok(())
     }
 

@@ -594,6 +594,16 @@ fn a_dry_run_writes_nothing_and_plans_exactly_what_the_next_run_writes() {
     assert!(text_run.status.success(), "{}", text(&text_run.stderr));
     let stdout = text(&text_run.stdout);
     assert!(stdout.starts_with("dry run: nothing was sent"), "{stdout}");
+    // Issue 12, point 2: before anything is written, how many go-live MQLs, by segment and
+    // by CRM status.
+    assert!(
+        stdout.contains("people already at or above their threshold")
+            && stdout
+                .contains("will become MQLs at go-live (the first real run, reason at_go_live)")
+            && stdout.contains("by segment: region=")
+            && stdout.contains("by CRM status: "),
+        "{stdout}"
+    );
     assert!(stdout.contains("\nMQL__c: "), "{stdout}");
     assert!(stdout.contains("to create"), "{stdout}");
     let dry = json_of(&org.mqlsync(&["run", "--once", "--dry-run", "--json"]));

@@ -104,6 +104,15 @@ impl App {
 
     /// One `run --once` with the default mapping, which may stop with an error.
     async fn try_run(&mut self, at: Timestamp) -> Result<RunSummary, SyncError> {
+        self.try_run_with(at, &RunSettings::default()).await
+    }
+
+    /// [`App::try_run`] with other settings.
+    async fn try_run_with(
+        &mut self,
+        at: Timestamp,
+        settings: &RunSettings,
+    ) -> Result<RunSummary, SyncError> {
         let m = mapping::load(None).unwrap();
         let (sf, mk) = (self.sf.clone(), self.mk.clone());
         let sent = move || (sf.sent(), mk.sent());
@@ -114,7 +123,7 @@ impl App {
             &m.policy,
             &mut self.store,
             at,
-            &RunSettings::default(),
+            settings,
             sent,
         )
         .await
@@ -740,8 +749,9 @@ async fn a_write_refused_for_now_on_its_last_attempt_is_said_parked_and_later_ru
 /// calls that reached each system (the sandbox's count) are within a tenth of the fewest the
 /// work needs, reckoned here from the work alone: a token each; the threshold, lead, contact,
 /// opportunity and MQL queries and the threshold field history at 2,000 records a page;
-/// Marketo's daily usage, a paging token, the activities at 300 a page and the links of every
-/// lead they name at 300 ids a call; alert keys at 1,000 a look-up; writes at 200 a call.
+/// Marketo's daily usage, a paging token, the activities at 300 a page, the links of every
+/// lead they name at 300 ids a call and the current scores of the CRM's leads and contacts at
+/// 300 ids a call; alert keys at 1,000 a look-up; writes at 200 a call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_run_over_3000_people_costs_at_most_a_tenth_over_the_fewest_calls() {
     let mut app = spawn_app_limits(3_000, "", false).await;
@@ -786,7 +796,10 @@ async fn a_first_run_over_3000_people_costs_at_most_a_tenth_over_the_fewest_call
             .map(|w| written(w).div_ceil(200) as u64)
             .sum::<u64>();
     let linked = app.store.summary().unwrap().map_leads as usize;
-    let mk_minimum = 1 + 1 + 1 + pages(read("activities"), 300) + linked.div_ceil(300) as u64;
+    // The current scores of the CRM's leads and contacts, 300 ids a call.
+    let current = (read("Lead").div_ceil(300) + read("Contact").div_ceil(300)) as u64;
+    let mk_minimum =
+        1 + 1 + 1 + pages(read("activities"), 300) + linked.div_ceil(300) as u64 + current;
     let ratio = |calls: u64, minimum: u64| calls as f64 / minimum as f64;
     println!(
         "salesforce {sf_calls} / {sf_minimum} = {:.3}; marketo {mk_calls} / {mk_minimum} = {:.3}; {} score changes, {linked} MAP leads, {alert_keys} alert keys",
@@ -842,4 +855,176 @@ async fn an_activity_without_a_guid_fails_its_page_and_the_next_run_reads_it_aga
     assert_eq!(app.store.cursor("map.activities").unwrap(), None);
     app.run(now()).await;
     assert_ends_as_an_unbroken_run(&app).await;
+}
+
+// --- adoption on a real org (issue 12) ---
+
+/// The EMEA knob of the seeded world, turned down by `by` points at `at`.
+fn turn_emea_knob(app: &App, by: f64, at: Timestamp) -> (String, f64) {
+    let knob = app
+        .sandbox
+        .world()
+        .thresholds
+        .iter()
+        .find(|t| {
+            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
+        })
+        .unwrap()
+        .clone();
+    app.sandbox.clock().set(at);
+    let mut edit = Map::new();
+    edit.insert("Score_Threshold__c".into(), json!(knob.score - by));
+    app.sandbox
+        .salesforce()
+        .edit_record("MQL_Threshold__c", &knob.id, edit)
+        .unwrap();
+    (knob.id, knob.score)
+}
+
+/// Issue 12, point 1: a first run knows the current score of every linked MAP lead, however
+/// long ago it last changed, so a knob turn reaches everyone of the segment between the new
+/// and the old threshold: each becomes an MQL or is held for a reason `explain` gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knob_turn_reaches_everyone_between_the_thresholds_even_scores_older_than_the_look_back()
+{
+    let mut app = spawn_app_with(2_000, "").await;
+    let m = mapping::load(None).unwrap();
+    let first = app.run(now()).await;
+    let world = app.sandbox.world().clone();
+    let look_back = now() - SignedDuration::from_hours(24 * 30);
+    // Every person the CRM has whose MAP lead is synced carries a score in the store.
+    let state = app.store.load_engine(&m.policy).unwrap();
+    for p in world.people.iter().filter(|p| p.crm_id.is_some()) {
+        let id = p.crm_id.as_deref().unwrap();
+        let lead = state.persons.get(id).and_then(|s| s.map_lead);
+        let score = lead
+            .and_then(|l| state.map_leads.get(&l))
+            .and_then(|l| l.scores.value(&m.policy.score, now()));
+        assert_eq!(
+            score,
+            Some(p.lead_score as f64),
+            "{id} (MAP lead {}): {first:?}",
+            p.map_id
+        );
+    }
+    let later = now() + SignedDuration::from_mins(1);
+    let (knob, old) = turn_emea_knob(&app, 25.0, later);
+    let run = app.run(later).await;
+    let state = app.store.load_engine(&m.policy).unwrap();
+    let (mut became, mut held, mut old_scores) = (0, 0, 0);
+    for (id, person) in state.persons.iter() {
+        let emea = person
+            .facts
+            .as_ref()
+            .is_some_and(|f| f.attributes.get("region").map(String::as_str) == Some("EMEA"));
+        let map_lead = person.map_lead;
+        let score = map_lead
+            .and_then(|l| state.map_leads.get(&l))
+            .and_then(|l| l.scores.value(&m.policy.score, later));
+        if !emea || !score.is_some_and(|s| s >= old - 25.0 && s < old) {
+            continue;
+        }
+        if person.cycles.iter().any(|c| c.mql_at == later) {
+            became += 1;
+            let c = person.cycles.last().unwrap();
+            assert_eq!(c.threshold_id.as_deref(), Some(knob.as_str()));
+            // Known only from the lead record: no score change inside the look-back.
+            if !world
+                .score_changes
+                .iter()
+                .any(|s| Some(s.map_id) == map_lead && s.at >= look_back)
+            {
+                old_scores += 1;
+            }
+        } else {
+            held += 1;
+            let why = mqlsync::engine::explain(&state, &m.policy, id, later);
+            assert!(
+                matches!(
+                    why,
+                    mqlsync::engine::Reason::Excluded { .. }
+                        | mqlsync::engine::Reason::OpenCycle { .. }
+                        | mqlsync::engine::Reason::CoolingDown { .. }
+                ),
+                "{id}: {why:?}"
+            );
+        }
+    }
+    assert!(became > 0 && held > 0, "{run:?}");
+    assert!(
+        old_scores > 0,
+        "some of them last changed before the look-back"
+    );
+    assert_eq!(run.decisions.get("open_cycle"), Some(&became), "{run:?}");
+}
+
+/// Issue 12, point 2: by default the people already at or above their threshold at the first
+/// run become MQLs at go-live (dated then, reason `at_go_live`); a dry run says beforehand how
+/// many, by segment and CRM status; `sync.go_live = "wait"` leaves the same people waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_run_goes_live_as_its_dry_run_said_or_leaves_them_waiting() {
+    let mut app = spawn_app_with(1_000, "").await;
+    let dry = app
+        .try_run_with(
+            now(),
+            &RunSettings {
+                dry_run: true,
+                ..RunSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    // The dry run ran on this store: it went live there. A fresh app runs for real.
+    let said = dry.go_live.clone().expect("a first run goes live");
+    let mut real = spawn_app_with(1_000, "").await;
+    let first = real.run(now()).await;
+    let went = first.go_live.clone().expect("a first run goes live");
+    assert!(went.people > 0, "{first:?}");
+    assert_eq!(
+        (went.people, &went.by_segment, &went.by_status),
+        (said.people, &said.by_segment, &said.by_status)
+    );
+    let at_go_live: Vec<_> = real
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.mql_at == now())
+        .collect();
+    assert_eq!(at_go_live.len(), went.people);
+    let audit = real.store.audit_of(&at_go_live[0].crm.id).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|(_, _, why)| why.contains("\"code\":\"at_go_live\"")),
+        "{audit:?}"
+    );
+    // A second run does not go live again.
+    assert!(real.run(now()).await.go_live.is_none());
+
+    let mut waiting = spawn_app_with(1_000, "").await;
+    let run = waiting
+        .try_run_with(
+            now(),
+            &RunSettings {
+                go_live: mqlsync::config::GoLive::Wait,
+                ..RunSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let left = run.go_live.expect("a first run goes live");
+    assert_eq!(
+        (left.people, &left.by_segment),
+        (went.people, &went.by_segment)
+    );
+    assert!(
+        waiting
+            .store
+            .cycles()
+            .unwrap()
+            .iter()
+            .all(|c| c.mql_at != now()),
+        "nobody became an MQL at go-live"
+    );
 }
