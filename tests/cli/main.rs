@@ -251,6 +251,27 @@ fn demo_syncs_the_sandbox_and_shows_the_mqls_of_a_knob_turn() {
         .and_then(|n| n.trim().parse().ok())
         .expect("a count of new MQLs");
     assert!(new > 0, "turning the knob down made no MQL: {stdout}");
+    // Everyone between the thresholds is accounted for, and the people are named (issue 11
+    // point 2, issue 12 point 1): the MQLs it made, and the others with their reason.
+    let between = stdout
+        .lines()
+        .find(|l| l.contains("Between the new and the old threshold"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        between.contains(&format!(": {new} became MQLs")),
+        "{between} / {new}"
+    );
+    let named = stdout
+        .lines()
+        .skip_while(|l| !l.contains("The knob turn made these people MQLs:"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("- "))
+        .count();
+    assert_eq!(named, new, "{stdout}");
+    for words in ["MQLs opened", "people stamped", "alerts to reps"] {
+        assert!(stdout.contains(words), "{words}: {stdout}");
+    }
+    assert!(!stdout.contains("open_cycle") && !stdout.contains("stamp_person"));
     // Every run used exactly the fewest calls its work allowed, but for the first run's one
     // describe of the MAP's lead fields (kept in the store after that).
     let calls = api_calls(&stdout);
