@@ -83,6 +83,7 @@ fn setup() -> Vec<Event> {
             account_id: None,
             converted: false,
             attributes,
+            prior_mql_at: None,
             modified_at: t0,
         }));
         events.push(Event::Link(MapLink {

@@ -102,6 +102,11 @@ pub struct PersonObject {
     pub sal_date_recent: String,
     pub sal_date_original: String,
     pub mql_count: String,
+    /// Fields where the org kept MQL dates before mqlsync (a date or datetime field, e.g. one a
+    /// Marketo flow stamped): read with the record, the earliest stays the person's original
+    /// MQL date. None by default.
+    #[serde(default)]
+    pub prior_mql_dates: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -349,6 +349,7 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
             account_id: text("account"),
             converted: flag(row, "converted", false)?,
             attributes: pairs(row, "attributes")?,
+            prior_mql_at: None,
             modified_at: at,
         }),
         "opportunity" => Event::Opportunity(Opportunity {

@@ -99,6 +99,11 @@ pub struct PersonFacts {
     /// teams and exclusion rules match on.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// The earliest MQL date the CRM record held before mqlsync (the mapping's
+    /// `prior_mql_dates` fields, e.g. a date a Marketo flow used to stamp): the person's
+    /// original MQL date stays that, not mqlsync's first MQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_mql_at: Option<Timestamp>,
     pub modified_at: Timestamp,
 }
 

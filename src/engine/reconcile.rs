@@ -762,6 +762,7 @@ fn open_cycle(
     let team = policy.team_for(&facts.attributes);
     let crm = facts.crm.clone();
     let owner_id = facts.owner_id.clone();
+    let prior_mql_at = facts.prior_mql_at;
     let cycle = Cycle {
         external_id: external_id.clone(),
         crm: crm.clone(),
@@ -812,7 +813,11 @@ fn open_cycle(
     let stamps = &mut person.stamps;
     stamps.status = Some(policy.mql_status.clone());
     stamps.mql_recent = Some(at);
-    stamps.mql_original.get_or_insert(at);
+    // The org's own earlier MQL date, when the CRM kept one before mqlsync, stays original.
+    let first = *stamps.mql_original.get_or_insert(at);
+    if let Some(prior) = prior_mql_at.filter(|p| *p < first) {
+        stamps.mql_original = Some(prior);
+    }
     stamps.mql_count += 1;
     let stamps = stamps.clone();
     state.touch_person(slot);

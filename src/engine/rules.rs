@@ -133,6 +133,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            prior_mql_at: None,
             modified_at: ts("2026-01-01T00:00:00Z"),
         }
     }

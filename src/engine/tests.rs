@@ -56,6 +56,7 @@ fn person(id: &str, region: &str, modified: Timestamp) -> PersonFacts {
             ("region".to_string(), region.to_string()),
             ("vertical".to_string(), "Software".to_string()),
         ]),
+        prior_mql_at: None,
         modified_at: modified,
     }
 }
@@ -1015,4 +1016,33 @@ fn a_current_score_older_than_a_known_change_is_a_replay() {
     h.apply(current(1, 140.0, at(20)));
     let value = h.state.map_leads[&1].scores.value(&h.policy.score, at(40));
     assert_eq!(value, Some(60.0));
+}
+
+#[test]
+fn an_mql_date_the_crm_kept_before_mqlsync_stays_the_original() {
+    let mut h = Harness::new();
+    let mut facts = person("00QOLD", "NA", at(0));
+    facts.prior_mql_at = Some(ts("2023-05-01T00:00:00Z"));
+    h.apply(Event::Person(facts));
+    h.apply(link(1, "00QOLD", at(0)));
+    let out = h.apply(score(1, "a1", 120.0, at(10), None));
+    let stamps = out
+        .iter()
+        .find_map(|d| match &d.action {
+            Action::StampPerson { stamps, .. } => Some((**stamps).clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (stamps.mql_original, stamps.mql_recent),
+        (Some(ts("2023-05-01T00:00:00Z")), Some(at(10)))
+    );
+    // A later prior date does not move the original back.
+    let mut h = Harness::new();
+    let mut facts = person("00QNEW", "NA", at(0));
+    facts.prior_mql_at = Some(at(500));
+    h.apply(Event::Person(facts));
+    h.apply(link(2, "00QNEW", at(0)));
+    h.apply(score(2, "b1", 120.0, at(10), None));
+    assert_eq!(h.state.persons["00QNEW"].stamps.mql_original, Some(at(10)));
 }

@@ -45,6 +45,7 @@ fn events_of(people: i64) -> Vec<Event> {
             account_id: None,
             converted: false,
             attributes: BTreeMap::from([("region".to_string(), "NA".to_string())]),
+            prior_mql_at: None,
             modified_at: t(i),
         }));
         out.push(Event::Link(MapLink {

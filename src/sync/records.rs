@@ -214,6 +214,11 @@ pub fn person_fields(m: &Mapping, kind: CrmKind) -> Vec<String> {
     ];
     fields.extend(p.account.iter().cloned());
     fields.extend(p.converted.iter().cloned());
+    for f in &p.prior_mql_dates {
+        if !fields.contains(f) {
+            fields.push(f.clone());
+        }
+    }
     for attribute in m.attributes.keys() {
         if let Some(f) = attribute_field(m, kind, attribute)
             && !fields.contains(&f)
@@ -271,8 +276,29 @@ pub fn person(m: &Mapping, kind: CrmKind, record: &Record) -> Result<PersonFacts
             None => false,
         },
         attributes,
+        prior_mql_at: prior_mql_at(&r, &p.prior_mql_dates)?,
         modified_at: r.modified()?,
     })
+}
+
+/// The earliest of the fields where the org kept MQL dates before mqlsync: datetimes, or
+/// dates (taken as midnight UTC of that day).
+fn prior_mql_at(r: &Reader<'_>, fields: &[String]) -> Result<Option<Timestamp>, RecordError> {
+    let mut earliest: Option<Timestamp> = None;
+    for field in fields {
+        let Some(text) = r.text(field) else { continue };
+        let at = parse_datetime(&text)
+            .or_else(|| {
+                text.trim()
+                    .parse::<Date>()
+                    .ok()
+                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                    .map(|z| z.timestamp())
+            })
+            .ok_or_else(|| r.err(field, format!("{text:?} is not a date or datetime")))?;
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    }
+    Ok(earliest)
 }
 
 /// The fields to SELECT for opportunities.
@@ -659,6 +685,31 @@ mod tests {
             e.to_string(),
             "MQL_Threshold__c a0T2: Score_Threshold__c: \"high\" is not a number"
         );
+    }
+
+    #[test]
+    fn the_earliest_prior_mql_date_is_read_from_dates_and_datetimes() {
+        let mut m = m();
+        m.crm.lead.prior_mql_dates = vec!["MQL_Date__c".into(), "Old_MQL_Date__c".into()];
+        assert!(person_fields(&m, CrmKind::Lead).contains(&"Old_MQL_Date__c".to_string()));
+        let lead = |a: Value, b: Value| {
+            person(
+                &m,
+                CrmKind::Lead,
+                &rec(
+                    json!({"Id": "00QA", "Status": "Open", "MQL_Date__c": a, "Old_MQL_Date__c": b,
+                    "SystemModstamp": "2026-11-20T09:30:00.000+0000"}),
+                ),
+            )
+        };
+        let p = lead(json!("2024-02-03T10:00:00.000+0000"), json!("2023-05-01")).unwrap();
+        assert_eq!(
+            p.prior_mql_at,
+            Some("2023-05-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(lead(Value::Null, Value::Null).unwrap().prior_mql_at, None);
+        let e = lead(json!("soon"), Value::Null).unwrap_err();
+        assert_eq!(e.field, "MQL_Date__c");
     }
 
     #[test]
