@@ -934,6 +934,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::OwnerChanged { .. } => "owner_changed",
         Reason::Converted { .. } => "converted",
         Reason::SlaOverdue { .. } => "sla_overdue",
+        Reason::SlaStarted { .. } => "sla_started",
         Reason::Reassigned { .. } => "reassigned",
         Reason::EditRefused { .. } => "edit_refused",
         Reason::ThresholdInvalid { .. } => "threshold_invalid",

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::*;
 use crate::engine::model::{CrmRef, MapLink, PersonFacts, ScoreChange};
-use crate::engine::{Context, Policy, reconcile};
+use crate::engine::{Context, Policy, Visibility, reconcile};
 
 fn t(minutes: i64) -> Timestamp {
     "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
@@ -78,6 +78,7 @@ fn apply(state: &mut EngineState, policy: &Policy, event: &Event) -> Vec<Decisio
         policy,
         now: event.at(),
         backfill: false,
+        visibility: Visibility::AtDecision,
     };
     reconcile(state, &ctx, event)
 }
@@ -399,6 +400,10 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
         Reason::OwnerChanged { to: None },
         Reason::Converted { by: String::new() },
         Reason::SlaOverdue { due: t0 },
+        Reason::SlaStarted {
+            written_at: t0,
+            due: t0,
+        },
         Reason::Reassigned {
             from: None,
             to: "005B".into(),

@@ -31,7 +31,7 @@ use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome, WriteStatus,
 };
 use crate::engine::model::{CrmKind, CycleStatus, Event, MapLink, ScoreChange};
-use crate::engine::{Context, EngineState, Policy, reconcile};
+use crate::engine::{Context, EngineState, Policy, Visibility, reconcile};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
 
@@ -535,6 +535,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             policy: self.policy,
             now: self.now,
             backfill: false,
+            // Until the writer reports the records it wrote, a cycle is seen when decided.
+            visibility: Visibility::AtDecision,
         };
         let mut decisions = Vec::new();
         for e in &events {
