@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use mqlsync::engine::model::{
     Campaign, CrmKind, CrmRef, Event, MapLink, PersonFacts, ScoreChange, ScorePart, Threshold,
 };
-use mqlsync::engine::{Context, EngineState, Policy, reconcile};
+use mqlsync::engine::{Context, EngineState, Policy, Visibility, reconcile};
 use mqlsync::store::{Batch, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -179,6 +179,7 @@ fn engine_phase() {
                 policy: &policy,
                 now: e.at(),
                 backfill: false,
+                visibility: Visibility::AtDecision,
             },
             &e,
         );
@@ -205,6 +206,7 @@ fn timed_engine_loop(state: &mut EngineState, policy: &Policy, events: &[Event])
                 policy,
                 now: e.at(),
                 backfill: false,
+                visibility: Visibility::AtDecision,
             },
             e,
         )
@@ -233,6 +235,7 @@ fn store_phase() {
                     policy: &policy,
                     now: e.at(),
                     backfill: false,
+                    visibility: Visibility::AtDecision,
                 },
                 e,
             ));
@@ -261,6 +264,7 @@ fn store_phase() {
                     policy: &policy,
                     now: e.at(),
                     backfill: false,
+                    visibility: Visibility::AtDecision,
                 },
                 e,
             ));

@@ -23,7 +23,7 @@ use crate::engine::model::{
     Action, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink,
     Opportunity, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
 };
-use crate::engine::{Context, EngineState, Policy, advance, reconcile};
+use crate::engine::{Context, EngineState, Policy, Visibility, advance, reconcile};
 use crate::store::{Batch, Store, StoreError};
 
 /// Every column a history may have, with what reads it.
@@ -527,6 +527,7 @@ pub fn run(
                 policy,
                 now,
                 backfill: false,
+                visibility: Visibility::AtDecision,
             };
             let from = decisions.len();
             decisions.extend(reconcile(&mut state, &ctx, &h.event));
@@ -560,6 +561,7 @@ pub fn run(
             policy,
             now: until,
             backfill: false,
+            visibility: Visibility::AtDecision,
         };
         let decisions = advance(&mut state, &ctx);
         count(&decisions, &mut summary);

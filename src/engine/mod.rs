@@ -23,8 +23,10 @@ pub mod state;
 pub mod thresholds;
 
 pub use model::{Action, Cycle, CycleStatus, Decision, Event, Reason};
-pub use policy::Policy;
-pub use reconcile::{Context, advance, explain, reconcile};
+pub use policy::{Policy, SlaClock};
+pub use reconcile::{
+    Context, Visibility, Written, advance, explain, mark_written, reconcile, sla_when_written,
+};
 pub use state::EngineState;
 
 #[cfg(test)]

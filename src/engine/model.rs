@@ -161,6 +161,14 @@ pub struct CycleEdit {
     pub modified_by: Option<String>,
 }
 
+/// The CRM accepted the first write of a cycle's MQL record: from `at` its rep can see it,
+/// so its SLA starts then. The writer reports it; the engine never guesses it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CycleWritten {
+    pub external_id: String,
+    pub at: Timestamp,
+}
+
 /// Everything that can happen, from either system.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -186,6 +194,7 @@ pub enum Event {
         at: Timestamp,
         mqls: bool,
     },
+    CycleWritten(CycleWritten),
 }
 
 impl Event {
@@ -199,6 +208,7 @@ impl Event {
             Event::Link(l) => l.at,
             Event::CycleEdit(e) => e.modified_at,
             Event::GoLive { at, .. } => *at,
+            Event::CycleWritten(w) => w.at,
         }
     }
 }
@@ -320,11 +330,21 @@ pub struct Cycle {
     pub closed_at: Option<Timestamp>,
     pub rejection_reason: Option<String>,
     pub outcome: Option<Outcome>,
+    /// When the rep must have accepted it; `None` while its SLA has not started (its record
+    /// not yet written, see `written_at`), and for ever for a backfilled or team-less cycle.
     pub sla_due_at: Option<Timestamp>,
     pub reassign_at: Option<Timestamp>,
     pub overdue: bool,
     pub reassignments: u32,
+    /// Rebuilt from history: it never gets an SLA (nobody could have worked it then).
     pub backfilled: bool,
+    /// When the CRM accepted the first write of its MQL record, as the writer reported it
+    /// ([`Event::CycleWritten`]): the SLA of a cycle decided while no rep could see it starts
+    /// here, not at `mql_at`. `None`: not written yet, or a cycle whose SLA started at its
+    /// decision (`simulate`, and stores older than this field), which gets it at its next
+    /// write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_at: Option<Timestamp>,
     /// A note for the CRM record (a data-quality problem mqlsync refused to accept).
     pub note: Option<String>,
     /// The last CRM modification of the record mqlsync has applied: only a later edit is
@@ -432,6 +452,12 @@ pub enum Reason {
         by: String,
     },
     SlaOverdue {
+        due: Timestamp,
+    },
+    /// The cycle's MQL record reached the CRM: its rep can see it, and its SLA runs from
+    /// then.
+    SlaStarted {
+        written_at: Timestamp,
         due: Timestamp,
     },
     Reassigned {
@@ -572,6 +598,10 @@ impl std::fmt::Display for Reason {
             },
             Reason::Converted { by } => write!(f, "converted ({by})"),
             Reason::SlaOverdue { due } => write!(f, "overdue: not accepted by {due}"),
+            Reason::SlaStarted { written_at, due } => write!(
+                f,
+                "the MQL record reached the CRM at {written_at}: its rep has until {due} to accept it"
+            ),
             Reason::Reassigned { from, to, count } => write!(
                 f,
                 "reassigned from {} to {to} (reassignment {count})",

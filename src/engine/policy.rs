@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
 use super::model::{AlertChannel, Outcome};
@@ -68,6 +68,30 @@ pub struct Team {
     pub pool: Vec<String>,
     pub alert: AlertChannel,
     pub calendar: BusinessCalendar,
+}
+
+/// A running SLA clock: when the rep must have accepted, and when the cycle moves on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlaClock {
+    pub due: Timestamp,
+    pub reassign_at: Option<Timestamp>,
+}
+
+impl Team {
+    /// The SLA of a cycle its rep can see from `start` (its record written, or reassigned to
+    /// them then): due and reassignment in business hours of the team's calendar. The one rule
+    /// for it: the engine and the writer (the `SLA_Due__c` of a record's first write) both
+    /// call it.
+    pub fn sla_from(&self, start: Timestamp) -> SlaClock {
+        SlaClock {
+            due: self
+                .calendar
+                .add_business_hours(start, self.accept_within_hours),
+            reassign_at: self
+                .reassign_after_hours
+                .map(|h| self.calendar.add_business_hours(start, h)),
+        }
+    }
 }
 
 /// Everything the engine needs to decide.

@@ -1,6 +1,10 @@
 //! `reconcile`: one event in, decisions out. Also `advance` (time passes: scheduled
 //! thresholds start and end, SLAs run out, cycles move to the next owner) and `explain`.
 //!
+//! A cycle's SLA runs from when its rep can see it ([`Visibility`]): in a run, from the
+//! writer's report that its MQL record reached the CRM ([`Event::CycleWritten`]), so that
+//! catching up on history never writes a record already overdue or reassigned.
+//!
 //! Every event is a versioned fact (a record as of its modification, a score change with its
 //! id), so an event already applied is recognised and yields nothing: the daemon may deliver
 //! at least once. The lifecycle of a cycle (Open -> Working -> Converted, or -> Rejected with
@@ -11,10 +15,11 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::model::{
-    Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink, Opportunity,
-    Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger, cycle_external_id,
+    Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, CycleWritten, Decision, Event,
+    MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger,
+    cycle_external_id,
 };
-use super::policy::{Policy, ScoreSource};
+use super::policy::{Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::Scores;
 use super::state::{EngineState, Gate, PersonState, Timer};
@@ -26,8 +31,22 @@ pub struct Context<'a> {
     pub policy: &'a Policy,
     /// The present instant, as the caller's clock has it.
     pub now: Timestamp,
-    /// Cycles opened by this call are marked as rebuilt from history.
+    /// Cycles opened by this call are marked as rebuilt from history (and get no SLA).
     pub backfill: bool,
+    /// When the rep can see a new cycle, which is when its SLA starts.
+    pub visibility: Visibility,
+}
+
+/// When a rep can see a new cycle's MQL record: when its SLA, overdue flag and reassignment
+/// clock start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// The instant the engine decides it: a world where decisions are seen at once
+    /// (`simulate`, benches, most engine tests).
+    AtDecision,
+    /// When the writer reports that the CRM accepted its record ([`Event::CycleWritten`]):
+    /// `run --once`. Until then the cycle has no SLA and cannot be overdue or reassigned.
+    WhenWritten,
 }
 
 /// Applies one event at `ctx.now` and returns what to do. Time first advances to `ctx.now`.
@@ -42,6 +61,7 @@ pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> V
         Event::Link(l) => on_link(state, ctx, l, &mut out),
         Event::CycleEdit(e) => on_cycle_edit(state, ctx, e, &mut out),
         Event::GoLive { at, mqls } => go_live(state, ctx, *at, *mqls, &mut out),
+        Event::CycleWritten(w) => on_cycle_written(state, ctx, w, &mut out),
     }
     out
 }
@@ -760,6 +780,11 @@ fn open_cycle(
     let score = scores.value(&policy.score, at).expect("a score");
     let campaign = crossing_campaign.or(scores.last_campaign.as_ref()).cloned();
     let team = policy.team_for(&facts.attributes);
+    // Seen at once: the SLA starts now. Otherwise it waits for the record to be written;
+    // a cycle rebuilt from history never gets one.
+    let sla = team
+        .filter(|_| ctx.visibility == Visibility::AtDecision && !ctx.backfill)
+        .map(|t| t.sla_from(at));
     let crm = facts.crm.clone();
     let owner_id = facts.owner_id.clone();
     let prior_mql_at = facts.prior_mql_at;
@@ -782,25 +807,18 @@ fn open_cycle(
         closed_at: None,
         rejection_reason: None,
         outcome: None,
-        sla_due_at: team.map(|t| t.calendar.add_business_hours(at, t.accept_within_hours)),
-        reassign_at: team.and_then(|t| {
-            t.reassign_after_hours
-                .map(|h| t.calendar.add_business_hours(at, h))
-        }),
+        sla_due_at: sla.map(|s| s.due),
+        reassign_at: sla.and_then(|s| s.reassign_at),
         overdue: false,
         reassignments: 0,
         backfilled: ctx.backfill,
+        written_at: None,
         note: None,
         crm_modified_at: None,
         crm_versions,
     };
-    if let Some(due) = cycle.sla_due_at {
-        state.timers.insert(due, Timer::SlaDue(external_id.clone()));
-    }
-    if let Some(when) = cycle.reassign_at {
-        state
-            .timers
-            .insert(when, Timer::Reassign(external_id.clone()));
+    if let Some(clock) = sla {
+        schedule_sla(state, &external_id, clock);
     }
     let alert = team.map(|t| t.alert).unwrap_or_default();
     let person = state.persons.at_mut(slot);
@@ -1218,24 +1236,11 @@ fn reassign(
     cycle.owner_id = Some(next_owner.clone());
     cycle.reassignments += 1;
     cycle.overdue = false;
-    cycle.sla_due_at = Some(
-        team.calendar
-            .add_business_hours(at, team.accept_within_hours),
-    );
-    cycle.reassign_at = team
-        .reassign_after_hours
-        .map(|h| team.calendar.add_business_hours(at, h));
+    let clock = team.sla_from(at);
+    cycle.sla_due_at = Some(clock.due);
+    cycle.reassign_at = clock.reassign_at;
     let cycle = cycle.clone();
-    if let Some(due) = cycle.sla_due_at {
-        state
-            .timers
-            .insert(due, Timer::SlaDue(external_id.to_string()));
-    }
-    if let Some(when) = cycle.reassign_at {
-        state
-            .timers
-            .insert(when, Timer::Reassign(external_id.to_string()));
-    }
+    schedule_sla(state, external_id, clock);
     let reason = Reason::Reassigned {
         from: current,
         to: next_owner.clone(),
@@ -1255,5 +1260,96 @@ fn reassign(
             },
             reason,
         });
+    }
+}
+
+/// Arms the timers of a cycle's SLA clock.
+fn schedule_sla(state: &mut EngineState, external_id: &str, clock: SlaClock) {
+    state
+        .timers
+        .insert(clock.due, Timer::SlaDue(external_id.to_string()));
+    if let Some(when) = clock.reassign_at {
+        state
+            .timers
+            .insert(when, Timer::Reassign(external_id.to_string()));
+    }
+}
+
+/// The SLA a cycle gets when its record is written at `at`: only an Open cycle whose SLA
+/// waits for its record (first write, not backfilled, no SLA started at its decision) and
+/// whose team the policy knows. The writer asks this to put `SLA_Due__c` on that first write.
+pub fn sla_when_written(policy: &Policy, cycle: &Cycle, at: Timestamp) -> Option<SlaClock> {
+    let waits = cycle.written_at.is_none()
+        && cycle.status == CycleStatus::Open
+        && !cycle.backfilled
+        && cycle.sla_due_at.is_none()
+        && cycle.reassign_at.is_none();
+    let team = cycle
+        .team
+        .as_deref()
+        .and_then(|name| policy.team_named(name))?;
+    waits.then(|| team.sla_from(at))
+}
+
+/// What a report of a cycle's record written changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// It was known written already: a replay.
+    Replay,
+    /// `written_at` is set; the cycle's SLA was not waiting for it (closed, backfilled,
+    /// without a team, or started at its decision).
+    Recorded,
+    /// `written_at` is set and the SLA runs from it.
+    SlaStarted(SlaClock),
+}
+
+/// Marks a cycle's record as written at `at`, once, starting its SLA there when it waits for
+/// it ([`sla_when_written`]). The engine applies it to its cycle on [`Event::CycleWritten`];
+/// the writer to the copy it sends, so that the record carries the due the engine keeps.
+pub fn mark_written(policy: &Policy, cycle: &mut Cycle, at: Timestamp) -> Written {
+    if cycle.written_at.is_some() {
+        return Written::Replay;
+    }
+    let sla = sla_when_written(policy, cycle, at);
+    cycle.written_at = Some(at);
+    match sla {
+        Some(clock) => {
+            cycle.sla_due_at = Some(clock.due);
+            cycle.reassign_at = clock.reassign_at;
+            Written::SlaStarted(clock)
+        }
+        None => Written::Recorded,
+    }
+}
+
+/// The writer's report that a cycle's record reached the CRM. Nothing is written back: the
+/// record already carries the SLA due the writer computed with [`mark_written`]. A report of
+/// a cycle this store does not have changes nothing (the writer only writes its own).
+fn on_cycle_written(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    written: &CycleWritten,
+    out: &mut Vec<Decision>,
+) {
+    let Some((owner, cycle)) = cycle_mut(state, &written.external_id) else {
+        return;
+    };
+    let outcome = mark_written(ctx.policy, cycle, written.at);
+    if outcome == Written::Replay {
+        return;
+    }
+    state.dirty.cycles.push(written.external_id.clone());
+    state.touch_person_id(&owner);
+    if let Written::SlaStarted(clock) = outcome {
+        schedule_sla(state, &written.external_id, clock);
+        record(
+            out,
+            written.at,
+            &owner,
+            Reason::SlaStarted {
+                written_at: written.at,
+                due: clock.due,
+            },
+        );
     }
 }

@@ -175,6 +175,7 @@ mod tests {
             overdue: false,
             reassignments: 0,
             backfilled: false,
+            written_at: None,
             note: None,
             crm_modified_at: None,
             crm_versions: Vec::new(),

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 
 use super::model::*;
 use super::policy::Policy;
-use super::reconcile::{Context, advance, explain, reconcile};
+use super::reconcile::{
+    Context, Visibility, Written, advance, explain, mark_written, reconcile, sla_when_written,
+};
 use super::state::EngineState;
 
 fn ts(s: &str) -> Timestamp {
@@ -106,13 +108,26 @@ fn edit(external_id: &str, status: CycleStatus, reason: Option<&str>, when: Time
 struct Harness {
     state: EngineState,
     policy: Policy,
+    visibility: Visibility,
+    backfill: bool,
 }
 
 impl Harness {
+    /// A world where a rep sees a cycle the instant it is decided.
     fn new() -> Self {
         Harness {
             state: EngineState::new(),
             policy: Policy::example(),
+            visibility: Visibility::AtDecision,
+            backfill: false,
+        }
+    }
+
+    /// A world with a writer: a rep sees a cycle once its record is written.
+    fn when_written() -> Self {
+        Harness {
+            visibility: Visibility::WhenWritten,
+            ..Harness::new()
         }
     }
 
@@ -125,7 +140,8 @@ impl Harness {
         let ctx = Context {
             policy: &self.policy,
             now,
-            backfill: false,
+            backfill: self.backfill,
+            visibility: self.visibility,
         };
         reconcile(&mut self.state, &ctx, &event)
     }
@@ -134,7 +150,8 @@ impl Harness {
         let ctx = Context {
             policy: &self.policy,
             now,
-            backfill: false,
+            backfill: self.backfill,
+            visibility: self.visibility,
         };
         advance(&mut self.state, &ctx)
     }
@@ -624,6 +641,172 @@ fn an_open_mql_past_its_sla_is_overdue_then_moves_round_robin() {
     assert!(h.advance(ts("2026-03-20T00:00:00Z")).is_empty());
 }
 
+fn written(external_id: &str, when: Timestamp) -> Event {
+    Event::CycleWritten(CycleWritten {
+        external_id: external_id.into(),
+        at: when,
+    })
+}
+
+/// Issue 12, point 3: a first run catching up on history used to write MQL records already
+/// overdue and reassigned for time no rep could see them.
+#[test]
+fn the_sla_starts_when_the_record_is_written_not_at_the_mql() {
+    let mut h = Harness::when_written();
+    h.lead("00QA", 1);
+    // MQL on Monday 10:00; the record reaches the CRM on Wednesday 15:00.
+    let out = h.apply(score(1, "a1", 150.0, at(0), None));
+    let c = opened(&out)[0];
+    assert_eq!(
+        (c.sla_due_at, c.reassign_at, c.written_at),
+        (None, None, None)
+    );
+    assert_eq!(h.state.next_wakeup(), None, "no SLA timer before the write");
+    let write = ts("2026-03-04T15:00:00Z");
+    assert!(
+        h.advance(write).is_empty(),
+        "nothing overdue, nobody reassigned"
+    );
+    let out = h.apply(written("00QA-1", write));
+    // 4 business hours (9-17 UTC) from Wednesday 15:00: Thursday 11:00; 8 hours: 15:00.
+    let due = ts("2026-03-05T11:00:00Z");
+    assert_eq!(
+        out,
+        [Decision {
+            at: write,
+            subject: "00QA".into(),
+            action: Action::Record,
+            reason: Reason::SlaStarted {
+                written_at: write,
+                due
+            },
+        }]
+    );
+    assert!(
+        out[0]
+            .reason
+            .to_string()
+            .contains("until 2026-03-05T11:00:00Z")
+    );
+    let c = h.cycles("00QA")[0].clone();
+    assert_eq!(
+        (c.mql_at, c.written_at, c.sla_due_at, c.reassign_at),
+        (
+            at(0),
+            Some(write),
+            Some(due),
+            Some(ts("2026-03-05T15:00:00Z"))
+        )
+    );
+    // A report read again, or a later one, is a replay.
+    assert!(h.apply(written("00QA-1", write)).is_empty());
+    assert!(
+        h.apply(written("00QA-1", write + SignedDuration::from_hours(1)))
+            .is_empty()
+    );
+    assert_eq!(h.cycles("00QA")[0], c);
+    // Then the clock runs from the write: overdue at 11:00, reassigned at 15:00, once.
+    assert!(h.advance(due - SignedDuration::from_secs(1)).is_empty());
+    let out = h.advance(due);
+    assert_eq!(out[0].reason, Reason::SlaOverdue { due });
+    let out = h.advance(ts("2026-03-05T15:00:00Z"));
+    assert!(matches!(out[0].reason, Reason::Reassigned { count: 1, .. }));
+    let c = &h.cycles("00QA")[0];
+    assert_eq!((c.owner_id.as_deref(), c.reassignments), (Some("005B"), 1));
+}
+
+#[test]
+fn a_cycle_never_written_is_never_overdue_nor_reassigned() {
+    let mut h = Harness::when_written();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(0), None));
+    assert!(h.advance(at(60 * 24 * 60)).is_empty());
+    let c = &h.cycles("00QA")[0];
+    assert_eq!((c.overdue, c.reassignments, c.sla_due_at), (false, 0, None));
+}
+
+#[test]
+fn a_cycle_closed_before_its_record_was_written_gets_no_sla() {
+    let mut h = Harness::when_written();
+    h.lead("003A", 1);
+    h.apply(score(1, "a1", 150.0, at(0), None));
+    h.apply(Event::Opportunity(Opportunity {
+        id: "006X".into(),
+        account_id: "001ACC".into(),
+        is_closed: false,
+        is_won: false,
+        close_date: None,
+        created_at: at(5),
+        modified_at: at(5),
+    }));
+    assert!(h.apply(written("003A-1", at(10))).is_empty());
+    let c = &h.cycles("003A")[0];
+    assert_eq!(
+        (c.status, c.written_at, c.sla_due_at),
+        (CycleStatus::Converted, Some(at(10)), None)
+    );
+    assert_eq!(h.state.next_wakeup(), None);
+}
+
+#[test]
+fn a_backfilled_cycle_gets_no_sla_whether_seen_at_once_or_when_written() {
+    for visibility in [Visibility::AtDecision, Visibility::WhenWritten] {
+        let mut h = Harness {
+            visibility,
+            backfill: true,
+            ..Harness::new()
+        };
+        h.lead("00QA", 1);
+        h.apply(score(1, "a1", 150.0, at(0), None));
+        assert!(h.apply(written("00QA-1", at(5))).is_empty());
+        assert!(h.advance(at(60 * 24 * 30)).is_empty(), "{visibility:?}");
+        let c = &h.cycles("00QA")[0];
+        assert!(c.backfilled);
+        assert_eq!(
+            (c.sla_due_at, c.reassign_at, c.overdue, c.reassignments),
+            (None, None, false, 0),
+            "{visibility:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cycle_seen_at_its_decision_keeps_its_sla_when_its_record_is_written() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(0), None));
+    let before = h.cycles("00QA")[0].clone();
+    assert_eq!(before.sla_due_at, Some(ts("2026-03-02T14:00:00Z")));
+    assert!(h.apply(written("00QA-1", at(30))).is_empty());
+    let after = &h.cycles("00QA")[0];
+    assert_eq!(after.written_at, Some(at(30)));
+    assert_eq!(
+        (after.sla_due_at, after.reassign_at),
+        (before.sla_due_at, before.reassign_at)
+    );
+}
+
+#[test]
+fn the_writer_and_the_engine_give_a_written_record_the_same_sla() {
+    // The writer marks its copy of the cycle written before it sends it (the record carries
+    // that `SLA_Due__c`); the engine marks its own once the CRM accepted it.
+    let mut h = Harness::when_written();
+    h.lead("00QA", 1);
+    let mut copy = opened(&h.apply(score(1, "a1", 150.0, at(0), None)))[0].clone();
+    let write = ts("2026-03-06T16:30:00Z"); // a Friday afternoon: due on Monday
+    let Written::SlaStarted(clock) = mark_written(&h.policy, &mut copy, write) else {
+        panic!("{copy:?}")
+    };
+    assert_eq!(clock.due, ts("2026-03-09T12:30:00Z"));
+    assert_eq!(
+        sla_when_written(&h.policy, &h.cycles("00QA")[0], write),
+        Some(clock)
+    );
+    h.apply(written("00QA-1", write));
+    assert_eq!(h.cycles("00QA")[0], copy);
+    assert_eq!(mark_written(&h.policy, &mut copy, write), Written::Replay);
+}
+
 #[test]
 fn behaviour_plus_demographic_source_sums_the_parts() {
     let mut h = Harness::new();
@@ -746,10 +929,58 @@ fn timed(raw: &[(u16, Event)]) -> Vec<Event> {
                 Event::Link(x) => x.at = t,
                 Event::CycleEdit(x) => x.modified_at = t,
                 Event::GoLive { at, .. } => *at = t,
+                Event::CycleWritten(x) => x.at = t,
             }
             e
         })
         .collect()
+}
+
+/// [`arb_event`], or the writer's report that the record of cycle 1 or 2 of a person was
+/// written (at the instant [`timed`] gives it).
+fn arb_event_or_write() -> impl Strategy<Value = (u16, Event)> {
+    prop_oneof![
+        4 => arb_event(),
+        1 => (0u8..4, 1u8..3, 1u16..600).prop_map(|(i, n, gap)| {
+            (gap, written(&format!("00Q{i}-{n}"), Timestamp::UNIX_EPOCH))
+        }),
+    ]
+}
+
+/// A cycle whose record was never written has no SLA, is not overdue and was never
+/// reassigned; every overdue flag and reassignment comes at or after the write.
+fn check_sla_waits_for_the_write(
+    state: &EngineState,
+    out: &[Decision],
+) -> Result<(), TestCaseError> {
+    for (id, p) in &state.persons {
+        for c in &p.cycles {
+            if c.written_at.is_none() {
+                prop_assert!(
+                    c.sla_due_at.is_none()
+                        && c.reassign_at.is_none()
+                        && !c.overdue
+                        && c.reassignments == 0,
+                    "{id}: unwritten {c:?}"
+                );
+            }
+        }
+    }
+    for d in out {
+        if let (
+            Reason::SlaOverdue { .. } | Reason::Reassigned { .. },
+            Action::UpdateCycle { cycle },
+        ) = (&d.reason, &d.action)
+        {
+            prop_assert!(
+                cycle.written_at.is_some_and(|w| w <= d.at),
+                "{:?} at {} before the record was written: {cycle:?}",
+                d.reason,
+                d.at
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run(events: &[Event]) -> (EngineState, Vec<Decision>) {
@@ -842,6 +1073,25 @@ proptest! {
         h.state.no_shortcuts = true;
         let full: Vec<Decision> = events.iter().flat_map(|e| h.apply(e.clone())).collect();
         prop_assert_eq!(serde_json::to_string(&quick).unwrap(), serde_json::to_string(&full).unwrap());
+    }
+
+    #[test]
+    fn no_sla_runs_out_before_the_record_is_written(raw in prop::collection::vec(arb_event_or_write(), 1..80)) {
+        let events = timed(&raw);
+        let mut h = Harness::when_written();
+        for e in &events {
+            let out = h.apply(e.clone());
+            check_sla_waits_for_the_write(&h.state, &out)?;
+        }
+        // Weeks later: every SLA of a written cycle has run out, and no other.
+        let end = events.last().map(Event::at).unwrap() + SignedDuration::from_hours(24 * 30);
+        let out = h.advance(end);
+        check_sla_waits_for_the_write(&h.state, &out)?;
+        for c in h.state.persons.values().flat_map(|p| &p.cycles) {
+            if c.status == CycleStatus::Open && c.written_at.is_some() {
+                prop_assert!(c.reassignments > 0, "written, never reassigned: {c:?}");
+            }
+        }
     }
 
     #[test]

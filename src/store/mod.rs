@@ -99,6 +99,10 @@ pub const OUTBOX_MAX_ATTEMPTS: i64 = 5;
 pub enum Settlement {
     /// Written, or found written (or no longer needed).
     Done,
+    /// Written as this payload, which the row keeps as what the CRM record now holds: the
+    /// writer completed the row's value (an MQL record's first write carries the SLA that
+    /// starts with it).
+    DoneAs(String),
     /// Refused for good (a validation rule, a bad value), or not sent by mqlsync: kept as
     /// failed with the error until `mqlsync requeue`.
     Failed(String),
@@ -720,36 +724,29 @@ impl Store {
             error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut done = tx
-                .prepare_cached("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ?3 WHERE key = ?1 AND payload = ?2")
-                .map_err(err)?;
-            let mut failed = tx
-                .prepare_cached("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2")
-                .map_err(err)?;
-            let mut retry = tx
-                .prepare_cached(
-                    "UPDATE outbox SET state = CASE WHEN attempts + 1 >= ?5 THEN 'failed' ELSE 'pending' END,
-                     attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2",
-                )
-                .map_err(err)?;
-            for (row, settlement) in results {
-                match settlement {
-                    Settlement::Done => done.execute(params![row.key, row.payload, ts(at)]),
-                    Settlement::Failed(e) => {
-                        failed.execute(params![row.key, row.payload, e, ts(at)])
-                    }
-                    Settlement::Retry(e) => retry.execute(params![
-                        row.key,
-                        row.payload,
-                        e,
-                        ts(at),
-                        OUTBOX_MAX_ATTEMPTS
-                    ]),
-                }
-                .map_err(err)?;
-            }
-        }
+        settle_rows(&tx, results, at).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Settles outbox rows ([`Store::outbox_settle`], at the batch's `seen_at`) and commits
+    /// what the engine made of the writes (a batch of [`Event::CycleWritten`] reports and
+    /// their decisions) in one transaction: a crash leaves the rows pending and the cycles
+    /// unwritten together, never a record settled whose cycle does not know it was written.
+    pub fn settle_writes(
+        &mut self,
+        results: &[(OutboxRow, Settlement)],
+        batch: Batch<'_>,
+        state: &mut EngineState,
+    ) -> Result<(), StoreError> {
+        let dirty = state.take_dirty();
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            error: source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        settle_rows(&tx, results, batch.seen_at).map_err(err)?;
+        write_batch(&tx, &batch, state, &dirty).map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -934,6 +931,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::OwnerChanged { .. } => "owner_changed",
         Reason::Converted { .. } => "converted",
         Reason::SlaOverdue { .. } => "sla_overdue",
+        Reason::SlaStarted { .. } => "sla_started",
         Reason::Reassigned { .. } => "reassigned",
         Reason::EditRefused { .. } => "edit_refused",
         Reason::ThresholdInvalid { .. } => "threshold_invalid",
@@ -944,6 +942,45 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::NotSeen => "not_seen",
         Reason::AtGoLive { .. } => "at_go_live",
     }
+}
+
+/// Marks outbox rows done, failed or pending again (see [`Settlement`]); a row whose payload
+/// changed since it was read is left alone.
+fn settle_rows(
+    tx: &Transaction<'_>,
+    results: &[(OutboxRow, Settlement)],
+    at: Timestamp,
+) -> rusqlite::Result<()> {
+    let mut done = tx.prepare_cached(
+        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ?3 WHERE key = ?1 AND payload = ?2",
+    )?;
+    let mut done_as = tx.prepare_cached(
+        "UPDATE outbox SET state = 'done', payload = ?4, attempts = attempts + 1, last_error = NULL, updated_at = ?3 WHERE key = ?1 AND payload = ?2",
+    )?;
+    let mut failed = tx.prepare_cached(
+        "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2",
+    )?;
+    let mut retry = tx.prepare_cached(
+        "UPDATE outbox SET state = CASE WHEN attempts + 1 >= ?5 THEN 'failed' ELSE 'pending' END,
+         attempts = attempts + 1, last_error = ?3, updated_at = ?4 WHERE key = ?1 AND payload = ?2",
+    )?;
+    for (row, settlement) in results {
+        match settlement {
+            Settlement::Done => done.execute(params![row.key, row.payload, ts(at)]),
+            Settlement::DoneAs(payload) => {
+                done_as.execute(params![row.key, row.payload, ts(at), payload])
+            }
+            Settlement::Failed(e) => failed.execute(params![row.key, row.payload, e, ts(at)]),
+            Settlement::Retry(e) => retry.execute(params![
+                row.key,
+                row.payload,
+                e,
+                ts(at),
+                OUTBOX_MAX_ATTEMPTS
+            ]),
+        }?;
+    }
+    Ok(())
 }
 
 fn write_batch(

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::*;
 use crate::engine::model::{CrmRef, MapLink, PersonFacts, ScoreChange};
-use crate::engine::{Context, Policy, reconcile};
+use crate::engine::{Context, Policy, Visibility, reconcile};
 
 fn t(minutes: i64) -> Timestamp {
     "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
@@ -79,6 +79,7 @@ fn apply(state: &mut EngineState, policy: &Policy, event: &Event) -> Vec<Decisio
         policy,
         now: event.at(),
         backfill: false,
+        visibility: Visibility::AtDecision,
     };
     reconcile(state, &ctx, event)
 }
@@ -286,6 +287,172 @@ fn the_outbox_keeps_the_latest_state_per_record_and_a_replay_requeues_nothing() 
     assert_eq!(again[0].key, pending[0].key);
 }
 
+/// Commits `events` decided in a world with a writer (a cycle's SLA waits for its record),
+/// and returns the pending MQL rows with the cycles as a first write at `write` leaves them.
+fn unwritten_mqls(
+    store: &mut Store,
+    state: &mut EngineState,
+    policy: &Policy,
+    write: Timestamp,
+) -> Vec<(OutboxRow, Cycle)> {
+    let decisions: Vec<Decision> = events()
+        .iter()
+        .flat_map(|e| {
+            let ctx = Context {
+                policy,
+                now: e.at(),
+                backfill: false,
+                visibility: Visibility::WhenWritten,
+            };
+            reconcile(state, &ctx, e)
+        })
+        .collect();
+    store
+        .commit_batch(
+            Batch {
+                events: &[],
+                decisions: &decisions,
+                cursors: &[],
+                seen_at: t(50),
+            },
+            state,
+        )
+        .unwrap();
+    let rows: Vec<(OutboxRow, Cycle)> = store
+        .outbox_pending(100)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "cycle")
+        .map(|r| {
+            let mut cycle: Cycle = serde_json::from_str(&r.payload).unwrap();
+            assert_eq!(cycle.sla_due_at, None, "no SLA before the write");
+            crate::engine::mark_written(policy, &mut cycle, write);
+            (r, cycle)
+        })
+        .collect();
+    assert!(!rows.is_empty());
+    rows
+}
+
+/// The writer's settlement of first writes and the engine's `CycleWritten` reports, as
+/// `run --once` commits them.
+fn settle_first_writes(
+    store: &mut Store,
+    state: &mut EngineState,
+    policy: &Policy,
+    rows: &[(OutboxRow, Cycle)],
+    write: Timestamp,
+) -> Result<(), StoreError> {
+    let results: Vec<(OutboxRow, Settlement)> = rows
+        .iter()
+        .map(|(r, c)| (r.clone(), Settlement::DoneAs(json(c))))
+        .collect();
+    let events: Vec<Event> = rows
+        .iter()
+        .map(|(_, c)| {
+            Event::CycleWritten(crate::engine::model::CycleWritten {
+                external_id: c.external_id.clone(),
+                at: write,
+            })
+        })
+        .collect();
+    let ctx = Context {
+        policy,
+        now: write,
+        backfill: false,
+        visibility: Visibility::WhenWritten,
+    };
+    let decisions: Vec<Decision> = events
+        .iter()
+        .flat_map(|e| reconcile(state, &ctx, e))
+        .collect();
+    store.settle_writes(
+        &results,
+        Batch {
+            events: &events,
+            decisions: &decisions,
+            cursors: &[],
+            seen_at: write,
+        },
+        state,
+    )
+}
+
+#[test]
+fn a_first_write_keeps_the_record_as_written_and_its_cycle_knows_it_in_one_transaction() {
+    let policy = Policy::example();
+    let write = t(60 * 24 * 3);
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let rows = unwritten_mqls(&mut store, &mut state, &policy, write);
+    settle_first_writes(&mut store, &mut state, &policy, &rows, write).unwrap();
+    let pending = store.outbox_pending(100).unwrap();
+    assert!(pending.iter().all(|r| r.kind != "cycle"), "{pending:?}");
+    for (row, cycle) in &rows {
+        // What the CRM record holds from mqlsync: the cycle with the SLA it was written with.
+        let kept = store.outbox_written(&row.key).unwrap().unwrap();
+        assert_eq!(kept.payload, json(cycle));
+        assert!(cycle.sla_due_at.is_some_and(|due| due > write));
+    }
+    let audit = store.audit_of(&rows[0].1.crm.id).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|(_, _, reason)| reason.contains("sla_started")),
+        "{audit:?}"
+    );
+    // A reloaded engine has the same cycles and timers.
+    let loaded = store.load_engine(&policy).unwrap();
+    for (_, cycle) in &rows {
+        assert_eq!(loaded.cycle(&cycle.external_id), Some(cycle));
+    }
+    assert_eq!(loaded.next_wakeup(), state.next_wakeup());
+    assert!(loaded.next_wakeup().is_some_and(|at| at > write));
+
+    // The same with the transaction failing at its end: the rows stay pending and no cycle
+    // is saved as written, so the next run writes them again and starts the SLA then.
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    let rows = unwritten_mqls(&mut store, &mut state, &policy, write);
+    store.conn.execute_batch("DROP TABLE audit").unwrap();
+    settle_first_writes(&mut store, &mut state, &policy, &rows, write).unwrap_err();
+    let pending = store.outbox_pending(100).unwrap();
+    let keys = |rows: Vec<&OutboxRow>| rows.into_iter().map(|r| r.key.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        keys(pending.iter().filter(|r| r.kind == "cycle").collect()),
+        keys(rows.iter().map(|(r, _)| r).collect())
+    );
+    let loaded = store.load_engine(&policy).unwrap();
+    for (_, cycle) in &rows {
+        let saved = loaded.cycle(&cycle.external_id).unwrap();
+        assert_eq!((saved.written_at, saved.sla_due_at), (None, None));
+    }
+}
+
+#[test]
+fn a_cycle_saved_before_written_at_existed_loads_with_its_sla() {
+    let policy = Policy::example();
+    let mut store = Store::open_in_memory().unwrap();
+    let mut state = EngineState::new();
+    apply_and_commit(&mut store, &mut state, &policy, &events());
+    let id = state.persons["00Q0"].cycles[0].external_id.clone();
+    // The body as an older mqlsync saved it: no `written_at`, its SLA started at the MQL.
+    let body: String = store
+        .conn
+        .query_row(
+            "SELECT body FROM cycles WHERE external_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!body.contains("written_at"), "{body}");
+    let loaded = store.load_engine(&policy).unwrap();
+    let cycle = loaded.cycle(&id).unwrap();
+    assert_eq!(cycle.written_at, None);
+    assert!(cycle.sla_due_at.is_some());
+    assert_eq!(loaded.next_wakeup(), state.next_wakeup());
+}
+
 #[test]
 fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -400,6 +567,10 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
         Reason::OwnerChanged { to: None },
         Reason::Converted { by: String::new() },
         Reason::SlaOverdue { due: t0 },
+        Reason::SlaStarted {
+            written_at: t0,
+            due: t0,
+        },
         Reason::Reassigned {
             from: None,
             to: "005B".into(),

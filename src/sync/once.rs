@@ -31,8 +31,8 @@ use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome, WriteStatus,
 };
-use crate::engine::model::{CrmKind, CycleStatus, Event, MapLink, ScoreChange};
-use crate::engine::{Context, EngineState, Policy, reconcile};
+use crate::engine::model::{CrmKind, CycleStatus, CycleWritten, Event, MapLink, ScoreChange};
+use crate::engine::{Context, EngineState, Policy, Visibility, reconcile, sla_when_written};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
 
@@ -236,8 +236,14 @@ pub const PARKED_LISTED: usize = 50;
 /// rejected or converted) and owned by that rep. A first run catching up on weeks of history,
 /// or a writer held up by an outage, would otherwise hand each rep of a round-robin chain a
 /// task for an MQL that has since moved on. A current alert is due on the date of the SLA
-/// deadline in the cycle's team's time zone.
-fn alert_state(state: &EngineState, policy: &Policy, alert: &writes::Alert<'_>) -> AlertState {
+/// deadline in the cycle's team's time zone: for a cycle whose record this run writes first,
+/// the deadline that starts with that write at `now`.
+fn alert_state(
+    state: &EngineState,
+    policy: &Policy,
+    alert: &writes::Alert<'_>,
+    now: Timestamp,
+) -> AlertState {
     let cycle = state.persons.get(alert.crm_id).and_then(|p| {
         p.cycles.iter().find(|c| {
             c.external_id == alert.external_id
@@ -253,8 +259,11 @@ fn alert_state(state: &EngineState, policy: &Policy, alert: &writes::Alert<'_>) 
         .as_deref()
         .and_then(|name| policy.team_named(name))
         .map_or(jiff::tz::TimeZone::UTC, |t| t.calendar.time_zone.clone());
+    let due = cycle
+        .sla_due_at
+        .or_else(|| sla_when_written(policy, cycle, now).map(|sla| sla.due));
     AlertState::Current {
-        due: cycle.sla_due_at.map(|due| due.to_zoned(zone).date()),
+        due: due.map(|due| due.to_zoned(zone).date()),
     }
 }
 
@@ -578,6 +587,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             policy: self.policy,
             now: self.now,
             backfill: false,
+            visibility: Visibility::WhenWritten,
         };
         let mut decisions = Vec::new();
         for e in &events {
@@ -1014,11 +1024,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
-        let (state, policy) = (&self.state, self.policy);
-        let mut plan = writes::plan(m, self.store.outbox_pending(usize::MAX >> 1)?, |a| {
-            alert_state(state, policy, a)
-        });
+        let (state, policy, now) = (&self.state, self.policy, self.now);
+        let rows = self.store.outbox_pending(usize::MAX >> 1)?;
+        let mut plan =
+            writes::plan_at(m, rows, |a| alert_state(state, policy, a, now), policy, now);
         let tasks = std::mem::take(&mut plan.task_creates);
+        let first_writes = std::mem::take(&mut plan.first_writes);
         if !self.settings.dry_run {
             self.sf_min += writes::minimum_calls(&plan, 200) as u64;
         }
@@ -1091,11 +1102,61 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         {
             stop = Some(e);
         }
-        self.store.outbox_settle(&results, self.now)?;
+        self.commit_writes(results, &first_writes)?;
         match stop {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// Settles the outbox rows written and tells the engine which MQL records reached the
+    /// CRM for the first time ([`Event::CycleWritten`] at the run's `now`, the instant their
+    /// `SLA_Due__c` was computed from), in one transaction: their SLA starts there. A crash
+    /// before it leaves the rows pending, and the next run writes them again, with the SLA
+    /// starting at that run.
+    fn commit_writes(
+        &mut self,
+        mut results: Vec<(OutboxRow, Settlement)>,
+        first_writes: &BTreeMap<String, crate::engine::Cycle>,
+    ) -> Result<(), SyncError> {
+        let mut events = Vec::new();
+        for (row, settlement) in &mut results {
+            if *settlement == Settlement::Done
+                && let Some(cycle) = first_writes.get(&row.key)
+            {
+                let payload = serde_json::to_string(cycle).expect("cycles serialise");
+                *settlement = Settlement::DoneAs(payload);
+                events.push(Event::CycleWritten(CycleWritten {
+                    external_id: cycle.external_id.clone(),
+                    at: self.now,
+                }));
+            }
+        }
+        let ctx = Context {
+            policy: self.policy,
+            now: self.now,
+            backfill: false,
+            visibility: Visibility::WhenWritten,
+        };
+        let decisions: Vec<_> = events
+            .iter()
+            .flat_map(|e| reconcile(&mut self.state, &ctx, e))
+            .collect();
+        for d in &decisions {
+            *self
+                .summary
+                .decisions
+                .entry(d.action.name().into())
+                .or_default() += 1;
+        }
+        let batch = Batch {
+            events: &events,
+            decisions: &decisions,
+            cursors: &[],
+            seen_at: self.now,
+        };
+        self.store.settle_writes(&results, batch, &mut self.state)?;
+        Ok(())
     }
 
     /// Creates new-MQL alert tasks once. A task cannot be upserted (it has no external id), so

@@ -170,6 +170,7 @@ fn sample_cycle() -> Cycle {
         overdue: false,
         reassignments: 0,
         backfilled: false,
+        written_at: None,
         note: Some(String::new()),
         crm_modified_at: None,
         crm_versions: Vec::new(),

@@ -4,14 +4,20 @@
 //! created), each record tagged with the outbox key it settles. The writer sends
 //! each group in chunks of the vendor's collection size and settles every row with its own
 //! result, so one failing record never fails the others.
+//!
+//! An MQL record's first write is completed here ([`plan_at`]): the cycle is marked written at
+//! the write instant with the engine's own rule ([`mark_written`]), so the record carries the
+//! SLA due that starts with it, and the writer can tell the engine which cycles it wrote.
 
 use std::collections::btree_map::{BTreeMap, Entry};
 
+use jiff::Timestamp;
 use jiff::civil::Date;
 
 use serde_json::{Map, Value, json};
 
 use crate::engine::model::{Action, AlertChannel, CrmKind, CrmRef, Cycle, Stamps};
+use crate::engine::{Policy, mark_written};
 use crate::mapping::Mapping;
 use crate::store::OutboxRow;
 
@@ -41,6 +47,11 @@ pub struct WritePlan {
     pub unsent: Vec<(OutboxRow, String)>,
     /// Alerts that no longer say anything (see [`Alert`]): settled as done, never sent.
     pub superseded: Vec<OutboxRow>,
+    /// The MQL records among `mql_upserts` written for the first time, by outbox key: the
+    /// cycle as that write leaves it (written at the write instant, its SLA started there if
+    /// it was waiting for it). Once the CRM accepts one, the writer keeps it as the row's
+    /// payload and reports the cycle written to the engine.
+    pub first_writes: BTreeMap<String, Cycle>,
 }
 
 impl WritePlan {
@@ -102,12 +113,40 @@ pub fn plan(
     rows: Vec<OutboxRow>,
     state: impl Fn(&Alert<'_>) -> AlertState,
 ) -> WritePlan {
+    plan_with(m, rows, state, None)
+}
+
+/// [`plan`] for writes sent at `at`: the MQL record of a cycle not yet written is completed
+/// as the engine will see it once the CRM accepts it (see [`WritePlan::first_writes`]), so
+/// an MQL is written once, already carrying its SLA due.
+pub fn plan_at(
+    m: &Mapping,
+    rows: Vec<OutboxRow>,
+    state: impl Fn(&Alert<'_>) -> AlertState,
+    policy: &Policy,
+    at: Timestamp,
+) -> WritePlan {
+    plan_with(m, rows, state, Some((policy, at)))
+}
+
+fn plan_with(
+    m: &Mapping,
+    rows: Vec<OutboxRow>,
+    state: impl Fn(&Alert<'_>) -> AlertState,
+    written_at: Option<(&Policy, Timestamp)>,
+) -> WritePlan {
     let mut plan = WritePlan::default();
     let mut latest: BTreeMap<(String, String), Write> = BTreeMap::new();
     for row in rows {
         match row.kind.as_str() {
             "cycle" => match serde_json::from_str::<Cycle>(&row.payload) {
-                Ok(cycle) => {
+                Ok(mut cycle) => {
+                    if let Some((policy, at)) = written_at
+                        && cycle.written_at.is_none()
+                    {
+                        mark_written(policy, &mut cycle, at);
+                        plan.first_writes.insert(row.key.clone(), cycle.clone());
+                    }
                     let record = mql_record(m, &cycle);
                     plan.mql_upserts.push(Write { row, record });
                 }
@@ -346,6 +385,94 @@ mod tests {
                 "Notify:00QA-1:005B:2026-11-02T17:00:00Z"
             ]
         );
+    }
+
+    /// An Open EMEA cycle of an MQL on 1 October, as the engine decides it in a run: its
+    /// record not written yet, so no SLA.
+    fn unwritten(crm_id: &str) -> Cycle {
+        Cycle {
+            external_id: format!("{crm_id}-1"),
+            crm: CrmRef {
+                kind: CrmKind::Lead,
+                id: crm_id.into(),
+            },
+            map_lead_id: Some(1),
+            number: 1,
+            status: crate::engine::CycleStatus::Open,
+            score: 85.0,
+            threshold: 80.0,
+            threshold_id: None,
+            segment: "region=EMEA".into(),
+            campaign: None,
+            owner_at_mql: Some("005A".into()),
+            owner_id: Some("005A".into()),
+            team: Some("SDR EMEA".into()),
+            mql_at: "2026-10-01T10:00:00Z".parse().unwrap(),
+            sal_at: None,
+            closed_at: None,
+            rejection_reason: None,
+            outcome: None,
+            sla_due_at: None,
+            reassign_at: None,
+            overdue: false,
+            reassignments: 0,
+            backfilled: false,
+            written_at: None,
+            note: None,
+            crm_modified_at: None,
+            crm_versions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_mql_records_first_write_carries_the_sla_that_starts_with_it() {
+        let loaded = mapping::load(None).unwrap();
+        let (m, policy) = (&loaded.mapping, &loaded.policy);
+        // Monday 2 November, 12:00 UTC: 13:00 in Berlin, where SDR EMEA works 9 to 5.
+        let at: Timestamp = "2026-11-02T12:00:00Z".parse().unwrap();
+        let new = unwritten("00QA");
+        let mut seen = unwritten("00QB");
+        seen.written_at = Some("2026-10-01T10:05:00Z".parse().unwrap());
+        seen.sla_due_at = Some("2026-10-01T14:05:00Z".parse().unwrap());
+        let mut closed = unwritten("00QC");
+        closed.status = crate::engine::CycleStatus::Converted;
+        let rows: Vec<OutboxRow> = [&new, &seen, &closed]
+            .iter()
+            .map(|c| {
+                let key = format!("MQL:{}", c.external_id);
+                row(&key, "cycle", serde_json::to_string(c).unwrap())
+            })
+            .collect();
+        let p = plan_at(m, rows.clone(), |_| AlertState::Superseded, policy, at);
+        let sla = |w: &Write| w.record["SLA_Due__c"].clone();
+        // Four business hours from the write: 17:00 in Berlin.
+        assert_eq!(
+            sla(&p.mql_upserts[0]),
+            json!("2026-11-02T16:00:00.000+0000")
+        );
+        assert_eq!(p.mql_upserts[0].record["Overdue__c"], json!(false));
+        assert_eq!(
+            p.mql_upserts[0].record["MQL_Date__c"],
+            json!("2026-10-01T10:00:00.000+0000")
+        );
+        assert_eq!(
+            sla(&p.mql_upserts[1]),
+            json!("2026-10-01T14:05:00.000+0000")
+        );
+        assert_eq!(sla(&p.mql_upserts[2]), Value::Null);
+        let first: Vec<&str> = p.first_writes.keys().map(String::as_str).collect();
+        assert_eq!(first, ["MQL:00QA-1", "MQL:00QC-1"]);
+        let kept = &p.first_writes["MQL:00QA-1"];
+        assert_eq!(kept.written_at, Some(at));
+        assert_eq!(
+            kept.reassign_at,
+            Some("2026-11-03T12:00:00Z".parse().unwrap())
+        );
+        assert_eq!(p.first_writes["MQL:00QC-1"].sla_due_at, None);
+        // Without a write instant (a dry run's "what was written"), rows are taken as they are.
+        let p = plan(m, rows, |_| AlertState::Superseded);
+        assert_eq!(sla(&p.mql_upserts[0]), Value::Null);
+        assert!(p.first_writes.is_empty());
     }
 
     #[test]

@@ -700,7 +700,43 @@ fn a_dry_run_writes_nothing_and_plans_exactly_what_the_next_run_writes() {
         fields.iter().all(|f| f["field"] != "External_Id__c"),
         "unchanged fields are left out: {update}"
     );
+    // The SLA due the first write carried (it starts with that write) is known as written.
+    assert!(
+        fields.iter().all(|f| f["field"] != "SLA_Due__c"),
+        "{update}"
+    );
 }
+/// Issue 12, point 3: the first `run --once` catches up on 30 days of score changes, yet
+/// writes no MQL record already overdue or reassigned (no rep could see those MQLs before),
+/// and `explain` says when the SLA of an MQL started.
+#[test]
+fn a_first_run_writes_no_mql_record_already_overdue_or_reassigned() {
+    let org = SandboxOrg::start(300, Vec::new());
+    let out = org.mqlsync(&["run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let crm = org.sandbox.salesforce().state();
+    let records = crm["objects"]["MQL__c"].as_array().unwrap();
+    assert!(!records.is_empty());
+    for r in records {
+        assert_eq!(r["Reassignment_Count__c"].as_f64(), Some(0.0), "{r}");
+        assert_eq!(r["Overdue__c"], serde_json::json!(false), "{r}");
+    }
+    let open = records
+        .iter()
+        .find(|r| r["Status__c"] == "Open" && r["SLA_Due__c"].is_string())
+        .expect("an open MQL with an SLA");
+    let person = open["Lead__c"]
+        .as_str()
+        .or(open["Contact__c"].as_str())
+        .unwrap();
+    let explain = org.mqlsync(&["explain", person]);
+    let said = text(&explain.stdout);
+    assert!(
+        said.contains("the MQL record reached the CRM at") && said.contains("to accept it"),
+        "{said}"
+    );
+}
+
 /// Kills the sandbox child when the test ends, also when an assertion fails.
 struct Running(std::process::Child);
 
