@@ -136,9 +136,10 @@ pub fn events(
             let Some(value) = row.get(field).and_then(as_number) else {
                 continue;
             };
+            // One id per lead, part and read: the store keeps every change id once.
             scores.push(Event::CurrentScore(ScoreChange {
                 map_lead_id: link.map_lead_id,
-                change_id: "current".into(),
+                change_id: format!("current:{}:{}:{at}", link.map_lead_id, part_label(*part)),
                 part: *part,
                 new_value: value,
                 old_value: None,
@@ -154,6 +155,14 @@ pub fn events(
     let mut out: Vec<Event> = links.into_iter().map(Event::Link).collect();
     out.extend(scores);
     Ok(out)
+}
+
+fn part_label(part: ScorePart) -> &'static str {
+    match part {
+        ScorePart::Total => "total",
+        ScorePart::Behavior => "behavior",
+        ScorePart::Demographic => "demographic",
+    }
 }
 
 fn as_number(v: &Value) -> Option<f64> {

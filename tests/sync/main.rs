@@ -998,6 +998,13 @@ async fn a_knob_turn_reaches_everyone_between_the_thresholds_even_scores_older_t
             p.map_id
         );
     }
+    // Each current score is kept in the score history (a reload, a what-if or a backfill reads
+    // it there), once per lead.
+    let kept = app.store.summary().unwrap().score_changes as usize;
+    assert!(
+        kept >= first.read["current scores"],
+        "{kept} rows: {first:?}"
+    );
     let later = now() + SignedDuration::from_mins(1);
     let (knob, old) = turn_emea_knob(&app, 25.0, later);
     let run = app.run(later).await;
