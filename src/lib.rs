@@ -4,6 +4,7 @@
 //! # Layout
 //! Data flows one way; each module is one stage. What the product must do is
 //! `docs/behaviour.md`; the README's "Layout" maps the directories.
+//! - [`backfill`]: rebuilding MQL history before go-live (threshold versions from field history).
 //! - [`config`]: settings from a TOML file and `MQLSYNC_*` variables, validated.
 //! - [`demo`]: the whole product in one command, against the sandbox.
 //! - [`logging`]: logs to stderr (text or JSON lines) and progress bars on a terminal.
@@ -15,6 +16,7 @@
 //! - [`simulate`]: replays a CSV or JSONL history through the engine into a store.
 //! - [`sync`]: vendor records <-> engine values (the mapping applied), the first sync.
 
+pub mod backfill;
 pub mod config;
 pub mod connectors;
 pub mod demo;

@@ -146,7 +146,8 @@ pub fn threshold_fields(m: &Mapping) -> Vec<String> {
     fields
 }
 
-fn segment_fields(m: &Mapping) -> Vec<(String, String)> {
+/// The threshold object's segment fields: (attribute, field).
+pub fn segment_fields(m: &Mapping) -> Vec<(String, String)> {
     m.segment_attributes()
         .into_iter()
         .filter_map(|a| {
