@@ -849,7 +849,8 @@ fn open_cycle(
         },
         reason: reason.clone(),
     });
-    let notify = (alert != super::model::AlertChannel::None)
+    // A cycle rebuilt from history asks nothing of its rep: no alert.
+    let notify = (alert != super::model::AlertChannel::None && !ctx.backfill)
         .then_some(owner_id)
         .flatten();
     out.push(Decision {

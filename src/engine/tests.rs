@@ -749,7 +749,7 @@ fn a_cycle_closed_before_its_record_was_written_gets_no_sla() {
 }
 
 #[test]
-fn a_backfilled_cycle_gets_no_sla_whether_seen_at_once_or_when_written() {
+fn a_backfilled_cycle_gets_no_sla_and_no_alert_whether_seen_at_once_or_when_written() {
     for visibility in [Visibility::AtDecision, Visibility::WhenWritten] {
         let mut h = Harness {
             visibility,
@@ -757,7 +757,11 @@ fn a_backfilled_cycle_gets_no_sla_whether_seen_at_once_or_when_written() {
             ..Harness::new()
         };
         h.lead("00QA", 1);
-        h.apply(score(1, "a1", 150.0, at(0), None));
+        let out = h.apply(score(1, "a1", 150.0, at(0), None));
+        assert!(
+            !out.iter().any(|d| matches!(d.action, Action::Notify { .. })),
+            "a backfilled cycle alerts nobody: {out:?}"
+        );
         assert!(h.apply(written("00QA-1", at(5))).is_empty());
         assert!(h.advance(at(60 * 24 * 30)).is_empty(), "{visibility:?}");
         let c = &h.cycles("00QA")[0];
