@@ -55,7 +55,8 @@
 //! On an error the call returns it and nothing is known of any record of the call; sending
 //! them all again is safe. This file must not know MQL semantics.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -163,11 +164,11 @@ struct Plan {
     refused: Vec<RecordOutcome>,
 }
 
-/// A record's cells: (column, value as sent).
-type Cells = Vec<(String, String)>;
+/// A record's cells: (column, value as sent), borrowed from the record where they can be.
+type Cells<'r> = Vec<(Cow<'r, str>, Cow<'r, str>)>;
 
 /// A record's cells, or why this record cannot be sent.
-type Row = std::result::Result<Cells, RecordError>;
+type Row<'r> = std::result::Result<Cells<'r>, RecordError>;
 
 /// A refusal by the connector itself, before any call.
 fn refusal(code: &str, message: String, fields: Vec<String>) -> RecordError {
@@ -180,13 +181,13 @@ fn refusal(code: &str, message: String, fields: Vec<String>) -> RecordError {
 }
 
 /// The CSV cell for a JSON value, or `None` when CSV cannot carry it.
-fn cell(value: &Value) -> Option<String> {
+fn cell(value: &Value) -> Option<Cow<'_, str>> {
     Some(match value {
         Value::Null => "#N/A".into(),
         Value::String(s) if s.is_empty() => "#N/A".into(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.as_str().into(),
+        Value::Bool(b) => b.to_string().into(),
+        Value::Number(n) => n.to_string().into(),
         Value::Array(items) => {
             let parts: Option<Vec<String>> = items
                 .iter()
@@ -201,7 +202,7 @@ fn cell(value: &Value) -> Option<String> {
             if joined.is_empty() {
                 "#N/A".into()
             } else {
-                joined
+                joined.into()
             }
         }
         Value::Object(_) => return None,
@@ -210,29 +211,37 @@ fn cell(value: &Value) -> Option<String> {
 
 /// A record's columns, a nested object flattened to `Parent__r.Field`. The outer `Err`: a
 /// column name that is no API name, the caller's mistake, which fails the whole call.
-fn columns(record: &Record) -> Result<Row> {
+/// `checked` remembers the names already found good, so each is checked once per call.
+fn columns<'r>(record: &'r Record, checked: &mut HashSet<String>) -> Result<Row<'r>> {
+    let mut check = |name: &str| -> Result<()> {
+        if !checked.contains(name) {
+            soql::identifier(name)?;
+            checked.insert(name.to_string());
+        }
+        Ok(())
+    };
     let mut out = Vec::with_capacity(record.len());
     for (name, value) in record {
         if name == "attributes" {
             continue;
         }
-        soql::identifier(name)?;
+        check(name)?;
         if let Value::Object(parent) = value {
             for (field, v) in parent {
                 if field == "attributes" {
                     continue;
                 }
-                soql::identifier(field)?;
+                check(field)?;
                 let column = format!("{name}.{field}");
                 match cell(v) {
-                    Some(c) => out.push((column, c)),
+                    Some(c) => out.push((column.into(), c)),
                     None => return Ok(Err(unsendable(&column))),
                 }
             }
             continue;
         }
         match cell(value) {
-            Some(c) => out.push((name.clone(), c)),
+            Some(c) => out.push((name.as_str().into(), c)),
             None => return Ok(Err(unsendable(name))),
         }
     }
@@ -264,12 +273,13 @@ fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result
     // (input index, external id cell, cells) of the records that can be sent.
     let mut sendable: Vec<(usize, String, Cells)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut names = HashSet::new();
     for (index, record) in records.iter().enumerate() {
-        let checked = columns(record)?.and_then(|cells| {
+        let checked = columns(record, &mut names)?.and_then(|cells| {
             let key = cells
                 .iter()
                 .find(|(c, _)| c.eq_ignore_ascii_case(external_id_field))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.to_string())
                 .filter(|v| v != "#N/A")
                 .ok_or_else(|| {
                     refusal(
@@ -311,7 +321,7 @@ fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result
             let column = if column.eq_ignore_ascii_case(external_id_field) {
                 external_id_field
             } else {
-                column.as_str()
+                column
             };
             if !position.contains_key(column) {
                 position.insert(column.to_string(), header.len());
@@ -338,7 +348,7 @@ fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result
             let column = if column.eq_ignore_ascii_case(external_id_field) {
                 external_id_field
             } else {
-                column.as_str()
+                column
             };
             row_cells[position[column]] = value;
         }
