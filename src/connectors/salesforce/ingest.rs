@@ -672,27 +672,18 @@ impl SalesforceClient {
             (Some(p), Some(f)) => p > f,
             _ => true,
         };
-        let successful = match succeeded {
-            true => Some(
-                self.ingest_results(&job.id, "successfulResults", priority)
-                    .await?,
-            ),
-            false => None,
+        // Only the sets the job's counts say are not empty: each read is a call.
+        let read = async |which: &str, wanted: bool| -> Result<Option<ResultSet>> {
+            if !wanted {
+                return Ok(None);
+            }
+            self.ingest_results(&job.id, which, priority)
+                .await
+                .map(Some)
         };
-        let failed = match failed_n != Some(0) {
-            true => Some(
-                self.ingest_results(&job.id, "failedResults", priority)
-                    .await?,
-            ),
-            false => None,
-        };
-        let unprocessed = match job.state != "JobComplete" {
-            true => Some(
-                self.ingest_results(&job.id, "unprocessedrecords", priority)
-                    .await?,
-            ),
-            false => None,
-        };
+        let successful = read("successfulResults", succeeded).await?;
+        let failed = read("failedResults", failed_n != Some(0)).await?;
+        let unprocessed = read("unprocessedrecords", job.state != "JobComplete").await?;
         outcomes(
             &job,
             upload,
@@ -852,6 +843,9 @@ impl SalesforceClient {
     /// `PATCH` `{"state": "Aborted"}`: a job abandoned is never processed. A failure is only
     /// logged: a job left open is never processed either.
     async fn abort_ingest_job(&self, id: &str, priority: Priority) {
+        let Ok(id) = job_id_checked(id) else {
+            return;
+        };
         let url = self.data_url(&format!("/jobs/ingest/{id}"));
         let body = json!({"state": "Aborted"});
         if let Err(e) = self.call(Method::PATCH, &url, Some(&body), priority).await {
