@@ -15,7 +15,7 @@
 //! - [`limits`]: governor pacing on tokio time, in-flight caps, daily budgets with a reserve.
 //! - [`retry`]: backon-driven retry loop acting on the class.
 //! - [`salesforce`]: OAuth flows, SOQL escaping and cursors, query paging, sObject Collections,
-//!   `/limits`.
+//!   Bulk API 2.0 query and ingest jobs, `/limits`.
 //! - [`marketo`]: identity, envelope and codes, activities, paging tokens, leads by filter.
 //!
 //! Every client is `Clone`; clones share the token cache, the pacer and the daily budget, so one
@@ -99,6 +99,19 @@ pub trait Crm: Clone + Send + Sync + 'static {
         object: &str,
         external_id_field: &str,
         records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
+
+    /// Upsert by external id through Bulk API 2.0 ingest jobs, for writes too large for
+    /// Collections (a call per 200 records): a handful of calls per job of up to ~100 MB of
+    /// CSV. One outcome per input record, in input order (the vendor's results are matched
+    /// back by external id); a per-record failure fails that record only. `priority` is the
+    /// daily budget's (a backfill is routine; it must not spend the reserve).
+    fn upsert_bulk(
+        &self,
+        object: &str,
+        external_id_field: &str,
+        records: Vec<Record>,
+        priority: Priority,
     ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
 
     /// Create records through sObject Collections, 200 records a request; one outcome per

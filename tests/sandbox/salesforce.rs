@@ -865,6 +865,10 @@ async fn bulk2_query_and_ingest_jobs() {
             json!({"state": "UploadComplete"}),
         )
         .await;
+    assert_eq!(job["state"], "UploadComplete");
+    let (_, job) = org.get_json(&format!("{V}/jobs/ingest/{id}")).await;
+    assert_eq!(job["state"], "InProgress");
+    let (_, job) = org.get_json(&format!("{V}/jobs/ingest/{id}")).await;
     assert_eq!(job["state"], "JobComplete");
     assert_eq!(job["numberRecordsFailed"], 1);
     let ok = org
@@ -885,6 +889,204 @@ async fn bulk2_query_and_ingest_jobs() {
         failed.contains("JSON_PARSER_ERROR") && failed.contains("b-2"),
         "{failed}"
     );
+    org.sandbox.shutdown().await;
+}
+
+impl Org {
+    async fn ingest_job(&self) -> String {
+        let (status, job) = self
+            .send(
+                reqwest::Method::POST,
+                &format!("{V}/jobs/ingest"),
+                json!({"object": "MQL__c", "operation": "upsert", "externalIdFieldName": "External_Id__c", "contentType": "CSV", "lineEnding": "LF"}),
+            )
+            .await;
+        assert_eq!((status, &job["state"]), (StatusCode::OK, &json!("Open")));
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    async fn upload(&self, id: &str, csv: String) -> StatusCode {
+        self.http
+            .put(self.url(&format!("{V}/jobs/ingest/{id}/batches")))
+            .bearer_auth(&self.token)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn set_state(&self, id: &str, state: &str) -> (StatusCode, Value) {
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("{V}/jobs/ingest/{id}"),
+            json!({"state": state}),
+        )
+        .await
+    }
+
+    /// Closes the job and polls it until it is finished.
+    async fn run_job(&self, id: &str) -> Value {
+        assert_eq!(self.set_state(id, "UploadComplete").await.0, StatusCode::OK);
+        for _ in 0..3 {
+            let (_, job) = self.get_json(&format!("{V}/jobs/ingest/{id}")).await;
+            if matches!(job["state"].as_str(), Some("JobComplete" | "Failed")) {
+                return job;
+            }
+        }
+        panic!("job {id} did not finish in three polls");
+    }
+
+    async fn results(&self, id: &str, which: &str) -> String {
+        self.get(&format!("{V}/jobs/ingest/{id}/{which}"))
+            .await
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn ingest_jobs_keep_the_vendors_rules() {
+    let org = Org::start(50, |o| o.salesforce.daily_bulk_batch_limit = 3).await;
+
+    // Data sent twice: both uploads are taken, the close is refused, the job stays open.
+    let twice = org.ingest_job().await;
+    for _ in 0..2 {
+        assert_eq!(
+            org.upload(&twice, "External_Id__c\nt-1\n".into()).await,
+            StatusCode::CREATED
+        );
+    }
+    let (status, body) = org.set_state(&twice, "UploadComplete").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body[0]["errorCode"], "INVALIDJOB");
+    assert!(
+        body[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Found multipe contents for job: <{twice}>")),
+        "{body}"
+    );
+    let (status, job) = org.set_state(&twice, "Aborted").await;
+    assert_eq!((status, &job["state"]), (StatusCode::OK, &json!("Aborted")));
+    assert_eq!(
+        org.results(&twice, "successfulResults").await,
+        "\"sf__Id\",\"sf__Created\",\"External_Id__c\"\n",
+        "an aborted job wrote nothing"
+    );
+
+    // A failing record (a fault rule on the close), results last row first, `#N/A`.
+    org.sandbox.faults().add(rule(json!({"system": "salesforce", "kind": "bulk2_ingest_state", "times": 1,
+        "action": {"type": "fail_record", "index": 1, "code": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "message": "Score too low"}})));
+    let job_id = org.ingest_job().await;
+    org.upload(
+        &job_id,
+        "External_Id__c,Status__c,Segment__c\ni-0,Open,EMEA\ni-1,Open,EMEA\ni-2,Open,EMEA\n".into(),
+    )
+    .await;
+    let job = org.run_job(&job_id).await;
+    assert_eq!(
+        (
+            &job["state"],
+            &job["numberRecordsProcessed"],
+            &job["numberRecordsFailed"]
+        ),
+        (&json!("JobComplete"), &json!(3), &json!(1))
+    );
+    let ok = org.results(&job_id, "successfulResults").await;
+    let lines: Vec<&str> = ok.lines().collect();
+    assert_eq!(
+        lines[0],
+        "\"sf__Id\",\"sf__Created\",\"External_Id__c\",\"Status__c\",\"Segment__c\""
+    );
+    assert!(
+        lines[1].ends_with("\"true\",\"i-2\",\"Open\",\"EMEA\"") && lines[2].contains("\"i-0\""),
+        "{ok}"
+    );
+    let failed = org.results(&job_id, "failedResults").await;
+    assert!(
+        failed.contains("\"\",\"FIELD_CUSTOM_VALIDATION_EXCEPTION:Score too low:--\",\"i-1\""),
+        "{failed}"
+    );
+    let again = org.ingest_job().await;
+    org.upload(
+        &again,
+        "External_Id__c,Status__c,Segment__c\ni-0,Working,#N/A\ni-2,,APAC\n".into(),
+    )
+    .await;
+    org.run_job(&again).await;
+    let ok = org.results(&again, "successfulResults").await;
+    assert!(
+        ok.contains("\"false\",\"i-0\",\"Working\",\"#N/A\""),
+        "{ok}"
+    );
+    let (_, page) = org
+        .query("SELECT External_Id__c, Status__c, Segment__c FROM MQL__c WHERE External_Id__c LIKE 'i-%' ORDER BY External_Id__c")
+        .await;
+    let got: Vec<(Value, Value)> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["Status__c"].clone(), r["Segment__c"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("Working"), Value::Null),
+            (json!("Open"), json!("APAC")),
+        ],
+        "#N/A blanks a field, an empty cell leaves it alone"
+    );
+
+    // The daily batch allocation: one batch per 10,000 records; three were allowed, two jobs
+    // used one each, so a job of 10,001 records gets one batch of its two and fails with one
+    // record unprocessed.
+    let big = org.ingest_job().await;
+    let mut csv = String::from("External_Id__c,Status__c\n");
+    for i in 0..10_001 {
+        csv.push_str(&format!("big-{i},Open\n"));
+    }
+    org.upload(&big, csv).await;
+    let job = org.run_job(&big).await;
+    assert_eq!(job["state"], "Failed");
+    assert_eq!(job["numberRecordsProcessed"], 10_000);
+    assert!(
+        job["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("batch allocation"),
+        "{job}"
+    );
+    assert_eq!(
+        org.results(&big, "unprocessedrecords").await,
+        "\"External_Id__c\",\"Status__c\"\n\"big-10000\",\"Open\"\n"
+    );
+    let (_, limits) = org.get_json(&format!("{V}/limits")).await;
+    assert_eq!(
+        limits["DailyBulkApiBatches"],
+        json!({"Max": 3, "Remaining": 0})
+    );
+
+    // Listing: every ingest job, as Bulk API 2.0 jobs.
+    let (_, list) = org
+        .get_json(&format!(
+            "{V}/jobs/ingest?isPkChunkingEnabled=false&jobType=V2Ingest"
+        ))
+        .await;
+    let states: Vec<&str> = list["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["Aborted", "JobComplete", "JobComplete", "Failed"]);
+    assert_eq!(list["done"], true);
+    let (_, classic) = org
+        .get_json(&format!("{V}/jobs/ingest?jobType=Classic"))
+        .await;
+    assert_eq!(classic["records"], json!([]));
     org.sandbox.shutdown().await;
 }
 

@@ -2,8 +2,7 @@
 //! poll its state, then read CSV result sets by `Sforce-Locator`, one set at a time (memory holds
 //! one set of at most `max_records` rows).
 //!
-//! Ingest jobs are not here: writes go through sObject Collections (per-record outcomes).
-//! This file must not know MQL semantics.
+//! Ingest jobs (writes) are in `ingest.rs`. This file must not know MQL semantics.
 
 use std::time::Duration;
 
@@ -88,7 +87,13 @@ impl SalesforceClient {
         let url = url.to_string();
         crate::connectors::retry::run(&self.inner.settings.retry, || async {
             let (headers, bytes) = self
-                .call_once(Method::GET, &url, None, Priority::Routine, "text/csv")
+                .call_once(
+                    Method::GET,
+                    &url,
+                    super::Payload::Empty,
+                    Priority::Routine,
+                    "text/csv",
+                )
                 .await?;
             let next_locator = headers
                 .get("Sforce-Locator")
@@ -105,7 +110,7 @@ impl SalesforceClient {
 }
 
 /// Job ids are record ids (15 or 18 alphanumerics); anything else would change the URL path.
-fn job_id_checked(id: &str) -> Result<&str> {
+pub(super) fn job_id_checked(id: &str) -> Result<&str> {
     if !id.is_empty() && id.len() <= 18 && id.chars().all(|c| c.is_ascii_alphanumeric()) {
         Ok(id)
     } else {

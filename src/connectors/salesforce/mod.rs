@@ -1,11 +1,12 @@
 //! Salesforce REST: OAuth token flows (JWT bearer, client credentials, refresh token), query
-//! paging, incremental reads by `(SystemModstamp, Id)`, sObject Collections writes, `/limits` and
-//! the `Sforce-Limit-Info` budget.
+//! paging, incremental reads by `(SystemModstamp, Id)`, sObject Collections writes, Bulk API 2.0
+//! query ([`bulk`]) and ingest ([`ingest`]) jobs, `/limits` and the `Sforce-Limit-Info` budget.
 //!
 //! This file must not know MQL semantics, and must not log or format a token, key or secret.
 
 pub mod bulk;
 pub mod incremental;
+pub mod ingest;
 pub mod soql;
 
 use std::path::PathBuf;
@@ -71,6 +72,9 @@ pub struct SalesforceSettings {
     pub call_options_client: String,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Bulk API 2.0 ingest jobs: polling and upload size.
+    #[serde(default)]
+    pub ingest: ingest::IngestSettings,
     /// What the user's configuration calls these settings, for errors that say what to check.
     #[serde(default)]
     pub names: SettingNames,
@@ -186,6 +190,15 @@ struct CompositeSubAnswer {
     #[serde(default)]
     body: Value,
     http_status_code: u16,
+}
+
+/// What a request carries.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Empty,
+    Json(&'a Value),
+    /// A Bulk API 2.0 upload (`Content-Type: text/csv`).
+    Csv(&'a bytes::Bytes),
 }
 
 /// The longest query URL sent as a GET: the REST API takes at most 16,384 bytes of URI and
@@ -571,8 +584,9 @@ impl SalesforceClient {
         super::retry::run_as(&self.inner.settings.retry, repeat, || {
             let method = method.clone();
             async move {
+                let payload = body.map_or(Payload::Empty, Payload::Json);
                 let (_, bytes) = self
-                    .call_once(method, url, body, priority, "application/json")
+                    .call_once(method, url, payload, priority, "application/json")
                     .await?;
                 if bytes.is_empty() {
                     return Ok(Value::Null);
@@ -589,7 +603,7 @@ impl SalesforceClient {
         &self,
         method: Method,
         url: &str,
-        body: Option<&Value>,
+        payload: Payload<'_>,
         priority: Priority,
         accept: &str,
     ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
@@ -610,8 +624,14 @@ impl SalesforceClient {
                 format!("client={}", self.inner.settings.call_options_client),
             )
             .header("Accept", accept);
-        if let Some(b) = body {
-            req = req.json(b);
+        match payload {
+            Payload::Empty => {}
+            Payload::Json(b) => req = req.json(b),
+            Payload::Csv(csv) => {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "text/csv")
+                    .body(csv.clone());
+            }
         }
         self.inner.requests.count();
         let resp = req
@@ -672,7 +692,7 @@ impl SalesforceClient {
                 .call_once(
                     Method::POST,
                     &composite,
-                    Some(&body),
+                    Payload::Json(&body),
                     priority,
                     "application/json",
                 )
@@ -809,27 +829,45 @@ impl CollectionResult {
             message: "failed without an error".into(),
             fields: vec![],
         });
-        if let Some(code) = already_done(&first.status_code, upsert) {
-            return RecordOutcome {
-                index,
-                id: self.id.or_else(|| id_in_message(&first.message)),
-                result: Ok(WriteStatus::AlreadyDone { code }),
-            };
-        }
-        let retryable = matches!(
-            first.status_code.as_str(),
-            "UNABLE_TO_LOCK_ROW" | "ALL_OR_NONE_OPERATION_ROLLED_BACK" | "SERVER_UNAVAILABLE"
-        );
-        RecordOutcome {
+        failed_record(
             index,
-            id: self.id,
-            result: Err(RecordError {
+            self.id,
+            RecordError {
+                retryable: false,
                 code: first.status_code,
                 message: first.message,
                 fields: first.fields,
-                retryable,
-            }),
-        }
+            },
+            upsert,
+        )
+    }
+}
+
+/// The outcome of a record the vendor refused with `error` (its `retryable` is set here):
+/// already done for the codes [`already_done`] names, else failed, retryable when sending the
+/// record again later may succeed. Shared by Collections and Bulk API 2.0 ingest, so a code
+/// means the same whichever way the record went.
+fn failed_record(
+    index: usize,
+    id: Option<String>,
+    mut error: RecordError,
+    upsert: bool,
+) -> RecordOutcome {
+    if let Some(code) = already_done(&error.code, upsert) {
+        return RecordOutcome {
+            index,
+            id: id.or_else(|| id_in_message(&error.message)),
+            result: Ok(WriteStatus::AlreadyDone { code }),
+        };
+    }
+    error.retryable = matches!(
+        error.code.as_str(),
+        "UNABLE_TO_LOCK_ROW" | "ALL_OR_NONE_OPERATION_ROLLED_BACK" | "SERVER_UNAVAILABLE"
+    );
+    RecordOutcome {
+        index,
+        id,
+        result: Err(error),
     }
 }
 
@@ -976,6 +1014,17 @@ impl Crm for SalesforceClient {
         soql::identifier(external_id_field)?;
         let url = self.data_url(&format!("/composite/sobjects/{object}/{external_id_field}"));
         self.collection(Method::PATCH, url, object, records, true, Repeat::Harmless)
+            .await
+    }
+
+    async fn upsert_bulk(
+        &self,
+        object: &str,
+        external_id_field: &str,
+        records: Vec<Record>,
+        priority: Priority,
+    ) -> Result<Vec<RecordOutcome>> {
+        self.ingest_upsert(object, external_id_field, records, priority)
             .await
     }
 

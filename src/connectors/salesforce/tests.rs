@@ -35,6 +35,7 @@ fn settings(base: &str, auth: SalesforceAuth) -> SalesforceSettings {
         session_renew_after_secs: 3600,
         call_options_client: "mqlsync".into(),
         retry: RetryPolicy::default(),
+        ingest: Default::default(),
         names: Default::default(),
     }
 }
@@ -828,4 +829,158 @@ async fn client_credentials_and_refresh_token_flows() {
         "{text}"
     );
     assert_eq!(forms.lock().unwrap().len(), 3);
+}
+
+/// An ingest job server that answers the job's state from a script (its last state repeats)
+/// and notes when the job was closed and polled.
+#[derive(Default)]
+struct IngestStub {
+    states: Mutex<std::collections::VecDeque<&'static str>>,
+    closed_at: Mutex<Vec<tokio::time::Instant>>,
+    polled_at: Mutex<Vec<tokio::time::Instant>>,
+}
+
+fn ingest_router(stub: Arc<IngestStub>) -> Router {
+    let job = |state: &str| {
+        json!({"id": "750A0000000001", "state": state, "object": "MQL__c", "operation": "upsert",
+               "externalIdFieldName": "External_Id__c", "numberRecordsProcessed": 2, "numberRecordsFailed": 0})
+    };
+    let polled = stub.clone();
+    let closed = stub.clone();
+    Router::new()
+        .route(
+            "/services/oauth2/token",
+            post(|| async { Json(json!({"access_token": "00D!t", "token_type": "Bearer"})) }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest",
+            post(move || async move { Json(job("Open")) }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/750A0000000001/batches",
+            axum::routing::put(|| async { AxStatus::CREATED }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/750A0000000001",
+            patch(move || async move {
+                closed
+                    .closed_at
+                    .lock()
+                    .unwrap()
+                    .push(tokio::time::Instant::now());
+                Json(job("UploadComplete"))
+            })
+            .get(move || async move {
+                polled
+                    .polled_at
+                    .lock()
+                    .unwrap()
+                    .push(tokio::time::Instant::now());
+                let mut states = polled.states.lock().unwrap();
+                let state = if states.len() > 1 {
+                    states.pop_front().unwrap()
+                } else {
+                    states[0]
+                };
+                Json(job(state))
+            }),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/750A0000000001/successfulResults",
+            get(|| async {
+                "\"sf__Id\",\"sf__Created\",External_Id__c\n\"a0M2\",\"true\",k-2\n\"a0M1\",\"false\",k-1\n"
+            }),
+        )
+        .with_state(())
+}
+
+fn ingest_client(base: &str, max_wait_secs: u64) -> SalesforceClient {
+    let mut s = settings(
+        base,
+        SalesforceAuth::ClientCredentials {
+            client_id: "cid".into(),
+        },
+    );
+    s.ingest = ingest::IngestSettings {
+        poll_initial_ms: 1_000,
+        poll_max_ms: 4_000,
+        max_wait_secs,
+        max_upload_bytes: 1_000_000,
+    };
+    SalesforceClient::new(
+        s,
+        SalesforceSecrets {
+            client_secret: Some("s".into()),
+            refresh_token: None,
+        },
+    )
+    .unwrap()
+}
+
+fn two_mqls() -> Vec<Record> {
+    ["k-1", "k-2"]
+        .iter()
+        .map(|k| json!({"External_Id__c": k}).as_object().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ingest_job_is_polled_at_doubling_waits_and_closed_again_when_left_open() {
+    let stub = Arc::new(IngestStub::default());
+    stub.states.lock().unwrap().extend([
+        "Open",
+        "InProgress",
+        "InProgress",
+        "InProgress",
+        "InProgress",
+        "JobComplete",
+    ]);
+    let sf = ingest_client(&serve(ingest_router(stub.clone())).await, 3_600);
+    let out = sf
+        .ingest_upsert("MQL__c", "External_Id__c", two_mqls(), Priority::Routine)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter()
+            .map(|o| (o.index, o.id.as_deref(), o.result.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (0, Some("a0M1"), Ok(WriteStatus::Updated)),
+            (1, Some("a0M2"), Ok(WriteStatus::Created)),
+        ],
+        "results come back in another order; outcomes are in input order"
+    );
+    let closed = stub.closed_at.lock().unwrap().clone();
+    assert_eq!(
+        closed.len(),
+        2,
+        "the job still Open at the first poll is closed again"
+    );
+    let polled = stub.polled_at.lock().unwrap().clone();
+    let waits: Vec<u64> = std::iter::once(closed[0])
+        .chain(polled.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    assert_eq!(waits, [1_000, 2_000, 4_000, 4_000, 4_000, 4_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ingest_job_that_outlasts_the_wait_is_reported_with_what_to_do() {
+    let stub = Arc::new(IngestStub::default());
+    stub.states.lock().unwrap().push_back("InProgress");
+    let sf = ingest_client(&serve(ingest_router(stub.clone())).await, 5);
+    let err = sf
+        .ingest_upsert("MQL__c", "External_Id__c", two_mqls(), Priority::Routine)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retry);
+    let said = err.to_string();
+    assert!(
+        said.contains("ingest job 750A0000000001 still InProgress after 5 s")
+            && said.contains("sending them again is safe"),
+        "{said}"
+    );
+    assert_eq!(stub.polled_at.lock().unwrap().len(), 3, "at 1, 3 and 7 s");
 }

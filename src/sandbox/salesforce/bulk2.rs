@@ -1,8 +1,31 @@
 //! Bulk API 2.0: query jobs (`UploadComplete` -> `JobComplete` on the first status poll,
 //! CSV results paged with `locator`/`maxRecords`, `Sforce-Locator` = `"null"` on the last
-//! set, `Sforce-NumberOfRecords`) and ingest jobs (`Open` -> upload CSV -> `UploadComplete`
-//! -> processed at once -> `JobComplete`, with `successfulResults` / `failedResults` /
-//! `unprocessedrecords` CSVs). Jobs run synchronously: there is no `InProgress` window.
+//! set, `Sforce-NumberOfRecords`) and ingest jobs.
+//!
+//! # Ingest jobs
+//! `POST /jobs/ingest` opens a job (`Open`); `PUT .../batches` takes its CSV. The vendor
+//! accepts a second `PUT` on the same job and then refuses to close it (400 `INVALIDJOB`,
+//! "Found multipe contents for job", its spelling), so the sandbox does the same: a client
+//! that sends its data twice learns it at the close, as it would on an org. `PATCH`
+//! `{"state": "UploadComplete"}` queues the job; it then moves one state per status call:
+//! `InProgress` on the first `GET .../jobs/ingest/{id}`, `JobComplete` (or `Failed`) on the
+//! next, when its rows are applied record by record. `{"state": "Aborted"}` stops a job that
+//! has not finished; its rows become `unprocessedrecords`.
+//!
+//! Results, as the vendor's CSV: `successfulResults` = `sf__Id`, `sf__Created`, then the
+//! columns as uploaded; `failedResults` = `sf__Id`, `sf__Error` (`CODE:message:fields --`,
+//! `CODE:message:--` without fields), then the columns; `unprocessedrecords` = the columns
+//! only. Each row echoes the uploaded cells; rows come last first (the vendor does not keep
+//! upload order in results). An empty cell leaves a field alone, `#N/A` sets it to null.
+//!
+//! Batches: the vendor splits a job into one batch per 10,000 records, and every batch counts
+//! against the daily allocation shared with Bulk API 1.0 (`DailyBulkApiBatches`). With limits
+//! on, a job that needs more batches than are left has its first batches processed and the
+//! rest left unprocessed, and ends `Failed` (the vendor's wording for this is undocumented; the
+//! `errorMessage` here is ours). A `fail_record` fault rule that fires on a job's upload or
+//! close fails the row at its `index` (0-based, after the header) when the job is processed.
+//! `GET /jobs/ingest` lists ingest jobs, 1,000 a page, with `nextRecordsUrl`.
+//!
 //! Query results list matching ids at completion (the vendor materialises result files too).
 //! It must not speak SOQL beyond calling `soql::parse`.
 
@@ -32,11 +55,18 @@ struct QueryJob {
 
 struct IngestJob {
     info: Map<String, Value>,
+    /// Creation order, for listing.
+    seq: u64,
     object: &'static ObjectSchema,
     operation: String,
     external_id: Option<&'static str>,
     delimiter: u8,
-    data: Vec<u8>,
+    /// Each `PUT .../batches` body, in order (the vendor refuses to close a job with more
+    /// than one).
+    uploads: Vec<Vec<u8>>,
+    /// A `fail_record` fault rule that fired on the job's upload or close, applied when the
+    /// job is processed.
+    fail: Option<FailRecord>,
     successful: Vec<Vec<String>>,
     failed: Vec<Vec<String>>,
     unprocessed: Vec<Vec<String>>,
@@ -57,6 +87,7 @@ impl Jobs {
         let since = now - SignedDuration::from_hours(24);
         self.query_created.iter().filter(|&&t| t > since).count() as u64
     }
+    /// Ingest batches processed in the rolling 24 h (one per 10,000 records of a job).
     pub fn ingest_batches_today(&self, now: Timestamp) -> u64 {
         let since = now - SignedDuration::from_hours(24);
         self.batches.iter().filter(|&&t| t > since).count() as u64
@@ -418,6 +449,7 @@ pub(crate) async fn ingest_create(
     let now = sf.inner().clock.now();
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
     let id = jobs.next_id();
+    let seq = jobs.next;
     let mut info = base_info(&id, api, now, &body, "V2Ingest");
     info.insert("object".into(), json!(object.name));
     info.insert("state".into(), json!("Open"));
@@ -433,11 +465,13 @@ pub(crate) async fn ingest_create(
         id,
         IngestJob {
             info: info.clone(),
+            seq,
             object,
             operation: operation.to_string(),
             external_id,
             delimiter: delim,
-            data: Vec::new(),
+            uploads: Vec::new(),
+            fail: None,
             successful: Vec::new(),
             failed: Vec::new(),
             unprocessed: Vec::new(),
@@ -447,13 +481,69 @@ pub(crate) async fn ingest_create(
     Ok(axum::Json(Value::Object(info)).into_response())
 }
 
+/// The most jobs one page of `GET /jobs/ingest` lists.
+const JOBS_PER_PAGE: usize = 1000;
+
+#[derive(serde::Deserialize)]
+pub(crate) struct ListParams {
+    #[serde(rename = "jobType")]
+    job_type: Option<String>,
+    #[serde(rename = "isPkChunkingEnabled")]
+    pk_chunking: Option<String>,
+    #[serde(rename = "queryLocator")]
+    locator: Option<String>,
+}
+
+/// `GET /jobs/ingest`: every ingest job, oldest first, 1,000 a page. Only Bulk API 2.0
+/// jobs exist here, so `jobType=Classic` or `BigObjectIngest`, and `isPkChunkingEnabled=true`,
+/// list none.
+pub(crate) async fn ingest_list(
+    State(sf): State<Salesforce>,
+    Path(version): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Reply {
+    api_version(&version)?;
+    let start = match params.locator.as_deref() {
+        None | Some("") => 0,
+        Some(l) => l.parse::<usize>().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_LOCATOR",
+                "invalid query locator",
+            )
+        })?,
+    };
+    let listed = params.job_type.as_deref().is_none_or(|t| t == "V2Ingest")
+        && params.pk_chunking.as_deref() != Some("true");
+    let jobs = sf.inner().bulk.lock().expect("bulk lock");
+    let mut all: Vec<&IngestJob> = if listed {
+        jobs.ingest.values().collect()
+    } else {
+        Vec::new()
+    };
+    all.sort_by_key(|j| j.seq);
+    let end = (start + JOBS_PER_PAGE).min(all.len());
+    let records: Vec<Value> = all
+        .get(start..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|j| Value::Object(j.info.clone()))
+        .collect();
+    let done = end >= all.len();
+    let next = (!done).then(|| format!("/services/data/{version}/jobs/ingest?queryLocator={end}"));
+    Ok(
+        axum::Json(json!({"done": done, "records": records, "nextRecordsUrl": next}))
+            .into_response(),
+    )
+}
+
 pub(crate) async fn ingest_upload(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
+    fail: Option<Extension<FailRecord>>,
     body: bytes::Bytes,
 ) -> Reply {
     api_version(&version)?;
-    let now = sf.inner().clock.now();
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
     let job = jobs.ingest.get_mut(&id).ok_or_else(not_found)?;
     if job.info["state"] != "Open" {
@@ -463,26 +553,36 @@ pub(crate) async fn ingest_upload(
             "Job is not open for data upload",
         ));
     }
-    if !job.data.is_empty() {
-        return Err(error(
-            StatusCode::CONFLICT,
-            "INVALIDJOBSTATE",
-            "Data has already been uploaded for this job",
-        ));
+    job.uploads.push(body.to_vec());
+    if let Some(Extension(f)) = fail {
+        job.fail = Some(f);
     }
-    job.data = body.to_vec();
-    jobs.batches.push(now);
     Ok(StatusCode::CREATED.into_response())
 }
 
+/// `GET /jobs/ingest/{id}`: a queued job moves on one state per call (see the module docs).
 pub(crate) async fn ingest_status(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
 ) -> Reply {
     api_version(&version)?;
-    let jobs = sf.inner().bulk.lock().expect("bulk lock");
-    let job = jobs.ingest.get(&id).ok_or_else(not_found)?;
-    Ok(axum::Json(Value::Object(job.info.clone())).into_response())
+    let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
+    let batches_today = jobs.ingest_batches_today(sf.inner().clock.now());
+    let job = jobs.ingest.get_mut(&id).ok_or_else(not_found)?;
+    let mut processed = None;
+    match job.info["state"].as_str() {
+        Some("UploadComplete") => {
+            job.info.insert("state".into(), json!("InProgress"));
+        }
+        Some("InProgress") => processed = Some(process(&sf, job, batches_today)),
+        _ => {}
+    }
+    let info = Value::Object(job.info.clone());
+    if let Some(batches) = processed {
+        let now = sf.inner().clock.now();
+        jobs.batches.extend(std::iter::repeat_n(now, batches));
+    }
+    Ok(axum::Json(info).into_response())
 }
 
 pub(crate) async fn ingest_delete(
@@ -495,6 +595,8 @@ pub(crate) async fn ingest_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `PATCH /jobs/ingest/{id}`: close (`UploadComplete`) an open job, or abort one that has
+/// not finished.
 pub(crate) async fn ingest_state(
     State(sf): State<Salesforce>,
     Path((version, id)): Path<(String, String)>,
@@ -506,12 +608,28 @@ pub(crate) async fn ingest_state(
     let target = body.get("state").and_then(Value::as_str).unwrap_or("");
     let mut jobs = sf.inner().bulk.lock().expect("bulk lock");
     let job = jobs.ingest.get_mut(&id).ok_or_else(not_found)?;
-    match (job.info["state"].as_str(), target) {
-        (Some("Open"), "Aborted") => {
-            job.info.insert("state".into(), json!("Aborted"));
+    match (job.info["state"].as_str().unwrap_or(""), target) {
+        ("Open", "UploadComplete") if job.uploads.len() > 1 => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "INVALIDJOB",
+                &format!(
+                    "Found multipe contents for job: <{id}>, please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job and make sure you only do 'PUT' once on a given Job."
+                ),
+            ));
         }
-        (Some("Open"), "UploadComplete") => {
-            process(&sf, job, fail.map(|Extension(f)| f));
+        ("Open", "UploadComplete") => {
+            if let Some(Extension(f)) = fail {
+                job.fail = Some(f);
+            }
+            job.info.insert("state".into(), json!("UploadComplete"));
+        }
+        ("Open" | "UploadComplete" | "InProgress", "Aborted") => {
+            if let Some((header, rows)) = rows_of(job) {
+                job.header = header;
+                job.unprocessed = rows;
+            }
+            job.info.insert("state".into(), json!("Aborted"));
         }
         _ => {
             return Err(error(
@@ -524,28 +642,56 @@ pub(crate) async fn ingest_state(
     Ok(axum::Json(Value::Object(job.info.clone())).into_response())
 }
 
-/// Applies an uploaded CSV record by record, as the vendor's batch processing would.
-fn process(sf: &Salesforce, job: &mut IngestJob, fail: Option<FailRecord>) {
-    let inner = sf.inner();
-    let now = inner.clock.now();
+/// The header and rows of a job's (single) upload.
+fn rows_of(job: &IngestJob) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let data = job.uploads.first()?;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(job.delimiter)
         .flexible(true)
-        .from_reader(job.data.as_slice());
+        .from_reader(data.as_slice());
     let header: Vec<String> = reader
         .headers()
         .map(|h| h.iter().map(str::to_string).collect())
         .unwrap_or_default();
-    job.header = header.clone();
-    let rows: Vec<Vec<String>> = reader
+    let rows = reader
         .records()
         .filter_map(Result::ok)
         .map(|r| r.iter().map(str::to_string).collect())
         .collect();
+    Some((header, rows))
+}
+
+/// Records a batch holds: the vendor splits a job's data into one batch per 10,000.
+const RECORDS_PER_BATCH: usize = 10_000;
+
+/// Applies an uploaded CSV record by record, as the vendor's batch processing would, within
+/// what is left of the daily batch allocation (`batches_today` used). Returns the batches
+/// the job used.
+fn process(sf: &Salesforce, job: &mut IngestJob, batches_today: u64) -> usize {
+    let inner = sf.inner();
+    let now = inner.clock.now();
+    let (header, rows) = rows_of(job).unwrap_or_default();
+    job.header = header.clone();
+    let needed = rows.len().div_ceil(RECORDS_PER_BATCH);
+    let left = if inner.config.limits {
+        inner
+            .config
+            .daily_bulk_batch_limit
+            .saturating_sub(batches_today) as usize
+    } else {
+        usize::MAX
+    };
+    let batches = needed.min(left);
+    let allowed = batches.saturating_mul(RECORDS_PER_BATCH);
     let object = job.object;
+    let fail = job.fail.take();
     let mut changed = Vec::new();
     let mut db = inner.db.lock().expect("db lock");
     for (index, row) in rows.into_iter().enumerate() {
+        if index >= allowed {
+            job.unprocessed.push(row);
+            continue;
+        }
         let mut map = Map::new();
         for (name, value) in header.iter().zip(&row) {
             // Empty cells leave a field alone; `#N/A` sets it to null.
@@ -559,9 +705,12 @@ fn process(sf: &Salesforce, job: &mut IngestJob, fail: Option<FailRecord>) {
             };
             map.insert(name.clone(), v);
         }
-        let outcome: Result<(String, bool), RecordError> = match &fail {
-            Some(f) if f.index == index => Err(f.error(None)),
-            _ => apply_row(&mut db, job, object, map, now),
+        let outcome: Result<(String, bool), (RecordError, Option<String>)> = match &fail {
+            Some(f) if f.index == index => {
+                let existing = existing_id(&db, job, object, &map);
+                Err((f.error(existing.as_deref()), existing))
+            }
+            _ => apply_row(&mut db, job, object, map, now).map_err(|e| (e, None)),
         };
         match outcome {
             Ok((id, created)) => {
@@ -570,10 +719,15 @@ fn process(sf: &Salesforce, job: &mut IngestJob, fail: Option<FailRecord>) {
                 out.extend(row);
                 job.successful.push(out);
             }
-            Err(e) => {
+            Err((e, id)) => {
+                let fields = if e.fields.is_empty() {
+                    "--".to_string()
+                } else {
+                    format!("{} --", e.fields.join(","))
+                };
                 let mut out = vec![
-                    String::new(),
-                    format!("{}:{}:{} --", e.status_code, e.message, e.fields.join(",")),
+                    id.unwrap_or_default(),
+                    format!("{}:{}:{fields}", e.status_code, e.message),
                 ];
                 out.extend(row);
                 job.failed.push(out);
@@ -581,7 +735,19 @@ fn process(sf: &Salesforce, job: &mut IngestJob, fail: Option<FailRecord>) {
         }
     }
     drop(db);
-    job.info.insert("state".into(), json!("JobComplete"));
+    let state = if job.unprocessed.is_empty() {
+        "JobComplete"
+    } else {
+        job.info.insert(
+            "errorMessage".into(),
+            json!(format!(
+                "Daily batch allocation of {} batches exceeded: {} of the job's {needed} batches were processed",
+                inner.config.daily_bulk_batch_limit, batches
+            )),
+        );
+        "Failed"
+    };
+    job.info.insert("state".into(), json!(state));
     job.info.insert(
         "numberRecordsProcessed".into(),
         json!(job.successful.len() + job.failed.len()),
@@ -589,6 +755,31 @@ fn process(sf: &Salesforce, job: &mut IngestJob, fail: Option<FailRecord>) {
     job.info
         .insert("numberRecordsFailed".into(), json!(job.failed.len()));
     sf.notify_outbound(object.name, &changed);
+    batches
+}
+
+/// The id of the record an update or upsert row would change, if it exists.
+fn existing_id(
+    db: &super::store::Store,
+    job: &IngestJob,
+    object: &'static ObjectSchema,
+    map: &Map<String, Value>,
+) -> Option<String> {
+    let field = match job.operation.as_str() {
+        "upsert" => job.external_id?,
+        "insert" => return None,
+        _ => "Id",
+    };
+    let value = map
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(field))
+        .and_then(|(_, v)| v.as_str())?;
+    if field == "Id" {
+        return db
+            .live(object.name, value)
+            .and_then(|r| r.get("Id").as_str().map(str::to_string));
+    }
+    db.by_external(object.name, field, value)
 }
 
 fn apply_row(
@@ -686,10 +877,13 @@ pub(crate) async fn ingest_results(
         _ => return Err(not_found()),
     };
     header.extend(job.header.iter().cloned());
+    // The vendor does not keep upload order in results; listing them last row first keeps
+    // clients from relying on it.
+    let rows: Vec<Vec<String>> = rows.iter().rev().cloned().collect();
     Ok((
         StatusCode::OK,
         [("content-type", "text/csv")],
-        csv_text(job.delimiter, &header, rows),
+        csv_text(job.delimiter, &header, &rows),
     )
         .into_response())
 }

@@ -33,7 +33,7 @@
 //! `deleted`, `composite` (one call, whatever its subrequests), `composite_create`,
 //! `composite_update`, `composite_upsert`, `composite_delete`, `bulk2_query_create`,
 //! `bulk2_query_status`, `bulk2_query_results`, `bulk2_query_abort`, `bulk2_ingest_create`,
-//! `bulk2_ingest_upload`, `bulk2_ingest_state`, `bulk2_ingest_status`, `bulk2_ingest_results`,
+//! `bulk2_ingest_list`, `bulk2_ingest_upload`, `bulk2_ingest_state`, `bulk2_ingest_status`, `bulk2_ingest_results`,
 //! `bulk2_ingest_delete`, `unknown`.
 //! Calls that count against the daily limit: every kind except `token`, `revoke`, `versions`.
 //!
@@ -98,6 +98,9 @@ pub struct SalesforceConfig {
     pub limits: bool,
     /// Calls per rolling 24 h; default 15_000 (a Developer Edition org's allocation).
     pub daily_api_limit: u64,
+    /// Bulk API batches per rolling 24 h (`DailyBulkApiBatches`); default 15_000, the
+    /// vendor's allocation. Enforced on ingest jobs when `limits` is on.
+    pub daily_bulk_batch_limit: u64,
     /// Idle session timeout; default 7200 (the vendor's 2 h default).
     pub session_ttl_secs: i64,
     /// SOAP notifications to a URL, retried until acknowledged.
@@ -131,6 +134,7 @@ impl SalesforceConfig {
             jwt_public_key_pem: TEST_JWT_PUBLIC_KEY_PEM.into(),
             limits: true,
             daily_api_limit: 15_000,
+            daily_bulk_batch_limit: 15_000,
             session_ttl_secs: 7200,
             outbound: None,
         }
@@ -324,7 +328,10 @@ impl Salesforce {
             format!("{data}/jobs/query/{{job}}/results"),
             get(bulk2::query_results),
         );
-        route(format!("{data}/jobs/ingest"), post(bulk2::ingest_create));
+        route(
+            format!("{data}/jobs/ingest"),
+            post(bulk2::ingest_create).get(bulk2::ingest_list),
+        );
         route(
             format!("{data}/jobs/ingest/{{job}}"),
             get(bulk2::ingest_status)
@@ -574,6 +581,7 @@ pub fn classify(method: &Method, path: &str) -> &'static str {
             (_, ["jobs", "query", _]) => "bulk2_query_abort",
             (_, ["jobs", "query", _, "results"]) => "bulk2_query_results",
             ("POST", ["jobs", "ingest"]) => "bulk2_ingest_create",
+            ("GET", ["jobs", "ingest"]) => "bulk2_ingest_list",
             ("PUT", ["jobs", "ingest", _, "batches"]) => "bulk2_ingest_upload",
             ("PATCH", ["jobs", "ingest", _]) => "bulk2_ingest_state",
             ("GET", ["jobs", "ingest", _]) => "bulk2_ingest_status",
@@ -919,6 +927,16 @@ mod tests {
                 Method::PUT,
                 format!("{v}/jobs/ingest/750x/batches"),
                 "bulk2_ingest_upload",
+            ),
+            (
+                Method::GET,
+                format!("{v}/jobs/ingest/"),
+                "bulk2_ingest_list",
+            ),
+            (
+                Method::GET,
+                format!("{v}/jobs/ingest/750x/failedResults/"),
+                "bulk2_ingest_results",
             ),
             (Method::GET, "/nowhere".to_string(), "unknown"),
         ];

@@ -60,6 +60,7 @@ pub(crate) async fn limits(State(sf): State<Salesforce>, Path(version): Path<Str
     let inner = sf.inner();
     let now = inner.clock.now();
     let max = inner.config.daily_api_limit;
+    let max_batches = inner.config.daily_bulk_batch_limit;
     let used = inner.usage.lock().expect("usage lock").used(now);
     let bulk_query_jobs = inner.bulk.lock().expect("bulk lock").query_jobs_today(now);
     let batches = inner
@@ -70,7 +71,7 @@ pub(crate) async fn limits(State(sf): State<Salesforce>, Path(version): Path<Str
     let body = json!({
         "DailyApiRequests": {"Max": max, "Remaining": max.saturating_sub(used)},
         "DailyAsyncApexExecutions": {"Max": 250000, "Remaining": 250000},
-        "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000u64.saturating_sub(batches)},
+        "DailyBulkApiBatches": {"Max": max_batches, "Remaining": max_batches.saturating_sub(batches)},
         "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
         "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000u64.saturating_sub(bulk_query_jobs)},
         "DailyDurableStreamingApiEvents": {"Max": 10000, "Remaining": 10000},
