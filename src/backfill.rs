@@ -14,13 +14,16 @@ use crate::sync::records::{parse_datetime, segment_fields};
 
 /// The versions of one threshold record over time, oldest first, from its current version
 /// and its field history (one change row per field and save): each save of the record is a
-/// version dated at that save; the version before the first recorded save is dated `origin`
-/// (or just before that save when `origin` is later). A field the history names but the
+/// version dated at that save; the first version (before the first recorded save, or the
+/// only one without history) is dated when the record came to be: its `created` instant, or
+/// `origin` (the start of the replay) when it was created earlier or is not known — never after
+/// the first save. A field the history names but the
 /// mapping does not use changes nothing; a value that cannot be read keeps the later one (and
 /// is reported back, with its row, so the caller can say so).
 pub fn threshold_versions<'a>(
     m: &Mapping,
     current: &Threshold,
+    created: Option<Timestamp>,
     history: &'a [ThresholdFieldChange],
     origin: Timestamp,
     unreadable: &mut Vec<&'a ThresholdFieldChange>,
@@ -44,17 +47,23 @@ pub fn threshold_versions<'a>(
     versions.reverse();
     // Oldest first: before the first save (since `origin`), then what each save made; the
     // last is the current version, dated at the CRM's own modification.
-    if let Some(first) = saves.keys().next() {
-        versions[0].modified_at = origin.min(*first - SignedDuration::from_millis(1));
-        versions[0].set_by = None;
+    let start = created.map_or(origin, |c| c.max(origin));
+    match saves.keys().next() {
+        Some(first) => {
+            versions[0].modified_at = start.min(*first - SignedDuration::from_millis(1));
+            versions[0].set_by = None;
+        }
+        None => versions[0].modified_at = start.min(current.modified_at),
     }
     for (i, (at, rows)) in saves.iter().enumerate() {
         versions[i + 1].modified_at = *at;
         versions[i + 1].set_by = rows.first().and_then(|r| r.changed_by.clone());
     }
-    let last = versions.last_mut().expect("one version");
-    last.modified_at = current.modified_at.max(last.modified_at);
-    last.set_by.clone_from(&current.set_by);
+    if versions.len() > 1 {
+        let last = versions.last_mut().expect("one version");
+        last.modified_at = current.modified_at.max(last.modified_at);
+        last.set_by.clone_from(&current.set_by);
+    }
     versions
 }
 
@@ -173,7 +182,7 @@ mod tests {
         ];
         let mut bad = Vec::new();
         let origin = ts("2025-01-01T00:00:00Z");
-        let v = threshold_versions(&m, &current(), &history, origin, &mut bad);
+        let v = threshold_versions(&m, &current(), None, &history, origin, &mut bad);
         assert!(bad.is_empty());
         let seen: Vec<(f64, &str, Timestamp)> = v
             .iter()
@@ -190,16 +199,19 @@ mod tests {
     }
 
     #[test]
-    fn without_history_the_current_version_is_the_only_one() {
+    fn without_history_the_current_version_holds_since_the_record_came_to_be() {
         let m = mapping::load(None).unwrap().mapping;
-        let v = threshold_versions(
-            &m,
-            &current(),
-            &[],
-            ts("2025-01-01T00:00:00Z"),
-            &mut Vec::new(),
-        );
-        assert_eq!(v, [current()]);
+        let origin = ts("2025-01-01T00:00:00Z");
+        let v = threshold_versions(&m, &current(), None, &[], origin, &mut Vec::new());
+        let since_origin = Threshold {
+            modified_at: origin,
+            ..current()
+        };
+        assert_eq!(v, [since_origin]);
+        // Created inside the replay: it did not exist before.
+        let created = ts("2026-06-01T00:00:00Z");
+        let v = threshold_versions(&m, &current(), Some(created), &[], origin, &mut Vec::new());
+        assert_eq!(v[0].modified_at, created);
     }
 
     #[test]
@@ -223,6 +235,7 @@ mod tests {
         let v = threshold_versions(
             &m,
             &current(),
+            None,
             &history,
             ts("2025-01-01T00:00:00Z"),
             &mut bad,

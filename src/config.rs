@@ -15,7 +15,7 @@
 //! | `store` | `MQLSYNC_STORE` | SQLite store path (default `state/mqlsync.sqlite`) |
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
 //! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota |
-//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`) |
+//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above |
 //! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET` | or the `*_file` keys |
 
 use std::path::{Path, PathBuf};
@@ -92,6 +92,7 @@ struct RawSync {
     poll_interval_secs: Option<u64>,
     batch_size: Option<usize>,
     go_live: Option<String>,
+    bulk_ingest_above: Option<usize>,
 }
 
 /// How mqlsync signs in to Salesforce.
@@ -155,6 +156,9 @@ pub struct SyncConfig {
     pub poll_interval_secs: u64,
     pub batch_size: usize,
     pub go_live: GoLive,
+    /// Above this many MQL records to write at once (a backfill), Bulk API 2.0 ingest is used
+    /// instead of sObject Collections (a call per 200 records).
+    pub bulk_ingest_above: usize,
 }
 
 /// What the first run does with people already at or above their threshold, not excluded and
@@ -236,6 +240,10 @@ const OVERRIDES: &[(&str, &[&str])] = &[
     ),
     ("MQLSYNC_SYNC_BATCH_SIZE", &["sync", "batch_size"]),
     ("MQLSYNC_SYNC_GO_LIVE", &["sync", "go_live"]),
+    (
+        "MQLSYNC_SYNC_BULK_INGEST_ABOVE",
+        &["sync", "bulk_ingest_above"],
+    ),
 ];
 
 /// Secret variables, read directly and never placed in the table.
@@ -789,6 +797,7 @@ fn validate(
             poll_interval_secs: poll,
             batch_size: batch,
             go_live,
+            bulk_ingest_above: raw.sync.bulk_ingest_above.unwrap_or(2_000),
         },
         overrides: origin.overrides.iter().map(|o| o.var.clone()).collect(),
     })
@@ -1145,7 +1154,7 @@ client_id = "abc"
         assert_eq!(
             e.to_string(),
             format!(
-                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size, go_live",
+                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size, go_live, bulk_ingest_above",
                 file.display()
             )
         );

@@ -80,6 +80,29 @@ struct ConfigFlag {
     path: Option<PathBuf>,
 }
 
+/// A date (midnight UTC) or an RFC 3339 instant, as `--since` and `--until` take them.
+#[derive(Clone, Copy, Debug)]
+struct DateOrInstant(Timestamp);
+
+impl std::str::FromStr for DateOrInstant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(t) = s.parse::<Timestamp>() {
+            return Ok(DateOrInstant(t));
+        }
+        s.parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| DateOrInstant(z.timestamp()))
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a date (2025-01-01) or an RFC 3339 instant (2025-01-01T00:00:00Z)"
+                )
+            })
+    }
+}
+
 /// An RFC 3339 instant, such as `2026-03-02T10:00:00Z` or `2026-03-02T11:00:00+01:00`.
 const INSTANT: &str = "INSTANT";
 
@@ -187,6 +210,35 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Rebuild the MQL cycles the process would have produced before go-live, from the MAP's
+    /// score-change history and the thresholds' field history, replayed through the same
+    /// engine; write them to the CRM marked as backfilled (no alerts, no SLA). Run it before
+    /// the first `run --once`. Killed, the same command continues where it stopped; run again,
+    /// it writes nothing.
+    Backfill {
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// Start of the history to rebuild: a date (`2025-01-01`, midnight UTC) or an
+        /// RFC 3339 instant.
+        #[arg(long, value_name = "DATE")]
+        since: DateOrInstant,
+        /// End of the history (excluded; default and latest: now).
+        #[arg(long, value_name = "DATE")]
+        until: Option<DateOrInstant>,
+        /// Store file (default: the config's `store`).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Read and rebuild as usual on a copy of the store, write nothing to the CRM: print
+        /// the cycles it would rebuild by segment, month and status, and write them to `--csv`.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where a dry run writes its cycles (default: `backfill-dry-run.csv`).
+        #[arg(long, value_name = "FILE", requires = "dry_run")]
+        csv: Option<PathBuf>,
+    },
     /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
     Sandbox(mqlsync::sandbox::cli::SandboxArgs),
     /// Say why a CRM lead or contact is, or is not, an MQL, with its audit log.
@@ -242,6 +294,14 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
                 )
             )
             || c.is::<mqlsync::sync::preflight::Mismatch>()
+            // A backfill asked of a store it cannot serve (gone live, another window).
+            || matches!(
+                c.downcast_ref::<mqlsync::sync::once::SyncError>(),
+                Some(
+                    mqlsync::sync::once::SyncError::AlreadyLive { .. }
+                        | mqlsync::sync::once::SyncError::OtherBackfill { .. }
+                )
+            )
             || matches!(
                 c.downcast_ref::<StoreError>(),
                 Some(
@@ -260,7 +320,7 @@ fn main() -> ExitCode {
     quiet_on_closed_pipe(&cli.command);
     // A run logs a line per phase and per committed page by default (and draws progress bars
     // on a terminal); the other commands print their own output and log only warnings.
-    let run = matches!(cli.command, Command::Run { .. });
+    let run = matches!(cli.command, Command::Run { .. } | Command::Backfill { .. });
     let default_filter = if run { "mqlsync=info,warn" } else { "warn" };
     let logging = mqlsync::logging::format_from(
         cli.log_format,
@@ -346,6 +406,7 @@ fn config_path(top: Option<PathBuf>, command: &Command) -> anyhow::Result<Option
         | Command::Requeue { config, .. }
         | Command::Simulate { config, .. }
         | Command::Run { config, .. }
+        | Command::Backfill { config, .. }
         | Command::Explain { config, .. } => config.path.clone(),
         Command::Demo { .. } | Command::Sandbox(_) => {
             if let Some(path) = top {
@@ -472,85 +533,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "the long-running daemon is not built yet: use `mqlsync run --once` (from cron or a systemd timer)"
                 );
             }
-            let loaded = mapping::load(config.mapping.as_deref())?;
-            let sf = mqlsync::sync::connect::salesforce(&config)?;
-            let mk = mqlsync::sync::connect::marketo(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            // The sign-in's requests count with the run.
-            let sent = || (sf.sent(), mk.sent());
-            let sent_before = sent();
-            // Wrong credentials or a server out of reach stop the run before it creates a store.
-            runtime.block_on(mqlsync::sync::connect::sign_in(&sf, &mk))?;
-            let path = store.unwrap_or_else(|| config.store.clone());
-            // A dry run works on a copy of the store (removed when `_scratch` drops).
-            let (_scratch, mut store) = if dry_run {
-                let (scratch, store) = mqlsync::sync::dry_run::ScratchStore::open(&path)?;
-                (Some(scratch), store)
-            } else {
-                (None, Store::open(&path)?)
-            };
             let settings = mqlsync::sync::once::RunSettings {
                 dry_run,
                 full,
                 go_live: config.sync.go_live,
-                sent_before: Some(sent_before),
                 ..Default::default()
             };
-            let outcome = runtime.block_on(mqlsync::sync::once::run_once(
-                &sf,
-                &mk,
-                &loaded.mapping,
-                &loaded.policy,
-                &mut store,
-                Timestamp::now(),
-                &settings,
-                sent,
-            ));
-            // The network work is over: a reader that goes away now ends the printing quietly.
-            end_quietly_on_closed_pipe();
-            match outcome {
-                Ok(mut summary) if dry_run => {
-                    let original = match path.exists() {
-                        true => Some(Store::open_existing(&path)?),
-                        false => None,
-                    };
-                    mqlsync::sync::dry_run::compare(
-                        original.as_ref(),
-                        &loaded.mapping,
-                        &mut summary.plan,
-                    )?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&summary)?);
-                    } else {
-                        print_dry_run(&summary, &path);
-                    }
+            sync_pass(&config, store, json, None, settings)
+        }
+        Command::Backfill {
+            since,
+            until,
+            store,
+            json,
+            dry_run,
+            csv,
+            ..
+        } => {
+            let now = Timestamp::now();
+            let until = until.map_or(now, |u| u.0).min(now);
+            if since.0 >= until {
+                return Err(ConfigError {
+                    source_name: "command line".into(),
+                    key: "--since".into(),
+                    message: format!(
+                        "{} is not before --until {until}: nothing to rebuild",
+                        since.0
+                    ),
                 }
-                Ok(summary) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&summary)?);
-                    } else {
-                        print_run(&summary);
-                    }
-                    if summary.parked.count > 0 {
-                        return Err(ParkedWrites {
-                            count: summary.parked.count,
-                        }
-                        .into());
-                    }
-                }
-                Err(e) if dry_run => {
-                    return Err(e).context("run --once --dry-run stopped; nothing was written to the CRM or committed to the store");
-                }
-                Err(e) => {
-                    if let Some(at) = e.resume_at() {
-                        anyhow::bail!(
-                            "{e}; everything read so far is committed; run again after {at}"
-                        );
-                    }
-                    return Err(e).context("run --once stopped; what was committed stays committed, the next run continues from there");
-                }
+                .into());
             }
-            Ok(())
+            let settings = mqlsync::sync::once::RunSettings {
+                dry_run,
+                backfill: Some(mqlsync::sync::once::BackfillWindow {
+                    since: since.0,
+                    until,
+                    bulk_above: config.sync.bulk_ingest_above,
+                }),
+                ..Default::default()
+            };
+            let csv = dry_run.then(|| csv.unwrap_or_else(|| PathBuf::from("backfill-dry-run.csv")));
+            sync_pass(&config, store, json, csv.as_deref(), settings)
         }
         Command::Check {
             mapping, remote, ..
@@ -913,6 +936,202 @@ fn print_problems(s: &mqlsync::sync::once::RunSummary) {
             println!("  {p}");
         }
     }
+}
+
+/// One pass of `run --once` or `backfill`: signs in to both systems before the store is
+/// opened (so wrong credentials create no store), runs on the store (a dry run on a copy),
+/// prints the summary, and turns what the scheduler must know into the exit code. `csv`: a
+/// dry backfill writes the cycles it would rebuild there.
+fn sync_pass(
+    config: &Config,
+    store: Option<PathBuf>,
+    json: bool,
+    csv: Option<&Path>,
+    settings: mqlsync::sync::once::RunSettings,
+) -> anyhow::Result<()> {
+    let dry_run = settings.dry_run;
+    let what = if settings.backfill.is_some() {
+        "backfill"
+    } else {
+        "run --once"
+    };
+    let loaded = mapping::load(config.mapping.as_deref())?;
+    let sf = mqlsync::sync::connect::salesforce(config)?;
+    let mk = mqlsync::sync::connect::marketo(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // The sign-in's requests count with the run.
+    let sent = || (sf.sent(), mk.sent());
+    let sent_before = sent();
+    // Wrong credentials or a server out of reach stop the run before it creates a store.
+    runtime.block_on(mqlsync::sync::connect::sign_in(&sf, &mk))?;
+    let path = store.unwrap_or_else(|| config.store.clone());
+    // A dry run works on a copy of the store (removed when `_scratch` drops).
+    let (_scratch, mut store) = if dry_run {
+        let (scratch, store) = mqlsync::sync::dry_run::ScratchStore::open(&path)?;
+        (Some(scratch), store)
+    } else {
+        (None, Store::open(&path)?)
+    };
+    let settings = mqlsync::sync::once::RunSettings {
+        sent_before: Some(sent_before),
+        ..settings
+    };
+    let outcome = runtime.block_on(mqlsync::sync::once::run_once(
+        &sf,
+        &mk,
+        &loaded.mapping,
+        &loaded.policy,
+        &mut store,
+        Timestamp::now(),
+        &settings,
+        sent,
+    ));
+    // The network work is over: a reader that goes away now ends the printing quietly.
+    end_quietly_on_closed_pipe();
+    match outcome {
+        Ok(mut summary) if dry_run => {
+            let original = match path.exists() {
+                true => Some(Store::open_existing(&path)?),
+                false => None,
+            };
+            mqlsync::sync::dry_run::compare(original.as_ref(), &loaded.mapping, &mut summary.plan)?;
+            if let Some(csv) = csv {
+                write_cycles_csv(csv, &store)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else if summary.backfill.is_some() {
+                print_backfill(&summary, &path, csv);
+            } else {
+                print_dry_run(&summary, &path);
+            }
+        }
+        Ok(summary) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else if summary.backfill.is_some() {
+                print_backfill(&summary, &path, None);
+            } else {
+                print_run(&summary);
+            }
+            if summary.parked.count > 0 {
+                return Err(ParkedWrites {
+                    count: summary.parked.count,
+                }
+                .into());
+            }
+        }
+        Err(e) if dry_run => {
+            return Err(e).context(format!(
+                "{what} --dry-run stopped; nothing was written to the CRM or committed to the store"
+            ));
+        }
+        Err(e) => {
+            if let Some(at) = e.resume_at() {
+                anyhow::bail!("{e}; everything read so far is committed; run again after {at}");
+            }
+            let again = if settings.backfill.is_some() {
+                "run the same backfill again to continue from there"
+            } else {
+                "the next run continues from there"
+            };
+            return Err(e).context(format!(
+                "{what} stopped; what was committed stays committed, {again}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A backfill's summary: what it read, the cycles it rebuilt (counted by segment, month and
+/// status), and (a real one) what it wrote.
+fn print_backfill(s: &mqlsync::sync::once::RunSummary, store: &Path, csv: Option<&Path>) {
+    let Some(b) = &s.backfill else { return };
+    if let Some(csv) = csv {
+        println!(
+            "dry run: nothing was sent to the CRM and nothing was committed to {}; the cycles a backfill would rebuild are in {}\n",
+            store.display(),
+            csv.display()
+        );
+    }
+    let window = |t: Option<Timestamp>| t.map_or("?".to_string(), |t| t.to_string());
+    if b.already_complete {
+        println!(
+            "backfill of {} .. {}: complete already; nothing read again",
+            window(b.since),
+            window(b.until)
+        );
+    } else {
+        println!("backfill of {} .. {}", window(b.since), window(b.until));
+        print_reads_and_decisions(s);
+    }
+    let list = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "cycles:    {} rebuilt (marked backfilled: no alerts, no SLA)",
+        b.cycles
+    );
+    if b.cycles > 0 {
+        println!("           by segment: {}", list(&b.by_segment));
+        println!("           by month: {}", list(&b.by_month));
+        println!("           by status: {}", list(&b.by_status));
+    }
+    for u in &b.unreadable_history {
+        println!("           {u}: the later value was kept");
+    }
+    if csv.is_none() {
+        println!("written:   {}", counts_in_words(&s.written));
+    }
+    print_calls(s);
+    print_problems(s);
+}
+
+/// The backfilled cycles of a store as CSV, one row per cycle.
+fn write_cycles_csv(path: &Path, store: &Store) -> anyhow::Result<()> {
+    let mut out = csv::Writer::from_path(path)
+        .with_context(|| format!("cannot write the dry run's cycles to {}", path.display()))?;
+    out.write_record([
+        "external_id",
+        "crm_id",
+        "kind",
+        "number",
+        "status",
+        "segment",
+        "threshold_id",
+        "threshold",
+        "score",
+        "mql_at",
+        "sal_at",
+        "closed_at",
+        "owner_id",
+        "campaign",
+    ])?;
+    for c in store.cycles()?.iter().filter(|c| c.backfilled) {
+        let at = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.to_string());
+        out.write_record([
+            c.external_id.clone(),
+            c.crm.id.clone(),
+            c.crm.kind.as_str().to_string(),
+            c.number.to_string(),
+            c.status.as_str().to_string(),
+            c.segment.clone(),
+            c.threshold_id.clone().unwrap_or_default(),
+            c.threshold.to_string(),
+            c.score.to_string(),
+            c.mql_at.to_string(),
+            at(c.sal_at),
+            at(c.closed_at),
+            c.owner_id.clone().unwrap_or_default(),
+            c.campaign.as_ref().map_or(String::new(), |x| x.id.clone()),
+        ])?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write the dry run's cycles to {}", path.display()))?;
+    Ok(())
 }
 
 /// A dry run: what was read and decided, then every record a real run would write now.

@@ -759,7 +759,8 @@ fn a_backfilled_cycle_gets_no_sla_and_no_alert_whether_seen_at_once_or_when_writ
         h.lead("00QA", 1);
         let out = h.apply(score(1, "a1", 150.0, at(0), None));
         assert!(
-            !out.iter().any(|d| matches!(d.action, Action::Notify { .. })),
+            !out.iter()
+                .any(|d| matches!(d.action, Action::Notify { .. })),
             "a backfilled cycle alerts nobody: {out:?}"
         );
         assert!(h.apply(written("00QA-1", at(5))).is_empty());

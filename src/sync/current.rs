@@ -78,14 +78,16 @@ pub fn score_fields(m: &Mapping, source: &ScoreSource) -> Vec<(ScorePart, String
 }
 
 /// The lead fields each call asks for.
-pub fn lead_fields(m: &Mapping, source: &ScoreSource) -> Vec<String> {
+pub fn lead_fields(m: &Mapping, source: &ScoreSource, take: Take) -> Vec<String> {
     let mut fields = vec![
         "id".to_string(),
         m.map.crm_lead_id.clone(),
         m.map.crm_contact_id.clone(),
         "updatedAt".to_string(),
     ];
-    fields.extend(score_fields(m, source).into_iter().map(|(_, f)| f));
+    if take == Take::LinksAndScores {
+        fields.extend(score_fields(m, source).into_iter().map(|(_, f)| f));
+    }
     fields
 }
 
@@ -104,9 +106,18 @@ pub fn people(state: &EngineState, kind: CrmKind, after: Option<&str>) -> Vec<St
     ids
 }
 
+/// What a read of the linked MAP leads takes from each row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// The link and the current score: a first run, `--full`.
+    LinksAndScores,
+    /// The link only: a backfill, which replays the scores' history instead.
+    Links,
+}
+
 /// One call's lead rows as events: each lead's link when the engine does not hold it yet
 /// (first, oldest first, so that the latest of several MAP leads of one person speaks for it),
-/// then the current value of each score field at `at`. A row without `id` is the caller's
+/// then (with [`Take::LinksAndScores`]) the current value of each score field at `at`. A row without `id` is the caller's
 /// to fail the call for (`Err` with field `id`); another unreadable row fails alone.
 pub fn events(
     m: &Mapping,
@@ -114,11 +125,15 @@ pub fn events(
     state: &EngineState,
     rows: &[Value],
     at: Timestamp,
+    take: Take,
     unreadable: &mut Vec<RecordError>,
 ) -> Result<Vec<Event>, RecordError> {
     let mut links = Vec::new();
     let mut scores = Vec::new();
-    let fields = score_fields(m, source);
+    let fields = match take {
+        Take::LinksAndScores => score_fields(m, source),
+        Take::Links => Vec::new(),
+    };
     for row in rows {
         let link = match records::link(m, row) {
             Ok(link) => link,

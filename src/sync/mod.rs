@@ -4,6 +4,7 @@
 //!   threshold's score, where a lead's region is read, how a cycle is written as an MQL record).
 //! - [`writes`]: outbox rows -> the CRM calls that write them, one result per row.
 //! - [`current`]: the current score of every linked MAP lead (first run, `--full`).
+//! - [`replay`]: the backfill pass (history replayed in backfill mode).
 //! - [`preflight`]: the mapping checked against the org and the MAP (`check --remote`).
 //! - [`dry_run`]: `run --once --dry-run` on a copy of the store, its writes compared with
 //!   what was last written.
@@ -16,6 +17,7 @@ pub mod dry_run;
 pub mod once;
 pub mod preflight;
 pub mod records;
+pub mod replay;
 pub mod writes;
 
 /// A cursor as one short line: a JSON cursor's fields with long strings cut and lists

@@ -65,6 +65,22 @@ pub enum SyncError {
         "Marketo's {call} returned {detail}; nothing of the pages waiting for it was committed, so the next run reads them again (if it persists, the MAP is returning records it cannot identify: ask Marketo support)"
     )]
     Unkeyed { call: String, detail: String },
+    /// A backfill on a store that has gone live: what it would rebuild comes before cycles
+    /// that already exist.
+    #[error(
+        "this store went live at {at}: a backfill rebuilds the MQL history before go-live, so it must run before the first `mqlsync run --once` (or into a new store, before its first run)"
+    )]
+    AlreadyLive { at: Timestamp },
+    /// A backfill of another window was started (or done) on this store.
+    #[error(
+        "this store holds a backfill of {since}..{until} ({}): run that one again to finish it, or backfill into a new store",
+        if *complete { "complete" } else { "not finished" }
+    )]
+    OtherBackfill {
+        since: Timestamp,
+        until: Timestamp,
+        complete: bool,
+    },
     #[error(
         "cursor {name} in the store cannot be read ({detail}); delete it with care to re-read from the start"
     )]
@@ -102,6 +118,8 @@ pub struct RunSettings {
     pub full: bool,
     /// What the store's first run does with people already at or above their threshold.
     pub go_live: GoLive,
+    /// Rebuild the MQL history of `[since, until)` instead of syncing (`mqlsync backfill`).
+    pub backfill: Option<BackfillWindow>,
     /// Read and decide as usual but send no write: each record the run would write is listed
     /// in [`RunSummary::plan`] instead. The caller runs a dry run on a copy of the store
     /// (see [`super::dry_run`]), so that nothing is committed either.
@@ -117,9 +135,20 @@ impl Default for RunSettings {
             sent_before: None,
             full: false,
             go_live: GoLive::Mql,
+            backfill: None,
             dry_run: false,
         }
     }
+}
+
+/// The period a backfill rebuilds, and how it writes.
+#[derive(Clone, Debug)]
+pub struct BackfillWindow {
+    pub since: Timestamp,
+    pub until: Timestamp,
+    /// Above this many MQL records to write, they go through Bulk API 2.0 ingest instead of
+    /// sObject Collections.
+    pub bulk_above: usize,
 }
 
 /// What a run did.
@@ -160,6 +189,9 @@ pub struct RunSummary {
     /// The store's first run: who was already at or above their threshold when it went live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_live: Option<GoLiveReport>,
+    /// What a backfill rebuilt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<super::replay::BackfillReport>,
 }
 
 /// What going live did (or, with `go_live = "wait"`, left waiting): the people already at or
@@ -269,7 +301,7 @@ fn alert_state(
 
 /// The span of one phase of a run (an object read, the score changes, the writes): log lines
 /// inside it carry its name, and on a terminal it is drawn as a progress bar.
-fn phase(name: &str) -> tracing::Span {
+pub(super) fn phase(name: &str) -> tracing::Span {
     tracing::info_span!(
         "phase",
         phase = name,
@@ -307,8 +339,18 @@ fn alert_lookups(object: &str, key_field: &str, keys: &[&str]) -> Vec<String> {
 }
 
 /// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
-fn history_object(object: &str) -> String {
+pub(super) fn history_object(object: &str) -> String {
     format!("{}__History", object.strip_suffix("__c").unwrap_or(object))
+}
+
+/// Which Change Score activities a run reads.
+pub(super) struct ActivityRead {
+    /// The cursor they commit with.
+    pub cursor: String,
+    /// Where a read without a cursor starts.
+    pub start: Timestamp,
+    /// Activities at or after this instant are left unread (a backfill's end).
+    pub until: Option<Timestamp>,
 }
 
 /// An activities page read but not yet committed: it waits until the links of its new MAP
@@ -370,22 +412,26 @@ impl LinkLookup {
     }
 }
 
-struct Run<'a, C: Crm, M: Map> {
-    crm: &'a C,
-    map: &'a M,
-    mapping: &'a Mapping,
-    policy: &'a Policy,
-    store: &'a mut Store,
-    state: EngineState,
-    now: Timestamp,
-    settings: &'a RunSettings,
-    summary: RunSummary,
-    sf_min: u64,
-    mkto_min: u64,
+/// One pass: the clients, the store and the engine state it moves values between.
+pub(super) struct Run<'a, C: Crm, M: Map> {
+    pub(super) crm: &'a C,
+    pub(super) map: &'a M,
+    pub(super) mapping: &'a Mapping,
+    pub(super) policy: &'a Policy,
+    pub(super) store: &'a mut Store,
+    pub(super) state: EngineState,
+    pub(super) now: Timestamp,
+    pub(super) settings: &'a RunSettings,
+    pub(super) summary: RunSummary,
+    pub(super) sf_min: u64,
+    pub(super) mkto_min: u64,
+    /// Replaying history (a backfill): score changes and threshold versions are decided at
+    /// their own instants, and the cycles they open are marked backfilled (no SLA, no alert).
+    pub(super) replaying: bool,
     /// What each client has sent so far, `(salesforce, marketo)`: the calls figures.
     sent: &'a dyn Fn() -> (Sent, Sent),
     /// Cursors to commit with the next page (what a run learnt that is not a page position).
-    later_cursors: Vec<(String, String)>,
+    pub(super) later_cursors: Vec<(String, String)>,
 }
 
 /// Runs one sync cycle at `now` (the caller's clock). Holds the store's writer lock for the
@@ -426,6 +472,7 @@ pub async fn run_once<C: Crm, M: Map>(
         mkto_min: 1,
         sent: &sent,
         later_cursors: Vec::new(),
+        replaying: settings.backfill.is_some(),
     };
     let mut result = run.all().await;
     if result.is_ok() {
@@ -468,6 +515,9 @@ pub async fn run_once<C: Crm, M: Map>(
 
 impl<C: Crm, M: Map> Run<'_, C, M> {
     async fn all(&mut self) -> Result<(), SyncError> {
+        if let Some(window) = self.settings.backfill.clone() {
+            return self.backfill(&window).await;
+        }
         let m = self.mapping;
         // Thresholds first, so that people read in this run meet the knob as it stands.
         let object = m.crm.threshold.object.clone();
@@ -479,6 +529,30 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         .await?;
         let history = history_object(&m.crm.threshold.object);
         self.threshold_history().instrument(phase(&history)).await?;
+        self.read_people().await?;
+        self.map_activities()
+            .instrument(phase("score changes"))
+            .await?;
+        let progress: current::Progress = self.cursor(current::CURSOR)?;
+        if progress.read_at.is_none() || self.settings.full {
+            let progress = if progress.read_at.is_some() {
+                current::Progress::default()
+            } else {
+                progress
+            };
+            self.current_scores(progress)
+                .instrument(phase("current scores"))
+                .await?;
+        }
+        if self.state.meta.went_live.is_none() {
+            self.go_live()?;
+        }
+        self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// Leads, contacts, opportunities and reps' MQL edits since their cursors.
+    pub(super) async fn read_people(&mut self) -> Result<(), SyncError> {
+        let m = self.mapping;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
                 CrmKind::Lead => m.crm.lead.object.clone(),
@@ -507,25 +581,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             records::cycle_edit(m, r).map(Event::CycleEdit)
         })
         .instrument(phase(&object))
-        .await?;
-        self.map_activities()
-            .instrument(phase("score changes"))
-            .await?;
-        let progress: current::Progress = self.cursor(current::CURSOR)?;
-        if progress.read_at.is_none() || self.settings.full {
-            let progress = if progress.read_at.is_some() {
-                current::Progress::default()
-            } else {
-                progress
-            };
-            self.current_scores(progress)
-                .instrument(phase("current scores"))
-                .await?;
-        }
-        if self.state.meta.went_live.is_none() {
-            self.go_live()?;
-        }
-        self.drain_outbox().instrument(phase("writes")).await
+        .await
     }
 
     /// Calls sent so far in this process, `(salesforce, marketo)`, for the log.
@@ -535,7 +591,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Logs a committed page (and moves the phase's progress bar on by its records).
-    fn log_page(&self, source: &str, records: usize, cursor: &str) {
+    pub(super) fn log_page(&self, source: &str, records: usize, cursor: &str) {
         let (salesforce_calls, marketo_calls) = self.calls_so_far();
         tracing::Span::current().pb_inc(records as u64);
         tracing::info!(
@@ -562,12 +618,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Logs the end of a phase.
-    fn log_phase_done(&self, records: usize, pages: u64) {
+    pub(super) fn log_phase_done(&self, records: usize, pages: u64) {
         let (salesforce_calls, marketo_calls) = self.calls_so_far();
         tracing::info!(records, pages, salesforce_calls, marketo_calls, "read");
     }
 
-    fn cursor<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, SyncError> {
+    pub(super) fn cursor<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, SyncError> {
         match self.store.cursor(name)? {
             None => Ok(T::default()),
             Some(text) => serde_json::from_str(&text).map_err(|e| SyncError::Cursor {
@@ -578,19 +637,30 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Applies events, commits them with their decisions and the cursor in one transaction.
-    fn commit(
+    pub(super) fn commit(
         &mut self,
         events: Vec<Event>,
         cursor: (String, String),
     ) -> Result<Vec<crate::engine::model::Decision>, SyncError> {
-        let ctx = Context {
+        let mut ctx = Context {
             policy: self.policy,
             now: self.now,
-            backfill: false,
+            backfill: self.replaying,
             visibility: Visibility::WhenWritten,
         };
         let mut decisions = Vec::new();
         for e in &events {
+            // Replaying history, time runs with the events (a scheduled threshold starts
+            // between the changes around it); a run decides at its own instant.
+            // Facts of the present (people, opportunities, links) move no time.
+            if let Some(window) = &self.settings.backfill {
+                let clock = self.state.meta.clock.unwrap_or(window.since);
+                ctx.now = match e {
+                    Event::Score(_) | Event::Threshold(_) => e.at().max(clock),
+                    _ => clock,
+                }
+                .min(self.now);
+            }
             decisions.extend(reconcile(&mut self.state, &ctx, e));
         }
         for d in &decisions {
@@ -612,12 +682,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         Ok(decisions)
     }
 
-    fn unreadable(&mut self, e: RecordError) {
+    pub(super) fn unreadable(&mut self, e: RecordError) {
         tracing::warn!(object = %e.object, id = %e.id, field = %e.field, "record skipped: {}", e.message);
         self.summary.unreadable.push(e.to_string());
     }
 
-    async fn crm_object(
+    pub(super) async fn crm_object(
         &mut self,
         object: &str,
         fields: Vec<String>,
@@ -662,7 +732,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// The CRM's field history of threshold records since the last run: who turned which knob
     /// from what to what. History objects have no `SystemModstamp`, so the cursor is the last
     /// `CreatedDate` read, re-read with the look-back; rows seen again are ignored by id.
-    async fn threshold_history(&mut self) -> Result<(), SyncError> {
+    pub(super) async fn threshold_history(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         let object = history_object(&m.crm.threshold.object);
         let name = format!("crm.{object}");
@@ -702,15 +772,29 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     async fn map_activities(&mut self) -> Result<(), SyncError> {
+        let read = ActivityRead {
+            cursor: "map.activities".into(),
+            start: self.now - self.settings.initial_window,
+            until: None,
+        };
+        self.read_activities(read, &mut VecDeque::new()).await
+    }
+
+    /// Reads Change Score activities from `read.start` (or where its cursor stands), up to
+    /// `read.until` when given, committing page by page with the cursor; `also` holds events
+    /// of the same time line (a backfill's threshold versions, oldest first) that commit with
+    /// the page they fall in, in time order.
+    pub(super) async fn read_activities(
+        &mut self,
+        read: ActivityRead,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
         let m = self.mapping;
         let fields = self.score_fields().await?;
-        let name = "map.activities".to_string();
+        let name = read.cursor.clone();
         let mut cursor: ActivityCursor = self.cursor(&name)?;
         if cursor.next_page_token.is_empty() {
-            cursor.next_page_token = self
-                .map
-                .paging_token(self.now - self.settings.initial_window)
-                .await?;
+            cursor.next_page_token = self.map.paging_token(read.start).await?;
             self.mkto_min += 1;
         }
         let type_id = u32::try_from(m.map.score_activity_type).unwrap_or(22);
@@ -722,12 +806,18 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         );
         let mut links = LinkLookup::default();
         let mut waiting: VecDeque<WaitingPage> = VecDeque::new();
-        let (mut read, mut page_count) = (0usize, 0u64);
-        while let Some((activities, cursor)) = pages.next_page().await? {
-            read += activities.len();
+        let (mut count, mut page_count) = (0usize, 0u64);
+        let mut past_until = false;
+        while !past_until && let Some((activities, cursor)) = pages.next_page().await? {
+            count += activities.len();
             page_count += 1;
             let mut changes = Vec::with_capacity(activities.len());
             for a in &activities {
+                if read.until.is_some_and(|until| a.activity_date >= until) {
+                    // Later activities are the live runs' to read.
+                    past_until = true;
+                    continue;
+                }
                 let value = serde_json::to_value(a).expect("activities serialise");
                 match records::score_change(&fields, &value) {
                     Ok(Some(c)) => changes.push(c),
@@ -758,32 +848,44 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             {
                 self.look_up_links(&mut links).await?;
             }
-            self.commit_ready(&name, &mut waiting, &mut links)?;
+            self.commit_ready(&name, &mut waiting, &mut links, also)?;
         }
         while links.unasked() > 0 {
             self.look_up_links(&mut links).await?;
         }
-        self.commit_ready(&name, &mut waiting, &mut links)?;
+        self.commit_ready(&name, &mut waiting, &mut links, also)?;
         debug_assert!(
             waiting.is_empty(),
             "every page commits once its links are known"
         );
         // The fewest calls for this work: an activities page holds 300, a leads-by-filter
         // call takes 300 ids.
-        self.mkto_min += (read as u64).div_ceil(MAP_PAGE_SIZE).max(1);
+        self.mkto_min += (count as u64).div_ceil(MAP_PAGE_SIZE).max(1);
         self.mkto_min += (links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
-        *self.summary.read.entry("activities".into()).or_default() += read;
-        self.log_phase_done(read, page_count);
+        *self.summary.read.entry("activities".into()).or_default() += count;
+        self.log_phase_done(count, page_count);
         Ok(())
     }
 
     /// The current score of every MAP lead linked to a CRM person the store knows, by
     /// `sfdcLeadId` / `sfdcContactId`, 300 ids a call, each call committed with its progress
     /// (a killed read resumes after the last id committed).
-    async fn current_scores(&mut self, mut progress: current::Progress) -> Result<(), SyncError> {
+    async fn current_scores(&mut self, progress: current::Progress) -> Result<(), SyncError> {
+        self.linked_leads(progress, current::CURSOR, current::Take::LinksAndScores)
+            .await
+    }
+
+    /// Reads the MAP lead of every CRM lead and contact the engine knows (see
+    /// [`current::Take`]), committing each call with its progress under `cursor_name`.
+    pub(super) async fn linked_leads(
+        &mut self,
+        mut progress: current::Progress,
+        cursor_name: &str,
+        take: current::Take,
+    ) -> Result<(), SyncError> {
         let m = self.mapping;
         let source = &self.policy.score;
-        let fields = current::lead_fields(m, source);
+        let fields = current::lead_fields(m, source, take);
         let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         let (mut read, mut calls) = (0usize, 0u64);
         for kind in [CrmKind::Lead, CrmKind::Contact] {
@@ -806,24 +908,31 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 calls += 1;
                 read += rows.len();
                 let mut unreadable = Vec::new();
-                let events =
-                    current::events(m, source, &self.state, &rows, self.now, &mut unreadable)
-                        .map_err(|e| SyncError::Unkeyed {
-                            call: format!(
-                                "GET /rest/v1/leads.json?filterType={filter} ({} ids: {}..{})",
-                                chunk.len(),
-                                chunk.first().map_or("", String::as_str),
-                                chunk.last().map_or("", String::as_str)
-                            ),
-                            detail: format!("a lead row without `id` ({})", e.message),
-                        })?;
+                let events = current::events(
+                    m,
+                    source,
+                    &self.state,
+                    &rows,
+                    self.now,
+                    take,
+                    &mut unreadable,
+                )
+                .map_err(|e| SyncError::Unkeyed {
+                    call: format!(
+                        "GET /rest/v1/leads.json?filterType={filter} ({} ids: {}..{})",
+                        chunk.len(),
+                        chunk.first().map_or("", String::as_str),
+                        chunk.last().map_or("", String::as_str)
+                    ),
+                    detail: format!("a lead row without `id` ({})", e.message),
+                })?;
                 for e in unreadable {
                     self.unreadable(e);
                 }
                 progress.set_after(kind, chunk.last().expect("a chunk is not empty"));
                 let cursor = serde_json::to_string(&progress).expect("cursors serialise");
-                self.commit(events, (current::CURSOR.to_string(), cursor.clone()))?;
-                self.log_page("current scores", rows.len(), &cursor);
+                self.commit(events, (cursor_name.to_string(), cursor.clone()))?;
+                self.log_page(cursor_name, rows.len(), &cursor);
             }
         }
         progress = current::Progress {
@@ -831,14 +940,14 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             ..current::Progress::default()
         };
         let cursor = serde_json::to_string(&progress).expect("cursors serialise");
-        self.commit(Vec::new(), (current::CURSOR.to_string(), cursor))?;
+        self.commit(Vec::new(), (cursor_name.to_string(), cursor))?;
         // The fewest calls: one per 300 people of each kind.
         self.mkto_min += calls;
-        *self
-            .summary
-            .read
-            .entry("current scores".into())
-            .or_default() += read;
+        let what = match take {
+            current::Take::LinksAndScores => "current scores",
+            current::Take::Links => "MAP lead links",
+        };
+        *self.summary.read.entry(what.into()).or_default() += read;
         self.log_phase_done(read, calls);
         Ok(())
     }
@@ -1002,6 +1111,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         name: &str,
         waiting: &mut VecDeque<WaitingPage>,
         links: &mut LinkLookup,
+        also: &mut VecDeque<Event>,
     ) -> Result<(), SyncError> {
         while waiting
             .front()
@@ -1015,14 +1125,25 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .map(Event::Link)
                 .collect();
             let records = page.changes.len();
-            events.extend(page.changes.into_iter().map(Event::Score));
+            // Events of the same time line up to this page's last change, in time order after
+            // the links (a score change meets the knob as it stood then).
+            let until = page.changes.last().map(|c| c.at);
+            let mut timeline: Vec<Event> = Vec::new();
+            while let Some(e) = also.front()
+                && until.is_some_and(|u| e.at() <= u)
+            {
+                timeline.push(also.pop_front().expect("a front event"));
+            }
+            timeline.extend(page.changes.into_iter().map(Event::Score));
+            timeline.sort_by_key(Event::at);
+            events.extend(timeline);
             self.commit(events, (name.to_string(), page.cursor.clone()))?;
             self.log_page("activities", records, &page.cursor);
         }
         Ok(())
     }
 
-    async fn drain_outbox(&mut self) -> Result<(), SyncError> {
+    pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         let (state, policy, now) = (&self.state, self.policy, self.now);
         let rows = self.store.outbox_pending(usize::MAX >> 1)?;
@@ -1075,6 +1196,29 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             if self.settings.dry_run {
                 let action = if ext.is_some() { "upsert" } else { "update" };
                 self.plan_writes(&object, &group, action);
+                continue;
+            }
+            // A backfill's many MQL records go through Bulk API 2.0 ingest: a handful of calls
+            // a job instead of one per 200 records.
+            if let (Some(field), Some(window)) = (&ext, &self.settings.backfill)
+                && group.len() > window.bulk_above
+                && stop.is_none()
+            {
+                let records: Vec<_> = group.iter().map(|w: &Write| w.record.clone()).collect();
+                // The fewest calls of one job (create, upload, close, a status, the results)
+                // instead of one per 200.
+                self.sf_min = (self.sf_min + 5).saturating_sub(group.len().div_ceil(200) as u64);
+                match self
+                    .crm
+                    .upsert_bulk(&object, field, records, Priority::Routine)
+                    .await
+                {
+                    Ok(outcomes) => {
+                        self.settle(&object, &group, outcomes, label, &mut results);
+                        self.log_write(&object, group.len());
+                    }
+                    Err(e) => stop = Some(e),
+                }
                 continue;
             }
             for chunk in group.chunks(200) {

@@ -1,0 +1,203 @@
+//! The backfill pass (`mqlsync backfill --since D [--until D]`): the MQL cycles the process
+//! would have produced before go-live, rebuilt by replaying history through the same engine.
+//!
+//! Order: the CRM's people, opportunities and reps' MQL edits as a run reads them; the
+//! threshold records as they stood over time (their current versions and the CRM's field
+//! history, see [`crate::backfill::threshold_versions`]); the MAP lead of every CRM person
+//! (links only); then the Change Score history of `[since, until)`, page by page, merged in
+//! time order with the threshold versions, each event decided at its own instant with the
+//! engine in backfill mode (cycles marked backfilled, no alerts, no SLA). Each page commits with
+//! its cursor, so a killed backfill started again with the same window continues where it
+//! stopped and ends where an unbroken one ends; a complete one started again writes nothing.
+//! The cycles are written like a run's, through Bulk API 2.0 ingest above a size.
+//!
+//! A backfill rebuilds what came before go-live: on a store that has gone live it stops (the
+//! cycles it would make could not take their place before the live ones).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::connectors::{Crm, Map, Priority, QueryPages};
+use crate::engine::model::Event;
+use crate::store::ThresholdFieldChange;
+
+use super::current;
+use super::once::{ActivityRead, BackfillWindow, Run, SyncError, history_object, phase};
+use super::records;
+
+/// Where the store keeps a backfill's window and whether it is complete.
+pub const CURSOR: &str = "backfill";
+/// The backfill's own place in the activities (a live run keeps `map.activities`).
+const ACTIVITIES_CURSOR: &str = "backfill.activities";
+/// The backfill's progress through the MAP leads of the CRM's people.
+const LINKS_CURSOR: &str = "backfill.links";
+
+/// The window of the backfill a store holds, and when it completed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// `None` while it is under way.
+    pub complete_at: Option<Timestamp>,
+}
+
+/// What a backfill rebuilt: every backfilled cycle the store holds, counted.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BackfillReport {
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// The backfill had completed before this call: nothing was read again.
+    pub already_complete: bool,
+    pub cycles: usize,
+    pub by_segment: BTreeMap<String, usize>,
+    /// By the month of the MQL date (`2026-03`).
+    pub by_month: BTreeMap<String, usize>,
+    pub by_status: BTreeMap<String, usize>,
+    /// Threshold field-history rows whose old value could not be read (kept the later value).
+    pub unreadable_history: Vec<String>,
+}
+
+impl<C: Crm, M: Map> Run<'_, C, M> {
+    pub(super) async fn backfill(&mut self, window: &BackfillWindow) -> Result<(), SyncError> {
+        if let Some(at) = self.state.meta.went_live {
+            return Err(SyncError::AlreadyLive { at });
+        }
+        let done: Done = self.cursor(CURSOR)?;
+        let same = done.since == Some(window.since) && done.until == Some(window.until);
+        if done.since.is_some() && !same {
+            return Err(SyncError::OtherBackfill {
+                since: done.since.unwrap_or(window.since),
+                until: done.until.unwrap_or(window.until),
+                complete: done.complete_at.is_some(),
+            });
+        }
+        let mut report = BackfillReport {
+            since: Some(window.since),
+            until: Some(window.until),
+            ..BackfillReport::default()
+        };
+        if done.complete_at.is_none() {
+            let started = Done {
+                since: Some(window.since),
+                until: Some(window.until),
+                complete_at: None,
+            };
+            self.later_cursors.push((
+                CURSOR.into(),
+                serde_json::to_string(&started).expect("cursors serialise"),
+            ));
+            self.read_people().await?;
+            let mut versions = self
+                .threshold_timeline(window, &mut report.unreadable_history)
+                .instrument(phase("threshold history"))
+                .await?;
+            let links: current::Progress = self.cursor(LINKS_CURSOR)?;
+            if links.read_at.is_none() {
+                self.linked_leads(links, LINKS_CURSOR, current::Take::Links)
+                    .instrument(phase("MAP lead links"))
+                    .await?;
+            }
+            let read = ActivityRead {
+                cursor: ACTIVITIES_CURSOR.into(),
+                start: window.since,
+                until: Some(window.until),
+            };
+            self.read_activities(read, &mut versions)
+                .instrument(phase("score history"))
+                .await?;
+            // The knob turns after the last score change, and the versions of today.
+            let finished = Done {
+                complete_at: Some(self.now),
+                ..started
+            };
+            let cursor = serde_json::to_string(&finished).expect("cursors serialise");
+            self.commit(versions.into_iter().collect(), (CURSOR.into(), cursor))?;
+        } else {
+            report.already_complete = true;
+        }
+        for person in self.state.persons.iter().map(|(_, p)| p) {
+            for c in person.cycles.iter().filter(|c| c.backfilled) {
+                report.cycles += 1;
+                *report.by_segment.entry(c.segment.clone()).or_default() += 1;
+                let month = c.mql_at.strftime("%Y-%m").to_string();
+                *report.by_month.entry(month).or_default() += 1;
+                *report
+                    .by_status
+                    .entry(c.status.as_str().to_string())
+                    .or_default() += 1;
+            }
+        }
+        self.summary.backfill = Some(report);
+        self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// The threshold records as they stood over time, oldest version first: the current
+    /// records (with deletions) and the CRM's field history (committed to the store as a run
+    /// does), one version per save.
+    async fn threshold_timeline(
+        &mut self,
+        window: &BackfillWindow,
+        unreadable: &mut Vec<String>,
+    ) -> Result<VecDeque<Event>, SyncError> {
+        let m = self.mapping;
+        let fields = records::threshold_fields(m).join(", ");
+        let soql = format!(
+            "SELECT {fields}, CreatedDate FROM {}",
+            m.crm.threshold.object
+        );
+        let mut pages = QueryPages::new(self.crm.clone(), soql, true, Priority::Routine);
+        let mut current = Vec::new();
+        let mut read = 0usize;
+        while let Some(page) = pages.next_page().await? {
+            read += page.len();
+            for r in &page {
+                match records::threshold(m, r) {
+                    Ok(t) => {
+                        let created = r
+                            .get("CreatedDate")
+                            .and_then(|v| v.as_str())
+                            .and_then(records::parse_datetime);
+                        current.push((t, created));
+                    }
+                    Err(e) => self.unreadable(e),
+                }
+            }
+        }
+        self.sf_min += (read as u64).div_ceil(2000).max(1);
+        *self
+            .summary
+            .read
+            .entry(m.crm.threshold.object.clone())
+            .or_default() += read;
+        self.threshold_history().await?;
+        let mut versions = Vec::new();
+        for (t, created) in &current {
+            let history: Vec<ThresholdFieldChange> = self.store.threshold_history(&t.id)?;
+            let mut bad = Vec::new();
+            let made = crate::backfill::threshold_versions(
+                m,
+                t,
+                *created,
+                &history,
+                window.since,
+                &mut bad,
+            );
+            unreadable.extend(bad.iter().map(|r| {
+                format!(
+                    "{} {} ({}): {}: {:?} cannot be read",
+                    history_object(&m.crm.threshold.object),
+                    r.id,
+                    r.threshold_id,
+                    r.field,
+                    r.old_value
+                )
+            }));
+            versions.extend(made.into_iter().map(Event::Threshold));
+        }
+        versions.sort_by_key(Event::at);
+        Ok(versions.into())
+    }
+}
