@@ -63,6 +63,8 @@ pub struct Job {
     pub type_ids: Vec<i64>,
     pub primary_ids: Vec<i64>,
     pub file: Option<Vec<u8>>,
+    /// `sha256:<hex>` of the file, taken once when it is written.
+    pub checksum: Option<String>,
     pub records: usize,
     /// Why a Failed job failed (`errorMsg`).
     pub error_msg: Option<String>,
@@ -84,7 +86,7 @@ impl Job {
         if let Some(file) = &self.file {
             v["numberOfRecords"] = json!(self.records);
             v["fileSize"] = json!(file.len());
-            v["fileChecksum"] = json!(format!("sha256:{}", sha256_hex(file)));
+            v["fileChecksum"] = json!(self.checksum);
         }
         if let Some(message) = &self.error_msg {
             v["errorMsg"] = json!(message);
@@ -277,6 +279,7 @@ impl Jobs {
             type_ids: ints(&filter["activityTypeIds"]),
             primary_ids: ints(&filter["primaryAttributeValueIds"]),
             file: None,
+            checksum: None,
             records: 0,
             error_msg: None,
         };
@@ -455,6 +458,7 @@ impl Jobs {
             .exported
             .entry(super::limits::quota_day(at))
             .or_insert(0) += file.len() as u64;
+        job.checksum = Some(format!("sha256:{}", sha256_hex(&file)));
         job.file = Some(file);
         job.records = records;
         job.status = "Completed";
