@@ -11,6 +11,8 @@ use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
 
+mod marketo_bulk;
+
 fn now() -> Timestamp {
     "2026-11-02T12:00:00Z".parse().unwrap()
 }
