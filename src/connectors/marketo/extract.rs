@@ -349,7 +349,7 @@ pub enum ExtractError {
     },
 
     #[error(
-        "Marketo reports export job {export_id} for {window} Failed{}; Marketo keeps no failed job: run again to create it anew (the windows before it are done)",
+        "Marketo reports export job {export_id} for {window} Failed{}; a failed job cannot be restarted: run again to create it anew (the windows before it are done)",
         message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
     )]
     JobFailed {
@@ -818,7 +818,7 @@ impl<P: Pause> BulkExtract<P> {
         self.stop = Some(Stop {
             window,
             resume_at,
-            reason: e.to_string(),
+            reason: spent(e),
         });
     }
 
@@ -829,7 +829,7 @@ impl<P: Pause> BulkExtract<P> {
             ErrorClass::Checkpoint { resume_at } => ExtractError::Checkpoint {
                 window: self.resume_window().unwrap_or_else(|| window.clone()),
                 resume_at,
-                reason: cause.to_string(),
+                reason: spent(&cause),
             },
             _ => ExtractError::Call {
                 window: window.clone(),
@@ -975,6 +975,14 @@ fn export_allowance_spent(e: &ConnectorError) -> bool {
     matches!(e, ConnectorError::DailyLimit { code, .. } if code == "1029")
 }
 
+/// What was spent, in the vendor's words when it gave them.
+fn spent(e: &ConnectorError) -> String {
+    match e {
+        ConnectorError::DailyLimit { code, message, .. } => format!("{code} {message}"),
+        other => other.to_string(),
+    }
+}
+
 fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
@@ -1069,6 +1077,29 @@ mod tests {
         );
         let weekly = plan.with_window_days(1);
         assert_eq!(weekly.windows().len(), 4);
+    }
+
+    #[test]
+    fn a_checkpoint_says_what_is_spent_what_is_done_and_when_to_go_on() {
+        let window = windows(t("2026-01-01T00:00:00Z"), t("2026-06-01T00:00:00Z"))[4].clone();
+        let cause = crate::connectors::marketo::classify_code(
+            "1029",
+            "Export daily quota 500MB exceeded",
+            t("2026-05-01T12:00:00Z"),
+        );
+        let error = ExtractError::Checkpoint {
+            window,
+            resume_at: cause.resume_at().unwrap(),
+            reason: spent(&cause),
+        };
+        assert_eq!(
+            error.to_string(),
+            "Marketo: a daily allowance is spent (1029 Export daily quota 500MB exceeded); \
+             the windows before window 4 (2026-05-05T00:00:00Z to 2026-06-01T00:00:00Z) are \
+             done: run again after 2026-05-02T05:00:00Z to go on from window 4 \
+             (2026-05-05T00:00:00Z to 2026-06-01T00:00:00Z)"
+        );
+        assert_eq!(error.resume_at(), Some(t("2026-05-02T05:00:00Z")));
     }
 
     #[test]
