@@ -12,6 +12,7 @@ use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
 
 mod salesforce_ingest;
+mod marketo_bulk;
 
 fn now() -> Timestamp {
     "2026-11-02T12:00:00Z".parse().unwrap()

@@ -1,5 +1,7 @@
 //! Marketo bulk extract (leads, activities) for large volumes: create, enqueue, status, cancel,
-//! and the file streamed to disk chunk by chunk (memory does not grow with the file).
+//! list, and the file streamed to disk chunk by chunk (memory does not grow with the file) with
+//! its SHA-256 taken on the way. The runner that drives these calls over many windows is
+//! [`super::extract`].
 //!
 //! Paths are `/bulk/v1/...` (no `/rest`). A not-ready file answers HTTP 404 in plain text: it is
 //! retried like a transient error. This file must not know MQL semantics.
@@ -10,6 +12,7 @@ use jiff::Timestamp;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::{Body, MarketoClient, SYS, format_datetime};
@@ -26,7 +29,8 @@ pub enum ExportKind {
 }
 
 impl ExportKind {
-    fn segment(self) -> &'static str {
+    /// The path segment, `leads` or `activities`.
+    pub fn segment(self) -> &'static str {
         match self {
             ExportKind::Leads => "leads",
             ExportKind::Activities => "activities",
@@ -54,6 +58,21 @@ pub struct ExportJob {
 /// The longest `createdAt` window one export may cover.
 pub const MAX_EXPORT_DAYS: i64 = 31;
 
+/// Refuses a window Marketo would refuse: empty, or longer than 31 days.
+pub fn check_window(start: Timestamp, end: Timestamp) -> Result<()> {
+    if end <= start || end.duration_since(start).as_secs() > MAX_EXPORT_DAYS * 86_400 {
+        return Err(ConnectorError::Config(format!(
+            "an export window must be 1 s to {MAX_EXPORT_DAYS} days; split {start}..{end}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `createdAt` filter of `[start, end)`: dates without milliseconds.
+pub fn created_at(start: Timestamp, end: Timestamp) -> Value {
+    json!({"startAt": format_datetime(start), "endAt": format_datetime(end)})
+}
+
 /// The request body of an activity export of `type_ids` created in `[start, end)`; dates without
 /// milliseconds, window at most 31 days.
 pub fn activity_export_request(
@@ -61,18 +80,23 @@ pub fn activity_export_request(
     start: Timestamp,
     end: Timestamp,
 ) -> Result<Value> {
-    if end <= start || end.duration_since(start).as_secs() > MAX_EXPORT_DAYS * 86_400 {
-        return Err(ConnectorError::Config(format!(
-            "an export window must be 1 s to {MAX_EXPORT_DAYS} days; split {start}..{end}"
-        )));
-    }
+    check_window(start, end)?;
     Ok(json!({
         "format": "CSV",
         "filter": {
-            "createdAt": {"startAt": format_datetime(start), "endAt": format_datetime(end)},
+            "createdAt": created_at(start, end),
             "activityTypeIds": type_ids,
         },
     }))
+}
+
+/// A downloaded export file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub bytes: u64,
+    /// SHA-256 of the bytes written, lower-case hex (compare with `fileChecksum` after its
+    /// `sha256:` prefix).
+    pub sha256: String,
 }
 
 impl MarketoClient {
@@ -131,15 +155,25 @@ impl MarketoClient {
         .await
     }
 
-    /// `POST /bulk/v1/{kind}/export/{id}/enqueue.json`.
+    /// `POST /bulk/v1/{kind}/export/{id}/enqueue.json`. Sent again after a lost answer: a job
+    /// the first send queued answers 1029 "Job already queued", and its status is returned.
     pub async fn export_enqueue(&self, kind: ExportKind, id: &str) -> Result<ExportJob> {
-        self.export_call(
-            Method::POST,
-            &Self::export_path(kind, Some(id), "enqueue")?,
-            Body::None,
-            Repeat::Harmless,
-        )
-        .await
+        let queued = self
+            .export_call(
+                Method::POST,
+                &Self::export_path(kind, Some(id), "enqueue")?,
+                Body::None,
+                Repeat::Harmless,
+            )
+            .await;
+        match queued {
+            Err(ConnectorError::Request { code, message, .. })
+                if code == "1029" && message.to_ascii_lowercase().contains("already queued") =>
+            {
+                self.export_status(kind, id).await
+            }
+            other => other,
+        }
     }
 
     /// `GET /bulk/v1/{kind}/export/{id}/status.json`.
@@ -164,9 +198,36 @@ impl MarketoClient {
         .await
     }
 
+    /// `GET /bulk/v1/{kind}/export.json?status=...`: this API user's jobs of the past 7 days
+    /// in those states (all states when `statuses` is empty), the first 300.
+    pub async fn export_list(&self, kind: ExportKind, statuses: &[&str]) -> Result<Vec<ExportJob>> {
+        let mut query = vec![("batchSize", "300".to_string())];
+        if !statuses.is_empty() {
+            query.push(("status", statuses.join(",")));
+        }
+        let path = format!("/bulk/v1/{}/export.json", kind.segment());
+        let env = self
+            .call(Method::GET, &path, &query, Body::None, Priority::Routine)
+            .await?;
+        env.result
+            .into_iter()
+            .map(|job| {
+                serde_json::from_value(job).map_err(|e| ConnectorError::Malformed {
+                    system: SYS,
+                    detail: format!("GET {path}: export job: {e}"),
+                })
+            })
+            .collect()
+    }
+
     /// `GET /bulk/v1/{kind}/export/{id}/file.json`, streamed into `path` (rewritten on each
-    /// attempt). Returns the number of bytes written.
-    pub async fn export_download(&self, kind: ExportKind, id: &str, path: &Path) -> Result<u64> {
+    /// attempt), its SHA-256 taken on the way.
+    pub async fn export_download(
+        &self,
+        kind: ExportKind,
+        id: &str,
+        path: &Path,
+    ) -> Result<Downloaded> {
         let url_path = Self::export_path(kind, Some(id), "file")?;
         crate::connectors::retry::run(&self.inner.settings.retry, || {
             self.download_once(&url_path, path)
@@ -174,7 +235,7 @@ impl MarketoClient {
         .await
     }
 
-    async fn download_once(&self, url_path: &str, path: &Path) -> Result<u64> {
+    async fn download_once(&self, url_path: &str, path: &Path) -> Result<Downloaded> {
         let now = Timestamp::now();
         self.inner.budget.check(Priority::Routine, now)?;
         let session = self.inner.tokens.session(|| self.fetch_token()).await?;
@@ -212,12 +273,22 @@ impl MarketoClient {
         };
         let mut file = tokio::fs::File::create(path).await.map_err(io)?;
         let mut written = 0u64;
+        let mut digest = Sha256::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| http::transport(SYS, e))? {
             file.write_all(&chunk).await.map_err(io)?;
+            digest.update(&chunk);
             written += chunk.len() as u64;
         }
         file.flush().await.map_err(io)?;
-        Ok(written)
+        let sha256 = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Downloaded {
+            bytes: written,
+            sha256,
+        })
     }
 }
 
@@ -340,7 +411,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("export.csv");
-        let n = mkto
+        let got = mkto
             .export_download(ExportKind::Activities, &created.export_id, &path)
             .await
             .unwrap();
@@ -348,7 +419,12 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "marketoGUID,leadId\n1,7\n2,8\n"
         );
-        assert_eq!(n, 27);
+        assert_eq!(got.bytes, 27);
+        // `printf 'marketoGUID,leadId\n1,7\n2,8\n' | sha256sum`
+        assert_eq!(
+            got.sha256,
+            "d674e73e202c194df00c502d3cff0075c0516c7c47300eba47992c178b13ac67"
+        );
         assert_eq!(
             file_hits.load(SeqCst),
             2,

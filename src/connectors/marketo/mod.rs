@@ -2,6 +2,8 @@
 //! `Authorization: Bearer` header), the response envelope and its 6xx/1xxx codes, activity types,
 //! paging tokens, activities (≤10 type ids, 300 a page, through empty pages while `moreResult`),
 //! lead changes, leads by filter (≤300 values, `POST ?_method=GET` for long queries), describe.
+//! Bulk extract: the calls in [`bulk`], the runner over 31-day windows in [`extract`], the
+//! downloaded files read a record at a time in [`export_file`].
 //!
 //! This file must not know MQL semantics, and must not log or format the token or the secret.
 
@@ -22,6 +24,8 @@ use super::retry::{Repeat, RetryPolicy};
 use super::{Record, http};
 
 pub mod bulk;
+pub mod export_file;
+pub mod extract;
 
 const SYS: System = System::Marketo;
 
@@ -253,6 +257,15 @@ pub fn classify_code(code: &str, message: &str, now: Timestamp) -> ConnectorErro
             message,
             resume_at: resume_after_daily_limit(SYS, now),
         },
+        // An enqueue sent twice: not a limit, the job is queued (`bulk::export_enqueue`).
+        "1029" if message.to_ascii_lowercase().contains("already queued") => {
+            ConnectorError::Request {
+                system: SYS,
+                status: 200,
+                code,
+                message,
+            }
+        }
         "1029" | "1016" | "1019" => ConnectorError::RateLimited {
             system: SYS,
             code,

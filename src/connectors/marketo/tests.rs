@@ -70,6 +70,7 @@ fn every_code_has_the_right_reaction() {
         c("1029", "Too many jobs (10) in queue"),
         ErrorClass::BackOff
     );
+    assert_eq!(c("1029", "Job already queued"), ErrorClass::Fatal);
     assert_eq!(
         classify_code("606", "", now).retry_after(),
         Some(Duration::from_secs(20))

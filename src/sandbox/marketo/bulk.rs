@@ -1,11 +1,21 @@
 //! Bulk extract of leads and activities: create, enqueue, status, cancel, file, list.
 //!
-//! Jobs go `Created -> Queued -> Processing -> Completed` (or `Cancelled`); a queued job
-//! moves one state per status or list call, at most 2 Processing at once, and at most 10
-//! queued or processing (1029 "Too many jobs (10) in queue"). Date filters are 31 days or
-//! fewer. The file is CSV with `null` literals and a JSON `attributes` column, served with
-//! `Range` support (206) and a `sha256:` checksum; a job not Completed gives 404 plain text.
-//! Job time comes from the sandbox clock only.
+//! Jobs go `Created -> Queued -> Processing -> Completed` (or `Failed`, or `Cancelled`); at
+//! most 2 Processing at once, and at most 10 queued or processing (1029 "Too many jobs (10)
+//! in queue"). Date filters are 31 days or fewer. The file is CSV with `null` literals and a
+//! JSON `attributes` column, served with `Range` support (206) and a `sha256:` checksum; a
+//! job not Completed gives 404 plain text. Once the day's exported bytes (500 MB by default,
+//! per Central-time day) are spent, create and enqueue answer 1029 "Export daily quota ...
+//! exceeded" until midnight Central.
+//!
+//! Two timings, chosen by [`Jobs::new`]:
+//! - by observation (the default, for clients that poll in a tight loop): a queued job moves
+//!   one state per status or list call;
+//! - by the clock (Marketo's own: "status will not be updated more frequently than once
+//!   every 60 seconds"): a job stays Queued at least one interval and until a Processing
+//!   slot is free, then Processing one interval, whether or not anyone polls.
+//!
+//! A test can make jobs fail ([`Jobs::fail_next`]). Job time comes from the sandbox clock only.
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -53,7 +63,11 @@ pub struct Job {
     pub type_ids: Vec<i64>,
     pub primary_ids: Vec<i64>,
     pub file: Option<Vec<u8>>,
+    /// `sha256:<hex>` of the file, taken once when it is written.
+    pub checksum: Option<String>,
     pub records: usize,
+    /// Why a Failed job failed (`errorMsg`).
+    pub error_msg: Option<String>,
 }
 
 impl Job {
@@ -72,18 +86,44 @@ impl Job {
         if let Some(file) = &self.file {
             v["numberOfRecords"] = json!(self.records);
             v["fileSize"] = json!(file.len());
-            v["fileChecksum"] = json!(format!("sha256:{}", sha256_hex(file)));
+            v["fileChecksum"] = json!(self.checksum);
+        }
+        if let Some(message) = &self.error_msg {
+            v["errorMsg"] = json!(message);
         }
         v
     }
 }
 
-#[derive(Debug, Default)]
+/// Jobs a test has told to fail: the next `skip` jobs to finish complete, the `times` after
+/// them fail with `message`.
+#[derive(Clone, Debug)]
+struct Failures {
+    skip: u32,
+    times: u32,
+    message: String,
+}
+
+#[derive(Debug)]
 pub struct Jobs {
     pub jobs: Vec<Job>,
     created: u64,
     /// File bytes exported per quota day.
     exported: std::collections::BTreeMap<jiff::civil::Date, u64>,
+    /// `None`: a job moves one state per status or list call. `Some(d)`: by the clock, at
+    /// most one state per `d`, as Marketo updates a job's status at most once a minute.
+    status_interval: Option<SignedDuration>,
+    /// Bytes of export files allowed per Central-time day.
+    daily_bytes: u64,
+    failures: Option<Failures>,
+    /// The instant of the last state change made by the clock (a slot freed then).
+    last_event: Option<Timestamp>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs::new(None, DAILY_EXPORT_BYTES)
+    }
 }
 
 const ACTIVITY_FIELDS: [&str; 8] = [
@@ -98,6 +138,48 @@ const ACTIVITY_FIELDS: [&str; 8] = [
 ];
 
 impl Jobs {
+    /// Jobs timed by observation (`status_interval` `None`) or by the clock, with a daily
+    /// export allowance of `daily_bytes`.
+    pub fn new(status_interval: Option<SignedDuration>, daily_bytes: u64) -> Self {
+        Jobs {
+            jobs: Vec::new(),
+            created: 0,
+            exported: Default::default(),
+            status_interval,
+            daily_bytes,
+            failures: None,
+            last_event: None,
+        }
+    }
+
+    /// The next `skip` jobs to finish complete; the `times` after them fail with `message`.
+    pub fn fail_next(&mut self, skip: u32, times: u32, message: &str) {
+        self.failures = Some(Failures {
+            skip,
+            times,
+            message: message.to_string(),
+        });
+    }
+
+    /// 1029 "Export daily quota ... exceeded" once today's files reach the allowance: no job
+    /// may be created or enqueued until midnight Central.
+    fn quota_spent(&self, now: Timestamp) -> Option<ApiError> {
+        let used = self
+            .exported
+            .get(&super::limits::quota_day(now))
+            .copied()
+            .unwrap_or(0);
+        (used >= self.daily_bytes).then(|| {
+            ApiError::new(
+                "1029",
+                format!(
+                    "Export daily quota {}MB exceeded",
+                    self.daily_bytes.div_ceil(1024 * 1024)
+                ),
+            )
+        })
+    }
+
     pub fn create(
         &mut self,
         target: Target,
@@ -146,6 +228,9 @@ impl Jobs {
                 .unwrap_or_default()
         };
         let mut fields = list(&body["fields"]);
+        if let Some(spent) = self.quota_spent(now) {
+            return Err(spent);
+        }
         match target {
             Target::Leads => {
                 if fields.is_empty() {
@@ -194,7 +279,9 @@ impl Jobs {
             type_ids: ints(&filter["activityTypeIds"]),
             primary_ids: ints(&filter["primaryAttributeValueIds"]),
             file: None,
+            checksum: None,
             records: 0,
+            error_msg: None,
         };
         self.jobs.push(job.clone());
         Ok(job)
@@ -218,19 +305,8 @@ impl Jobs {
         if self.jobs[i].status != "Created" {
             return Err(ApiError::new("1029", "Job already queued"));
         }
-        let used = self
-            .exported
-            .get(&super::limits::quota_day(now))
-            .copied()
-            .unwrap_or(0);
-        if used >= DAILY_EXPORT_BYTES {
-            return Err(ApiError::new(
-                "1029",
-                format!(
-                    "Export daily quota {}MB exceeded",
-                    DAILY_EXPORT_BYTES / (1024 * 1024)
-                ),
-            ));
+        if let Some(spent) = self.quota_spent(now) {
+            return Err(spent);
         }
         let queued = self
             .jobs
@@ -262,27 +338,35 @@ impl Jobs {
                 format!("Job already {}", self.jobs[i].status),
             ));
         }
+        if self.jobs[i].status == "Processing" {
+            self.last_event = Some(now); // its slot is free from now on
+        }
         self.jobs[i].status = "Cancelled";
         self.jobs[i].finished_at = Some(now);
         Ok(self.jobs[i].clone())
     }
 
+    /// Before a status or list call: jobs move on (one state, or as far as the clock says).
+    pub fn observe(&mut self, leads: &LeadTable, activities: &ActivityIndex, now: Timestamp) {
+        match self.status_interval {
+            None => self.step_once(leads, activities, now),
+            Some(interval) => self.run_clock(interval, leads, activities, now),
+        }
+    }
+
+    /// Before any other bulk call: jobs timed by the clock catch up with it (a job timed by
+    /// observation waits to be observed).
+    pub fn settle(&mut self, leads: &LeadTable, activities: &ActivityIndex, now: Timestamp) {
+        if let Some(interval) = self.status_interval {
+            self.run_clock(interval, leads, activities, now);
+        }
+    }
+
     /// Moves every queued or processing job one state on.
-    pub fn advance(&mut self, leads: &LeadTable, activities: &ActivityIndex, now: Timestamp) {
+    fn step_once(&mut self, leads: &LeadTable, activities: &ActivityIndex, now: Timestamp) {
         for i in 0..self.jobs.len() {
             match self.jobs[i].status {
-                "Processing" => {
-                    let (file, records) = build_file(&self.jobs[i], leads, activities);
-                    *self
-                        .exported
-                        .entry(super::limits::quota_day(now))
-                        .or_insert(0) += file.len() as u64;
-                    let job = &mut self.jobs[i];
-                    job.file = Some(file);
-                    job.records = records;
-                    job.status = "Completed";
-                    job.finished_at = Some(now);
-                }
+                "Processing" => self.finish(i, leads, activities, now),
                 "Queued" => {
                     let processing = self
                         .jobs
@@ -297,6 +381,87 @@ impl Jobs {
                 _ => {}
             }
         }
+    }
+
+    /// Applies, in time order, every state change due by `now`: a Processing job finishes
+    /// `interval` after it started; the oldest Queued job starts `interval` after it was
+    /// queued, or when a slot frees, whichever is later.
+    fn run_clock(
+        &mut self,
+        interval: SignedDuration,
+        leads: &LeadTable,
+        activities: &ActivityIndex,
+        now: Timestamp,
+    ) {
+        loop {
+            let due = |at: Option<Timestamp>| at.map(|t| t + interval);
+            let finish = (self.jobs.iter().enumerate())
+                .filter(|(_, j)| j.status == "Processing")
+                .filter_map(|(i, j)| Some((due(j.started_at)?, i)))
+                .min();
+            let processing = self.jobs.iter().filter(|j| j.status == "Processing");
+            let start = if processing.count() < MAX_PROCESSING {
+                (self.jobs.iter().enumerate())
+                    .filter(|(_, j)| j.status == "Queued")
+                    .filter_map(|(i, j)| Some((j.queued_at?, i)))
+                    .min()
+                    .map(|(queued, i)| {
+                        let at = queued + interval;
+                        (self.last_event.map_or(at, |freed| at.max(freed)), i)
+                    })
+            } else {
+                None
+            };
+            // At the same instant a finish goes first: it frees the slot the start takes.
+            let (at, i, finishing) = match (finish, start) {
+                (Some(f), Some(s)) if s.0 < f.0 => (s.0, s.1, false),
+                (Some(f), _) => (f.0, f.1, true),
+                (None, Some(s)) => (s.0, s.1, false),
+                (None, None) => break,
+            };
+            if at > now {
+                break;
+            }
+            if finishing {
+                self.finish(i, leads, activities, at);
+            } else {
+                self.jobs[i].status = "Processing";
+                self.jobs[i].started_at = Some(at);
+            }
+            self.last_event = Some(at);
+        }
+    }
+
+    /// A Processing job ends at `at`: Completed with its file (counted against that day's
+    /// export allowance), or Failed when a test said so.
+    fn finish(&mut self, i: usize, leads: &LeadTable, activities: &ActivityIndex, at: Timestamp) {
+        let fail = match &mut self.failures {
+            Some(f) if f.skip > 0 => {
+                f.skip -= 1;
+                None
+            }
+            Some(f) if f.times > 0 => {
+                f.times -= 1;
+                Some(f.message.clone())
+            }
+            _ => None,
+        };
+        let job = &mut self.jobs[i];
+        job.finished_at = Some(at);
+        if let Some(message) = fail {
+            job.status = "Failed";
+            job.error_msg = Some(message);
+            return;
+        }
+        let (file, records) = build_file(job, leads, activities);
+        *self
+            .exported
+            .entry(super::limits::quota_day(at))
+            .or_insert(0) += file.len() as u64;
+        job.checksum = Some(format!("sha256:{}", sha256_hex(&file)));
+        job.file = Some(file);
+        job.records = records;
+        job.status = "Completed";
     }
 
     pub fn status(&mut self, target: Target, client_id: &str, id: &str) -> Result<Job, ApiError> {
@@ -317,21 +482,26 @@ impl Jobs {
             .and_then(|j| j.file.as_deref())
     }
 
-    /// Jobs of this client from the past 7 days, optionally by status.
+    /// Jobs of this client from the past 7 days, optionally by status (either spelling of
+    /// the cancelled state), at most `batch_size` (default and most 300).
     pub fn list(
         &self,
         target: Target,
         client_id: &str,
         statuses: &[String],
+        batch_size: Option<usize>,
         now: Timestamp,
     ) -> Vec<Value> {
         let since = now - SignedDuration::from_hours(24 * 7);
+        let named = |s: &String, status: &str| {
+            s.eq_ignore_ascii_case(status)
+                || (status == "Cancelled" && s.eq_ignore_ascii_case("Canceled"))
+        };
         self.jobs
             .iter()
             .filter(|j| j.target == target && j.client_id == client_id && j.created_at >= since)
-            .filter(|j| {
-                statuses.is_empty() || statuses.iter().any(|s| s.eq_ignore_ascii_case(j.status))
-            })
+            .filter(|j| statuses.is_empty() || statuses.iter().any(|s| named(s, j.status)))
+            .take(batch_size.unwrap_or(300).clamp(1, 300))
             .map(Job::record)
             .collect()
     }

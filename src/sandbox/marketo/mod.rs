@@ -85,6 +85,13 @@ pub struct MarketoConfig {
     /// Lifetime of a new access token; default 3,600 s.
     pub token_ttl_secs: i64,
     pub webhook: Option<MarketoWebhook>,
+    /// Bulk export timing. `None` (the default, for clients that poll in a tight loop): a
+    /// job moves one state per status or list call. `Some(s)`: Marketo's own, on the sandbox
+    /// clock: a job's status changes at most once per `s` seconds (Marketo says 60), whether
+    /// or not anyone polls, with 2 jobs Processing at most.
+    pub export_status_interval_secs: Option<u64>,
+    /// Bytes of bulk export files per Central-time day; default 500 MB (1029 past it).
+    pub export_daily_bytes: u64,
 }
 
 /// A "Call Webhook" flow step fired on every score change.
@@ -106,6 +113,8 @@ impl MarketoConfig {
             daily_quota: 50_000,
             token_ttl_secs: 3600,
             webhook: None,
+            export_status_interval_secs: None,
+            export_daily_bytes: bulk::DAILY_EXPORT_BYTES,
         }
     }
 }
@@ -218,6 +227,10 @@ impl Marketo {
             entries.push(a);
         }
         let limits = Limits::new(config.limits, config.daily_quota);
+        let jobs = Jobs::new(
+            (config.export_status_interval_secs).map(|s| jiff::SignedDuration::from_secs(s as i64)),
+            config.export_daily_bytes,
+        );
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -231,7 +244,7 @@ impl Marketo {
                 db: Mutex::new(Db {
                     leads: LeadTable::new(&world.people),
                     activities: ActivityIndex::new(entries),
-                    jobs: Jobs::default(),
+                    jobs,
                 }),
                 webhook_calls: Arc::new(Mutex::new(Vec::new())),
                 webhook_outstanding: Arc::new(tokio::sync::Semaphore::new(
@@ -247,6 +260,10 @@ impl Marketo {
         Router::new()
             .route("/__sandbox/marketo/state", get(admin_state))
             .route("/__sandbox/marketo/score_change", post(admin_score_change))
+            .route(
+                "/__sandbox/marketo/export_failures",
+                post(admin_export_failures),
+            )
             .fallback(serve)
             .with_state(self.clone())
     }
@@ -325,6 +342,14 @@ impl Marketo {
         Ok(())
     }
 
+    /// The next `skip` bulk export jobs to finish complete; the `times` after them fail with
+    /// `errorMsg` `message` (Marketo gives no reason a client could act on; a failed job must
+    /// be created again).
+    pub fn fail_exports(&self, skip: u32, times: u32, message: &str) {
+        let mut db = self.inner.db.lock().expect("marketo db lock");
+        db.jobs.fail_next(skip, times, message);
+    }
+
     /// All state as JSON for the admin API and tests.
     pub fn state(&self) -> Value {
         let inner = &self.inner;
@@ -369,6 +394,20 @@ impl Marketo {
 
 async fn admin_state(State(m): State<Marketo>) -> Response {
     envelope::plain_json(StatusCode::OK, &m.state())
+}
+
+/// `POST /__sandbox/marketo/export_failures` `{"skip": 0, "times": 1, "message": "..."}`.
+async fn admin_export_failures(State(m): State<Marketo>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let count = |key: &str, default: u64| v[key].as_u64().unwrap_or(default) as u32;
+    if !v.is_object() {
+        let hint =
+            "body must be JSON: {\"skip\": 0, \"times\": 1, \"message\": \"Internal error\"}";
+        return envelope::plain_json(StatusCode::BAD_REQUEST, &json!({"error": hint}));
+    }
+    let message = v["message"].as_str().unwrap_or("Internal error");
+    m.fail_exports(count("skip", 0), count("times", 1), message);
+    envelope::plain_json(StatusCode::OK, &json!({"ok": true}))
 }
 
 async fn admin_score_change(State(m): State<Marketo>, body: Bytes) -> Response {
@@ -764,12 +803,14 @@ impl Marketo {
             }
             Op::ExportCreate => {
                 let request = json_body()?;
+                db.jobs.settle(&db.leads, &db.activities, now);
                 let job =
                     db.jobs
                         .create(Target::from_kind(route.kind), client_id, &request, now)?;
                 Reply::result(vec![job.record()])
             }
             Op::ExportEnqueue => {
+                db.jobs.settle(&db.leads, &db.activities, now);
                 let job = db.jobs.enqueue(
                     Target::from_kind(route.kind),
                     client_id,
@@ -779,6 +820,7 @@ impl Marketo {
                 Reply::result(vec![job.record()])
             }
             Op::ExportCancel => {
+                db.jobs.settle(&db.leads, &db.activities, now);
                 let job = db.jobs.cancel(
                     Target::from_kind(route.kind),
                     client_id,
@@ -788,22 +830,24 @@ impl Marketo {
                 Reply::result(vec![job.record()])
             }
             Op::ExportStatus => {
-                db.jobs.advance(&db.leads, &db.activities, now);
+                db.jobs.observe(&db.leads, &db.activities, now);
                 let job =
                     db.jobs
                         .status(Target::from_kind(route.kind), client_id, arg("exportId"))?;
                 Reply::result(vec![job.record()])
             }
             Op::ExportList => {
-                db.jobs.advance(&db.leads, &db.activities, now);
+                db.jobs.observe(&db.leads, &db.activities, now);
                 Reply::result(db.jobs.list(
                     Target::from_kind(route.kind),
                     client_id,
                     &params.list("status"),
+                    params.get("batchSize").and_then(|b| b.parse().ok()),
                     now,
                 ))
             }
             Op::ExportFile => {
+                db.jobs.settle(&db.leads, &db.activities, now);
                 let Some(file) =
                     db.jobs
                         .file(Target::from_kind(route.kind), client_id, arg("exportId"))

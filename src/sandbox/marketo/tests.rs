@@ -843,3 +843,225 @@ async fn bulk_lead_exports_filter_by_updated_at_and_the_queue_holds_ten() {
     assert_eq!(csv.lines().count() - 1, want);
     assert_eq!(done["numberOfRecords"], json!(want));
 }
+
+/// A sandbox whose bulk jobs are timed by the clock, a minute a state, as Marketo's are.
+async fn spawn_timed(people: usize, export_daily_bytes: u64) -> Harness {
+    let mut config = MarketoConfig::sandbox_default();
+    config.export_status_interval_secs = Some(60);
+    config.export_daily_bytes = export_daily_bytes;
+    spawn_with(people, config).await
+}
+
+impl Harness {
+    /// Creates and enqueues an activity export of the 30 days before `now()`.
+    async fn queued_export(&self, token: &str) -> String {
+        let created = self
+            .post(
+                token,
+                "/bulk/v1/activities/export/create.json",
+                json!({"format": "CSV", "filter": {"createdAt":
+                    {"startAt": "2026-10-03T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"}}}),
+            )
+            .await;
+        let id = created["result"][0]["exportId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let queued = self
+            .post(
+                token,
+                &format!("/bulk/v1/activities/export/{id}/enqueue.json"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(queued["result"][0]["status"], json!("Queued"), "{queued}");
+        id
+    }
+
+    async fn export_status(&self, token: &str, id: &str) -> Value {
+        let v = self
+            .get(
+                token,
+                &format!("/bulk/v1/activities/export/{id}/status.json"),
+            )
+            .await;
+        v["result"][0].clone()
+    }
+}
+
+#[tokio::test]
+async fn timed_bulk_jobs_move_once_a_minute_two_at_a_time_polled_or_not() {
+    let h = spawn_timed(60, bulk::DAILY_EXPORT_BYTES).await;
+    let token = h.token().await;
+    let ids = [
+        h.queued_export(&token).await,
+        h.queued_export(&token).await,
+        h.queued_export(&token).await,
+    ];
+    let mut states = Vec::new();
+    for at in [0, 59, 60, 119, 120, 180] {
+        h.clock.set(now() + SignedDuration::from_secs(at));
+        let mut row = Vec::new();
+        for id in &ids {
+            // Polling again at the same instant changes nothing.
+            let first = h.export_status(&token, id).await["status"].clone();
+            assert_eq!(h.export_status(&token, id).await["status"], first);
+            row.push(first.as_str().unwrap().to_string());
+        }
+        states.push((at, row));
+    }
+    let row = |s: [&str; 3]| s.map(String::from).to_vec();
+    assert_eq!(
+        states,
+        [
+            (0, row(["Queued", "Queued", "Queued"])),
+            (59, row(["Queued", "Queued", "Queued"])),
+            (60, row(["Processing", "Processing", "Queued"])),
+            (119, row(["Processing", "Processing", "Queued"])),
+            (120, row(["Completed", "Completed", "Processing"])),
+            (180, row(["Completed", "Completed", "Completed"])),
+        ]
+    );
+    let third = h.export_status(&token, &ids[2]).await;
+    assert_eq!(third["startedAt"], json!("2026-11-02T12:02:00Z"), "{third}");
+    assert_eq!(
+        third["finishedAt"],
+        json!("2026-11-02T12:03:00Z"),
+        "{third}"
+    );
+
+    // Unpolled, a job runs all the same: ten minutes on, it is done at the first look.
+    let id = h.queued_export(&token).await;
+    h.clock.advance(SignedDuration::from_mins(10));
+    let done = h.export_status(&token, &id).await;
+    assert_eq!(done["status"], json!("Completed"), "{done}");
+    assert_eq!(done["queuedAt"], json!("2026-11-02T12:03:00Z"));
+    assert_eq!(done["finishedAt"], json!("2026-11-02T12:05:00Z"));
+}
+
+#[tokio::test]
+async fn a_spent_export_allowance_refuses_create_and_enqueue_until_midnight_central() {
+    let h = spawn_timed(60, 1).await;
+    let token = h.token().await;
+    let waiting = h
+        .post(
+            &token,
+            "/bulk/v1/activities/export/create.json",
+            json!({"format": "CSV", "filter": {"createdAt":
+                {"startAt": "2026-10-03T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"}}}),
+        )
+        .await["result"][0]["exportId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = h.queued_export(&token).await;
+    h.clock.advance(SignedDuration::from_mins(2));
+    assert_eq!(
+        h.export_status(&token, &id).await["status"],
+        json!("Completed")
+    );
+    let body = json!({"format": "CSV", "filter": {"createdAt":
+        {"startAt": "2026-10-03T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"}}});
+    let refused = h
+        .post(
+            &token,
+            "/bulk/v1/activities/export/create.json",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(code(&refused), "1029");
+    assert_eq!(
+        refused["errors"][0]["message"],
+        json!("Export daily quota 1MB exceeded")
+    );
+    let refused = h
+        .post(
+            &token,
+            &format!("/bulk/v1/activities/export/{waiting}/enqueue.json"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&refused), "1029", "{refused}");
+    // 12:02 UTC is 06:02 in Chicago: the allowance comes back at 06:00 UTC the next day.
+    h.clock.set("2026-11-03T05:59:59Z".parse().unwrap());
+    let token = h.token().await;
+    let still = h
+        .post(
+            &token,
+            "/bulk/v1/activities/export/create.json",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(code(&still), "1029");
+    h.clock.set("2026-11-03T06:00:00Z".parse().unwrap());
+    let again = h
+        .post(&token, "/bulk/v1/activities/export/create.json", body)
+        .await;
+    assert_eq!(again["result"][0]["status"], json!("Created"), "{again}");
+}
+
+#[tokio::test]
+async fn a_job_told_to_fail_is_failed_with_its_message_and_has_no_file() {
+    let h = spawn_timed(60, bulk::DAILY_EXPORT_BYTES).await;
+    let armed = h
+        .http
+        .post(format!("{}/__sandbox/marketo/export_failures", h.base))
+        .json(&json!({"skip": 1, "times": 1, "message": "Internal error"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(armed.status(), 200);
+    let token = h.token().await;
+    let ids = [
+        h.queued_export(&token).await,
+        h.queued_export(&token).await,
+        h.queued_export(&token).await,
+    ];
+    h.clock.advance(SignedDuration::from_mins(5));
+    let states: Vec<Value> =
+        futures::future::join_all(ids.iter().map(|id| h.export_status(&token, id))).await;
+    let status: Vec<&str> = states
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["Completed", "Failed", "Completed"]);
+    assert_eq!(states[1]["errorMsg"], json!("Internal error"));
+    assert!(states[1].get("fileChecksum").is_none());
+    let file = h
+        .http
+        .get(format!(
+            "{}/bulk/v1/activities/export/{}/file.json",
+            h.base, ids[1]
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 404);
+    let failed = h
+        .get(&token, "/bulk/v1/activities/export.json?status=Failed")
+        .await;
+    assert_eq!(failed["result"].as_array().unwrap().len(), 1, "{failed}");
+    // Cancelled answers to either spelling; batchSize caps the list.
+    h.post(
+        &token,
+        &format!(
+            "/bulk/v1/activities/export/{}/cancel.json",
+            h.queued_export(&token).await
+        ),
+        json!({}),
+    )
+    .await;
+    let cancelled = h
+        .get(&token, "/bulk/v1/activities/export.json?status=Canceled")
+        .await;
+    assert_eq!(
+        cancelled["result"].as_array().unwrap().len(),
+        1,
+        "{cancelled}"
+    );
+    let two = h
+        .get(&token, "/bulk/v1/activities/export.json?batchSize=2")
+        .await;
+    assert_eq!(two["result"].as_array().unwrap().len(), 2, "{two}");
+}
