@@ -529,7 +529,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         .await?;
         let history = history_object(&m.crm.threshold.object);
         self.threshold_history().instrument(phase(&history)).await?;
-        self.read_people().await?;
+        self.read_people(true).await?;
         self.map_activities()
             .instrument(phase("score changes"))
             .await?;
@@ -550,8 +550,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.drain_outbox().instrument(phase("writes")).await
     }
 
-    /// Leads, contacts, opportunities and reps' MQL edits since their cursors.
-    pub(super) async fn read_people(&mut self) -> Result<(), SyncError> {
+    /// Leads, contacts, reps' MQL edits and (with `opportunities`) opportunities since their
+    /// cursors.
+    pub(super) async fn read_people(&mut self, opportunities: bool) -> Result<(), SyncError> {
         let m = self.mapping;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
@@ -565,16 +566,18 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             .instrument(phase(&object))
             .await?;
         }
-        let fields = records::OPPORTUNITY_FIELDS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let object = m.crm.opportunity.clone();
-        self.crm_object(&object, fields, false, |m, r| {
-            records::opportunity(m, r).map(Event::Opportunity)
-        })
-        .instrument(phase(&object))
-        .await?;
+        if opportunities {
+            let fields = records::OPPORTUNITY_FIELDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let object = m.crm.opportunity.clone();
+            self.crm_object(&object, fields, false, |m, r| {
+                records::opportunity(m, r).map(Event::Opportunity)
+            })
+            .instrument(phase(&object))
+            .await?;
+        }
         let object = m.crm.mql.object.clone();
         let fields = records::mql_fields(m);
         self.crm_object(&object, fields, false, |m, r| {
@@ -656,7 +659,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             if let Some(window) = &self.settings.backfill {
                 let clock = self.state.meta.clock.unwrap_or(window.since);
                 ctx.now = match e {
-                    Event::Score(_) | Event::Threshold(_) => e.at().max(clock),
+                    Event::Score(_) | Event::Threshold(_) | Event::Opportunity(_) => {
+                        e.at().max(clock)
+                    }
                     _ => clock,
                 }
                 .min(self.now);

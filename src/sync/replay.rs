@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::connectors::{Crm, Map, Priority, QueryPages};
-use crate::engine::model::Event;
+use crate::engine::model::{Event, Opportunity};
 use crate::store::ThresholdFieldChange;
 
 use super::current;
@@ -89,11 +89,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 CURSOR.into(),
                 serde_json::to_string(&started).expect("cursors serialise"),
             ));
-            self.read_people().await?;
-            let mut versions = self
+            self.read_people(false).await?;
+            let mut timeline: Vec<Event> = self
                 .threshold_timeline(window, &mut report.unreadable_history)
                 .instrument(phase("threshold history"))
-                .await?;
+                .await?
+                .into();
+            timeline.extend(
+                self.opportunity_timeline(window)
+                    .instrument(phase("opportunities"))
+                    .await?,
+            );
+            timeline.sort_by_key(Event::at);
+            let mut versions: VecDeque<Event> = timeline.into();
             let links: current::Progress = self.cursor(LINKS_CURSOR)?;
             if links.read_at.is_none() {
                 self.linked_leads(links, LINKS_CURSOR, current::Take::Links)
@@ -132,6 +140,41 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         }
         self.summary.backfill = Some(report);
         self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// The opportunities as they stood over time: each as it was created (open), as it closed
+    /// (on its close date), and as it is now, so that an MQL is converted when its account's
+    /// opportunity was opened and the exclusion rules see the opportunities of that moment. One
+    /// created before the window starts as it stood then.
+    async fn opportunity_timeline(
+        &mut self,
+        window: &BackfillWindow,
+    ) -> Result<Vec<Event>, SyncError> {
+        let m = self.mapping;
+        let soql = format!(
+            "SELECT {} FROM {}",
+            records::OPPORTUNITY_FIELDS.join(", "),
+            m.crm.opportunity
+        );
+        let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
+        let mut events = Vec::new();
+        let mut read = 0usize;
+        while let Some(page) = pages.next_page().await? {
+            read += page.len();
+            for r in &page {
+                match records::opportunity(m, r) {
+                    Ok(o) => events.extend(opportunity_versions(&o, window.since)),
+                    Err(e) => self.unreadable(e),
+                }
+            }
+        }
+        self.sf_min += (read as u64).div_ceil(2000).max(1);
+        *self
+            .summary
+            .read
+            .entry(m.crm.opportunity.clone())
+            .or_default() += read;
+        Ok(events)
     }
 
     /// The threshold records as they stood over time, oldest version first: the current
@@ -199,5 +242,92 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         }
         versions.sort_by_key(Event::at);
         Ok(versions.into())
+    }
+}
+
+/// One opportunity's versions for a replay starting at `since`: open from its creation (or from
+/// `since` when created before), closed from its close date (midnight UTC; the CRM keeps no
+/// close instant), and as it is now.
+fn opportunity_versions(o: &Opportunity, since: Timestamp) -> Vec<Event> {
+    let closed_at = o
+        .close_date
+        .filter(|_| o.is_closed)
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp().max(o.created_at));
+    let mut versions = Vec::new();
+    let open_from = o.created_at.max(since);
+    if closed_at.is_none_or(|c| c > open_from) {
+        versions.push(Opportunity {
+            is_closed: false,
+            is_won: false,
+            modified_at: open_from,
+            ..o.clone()
+        });
+    }
+    if let Some(c) = closed_at.filter(|c| *c < o.modified_at) {
+        versions.push(Opportunity {
+            modified_at: c.max(since),
+            ..o.clone()
+        });
+    }
+    versions.push(o.clone());
+    versions.dedup_by_key(|v| v.modified_at);
+    versions.into_iter().map(Event::Opportunity).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn opp(closed: Option<&str>) -> Opportunity {
+        Opportunity {
+            id: "006A".into(),
+            account_id: "001A".into(),
+            is_closed: closed.is_some(),
+            is_won: closed.is_some(),
+            close_date: closed.map(|d| d.parse().unwrap()),
+            created_at: ts("2026-03-01T10:00:00Z"),
+            modified_at: ts("2026-09-01T10:00:00Z"),
+        }
+    }
+
+    fn states(events: &[Event]) -> Vec<(Timestamp, bool)> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Opportunity(o) => (o.modified_at, o.is_closed),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_opportunity_is_open_from_its_creation_and_closed_from_its_close_date() {
+        let since = ts("2026-01-01T00:00:00Z");
+        assert_eq!(
+            states(&opportunity_versions(&opp(Some("2026-06-30")), since)),
+            [
+                (ts("2026-03-01T10:00:00Z"), false),
+                (ts("2026-06-30T00:00:00Z"), true),
+                (ts("2026-09-01T10:00:00Z"), true),
+            ]
+        );
+        assert_eq!(
+            states(&opportunity_versions(&opp(None), since)),
+            [
+                (ts("2026-03-01T10:00:00Z"), false),
+                (ts("2026-09-01T10:00:00Z"), false),
+            ]
+        );
+        // Created and closed before the window: as it stood when the window opened.
+        let old = ts("2026-08-01T00:00:00Z");
+        assert_eq!(
+            states(&opportunity_versions(&opp(Some("2026-06-30")), old)),
+            [(old, true), (ts("2026-09-01T10:00:00Z"), true)]
+        );
     }
 }

@@ -1673,7 +1673,7 @@ fn the_help_and_the_readme_agree_with_the_program() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let commands = [
-        "demo", "run", "check", "status", "simulate", "requeue", "explain", "sandbox",
+        "demo", "run", "backfill", "check", "status", "simulate", "requeue", "explain", "sandbox",
     ];
     for command in commands {
         let out = mqlsync(&[command, "-h"], dir.path());
@@ -1736,5 +1736,54 @@ fn the_help_and_the_readme_agree_with_the_program() {
     assert!(
         at.contains("--at <INSTANT>") && at.contains("RFC 3339"),
         "{at}"
+    );
+}
+
+/// Issue 12, points 4 and 6: `backfill --dry-run` writes nothing, prints the cycles it would
+/// rebuild by segment, month and status and writes them as CSV; the real one writes them; a
+/// store that went live refuses another with exit 2.
+#[test]
+fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
+    let org = SandboxOrg::start(300, Vec::new());
+    let dry = org.mqlsync(&[
+        "backfill",
+        "--since",
+        "2025-11-01",
+        "--dry-run",
+        "--csv",
+        "cycles.csv",
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let stdout = text(&dry.stdout);
+    assert!(stdout.starts_with("dry run: nothing was sent"), "{stdout}");
+    let rebuilt: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("cycles:    "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(rebuilt > 0, "{stdout}");
+    for counts in ["by segment: ", "by month: 20", "by status: "] {
+        assert!(stdout.contains(counts), "{counts}: {stdout}");
+    }
+    let csv = std::fs::read_to_string(org.dir.path().join("cycles.csv")).unwrap();
+    assert_eq!(csv.lines().count(), rebuilt + 1, "{csv}");
+    assert!(csv.starts_with("external_id,crm_id,kind,number,status"));
+    assert!(!org.dir.path().join("state/mqlsync.sqlite").exists());
+
+    let real = org.mqlsync(&["backfill", "--since", "2025-11-01", "--json"]);
+    assert!(real.status.success(), "{}", text(&real.stderr));
+    let summary = json_of(&real);
+    assert_eq!(summary["backfill"]["cycles"], rebuilt);
+    assert_eq!(summary["written"]["mql_upsert"], rebuilt);
+    let run = org.mqlsync(&["run", "--once"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let again = org.mqlsync(&["backfill", "--since", "2025-06-01"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("went live")
+            && text(&again.stderr).contains("before the first"),
+        "{}",
+        text(&again.stderr)
     );
 }

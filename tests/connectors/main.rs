@@ -11,8 +11,8 @@ use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
 
-mod salesforce_ingest;
 mod marketo_bulk;
+mod salesforce_ingest;
 
 fn now() -> Timestamp {
     "2026-11-02T12:00:00Z".parse().unwrap()

@@ -1126,3 +1126,184 @@ async fn the_first_run_goes_live_as_its_dry_run_said_or_leaves_them_waiting() {
         "nobody became an MQL at go-live"
     );
 }
+
+/// A backfill of the last year on `app` (writes above `bulk_above` MQL records go through
+/// Bulk API 2.0 ingest).
+fn backfill_settings(bulk_above: usize) -> RunSettings {
+    RunSettings {
+        backfill: Some(mqlsync::sync::once::BackfillWindow {
+            since: now() - SignedDuration::from_hours(24 * 365),
+            until: now(),
+            bulk_above,
+        }),
+        ..RunSettings::default()
+    }
+}
+
+/// The cycles of a store as (external id, MQL date, status), for comparisons.
+fn cycle_facts(app: &App) -> Vec<(String, Timestamp, String)> {
+    let mut facts: Vec<_> = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.external_id, c.mql_at, c.status.as_str().to_string()))
+        .collect();
+    facts.sort();
+    facts
+}
+
+/// Issue 12, points 4, 5 and 8: a backfill rebuilds the year's cycles, marked backfilled, with
+/// their historical MQL dates, no alert and no SLA; the MQL records reach the CRM marked so;
+/// run again it writes nothing; the first run after it goes live without a duplicate and
+/// continues each person's numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_rebuilds_the_history_once_and_the_first_run_after_it_continues() {
+    let mut app = spawn_app_limits(1_000, "", false).await;
+    let first = app
+        .try_run_with(now(), &backfill_settings(100_000))
+        .await
+        .unwrap();
+    let report = first.backfill.clone().expect("a backfill report");
+    let cycles = app.store.cycles().unwrap();
+    assert!(
+        report.cycles > 0 && report.cycles == cycles.len(),
+        "{first:?}"
+    );
+    assert!(
+        cycles
+            .iter()
+            .all(|c| c.backfilled && c.sla_due_at.is_none())
+    );
+    let look_back = now() - SignedDuration::from_hours(24 * 30);
+    assert!(
+        cycles.iter().any(|c| c.mql_at < look_back),
+        "history older than a run's look-back"
+    );
+    assert_eq!(first.decisions.get("notify"), None, "no alerts: {first:?}");
+    let records = app
+        .query("SELECT Id, External_Id__c, Backfilled__c FROM MQL__c")
+        .await;
+    assert_eq!(records.len(), cycles.len());
+    assert!(records.iter().all(|r| r["Backfilled__c"] == json!(true)));
+    // Again: complete, nothing read or written.
+    app.sandbox.log().clear();
+    let again = app
+        .try_run_with(now(), &backfill_settings(100_000))
+        .await
+        .unwrap();
+    assert!(again.backfill.unwrap().already_complete);
+    assert!(again.written.is_empty(), "{:?}", again.written);
+    // The first run: no duplicate, numbering continues, go-live skips people with history.
+    let run = app.run(now()).await;
+    let after = app.store.cycles().unwrap();
+    let mut ids: Vec<&str> = after.iter().map(|c| c.external_id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "no duplicate cycle");
+    for c in after.iter().filter(|c| !c.backfilled) {
+        let earlier = after
+            .iter()
+            .filter(|b| b.crm.id == c.crm.id && b.backfilled)
+            .map(|b| b.number)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(c.number, earlier + 1, "{c:?}");
+    }
+    assert!(run.go_live.is_some());
+    assert_eq!(
+        app.query("SELECT Id FROM MQL__c").await.len(),
+        after.len(),
+        "one MQL record per cycle"
+    );
+}
+
+/// Issue 12, point 5: killed at any point and started again with the same window, a backfill
+/// continues from its cursor and ends where an unbroken one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_anywhere_and_started_again_ends_as_an_unbroken_one() {
+    let mut unbroken = spawn_app_limits(600, "", false).await;
+    unbroken
+        .try_run_with(now(), &backfill_settings(100_000))
+        .await
+        .unwrap();
+    let expected = cycle_facts(&unbroken);
+    assert!(!expected.is_empty());
+    for (kind, skip) in [("activities", 2), ("leads_by_filter", 1), ("activities", 9)] {
+        let mut app = spawn_app_limits(600, "", false).await;
+        app.fault_on(
+            System::Marketo,
+            kind,
+            skip,
+            Some(1),
+            FaultAction::Status {
+                status: 400,
+                body: None,
+            },
+        );
+        let stopped = app.try_run_with(now(), &backfill_settings(100_000)).await;
+        assert!(
+            stopped.is_err(),
+            "the fault on {kind} after {skip} stopped it"
+        );
+        let resumed = app
+            .try_run_with(now(), &backfill_settings(100_000))
+            .await
+            .unwrap();
+        assert!(!resumed.backfill.unwrap().already_complete);
+        assert_eq!(cycle_facts(&app), expected, "killed at {kind} #{skip}");
+    }
+}
+
+/// Issue 12, point 4 and 8: above the configured size the MQL records go through Bulk API 2.0
+/// ingest, and a record it refuses fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backfill_writes_through_bulk_ingest_and_a_refused_record_fails_alone() {
+    let mut app = spawn_app_limits(1_000, "", false).await;
+    app.fault(
+        "bulk2_ingest_upload",
+        0,
+        Some(1),
+        FaultAction::FailRecord {
+            index: 0,
+            code: Some("FIELD_CUSTOM_VALIDATION_EXCEPTION".into()),
+            message: Some("Backfilled records need a source".into()),
+        },
+    );
+    let run = app
+        .try_run_with(now(), &backfill_settings(10))
+        .await
+        .unwrap();
+    let cycles = app.store.cycles().unwrap().len();
+    assert!(app.calls("bulk2_ingest_create") >= 1, "{run:?}");
+    assert_eq!(app.calls("composite_upsert"), 0, "{run:?}");
+    assert_eq!(
+        run.written.get("mql_upsert"),
+        Some(&(cycles - 1)),
+        "{run:?}"
+    );
+    assert_eq!(run.parked.count, 1, "{run:?}");
+    assert!(
+        run.parked.first[0].contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        "{:?}",
+        run.parked
+    );
+    assert_eq!(app.query("SELECT Id FROM MQL__c").await.len(), cycles - 1);
+}
+
+/// Issue 12, point 4: a backfill rebuilds what came before go-live; on a live store it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_on_a_store_that_went_live_stops_saying_why() {
+    let mut app = spawn_app().await;
+    app.run(now()).await;
+    let err = app
+        .try_run_with(now(), &backfill_settings(100_000))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::AlreadyLive { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("before the first `mqlsync run --once`")
+    );
+}
