@@ -22,7 +22,7 @@ use super::model::{
 use super::policy::{Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::Scores;
-use super::state::{EngineState, Gate, PersonState, Timer};
+use super::state::{EngineState, Gate, MapLeadState, PersonState, Timer};
 use super::thresholds::{self, Resolved, Resolver};
 
 /// What a call may know besides the state and the event.
@@ -298,11 +298,22 @@ fn on_opportunity(
 /// holds it and a reload gets it back), nobody evaluated. With a time-decayed score, the
 /// behaviour points the engine did not know arrive at `at` and start fading from there.
 fn on_current_score(state: &mut EngineState, ctx: &Context<'_>, change: &ScoreChange) {
+    let lead = state.map_leads.entry(change.map_lead_id).or_default();
+    apply_score(lead, ctx, change, &mut state.unsaved_scores);
+}
+
+/// Applies a score change to its MAP lead's scores (versioned: an older one is a replay),
+/// listing the lead as unsaved; `true` when it changed them.
+fn apply_score(
+    lead: &mut MapLeadState,
+    ctx: &Context<'_>,
+    change: &ScoreChange,
+    unsaved: &mut Vec<i64>,
+) -> bool {
     let half_life = match ctx.policy.score {
         ScoreSource::TimeDecayed { half_life } => Some(half_life),
         _ => None,
     };
-    let lead = state.map_leads.entry(change.map_lead_id).or_default();
     let applied = lead.scores.apply(
         change.part,
         change.new_value,
@@ -313,8 +324,9 @@ fn on_current_score(state: &mut EngineState, ctx: &Context<'_>, change: &ScoreCh
         half_life,
     );
     if applied {
-        lead.mark_unsaved(change.map_lead_id, &mut state.unsaved_scores);
+        lead.mark_unsaved(change.map_lead_id, unsaved);
     }
+    applied
 }
 
 /// Go-live: everyone linked and without any cycle is evaluated at `at`; those who qualify
@@ -356,25 +368,11 @@ fn on_score(
     change: &ScoreChange,
     out: &mut Vec<Decision>,
 ) {
-    let half_life = match ctx.policy.score {
-        ScoreSource::TimeDecayed { half_life } => Some(half_life),
-        _ => None,
-    };
     let window = CacheWindow::of(state);
     let lead = state.map_leads.entry(change.map_lead_id).or_default();
-    let applied = lead.scores.apply(
-        change.part,
-        change.new_value,
-        change.old_value,
-        &change.change_id,
-        change.at,
-        change.campaign.as_ref(),
-        half_life,
-    );
-    if !applied {
+    if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
         return;
     }
-    lead.mark_unsaved(change.map_lead_id, &mut state.unsaved_scores);
     let relevant = match ctx.policy.score {
         ScoreSource::Total => change.part == ScorePart::Total,
         _ => change.part != ScorePart::Total,

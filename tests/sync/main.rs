@@ -312,28 +312,12 @@ async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_l
     let mut app = spawn_app_with(2_000, "").await;
     app.run(now()).await;
     let before = app.store.cycles().unwrap().len();
-    let knob = app
-        .sandbox
-        .world()
-        .thresholds
-        .iter()
-        .find(|t| {
-            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
-        })
-        .unwrap()
-        .clone();
     let later = now() + SignedDuration::from_mins(1);
-    app.sandbox.clock().set(later);
-    let mut edit = Map::new();
-    edit.insert("Score_Threshold__c".into(), json!(knob.score - 25.0));
-    app.sandbox
-        .salesforce()
-        .edit_record("MQL_Threshold__c", &knob.id, edit)
-        .unwrap();
+    let (knob_id, knob_score) = turn_emea_knob(&app, 25.0, later);
 
     let run = app.run(later).await;
     assert_eq!(run.read.get("MQL_Threshold__c"), Some(&1), "{run:?}");
-    let history = app.store.threshold_history(&knob.id).unwrap();
+    let history = app.store.threshold_history(&knob_id).unwrap();
     let change = history
         .iter()
         .find(|h| h.field == "Score_Threshold__c" && h.changed_at == later)
@@ -341,7 +325,7 @@ async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_l
     let value = |v: &Option<String>| v.as_deref().map(|s| s.parse::<f64>().unwrap());
     assert_eq!(
         (value(&change.old_value), value(&change.new_value)),
-        (Some(knob.score), Some(knob.score - 25.0))
+        (Some(knob_score), Some(knob_score - 25.0))
     );
     assert!(change.changed_by.is_some());
 
@@ -352,9 +336,9 @@ async fn a_knob_turn_in_the_crm_is_read_with_its_history_and_makes_the_waiting_l
     for c in new {
         assert_eq!(
             (c.segment.as_str(), c.threshold, c.threshold_id.as_deref()),
-            ("region=EMEA", knob.score - 25.0, Some(knob.id.as_str()))
+            ("region=EMEA", knob_score - 25.0, Some(knob_id.as_str()))
         );
-        assert!(c.score >= c.threshold && c.score < knob.score, "{c:?}");
+        assert!(c.score >= c.threshold && c.score < knob_score, "{c:?}");
     }
     assert_eq!(
         run.written.get("mql_upsert").copied().unwrap_or(0),
