@@ -30,8 +30,8 @@ Exit codes:
   0  done
   1  stopped before the end (a server out of reach, a daily limit, a store another run holds):
      what was committed stays committed; the next run continues from there
-  2  input that cannot be used (config, mapping, history, store path): one line naming the
-     file, line and key, or the variable, or the path
+  2  input that cannot be used (config, mapping, history, store path, a backfill the store
+     cannot take): one line naming the file, line and key, or the variable, or the path
   3  `run` finished, but writes the CRM refused are parked in the outbox (listed): fix the
      cause in the CRM, then `mqlsync requeue`
 
