@@ -15,7 +15,7 @@
 //! | `store` | `MQLSYNC_STORE` | SQLite store path (default `state/mqlsync.sqlite`) |
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
 //! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota |
-//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above |
+//! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above, current_scores (`auto`, `by_filter`, `bulk`), leads_since, bulk_extract_above_days |
 //! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET` | or the `*_file` keys |
 
 use std::path::{Path, PathBuf};
@@ -93,6 +93,9 @@ struct RawSync {
     batch_size: Option<usize>,
     go_live: Option<String>,
     bulk_ingest_above: Option<usize>,
+    current_scores: Option<String>,
+    leads_since: Option<String>,
+    bulk_extract_above_days: Option<u32>,
 }
 
 /// How mqlsync signs in to Salesforce.
@@ -159,6 +162,27 @@ pub struct SyncConfig {
     /// Above this many MQL records to write at once (a backfill), Bulk API 2.0 ingest is used
     /// instead of sObject Collections (a call per 200 records).
     pub bulk_ingest_above: usize,
+    /// How a first run reads the current scores (see [`CurrentScoreRead`]).
+    pub current_scores: CurrentScoreRead,
+    /// When the MAP instance's oldest lead was created: where a bulk lead extract starts.
+    pub leads_since: Option<jiff::Timestamp>,
+    /// A backfill over more days than this reads the score history by bulk activity extract.
+    pub bulk_extract_above_days: u32,
+}
+
+/// How a first run (or `run --once --full`) reads the current score of every linked MAP lead
+/// (`sync.current_scores`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CurrentScoreRead {
+    /// Whichever costs fewer calls: by filter (300 people a call) or a bulk lead extract
+    /// (about three calls per 31 days since `marketo.leads_since`; never without it).
+    #[default]
+    Auto,
+    /// Leads by filter on the CRM ids, 300 a call.
+    ByFilter,
+    /// A bulk lead extract from `marketo.leads_since` (required).
+    Bulk,
 }
 
 /// What the first run does with people already at or above their threshold, not excluded and
@@ -243,6 +267,12 @@ const OVERRIDES: &[(&str, &[&str])] = &[
     (
         "MQLSYNC_SYNC_BULK_INGEST_ABOVE",
         &["sync", "bulk_ingest_above"],
+    ),
+    ("MQLSYNC_SYNC_CURRENT_SCORES", &["sync", "current_scores"]),
+    ("MQLSYNC_SYNC_LEADS_SINCE", &["sync", "leads_since"]),
+    (
+        "MQLSYNC_SYNC_BULK_EXTRACT_ABOVE_DAYS",
+        &["sync", "bulk_extract_above_days"],
     ),
 ];
 
@@ -784,6 +814,37 @@ fn validate(
             ));
         }
     };
+    let current_scores = match raw.sync.current_scores.as_deref() {
+        None | Some("auto") => CurrentScoreRead::Auto,
+        Some("by_filter") => CurrentScoreRead::ByFilter,
+        Some("bulk") => CurrentScoreRead::Bulk,
+        Some(other) => {
+            return Err(origin.err(
+                "sync.current_scores",
+                format!(
+                    "{other:?}: use \"auto\" (whichever costs fewer calls), \"by_filter\" (300 people a call) or \"bulk\" (a bulk lead extract from sync.leads_since)"
+                ),
+            ));
+        }
+    };
+    let leads_since = match raw.sync.leads_since.as_deref() {
+        None => None,
+        Some(text) => Some(instant(text).ok_or_else(|| {
+            origin.err(
+                "sync.leads_since",
+                format!(
+                    "{text:?} is not a date: give the day the MAP instance's oldest lead was created, e.g. \"2016-04-01\" or \"2016-04-01T00:00:00Z\""
+                ),
+            )
+        })?),
+    };
+    if current_scores == CurrentScoreRead::Bulk && leads_since.is_none() {
+        return Err(origin.err(
+            "sync.current_scores",
+            "\"bulk\" needs sync.leads_since: the day the MAP instance's oldest lead was created (a bulk lead extract runs over 31-day windows from then)",
+        ));
+    }
+    let bulk_extract_above_days = raw.sync.bulk_extract_above_days.unwrap_or(31);
     Ok(Config {
         file: file.map(Path::to_path_buf),
         mapping: raw.mapping.map(|m| crate::mapping::resolve_path(&base, &m)),
@@ -798,8 +859,22 @@ fn validate(
             batch_size: batch,
             go_live,
             bulk_ingest_above: raw.sync.bulk_ingest_above.unwrap_or(2_000),
+            current_scores,
+            leads_since,
+            bulk_extract_above_days,
         },
         overrides: origin.overrides.iter().map(|o| o.var.clone()).collect(),
+    })
+}
+
+/// An RFC 3339 instant, or a day (taken at midnight UTC).
+fn instant(text: &str) -> Option<jiff::Timestamp> {
+    let text = text.trim();
+    text.parse().ok().or_else(|| {
+        text.parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp())
     })
 }
 
@@ -1154,7 +1229,7 @@ client_id = "abc"
         assert_eq!(
             e.to_string(),
             format!(
-                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size, go_live, bulk_ingest_above",
+                "{}:2: sync.frobnicate: unknown key; [sync] has: poll_interval_secs, batch_size, go_live, bulk_ingest_above, current_scores, leads_since, bulk_extract_above_days",
                 file.display()
             )
         );

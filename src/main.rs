@@ -974,6 +974,12 @@ fn sync_pass(
     };
     let settings = mqlsync::sync::once::RunSettings {
         sent_before: Some(sent_before),
+        bulk_reads: mqlsync::sync::once::BulkReads {
+            activities_above_days: config.sync.bulk_extract_above_days,
+            current_scores: config.sync.current_scores,
+            leads_since: config.sync.leads_since,
+            ..Default::default()
+        },
         ..settings
     };
     let outcome = runtime.block_on(mqlsync::sync::once::run_once(

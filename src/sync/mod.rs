@@ -5,12 +5,14 @@
 //! - [`writes`]: outbox rows -> the CRM calls that write them, one result per row.
 //! - [`current`]: the current score of every linked MAP lead (first run, `--full`).
 //! - [`replay`]: the backfill pass (history replayed in backfill mode).
+//! - [`bulk_read`]: the MAP read by bulk extract (a long backfill, a large instance's scores).
 //! - [`preflight`]: the mapping checked against the org and the MAP (`check --remote`).
 //! - [`dry_run`]: `run --once --dry-run` on a copy of the store, its writes compared with
 //!   what was last written.
 //!
 //! The first end-to-end run (`mqlsync run --once`) and the daemon's workers build on this.
 
+pub mod bulk_read;
 pub mod connect;
 pub mod current;
 pub mod dry_run;

@@ -24,6 +24,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::config::GoLive;
 use crate::connectors::http::Sent;
+use crate::connectors::marketo::extract::{ExtractError, ExtractSettings, PauseBy};
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::MAX_SOQL_CHARS;
 use crate::connectors::salesforce::incremental::IncrementalRead;
@@ -85,6 +86,9 @@ pub enum SyncError {
         "cursor {name} in the store cannot be read ({detail}); delete it with care to re-read from the start"
     )]
     Cursor { name: String, detail: String },
+    /// A Marketo bulk extract stopped; the message names the window to resume from.
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
 }
 
 impl SyncError {
@@ -95,6 +99,7 @@ impl SyncError {
                 ErrorClass::Checkpoint { resume_at } => Some(resume_at),
                 _ => None,
             },
+            SyncError::Extract(e) => e.resume_at(),
             _ => None,
         }
     }
@@ -124,7 +129,40 @@ pub struct RunSettings {
     /// in [`RunSummary::plan`] instead. The caller runs a dry run on a copy of the store
     /// (see [`super::dry_run`]), so that nothing is committed either.
     pub dry_run: bool,
+    /// When and how the MAP is read by bulk extract instead of its REST pages.
+    pub bulk_reads: BulkReads,
 }
+
+/// When the MAP is read by Marketo's bulk extract (export jobs over windows of at most 31
+/// days) rather than page by page: a backfill's score history over a long range, and the
+/// current scores of a large instance (see [`super::bulk_read`]).
+#[derive(Clone, Debug)]
+pub struct BulkReads {
+    /// A backfill over more days than this reads the score history by bulk activity extract;
+    /// a shorter one pages through the activities API.
+    pub activities_above_days: u32,
+    /// How a first run (or `--full`) reads the current scores.
+    pub current_scores: CurrentScoreRead,
+    /// When the instance's oldest lead was created: where a bulk lead extract starts. Without
+    /// it the current scores are read by filter.
+    pub leads_since: Option<Timestamp>,
+    pub extract: ExtractSettings,
+    pub pause: PauseBy,
+}
+
+impl Default for BulkReads {
+    fn default() -> Self {
+        BulkReads {
+            activities_above_days: 31,
+            current_scores: CurrentScoreRead::Auto,
+            leads_since: None,
+            extract: ExtractSettings::default(),
+            pause: PauseBy::Tokio,
+        }
+    }
+}
+
+pub use crate::config::CurrentScoreRead;
 
 impl Default for RunSettings {
     fn default() -> Self {
@@ -137,6 +175,7 @@ impl Default for RunSettings {
             go_live: GoLive::Mql,
             backfill: None,
             dry_run: false,
+            bulk_reads: BulkReads::default(),
         }
     }
 }
@@ -192,6 +231,9 @@ pub struct RunSummary {
     /// What a backfill rebuilt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill: Option<super::replay::BackfillReport>,
+    /// How the current scores were read (first run, `--full`), and what each way costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_scores_read: Option<current::ReadChoice>,
 }
 
 /// What going live did (or, with `go_live = "wait"`, left waiting): the people already at or
@@ -412,6 +454,30 @@ impl LinkLookup {
     }
 }
 
+/// Score changes on their way into the store: the pages waiting for their leads' links, and
+/// what was read.
+pub(super) struct Intake {
+    cursor: String,
+    links: LinkLookup,
+    waiting: VecDeque<WaitingPage>,
+    /// Activities read (of any field) and pages (or files) they came in.
+    pub(super) read: usize,
+    pub(super) pages: u64,
+}
+
+impl Intake {
+    /// An intake whose pages commit with the cursor named `cursor`.
+    pub(super) fn new(cursor: &str) -> Intake {
+        Intake {
+            cursor: cursor.to_string(),
+            links: LinkLookup::default(),
+            waiting: VecDeque::new(),
+            read: 0,
+            pages: 0,
+        }
+    }
+}
+
 /// One pass: the clients, the store and the engine state it moves values between.
 pub(super) struct Run<'a, C: Crm, M: Map> {
     pub(super) crm: &'a C,
@@ -428,6 +494,8 @@ pub(super) struct Run<'a, C: Crm, M: Map> {
     /// Replaying history (a backfill): score changes and threshold versions are decided at
     /// their own instants, and the cycles they open are marked backfilled (no SLA, no alert).
     pub(super) replaying: bool,
+    /// The phase's progress bar counts time or windows (set by the phase), not records.
+    pub(super) progress_by_time: bool,
     /// What each client has sent so far, `(salesforce, marketo)`: the calls figures.
     sent: &'a dyn Fn() -> (Sent, Sent),
     /// Cursors to commit with the next page (what a run learnt that is not a page position).
@@ -473,6 +541,7 @@ pub async fn run_once<C: Crm, M: Map>(
         sent: &sent,
         later_cursors: Vec::new(),
         replaying: settings.backfill.is_some(),
+        progress_by_time: false,
     };
     let mut result = run.all().await;
     if result.is_ok() {
@@ -596,7 +665,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// Logs a committed page (and moves the phase's progress bar on by its records).
     pub(super) fn log_page(&self, source: &str, records: usize, cursor: &str) {
         let (salesforce_calls, marketo_calls) = self.calls_so_far();
-        tracing::Span::current().pb_inc(records as u64);
+        if !self.progress_by_time {
+            tracing::Span::current().pb_inc(records as u64);
+        }
         tracing::info!(
             source,
             records,
@@ -809,13 +880,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             cursor,
             self.settings.max_empty_pages,
         );
-        let mut links = LinkLookup::default();
-        let mut waiting: VecDeque<WaitingPage> = VecDeque::new();
-        let (mut count, mut page_count) = (0usize, 0u64);
+        let mut intake = Intake::new(&name);
         let mut past_until = false;
         while !past_until && let Some((activities, cursor)) = pages.next_page().await? {
-            count += activities.len();
-            page_count += 1;
+            intake.read += activities.len();
+            intake.pages += 1;
             let mut changes = Vec::with_capacity(activities.len());
             for a in &activities {
                 if read.until.is_some_and(|until| a.activity_date >= until) {
@@ -823,52 +892,98 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     past_until = true;
                     continue;
                 }
-                let value = serde_json::to_value(a).expect("activities serialise");
-                match records::score_change(&fields, &value) {
-                    Ok(Some(c)) => changes.push(c),
-                    Ok(None) => {}
-                    Err(e) => self.unreadable(e),
+                if let Some(c) = self.score_change(&fields, a) {
+                    changes.push(c);
                 }
             }
-            // The CRM links of leads the engine has not linked yet, looked up 300 ids a call
-            // across pages: a page waits until every link it needs is known, so that each
-            // lead's link still commits before its score changes.
-            let state = &self.state;
-            let needs = links.queue(
-                changes
-                    .iter()
-                    .map(|c| c.map_lead_id)
-                    .filter(|id| state.map_leads.get(id).is_none_or(|l| l.crm.is_none())),
-            );
             let cursor = serde_json::to_string(&cursor).expect("cursors serialise");
-            waiting.push_back(WaitingPage {
-                changes,
-                needs,
-                ready_after: links.queued(),
-                cursor,
-            });
-            let buffered: usize = waiting.iter().map(|p| p.changes.len()).sum();
-            while links.unasked() >= MAP_FILTER_VALUES
-                || (links.unasked() > 0 && buffered >= MAX_WAITING_CHANGES)
-            {
-                self.look_up_links(&mut links).await?;
+            self.take_changes(&mut intake, changes, cursor, also)
+                .await?;
+        }
+        // The fewest calls for this work: an activities page holds 300.
+        self.mkto_min += (intake.read as u64).div_ceil(MAP_PAGE_SIZE).max(1);
+        self.finish_intake(intake, also).await
+    }
+
+    /// One activity as a score change of a mapped score field (`None` for another field, or
+    /// an activity that cannot be read, which is listed).
+    pub(super) fn score_change(
+        &mut self,
+        fields: &ScoreFields,
+        activity: &crate::connectors::marketo::Activity,
+    ) -> Option<ScoreChange> {
+        let value = serde_json::to_value(activity).expect("activities serialise");
+        match records::score_change(fields, &value) {
+            Ok(change) => change,
+            Err(e) => {
+                self.unreadable(e);
+                None
             }
-            self.commit_ready(&name, &mut waiting, &mut links, also)?;
         }
-        while links.unasked() > 0 {
-            self.look_up_links(&mut links).await?;
+    }
+
+    /// Takes one page of score changes (in time order) into `intake`: the CRM links of leads
+    /// the engine has not linked yet are looked up 300 ids a call across pages, and a page
+    /// commits with `cursor` once every link it needs is known, so that each lead's link
+    /// still commits before its score changes.
+    pub(super) async fn take_changes(
+        &mut self,
+        intake: &mut Intake,
+        changes: Vec<ScoreChange>,
+        cursor: String,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
+        let state = &self.state;
+        let links = &mut intake.links;
+        let needs = links.queue(
+            changes
+                .iter()
+                .map(|c| c.map_lead_id)
+                .filter(|id| state.map_leads.get(id).is_none_or(|l| l.crm.is_none())),
+        );
+        intake.waiting.push_back(WaitingPage {
+            changes,
+            needs,
+            ready_after: links.queued(),
+            cursor,
+        });
+        let buffered: usize = intake.waiting.iter().map(|p| p.changes.len()).sum();
+        while intake.links.unasked() >= MAP_FILTER_VALUES
+            || (intake.links.unasked() > 0 && buffered >= MAX_WAITING_CHANGES)
+        {
+            self.look_up_links(&mut intake.links).await?;
         }
-        self.commit_ready(&name, &mut waiting, &mut links, also)?;
+        self.commit_ready(&intake.cursor, &mut intake.waiting, &mut intake.links, also)
+    }
+
+    /// Looks up the links still unasked and commits every page waiting for them: a
+    /// checkpoint (the end of an export window) after which a killed read resumes.
+    pub(super) async fn flush_intake(
+        &mut self,
+        intake: &mut Intake,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
+        while intake.links.unasked() > 0 {
+            self.look_up_links(&mut intake.links).await?;
+        }
+        self.commit_ready(&intake.cursor, &mut intake.waiting, &mut intake.links, also)
+    }
+
+    /// Looks up the links still unasked and commits every page waiting for them.
+    pub(super) async fn finish_intake(
+        &mut self,
+        mut intake: Intake,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
+        self.flush_intake(&mut intake, also).await?;
         debug_assert!(
-            waiting.is_empty(),
+            intake.waiting.is_empty(),
             "every page commits once its links are known"
         );
-        // The fewest calls for this work: an activities page holds 300, a leads-by-filter
-        // call takes 300 ids.
-        self.mkto_min += (count as u64).div_ceil(MAP_PAGE_SIZE).max(1);
-        self.mkto_min += (links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
-        *self.summary.read.entry("activities".into()).or_default() += count;
-        self.log_phase_done(count, page_count);
+        // A leads-by-filter call takes 300 ids.
+        self.mkto_min += (intake.links.queued() as u64).div_ceil(MAP_FILTER_VALUES as u64);
+        *self.summary.read.entry("activities".into()).or_default() += intake.read;
+        self.log_phase_done(intake.read, intake.pages);
         Ok(())
     }
 
@@ -876,8 +991,35 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// `sfdcLeadId` / `sfdcContactId`, 300 ids a call, each call committed with its progress
     /// (a killed read resumes after the last id committed).
     async fn current_scores(&mut self, progress: current::Progress) -> Result<(), SyncError> {
-        self.linked_leads(progress, current::CURSOR, current::Take::LinksAndScores)
-            .await
+        let bulk = &self.settings.bulk_reads;
+        let people = |kind| current::people(&self.state, kind, None).len();
+        let choice = current::choose(
+            bulk.current_scores,
+            bulk.leads_since,
+            self.now,
+            people(CrmKind::Lead),
+            people(CrmKind::Contact),
+            &progress,
+        );
+        tracing::info!(
+            by = if choice.bulk_since.is_some() {
+                "bulk lead extract"
+            } else {
+                "filter"
+            },
+            why = choice.why,
+            by_filter_calls = choice.by_filter_calls,
+            bulk_calls = choice.bulk_calls,
+            "reading the current scores"
+        );
+        self.summary.current_scores_read = Some(choice.clone());
+        match choice.bulk_since {
+            Some(since) => self.current_scores_in_bulk(progress, since).await,
+            None => {
+                self.linked_leads(progress, current::CURSOR, current::Take::LinksAndScores)
+                    .await
+            }
+        }
     }
 
     /// Reads the MAP lead of every CRM lead and contact the engine knows (see
@@ -1027,7 +1169,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// describe the store keeps (made for the same field names, less than a day old), else
     /// from a new describe, kept with the next committed page. Field ids do not change when a
     /// field is renamed; the daily refresh catches a field deleted and made again.
-    async fn score_fields(&mut self) -> Result<ScoreFields, SyncError> {
+    pub(super) async fn score_fields(&mut self) -> Result<ScoreFields, SyncError> {
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Kept {
             names: Vec<String>,

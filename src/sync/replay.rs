@@ -113,9 +113,16 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 start: window.since,
                 until: Some(window.until),
             };
-            self.read_activities(read, &mut versions)
-                .instrument(phase("score history"))
-                .await?;
+            let above = self.settings.bulk_reads.activities_above_days;
+            if super::bulk_read::activities_in_bulk(window.since, window.until, above) {
+                self.read_activities_in_bulk(read, &mut versions)
+                    .instrument(phase("score history (bulk extract)"))
+                    .await?;
+            } else {
+                self.read_activities(read, &mut versions)
+                    .instrument(phase("score history"))
+                    .await?;
+            }
             // The knob turns after the last score change, and the versions of today.
             let finished = Done {
                 complete_at: Some(self.now),

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use jiff::{SignedDuration, Timestamp};
 use mqlsync::config::{self, Config};
 use mqlsync::connectors::marketo::MarketoClient;
+use mqlsync::connectors::marketo::extract::PauseBy;
 use mqlsync::connectors::salesforce::SalesforceClient;
 use mqlsync::connectors::{Priority, QueryPages};
 use mqlsync::engine::model::CycleStatus;
@@ -15,7 +16,7 @@ use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::store::Store;
 use mqlsync::sync::connect;
-use mqlsync::sync::once::{RunSettings, RunSummary, SyncError, run_once};
+use mqlsync::sync::once::{BulkReads, RunSettings, RunSummary, SyncError, run_once};
 use serde_json::{Map, Value, json};
 
 struct App {
@@ -1112,16 +1113,46 @@ async fn the_first_run_goes_live_as_its_dry_run_said_or_leaves_them_waiting() {
 }
 
 /// A backfill of the last year on `app` (writes above `bulk_above` MQL records go through
-/// Bulk API 2.0 ingest).
-fn backfill_settings(bulk_above: usize) -> RunSettings {
+/// Bulk API 2.0 ingest). A year is longer than 31 days: the score history comes by bulk
+/// activity extract, whose waits move the sandbox's clock.
+fn backfill_settings(app: &App, bulk_above: usize) -> RunSettings {
     RunSettings {
         backfill: Some(mqlsync::sync::once::BackfillWindow {
             since: now() - SignedDuration::from_hours(24 * 365),
             until: now(),
             bulk_above,
         }),
+        bulk_reads: bulk_reads(app),
         ..RunSettings::default()
     }
+}
+
+/// [`backfill_settings`] reading the score history through the activities API instead.
+fn backfill_settings_by_api(app: &App, bulk_above: usize) -> RunSettings {
+    let mut settings = backfill_settings(app, bulk_above);
+    settings.bulk_reads.activities_above_days = 400;
+    settings
+}
+
+/// Bulk reads whose waits between export-status polls move the sandbox's clock: Marketo's
+/// minutes pass at once.
+fn bulk_reads(app: &App) -> BulkReads {
+    let clock = app.sandbox.clock().clone();
+    BulkReads {
+        pause: PauseBy::Hook(std::sync::Arc::new(move |d| {
+            clock.advance(SignedDuration::try_from(d).expect("a short pause"))
+        })),
+        ..BulkReads::default()
+    }
+}
+
+fn marketo_calls(app: &App, kind: &str) -> u64 {
+    app.sandbox
+        .log()
+        .counts()
+        .get(&(System::Marketo, kind.to_string()))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The cycles of a store as (external id, MQL date, status), for comparisons.
@@ -1145,7 +1176,7 @@ fn cycle_facts(app: &App) -> Vec<(String, Timestamp, String)> {
 async fn a_backfill_rebuilds_the_history_once_and_the_first_run_after_it_continues() {
     let mut app = spawn_app_limits(1_000, "", false).await;
     let first = app
-        .try_run_with(now(), &backfill_settings(100_000))
+        .try_run_with(now(), &backfill_settings(&app, 100_000))
         .await
         .unwrap();
     let report = first.backfill.clone().expect("a backfill report");
@@ -1173,7 +1204,7 @@ async fn a_backfill_rebuilds_the_history_once_and_the_first_run_after_it_continu
     // Again: complete, nothing read or written.
     app.sandbox.log().clear();
     let again = app
-        .try_run_with(now(), &backfill_settings(100_000))
+        .try_run_with(now(), &backfill_settings(&app, 100_000))
         .await
         .unwrap();
     assert!(again.backfill.unwrap().already_complete);
@@ -1204,18 +1235,30 @@ async fn a_backfill_rebuilds_the_history_once_and_the_first_run_after_it_continu
 }
 
 /// Issue 12, point 5: killed at any point and started again with the same window, a backfill
-/// continues from its cursor and ends where an unbroken one ends.
+/// continues from its cursor and ends where an unbroken one ends, whether it reads the score
+/// history through the activities API or by bulk extract; a bulk one does not export again
+/// the windows it had finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_killed_anywhere_and_started_again_ends_as_an_unbroken_one() {
     let mut unbroken = spawn_app_limits(600, "", false).await;
-    unbroken
-        .try_run_with(now(), &backfill_settings(100_000))
-        .await
-        .unwrap();
+    let settings = backfill_settings_by_api(&unbroken, 100_000);
+    unbroken.try_run_with(now(), &settings).await.unwrap();
     let expected = cycle_facts(&unbroken);
     assert!(!expected.is_empty());
-    for (kind, skip) in [("activities", 2), ("leads_by_filter", 1), ("activities", 9)] {
+    let cases = [
+        (false, "activities", 2),
+        (false, "leads_by_filter", 1),
+        (false, "activities", 9),
+        (true, "bulk_activities_file", 5),
+        (true, "bulk_activities_status", 8),
+        (true, "leads_by_filter", 3),
+    ];
+    for (bulk, kind, skip) in cases {
         let mut app = spawn_app_limits(600, "", false).await;
+        let settings = match bulk {
+            true => backfill_settings(&app, 100_000),
+            false => backfill_settings_by_api(&app, 100_000),
+        };
         app.fault_on(
             System::Marketo,
             kind,
@@ -1226,18 +1269,75 @@ async fn a_backfill_killed_anywhere_and_started_again_ends_as_an_unbroken_one() 
                 body: None,
             },
         );
-        let stopped = app.try_run_with(now(), &backfill_settings(100_000)).await;
+        let stopped = app.try_run_with(now(), &settings).await;
         assert!(
             stopped.is_err(),
             "the fault on {kind} after {skip} stopped it"
         );
-        let resumed = app
-            .try_run_with(now(), &backfill_settings(100_000))
-            .await
-            .unwrap();
+        let files_before = marketo_calls(&app, "bulk_activities_file");
+        let resumed = app.try_run_with(now(), &settings).await.unwrap();
         assert!(!resumed.backfill.unwrap().already_complete);
         assert_eq!(cycle_facts(&app), expected, "killed at {kind} #{skip}");
+        if bulk {
+            let windows = 12; // 365 days in windows of 31
+            let files = marketo_calls(&app, "bulk_activities_file");
+            assert!(files_before > 0 && files > files_before, "{kind} #{skip}");
+            assert!(
+                files <= windows + 1,
+                "only the window under way is exported again ({files} downloads, {kind} #{skip})"
+            );
+        }
     }
+}
+
+/// Issue 12, point 4: a backfill longer than 31 days reads the score history by bulk
+/// activity extract, one export job per 31-day window and no activities page, and rebuilds
+/// the same cycles as the activities API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backfill_reads_the_history_by_bulk_extract_and_rebuilds_what_the_api_would() {
+    let mut by_api = spawn_app_limits(600, "", false).await;
+    let settings = backfill_settings_by_api(&by_api, 100_000);
+    by_api.try_run_with(now(), &settings).await.unwrap();
+    assert!(marketo_calls(&by_api, "activities") > 0);
+    let mut app = spawn_app_limits(600, "", false).await;
+    let settings = backfill_settings(&app, 100_000);
+    let run = app.try_run_with(now(), &settings).await.unwrap();
+    assert_eq!(cycle_facts(&app), cycle_facts(&by_api), "{run:?}");
+    assert!(!cycle_facts(&app).is_empty());
+    assert_eq!(marketo_calls(&app, "activities"), 0, "no activities page");
+    assert_eq!(marketo_calls(&app, "bulk_activities_create"), 12);
+    assert_eq!(marketo_calls(&app, "bulk_activities_file"), 12);
+}
+
+/// Issue 12, point 1: a large instance's current scores come by bulk lead extract (one job
+/// per 31 days since `sync.leads_since`), and the first run then knows, and decides, what a
+/// read by filter would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_scores_by_bulk_lead_extract_know_what_a_read_by_filter_knows() {
+    let mut by_filter = spawn_app_limits(300, "", false).await;
+    let expected = by_filter.run(now()).await;
+    assert_eq!(marketo_calls(&by_filter, "bulk_leads_create"), 0);
+    let mut app = spawn_app_limits(300, "", false).await;
+    let since = now() - SignedDuration::from_hours(24 * 401);
+    let settings = RunSettings {
+        bulk_reads: BulkReads {
+            current_scores: mqlsync::config::CurrentScoreRead::Bulk,
+            leads_since: Some(since),
+            ..bulk_reads(&app)
+        },
+        ..RunSettings::default()
+    };
+    let run = app.try_run_with(now(), &settings).await.unwrap();
+    let choice = run.current_scores_read.clone().unwrap();
+    assert_eq!(choice.bulk_since, Some(since), "{choice:?}");
+    assert_eq!(marketo_calls(&app, "bulk_leads_create"), 13, "401 days");
+    assert_eq!(marketo_calls(&app, "bulk_leads_file"), 13);
+    assert_eq!(
+        run.read["current scores"], expected.read["current scores"],
+        "the same linked leads"
+    );
+    assert_eq!(cycle_facts(&app), cycle_facts(&by_filter));
+    assert!(!cycle_facts(&app).is_empty());
 }
 
 /// Issue 12, point 4 and 8: above the configured size the MQL records go through Bulk API 2.0
@@ -1256,7 +1356,7 @@ async fn a_large_backfill_writes_through_bulk_ingest_and_a_refused_record_fails_
         },
     );
     let run = app
-        .try_run_with(now(), &backfill_settings(10))
+        .try_run_with(now(), &backfill_settings(&app, 10))
         .await
         .unwrap();
     let cycles = app.store.cycles().unwrap().len();
@@ -1282,7 +1382,7 @@ async fn a_backfill_on_a_store_that_went_live_stops_saying_why() {
     let mut app = spawn_app().await;
     app.run(now()).await;
     let err = app
-        .try_run_with(now(), &backfill_settings(100_000))
+        .try_run_with(now(), &backfill_settings(&app, 100_000))
         .await
         .unwrap_err();
     assert!(matches!(err, SyncError::AlreadyLive { .. }), "{err}");

@@ -324,6 +324,36 @@ impl Pause for TokioPause {
     }
 }
 
+/// A pause chosen at run time: tokio's clock, or a hook (a test moves the sandbox's clock, so
+/// that Marketo's minutes pass at once). What a caller that cannot be generic hands the runner.
+#[derive(Clone, Default)]
+pub enum PauseBy {
+    #[default]
+    Tokio,
+    Hook(std::sync::Arc<dyn Fn(Duration) + Send + Sync>),
+}
+
+impl std::fmt::Debug for PauseBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PauseBy::Tokio => "PauseBy::Tokio",
+            PauseBy::Hook(_) => "PauseBy::Hook",
+        })
+    }
+}
+
+impl Pause for PauseBy {
+    async fn pause(&self, duration: Duration) {
+        match self {
+            PauseBy::Tokio => tokio::time::sleep(duration).await,
+            PauseBy::Hook(hook) => {
+                hook(duration);
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
 /// What went wrong in a bulk extract, naming the window.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {

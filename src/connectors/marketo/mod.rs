@@ -122,6 +122,14 @@ pub trait Map: Clone + Send + Sync + 'static {
     /// `GET /rest/v1/stats/usage.json`: today's calls of the whole instance (every
     /// integration), which the daily budget takes as its count. Returns that count.
     fn refresh_usage(&self) -> impl Future<Output = Result<u64>> + Send;
+    /// A bulk-extract runner of `plan` on this instance, its files in `dir`.
+    fn bulk_extract(
+        &self,
+        plan: extract::ExportPlan,
+        settings: extract::ExtractSettings,
+        dir: &std::path::Path,
+        pause: extract::PauseBy,
+    ) -> std::result::Result<extract::BulkExtract<extract::PauseBy>, extract::ExtractError>;
 }
 
 /// An activity (`/activities.json` and `/activities/leadchanges.json`). `marketo_guid` is the key.
@@ -577,6 +585,16 @@ impl MarketoClient {
 }
 
 impl Map for MarketoClient {
+    fn bulk_extract(
+        &self,
+        plan: extract::ExportPlan,
+        settings: extract::ExtractSettings,
+        dir: &std::path::Path,
+        pause: extract::PauseBy,
+    ) -> std::result::Result<extract::BulkExtract<extract::PauseBy>, extract::ExtractError> {
+        Ok(extract::BulkExtract::new(self.clone(), plan, settings, dir)?.with_pause(pause))
+    }
+
     async fn activity_types(&self) -> Result<Vec<Record>> {
         Self::records(
             self.call(

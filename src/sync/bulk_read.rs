@@ -1,0 +1,334 @@
+//! Reading the MAP by Marketo's bulk extract instead of its REST pages: a backfill's score
+//! history over a long range (activity export, 31-day windows), and the current scores of a
+//! large instance (lead export of every lead created since `sync.leads_since`).
+//!
+//! Both read each window's file from disk one record at a time and commit as they go, each
+//! commit carrying a cursor that names the window (and, for activities, the instant reached),
+//! so a killed read resumes at the window it was in: the windows before it are not exported
+//! again. The runner ([`crate::connectors::marketo::extract`]) keeps Marketo's queue, polling
+//! and daily-quota rules; its files go to a directory beside the store.
+//!
+//! # Time order
+//! The engine decides score changes in time order, merged with the threshold versions. An
+//! activity file is read twice: once to check that its rows are in time order (Marketo's files
+//! are, in practice), then streamed. A file out of order is sorted in memory by (instant,
+//! change key), the order the engine itself gives equal instants, so memory then holds one
+//! window's changes, never the whole history.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+
+use crate::connectors::marketo::export_file::WindowFile;
+use crate::connectors::marketo::extract::{BulkExtract, ExportPlan, ExtractError, PauseBy};
+use crate::connectors::{Crm, Map};
+use crate::engine::model::{Event, ScoreChange};
+use crate::engine::score::change_key;
+
+use super::current;
+use super::once::{ActivityRead, Intake, Run, SyncError};
+
+/// Score changes committed at a time from an export file.
+const CHANGES_A_COMMIT: usize = 2_000;
+/// Lead rows committed at a time from an export file.
+const LEADS_A_COMMIT: usize = 2_000;
+
+/// Where a bulk activity read stands: the first window not finished, and within it the
+/// instant reached (changes before it are committed; those at it are read again, which the
+/// engine takes as replays).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BulkCursor {
+    pub window: usize,
+    #[serde(default)]
+    pub after: Option<Timestamp>,
+}
+
+/// Whether an activity read over `[start, until)` goes through the bulk extract: a range of
+/// more than `above_days` days.
+pub fn activities_in_bulk(start: Timestamp, until: Timestamp, above_days: u32) -> bool {
+    let days = until.duration_since(start).as_hours() as f64 / 24.0;
+    days > f64::from(above_days)
+}
+
+impl<C: Crm, M: Map> Run<'_, C, M> {
+    /// The runner of `plan`, its files in the export directory beside the store.
+    fn extract(&self, plan: ExportPlan) -> Result<BulkExtract<PauseBy>, SyncError> {
+        let dir = self.export_dir()?;
+        let bulk = &self.settings.bulk_reads;
+        Ok(self
+            .map
+            .bulk_extract(plan, bulk.extract.clone(), &dir, bulk.pause.clone())?)
+    }
+
+    /// `<store>.exports/`, made when missing.
+    fn export_dir(&self) -> Result<PathBuf, SyncError> {
+        let dir = PathBuf::from(format!("{}.exports", self.store.path()));
+        std::fs::create_dir_all(&dir).map_err(|error| ExtractError::Io {
+            what: "make the directory of",
+            path: dir.clone(),
+            error,
+        })?;
+        Ok(dir)
+    }
+
+    /// The Change Score history of `[read.start, read.until)` by bulk activity extract, in
+    /// windows of at most 31 days, committed through the same intake as the activities API
+    /// (links looked up, threshold versions in `also` merged in time order).
+    pub(super) async fn read_activities_in_bulk(
+        &mut self,
+        read: ActivityRead,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
+        let fields = self.score_fields().await?;
+        let until = read.until.unwrap_or(self.now);
+        let name = format!("{}.bulk", read.cursor);
+        let cursor: BulkCursor = self.cursor(&name)?;
+        let type_id = u32::try_from(self.mapping.map.score_activity_type).unwrap_or(22);
+        let plan = ExportPlan::activities(&[type_id], &fields.ids(), read.start, until)?;
+        let windows = plan.windows().len();
+        // Progress in hours of history: the ETA of a replay whose record count is unknown.
+        let span = tracing::Span::current();
+        let hours = |at: Timestamp| at.duration_since(read.start).as_hours().max(0) as u64;
+        span.pb_set_length(hours(until));
+        self.progress_by_time = true;
+        let mut run = self.extract(plan)?.starting_at(cursor.window);
+        let mut intake = Intake::new(&name);
+        while let Some(file) = run.next_window().await? {
+            let index = file.window.index;
+            let after = if cursor.window == index {
+                cursor.after
+            } else {
+                None
+            };
+            intake.pages += 1;
+            let in_order = in_time_order(&file)?;
+            let mut changes = Vec::new();
+            for activity in file.activities()? {
+                let activity = activity?;
+                intake.read += 1;
+                if after.is_some_and(|t| activity.activity_date < t) {
+                    continue;
+                }
+                let Some(change) = self.score_change(&fields, &activity) else {
+                    continue;
+                };
+                changes.push(change);
+                if in_order && changes.len() >= CHANGES_A_COMMIT {
+                    let page = std::mem::take(&mut changes);
+                    self.take_window_page(&mut intake, page, index, also)
+                        .await?;
+                }
+            }
+            if !in_order {
+                tracing::info!(
+                    window = index,
+                    changes = changes.len(),
+                    "export file out of time order: sorting the window"
+                );
+                changes.sort_by_key(|c| (c.at, change_key(&c.change_id)));
+                let mut rest = changes.as_slice();
+                while rest.len() > CHANGES_A_COMMIT {
+                    let (page, later) = rest.split_at(CHANGES_A_COMMIT);
+                    self.take_window_page(&mut intake, page.to_vec(), index, also)
+                        .await?;
+                    rest = later;
+                }
+                changes = rest.to_vec();
+            }
+            // The window's last page moves the cursor to the next window.
+            let next = BulkCursor {
+                window: index + 1,
+                after: None,
+            };
+            let text = serde_json::to_string(&next).expect("cursors serialise");
+            self.take_changes(&mut intake, changes, text, also).await?;
+            // Each window commits whole before the next is read: a killed backfill does not
+            // export it again (at the cost of a look-up of fewer than 300 ids a window).
+            self.flush_intake(&mut intake, also).await?;
+            span.pb_set_position(hours(file.window.end));
+            tracing::info!(window = index, windows, "score history window replayed");
+        }
+        self.progress_by_time = false;
+        self.count_extract(&run, windows);
+        self.finish_intake(intake, also).await
+    }
+
+    /// A full page of window `index`: its cursor is the instant of its last change.
+    async fn take_window_page(
+        &mut self,
+        intake: &mut Intake,
+        page: Vec<ScoreChange>,
+        index: usize,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
+        let cursor = BulkCursor {
+            window: index,
+            after: page.last().map(|c| c.at),
+        };
+        if let Some(at) = cursor.after {
+            let start = self.settings.backfill.as_ref().map(|b| b.since);
+            if let Some(start) = start {
+                let hours = at.duration_since(start).as_hours().max(0) as u64;
+                tracing::Span::current().pb_set_position(hours);
+            }
+        }
+        let text = serde_json::to_string(&cursor).expect("cursors serialise");
+        self.take_changes(intake, page, text, also).await
+    }
+
+    /// The current score of every MAP lead created since `since` and linked to a CRM person
+    /// the engine knows, by bulk lead extract, each window committed as it is read.
+    pub(super) async fn current_scores_in_bulk(
+        &mut self,
+        mut progress: current::Progress,
+        since: Timestamp,
+    ) -> Result<(), SyncError> {
+        let m = self.mapping;
+        let source = &self.policy.score;
+        let fields = current::lead_fields(m, source, current::Take::LinksAndScores);
+        let asked: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let plan = ExportPlan::leads(&asked, since, self.now)?;
+        let windows = plan.windows().len();
+        let span = tracing::Span::current();
+        span.pb_set_length(windows as u64);
+        self.progress_by_time = true;
+        let start = progress.bulk_window.unwrap_or(0);
+        span.pb_set_position(start as u64);
+        let mut run = self.extract(plan)?.starting_at(start);
+        let (mut read, mut linked) = (0usize, 0usize);
+        while let Some(file) = run.next_window().await? {
+            let index = file.window.index;
+            let mut rows = Vec::new();
+            for lead in file.leads()? {
+                read += 1;
+                let row = current::export_row(lead?);
+                if current::linked_to_known(m, &self.state, &row) {
+                    rows.push(row);
+                }
+                if rows.len() >= LEADS_A_COMMIT {
+                    linked += rows.len();
+                    let rows = std::mem::take(&mut rows);
+                    self.commit_lead_rows(&rows, &progress, &file)?;
+                }
+            }
+            linked += rows.len();
+            progress.bulk_window = Some(index + 1);
+            self.commit_lead_rows(&rows, &progress, &file)?;
+            span.pb_set_position((index + 1) as u64);
+        }
+        self.progress_by_time = false;
+        progress = current::Progress {
+            read_at: Some(self.now),
+            ..current::Progress::default()
+        };
+        let cursor = serde_json::to_string(&progress).expect("cursors serialise");
+        self.commit(Vec::new(), (current::CURSOR.to_string(), cursor))?;
+        self.count_extract(&run, windows);
+        *self
+            .summary
+            .read
+            .entry("current scores".into())
+            .or_default() += linked;
+        tracing::info!(
+            leads = read,
+            linked,
+            windows,
+            "current scores read by bulk lead extract"
+        );
+        self.log_phase_done(linked, windows as u64);
+        Ok(())
+    }
+
+    /// One batch of lead rows of `file` as events, committed with `progress`.
+    fn commit_lead_rows(
+        &mut self,
+        rows: &[Value],
+        progress: &current::Progress,
+        file: &WindowFile,
+    ) -> Result<(), SyncError> {
+        let mut unreadable = Vec::new();
+        let events = current::events(
+            self.mapping,
+            &self.policy.score,
+            &self.state,
+            rows,
+            self.now,
+            current::Take::LinksAndScores,
+            &mut unreadable,
+        )
+        .map_err(|e| SyncError::Unkeyed {
+            call: format!(
+                "bulk lead export {} ({})",
+                file.export_id,
+                file.path.display()
+            ),
+            detail: format!("a lead row without `id` ({})", e.message),
+        })?;
+        for e in unreadable {
+            self.unreadable(e);
+        }
+        let cursor = serde_json::to_string(progress).expect("cursors serialise");
+        self.commit(events, (current::CURSOR.to_string(), cursor.clone()))?;
+        self.log_page("current scores", rows.len(), &cursor);
+        Ok(())
+    }
+
+    /// Counts an extract's calls against the fewest: per window a create, an enqueue, one
+    /// status and one download; one list of Created jobs before the first create.
+    fn count_extract(&mut self, run: &BulkExtract<PauseBy>, windows: usize) {
+        let stats = run.stats();
+        self.mkto_min += 4 * stats.windows as u64 + u64::from(stats.windows > 0);
+        tracing::info!(
+            windows = stats.windows,
+            of = windows,
+            created = stats.created,
+            status_polls = stats.status_polls,
+            bytes = stats.bytes,
+            waited_secs = stats.waited.as_secs(),
+            "bulk extract done"
+        );
+    }
+}
+
+/// Whether an activity file's rows are in time order (one pass over the file on disk).
+fn in_time_order(file: &WindowFile) -> Result<bool, ExtractError> {
+    let mut last: Option<Timestamp> = None;
+    for activity in file.activities()? {
+        let at = activity?.activity_date;
+        if last.is_some_and(|l| at < l) {
+            return Ok(false);
+        }
+        last = Some(at);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_longer_than_the_setting_goes_to_the_bulk_extract() {
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let day = jiff::SignedDuration::from_hours(24);
+        assert!(!activities_in_bulk(start, start + day * 31, 31));
+        assert!(activities_in_bulk(start, start + day * 32, 31));
+        assert!(!activities_in_bulk(start, start + day * 365, 400));
+    }
+
+    #[test]
+    fn a_cursor_without_an_instant_reads_the_window_whole() {
+        let c: BulkCursor = serde_json::from_str(r#"{"window":3}"#).unwrap();
+        assert_eq!(
+            c,
+            BulkCursor {
+                window: 3,
+                after: None
+            }
+        );
+    }
+}
