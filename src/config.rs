@@ -14,7 +14,7 @@
 //! | `mapping` | `MQLSYNC_MAPPING` | mapping file (relative to the config file); the built-in default when absent |
 //! | `store` | `MQLSYNC_STORE` | SQLite store path (default `state/mqlsync.sqlite`) |
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
-//! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota |
+//! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota, bulk_poll_interval_secs |
 //! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above, current_scores (`auto`, `by_filter`, `bulk`), leads_since, bulk_extract_above_days |
 //! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET` | or the `*_file` keys |
 
@@ -84,6 +84,7 @@ struct RawMarketo {
     calls_per_20s: Option<u32>,
     max_in_flight: Option<u32>,
     daily_quota: Option<u64>,
+    bulk_poll_interval_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -152,6 +153,9 @@ pub struct MarketoConfig {
     pub calls_per_20s: u32,
     pub max_in_flight: u32,
     pub daily_quota: u64,
+    /// First wait between a bulk export job's status polls (Marketo moves a job at most once a
+    /// minute; the sandbox moves one a state per poll).
+    pub bulk_poll_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -258,6 +262,10 @@ const OVERRIDES: &[(&str, &[&str])] = &[
         &["marketo", "max_in_flight"],
     ),
     ("MQLSYNC_MARKETO_DAILY_QUOTA", &["marketo", "daily_quota"]),
+    (
+        "MQLSYNC_MARKETO_BULK_POLL_INTERVAL_SECS",
+        &["marketo", "bulk_poll_interval_secs"],
+    ),
     (
         "MQLSYNC_SYNC_POLL_INTERVAL_SECS",
         &["sync", "poll_interval_secs"],
@@ -1026,6 +1034,15 @@ fn marketo(
             format!("{in_flight}: from 1 to 10 (Marketo allows 10 concurrent calls)"),
         ));
     }
+    let bulk_poll = m.bulk_poll_interval_secs.unwrap_or(60);
+    if bulk_poll == 0 || bulk_poll > 300 {
+        return Err(origin.err(
+            "marketo.bulk_poll_interval_secs",
+            format!(
+                "{bulk_poll}: from 1 to 300 (Marketo updates an export job's status at most once a minute: 60 suits a real instance)"
+            ),
+        ));
+    }
     let base_url = origin.required(
         m.base_url,
         "marketo.base_url",
@@ -1047,6 +1064,7 @@ fn marketo(
         calls_per_20s: calls,
         max_in_flight: in_flight,
         daily_quota: m.daily_quota.unwrap_or(50_000),
+        bulk_poll_interval_secs: bulk_poll,
     })
 }
 
@@ -1177,6 +1195,49 @@ client_id = "abc"
             e.to_string(),
             "environment: MQLSYNC_SYNC_POLL_INTERVAL: unknown variable; did you mean MQLSYNC_SYNC_POLL_INTERVAL_SECS?"
         );
+    }
+
+    /// Issue 12, point 1: how the current scores and the score history are read in bulk.
+    #[test]
+    fn bulk_read_settings_are_checked_and_a_bulk_read_needs_the_instance_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| write(dir.path(), &format!("{GOOD}[sync]\n{extra}\n"));
+        let secrets = env(&[
+            ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+            ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+        ]);
+        let c = load(
+            Some(&with(
+                "current_scores = \"auto\"\nleads_since = \"2016-04-01\"",
+            )),
+            &secrets,
+        )
+        .unwrap();
+        assert_eq!(c.sync.current_scores, CurrentScoreRead::Auto);
+        assert_eq!(
+            c.sync.leads_since,
+            Some("2016-04-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(c.sync.bulk_extract_above_days, 31);
+        assert_eq!(c.marketo.unwrap().bulk_poll_interval_secs, 60);
+        let e = load(Some(&with("current_scores = \"bulk\"")), &secrets).unwrap_err();
+        assert_eq!(e.key, "sync.current_scores");
+        assert!(e.message.contains("sync.leads_since"), "{e}");
+        let e = load(Some(&with("leads_since = \"spring 2016\"")), &secrets).unwrap_err();
+        assert_eq!(e.key, "sync.leads_since");
+        assert!(e.message.contains("2016-04-01"), "{e}");
+        let e = load(Some(&with("current_scores = \"fast\"")), &secrets).unwrap_err();
+        assert!(e.message.contains("by_filter"), "{e}");
+        let e = load(
+            Some(&write(dir.path(), GOOD)),
+            &env(&[
+                ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+                ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+                ("MQLSYNC_MARKETO_BULK_POLL_INTERVAL_SECS", "0"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "MQLSYNC_MARKETO_BULK_POLL_INTERVAL_SECS", "{e}");
     }
 
     /// Issue 11, point 4: an unknown key names its line and section, with the key it was

@@ -122,6 +122,17 @@ pub fn init(
     Ok(())
 }
 
+/// The bar of a phase whose end is known (set its length and position in `unit`s): the
+/// phase, a bar, how far, the rate and the time left. Where no bar is drawn (not a terminal,
+/// JSON logs) setting it costs nothing and the phase's log lines tell the progress.
+pub fn bar_with_eta(unit: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{span_fields}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, {{elapsed}}, ETA {{eta}})"
+    ))
+    .expect("the progress template is valid")
+    .progress_chars("=> ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -978,6 +978,13 @@ fn sync_pass(
             activities_above_days: config.sync.bulk_extract_above_days,
             current_scores: config.sync.current_scores,
             leads_since: config.sync.leads_since,
+            extract: mqlsync::connectors::marketo::extract::ExtractSettings {
+                poll_interval_secs: config
+                    .marketo
+                    .as_ref()
+                    .map_or(60, |m| m.bulk_poll_interval_secs),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..settings

@@ -111,6 +111,9 @@ pub fn sandbox_config_toml(
             quoted(&files.marketo)
         ));
     }
+    // The sandbox moves a bulk export job one state per status poll; Marketo at most once a
+    // minute (leave the key out against a real instance: 60).
+    text.push_str("bulk_poll_interval_secs = 1\n");
     text
 }
 

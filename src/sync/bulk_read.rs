@@ -93,6 +93,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         // Progress in hours of history: the ETA of a replay whose record count is unknown.
         let span = tracing::Span::current();
         let hours = |at: Timestamp| at.duration_since(read.start).as_hours().max(0) as u64;
+        span.pb_set_style(&crate::logging::bar_with_eta("hours of history"));
         span.pb_set_length(hours(until));
         self.progress_by_time = true;
         let mut run = self.extract(plan)?.starting_at(cursor.window);
@@ -194,6 +195,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let plan = ExportPlan::leads(&asked, since, self.now)?;
         let windows = plan.windows().len();
         let span = tracing::Span::current();
+        span.pb_set_style(&crate::logging::bar_with_eta("windows"));
         span.pb_set_length(windows as u64);
         self.progress_by_time = true;
         let start = progress.bulk_window.unwrap_or(0);

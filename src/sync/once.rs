@@ -881,8 +881,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.settings.max_empty_pages,
         );
         let mut intake = Intake::new(&name);
+        // A read with an end (a backfill) shows its progress in hours of history, with an ETA.
+        let span = tracing::Span::current();
+        let hours = |at: Timestamp| at.duration_since(read.start).as_hours().max(0) as u64;
+        if let Some(until) = read.until {
+            span.pb_set_style(&crate::logging::bar_with_eta("hours of history"));
+            span.pb_set_length(hours(until));
+            self.progress_by_time = true;
+        }
         let mut past_until = false;
         while !past_until && let Some((activities, cursor)) = pages.next_page().await? {
+            if let (Some(until), Some(last)) = (read.until, activities.last()) {
+                span.pb_set_position(hours(last.activity_date.min(until)));
+            }
             intake.read += activities.len();
             intake.pages += 1;
             let mut changes = Vec::with_capacity(activities.len());
@@ -902,7 +913,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         }
         // The fewest calls for this work: an activities page holds 300.
         self.mkto_min += (intake.read as u64).div_ceil(MAP_PAGE_SIZE).max(1);
-        self.finish_intake(intake, also).await
+        let finished = self.finish_intake(intake, also).await;
+        self.progress_by_time = false;
+        finished
     }
 
     /// One activity as a score change of a mapped score field (`None` for another field, or
@@ -1035,6 +1048,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let fields = current::lead_fields(m, source, take);
         let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         let (mut read, mut calls) = (0usize, 0u64);
+        // Progress in people asked for, of everyone left to ask for: a bar with an ETA.
+        let span = tracing::Span::current();
+        let left: usize = [CrmKind::Lead, CrmKind::Contact]
+            .into_iter()
+            .map(|kind| current::people(&self.state, kind, progress.after(kind)).len())
+            .sum();
+        span.pb_set_style(&crate::logging::bar_with_eta("people"));
+        span.pb_set_length(left as u64);
+        self.progress_by_time = true;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let filter = current::filter_field(m, kind).to_string();
             let people = current::people(&self.state, kind, progress.after(kind));
@@ -1079,9 +1101,11 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 progress.set_after(kind, chunk.last().expect("a chunk is not empty"));
                 let cursor = serde_json::to_string(&progress).expect("cursors serialise");
                 self.commit(events, (cursor_name.to_string(), cursor.clone()))?;
+                span.pb_inc(chunk.len() as u64);
                 self.log_page(cursor_name, rows.len(), &cursor);
             }
         }
+        self.progress_by_time = false;
         progress = current::Progress {
             read_at: Some(self.now),
             ..current::Progress::default()

@@ -523,6 +523,48 @@ fn a_run_on_a_terminal_shows_each_phase_with_records_and_rate() {
     assert!(bar.is_match(&screen), "{screen}");
 }
 
+/// Issue 12, point 6: on a terminal a backfill's score-history phase draws a bar with how far
+/// it got, its rate and the time left (here by bulk extract: two months of history).
+#[test]
+fn a_backfill_on_a_terminal_shows_its_progress_with_an_eta() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to give the run a terminal");
+        return;
+    }
+    let org = SandboxOrg::start(300, Vec::new());
+    let binary = env!("CARGO_BIN_EXE_mqlsync");
+    let info = org.sandbox.connection_info();
+    let since = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60))
+        .strftime("%Y-%m-%d")
+        .to_string();
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{binary} --config mqlsync.toml backfill --since {since} --dry-run"),
+            "/dev/null",
+        ])
+        .current_dir(org.dir.path())
+        .env_remove("MQLSYNC_LOG")
+        .env_remove("MQLSYNC_LOG_FORMAT")
+        .env(
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET",
+            info["salesforce"]["client_secret"].as_str().unwrap(),
+        )
+        .env(
+            "MQLSYNC_MARKETO_CLIENT_SECRET",
+            info["marketo"]["client_secret"].as_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let screen = text(&out.stdout);
+    let bar = regex::Regex::new(
+        r#"phase="score history \(bulk extract\)" \[[=> ]+\] \d+/\d+ hours of history \([\d.]+/s, \d+s, ETA \d+s\)"#,
+    )
+    .unwrap();
+    assert!(bar.is_match(&screen), "{screen}");
+}
+
 /// Issue 11, point 13: a run that leaves writes refused for good exits 3 and lists them, and
 /// so does every later run until they are requeued (they used to vanish from the output and
 /// the run exit 0).
@@ -1745,10 +1787,15 @@ fn the_help_and_the_readme_agree_with_the_program() {
 #[test]
 fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
     let org = SandboxOrg::start(300, Vec::new());
+    // Two months: longer than 31 days, so the history comes by bulk activity extract (two
+    // export windows; the sandbox's config polls their status every second).
+    let since = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60))
+        .strftime("%Y-%m-%d")
+        .to_string();
     let dry = org.mqlsync(&[
         "backfill",
         "--since",
-        "2025-11-01",
+        &since,
         "--dry-run",
         "--csv",
         "cycles.csv",
@@ -1771,11 +1818,19 @@ fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
     assert!(csv.starts_with("external_id,crm_id,kind,number,status"));
     assert!(!org.dir.path().join("state/mqlsync.sqlite").exists());
 
-    let real = org.mqlsync(&["backfill", "--since", "2025-11-01", "--json"]);
+    let real = org.mqlsync(&["backfill", "--since", &since, "--json"]);
     assert!(real.status.success(), "{}", text(&real.stderr));
     let summary = json_of(&real);
     assert_eq!(summary["backfill"]["cycles"], rebuilt);
     assert_eq!(summary["written"]["mql_upsert"], rebuilt);
+    let exports = org.sandbox.log().counts();
+    let created = exports
+        .get(&(
+            mqlsync::sandbox::faults::System::Marketo,
+            "bulk_activities_create".to_string(),
+        ))
+        .copied();
+    assert_eq!(created, Some(2 + 2), "two windows, dry run and real");
     let run = org.mqlsync(&["run", "--once"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let again = org.mqlsync(&["backfill", "--since", "2025-06-01"]);
