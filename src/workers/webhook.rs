@@ -327,6 +327,23 @@ struct Partial {
     fields: BTreeMap<String, Option<String>>,
 }
 
+/// What has been read of a message so far.
+#[derive(Default)]
+struct Reading {
+    /// (place, local name) of each open element.
+    stack: Vec<(Place, String)>,
+    /// The text of the innermost element so far.
+    text: String,
+    /// The innermost element has `xsi:nil="true"`.
+    nil: bool,
+    closed_root: bool,
+    seen_notifications: bool,
+    org: Option<String>,
+    action: Option<String>,
+    current: Option<Partial>,
+    notifications: Vec<Notification>,
+}
+
 /// Reads a Salesforce Outbound Message.
 pub fn parse_outbound(body: &[u8]) -> Result<OutboundMessage, Malformed> {
     let text = std::str::from_utf8(body)
@@ -334,16 +351,7 @@ pub fn parse_outbound(body: &[u8]) -> Result<OutboundMessage, Malformed> {
     let mut reader = quick_xml::NsReader::from_str(text);
     let xml_error =
         |e: &dyn std::fmt::Display| Malformed::new(format!("the body is not well-formed XML: {e}"));
-    // (place, local name) of each open element.
-    let mut stack: Vec<(Place, String)> = Vec::new();
-    let mut text_buf = String::new();
-    let mut nil = false;
-    let mut org: Option<String> = None;
-    let mut action: Option<String> = None;
-    let mut notifications: Vec<Notification> = Vec::new();
-    let mut current: Option<Partial> = None;
-    let mut seen_notifications = false;
-    let mut closed_root = false;
+    let mut r = Reading::default();
     loop {
         let (ns, event) = reader.read_resolved_event().map_err(|e| xml_error(&e))?;
         let ns = match ns {
@@ -358,83 +366,30 @@ pub fn parse_outbound(body: &[u8]) -> Result<OutboundMessage, Malformed> {
         };
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(event, Event::Empty(_));
-                if closed_root {
-                    return Err(Malformed::new("the XML has more than one root element"));
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(Malformed::new(
-                        "the XML is nested deeper than an Outbound Message",
-                    ));
-                }
-                let local = e.local_name().into_inner().to_string();
-                let parent = stack.last().map(|(p, _)| *p);
-                let place = place_of(parent, ns.as_deref(), &local)?;
-                text_buf.clear();
-                nil = is_nil(&reader, e);
-                match place {
-                    Place::Notifications => seen_notifications = true,
-                    Place::Notification => {
-                        if notifications.len() >= MAX_NOTIFICATIONS {
-                            return Err(Malformed::new(format!(
-                                "the message has more than {MAX_NOTIFICATIONS} notifications"
-                            )));
-                        }
-                        current = Some(Partial::default());
-                    }
-                    Place::SObject => {
-                        let object = sobject_type(&reader, e)?;
-                        if let Some(c) = current.as_mut() {
-                            c.object = Some(object);
-                        }
-                    }
-                    _ => {}
-                }
-                stack.push((place, local));
-                if empty {
-                    close(
-                        &mut stack,
-                        &text_buf,
-                        nil,
-                        &mut org,
-                        &mut action,
-                        &mut current,
-                        &mut notifications,
-                    )?;
-                    closed_root = stack.is_empty();
+                r.open(&reader, ns.as_deref(), e)?;
+                if matches!(event, Event::Empty(_)) {
+                    r.close()?;
                 }
             }
-            Event::End(_) => {
-                close(
-                    &mut stack,
-                    &text_buf,
-                    nil,
-                    &mut org,
-                    &mut action,
-                    &mut current,
-                    &mut notifications,
-                )?;
-                closed_root = stack.is_empty();
-                text_buf.clear();
-            }
+            Event::End(_) => r.close()?,
             Event::Text(t) => {
-                if stack.is_empty() {
+                if r.stack.is_empty() {
                     if !t.xml10_content().trim().is_empty() {
                         return Err(Malformed::new("the XML has text outside its root element"));
                     }
                 } else {
-                    text_buf.push_str(&t.xml10_content());
+                    r.text.push_str(&t.xml10_content());
                 }
             }
-            Event::CData(c) => text_buf.push_str(&c.xml10_content()),
-            Event::GeneralRef(r) => match r.resolve_char_ref() {
-                Ok(Some(c)) => text_buf.push(c),
-                Ok(None) => match quick_xml::escape::resolve_predefined_entity(&r) {
-                    Some(s) => text_buf.push_str(s),
+            Event::CData(c) => r.text.push_str(&c.xml10_content()),
+            Event::GeneralRef(g) => match g.resolve_char_ref() {
+                Ok(Some(c)) => r.text.push(c),
+                Ok(None) => match quick_xml::escape::resolve_predefined_entity(&g) {
+                    Some(s) => r.text.push_str(s),
                     None => {
                         return Err(Malformed::new(format!(
                             "the XML uses the undefined entity &{};",
-                            shown(&r).trim_matches('"')
+                            shown(&g).trim_matches('"')
                         )));
                     }
                 },
@@ -449,25 +404,128 @@ pub fn parse_outbound(body: &[u8]) -> Result<OutboundMessage, Malformed> {
             Event::Eof => break,
         }
     }
-    if !closed_root || !stack.is_empty() {
-        return Err(Malformed::new(
-            "the XML ends before its root element is closed",
-        ));
+    r.finish()
+}
+
+impl Reading {
+    /// A new innermost element.
+    fn open(
+        &mut self,
+        reader: &quick_xml::NsReader<&[u8]>,
+        ns: Option<&str>,
+        e: &BytesStart<'_>,
+    ) -> Result<(), Malformed> {
+        if self.closed_root {
+            return Err(Malformed::new("the XML has more than one root element"));
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Malformed::new(
+                "the XML is nested deeper than an Outbound Message",
+            ));
+        }
+        let local = e.local_name().into_inner().to_string();
+        let place = place_of(self.stack.last().map(|(p, _)| *p), ns, &local)?;
+        self.text.clear();
+        self.nil = is_nil(reader, e);
+        match place {
+            Place::Notifications => self.seen_notifications = true,
+            Place::Notification => {
+                if self.notifications.len() >= MAX_NOTIFICATIONS {
+                    return Err(Malformed::new(format!(
+                        "the message has more than {MAX_NOTIFICATIONS} notifications"
+                    )));
+                }
+                self.current = Some(Partial::default());
+            }
+            Place::SObject => {
+                let object = sobject_type(reader, e)?;
+                if let Some(c) = self.current.as_mut() {
+                    c.object = Some(object);
+                }
+            }
+            _ => {}
+        }
+        self.stack.push((place, local));
+        Ok(())
     }
-    if !seen_notifications {
-        return Err(Malformed::new(format!(
-            "the SOAP body has no notifications element in namespace {OUTBOUND_NS}"
-        )));
+
+    /// Ends the innermost element: keeps its text where it belongs, finishes a notification.
+    fn close(&mut self) -> Result<(), Malformed> {
+        let Some((place, local)) = self.stack.pop() else {
+            return Err(Malformed::new("the XML closes an element it never opened"));
+        };
+        self.closed_root = self.stack.is_empty();
+        let value = std::mem::take(&mut self.text);
+        let value = value.trim();
+        match place {
+            Place::MessageField => match local.as_str() {
+                "OrganizationId" => self.org = Some(id_value(value, "OrganizationId")?),
+                "ActionId" => self.action = Some(value.to_string()),
+                _ => {}
+            },
+            Place::NotificationField if local == "Id" => {
+                if let Some(c) = self.current.as_mut() {
+                    c.id = Some(id_value(value, "a Notification's Id")?);
+                }
+            }
+            Place::RecordField => {
+                if let Some(c) = self.current.as_mut() {
+                    if local == "Id" {
+                        c.record_id = Some(id_value(value, "a record's Id")?);
+                    } else {
+                        c.fields
+                            .insert(local, (!self.nil).then(|| value.to_string()));
+                    }
+                }
+            }
+            Place::Notification => {
+                let Some(c) = self.current.take() else {
+                    return Ok(());
+                };
+                let id =
+                    c.id.ok_or_else(|| Malformed::new("a Notification has no Id"))?;
+                let object = c
+                    .object
+                    .ok_or_else(|| Malformed::new("a Notification has no sObject"))?;
+                let record_id = c
+                    .record_id
+                    .ok_or_else(|| Malformed::new("a Notification's sObject has no Id"))?;
+                self.notifications.push(Notification {
+                    id,
+                    object,
+                    record_id,
+                    fields: c.fields,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
     }
-    let organization_id = org.ok_or_else(|| Malformed::new("the message has no OrganizationId"))?;
-    if notifications.is_empty() {
-        return Err(Malformed::new("the message has no Notification"));
+
+    /// The message, once the document has ended.
+    fn finish(self) -> Result<OutboundMessage, Malformed> {
+        if !self.closed_root || !self.stack.is_empty() {
+            return Err(Malformed::new(
+                "the XML ends before its root element is closed",
+            ));
+        }
+        if !self.seen_notifications {
+            return Err(Malformed::new(format!(
+                "the SOAP body has no notifications element in namespace {OUTBOUND_NS}"
+            )));
+        }
+        let organization_id = self
+            .org
+            .ok_or_else(|| Malformed::new("the message has no OrganizationId"))?;
+        if self.notifications.is_empty() {
+            return Err(Malformed::new("the message has no Notification"));
+        }
+        Ok(OutboundMessage {
+            organization_id,
+            action_id: self.action,
+            notifications: self.notifications,
+        })
     }
-    Ok(OutboundMessage {
-        organization_id,
-        action_id: action,
-        notifications,
-    })
 }
 
 /// What an element is, from its parent and its (namespace, local name); an element that
@@ -543,64 +601,6 @@ fn sobject_type(
     Err(Malformed::new(
         "an sObject has no xsi:type naming its object",
     ))
-}
-
-/// Ends the innermost element: keeps its text where it belongs, finishes a notification.
-fn close(
-    stack: &mut Vec<(Place, String)>,
-    text: &str,
-    nil: bool,
-    org: &mut Option<String>,
-    action: &mut Option<String>,
-    current: &mut Option<Partial>,
-    notifications: &mut Vec<Notification>,
-) -> Result<(), Malformed> {
-    let Some((place, local)) = stack.pop() else {
-        return Err(Malformed::new("the XML closes an element it never opened"));
-    };
-    let value = text.trim();
-    match place {
-        Place::MessageField => match local.as_str() {
-            "OrganizationId" => *org = Some(id_value(value, "OrganizationId")?),
-            "ActionId" => *action = Some(value.to_string()),
-            _ => {}
-        },
-        Place::NotificationField if local == "Id" => {
-            if let Some(c) = current.as_mut() {
-                c.id = Some(id_value(value, "a Notification's Id")?);
-            }
-        }
-        Place::RecordField => {
-            if let Some(c) = current.as_mut() {
-                if local == "Id" {
-                    c.record_id = Some(id_value(value, "a record's Id")?);
-                } else {
-                    c.fields.insert(local, (!nil).then(|| value.to_string()));
-                }
-            }
-        }
-        Place::Notification => {
-            let Some(c) = current.take() else {
-                return Ok(());
-            };
-            let id =
-                c.id.ok_or_else(|| Malformed::new("a Notification has no Id"))?;
-            let object = c
-                .object
-                .ok_or_else(|| Malformed::new("a Notification has no sObject"))?;
-            let record_id = c
-                .record_id
-                .ok_or_else(|| Malformed::new("a Notification's sObject has no Id"))?;
-            notifications.push(Notification {
-                id,
-                object,
-                record_id,
-                fields: c.fields,
-            });
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 fn id_value(value: &str, what: &str) -> Result<String, Malformed> {
