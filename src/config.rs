@@ -16,7 +16,8 @@
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
 //! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota, bulk_poll_interval_secs |
 //! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above, current_scores (`auto`, `by_filter`, `bulk`), leads_since, bulk_extract_above_days |
-//! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET` | or the `*_file` keys |
+//! | `daemon.*` | `MQLSYNC_DAEMON_<KEY>` | listen, webhook_secret_file, webhook_secret_header, max_body_bytes (the HTTP port of `mqlsync run`) |
+//! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET`, `MQLSYNC_DAEMON_WEBHOOK_SECRET` | or the `*_file` keys |
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,8 @@ struct RawConfig {
     marketo: Option<RawMarketo>,
     #[serde(default)]
     sync: RawSync,
+    #[serde(default)]
+    daemon: RawDaemon,
 }
 
 /// Required keys are options here so that a file may leave them to the environment; their
@@ -97,6 +100,15 @@ struct RawSync {
     current_scores: Option<String>,
     leads_since: Option<String>,
     bulk_extract_above_days: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<String>,
+    webhook_secret_file: Option<String>,
+    webhook_secret_header: Option<String>,
+    max_body_bytes: Option<usize>,
 }
 
 /// How mqlsync signs in to Salesforce.
@@ -201,6 +213,25 @@ pub enum GoLive {
     Wait,
 }
 
+/// The daemon's HTTP port (`[daemon]`): webhooks, health, readiness and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonConfig {
+    /// Where the port listens (default `127.0.0.1:8080`; `0.0.0.0:PORT` to take webhooks from
+    /// outside the host).
+    pub listen: std::net::SocketAddr,
+    /// The shared secret the Marketo webhook sends in [`Self::webhook_secret_header`]. `None`:
+    /// every Marketo webhook call is refused (the pollers still see every score change).
+    pub webhook_secret: Option<Secret>,
+    /// The header that carries it (default `X-Mqlsync-Secret`), as set in Marketo's
+    /// "Set Custom Header".
+    pub webhook_secret_header: String,
+    /// Larger webhook bodies are refused with 413 before they are read whole.
+    pub max_body_bytes: usize,
+}
+
+/// The header the Marketo webhook's secret comes in unless `daemon.webhook_secret_header` says.
+pub const DEFAULT_WEBHOOK_SECRET_HEADER: &str = "X-Mqlsync-Secret";
+
 /// The validated configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
@@ -212,6 +243,7 @@ pub struct Config {
     pub salesforce: Option<SalesforceConfig>,
     pub marketo: Option<MarketoConfig>,
     pub sync: SyncConfig,
+    pub daemon: DaemonConfig,
     /// The environment variables that overrode the file.
     pub overrides: Vec<String>,
 }
@@ -282,6 +314,19 @@ const OVERRIDES: &[(&str, &[&str])] = &[
         "MQLSYNC_SYNC_BULK_EXTRACT_ABOVE_DAYS",
         &["sync", "bulk_extract_above_days"],
     ),
+    ("MQLSYNC_DAEMON_LISTEN", &["daemon", "listen"]),
+    (
+        "MQLSYNC_DAEMON_WEBHOOK_SECRET_FILE",
+        &["daemon", "webhook_secret_file"],
+    ),
+    (
+        "MQLSYNC_DAEMON_WEBHOOK_SECRET_HEADER",
+        &["daemon", "webhook_secret_header"],
+    ),
+    (
+        "MQLSYNC_DAEMON_MAX_BODY_BYTES",
+        &["daemon", "max_body_bytes"],
+    ),
 ];
 
 /// Secret variables, read directly and never placed in the table.
@@ -289,6 +334,7 @@ const SECRET_VARS: &[&str] = &[
     "MQLSYNC_SALESFORCE_CLIENT_SECRET",
     "MQLSYNC_SALESFORCE_REFRESH_TOKEN",
     "MQLSYNC_MARKETO_CLIENT_SECRET",
+    "MQLSYNC_DAEMON_WEBHOOK_SECRET",
 ];
 
 /// `MQLSYNC_*` variables that are not settings: the config file's path and logging, read by
@@ -311,6 +357,11 @@ const REFUSED_SECRETS: &[(&str, &str, &str)] = &[
         "marketo.client_secret",
         "MQLSYNC_MARKETO_CLIENT_SECRET",
         "client_secret_file",
+    ),
+    (
+        "daemon.webhook_secret",
+        "MQLSYNC_DAEMON_WEBHOOK_SECRET",
+        "webhook_secret_file",
     ),
 ];
 
@@ -810,6 +861,7 @@ fn validate(
     if batch == 0 {
         return Err(origin.err("sync.batch_size", "0: a batch has 1 or more events"));
     }
+    let daemon = daemon(raw.daemon, origin, env, &base, scope)?;
     let go_live = match raw.sync.go_live.as_deref() {
         None | Some("mql") => GoLive::Mql,
         Some("wait") => GoLive::Wait,
@@ -871,6 +923,7 @@ fn validate(
             leads_since,
             bulk_extract_above_days,
         },
+        daemon,
         overrides: origin.overrides.iter().map(|o| o.var.clone()).collect(),
     })
 }
@@ -1065,6 +1118,86 @@ fn marketo(
         max_in_flight: in_flight,
         daily_quota: m.daily_quota.unwrap_or(50_000),
         bulk_poll_interval_secs: bulk_poll,
+    })
+}
+
+/// Webhook bodies up to this size are read unless `daemon.max_body_bytes` says otherwise: a
+/// Salesforce Outbound Message of 100 notifications with a few fields each is far below it.
+const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest `daemon.max_body_bytes` allowed: a webhook is a nudge, not a bulk transfer.
+const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// A shared secret shorter than this is too easy to guess.
+const MIN_WEBHOOK_SECRET_CHARS: usize = 16;
+
+fn daemon(
+    d: RawDaemon,
+    origin: &Origin<'_>,
+    env: &[(String, String)],
+    base: &Path,
+    scope: Scope,
+) -> Result<DaemonConfig, ConfigError> {
+    let listen = d.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = listen.parse().map_err(|_| {
+        origin.err(
+            "daemon.listen",
+            format!("{listen:?} is not an address and port (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)"),
+        )
+    })?;
+    let header = d
+        .webhook_secret_header
+        .unwrap_or_else(|| DEFAULT_WEBHOOK_SECRET_HEADER.to_string());
+    if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Err(origin.err(
+            "daemon.webhook_secret_header",
+            format!(
+                "{header:?} is not an HTTP header name (letters, digits and `-`, e.g. {DEFAULT_WEBHOOK_SECRET_HEADER})"
+            ),
+        ));
+    }
+    let max_body_bytes = d.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1024..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
+        return Err(origin.err(
+            "daemon.max_body_bytes",
+            format!("{max_body_bytes}: from 1024 to {MAX_MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    let webhook_secret = match scope {
+        Scope::Local => None,
+        Scope::Remote => origin.secret(
+            env,
+            "MQLSYNC_DAEMON_WEBHOOK_SECRET",
+            d.webhook_secret_file.as_ref(),
+            base,
+            "daemon.webhook_secret_file",
+        )?,
+    };
+    if let Some(secret) = &webhook_secret
+        && secret.expose().chars().count() < MIN_WEBHOOK_SECRET_CHARS
+    {
+        let key = if secret.origin == "MQLSYNC_DAEMON_WEBHOOK_SECRET" {
+            "MQLSYNC_DAEMON_WEBHOOK_SECRET"
+        } else {
+            "daemon.webhook_secret_file"
+        };
+        let message = format!(
+            "the webhook secret (from {}) is shorter than {MIN_WEBHOOK_SECRET_CHARS} characters; use a long random one (e.g. `openssl rand -hex 32`)",
+            secret.origin
+        );
+        return Err(if key.starts_with("MQLSYNC_") {
+            ConfigError {
+                source_name: "environment".into(),
+                key: key.into(),
+                message,
+            }
+        } else {
+            origin.err(key, message)
+        });
+    }
+    Ok(DaemonConfig {
+        listen,
+        webhook_secret,
+        webhook_secret_header: header,
+        max_body_bytes,
     })
 }
 
@@ -1498,6 +1631,108 @@ client_id = "abc"
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(closest("stor", ["store", "sync"]), Some(("store", 1)));
         assert_eq!(closest("zzz", ["store", "sync"]), None);
+    }
+
+    /// Issue 13: the daemon's port, its webhook secret (never from the file) and body limit.
+    #[test]
+    fn the_daemon_section_has_defaults_overrides_and_a_secret_from_outside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = [
+            ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+            ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+        ];
+        let cfg = load(Some(&write(dir.path(), GOOD)), &env(&secrets)).unwrap();
+        assert_eq!(cfg.daemon.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.daemon.webhook_secret_header, "X-Mqlsync-Secret");
+        assert_eq!(cfg.daemon.max_body_bytes, 1024 * 1024);
+        assert!(cfg.daemon.webhook_secret.is_none());
+
+        std::fs::write(
+            dir.path().join("hook.secret"),
+            "0123456789abcdef-from-file\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{GOOD}[daemon]\nlisten = \"0.0.0.0:9000\"\nwebhook_secret_file = \"hook.secret\"\nwebhook_secret_header = \"X-Hook-Key\"\nmax_body_bytes = 4096\n"
+        );
+        let file = write(dir.path(), &text);
+        let cfg = load(Some(&file), &env(&secrets)).unwrap();
+        assert_eq!(cfg.daemon.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(cfg.daemon.webhook_secret_header, "X-Hook-Key");
+        assert_eq!(cfg.daemon.max_body_bytes, 4096);
+        let secret = cfg.daemon.webhook_secret.as_ref().unwrap();
+        assert_eq!(secret.expose(), "0123456789abcdef-from-file");
+        let shown = toml::to_string(&cfg).unwrap() + &format!("{cfg:?}");
+        assert!(!shown.contains("from-file\""), "{shown}");
+        // The variable wins over the file; the local scope reads no secret.
+        let mut e = env(&secrets);
+        e.push((
+            "MQLSYNC_DAEMON_WEBHOOK_SECRET".into(),
+            "a-long-secret-from-the-environment".into(),
+        ));
+        e.push(("MQLSYNC_DAEMON_MAX_BODY_BYTES".into(), "2048".into()));
+        let cfg = load(Some(&file), &e).unwrap();
+        assert_eq!(
+            cfg.daemon.webhook_secret.unwrap().origin,
+            "MQLSYNC_DAEMON_WEBHOOK_SECRET"
+        );
+        assert_eq!(cfg.daemon.max_body_bytes, 2048);
+        let cfg = load_for(Some(&file), &[], Scope::Local).unwrap();
+        assert!(cfg.daemon.webhook_secret.is_none());
+    }
+
+    #[test]
+    fn daemon_keys_are_checked_like_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = env(&[
+            ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+            ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+        ]);
+        let with = |extra: &str| write(dir.path(), &format!("{GOOD}[daemon]\n{extra}\n"));
+        let e = load(Some(&with("lisen = \"127.0.0.1:1\"")), &secrets).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:11: daemon.lisen: unknown key; did you mean `listen`?",
+                dir.path().join("mqlsync.toml").display()
+            )
+        );
+        let e = load(Some(&with("webhook_secret = \"oops\"")), &secrets).unwrap_err();
+        assert_eq!(e.key, "daemon.webhook_secret");
+        assert_eq!(
+            e.message,
+            "secrets are not read from the config file; set MQLSYNC_DAEMON_WEBHOOK_SECRET or `webhook_secret_file`"
+        );
+        assert!(!e.to_string().contains("oops"));
+        let e = load(Some(&with("listen = \"localhost\"")), &secrets).unwrap_err();
+        assert_eq!(e.key, "daemon.listen");
+        assert!(e.source_name.ends_with("mqlsync.toml:11"), "{e}");
+        assert!(e.message.contains("127.0.0.1:8080"), "{e}");
+        let e = load(
+            Some(&with("webhook_secret_header = \"X Secret\"")),
+            &secrets,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "daemon.webhook_secret_header");
+        let e = load(Some(&with("max_body_bytes = 10")), &secrets).unwrap_err();
+        assert_eq!(e.message, "10: from 1024 to 67108864 bytes");
+        let mut short = secrets.clone();
+        short.push(("MQLSYNC_DAEMON_WEBHOOK_SECRET".into(), "short".into()));
+        let e = load(Some(&with("")), &short).unwrap_err();
+        assert_eq!(
+            (e.source_name.as_str(), e.key.as_str()),
+            ("environment", "MQLSYNC_DAEMON_WEBHOOK_SECRET")
+        );
+        assert!(!e.to_string().contains("short\""), "{e}");
+        let e = load(
+            Some(&with("")),
+            &env(&[("MQLSYNC_DAEMON_LISTN", "127.0.0.1:1")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown variable; did you mean MQLSYNC_DAEMON_LISTEN?"
+        );
     }
 
     #[test]

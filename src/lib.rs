@@ -15,6 +15,7 @@
 //! - [`sandbox`]: wire-faithful emulators of both APIs, sharing no code with the above.
 //! - [`simulate`]: replays a CSV or JSONL history through the engine into a store.
 //! - [`sync`]: vendor records <-> engine values (the mapping applied), the first sync.
+//! - [`workers`]: the daemon (`mqlsync run`): its HTTP port (webhooks, health, metrics).
 
 pub mod backfill;
 pub mod config;
@@ -27,3 +28,4 @@ pub mod sandbox;
 pub mod simulate;
 pub mod store;
 pub mod sync;
+pub mod workers;
