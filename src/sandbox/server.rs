@@ -36,6 +36,8 @@ pub struct SandboxOptions {
     pub now: Option<Timestamp>,
     pub salesforce: SalesforceConfig,
     pub marketo: MarketoConfig,
+    /// Campaign touches a generated person gets at most: the density of the score history.
+    pub score_touches: u32,
 }
 
 impl Default for SandboxOptions {
@@ -51,6 +53,7 @@ impl Default for SandboxOptions {
             now: None,
             salesforce: SalesforceConfig::sandbox_default(),
             marketo: MarketoConfig::sandbox_default(),
+            score_touches: super::world::DEFAULT_TOUCHES,
         }
     }
 }
@@ -112,7 +115,12 @@ impl Sandbox {
     pub async fn start(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
         let clock = options.clock.clone();
         let now = options.now.unwrap_or_else(|| clock.now());
-        let world = Arc::new(World::generate(options.seed, options.leads, now));
+        let world = Arc::new(World::generate_touching(
+            options.seed,
+            options.leads,
+            now,
+            options.score_touches,
+        ));
         let faults = Arc::new(Faults::new(options.faults));
         let log = Arc::new(RequestLog::default());
         let mut sf_config = options.salesforce;

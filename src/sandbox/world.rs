@@ -143,6 +143,9 @@ pub struct Threshold {
     pub modified_at: Timestamp,
 }
 
+/// Campaign touches a generated person gets at most (see [`World::generate_touching`]).
+pub const DEFAULT_TOUCHES: u32 = 10;
+
 /// Everything generated.
 #[derive(Clone, Debug, Serialize)]
 pub struct World {
@@ -209,6 +212,13 @@ const CAMPAIGN_KINDS: [&str; 5] = ["Webinar", "Content", "Trade Show", "Email", 
 impl World {
     /// Generates a world of `people` people for the instant `now`, from `seed`.
     pub fn generate(seed: u64, people: usize, now: Timestamp) -> World {
+        Self::generate_touching(seed, people, now, DEFAULT_TOUCHES)
+    }
+
+    /// [`World::generate`] with up to `touches` campaign touches a person (each a behaviour
+    /// change and a `leadScore` change; the default 10 gives about 11 score changes a person):
+    /// the same people with a sparser or denser score history.
+    pub fn generate_touching(seed: u64, people: usize, now: Timestamp, touches: u32) -> World {
         let now = Timestamp::from_second(now.as_second()).expect("whole seconds");
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let day = SignedDuration::from_hours(24);
@@ -343,7 +353,7 @@ impl World {
             let mut behavior = 0i64;
             let mut demographic = 0i64;
             let mut at = created;
-            let touches = rng.random_range(0..10);
+            let touches = rng.random_range(0..touches.max(1));
             for t in 0..=touches {
                 at += SignedDuration::from_mins(rng.random_range(30..20_000));
                 if at >= now {

@@ -299,8 +299,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 /// Whether an activity file's rows are in time order (one pass over the file on disk).
 fn in_time_order(file: &WindowFile) -> Result<bool, ExtractError> {
     let mut last: Option<Timestamp> = None;
-    for activity in file.activities()? {
-        let at = activity?.activity_date;
+    let mut rows = file.activities()?;
+    while let Some(at) = rows.next_date() {
+        let at = at?;
         if last.is_some_and(|l| at < l) {
             return Ok(false);
         }

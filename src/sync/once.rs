@@ -925,8 +925,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         fields: &ScoreFields,
         activity: &crate::connectors::marketo::Activity,
     ) -> Option<ScoreChange> {
-        let value = serde_json::to_value(activity).expect("activities serialise");
-        match records::score_change(fields, &value) {
+        match records::score_change_of(fields, activity) {
             Ok(change) => change,
             Err(e) => {
                 self.unreadable(e);

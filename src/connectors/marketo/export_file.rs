@@ -297,6 +297,32 @@ impl ActivityRows {
         self.csv.skipped
     }
 
+    /// The next activity's date alone (the rest of the row is not parsed), for a pass that
+    /// only checks the file's order; rows outside the window are skipped as by `next`.
+    pub fn next_date(&mut self) -> Option<Result<jiff::Timestamp, ExtractError>> {
+        loop {
+            match self.csv.advance() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+            let csv = &self.csv;
+            let date = match csv.required(self.columns.date, "activityDate") {
+                Ok(date) => date,
+                Err(e) => return Some(Err(e)),
+            };
+            match parse_datetime(date) {
+                Some(at) if csv.in_window(at) => return Some(Ok(at)),
+                Some(_) => self.csv.skipped += 1,
+                None => {
+                    let e = csv.error(format!("activityDate {date:?} is not a date"));
+                    self.csv.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
     fn parse(&self) -> Result<Activity, ExtractError> {
         let (csv, c) = (&self.csv, &self.columns);
         let date = csv.required(c.date, "activityDate")?;
