@@ -90,6 +90,8 @@ struct App {
     loaded: LoadedMapping,
     http: HttpState,
     progress: watch::Receiver<Progress>,
+    /// The daemon's port.
+    base: String,
     shutdown: CancellationToken,
     daemon: Option<tokio::task::JoinHandle<Result<Stopped, DaemonError>>>,
     _dir: tempfile::TempDir,
@@ -196,6 +198,7 @@ async fn spawn_app(leads: usize, daemon_toml: &str, faults: Vec<FaultRule>) -> A
         loaded,
         http: state,
         progress,
+        base,
         shutdown,
         daemon: Some(daemon),
         _dir: dir,
@@ -379,6 +382,21 @@ async fn the_first_pass_goes_live_and_a_knob_turn_outbound_message_makes_mqls_at
     assert!(first.records_written() >= cycles.len(), "{first:?}");
     assert_each_record_once(&app.mql_records().await, &cycles);
     assert_eq!(app.polls(Source::Thresholds), 0);
+    // Point 6 wired: signed in, store open, both systems polled: ready; the metrics count.
+    let ready = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    let metrics = app.http.metrics().render();
+    for sample in [
+        "mqlsync_mqls_opened_total{segment=\"region=EMEA\"}",
+        "mqlsync_decisions_total{kind=\"open_cycle\"}",
+        "mqlsync_events_total{kind=\"Lead\"}",
+        "mqlsync_api_calls_total{system=\"salesforce\"}",
+        "mqlsync_api_daily_budget_remaining{system=\"marketo\"}",
+        "mqlsync_poll_lag_seconds{source=\"thresholds\"}",
+        "mqlsync_outbox_depth 0",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in\n{metrics}");
+    }
 
     let later = start() + SignedDuration::from_mins(1);
     let (knob_id, knob_score) = turn_emea_knob(&app, 25.0, later);
