@@ -16,7 +16,7 @@
 //! | `salesforce.*` | `MQLSYNC_SALESFORCE_<KEY>` | base_url, login_url, api_version, auth, client_id, username, private_key_file, client_secret_file, refresh_token_file, daily_reserve_percent |
 //! | `marketo.*` | `MQLSYNC_MARKETO_<KEY>` | base_url, identity_url, client_id, client_secret_file, calls_per_20s, max_in_flight, daily_quota, bulk_poll_interval_secs |
 //! | `sync.*` | `MQLSYNC_SYNC_<KEY>` | poll_interval_secs, batch_size, go_live (`mql` or `wait`), bulk_ingest_above, current_scores (`auto`, `by_filter`, `bulk`), leads_since, bulk_extract_above_days |
-//! | `daemon.*` | `MQLSYNC_DAEMON_<KEY>` | listen, webhook_secret_file, webhook_secret_header, max_body_bytes (the HTTP port of `mqlsync run`) |
+//! | `daemon.*` | `MQLSYNC_DAEMON_<KEY>` | listen, webhook_secret_file, webhook_secret_header, max_body_bytes (the HTTP port of `mqlsync run`); poll_thresholds_secs, poll_people_secs, poll_mql_edits_secs, poll_opportunities_secs, poll_activities_secs, poll_idle_ceiling_secs, write_window_ms, max_pending_writes, grace_secs (its loop) |
 //! | secrets | `MQLSYNC_SALESFORCE_CLIENT_SECRET`, `MQLSYNC_SALESFORCE_REFRESH_TOKEN`, `MQLSYNC_MARKETO_CLIENT_SECRET`, `MQLSYNC_DAEMON_WEBHOOK_SECRET` | or the `*_file` keys |
 
 use std::path::{Path, PathBuf};
@@ -109,6 +109,15 @@ struct RawDaemon {
     webhook_secret_file: Option<String>,
     webhook_secret_header: Option<String>,
     max_body_bytes: Option<usize>,
+    poll_thresholds_secs: Option<u64>,
+    poll_people_secs: Option<u64>,
+    poll_mql_edits_secs: Option<u64>,
+    poll_opportunities_secs: Option<u64>,
+    poll_activities_secs: Option<u64>,
+    poll_idle_ceiling_secs: Option<u64>,
+    write_window_ms: Option<u64>,
+    max_pending_writes: Option<usize>,
+    grace_secs: Option<u64>,
 }
 
 /// How mqlsync signs in to Salesforce.
@@ -227,6 +236,49 @@ pub struct DaemonConfig {
     pub webhook_secret_header: String,
     /// Larger webhook bodies are refused with 413 before they are read whole.
     pub max_body_bytes: usize,
+    /// The run loop: how often each source is polled, how writes are batched, how it stops.
+    pub schedule: DaemonSchedule,
+}
+
+/// The daemon's loop (`daemon.poll_*`, `write_window_ms`, `max_pending_writes`,
+/// `grace_secs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonSchedule {
+    /// Seconds between polls of the threshold records (the knob) while they change.
+    pub poll_thresholds_secs: u64,
+    /// ... of leads and contacts.
+    pub poll_people_secs: u64,
+    /// ... of reps' edits of MQL records.
+    pub poll_mql_edits_secs: u64,
+    /// ... of opportunities.
+    pub poll_opportunities_secs: u64,
+    /// ... of the MAP's Change Score activities.
+    pub poll_activities_secs: u64,
+    /// A source whose polls find nothing waits twice as long each time, up to this.
+    pub poll_idle_ceiling_secs: u64,
+    /// The writer waits at most this long after new decisions for more to fill a batch.
+    pub write_window_ms: u64,
+    /// Above this many writes waiting in the outbox, the people and activity pollers pause
+    /// until the writer has drained it below.
+    pub max_pending_writes: usize,
+    /// After SIGTERM or SIGINT, the pass in flight may finish for this long.
+    pub grace_secs: u64,
+}
+
+impl Default for DaemonSchedule {
+    fn default() -> Self {
+        DaemonSchedule {
+            poll_thresholds_secs: 5,
+            poll_people_secs: 60,
+            poll_mql_edits_secs: 30,
+            poll_opportunities_secs: 300,
+            poll_activities_secs: 5,
+            poll_idle_ceiling_secs: 300,
+            write_window_ms: 200,
+            max_pending_writes: 10_000,
+            grace_secs: 30,
+        }
+    }
 }
 
 /// The header the Marketo webhook's secret comes in unless `daemon.webhook_secret_header` says.
@@ -327,6 +379,39 @@ const OVERRIDES: &[(&str, &[&str])] = &[
         "MQLSYNC_DAEMON_MAX_BODY_BYTES",
         &["daemon", "max_body_bytes"],
     ),
+    (
+        "MQLSYNC_DAEMON_POLL_THRESHOLDS_SECS",
+        &["daemon", "poll_thresholds_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_POLL_PEOPLE_SECS",
+        &["daemon", "poll_people_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_POLL_MQL_EDITS_SECS",
+        &["daemon", "poll_mql_edits_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_POLL_OPPORTUNITIES_SECS",
+        &["daemon", "poll_opportunities_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_POLL_ACTIVITIES_SECS",
+        &["daemon", "poll_activities_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_POLL_IDLE_CEILING_SECS",
+        &["daemon", "poll_idle_ceiling_secs"],
+    ),
+    (
+        "MQLSYNC_DAEMON_WRITE_WINDOW_MS",
+        &["daemon", "write_window_ms"],
+    ),
+    (
+        "MQLSYNC_DAEMON_MAX_PENDING_WRITES",
+        &["daemon", "max_pending_writes"],
+    ),
+    ("MQLSYNC_DAEMON_GRACE_SECS", &["daemon", "grace_secs"]),
 ];
 
 /// Secret variables, read directly and never placed in the table.
@@ -1129,6 +1214,99 @@ const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// A shared secret shorter than this is too easy to guess.
 const MIN_WEBHOOK_SECRET_CHARS: usize = 16;
 
+/// The daemon's loop settings of `[daemon]`, each checked against its range.
+fn daemon_schedule(d: &RawDaemon, origin: &Origin<'_>) -> Result<DaemonSchedule, ConfigError> {
+    let defaults = DaemonSchedule::default();
+    const DAY: u64 = 86_400;
+    let in_range = |key: &str, value: Option<u64>, default: u64, min: u64, max: u64, what: &str| {
+        let v = value.unwrap_or(default);
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(origin.err(key, format!("{v}: from {min} to {max} {what}")))
+        }
+    };
+    let poll = |key: &str, value: Option<u64>, default: u64| {
+        in_range(key, value, default, 1, DAY, "seconds")
+    };
+    let schedule = DaemonSchedule {
+        poll_thresholds_secs: poll(
+            "daemon.poll_thresholds_secs",
+            d.poll_thresholds_secs,
+            defaults.poll_thresholds_secs,
+        )?,
+        poll_people_secs: poll(
+            "daemon.poll_people_secs",
+            d.poll_people_secs,
+            defaults.poll_people_secs,
+        )?,
+        poll_mql_edits_secs: poll(
+            "daemon.poll_mql_edits_secs",
+            d.poll_mql_edits_secs,
+            defaults.poll_mql_edits_secs,
+        )?,
+        poll_opportunities_secs: poll(
+            "daemon.poll_opportunities_secs",
+            d.poll_opportunities_secs,
+            defaults.poll_opportunities_secs,
+        )?,
+        poll_activities_secs: poll(
+            "daemon.poll_activities_secs",
+            d.poll_activities_secs,
+            defaults.poll_activities_secs,
+        )?,
+        poll_idle_ceiling_secs: poll(
+            "daemon.poll_idle_ceiling_secs",
+            d.poll_idle_ceiling_secs,
+            defaults.poll_idle_ceiling_secs,
+        )?,
+        write_window_ms: in_range(
+            "daemon.write_window_ms",
+            d.write_window_ms,
+            defaults.write_window_ms,
+            0,
+            10_000,
+            "milliseconds",
+        )?,
+        max_pending_writes: in_range(
+            "daemon.max_pending_writes",
+            d.max_pending_writes.map(|n| n as u64),
+            defaults.max_pending_writes as u64,
+            1,
+            10_000_000,
+            "writes",
+        )? as usize,
+        grace_secs: in_range(
+            "daemon.grace_secs",
+            d.grace_secs,
+            defaults.grace_secs,
+            1,
+            3_600,
+            "seconds",
+        )?,
+    };
+    let longest = [
+        ("poll_thresholds_secs", schedule.poll_thresholds_secs),
+        ("poll_people_secs", schedule.poll_people_secs),
+        ("poll_mql_edits_secs", schedule.poll_mql_edits_secs),
+        ("poll_opportunities_secs", schedule.poll_opportunities_secs),
+        ("poll_activities_secs", schedule.poll_activities_secs),
+    ]
+    .into_iter()
+    .max_by_key(|(_, secs)| *secs)
+    .expect("five intervals");
+    if schedule.poll_idle_ceiling_secs < longest.1 {
+        return Err(origin.err(
+            "daemon.poll_idle_ceiling_secs",
+            format!(
+                "{}: below daemon.{} ({}); an idle source waits at least its interval, so the ceiling is at least the longest one",
+                schedule.poll_idle_ceiling_secs, longest.0, longest.1
+            ),
+        ));
+    }
+    Ok(schedule)
+}
+
 fn daemon(
     d: RawDaemon,
     origin: &Origin<'_>,
@@ -1136,6 +1314,7 @@ fn daemon(
     base: &Path,
     scope: Scope,
 ) -> Result<DaemonConfig, ConfigError> {
+    let schedule = daemon_schedule(&d, origin)?;
     let listen = d.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = listen.parse().map_err(|_| {
         origin.err(
@@ -1198,6 +1377,7 @@ fn daemon(
         webhook_secret,
         webhook_secret_header: header,
         max_body_bytes,
+        schedule,
     })
 }
 
@@ -1732,6 +1912,65 @@ client_id = "abc"
         assert_eq!(
             e.message,
             "unknown variable; did you mean MQLSYNC_DAEMON_LISTEN?"
+        );
+    }
+
+    /// Issue 13: the daemon loop's intervals, window, bound and grace, checked like every key.
+    #[test]
+    fn the_daemon_loop_settings_have_defaults_ranges_and_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = env(&[
+            ("MQLSYNC_SALESFORCE_CLIENT_SECRET", "x"),
+            ("MQLSYNC_MARKETO_CLIENT_SECRET", "y"),
+        ]);
+        let cfg = load(Some(&write(dir.path(), GOOD)), &secrets).unwrap();
+        assert_eq!(cfg.daemon.schedule, DaemonSchedule::default());
+        let with = |extra: &str| write(dir.path(), &format!("{GOOD}[daemon]\n{extra}\n"));
+        let file = with(
+            "poll_thresholds_secs = 2\npoll_idle_ceiling_secs = 600\nwrite_window_ms = 0\nmax_pending_writes = 50\ngrace_secs = 5",
+        );
+        let mut e = secrets.clone();
+        e.push(("MQLSYNC_DAEMON_POLL_PEOPLE_SECS".into(), "120".into()));
+        let s = load(Some(&file), &e).unwrap().daemon.schedule;
+        assert_eq!(
+            (
+                s.poll_thresholds_secs,
+                s.poll_people_secs,
+                s.poll_idle_ceiling_secs,
+                s.write_window_ms,
+                s.max_pending_writes,
+                s.grace_secs
+            ),
+            (2, 120, 600, 0, 50, 5)
+        );
+        let shown = dir.path().join("mqlsync.toml").display().to_string();
+        let e = load(Some(&with("poll_thresolds_secs = 2")), &secrets).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{shown}:11: daemon.poll_thresolds_secs: unknown key; did you mean `poll_thresholds_secs`?"
+            )
+        );
+        let e = load(Some(&with("poll_activities_secs = 0")), &secrets).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{shown}:11: daemon.poll_activities_secs: 0: from 1 to 86400 seconds")
+        );
+        let e = load(Some(&with("grace_secs = 0")), &secrets).unwrap_err();
+        assert_eq!(e.key, "daemon.grace_secs");
+        let e = load(Some(&with("poll_idle_ceiling_secs = 60")), &secrets).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{shown}:11: daemon.poll_idle_ceiling_secs: 60: below daemon.poll_opportunities_secs (300); an idle source waits at least its interval, so the ceiling is at least the longest one"
+            )
+        );
+        let mut e = secrets.clone();
+        e.push(("MQLSYNC_DAEMON_WRITE_WINDOW_MS".into(), "60000".into()));
+        let err = load(Some(&with("")), &e).unwrap_err();
+        assert_eq!(
+            (err.source_name.as_str(), err.key.as_str()),
+            ("environment", "MQLSYNC_DAEMON_WRITE_WINDOW_MS")
         );
     }
 

@@ -32,8 +32,10 @@ Exit codes:
      what was committed stays committed; the next run continues from there
   2  input that cannot be used (config, mapping, history, store path, a backfill the store
      cannot take): one line naming the file, line and key, or the variable, or the path
-  3  `run` finished, but writes the CRM refused are parked in the outbox (listed): fix the
-     cause in the CRM, then `mqlsync requeue`
+  3  `run --once` finished, but writes the CRM refused are parked in the outbox (listed): fix
+     the cause in the CRM, then `mqlsync requeue`
+  130, 143  the daemon (`run`) stopped at once on a second SIGINT or SIGTERM (the first lets it
+     finish within daemon.grace_secs and exit 0)
 
 Environment:
   MQLSYNC_CONFIG              the config file, when --config is not given
@@ -49,7 +51,8 @@ Example:
   mqlsync demo                                     # the product on embedded defaults
   mqlsync sandbox --write-config mqlsync.toml      # emulators + a ready config (terminal 1)
   mqlsync --config mqlsync.toml run --once --dry-run
-  mqlsync --config mqlsync.toml run --once";
+  mqlsync --config mqlsync.toml run --once
+  mqlsync --config mqlsync.toml run                # the daemon, until SIGTERM or Ctrl-C";
 
 #[derive(Parser)]
 #[command(
@@ -183,31 +186,33 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "state/demo.sqlite")]
         store: PathBuf,
     },
-    /// Sync the CRM and the MAP once (`--once`, required until the long-running daemon is
-    /// built): read since the cursors, decide, write through the outbox, print a summary.
-    /// Exit 0 done, 1 stopped, 3 writes left parked.
+    /// Run the sync daemon until SIGTERM or SIGINT: poll each source on its schedule, take
+    /// webhooks and serve /healthz, /readyz and /metrics on `daemon.listen`, write through the
+    /// outbox; the first signal finishes the pass in flight (within `daemon.grace_secs`) and
+    /// exits 0, a second exits at once. With `--once`: one full sync and a summary, then exit
+    /// 0 done, 1 stopped, 3 writes left parked.
     Run {
         #[command(flatten)]
         config: ConfigFlag,
-        /// One full cycle, then exit. Required: the long-running daemon is not built yet, so
-        /// schedule `run --once` from cron or a systemd timer.
+        /// One full sync (read since the cursors, decide, write through the outbox), a
+        /// summary, then exit: for cron or a systemd timer instead of the daemon.
         #[arg(long)]
         once: bool,
         /// Store file (default: the config's `store`).
         #[arg(long, value_name = "FILE")]
         store: Option<PathBuf>,
-        /// Print the summary as JSON, with every record written (object, CRM id, external id,
-        /// action, outcome); with `--dry-run`, every record it would write and its fields.
-        #[arg(long)]
+        /// With `--once`: print the summary as JSON, with every record written (object, CRM
+        /// id, external id, action, outcome); with `--dry-run`, every record it would write.
+        #[arg(long, requires = "once")]
         json: bool,
-        /// Read and decide as usual, but write nothing to the CRM and commit nothing to the
-        /// store (the run works on a copy): print each record it would create or update, by
-        /// object, with the fields that would change. The next real run does the same work.
-        #[arg(long)]
+        /// With `--once`: read and decide as usual, but write nothing to the CRM and commit
+        /// nothing to the store (the run works on a copy): print each record it would create
+        /// or update, by object, with the fields that would change.
+        #[arg(long, requires = "once")]
         dry_run: bool,
-        /// Read the current score of every MAP lead linked to a CRM lead or contact again (a
-        /// store's first run always does): repairs scores whose changes were missed.
-        #[arg(long)]
+        /// With `--once`: read the current score of every MAP lead linked to a CRM lead or
+        /// contact again (a store's first run always does): repairs missed score changes.
+        #[arg(long, requires = "once")]
         full: bool,
     },
     /// Rebuild the MQL cycles the process would have produced before go-live, from the MAP's
@@ -529,9 +534,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             if !once {
-                anyhow::bail!(
-                    "the long-running daemon is not built yet: use `mqlsync run --once` (from cron or a systemd timer)"
-                );
+                return daemon(&config, store);
             }
             let settings = mqlsync::sync::once::RunSettings {
                 dry_run,
@@ -974,19 +977,7 @@ fn sync_pass(
     };
     let settings = mqlsync::sync::once::RunSettings {
         sent_before: Some(sent_before),
-        bulk_reads: mqlsync::sync::once::BulkReads {
-            activities_above_days: config.sync.bulk_extract_above_days,
-            current_scores: config.sync.current_scores,
-            leads_since: config.sync.leads_since,
-            extract: mqlsync::connectors::marketo::extract::ExtractSettings {
-                poll_interval_secs: config
-                    .marketo
-                    .as_ref()
-                    .map_or(60, |m| m.bulk_poll_interval_secs),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        bulk_reads: bulk_reads(config),
         ..settings
     };
     let outcome = runtime.block_on(mqlsync::sync::once::run_once(
@@ -1054,6 +1045,140 @@ fn sync_pass(
         }
     }
     Ok(())
+}
+
+/// How the MAP is read in bulk, from the config.
+fn bulk_reads(config: &Config) -> mqlsync::sync::once::BulkReads {
+    mqlsync::sync::once::BulkReads {
+        activities_above_days: config.sync.bulk_extract_above_days,
+        current_scores: config.sync.current_scores,
+        leads_since: config.sync.leads_since,
+        extract: mqlsync::connectors::marketo::extract::ExtractSettings {
+            poll_interval_secs: config
+                .marketo
+                .as_ref()
+                .map_or(60, |m| m.bulk_poll_interval_secs),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// `mqlsync run` without `--once`: signs in (wrong credentials stop it at once, as for a
+/// run), opens the store and the port, and runs the daemon until SIGTERM or SIGINT. The
+/// first signal lets it finish within `daemon.grace_secs` and exit 0; a second exits at once
+/// with 128 + the signal (130 for SIGINT, 143 for SIGTERM): every commit is a transaction, so
+/// the store is consistent either way.
+fn daemon(config: &Config, store: Option<PathBuf>) -> anyhow::Result<()> {
+    use mqlsync::workers::{daemon, http};
+    let loaded = mapping::load(config.mapping.as_deref())?;
+    let sf = mqlsync::sync::connect::salesforce(config)?;
+    let mk = mqlsync::sync::connect::marketo(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let schedule = config.daemon.schedule.clone();
+    let settings = http::WebhookSettings::new(&config.daemon, &loaded.mapping);
+    let readiness = http::Readiness::new(daemon::max_poll_age(&schedule));
+    let (state, inbound) = http::HttpState::new(settings, readiness, 1024);
+    runtime.block_on(daemon::sign_in(&sf, &mk, &state))?;
+    let path = store.unwrap_or_else(|| config.store.clone());
+    let store = Store::open(&path)?;
+    let listener = runtime.block_on(http::bind(config.daemon.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the daemon's address")?;
+    let run_settings = mqlsync::sync::once::RunSettings {
+        go_live: config.sync.go_live,
+        bulk_reads: bulk_reads(config),
+        ..Default::default()
+    };
+    let daemon = daemon::Daemon::new(
+        sf,
+        mk,
+        loaded.mapping,
+        loaded.policy,
+        store,
+        run_settings,
+        schedule,
+        std::sync::Arc::new(daemon::SystemClock),
+        state,
+        inbound,
+        Some(listener),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stopped = runtime.block_on(async {
+        // The handlers are in place before anyone learns the daemon runs: a SIGTERM sent
+        // right after the line below is a graceful stop, never the default death.
+        let signals = Signals::install()?;
+        // One line on stdout, for whoever started it: where the port is (`listen` may take
+        // any free port with `:0`).
+        println!(
+            "mqlsync: syncing; webhooks, /healthz, /readyz and /metrics on http://{addr}; SIGTERM or Ctrl-C stops"
+        );
+        tokio::spawn(signals.stop(shutdown.clone()));
+        anyhow::Ok(daemon.run(shutdown).await?)
+    })?;
+    if stopped == daemon::Stopped::GraceOver {
+        eprintln!(
+            "mqlsync: stopped after daemon.grace_secs with a pass in flight; what it committed stays committed, the next start continues from there"
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, caught from [`Signals::install`] on.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The first SIGTERM or SIGINT cancels `shutdown` (the daemon finishes what it is
+    /// doing); the second exits the process at once with 128 + its number.
+    async fn stop(self, shutdown: tokio_util::sync::CancellationToken) {
+        #[cfg(unix)]
+        {
+            let Signals { mut term, mut int } = self;
+            let mut first = true;
+            loop {
+                let code = tokio::select! {
+                    _ = term.recv() => 143,
+                    _ = int.recv() => 130,
+                };
+                if !first {
+                    eprintln!("mqlsync: second signal: stopping now (the store is consistent)");
+                    std::process::exit(code);
+                }
+                first = false;
+                tracing::info!(
+                    "signal received: finishing the pass in flight, then stopping (a second signal stops at once)"
+                );
+                shutdown.cancel();
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = self;
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
+        }
+    }
 }
 
 /// A backfill's summary: what it read, the cycles it rebuilt (counted by segment, month and

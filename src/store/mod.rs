@@ -711,6 +711,22 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
 
+    /// Outbox rows waiting to be written, and rows parked (failed): the daemon's outbox
+    /// depth.
+    pub fn outbox_depth(&self) -> Result<(usize, usize), StoreError> {
+        let count = |state: &str| -> Result<usize, StoreError> {
+            self.conn
+                .query_row(
+                    "SELECT count(*) FROM outbox WHERE state = ?1",
+                    [state],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+                .map_err(|e| self.sql_err(e))
+        };
+        Ok((count("pending")?, count("failed")?))
+    }
+
     /// Records how the writes of outbox rows ended (see [`Settlement`]), in one transaction.
     /// A row whose payload changed since it was read stays pending for its new payload.
     pub fn outbox_settle(

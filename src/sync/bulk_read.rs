@@ -208,7 +208,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             for lead in file.leads()? {
                 read += 1;
                 let row = current::export_row(lead?);
-                if current::linked_to_known(m, &self.state, &row) {
+                if current::linked_to_known(m, self.state, &row) {
                     rows.push(row);
                 }
                 if rows.len() >= LEADS_A_COMMIT {
@@ -256,7 +256,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let events = current::events(
             self.mapping,
             &self.policy.score,
-            &self.state,
+            self.state,
             rows,
             self.now,
             current::Take::LinksAndScores,

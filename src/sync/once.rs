@@ -199,6 +199,9 @@ pub struct RunSummary {
     pub unreadable: Vec<String>,
     pub events: usize,
     pub decisions: BTreeMap<String, usize>,
+    /// MQL cycles opened, by segment (the daemon's metrics; not printed).
+    #[serde(skip)]
+    pub opened_by_segment: BTreeMap<String, usize>,
     /// Records written, by call.
     pub written: BTreeMap<String, usize>,
     /// Outbox rows settled without a write, by why: `task_found` (an earlier run created the
@@ -478,14 +481,233 @@ impl Intake {
     }
 }
 
-/// One pass: the clients, the store and the engine state it moves values between.
+/// What outlives passes: the clients, the mapping and policy, the store and the engine state
+/// loaded from it once. `run --once` makes one and runs one pass of every source on it; the
+/// daemon keeps one for its whole life and runs one source's pass at a time on it, each with
+/// its own `now` and summary (the store has one writer and the engine state lives in memory,
+/// so loading it once is both the cheapest and the only consistent way).
+///
+/// The engine state only changes inside [`Run::commit`] and the writer's settlement, right
+/// before the store transaction that saves it: a pass stopped by a remote error (or dropped at
+/// an `await`) leaves the state equal to the store. A store error leaves it ahead of the store,
+/// and then the syncer must not be used again.
+pub struct Syncer<'a, C: Crm, M: Map> {
+    crm: &'a C,
+    map: &'a M,
+    mapping: &'a Mapping,
+    policy: &'a Policy,
+    store: &'a mut Store,
+    state: EngineState,
+    settings: &'a RunSettings,
+    /// What each client has sent so far, `(salesforce, marketo)`.
+    sent: &'a (dyn Fn() -> (Sent, Sent) + Send + Sync),
+    /// Marketo usage reads made for the next pass (see [`Syncer::usage_read`]).
+    usage_reads: u64,
+}
+
+/// The reads a source's pass makes (the daemon's pollers; `run --once` makes them all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Threshold records (the knob) and their field history.
+    Thresholds,
+    /// Leads and contacts.
+    People,
+    /// Reps' edits of MQL records.
+    MqlEdits,
+    /// Opportunities (exclusions, conversions).
+    Opportunities,
+    /// The MAP's Change Score activities and the CRM links of their leads.
+    Activities,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Thresholds,
+        Source::People,
+        Source::MqlEdits,
+        Source::Opportunities,
+        Source::Activities,
+    ];
+
+    /// The name in config keys, logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Thresholds => "thresholds",
+            Source::People => "people",
+            Source::MqlEdits => "mql_edits",
+            Source::Opportunities => "opportunities",
+            Source::Activities => "activities",
+        }
+    }
+
+    /// The system the source reads.
+    pub fn system(self) -> crate::connectors::error::System {
+        match self {
+            Source::Activities => crate::connectors::error::System::Marketo,
+            _ => crate::connectors::error::System::Salesforce,
+        }
+    }
+}
+
+impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
+    /// Loads the engine state from `store` (the caller holds the writer lock).
+    pub fn load(
+        crm: &'a C,
+        map: &'a M,
+        mapping: &'a Mapping,
+        policy: &'a Policy,
+        store: &'a mut Store,
+        settings: &'a RunSettings,
+        sent: &'a (dyn Fn() -> (Sent, Sent) + Send + Sync),
+    ) -> Result<Self, SyncError> {
+        let state = store.load_engine(policy)?;
+        Ok(Syncer {
+            crm,
+            map,
+            mapping,
+            policy,
+            store,
+            state,
+            settings,
+            sent,
+            usage_reads: 0,
+        })
+    }
+
+    /// Reads Marketo's count of today's calls (every integration's, since midnight US
+    /// Central), so that the budget's reserve holds across processes; counted with the next
+    /// pass.
+    pub async fn refresh_usage(&mut self) -> Result<(), SyncError> {
+        self.map.refresh_usage().await?;
+        self.usage_reads += 1;
+        Ok(())
+    }
+
+    /// A pass at `now`, with an empty summary.
+    fn pass(&mut self, now: Timestamp) -> Run<'_, C, M> {
+        Run {
+            crm: self.crm,
+            map: self.map,
+            mapping: self.mapping,
+            policy: self.policy,
+            store: &mut *self.store,
+            state: &mut self.state,
+            now,
+            settings: self.settings,
+            summary: RunSummary::default(),
+            sf_min: 0,
+            mkto_min: std::mem::take(&mut self.usage_reads),
+            sent: self.sent,
+            later_cursors: Vec::new(),
+            replaying: self.settings.backfill.is_some(),
+            progress_by_time: false,
+        }
+    }
+
+    /// Runs `work` as one pass at `now` and says what it did: its calls (what the clients
+    /// sent from `before`, else from the pass's start) against the fewest for its work.
+    async fn run_pass<F>(
+        &mut self,
+        now: Timestamp,
+        before: Option<(Sent, Sent)>,
+        work: F,
+    ) -> Result<RunSummary, SyncError>
+    where
+        F: for<'r, 'p> FnOnce(&'r mut Run<'p, C, M>) -> PassFuture<'r>,
+    {
+        let before = before.unwrap_or_else(self.sent);
+        let mut run = self.pass(now);
+        let result = work(&mut run).await;
+        let summary = run.finish(before);
+        result.map(|()| summary)
+    }
+
+    /// Every source, then (a store's first pass) the current scores and go-live, the clock,
+    /// and the writes: what `run --once` does, and the daemon's first pass.
+    pub async fn full_pass(
+        &mut self,
+        now: Timestamp,
+        before: Option<(Sent, Sent)>,
+    ) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, before, |run| Box::pin(run.all())).await
+    }
+
+    /// One source's reads since its cursors, each page committed with its decisions (the
+    /// outbox rows they make wait for [`Syncer::write`]).
+    pub async fn poll(&mut self, now: Timestamp, source: Source) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, None, move |run| Box::pin(run.source(source)))
+            .await
+    }
+
+    /// Lets time pass up to `now`: the timers due (a scheduled threshold taking effect, an
+    /// SLA running out, a reassignment) fire at their own instants, and their decisions
+    /// commit (see [`Run::clock`]).
+    pub async fn tick(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, None, |run| Box::pin(async move { run.clock() }))
+            .await
+    }
+
+    /// Drains the outbox (see [`Run::drain_outbox`]).
+    pub async fn write(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, None, |run| {
+            Box::pin(run.drain_outbox().instrument(phase("writes")))
+        })
+        .await
+    }
+
+    /// The next instant a timer of the engine fires: when something is due by time alone.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.state.next_wakeup()
+    }
+
+    /// Whether the store has gone live (its first full pass ended).
+    pub fn live(&self) -> bool {
+        self.state.meta.went_live.is_some()
+    }
+
+    /// Writes waiting in the outbox, and writes parked there.
+    pub fn outbox_depth(&self) -> Result<(usize, usize), SyncError> {
+        Ok(self.store.outbox_depth()?)
+    }
+
+    /// The writes parked in the outbox, as a summary lists them.
+    pub fn parked(&self) -> Result<Parked, SyncError> {
+        let (count, first) = self.store.outbox_parked(PARKED_LISTED)?;
+        Ok(Parked {
+            count,
+            first: first
+                .into_iter()
+                .map(|(k, e)| format!("{k}: {e}"))
+                .collect(),
+        })
+    }
+
+    /// Saves a snapshot of the scores, so that the next start loads without replaying the
+    /// score history.
+    pub fn save_scores(&mut self) -> Result<(), SyncError> {
+        Ok(self.store.save_scores(&mut self.state)?)
+    }
+
+    /// The engine state, read-only (tests, `explain`-like views).
+    pub fn state(&self) -> &EngineState {
+        &self.state
+    }
+}
+
+/// The future of a pass's work, borrowing the pass.
+type PassFuture<'r> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SyncError>> + Send + 'r>>;
+
+/// One pass: the clients, the store and the engine state it moves values between, at its own
+/// `now`.
 pub(super) struct Run<'a, C: Crm, M: Map> {
     pub(super) crm: &'a C,
     pub(super) map: &'a M,
     pub(super) mapping: &'a Mapping,
     pub(super) policy: &'a Policy,
     pub(super) store: &'a mut Store,
-    pub(super) state: EngineState,
+    pub(super) state: &'a mut EngineState,
     pub(super) now: Timestamp,
     pub(super) settings: &'a RunSettings,
     pub(super) summary: RunSummary,
@@ -497,7 +719,7 @@ pub(super) struct Run<'a, C: Crm, M: Map> {
     /// The phase's progress bar counts time or windows (set by the phase), not records.
     pub(super) progress_by_time: bool,
     /// What each client has sent so far, `(salesforce, marketo)`: the calls figures.
-    sent: &'a dyn Fn() -> (Sent, Sent),
+    sent: &'a (dyn Fn() -> (Sent, Sent) + Send + Sync),
     /// Cursors to commit with the next page (what a run learnt that is not a page position).
     pub(super) later_cursors: Vec<(String, String)>,
 }
@@ -516,7 +738,7 @@ pub async fn run_once<C: Crm, M: Map>(
     store: &mut Store,
     now: Timestamp,
     settings: &RunSettings,
-    sent: impl Fn() -> (Sent, Sent),
+    sent: impl Fn() -> (Sent, Sent) + Send + Sync,
 ) -> Result<RunSummary, SyncError> {
     let before = settings.sent_before.unwrap_or_else(&sent);
     let _writer = store.lock_writer()?;
@@ -524,62 +746,23 @@ pub async fn run_once<C: Crm, M: Map>(
     // across runs and against other integrations (a fresh process would otherwise count from
     // zero).
     map.refresh_usage().await?;
-    let state = store.load_engine(policy)?;
-    let mut run = Run {
-        crm,
-        map,
-        mapping,
-        policy,
-        store,
-        state,
-        now,
-        settings,
-        summary: RunSummary::default(),
-        sf_min: 0,
-        // The day's usage, read above.
-        mkto_min: 1,
-        sent: &sent,
-        later_cursors: Vec::new(),
-        replaying: settings.backfill.is_some(),
-        progress_by_time: false,
-    };
-    let mut result = run.all().await;
-    if result.is_ok() {
-        match run.store.outbox_parked(PARKED_LISTED) {
-            Ok((count, first)) => {
-                run.summary.parked = Parked {
-                    count,
-                    first: first
-                        .into_iter()
-                        .map(|(k, e)| format!("{k}: {e}"))
-                        .collect(),
-                }
-            }
-            Err(e) => result = Err(e.into()),
+    let mut syncer = Syncer::load(crm, map, mapping, policy, store, settings, &sent)?;
+    syncer.usage_reads = 1;
+    let mut result = syncer.full_pass(now, Some(before)).await;
+    if let Ok(summary) = &mut result {
+        match syncer.parked() {
+            Ok(parked) => summary.parked = parked,
+            Err(e) => result = Err(e),
         }
     }
     // A complete run leaves a score snapshot, so the next run loads without replaying the
     // score history. Not after a failure: the state may then hold a page that did not commit.
     if result.is_ok()
-        && let Err(e) = run.store.save_scores(&mut run.state)
+        && let Err(e) = syncer.save_scores()
     {
-        result = Err(e.into());
+        result = Err(e);
     }
-    let after = sent();
-    let (sf, mk) = (after.0 - before.0, after.1 - before.1);
-    // A client that had to sign in needed one token request; more (a token renewed early, a
-    // refused first try) count against the run.
-    run.sf_min += u64::from(sf.token_requests > 0);
-    run.mkto_min += u64::from(mk.token_requests > 0);
-    run.summary.calls.insert("salesforce".into(), sf.requests);
-    run.summary.calls.insert("marketo".into(), mk.requests);
-    run.summary
-        .minimum_calls
-        .insert("salesforce".into(), run.sf_min);
-    run.summary
-        .minimum_calls
-        .insert("marketo".into(), run.mkto_min);
-    result.map(|()| run.summary)
+    result
 }
 
 impl<C: Crm, M: Map> Run<'_, C, M> {
@@ -616,12 +799,122 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         if self.state.meta.went_live.is_none() {
             self.go_live()?;
         }
+        // Time passes even when nothing was read (every event read already moved it to
+        // `now`): SLAs run out and scheduled thresholds start.
+        self.clock()?;
         self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// One source's reads since its cursors (a daemon poller's pass). Nothing goes live here:
+    /// the daemon's first pass is a full one.
+    async fn source(&mut self, source: Source) -> Result<(), SyncError> {
+        let m = self.mapping;
+        match source {
+            Source::Thresholds => {
+                let object = m.crm.threshold.object.clone();
+                let fields = records::threshold_fields(m);
+                self.crm_object(&object, fields, true, |m, r| {
+                    records::threshold(m, r).map(Event::Threshold)
+                })
+                .instrument(phase(&object))
+                .await?;
+                let history = history_object(&m.crm.threshold.object);
+                self.threshold_history().instrument(phase(&history)).await
+            }
+            Source::People => self.read_persons().await,
+            Source::MqlEdits => self.read_mql_edits().await,
+            Source::Opportunities => self.read_opportunities().await,
+            Source::Activities => {
+                self.map_activities()
+                    .instrument(phase("score changes"))
+                    .await
+            }
+        }
+    }
+
+    /// Lets the engine's time run to `now`: every timer due fires at its own instant (a
+    /// scheduled threshold's `effective_from` or `effective_to`, an SLA due time, a
+    /// reassignment trigger), and the decisions commit in one transaction. Reads do the same
+    /// as a side effect of their first event; this is for when nothing was read.
+    pub(super) fn clock(&mut self) -> Result<(), SyncError> {
+        if self.replaying {
+            return Ok(());
+        }
+        let ctx = Context {
+            policy: self.policy,
+            now: self.now,
+            backfill: false,
+            visibility: Visibility::WhenWritten,
+        };
+        let decisions = crate::engine::advance(self.state, &ctx);
+        if decisions.is_empty() {
+            // The clock moved in memory; it is saved with the next commit.
+            return Ok(());
+        }
+        self.count_decisions(&decisions);
+        self.store.commit_batch(
+            Batch {
+                events: &[],
+                decisions: &decisions,
+                cursors: &[],
+                seen_at: self.now,
+            },
+            self.state,
+        )?;
+        tracing::info!(decisions = decisions.len(), "time passed: timers fired");
+        Ok(())
+    }
+
+    /// Counts decisions in the summary: by kind, and the MQLs opened by segment.
+    fn count_decisions(&mut self, decisions: &[crate::engine::model::Decision]) {
+        for d in decisions {
+            *self
+                .summary
+                .decisions
+                .entry(d.action.name().into())
+                .or_default() += 1;
+            if let crate::engine::model::Action::OpenCycle { cycle } = &d.action {
+                *self
+                    .summary
+                    .opened_by_segment
+                    .entry(cycle.segment.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// What the pass did, with its calls: what the clients sent since `before`, against the
+    /// fewest its work needs.
+    fn finish(mut self, before: (Sent, Sent)) -> RunSummary {
+        let after = (self.sent)();
+        let (sf, mk) = (after.0 - before.0, after.1 - before.1);
+        // A client that had to sign in needed one token request; more (a token renewed early,
+        // a refused first try) count against the run.
+        self.sf_min += u64::from(sf.token_requests > 0);
+        self.mkto_min += u64::from(mk.token_requests > 0);
+        self.summary.calls.insert("salesforce".into(), sf.requests);
+        self.summary.calls.insert("marketo".into(), mk.requests);
+        self.summary
+            .minimum_calls
+            .insert("salesforce".into(), self.sf_min);
+        self.summary
+            .minimum_calls
+            .insert("marketo".into(), self.mkto_min);
+        self.summary
     }
 
     /// Leads, contacts, reps' MQL edits and (with `opportunities`) opportunities since their
     /// cursors.
     pub(super) async fn read_people(&mut self, opportunities: bool) -> Result<(), SyncError> {
+        self.read_persons().await?;
+        if opportunities {
+            self.read_opportunities().await?;
+        }
+        self.read_mql_edits().await
+    }
+
+    /// Leads and contacts since their cursors.
+    async fn read_persons(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
@@ -635,18 +928,26 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             .instrument(phase(&object))
             .await?;
         }
-        if opportunities {
-            let fields = records::OPPORTUNITY_FIELDS
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            let object = m.crm.opportunity.clone();
-            self.crm_object(&object, fields, false, |m, r| {
-                records::opportunity(m, r).map(Event::Opportunity)
-            })
-            .instrument(phase(&object))
-            .await?;
-        }
+        Ok(())
+    }
+
+    /// Opportunities since their cursor.
+    async fn read_opportunities(&mut self) -> Result<(), SyncError> {
+        let fields = records::OPPORTUNITY_FIELDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let object = self.mapping.crm.opportunity.clone();
+        self.crm_object(&object, fields, false, |m, r| {
+            records::opportunity(m, r).map(Event::Opportunity)
+        })
+        .instrument(phase(&object))
+        .await
+    }
+
+    /// Reps' edits of MQL records since their cursor.
+    async fn read_mql_edits(&mut self) -> Result<(), SyncError> {
+        let m = self.mapping;
         let object = m.crm.mql.object.clone();
         let fields = records::mql_fields(m);
         self.crm_object(&object, fields, false, |m, r| {
@@ -737,12 +1038,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
                 .min(self.now);
             }
-            decisions.extend(reconcile(&mut self.state, &ctx, e));
+            decisions.extend(reconcile(self.state, &ctx, e));
         }
-        for d in &decisions {
-            let name = d.action.name();
-            *self.summary.decisions.entry(name.into()).or_default() += 1;
-        }
+        self.count_decisions(&decisions);
         self.summary.events += events.len();
         let mut cursors = std::mem::take(&mut self.later_cursors);
         cursors.push(cursor);
@@ -753,7 +1051,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 cursors: &cursors,
                 seen_at: self.now,
             },
-            &mut self.state,
+            self.state,
         )?;
         Ok(decisions)
     }
@@ -1004,7 +1302,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// (a killed read resumes after the last id committed).
     async fn current_scores(&mut self, progress: current::Progress) -> Result<(), SyncError> {
         let bulk = &self.settings.bulk_reads;
-        let people = |kind| current::people(&self.state, kind, None).len();
+        let people = |kind| current::people(self.state, kind, None).len();
         let choice = current::choose(
             bulk.current_scores,
             bulk.leads_since,
@@ -1051,14 +1349,14 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let span = tracing::Span::current();
         let left: usize = [CrmKind::Lead, CrmKind::Contact]
             .into_iter()
-            .map(|kind| current::people(&self.state, kind, progress.after(kind)).len())
+            .map(|kind| current::people(self.state, kind, progress.after(kind)).len())
             .sum();
         span.pb_set_style(&crate::logging::bar_with_eta("people"));
         span.pb_set_length(left as u64);
         self.progress_by_time = true;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let filter = current::filter_field(m, kind).to_string();
-            let people = current::people(&self.state, kind, progress.after(kind));
+            let people = current::people(self.state, kind, progress.after(kind));
             for chunk in people.chunks(current::IDS_A_CALL) {
                 let mut rows = Vec::new();
                 let mut token: Option<String> = None;
@@ -1079,7 +1377,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 let events = current::events(
                     m,
                     source,
-                    &self.state,
+                    self.state,
                     &rows,
                     self.now,
                     take,
@@ -1141,7 +1439,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .iter()
                 .filter(|(_, p)| p.cycles.is_empty() && p.facts.is_some())
                 .filter_map(|(id, p)| {
-                    match crate::engine::explain(&self.state, self.policy, id, self.now) {
+                    match crate::engine::explain(self.state, self.policy, id, self.now) {
                         crate::engine::model::Reason::Qualified { threshold_id, .. } => {
                             let segment = threshold_id
                                 .and_then(|t| self.state.thresholds.get(&t))
@@ -1454,22 +1752,16 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         };
         let decisions: Vec<_> = events
             .iter()
-            .flat_map(|e| reconcile(&mut self.state, &ctx, e))
+            .flat_map(|e| reconcile(self.state, &ctx, e))
             .collect();
-        for d in &decisions {
-            *self
-                .summary
-                .decisions
-                .entry(d.action.name().into())
-                .or_default() += 1;
-        }
+        self.count_decisions(&decisions);
         let batch = Batch {
             events: &events,
             decisions: &decisions,
             cursors: &[],
             seen_at: self.now,
         };
-        self.store.settle_writes(&results, batch, &mut self.state)?;
+        self.store.settle_writes(&results, batch, self.state)?;
         Ok(())
     }
 

@@ -1,6 +1,10 @@
-//! The daemon's workers (`mqlsync run`): for now its HTTP surface, which the run loop mounts.
+//! The daemon's workers (`mqlsync run`): its loop and its HTTP surface, which the loop mounts.
 //!
 //! # Layout
+//! - [`daemon`]: the loop: one syncer, a schedule per source, the engine's clock, the
+//!   outbox writer, shutdown. Its module doc argues the design.
+//! - [`schedule`]: the loop's pure rules: per-source intervals and idle backoff, the
+//!   writer's window, back-pressure, what a failure means. No I/O, no clock.
 //! - [`http`]: one axum router on one port: the two webhooks, `/healthz`, `/readyz`,
 //!   `/metrics`; [`http::HttpState`] is what the daemon shares with it (the wake-up bells of
 //!   the pollers, readiness, metrics, the sending side of the inbound queue).
@@ -19,8 +23,10 @@
 //! Must not: decide anything, write to the store or call either system: that is the run
 //! loop's and the engine's.
 
+pub mod daemon;
 pub mod http;
 pub mod metrics;
+pub mod schedule;
 pub mod webhook;
 
 use jiff::Timestamp;

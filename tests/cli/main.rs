@@ -1758,7 +1758,7 @@ fn the_help_and_the_readme_agree_with_the_program() {
     }
     let run = text(&mqlsync(&["run", "--help"], dir.path()).stdout);
     assert!(
-        run.contains("--once") && run.contains("required until the long-running daemon"),
+        run.contains("--once") && run.contains("until SIGTERM or SIGINT"),
         "{run}"
     );
     let top = text(&mqlsync(&["--help"], dir.path()).stdout);

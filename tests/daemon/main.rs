@@ -764,3 +764,5 @@ fn the_secret_is_compared_in_constant_time() {
         SECRET.as_bytes()
     ));
 }
+#[path = "loop.rs"]
+mod daemon_loop;

@@ -169,6 +169,10 @@ struct Inner {
     pacer: Pacer,
     budget: DailyBudget,
     requests: http::RequestCount,
+    /// The identity URL of the last token response (`id`:
+    /// `https://login.salesforce.com/id/{org id}/{user id}`): the daemon checks Outbound
+    /// Messages against its org id.
+    identity_url: std::sync::Mutex<Option<String>>,
 }
 
 /// The Salesforce client. Clones share the token, the pacer and the daily budget.
@@ -214,6 +218,9 @@ struct TokenBody {
     instance_url: Option<String>,
     #[serde(default)]
     refresh_token: Option<String>,
+    /// The identity URL, `.../id/{org id}/{user id}`.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +351,7 @@ impl SalesforceClient {
                 pacer,
                 budget,
                 requests: http::RequestCount::default(),
+                identity_url: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -363,6 +371,23 @@ impl SalesforceClient {
     /// The shared daily budget (`used`, `limit`) as last seen in `Sforce-Limit-Info`.
     pub fn budget(&self) -> &DailyBudget {
         &self.inner.budget
+    }
+
+    /// The identity URL of the signed-in user (`https://login.salesforce.com/id/{org id}/{user
+    /// id}`), from the last token response that had one; `None` before signing in.
+    pub fn identity_url(&self) -> Option<String> {
+        self.inner
+            .identity_url
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
+
+    /// Keeps the token response's identity URL, when it has one.
+    fn keep_identity(&self, id: Option<String>) {
+        if let Some(id) = id {
+            *self.inner.identity_url.lock().expect("not poisoned") = Some(id);
+        }
     }
 
     /// What this client and its clones have sent so far (see [`http::Sent`]).
@@ -431,6 +456,7 @@ impl SalesforceClient {
             return Err(auth::refusal(SYS, what, &bytes, check));
         }
         let body: TokenBody = http::json(SYS, &bytes)?;
+        self.keep_identity(body.id.clone());
         if let (Credentials::Refresh { token, .. }, Some(new)) =
             (&self.inner.creds, body.refresh_token)
         {
@@ -474,6 +500,19 @@ impl SalesforceClient {
         let bytes = http::body(SYS, resp).await?;
         if let Some(e) = self.not_a_token_answer(status.as_u16(), &bytes) {
             return Err(e);
+        }
+        // The `oauth2` crate keeps no field it does not know: the identity URL is read here.
+        if status.is_success() {
+            #[derive(Deserialize)]
+            struct Identity {
+                #[serde(default)]
+                id: Option<String>,
+            }
+            self.keep_identity(
+                serde_json::from_slice::<Identity>(&bytes)
+                    .ok()
+                    .and_then(|i| i.id),
+            );
         }
         answer
             .body(bytes.to_vec())
