@@ -711,6 +711,41 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
 
+    /// The keys of every row waiting to be written, in the order [`Store::outbox_pending`]
+    /// gives them: a writer with many rows loads them a chunk at a time
+    /// ([`Store::outbox_rows`]) instead of holding every payload at once.
+    pub fn outbox_pending_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM outbox WHERE state = 'pending' ORDER BY updated_at, key")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+
+    /// The rows of `keys` still waiting to be written, in the order of `keys`.
+    pub fn outbox_rows(&self, keys: &[String]) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, kind, payload, attempts, last_error FROM outbox
+                 WHERE key = ?1 AND state = 'pending'",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut found = stmt
+                .query_map([key], OutboxRow::read)
+                .map_err(|e| self.sql_err(e))?;
+            if let Some(row) = found.next() {
+                rows.push(row.map_err(|e| self.sql_err(e))?);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Outbox rows waiting to be written, and rows parked (failed): the daemon's outbox
     /// depth.
     pub fn outbox_depth(&self) -> Result<(usize, usize), StoreError> {

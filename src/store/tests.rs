@@ -271,8 +271,25 @@ fn the_outbox_keeps_the_latest_state_per_record_and_a_replay_requeues_nothing() 
             )
         })
         .collect();
+    // The pending keys come in the rows' order, and loading them by key gives the same rows.
+    let keys = store.outbox_pending_keys().unwrap();
+    assert_eq!(
+        keys,
+        pending.iter().map(|r| r.key.clone()).collect::<Vec<_>>()
+    );
+    let (first, rest) = keys.split_at(keys.len() / 2);
+    let mut chunked = store.outbox_rows(first).unwrap();
+    chunked.extend(store.outbox_rows(rest).unwrap());
+    assert_eq!(
+        chunked.iter().map(|r| &r.key).collect::<Vec<_>>(),
+        pending.iter().map(|r| &r.key).collect::<Vec<_>>()
+    );
     store.outbox_settle(&results, t(60)).unwrap();
     assert!(store.outbox_pending(100).unwrap().is_empty());
+    assert!(
+        store.outbox_rows(&keys).unwrap().is_empty(),
+        "rows no longer pending are not loaded"
+    );
     let summary = store.summary().unwrap();
     assert_eq!(summary.outbox_failed, 1);
     assert_eq!(

@@ -48,6 +48,9 @@ const MAP_FILTER_VALUES: usize = 300;
 /// Score changes that may wait for their leads' links before the look-up is made with fewer
 /// than 300 ids (bounds memory when new leads are rare among many changes).
 const MAX_WAITING_CHANGES: usize = 50_000;
+/// Outbox rows a drain loads at a time: enough for a few Bulk API 2.0 jobs on a large
+/// backfill, few enough that their payloads (about 3 KB each in memory) stay small.
+const OUTBOX_CHUNK: usize = 25_000;
 /// Where the store keeps the MAP's score fields as last described.
 const SCORE_FIELDS_CURSOR: &str = "map.score_fields";
 
@@ -1611,10 +1614,22 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         Ok(())
     }
 
+    /// Writes every row waiting in the outbox, [`OUTBOX_CHUNK`] rows at a time (a backfill
+    /// of a large org leaves hundreds of thousands; their payloads are not held all at once),
+    /// each chunk settled in the store before the next is read. Rows refused for now stay
+    /// pending for the next pass; a call that fails stops the drain.
     pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
+        let keys = self.store.outbox_pending_keys()?;
+        for chunk in keys.chunks(OUTBOX_CHUNK) {
+            let rows = self.store.outbox_rows(chunk)?;
+            self.drain_rows(rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn drain_rows(&mut self, rows: Vec<OutboxRow>) -> Result<(), SyncError> {
         let m = self.mapping;
         let (state, policy, now) = (&self.state, self.policy, self.now);
-        let rows = self.store.outbox_pending(usize::MAX >> 1)?;
         let mut plan =
             writes::plan_at(m, rows, |a| alert_state(state, policy, a, now), policy, now);
         let tasks = std::mem::take(&mut plan.task_creates);
