@@ -22,11 +22,10 @@
 //! touch allowed: 10 gives about 11 changes a person). It measures; it asserts only that the
 //! backfill completed and rebuilt cycles.
 
-use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
 use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use jiff::{SignedDuration, Timestamp};
@@ -41,41 +40,10 @@ use mqlsync::store::Store;
 use mqlsync::sync::once::{BackfillWindow, BulkReads, RunSettings, RunSummary, run_once};
 use serde_json::{Value, json};
 
-/// Counts live heap bytes and their peak.
-struct Counting;
+#[path = "common/heap.rs"]
+mod heap;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { SystemAlloc.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { SystemAlloc.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { SystemAlloc.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            if new_size >= layout.size() {
-                let grown = new_size - layout.size();
-                let live = LIVE.fetch_add(grown, Ordering::Relaxed) + grown;
-                PEAK.fetch_max(live, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        q
-    }
-}
+use heap::{Counting, LIVE};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -259,8 +227,7 @@ fn measure(people: usize, touches: u32) {
             ..RunSettings::default()
         };
         let sent = || (sf.sent(), mk.sent());
-        let baseline = LIVE.load(Ordering::Relaxed);
-        PEAK.store(baseline, Ordering::Relaxed);
+        let baseline = heap::baseline();
         let started = Instant::now();
         let run = run_once(
             &sf,
@@ -275,7 +242,7 @@ fn measure(people: usize, touches: u32) {
         .await
         .expect("the backfill");
         let wall = started.elapsed().as_secs_f64();
-        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(baseline);
+        let peak = heap::peak_above(baseline);
         let cycles = run.backfill.as_ref().map_or(0, |b| b.cycles);
         assert!(cycles > 0, "the backfill rebuilt cycles");
         let replayed = run.read.get("activities").copied().unwrap_or(0);

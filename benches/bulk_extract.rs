@@ -19,10 +19,8 @@
 //! at once. `cargo bench --bench bulk_extract`; `MQLSYNC_BENCH_ACTIVITIES=100000,1000000`
 //! picks the sizes. It measures; it asserts nothing but that every activity arrived once.
 
-use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
 use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
@@ -37,41 +35,10 @@ use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::sandbox::world::World;
 use serde_json::{Value, json};
 
-/// Counts live heap bytes and their peak.
-struct Counting;
+#[path = "common/heap.rs"]
+mod heap;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { SystemAlloc.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { SystemAlloc.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { SystemAlloc.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            if new_size >= layout.size() {
-                let grown = new_size - layout.size();
-                let live = LIVE.fetch_add(grown, Ordering::Relaxed) + grown;
-                PEAK.fetch_max(live, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        q
-    }
-}
+use heap::Counting;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -314,8 +281,7 @@ async fn export(
             http: http.clone(),
             url: format!("{base}/__sandbox/clock/advance"),
         });
-    let baseline = LIVE.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
+    let baseline = heap::baseline();
     let started = Instant::now();
     let (mut rows, mut checksum) = (0u64, 0i64);
     while let Some(file) = run.next_window().await.expect("a window") {
@@ -324,7 +290,7 @@ async fn export(
         checksum = checksum.wrapping_add(sum);
     }
     let wall = started.elapsed();
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(baseline);
+    let peak = heap::peak_above(baseline);
     let after = counts(&http).await;
     let calls = ["create", "enqueue", "status", "file", "list", "cancel"]
         .into_iter()

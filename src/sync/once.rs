@@ -773,17 +773,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         if let Some(window) = self.settings.backfill.clone() {
             return self.backfill(&window).await;
         }
-        let m = self.mapping;
         // Thresholds first, so that people read in this run meet the knob as it stands.
-        let object = m.crm.threshold.object.clone();
-        let fields = records::threshold_fields(m);
-        self.crm_object(&object, fields, true, |m, r| {
-            records::threshold(m, r).map(Event::Threshold)
-        })
-        .instrument(phase(&object))
-        .await?;
-        let history = history_object(&m.crm.threshold.object);
-        self.threshold_history().instrument(phase(&history)).await?;
+        self.source(Source::Thresholds).await?;
         self.read_people(true).await?;
         self.map_activities()
             .instrument(phase("score changes"))

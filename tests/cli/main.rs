@@ -487,36 +487,40 @@ fn a_run_logs_each_phase_and_page_as_text_or_json_lines() {
     );
 }
 
-/// Issue 11, point 3: on a terminal a run draws a progress bar per phase with its records and
-/// rate (`script` gives the run a terminal; skipped where util-linux's `script` is missing).
-#[test]
-fn a_run_on_a_terminal_shows_each_phase_with_records_and_rate() {
+/// `mqlsync --config mqlsync.toml ARGS` in `org`'s directory on a terminal (util-linux's
+/// `script` gives it one), default logging; `None` (the test skips) where `script` is missing.
+fn on_terminal(org: &SandboxOrg, args: &str) -> Option<std::process::Output> {
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: no `script` to give the run a terminal");
-        return;
+        return None;
     }
-    let org = SandboxOrg::start(300, Vec::new());
     let binary = env!("CARGO_BIN_EXE_mqlsync");
     let info = org.sandbox.connection_info();
+    let secret = |system: &str| info[system]["client_secret"].as_str().unwrap().to_string();
     let out = Command::new("script")
         .args([
             "-qec",
-            &format!("{binary} --config mqlsync.toml run --once"),
+            &format!("{binary} --config mqlsync.toml {args}"),
             "/dev/null",
         ])
         .current_dir(org.dir.path())
         .env_remove("MQLSYNC_LOG")
         .env_remove("MQLSYNC_LOG_FORMAT")
-        .env(
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET",
-            info["salesforce"]["client_secret"].as_str().unwrap(),
-        )
-        .env(
-            "MQLSYNC_MARKETO_CLIENT_SECRET",
-            info["marketo"]["client_secret"].as_str().unwrap(),
-        )
+        .env("MQLSYNC_SALESFORCE_CLIENT_SECRET", secret("salesforce"))
+        .env("MQLSYNC_MARKETO_CLIENT_SECRET", secret("marketo"))
         .output()
         .unwrap();
+    Some(out)
+}
+
+/// Issue 11, point 3: on a terminal a run draws a progress bar per phase with its records and
+/// rate (`script` gives the run a terminal; skipped where util-linux's `script` is missing).
+#[test]
+fn a_run_on_a_terminal_shows_each_phase_with_records_and_rate() {
+    let org = SandboxOrg::start(300, Vec::new());
+    let Some(out) = on_terminal(&org, "run --once") else {
+        return;
+    };
     assert!(out.status.success(), "{}", text(&out.stdout));
     let screen = text(&out.stdout);
     let bar = regex::Regex::new(r#"phase="Lead" \d+ records \(\d+/s, \d+s\)"#).unwrap();
@@ -527,35 +531,13 @@ fn a_run_on_a_terminal_shows_each_phase_with_records_and_rate() {
 /// it got, its rate and the time left (here by bulk extract: two months of history).
 #[test]
 fn a_backfill_on_a_terminal_shows_its_progress_with_an_eta() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` to give the run a terminal");
-        return;
-    }
     let org = SandboxOrg::start(300, Vec::new());
-    let binary = env!("CARGO_BIN_EXE_mqlsync");
-    let info = org.sandbox.connection_info();
     let since = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60))
         .strftime("%Y-%m-%d")
         .to_string();
-    let out = Command::new("script")
-        .args([
-            "-qec",
-            &format!("{binary} --config mqlsync.toml backfill --since {since} --dry-run"),
-            "/dev/null",
-        ])
-        .current_dir(org.dir.path())
-        .env_remove("MQLSYNC_LOG")
-        .env_remove("MQLSYNC_LOG_FORMAT")
-        .env(
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET",
-            info["salesforce"]["client_secret"].as_str().unwrap(),
-        )
-        .env(
-            "MQLSYNC_MARKETO_CLIENT_SECRET",
-            info["marketo"]["client_secret"].as_str().unwrap(),
-        )
-        .output()
-        .unwrap();
+    let Some(out) = on_terminal(&org, &format!("backfill --since {since} --dry-run")) else {
+        return;
+    };
     assert!(out.status.success(), "{}", text(&out.stdout));
     let screen = text(&out.stdout);
     let bar = regex::Regex::new(
