@@ -172,8 +172,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The whole product on embedded defaults: the sandbox, a sync, a sales manager turning a
-    /// knob, and the MQLs that turn produced.
+    /// The whole product on embedded defaults: the sandbox and the daemon, a sales manager
+    /// turning a knob, the MQLs that turn produced and how fast they were written.
     Demo {
         /// People in the seeded org (the same world as `mqlsync sandbox` by default).
         #[arg(long, default_value_t = 2_000)]
@@ -450,16 +450,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let report = runtime.block_on(mqlsync::demo::run(*leads, *seed, store))?;
         println!(
-            "mqlsync demo: a seeded org of {leads} people in the sandbox (Salesforce + Marketo emulators)\n"
+            "mqlsync demo: a seeded org of {leads} people in the sandbox (Salesforce + Marketo emulators), synced by the daemon (`mqlsync run`) on {}, where the CRM's outbound messages and Marketo's webhook reach it\n",
+            report.daemon_url
         );
-        println!("1. First sync");
+        println!("1. The daemon starts: its first pass (a full sync, as `run --once`) goes live");
         print_run(&report.first);
         println!("   MQL records in the CRM: {}\n", report.cycles_before);
         let k = &report.knob;
         println!(
-            "2. A sales manager turns the {} knob ({}) from {} down to {} in the CRM, and the next sync runs",
-            k.segment, k.threshold_id, k.from, k.to
+            "2. A sales manager turns the {} knob ({}) from {} down to {} in the CRM; its outbound message reaches the daemon ({} acknowledged), which polls the thresholds at once and writes the MQLs",
+            k.segment, k.threshold_id, k.from, k.to, report.outbound_messages
         );
+        match report.latency {
+            Some(latency) => println!(
+                "   knob turn -> last MQL record written: {:.2} s (the outbound message, the threshold poll, the decisions and the writes, which wait up to daemon.write_window_ms = {} ms to fill their batches)",
+                latency.as_secs_f64(),
+                report.write_window_ms
+            ),
+            None => println!("   knob turn -> last MQL record written: no MQL record to write"),
+        }
         print_run(&report.second);
         println!(
             "   MQL records in the CRM: {} ({} new from the knob turn)\n",
@@ -506,6 +515,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
         }
+        println!();
+        println!(
+            "3. The daemon stops as on SIGTERM: {}",
+            match report.stopped {
+                mqlsync::workers::daemon::Stopped::Gracefully =>
+                    "gracefully, with nothing in flight and the score snapshot saved",
+                mqlsync::workers::daemon::Stopped::GraceOver =>
+                    "after its grace period, with a pass in flight dropped after its last commit",
+            }
+        );
         println!();
         println!(
             "store: {} (try `mqlsync status --store {}`)",

@@ -136,10 +136,24 @@ pub struct Progress {
     pub ticks: u64,
     /// Writer drains that ended well (the first pass's included).
     pub drains: u64,
+    /// The first (full) pass's summary, once it ended well: what `run --once` would have
+    /// said (`mqlsync demo` prints it).
+    pub first_pass: Option<Arc<RunSummary>>,
+    /// Records read, by source, every step's added up.
+    pub read: BTreeMap<String, usize>,
+    /// Events decided on, every step's added up.
+    pub events: usize,
     /// Records written to the CRM, by call (`mql_upsert`, `lead_update`, ...).
     pub written: BTreeMap<String, usize>,
+    /// Outbox rows settled without a write, by why.
+    pub settled: BTreeMap<String, usize>,
     /// Decisions made, by kind.
     pub decisions: BTreeMap<String, usize>,
+    /// The calls the steps sent, by system, and the fewest their work could take (see
+    /// [`RunSummary::minimum_calls`]): the difference between two snapshots is what the
+    /// steps between them cost against their minimum.
+    pub calls: BTreeMap<String, u64>,
+    pub minimum_calls: BTreeMap<String, u64>,
     /// Failed passes.
     pub errors: u64,
     /// The engine's next timer, the instant the clock wakes the daemon.
@@ -540,6 +554,9 @@ impl Loop<'_> {
                     "first pass done: live; the sources now poll on their own"
                 );
                 self.account(&summary);
+                let first = Arc::new(summary);
+                self.progress
+                    .send_modify(|p| p.first_pass = Some(first.clone()));
                 for source in Source::ALL {
                     self.mark_polled(source, now);
                     self.sources
@@ -704,12 +721,13 @@ impl Loop<'_> {
         }
         self.progress.send_modify(|p| {
             p.steps += 1;
-            for (call, n) in &summary.written {
-                *p.written.entry(call.clone()).or_default() += n;
-            }
-            for (kind, n) in &summary.decisions {
-                *p.decisions.entry(kind.clone()).or_default() += n;
-            }
+            p.events += summary.events;
+            add(&mut p.read, &summary.read);
+            add(&mut p.written, &summary.written);
+            add(&mut p.settled, &summary.settled);
+            add(&mut p.decisions, &summary.decisions);
+            add(&mut p.calls, &summary.calls);
+            add(&mut p.minimum_calls, &summary.minimum_calls);
         });
     }
 
@@ -742,6 +760,16 @@ impl Loop<'_> {
             p.next_deadline = deadline;
             p.pending_writes = pending;
         });
+    }
+}
+
+/// Adds `more`'s counts into `total`'s.
+fn add<N: Copy + std::ops::AddAssign + Default>(
+    total: &mut BTreeMap<String, N>,
+    more: &BTreeMap<String, N>,
+) {
+    for (key, n) in more {
+        *total.entry(key.clone()).or_default() += *n;
     }
 }
 
