@@ -768,3 +768,4 @@ fn the_secret_is_compared_in_constant_time() {
 mod crash;
 #[path = "loop.rs"]
 mod daemon_loop;
+mod e2e;
