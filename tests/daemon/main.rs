@@ -764,5 +764,8 @@ fn the_secret_is_compared_in_constant_time() {
         SECRET.as_bytes()
     ));
 }
+#[cfg(unix)]
+mod crash;
 #[path = "loop.rs"]
 mod daemon_loop;
+mod e2e;

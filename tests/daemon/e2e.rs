@@ -1,0 +1,1059 @@
+//! Issue 13, point 9: the behaviours of the contract (docs/behaviour.md) that involve both
+//! systems, driven end to end through the daemon against the in-process sandbox: a knob
+//! turned up, a rep accepting and rejecting MQL records in the CRM, a re-MQL after the
+//! cool-down, an SLA running out and a reassignment, webhooks lost and duplicated, and an
+//! exclusion by a title edited in the CRM. (A knob turned down, a scheduled threshold and a
+//! Marketo score push are in `loop.rs`.)
+//!
+//! No sleeps: the sandbox's clock stands still and is moved by the test (the daemon's clock
+//! follows it), the sandbox's outbound messages are delivered when the test says, and every
+//! wait is on the daemon's [`Progress`], bounded by a timeout that only marks a failure. The
+//! one exception is the lost-webhook test, where the pollers' own one-second interval is what
+//! is under test.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::{SignedDuration, Timestamp};
+use mqlsync::config::{self, Config};
+use mqlsync::engine::model::{CycleStatus, Outcome, RuleKind, ScoreChange, ScorePart};
+use mqlsync::engine::{Action, Context, Cycle, Event, Reason, Visibility, explain, reconcile};
+use mqlsync::mapping::{self, LoadedMapping};
+use mqlsync::sandbox::clock::SandboxClock;
+use mqlsync::sandbox::marketo::MarketoWebhook;
+use mqlsync::sandbox::salesforce::OutboundMessaging;
+use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
+use mqlsync::sandbox::world::{CrmKind, Person, ScoreField, Threshold};
+use mqlsync::store::Store;
+use mqlsync::sync::connect;
+use mqlsync::sync::once::{RunSettings, Source};
+use mqlsync::workers::daemon::{self, Clock, Daemon, DaemonError, Progress, Stopped};
+use mqlsync::workers::http::{self, HttpState, Readiness, WebhookSettings};
+use mqlsync::workers::metrics::{Endpoint, WebhookResult};
+use mqlsync::workers::webhook::{self, MARKETO_TEMPLATE};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "e2e-test-shared-secret-0123456789";
+/// Bounds a wait on the daemon; reaching it is a failure, not a pace.
+const FAILURE_BOUND: Duration = Duration::from_secs(90);
+/// Every source's interval and the idle ceiling: an hour, so that within a test only a
+/// webhook, the engine's clock or the first pass can start a pass.
+const NEVER_BY_INTERVAL: &str = "poll_thresholds_secs = 3600\npoll_people_secs = 3600\npoll_mql_edits_secs = 3600\npoll_opportunities_secs = 3600\npoll_activities_secs = 3600\npoll_idle_ceiling_secs = 3600\n";
+
+fn start() -> Timestamp {
+    "2026-11-02T12:00:00Z".parse().unwrap()
+}
+
+fn minutes(n: i64) -> Timestamp {
+    start() + SignedDuration::from_mins(n)
+}
+
+/// The sandbox's frozen clock as the daemon's: the test moves it, and the daemon's waits for
+/// an instant end when it gets there.
+struct TestClock {
+    sandbox: SandboxClock,
+    now: watch::Sender<Timestamp>,
+}
+
+impl TestClock {
+    fn set(&self, at: Timestamp) {
+        self.sandbox.set(at);
+        self.now.send_replace(at);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        self.sandbox.now()
+    }
+
+    fn wait_until(&self, at: Timestamp) -> BoxFuture<'static, ()> {
+        let mut now = self.now.subscribe();
+        Box::pin(async move {
+            let _ = now.wait_for(|t| *t >= at).await;
+        })
+    }
+}
+
+/// How a test's world is wired.
+struct Wiring {
+    leads: usize,
+    /// More `[daemon]` keys.
+    daemon_toml: &'static str,
+    /// The objects whose changes the CRM sends as Outbound Messages.
+    outbound: &'static [&'static str],
+    /// Whether the webhooks reach the daemon; `false`: they go to a port nobody listens on.
+    webhooks_reach: bool,
+}
+
+impl Default for Wiring {
+    fn default() -> Self {
+        Wiring {
+            leads: 300,
+            daemon_toml: NEVER_BY_INTERVAL,
+            outbound: &["MQL_Threshold__c"],
+            webhooks_reach: true,
+        }
+    }
+}
+
+struct App {
+    sandbox: Sandbox,
+    clock: Arc<TestClock>,
+    config: Config,
+    loaded: LoadedMapping,
+    http: HttpState,
+    progress: watch::Receiver<Progress>,
+    /// The daemon's port.
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    daemon: Option<tokio::task::JoinHandle<Result<Stopped, DaemonError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A sandbox on a frozen clock, wired to the daemon as `wiring` says, and the daemon started
+/// on it; returns once the daemon's first pass has gone live.
+async fn spawn_app(wiring: Wiring) -> App {
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let target = if wiring.webhooks_reach {
+        base.clone()
+    } else {
+        // A port that was free a moment ago and that nobody listens on.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", gone.local_addr().unwrap())
+    };
+    let sandbox_clock = SandboxClock::frozen(start());
+    let mut options = SandboxOptions {
+        leads: wiring.leads,
+        seed: 3,
+        clock: sandbox_clock.clone(),
+        // The clock stands still: Marketo's 20-second window would never pass.
+        limits: false,
+        ..SandboxOptions::default()
+    };
+    options.marketo.webhook = Some(MarketoWebhook {
+        url: format!("{target}/webhooks/marketo"),
+        template: MARKETO_TEMPLATE.into(),
+        headers: vec![
+            ("X-Mqlsync-Secret".into(), SECRET.into()),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+    });
+    options.salesforce.outbound = Some(OutboundMessaging {
+        url: format!("{target}/webhooks/salesforce"),
+        objects: wiring.outbound.iter().map(|o| o.to_string()).collect(),
+        fields: vec!["Name".into()],
+        retry_initial_secs: 60,
+        deliver_in_background: false,
+    });
+    let sandbox = Sandbox::start(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let info = sandbox.connection_info();
+    let file = dir.path().join("mqlsync.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n[daemon]\nwrite_window_ms = 20\n{}",
+            mqlsync::sandbox::cli::sandbox_config_toml(&info, "state.sqlite", None),
+            wiring.daemon_toml
+        ),
+    )
+    .unwrap();
+    let secret = |system: &str| info[system]["client_secret"].as_str().unwrap().to_string();
+    let env = vec![
+        (
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
+            secret("salesforce"),
+        ),
+        (
+            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
+            secret("marketo"),
+        ),
+        ("MQLSYNC_DAEMON_WEBHOOK_SECRET".to_string(), SECRET.into()),
+    ];
+    let config = config::load(Some(&file), &env).unwrap();
+    let sf = connect::salesforce(&config).unwrap();
+    let mk = connect::marketo(&config).unwrap();
+    let loaded = mapping::load(None).unwrap();
+    let schedule = config.daemon.schedule.clone();
+    let (state, inbound) = HttpState::new(
+        WebhookSettings::new(&config.daemon, &loaded.mapping),
+        Readiness::new(daemon::max_poll_age(&schedule)),
+        64,
+    );
+    daemon::sign_in(&sf, &mk, &state).await.unwrap();
+    let store = Store::open(&config.store).unwrap();
+    let clock = Arc::new(TestClock {
+        now: watch::Sender::new(sandbox_clock.now()),
+        sandbox: sandbox_clock,
+    });
+    let d = Daemon::new(
+        sf,
+        mk,
+        loaded.mapping.clone(),
+        loaded.policy.clone(),
+        store,
+        RunSettings {
+            go_live: config.sync.go_live,
+            ..RunSettings::default()
+        },
+        schedule,
+        clock.clone(),
+        state.clone(),
+        inbound,
+        Some(listener),
+    );
+    let progress = d.progress();
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(d.run(shutdown.clone()));
+    let app = App {
+        sandbox,
+        clock,
+        config,
+        loaded,
+        http: state,
+        progress,
+        base,
+        client: reqwest::Client::new(),
+        shutdown,
+        daemon: Some(daemon),
+        _dir: dir,
+    };
+    app.wait_until("the first pass", |_, p| p.live).await;
+    app
+}
+
+impl App {
+    /// Waits until `done` holds, looking again after every step of the daemon; fails after
+    /// [`FAILURE_BOUND`], or at once when the daemon has stopped.
+    async fn wait_until(&self, what: &str, done: impl Fn(&App, &Progress) -> bool) -> Progress {
+        let mut progress = self.progress.clone();
+        let waited = tokio::time::timeout(FAILURE_BOUND, async {
+            loop {
+                let p = progress.borrow_and_update().clone();
+                if done(self, &p) {
+                    return Ok(p);
+                }
+                if progress.changed().await.is_err() {
+                    return Err(p);
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(p)) => p,
+            Ok(Err(p)) => panic!("the daemon stopped before {what}: {p:?}"),
+            Err(_) => panic!(
+                "no {what} within {FAILURE_BOUND:?}: {:?}",
+                self.progress.borrow()
+            ),
+        }
+    }
+
+    /// Waits until `source` has polled more than `before` times and nothing waits in the
+    /// outbox.
+    async fn polled(&self, source: Source, before: u64) -> Progress {
+        self.wait_until(&format!("a {} poll written", source.label()), |_, p| {
+            p.polls.get(&source).copied().unwrap_or(0) > before && p.pending_writes == 0
+        })
+        .await
+    }
+
+    fn polls(&self, source: Source) -> u64 {
+        self.progress
+            .borrow()
+            .polls
+            .get(&source)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Moves the clock to `at` and waits until the daemon's clock has fired every timer up
+    /// to it and written what they decided.
+    async fn time_passes(&self, at: Timestamp) -> Progress {
+        let ticks = self.progress.borrow().ticks;
+        self.clock.set(at);
+        self.wait_until(&format!("the timers up to {at}"), |_, p| {
+            p.ticks > ticks && p.next_deadline.is_none_or(|d| d > at) && p.pending_writes == 0
+        })
+        .await
+    }
+
+    /// Delivers every outbound message due, as the CRM would; how many notifications the
+    /// daemon acknowledged.
+    async fn deliver_outbound(&self) -> usize {
+        let mut acknowledged = 0;
+        loop {
+            let n = self.sandbox.salesforce().deliver_outbound().await;
+            if n == 0 {
+                return acknowledged;
+            }
+            acknowledged += n;
+        }
+    }
+
+    /// Delivers the outbound messages of `object` the daemon's own writes set off (a CRM
+    /// flow sends them for every edit) and waits until the poll they wake has run.
+    async fn deliver_own_echoes(&self, source: Source) {
+        let before = self.polls(source);
+        if self.deliver_outbound().await > 0 {
+            self.polled(source, before).await;
+        }
+    }
+
+    async fn stop(&mut self) -> Result<Stopped, DaemonError> {
+        self.shutdown.cancel();
+        let handle = self.daemon.take().expect("the daemon runs");
+        tokio::time::timeout(FAILURE_BOUND, handle)
+            .await
+            .expect("the daemon stops within the bound")
+            .expect("the daemon's task does not panic")
+    }
+
+    fn store(&self) -> Store {
+        Store::open_existing(&self.config.store).unwrap()
+    }
+
+    fn cycles(&self) -> Vec<Cycle> {
+        self.store().cycles().unwrap()
+    }
+
+    fn cycles_of(&self, crm_id: &str) -> Vec<Cycle> {
+        let mut cycles: Vec<Cycle> = self
+            .cycles()
+            .into_iter()
+            .filter(|c| c.crm.id == crm_id)
+            .collect();
+        cycles.sort_by_key(|c| c.number);
+        cycles
+    }
+
+    /// Why `crm_id` is or is not an MQL at `at`, from the daemon's store.
+    fn explain(&self, crm_id: &str, at: Timestamp) -> Reason {
+        let policy = &self.loaded.policy;
+        let state = self.store().load_engine(policy).unwrap();
+        explain(&state, policy, crm_id, at)
+    }
+
+    /// Every live record of `object` in the sandbox's CRM.
+    fn records(&self, object: &str) -> Vec<Map<String, Value>> {
+        self.sandbox.salesforce().state()["objects"][object]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["IsDeleted"] != json!(true))
+            .map(|r| r.as_object().unwrap().clone())
+            .collect()
+    }
+
+    fn record(&self, object: &str, id: &str) -> Map<String, Value> {
+        self.records(object)
+            .into_iter()
+            .find(|r| r["Id"] == json!(id))
+            .unwrap_or_else(|| panic!("no {object} {id}"))
+    }
+
+    /// The MQL record of a cycle, by external id.
+    fn mql_record(&self, external_id: &str) -> Map<String, Value> {
+        self.records("MQL__c")
+            .into_iter()
+            .find(|r| r["External_Id__c"] == json!(external_id))
+            .unwrap_or_else(|| panic!("no MQL record {external_id}"))
+    }
+
+    /// Every MQL record is in the CRM once, and the store knows exactly those.
+    fn assert_each_record_once(&self) {
+        let records = self.records("MQL__c");
+        let ids: BTreeSet<String> = records
+            .iter()
+            .map(|r| r["External_Id__c"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), records.len(), "a duplicate MQL record");
+        let known: BTreeSet<String> = self.cycles().into_iter().map(|c| c.external_id).collect();
+        assert_eq!(ids, known);
+    }
+
+    /// A user edits a record in the CRM at the clock's present.
+    fn edit(&self, object: &str, id: &str, fields: Value) {
+        let Value::Object(fields) = fields else {
+            panic!("fields as an object")
+        };
+        self.sandbox
+            .salesforce()
+            .edit_record(object, id, fields)
+            .unwrap();
+    }
+
+    /// A smart campaign changes `person`'s behaviour score (and so their total) by `delta`;
+    /// Marketo calls its webhook.
+    fn push(&self, person: &Person, delta: i64) {
+        self.sandbox
+            .marketo()
+            .apply_score_change(person.map_id, ScoreField::BehaviorScore, delta, Some(1003))
+            .unwrap();
+    }
+
+    /// The person of the world with this CRM id.
+    fn person(&self, crm_id: &str) -> Person {
+        self.sandbox
+            .world()
+            .people
+            .iter()
+            .find(|p| p.crm_id.as_deref() == Some(crm_id))
+            .unwrap()
+            .clone()
+    }
+
+    /// The EMEA knob in force at the start.
+    fn emea_knob(&self) -> Threshold {
+        self.sandbox
+            .world()
+            .thresholds
+            .iter()
+            .find(|t| {
+                t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= start())
+            })
+            .unwrap()
+            .clone()
+    }
+
+    /// People below their threshold at the start whom a score change of +500 at `at` makes
+    /// MQLs, as the engine decides it on a copy of the daemon's state (no exclusion applies).
+    fn would_qualify_with_a_push(&self, at: Timestamp) -> Vec<Person> {
+        let policy = &self.loaded.policy;
+        let state = self.store().load_engine(policy).unwrap();
+        let ctx = Context {
+            policy,
+            now: at,
+            backfill: false,
+            visibility: Visibility::WhenWritten,
+        };
+        self.sandbox
+            .world()
+            .people
+            .iter()
+            .filter(|p| {
+                let Some(id) = p.crm_id.as_deref() else {
+                    return false;
+                };
+                if !matches!(
+                    explain(&state, policy, id, start()),
+                    Reason::BelowThreshold { .. }
+                ) {
+                    return false;
+                }
+                let push = Event::Score(ScoreChange {
+                    map_lead_id: p.map_id,
+                    change_id: "probe".into(),
+                    part: ScorePart::Total,
+                    new_value: p.lead_score as f64 + 500.0,
+                    old_value: Some(p.lead_score as f64),
+                    campaign: None,
+                    at,
+                });
+                reconcile(&mut state.clone(), &ctx, &push)
+                    .iter()
+                    .any(|d| matches!(d.action, Action::OpenCycle { .. }))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The organisation id the daemon accepts Outbound Messages of, as it learns it: from
+    /// the OAuth identity URL.
+    async fn org_id(&self) -> String {
+        let sf = self.sandbox.salesforce_config().clone();
+        let token: Value = self
+            .client
+            .post(format!(
+                "{}/services/oauth2/token",
+                self.sandbox.salesforce_url()
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", sf.client_id.as_str()),
+                ("client_secret", sf.client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        webhook::org_id_from_identity_url(token["id"].as_str().unwrap())
+            .unwrap()
+            .to_string()
+    }
+
+    async fn post(&self, path: &str, body: String, headers: &[(&str, &str)]) -> u16 {
+        let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
+
+    fn webhooks(&self, endpoint: Endpoint) -> u64 {
+        self.http
+            .metrics()
+            .webhook_count(endpoint, WebhookResult::Accepted)
+    }
+}
+
+/// The CRM's status field of a person.
+fn status_field(kind: CrmKind) -> &'static str {
+    match kind {
+        CrmKind::Lead => "Status",
+        CrmKind::Contact => "Contact_Status__c",
+    }
+}
+
+fn instant(value: &Value) -> Option<Timestamp> {
+    value.as_str().map(|s| s.parse().unwrap())
+}
+
+/// Issue 13, point 9 (docs/behaviour.md, "Turning the knob": raising one never takes back an
+/// MQL already handed to sales): the EMEA knob turned up in the CRM reaches the daemon by its
+/// outbound message; no MQL is opened or closed, and a person whose score then reaches the old
+/// knob but not the new one is not an MQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knob_turned_up_makes_no_mql_and_leaves_the_open_ones_open() {
+    let mut app = spawn_app(Wiring {
+        leads: 600,
+        ..Wiring::default()
+    })
+    .await;
+    let knob = app.emea_knob();
+    let before: Vec<(String, CycleStatus)> = app
+        .cycles()
+        .into_iter()
+        .map(|c| (c.external_id, c.status))
+        .collect();
+    assert!(
+        app.cycles()
+            .iter()
+            .any(|c| c.status == CycleStatus::Open && c.threshold_id.as_deref() == Some(&knob.id)),
+        "open EMEA MQLs to keep"
+    );
+    // Someone of the segment below the knob, whom a score at the old knob would make an MQL.
+    let waiting = app
+        .sandbox
+        .world()
+        .people
+        .iter()
+        .find(|p| {
+            p.crm_id.as_deref().is_some_and(|id| {
+                matches!(
+                    app.explain(id, start()),
+                    Reason::BelowThreshold { threshold_id: Some(t), .. } if t == knob.id
+                )
+            })
+        })
+        .expect("an EMEA person below the knob")
+        .clone();
+
+    app.clock.set(minutes(1));
+    app.edit(
+        "MQL_Threshold__c",
+        &knob.id,
+        json!({"Score_Threshold__c": knob.score + 20.0}),
+    );
+    let polls = app.polls(Source::Thresholds);
+    assert_eq!(app.deliver_outbound().await, 1);
+    app.polled(Source::Thresholds, polls).await;
+    let after: Vec<(String, CycleStatus)> = app
+        .cycles()
+        .into_iter()
+        .map(|c| (c.external_id, c.status))
+        .collect();
+    assert_eq!(after, before, "a knob turned up opened or closed an MQL");
+
+    // The old knob is reached, the new one is not: no MQL.
+    app.clock.set(minutes(2));
+    let activities = app.polls(Source::Activities);
+    app.push(&waiting, (knob.score + 5.0) as i64 - waiting.lead_score);
+    app.polled(Source::Activities, activities).await;
+    let crm_id = waiting.crm_id.as_deref().unwrap();
+    assert!(app.cycles_of(crm_id).is_empty());
+    match app.explain(crm_id, minutes(2)) {
+        Reason::BelowThreshold {
+            score, threshold, ..
+        } => assert_eq!((score, threshold), (knob.score + 5.0, knob.score + 20.0)),
+        other => panic!("{other:?}"),
+    }
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (docs/behaviour.md, "Lifecycle and statuses"): a rep accepts one MQL
+/// record and rejects another in the CRM; the outbound messages of `MQL__c` wake the daemon,
+/// which stamps the SAL date on the cycle and the person, and applies the rejection's outcome
+/// (Bad Timing: Not now, the person to Nurture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rep_accepting_and_rejecting_mql_records_in_the_crm_is_applied_at_once() {
+    let mut app = spawn_app(Wiring {
+        outbound: &["MQL__c"],
+        ..Wiring::default()
+    })
+    .await;
+    app.deliver_own_echoes(Source::MqlEdits).await;
+    let open: Vec<Cycle> = app
+        .cycles()
+        .into_iter()
+        .filter(|c| c.status == CycleStatus::Open)
+        .collect();
+    let (accepted, rejected) = (&open[0], &open[1]);
+    let record_id = |c: &Cycle| {
+        app.mql_record(&c.external_id)["Id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let later = minutes(30);
+    app.clock.set(later);
+    app.edit(
+        "MQL__c",
+        &record_id(accepted),
+        json!({"Status__c": "Working"}),
+    );
+    app.edit(
+        "MQL__c",
+        &record_id(rejected),
+        json!({"Status__c": "Rejected", "Rejection_Reason__c": "Bad Timing"}),
+    );
+    let edits = app.polls(Source::MqlEdits);
+    assert_eq!(app.deliver_outbound().await, 2);
+    app.wait_until("both edits applied and written", |app, p| {
+        p.polls.get(&Source::MqlEdits).copied().unwrap_or(0) > edits
+            && p.pending_writes == 0
+            && app
+                .cycles()
+                .iter()
+                .any(|c| c.external_id == rejected.external_id && c.status == CycleStatus::Rejected)
+    })
+    .await;
+
+    let cycles = app.cycles();
+    let find = |c: &Cycle| {
+        cycles
+            .iter()
+            .find(|x| x.external_id == c.external_id)
+            .unwrap()
+            .clone()
+    };
+    let a = find(accepted);
+    assert_eq!((a.status, a.sal_at), (CycleStatus::Working, Some(later)));
+    let person = app.record(a.crm.kind.as_str(), &a.crm.id);
+    assert_eq!(instant(&person["SAL_Date_Most_Recent__c"]), Some(later));
+    assert_eq!(instant(&person["SAL_Date_Original__c"]), Some(later));
+
+    let r = find(rejected);
+    assert_eq!(
+        (r.status, r.outcome, r.closed_at),
+        (CycleStatus::Rejected, Some(Outcome::NotNow), Some(later))
+    );
+    let person = app.record(r.crm.kind.as_str(), &r.crm.id);
+    let kind = app.person(&r.crm.id).crm_kind;
+    assert_eq!(person[status_field(kind)], json!("Nurture"));
+    assert_eq!(
+        app.mql_record(&r.external_id)["Outcome__c"],
+        json!("Not now")
+    );
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (docs/behaviour.md, "Cycles" and "Lifecycle"): a person whose MQL was
+/// rejected as Not now cools down for 30 days: a score push within them makes no MQL, one
+/// after them opens a second cycle, its own MQL record `{id}-2`, and the person keeps the
+/// original MQL date beside the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_cool_down_a_rejected_person_becomes_an_mql_again_in_a_second_cycle() {
+    let mut app = spawn_app(Wiring {
+        outbound: &["MQL__c"],
+        ..Wiring::default()
+    })
+    .await;
+    app.deliver_own_echoes(Source::MqlEdits).await;
+    let first = app
+        .cycles()
+        .into_iter()
+        .find(|c| c.status == CycleStatus::Open && c.map_lead_id.is_some())
+        .unwrap();
+    let person = app.person(&first.crm.id);
+    let rejected_at = minutes(30);
+    app.clock.set(rejected_at);
+    let id = app.mql_record(&first.external_id)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.edit(
+        "MQL__c",
+        &id,
+        json!({"Status__c": "Rejected", "Rejection_Reason__c": "Bad Timing"}),
+    );
+    app.deliver_own_echoes(Source::MqlEdits).await;
+    assert_eq!(
+        app.cycles_of(&first.crm.id)[0].status,
+        CycleStatus::Rejected
+    );
+
+    // Ten days on, still cooling down.
+    let within = rejected_at + SignedDuration::from_hours(24 * 10);
+    app.time_passes(within).await;
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 500);
+    app.polled(Source::Activities, activities).await;
+    assert_eq!(app.cycles_of(&first.crm.id).len(), 1);
+    assert!(
+        matches!(
+            app.explain(&first.crm.id, within),
+            Reason::CoolingDown {
+                outcome: Outcome::NotNow,
+                ..
+            }
+        ),
+        "{:?}",
+        app.explain(&first.crm.id, within)
+    );
+
+    // Past the 30 days, the next score change makes the second MQL.
+    let after = rejected_at + SignedDuration::from_hours(24 * 31);
+    app.time_passes(after).await;
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 10);
+    app.polled(Source::Activities, activities).await;
+    let cycles = app.cycles_of(&first.crm.id);
+    assert_eq!(cycles.len(), 2, "{cycles:?}");
+    let second = &cycles[1];
+    assert_eq!(
+        (
+            second.number,
+            second.external_id.as_str(),
+            second.mql_at,
+            second.status
+        ),
+        (
+            2,
+            format!("{}-2", first.crm.id).as_str(),
+            after,
+            CycleStatus::Open
+        )
+    );
+    assert_eq!(
+        app.mql_record(&first.external_id)["Status__c"],
+        json!("Rejected"),
+        "the first cycle's record is its own"
+    );
+    assert_eq!(
+        instant(&app.mql_record(&second.external_id)["MQL_Date__c"]),
+        Some(after)
+    );
+    let stamps = app.record(first.crm.kind.as_str(), &first.crm.id);
+    assert_eq!(instant(&stamps["MQL_Date_Original__c"]), Some(first.mql_at));
+    assert_eq!(instant(&stamps["MQL_Date_Most_Recent__c"]), Some(after));
+    assert_eq!(stamps["MQL_Count__c"].as_f64(), Some(2.0));
+    assert_eq!(
+        stamps[status_field(person.crm_kind)],
+        json!("Marketing Qualified")
+    );
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (docs/behaviour.md, "SLA, reassignment and alerts"): with nothing else
+/// happening, the daemon's clock flags an Open MQL overdue when its SLA runs out and, past the
+/// team's trigger, reassigns it to the next rep, with a fresh SLA and a task for that rep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_clock_flags_an_mql_overdue_then_reassigns_it_with_a_task_for_the_new_rep() {
+    let mut app = spawn_app(Wiring::default()).await;
+    let cycle = app
+        .cycles()
+        .into_iter()
+        .filter(|c| {
+            c.status == CycleStatus::Open
+                && c.reassign_at.is_some()
+                && matches!(c.team.as_deref(), Some("SDR EMEA" | "SDR APAC"))
+        })
+        .min_by_key(|c| c.sla_due_at)
+        .expect("an open MQL of a team that reassigns and alerts by task");
+    let (due, trigger) = (cycle.sla_due_at.unwrap(), cycle.reassign_at.unwrap());
+    assert!(due > start() && due < trigger);
+    let record = app.mql_record(&cycle.external_id);
+    assert_eq!(
+        (&record["Overdue__c"], instant(&record["SLA_Due__c"])),
+        (&json!(false), Some(due))
+    );
+
+    let past_due = due + SignedDuration::from_mins(1);
+    app.time_passes(past_due).await;
+    let record = app.mql_record(&cycle.external_id);
+    assert_eq!(
+        (
+            &record["Overdue__c"],
+            record["Reassignment_Count__c"].as_f64()
+        ),
+        (&json!(true), Some(0.0)),
+        "{record:?}"
+    );
+
+    let past_trigger = trigger + SignedDuration::from_mins(1);
+    app.time_passes(past_trigger).await;
+    let record = app.mql_record(&cycle.external_id);
+    assert_eq!(
+        (
+            &record["Overdue__c"],
+            record["Reassignment_Count__c"].as_f64()
+        ),
+        (&json!(false), Some(1.0)),
+        "{record:?}"
+    );
+    let new_owner = record["OwnerId"].as_str().unwrap().to_string();
+    assert_ne!(Some(new_owner.as_str()), cycle.owner_id.as_deref());
+    assert!(instant(&record["SLA_Due__c"]).is_some_and(|d| d > past_trigger));
+    assert_eq!(instant(&record["MQL_Date__c"]), Some(cycle.mql_at));
+    let prefix = format!("Notify:{}:{new_owner}:", cycle.external_id);
+    let tasks: Vec<Map<String, Value>> = app
+        .records("Task")
+        .into_iter()
+        .filter(|t| {
+            t["MQL_Alert_Key__c"]
+                .as_str()
+                .is_some_and(|k| k.starts_with(&prefix))
+        })
+        .collect();
+    assert_eq!(tasks.len(), 1, "one task for the new rep");
+    assert_eq!(tasks[0]["OwnerId"], json!(new_owner));
+    // Only the clock woke the daemon.
+    assert!(app.progress.borrow().polls.is_empty());
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (README, "The daemon": a lost webhook costs latency, never correctness):
+/// Marketo's webhook and the CRM's outbound messages go to a port nobody listens on; the
+/// pollers, at their one-second intervals, still bring the score push and the knob turn to MQL
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_webhooks_cost_latency_the_pollers_still_write_the_mqls() {
+    let mut app = spawn_app(Wiring {
+        // Every source every second, two at most when idle.
+        daemon_toml: "poll_activities_secs = 1\npoll_thresholds_secs = 1\npoll_people_secs = 1\npoll_mql_edits_secs = 1\npoll_opportunities_secs = 1\npoll_idle_ceiling_secs = 2\n",
+        webhooks_reach: false,
+        ..Wiring::default()
+    })
+    .await;
+    let later = minutes(1);
+    let person = app.would_qualify_with_a_push(later)[0].clone();
+    let crm_id = person.crm_id.clone().unwrap();
+    app.clock.set(later);
+    app.push(&person, 500);
+    app.wait_until("the score push's MQL written by the poller", |app, p| {
+        p.pending_writes == 0 && !app.cycles_of(&crm_id).is_empty()
+    })
+    .await;
+    assert_eq!(app.cycles_of(&crm_id)[0].mql_at, later);
+
+    let knob = app.emea_knob();
+    let turned = minutes(2);
+    app.clock.set(turned);
+    app.edit(
+        "MQL_Threshold__c",
+        &knob.id,
+        json!({"Score_Threshold__c": knob.score - 25.0}),
+    );
+    assert_eq!(app.deliver_outbound().await, 0, "nobody acknowledges");
+    app.wait_until("the knob turn's MQLs written by the poller", |app, p| {
+        p.pending_writes == 0 && app.cycles().iter().any(|c| c.mql_at == turned)
+    })
+    .await;
+    assert_eq!(app.webhooks(Endpoint::Marketo), 0);
+    assert_eq!(app.webhooks(Endpoint::Salesforce), 0);
+    app.assert_each_record_once();
+    for c in app.cycles().iter().filter(|c| c.mql_at >= later) {
+        assert!(
+            app.records("MQL__c")
+                .iter()
+                .any(|r| r["External_Id__c"] == json!(c.external_id)),
+            "{} not written",
+            c.external_id
+        );
+    }
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (README, "The daemon": webhooks are hints, delivered at least once): the
+/// CRM's outbound message of a knob turn arrives twice (the same notification), and Marketo's
+/// webhook of a score push three times; each change makes its MQLs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_webhooks_make_each_mql_once() {
+    let mut app = spawn_app(Wiring {
+        leads: 600,
+        ..Wiring::default()
+    })
+    .await;
+    let knob = app.emea_knob();
+    let turned = minutes(1);
+    app.clock.set(turned);
+    app.edit(
+        "MQL_Threshold__c",
+        &knob.id,
+        json!({"Score_Threshold__c": knob.score - 25.0}),
+    );
+    let polls = app.polls(Source::Thresholds);
+    assert_eq!(app.deliver_outbound().await, 1);
+    app.polled(Source::Thresholds, polls).await;
+    let made = app.cycles().iter().filter(|c| c.mql_at == turned).count();
+    assert!(made > 0, "the knob turn made no MQL");
+    let written = app.progress.borrow().written.clone();
+
+    // Salesforce delivers the same notification again (at least once).
+    let delivery = app.sandbox.salesforce().outbound_deliveries().remove(0);
+    let org = app.org_id().await;
+    let again = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body><notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\"><OrganizationId>{org}</OrganizationId><ActionId>04k000000000001AAA</ActionId><SessionId xsi:nil=\"true\"/><EnterpriseUrl>https://sandbox.my.salesforce.com/services/Soap/c/62.0/x</EnterpriseUrl><PartnerUrl>https://sandbox.my.salesforce.com/services/Soap/u/62.0/x</PartnerUrl><Notification><Id>{}</Id><sObject xsi:type=\"sf:MQL_Threshold__c\" xmlns:sf=\"urn:sobject.enterprise.soap.sforce.com\"><sf:Id>{}</sf:Id></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>",
+        delivery.notification_ids[0], knob.id
+    );
+    let polls = app.polls(Source::Thresholds);
+    assert_eq!(
+        app.post(
+            "/webhooks/salesforce",
+            again,
+            &[("content-type", "text/xml; charset=utf-8")]
+        )
+        .await,
+        200
+    );
+    app.polled(Source::Thresholds, polls).await;
+    assert_eq!(
+        app.cycles().iter().filter(|c| c.mql_at == turned).count(),
+        made
+    );
+    assert_eq!(
+        app.progress.borrow().written,
+        written,
+        "nothing written again"
+    );
+
+    // Marketo's webhook for one score push, then the same body twice more.
+    let pushed = minutes(2);
+    let person = app.would_qualify_with_a_push(pushed)[0].clone();
+    let crm_id = person.crm_id.clone().unwrap();
+    app.clock.set(pushed);
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 500);
+    app.polled(Source::Activities, activities).await;
+    assert_eq!(app.cycles_of(&crm_id).len(), 1);
+    let body = MARKETO_TEMPLATE
+        .replace("{{lead.Id}}", &person.map_id.to_string())
+        .replace(
+            "{{lead.Lead Score}}",
+            &(person.lead_score + 500).to_string(),
+        )
+        .replace(
+            "{{lead.Behavior Score}}",
+            &(person.behavior_score + 500).to_string(),
+        )
+        .replace(
+            "{{lead.Demographic Score}}",
+            &person.demographic_score.to_string(),
+        )
+        .replace("{{lead.SFDC Lead ID}}", "null")
+        .replace("{{lead.SFDC Contact ID}}", "null")
+        .replace("{{campaign.id}}", "1003")
+        .replace("{{campaign.name}}", "null")
+        .replace("{{system.dateTime}}", "null");
+    let written = app.progress.borrow().written.clone();
+    for _ in 0..2 {
+        let activities = app.polls(Source::Activities);
+        let status = app
+            .post(
+                "/webhooks/marketo",
+                body.clone(),
+                &[
+                    ("X-Mqlsync-Secret", SECRET),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200);
+        app.polled(Source::Activities, activities).await;
+    }
+    assert_eq!(app.cycles_of(&crm_id).len(), 1);
+    assert_eq!(
+        app.progress.borrow().written,
+        written,
+        "nothing written again"
+    );
+    assert_eq!(app.webhooks(Endpoint::Marketo), 3);
+    assert_eq!(app.webhooks(Endpoint::Salesforce), 2);
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
+/// Issue 13, point 9 (docs/behaviour.md, "Exclusions", the title rule): an admin retitles a
+/// lead "Graduate Student" in the CRM; the outbound message of the lead wakes the people poller,
+/// and a score push that would have made the lead an MQL makes none, for that reason. Retitled
+/// back, the lead's next score change makes the MQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_title_edited_in_the_crm_excludes_a_lead_until_it_is_edited_back() {
+    let mut app = spawn_app(Wiring {
+        outbound: &["Lead"],
+        ..Wiring::default()
+    })
+    .await;
+    app.deliver_own_echoes(Source::People).await;
+    let person = app
+        .would_qualify_with_a_push(minutes(10))
+        .into_iter()
+        .find(|p| p.crm_kind == CrmKind::Lead)
+        .expect("a lead a push makes an MQL");
+    let crm_id = person.crm_id.clone().unwrap();
+
+    app.clock.set(minutes(1));
+    app.edit("Lead", &crm_id, json!({"Title": "Graduate Student"}));
+    let people = app.polls(Source::People);
+    assert_eq!(app.deliver_outbound().await, 1);
+    app.polled(Source::People, people).await;
+
+    app.clock.set(minutes(2));
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 500);
+    app.polled(Source::Activities, activities).await;
+    assert!(app.cycles_of(&crm_id).is_empty());
+    assert!(
+        matches!(
+            app.explain(&crm_id, minutes(2)),
+            Reason::Excluded {
+                rule: RuleKind::Title,
+                ..
+            }
+        ),
+        "{:?}",
+        app.explain(&crm_id, minutes(2))
+    );
+
+    app.clock.set(minutes(3));
+    app.edit("Lead", &crm_id, json!({"Title": person.title}));
+    let people = app.polls(Source::People);
+    assert_eq!(app.deliver_outbound().await, 1);
+    app.polled(Source::People, people).await;
+    app.clock.set(minutes(4));
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 5);
+    app.polled(Source::Activities, activities).await;
+    let cycles = app.cycles_of(&crm_id);
+    assert_eq!(cycles.len(), 1, "{:?}", app.explain(&crm_id, minutes(4)));
+    assert!(cycles[0].mql_at >= minutes(3), "{:?}", cycles[0]);
+    assert_eq!(
+        instant(&app.mql_record(&cycles[0].external_id)["MQL_Date__c"]),
+        Some(cycles[0].mql_at)
+    );
+    app.stop().await.unwrap();
+}
