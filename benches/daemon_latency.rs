@@ -7,7 +7,7 @@
 //! wakes the daemon's activity poller. Per event, the latency runs from the score change (the
 //! sandbox's clock, when Marketo applied it) to the `CreatedDate` of the person's MQL record in
 //! the CRM (the same clock, when the CRM accepted the upsert). Two runs: the default
-//! `daemon.write_window_ms` (200) and 20 ms, to show how much of the latency is the window.
+//! `daemon.write_window_ms` (50) and 200 ms, to show how much of the latency is the window.
 //!
 //! The daemon's Marketo client keeps Marketo's pace (100 calls in 20 s, a call per 208 ms):
 //! the sandbox's limits are off, the client's are not, as against a real instance.
@@ -51,7 +51,7 @@ async fn main() {
     println!(
         "daemon latency: Marketo score push -> MQL record written in the CRM; {PEOPLE} people, {EVENTS_PER_SEC} pushes/s for {SECONDS} s, sandbox limits off"
     );
-    for window_ms in [200, 20] {
+    for window_ms in [50, 200] {
         let run = run(window_ms).await;
         run.print(window_ms);
     }

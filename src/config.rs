@@ -274,7 +274,7 @@ impl Default for DaemonSchedule {
             poll_opportunities_secs: 300,
             poll_activities_secs: 5,
             poll_idle_ceiling_secs: 300,
-            write_window_ms: 200,
+            write_window_ms: 50,
             max_pending_writes: 10_000,
             grace_secs: 30,
         }

@@ -62,6 +62,30 @@ pub struct Pacer {
     limiter: Option<Arc<Limiter>>,
     clock: TokioClock,
     in_flight: Arc<Semaphore>,
+    /// The limiter's arithmetic, kept beside it to answer "when may the next call start?"
+    /// without spending a cell (governor has no peek): see [`Pacer::ready_at`].
+    shadow: Option<Arc<std::sync::Mutex<Shadow>>>,
+}
+
+/// A copy of the GCRA state: the theoretical arrival time of the next cell.
+#[derive(Debug)]
+struct Shadow {
+    period: Duration,
+    burst: u32,
+    tat: Duration,
+}
+
+impl Shadow {
+    /// A call was admitted at `now` (the limiter's clock).
+    fn admitted(&mut self, now: Duration) {
+        self.tat = self.tat.max(now) + self.period;
+    }
+
+    /// The earliest instant (the limiter's clock) the next call conforms.
+    fn ready_at(&self) -> Duration {
+        self.tat
+            .saturating_sub(self.period * self.burst.saturating_sub(1))
+    }
 }
 
 impl Pacer {
@@ -88,7 +112,22 @@ impl Pacer {
             ))),
             clock,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            shadow: Some(Arc::new(std::sync::Mutex::new(Shadow {
+                period,
+                burst,
+                tat: Duration::ZERO,
+            }))),
         }
+    }
+
+    /// When the next call may start by the rate quota (now or earlier: at once). The daemon
+    /// asks this before a poll, so that it does not sit in the pacer's wait while a write
+    /// could go out (the in-flight cap is not counted: the daemon makes one call at a time).
+    pub fn ready_at(&self) -> tokio::time::Instant {
+        let at = self.shadow.as_ref().map_or(Duration::ZERO, |s| {
+            s.lock().expect("pacer shadow").ready_at()
+        });
+        self.clock.start + at
     }
 
     /// No rate quota, only an in-flight cap.
@@ -97,6 +136,7 @@ impl Pacer {
             limiter: None,
             clock: TokioClock::default(),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            shadow: None,
         }
     }
 }
@@ -108,7 +148,15 @@ impl Admit for Pacer {
             // Bounded: each wait is the GCRA's own earliest-allowed time.
             loop {
                 match limiter.check() {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if let Some(shadow) = &self.shadow {
+                            shadow
+                                .lock()
+                                .expect("pacer shadow")
+                                .admitted(self.clock.now());
+                        }
+                        break;
+                    }
                     Err(not_until) => {
                         let wait = not_until.wait_time_from(self.clock.now());
                         tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
@@ -352,6 +400,38 @@ mod tests {
             "{:?}",
             times.last()
         );
+    }
+
+    /// `ready_at` says when the limiter admits the next call: never earlier than it does
+    /// (the daemon would then sit in the pacer's wait), and not later either.
+    #[tokio::test(start_paused = true)]
+    async fn ready_at_is_when_the_limiter_admits_the_next_call() {
+        let pacer = Pacer::new(100, Duration::from_secs(20), 10);
+        let limiter = pacer.limiter.clone().unwrap();
+        // Bursts and pauses of varied lengths.
+        for (round, calls) in [1usize, 2, 5, 3, 1, 7].into_iter().enumerate() {
+            for _ in 0..calls {
+                let ready = pacer.ready_at();
+                let now = tokio::time::Instant::now();
+                if ready > now {
+                    assert!(
+                        limiter.check().is_err(),
+                        "round {round}: ready at {ready:?}, yet admitted at {now:?}"
+                    );
+                    tokio::time::sleep_until(ready).await;
+                }
+                // At `ready_at` the call goes through without a wait.
+                let before = tokio::time::Instant::now();
+                let _p = pacer.admit().await;
+                assert_eq!(
+                    tokio::time::Instant::now(),
+                    before,
+                    "round {round}: waited past ready_at"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(150 * round as u64)).await;
+        }
+        assert!(Pacer::in_flight_only(1).ready_at() <= tokio::time::Instant::now());
     }
 
     #[tokio::test(start_paused = true)]

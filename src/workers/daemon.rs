@@ -28,7 +28,10 @@
 //!   reassignment trigger) and sleeps until then at most; at that instant a clock pass lets
 //!   the engine's time run to `now` ([`Syncer::tick`]) and commits what it decided.
 //! - **Writer**: new writes wait at most `daemon.write_window_ms` for others to fill a batch
-//!   (200 records a call), at once when a batch is full; the outbox's rules are `run
+//!   (200 records a call), and only while a step that could add to it is due inside the window
+//!   (a poll, the clock); at once when a batch is full or none is. A Marketo source is due no
+//!   earlier than Marketo's pacer admits its call, so the loop never sits in the pacer's wait
+//!   while writes could go out; the outbox's rules are `run
 //!   --once`'s (retry for now, fail for good, lost answers looked up). Writes refused for now
 //!   are tried again after a backoff. While more than `daemon.max_pending_writes` wait, the
 //!   activity and people pollers pause.
@@ -473,7 +476,7 @@ impl Loop<'_> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let due = self.sources[&source].due(Instant::now());
+            let due = self.poll_at(source) <= Instant::now();
             let held = schedule::held_back(source, self.pending, self.config.max_pending_writes);
             if due && held {
                 tracing::debug!(
@@ -486,10 +489,49 @@ impl Loop<'_> {
                 self.poll(source).await?;
             }
         }
-        if self.writer.due(Instant::now(), self.pending) {
+        if self
+            .writer
+            .due(Instant::now(), self.pending, self.next_work())
+        {
             self.write().await?;
         }
         Ok(())
+    }
+
+    /// When `source` may poll: its schedule's instant, and for a Marketo source not before
+    /// Marketo's pacer admits the call. A poll started earlier would sit in the pacer's wait
+    /// (up to 208 ms a call), with the loop blocked behind it and the writes of the last
+    /// poll waiting; so the loop waits in its `select!` instead, where the writer can run.
+    fn poll_at(&self, source: Source) -> Instant {
+        let at = self.sources[&source].next();
+        match source.system() {
+            System::Marketo => at.max(self.mk.ready_at()),
+            System::Salesforce => at,
+        }
+    }
+
+    /// Each source with the instant it may poll.
+    fn poll_times(&self) -> Vec<(Source, Instant)> {
+        Source::ALL.iter().map(|s| (*s, self.poll_at(*s))).collect()
+    }
+
+    /// When the next step that could add writes is due (see [`WriterSchedule::due_at`]).
+    fn next_work(&self) -> Option<Instant> {
+        schedule::next_work(
+            &self.poll_times(),
+            self.pending,
+            self.config.max_pending_writes,
+            self.next_work_clock(),
+        )
+    }
+
+    /// The engine's next timer as a tokio instant (an estimate on a clock that is not the
+    /// wall's, as in tests: only the writer's window asks it).
+    fn next_work_clock(&self) -> Option<Instant> {
+        self.deadline().map(|at| {
+            let ahead = at.duration_since(self.clock.now());
+            Instant::now() + Duration::try_from(ahead).unwrap_or_default()
+        })
     }
 
     /// The next instant a step is due by the schedules alone.
@@ -497,13 +539,13 @@ impl Loop<'_> {
         if !self.syncer.live() {
             return Some(self.full.next());
         }
-        let sources: Vec<(Source, &SourceSchedule)> =
-            self.sources.iter().map(|(s, sch)| (*s, sch)).collect();
+        let clock = self.next_work_clock();
         schedule::next_due(
-            &sources,
+            &self.poll_times(),
             &self.writer,
             self.pending,
             self.config.max_pending_writes,
+            clock,
         )
     }
 

@@ -6,8 +6,9 @@
 //!   ceiling; a webhook's wake-up makes it due at once; a failed poll backs off; a spent
 //!   daily limit pauses it until the limit's resume time.
 //! - [`WriterSchedule`]: when the outbox writer runs: at once when a batch of new writes is
-//!   full, else at most the write window after the first new write (so that writes decided
-//!   close together share calls), and writes refused for now are tried again after a backoff.
+//!   full or no step that could add to it is due inside the write window, else at the
+//!   window's end after the first new write (so that writes decided close together share
+//!   calls), and writes refused for now are tried again after a backoff.
 //! - [`held_back`]: back-pressure: the sources that add the most writes (MAP activities and
 //!   people) wait while the outbox holds more than its bound.
 //! - [`failure`]: what a failed pass means for the daemon: back off, pause a system until a
@@ -191,10 +192,16 @@ impl WriterSchedule {
     }
 
     /// When the writer should run, with `pending` rows in the outbox; `None`: nothing to do.
-    pub fn due_at(&self, pending: usize) -> Option<Instant> {
+    /// `next_work`: when the loop's next step that could add writes is due (a source's poll,
+    /// the engine's clock; `None`: none is scheduled). The window is for writes that such a
+    /// step adds; when none falls inside it, waiting would only delay the writes that wait
+    /// (a webhook can still wake a source meanwhile, but cannot be foreseen), so the writer
+    /// goes at once. A busy loop (a backlog read page after page) keeps its batches.
+    pub fn due_at(&self, pending: usize, next_work: Option<Instant>) -> Option<Instant> {
         let new = pending.saturating_sub(self.leftover);
         let due = match self.new_since {
             Some(since) if new >= FULL_BATCH => Some(since),
+            Some(since) if next_work.is_none_or(|w| w >= since + self.window) => Some(since),
             Some(since) => Some(since + self.window),
             None if pending > 0 => self.retry_at,
             None => None,
@@ -205,8 +212,8 @@ impl WriterSchedule {
         }
     }
 
-    pub fn due(&self, now: Instant, pending: usize) -> bool {
-        self.due_at(pending).is_some_and(|at| at <= now)
+    pub fn due(&self, now: Instant, pending: usize, next_work: Option<Instant>) -> bool {
+        self.due_at(pending, next_work).is_some_and(|at| at <= now)
     }
 
     /// A drain ended at `now`, leaving `pending` rows (refused for now): they are tried
@@ -305,21 +312,36 @@ fn remote(e: &ConnectorError) -> (&'static str, Failure) {
     }
 }
 
-/// The earliest of the instants something is due by the schedules: a source not held back,
-/// or the writer. `None`: only a wake-up, an inbound event or the engine's clock can start
-/// work.
-pub fn next_due(
-    sources: &[(Source, &SourceSchedule)],
-    writer: &WriterSchedule,
+/// When the loop's next step that could add writes is due: the earliest poll of a source not
+/// held back (`sources`: each source with the instant it may poll, its schedule's and its
+/// system's pacer's), or the engine's next timer (`clock`).
+pub fn next_work(
+    sources: &[(Source, Instant)],
     pending: usize,
     bound: usize,
+    clock: Option<Instant>,
 ) -> Option<Instant> {
     sources
         .iter()
         .filter(|(s, _)| !held_back(*s, pending, bound))
-        .map(|(_, schedule)| schedule.next())
-        .chain(writer.due_at(pending))
+        .map(|(_, at)| *at)
+        .chain(clock)
         .min()
+}
+
+/// The earliest of the instants something is due by the schedules: a source not held back,
+/// or the writer (the engine's clock is waited for apart, on its own clock). `None`: only a
+/// wake-up, an inbound event or the engine's clock can start work.
+pub fn next_due(
+    sources: &[(Source, Instant)],
+    writer: &WriterSchedule,
+    pending: usize,
+    bound: usize,
+    clock: Option<Instant>,
+) -> Option<Instant> {
+    let polls = next_work(sources, pending, bound, None);
+    let work = next_work(sources, pending, bound, clock);
+    polls.into_iter().chain(writer.due_at(pending, work)).min()
 }
 
 #[cfg(test)]
@@ -397,31 +419,67 @@ mod tests {
         let t0 = Instant::now();
         let window = Duration::from_millis(200);
         let mut w = WriterSchedule::new(window, 5 * S, 300 * S);
-        assert_eq!(w.due_at(0), None, "nothing to write");
+        // A poll is due at once all along: the window is worth waiting.
+        let busy = Some(t0);
+        assert_eq!(w.due_at(0, busy), None, "nothing to write");
         w.committed(t0, 3);
-        assert_eq!(w.due_at(3), Some(t0 + window));
+        assert_eq!(w.due_at(3, busy), Some(t0 + window));
         // More rows within the window ride along; the window runs from the first.
         w.committed(t0 + Duration::from_millis(150), 120);
-        assert_eq!(w.due_at(120), Some(t0 + window));
-        assert!(!w.due(t0 + Duration::from_millis(199), 120));
+        assert_eq!(w.due_at(120, busy), Some(t0 + window));
+        assert!(!w.due(t0 + Duration::from_millis(199), 120, busy));
         // A full batch goes at once.
         w.committed(t0 + Duration::from_millis(160), 250);
-        assert!(w.due(t0 + Duration::from_millis(160), 250));
+        assert!(w.due(t0 + Duration::from_millis(160), 250, busy));
         w.drained(t0 + S, 0);
-        assert_eq!(w.due_at(0), None);
+        assert_eq!(w.due_at(0, busy), None);
 
         // Rows refused for now are tried again after a backoff, not in a loop; new rows take
         // them along earlier.
         w.committed(t0 + S, 10);
         w.drained(t0 + 2 * S, 4);
-        assert_eq!(w.due_at(4), Some(t0 + 7 * S));
+        assert_eq!(w.due_at(4, busy), Some(t0 + 7 * S));
         w.drained(t0 + 7 * S, 4);
-        assert_eq!(w.due_at(4), Some(t0 + 17 * S));
+        assert_eq!(w.due_at(4, busy), Some(t0 + 17 * S));
         w.committed(t0 + 8 * S, 6);
-        assert_eq!(w.due_at(6), Some(t0 + 8 * S + window));
+        assert_eq!(w.due_at(6, busy), Some(t0 + 8 * S + window));
         // A daily limit holds everything back.
         w.pause_until(t0 + 3_600 * S);
-        assert_eq!(w.due_at(6), Some(t0 + 3_600 * S));
+        assert_eq!(w.due_at(6, busy), Some(t0 + 3_600 * S));
+    }
+
+    /// The window waits for writes another step could add; when no step falls inside it (the
+    /// next poll is later, held by its interval or its system's pacer), the writes go at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_does_not_wait_for_writes_that_cannot_come() {
+        let t0 = Instant::now();
+        let window = Duration::from_millis(200);
+        let mut w = WriterSchedule::new(window, 5 * S, 300 * S);
+        w.committed(t0, 3);
+        assert_eq!(w.due_at(3, None), Some(t0), "nothing else scheduled");
+        assert_eq!(
+            w.due_at(3, Some(t0 + Duration::from_millis(208))),
+            Some(t0),
+            "the next activity poll waits for Marketo's pacer past the window"
+        );
+        assert_eq!(
+            w.due_at(3, Some(t0 + window)),
+            Some(t0),
+            "a poll at the window's end would only join the next batch"
+        );
+        assert_eq!(
+            w.due_at(3, Some(t0 + Duration::from_millis(50))),
+            Some(t0 + window),
+            "a poll inside the window may add to the batch"
+        );
+        // A daily limit still holds it back.
+        w.pause_until(t0 + 60 * S);
+        assert_eq!(w.due_at(3, None), Some(t0 + 60 * S));
+        // Retries keep their backoff.
+        let mut w = WriterSchedule::new(window, 5 * S, 300 * S);
+        w.committed(t0, 3);
+        w.drained(t0, 2);
+        assert_eq!(w.due_at(2, None), Some(t0 + 5 * S));
     }
 
     /// Issue 13 point 5: with a tiny bound, activities and people wait until the writer has
@@ -444,20 +502,35 @@ mod tests {
         let mut writer = WriterSchedule::new(Duration::from_millis(200), 5 * S, 60 * S);
         writer.committed(now, 6);
         let sources = [
-            (Source::Activities, &activities),
-            (Source::Thresholds, &thresholds),
+            (Source::Activities, activities.next()),
+            (Source::Thresholds, thresholds.next()),
         ];
-        // Over the bound: the writer is what comes next, not the activities poll.
+        // Over the bound: the writer is what comes next, not the activities poll; and at
+        // once, since the held poll cannot add to its batch.
+        assert_eq!(next_due(&sources, &writer, 6, bound, None), Some(now));
+        // An engine timer inside the window is worth waiting for.
         assert_eq!(
-            next_due(&sources, &writer, 6, bound),
+            next_due(
+                &sources,
+                &writer,
+                6,
+                bound,
+                Some(now + Duration::from_millis(10))
+            ),
             Some(now + Duration::from_millis(200))
         );
         writer.drained(now + S, 0);
         // Drained: the activities poll is due (it was due all along).
-        assert_eq!(next_due(&sources, &writer, 0, bound), Some(now));
+        assert_eq!(next_due(&sources, &writer, 0, bound, None), Some(now));
         // Nothing due by time when every source is held back and the writer is idle.
         assert_eq!(
-            next_due(&[(Source::Activities, &activities)], &writer, 6, bound),
+            next_due(
+                &[(Source::Activities, activities.next())],
+                &writer,
+                6,
+                bound,
+                None
+            ),
             None
         );
     }

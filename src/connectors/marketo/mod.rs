@@ -385,6 +385,11 @@ impl MarketoClient {
         })
     }
 
+    /// When the next call may start by the 100-in-20-s pacer (see [`Pacer::ready_at`]).
+    pub fn ready_at(&self) -> tokio::time::Instant {
+        self.inner.pacer.ready_at()
+    }
+
     /// Sign in now (or keep the cached token), with the retries any call gets, so that wrong
     /// credentials or a server that cannot be reached stop a run before it starts work. The
     /// token is the one the calls that follow use: signing in first costs no call, and
