@@ -82,7 +82,7 @@ fn setup() -> Vec<Event> {
             title: Some("IT Manager".into()),
             account_id: None,
             converted: false,
-            attributes,
+            attributes: attributes.into(),
             prior_mql_at: None,
             modified_at: t0,
         }));
@@ -122,7 +122,7 @@ fn score_events() -> Vec<Event> {
     let mut scores = vec![0.0f64; LEADS as usize];
     let campaigns: Vec<Campaign> = (0..20)
         .map(|c| Campaign {
-            id: format!("C{c}"),
+            id: format!("C{c}").into(),
             name: None,
         })
         .collect();

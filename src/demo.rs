@@ -498,7 +498,7 @@ fn between(
         let in_segment = person
             .facts
             .as_ref()
-            .is_some_and(|f| f.attributes.get("region").map(String::as_str) == Some("EMEA"));
+            .is_some_and(|f| f.attributes.get("region") == Some("EMEA"));
         let score = person
             .map_lead
             .and_then(|l| state.map_leads.get(&l))

@@ -1283,7 +1283,9 @@ fn write_cycles_csv(path: &Path, store: &Store) -> anyhow::Result<()> {
             at(c.sal_at),
             at(c.closed_at),
             c.owner_id.clone().unwrap_or_default(),
-            c.campaign.as_ref().map_or(String::new(), |x| x.id.clone()),
+            c.campaign
+                .as_ref()
+                .map_or(String::new(), |x| x.id.to_string()),
         ])?;
     }
     out.flush()

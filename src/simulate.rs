@@ -343,12 +343,12 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
                 kind: crm_kind(row)?,
                 id: need(row, "id")?.to_string(),
             },
-            status: text("status"),
-            owner_id: text("owner"),
-            title: text("title"),
+            status: text("status").map(Into::into),
+            owner_id: text("owner").map(Into::into),
+            title: text("title").map(Into::into),
             account_id: text("account"),
             converted: flag(row, "converted", false)?,
-            attributes: pairs(row, "attributes")?,
+            attributes: pairs(row, "attributes")?.into(),
             prior_mql_at: None,
             modified_at: at,
         }),
@@ -389,8 +389,8 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
                 .ok_or_else(|| ("value".to_string(), "required for this type".to_string()))?,
             old_value: number(row, "old_value")?,
             campaign: text("campaign").map(|id| Campaign {
-                id,
-                name: text("campaign_name"),
+                id: id.into(),
+                name: text("campaign_name").map(Into::into),
             }),
             at,
         }),
@@ -582,7 +582,7 @@ pub fn run(
         .iter()
         .map(|(id, person)| PersonStamps {
             crm_id: id.clone(),
-            stamps: person.stamps.clone(),
+            stamps: Stamps::clone(&person.stamps),
         })
         .collect();
     summary.persons.sort_by(|a, b| a.crm_id.cmp(&b.crm_id));

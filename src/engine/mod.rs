@@ -20,6 +20,7 @@ pub mod rules;
 pub mod score;
 pub mod sla;
 pub mod state;
+pub mod text;
 pub mod thresholds;
 
 pub use model::{Action, Cycle, CycleStatus, Decision, Event, Reason};

@@ -8,6 +8,8 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
+pub use super::text::{Attributes, Text};
+
 /// Whether a CRM person is a lead or a contact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CrmKind {
@@ -34,8 +36,10 @@ pub struct CrmRef {
 /// A marketing program or campaign, as far as the MQL record needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
-    pub id: String,
-    pub name: Option<String>,
+    /// Shared ([`Text`]): every MAP lead keeps the campaign of its last score change, and an
+    /// instance has a few hundred campaigns for millions of leads.
+    pub id: Text,
+    pub name: Option<Text>,
 }
 
 /// A sales manager's knob: one threshold record as the CRM holds it.
@@ -88,9 +92,9 @@ pub fn segment_label(segment: &BTreeMap<String, String>) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PersonFacts {
     pub crm: CrmRef,
-    pub status: Option<String>,
-    pub owner_id: Option<String>,
-    pub title: Option<String>,
+    pub status: Option<Text>,
+    pub owner_id: Option<Text>,
+    pub title: Option<Text>,
     pub account_id: Option<String>,
     /// A converted lead (the CRM's `IsConverted`).
     #[serde(default)]
@@ -98,7 +102,7 @@ pub struct PersonFacts {
     /// Mapped attributes by attribute name (`region`, `team`, `vertical`, ...): what segments,
     /// teams and exclusion rules match on.
     #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
     /// The earliest MQL date the CRM record held before mqlsync (the mapping's
     /// `prior_mql_dates` fields, e.g. a date a Marketo flow used to stamp): the person's
     /// original MQL date stays that, not mqlsync's first MQL.
@@ -361,7 +365,7 @@ pub struct Cycle {
 /// The date stamps and status mqlsync keeps on the lead or contact (the "basic" solution).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stamps {
-    pub status: Option<String>,
+    pub status: Option<Text>,
     pub mql_recent: Option<Timestamp>,
     pub mql_original: Option<Timestamp>,
     pub sal_recent: Option<Timestamp>,

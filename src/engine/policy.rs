@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
-use super::model::{AlertChannel, Outcome};
+use super::model::{AlertChannel, Attributes, Outcome};
 use super::sla::BusinessCalendar;
 
 /// How the score a threshold is compared with is made.
@@ -116,7 +116,7 @@ impl Policy {
     }
 
     /// The most specific team covering these attributes.
-    pub fn team_for(&self, attributes: &BTreeMap<String, String>) -> Option<&Team> {
+    pub fn team_for(&self, attributes: &Attributes) -> Option<&Team> {
         self.teams
             .iter()
             .filter(|team| {

@@ -16,8 +16,8 @@ use jiff::Timestamp;
 
 use super::model::{
     Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, CycleWritten, Decision, Event,
-    MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Threshold, Trigger,
-    cycle_external_id,
+    MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
+    Trigger, cycle_external_id,
 };
 use super::policy::{Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
@@ -298,7 +298,7 @@ fn on_opportunity(
 /// holds it and a reload gets it back), nobody evaluated. With a time-decayed score, the
 /// behaviour points the engine did not know arrive at `at` and start fading from there.
 fn on_current_score(state: &mut EngineState, ctx: &Context<'_>, change: &ScoreChange) {
-    let lead = state.map_leads.entry(change.map_lead_id).or_default();
+    let lead = state.map_leads.get_or_default(change.map_lead_id);
     apply_score(lead, ctx, change, &mut state.unsaved_scores);
 }
 
@@ -369,7 +369,7 @@ fn on_score(
     out: &mut Vec<Decision>,
 ) {
     let window = CacheWindow::of(state);
-    let lead = state.map_leads.entry(change.map_lead_id).or_default();
+    let lead = state.map_leads.get_or_default(change.map_lead_id);
     if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
         return;
     }
@@ -428,7 +428,7 @@ fn on_score(
 }
 
 fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut Vec<Decision>) {
-    let lead = state.map_leads.entry(link.map_lead_id).or_default();
+    let lead = state.map_leads.get_or_default(link.map_lead_id);
     if lead.link_at.is_some_and(|seen| seen >= link.at) {
         return;
     }
@@ -565,7 +565,7 @@ fn verdict(
         };
         return (reason, false);
     }
-    if let Some((until, outcome)) = person.cooldown
+    if let Some((until, outcome)) = person.cooldown.as_deref().copied()
         && at < until
     {
         return (Reason::CoolingDown { until, outcome }, false);
@@ -784,7 +784,7 @@ fn open_cycle(
         .filter(|_| ctx.visibility == Visibility::AtDecision && !ctx.backfill)
         .map(|t| t.sla_from(at));
     let crm = facts.crm.clone();
-    let owner_id = facts.owner_id.clone();
+    let owner_id: Option<String> = facts.owner_id.as_deref().map(String::from);
     let prior_mql_at = facts.prior_mql_at;
     let cycle = Cycle {
         external_id: external_id.clone(),
@@ -826,8 +826,8 @@ fn open_cycle(
     // cycles are 2 KiB, most of a person's memory, and fresh pages for every new MQL).
     person.cycles.reserve_exact(1);
     person.cycles.push(cycle.clone());
-    let stamps = &mut person.stamps;
-    stamps.status = Some(policy.mql_status.clone());
+    let stamps: &mut Stamps = &mut person.stamps;
+    stamps.status = Some(policy.mql_status.as_str().into());
     stamps.mql_recent = Some(at);
     // The org's own earlier MQL date, when the CRM kept one before mqlsync, stays original.
     let first = *stamps.mql_original.get_or_insert(at);
@@ -932,7 +932,7 @@ fn push_stamps(
         subject: id.to_string(),
         action: Action::StampPerson {
             crm,
-            stamps: Box::new(person.stamps.clone()),
+            stamps: Box::new(Stamps::clone(&person.stamps)),
         },
         reason,
     });
@@ -1038,7 +1038,7 @@ fn on_cycle_edit(
             person.stamps.sal_recent = Some(at);
             person.stamps.sal_original.get_or_insert(at);
             if let Some(status) = &policy.sal_status {
-                person.stamps.status = Some(status.clone());
+                person.stamps.status = Some(status.as_str().into());
             }
             (next, Reason::StatusChanged { from, to, by }, true)
         }
@@ -1079,10 +1079,10 @@ fn on_cycle_edit(
                     {
                         let (o, p) = rule;
                         if p.cooldown.is_positive() {
-                            person.cooldown = Some((at + p.cooldown, o));
+                            person.cooldown = Some(Box::new((at + p.cooldown, o)));
                         }
                         if let Some(status) = &p.person_status {
-                            person.stamps.status = Some(status.clone());
+                            person.stamps.status = Some(status.as_str().into());
                         }
                     }
                     (next, Reason::StatusChanged { from, to, by }, true)

@@ -248,10 +248,10 @@ mod tests {
         p.title = Some("PhD Student".into());
         assert_eq!(rule_of(&p, &[], &[], NOW), Some(RuleKind::Title));
         let mut p = person();
-        p.attributes.insert("region".into(), "antarctica".into());
+        p.attributes.insert("region", "antarctica");
         assert_eq!(rule_of(&p, &[], &[], NOW), Some(RuleKind::Region));
         let mut p = person();
-        p.attributes.insert("vertical".into(), "Gambling".into());
+        p.attributes.insert("vertical", "Gambling");
         assert_eq!(rule_of(&p, &[], &[], NOW), Some(RuleKind::Vertical));
     }
 
@@ -260,8 +260,8 @@ mod tests {
         let mut p = person();
         p.status = Some("Rejected".into());
         p.title = Some("Student".into());
-        p.attributes.insert("region".into(), "Antarctica".into());
-        p.attributes.insert("vertical".into(), "Gambling".into());
+        p.attributes.insert("region", "Antarctica");
+        p.attributes.insert("vertical", "Gambling");
         let opps = [opp(None), opp(Some(("2026-02-27", true)))];
         let cycles = [cycle_at("2026-02-28T00:00:00Z")];
         let off = Rules::default();

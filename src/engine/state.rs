@@ -110,9 +110,11 @@ pub struct PersonState {
     /// The reason of the last hold decision, so the same hold is not recorded twice.
     pub last_hold: Option<Box<Reason>>,
     pub facts: Option<Box<PersonFacts>>,
-    pub stamps: Stamps,
+    /// Boxed, and absent while empty: most people never become MQLs.
+    pub stamps: Sparse<Stamps>,
     /// No new MQL before this instant (after a rejection), and the outcome that set it.
-    pub cooldown: Option<(Timestamp, Outcome)>,
+    /// Boxed: rare, and inline it would cost every person 32 bytes.
+    pub cooldown: Option<Box<(Timestamp, Outcome)>>,
     #[serde(skip)]
     pub(crate) resolved: Option<(u64, Arc<Resolved>)>,
     /// Listed in [`Dirty::persons`] since the store last saved.
@@ -120,8 +122,81 @@ pub struct PersonState {
     pub(crate) dirty: bool,
 }
 
-/// The hot line is one cache line.
+/// The hot line is one cache line, and the record two: what most people never use is boxed.
 const _: () = assert!(std::mem::offset_of!(PersonState, facts) == 64);
+const _: () = assert!(std::mem::size_of::<PersonState>() == 128);
+
+/// A part of a person that most people leave empty: no allocation until it is first
+/// changed, and none on load while it is empty. Reads as the empty value when absent;
+/// saved and compared as the value itself.
+#[derive(Clone, Default)]
+pub struct Sparse<T>(Option<Box<T>>);
+
+/// The empty value a [`Sparse`] reads as.
+pub trait Empty: Default + PartialEq + 'static {
+    fn empty() -> &'static Self;
+}
+
+impl Empty for Stamps {
+    fn empty() -> &'static Stamps {
+        static EMPTY: Stamps = Stamps {
+            status: None,
+            mql_recent: None,
+            mql_original: None,
+            sal_recent: None,
+            sal_original: None,
+            mql_count: 0,
+        };
+        &EMPTY
+    }
+}
+
+impl<T: Empty> Sparse<T> {
+    pub fn new(value: T) -> Self {
+        if value == *T::empty() {
+            Sparse(None)
+        } else {
+            Sparse(Some(Box::new(value)))
+        }
+    }
+}
+
+impl<T: Empty> std::ops::Deref for Sparse<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_deref().unwrap_or(T::empty())
+    }
+}
+
+impl<T: Empty> std::ops::DerefMut for Sparse<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl<T: Empty> PartialEq for Sparse<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Empty + std::fmt::Debug> std::fmt::Debug for Sparse<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Empty + Serialize> Serialize for Sparse<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de, T: Empty + Deserialize<'de>> Deserialize<'de> for Sparse<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Sparse::new)
+    }
+}
 
 impl PersonState {
     pub fn open_cycle(&self) -> Option<&Cycle> {
@@ -133,11 +208,25 @@ impl PersonState {
 /// that a MAP lead can keep its person's slot and a score event reaches the person without
 /// hashing a string. Slots are never reused (people are never removed). Iteration follows
 /// insertion order, which is deterministic; what reaches decisions still sorts ids.
-#[derive(Clone, Debug, Default)]
+///
+/// The index holds slots only and finds an id by comparing `ids[slot]`, so each id is stored
+/// once (a map keyed by the id kept a second copy: about 80 bytes a person).
+#[derive(Clone, Default)]
 pub struct Persons {
-    index: FastMap<String, u32>,
+    index: hashbrown::HashTable<u32>,
     ids: Vec<String>,
     records: Vec<PersonState>,
+}
+
+impl std::fmt::Debug for Persons {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    BuildHasherDefault::<FxHasher>::default().hash_one(id)
 }
 
 impl Persons {
@@ -151,7 +240,9 @@ impl Persons {
 
     /// The slot of a person, if known.
     pub fn slot(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+        self.index
+            .find(id_hash(id), |slot| self.ids[*slot as usize] == id)
+            .copied()
     }
 
     pub fn get(&self, id: &str) -> Option<&PersonState> {
@@ -198,10 +289,21 @@ impl Persons {
             return slot;
         }
         let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 people");
-        self.index.insert(id.to_string(), slot);
         self.ids.push(id.to_string());
         self.records.push(PersonState::default());
+        let ids = &self.ids;
+        self.index
+            .insert_unique(id_hash(id), slot, |s| id_hash(&ids[*s as usize]));
         slot
+    }
+
+    /// Gives back the capacity the records' growth left unused (up to half of it: a person
+    /// record is 256 bytes), after a load.
+    pub fn shrink_to_fit(&mut self) {
+        self.records.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        let ids = &self.ids;
+        self.index.shrink_to_fit(|s| id_hash(&ids[*s as usize]));
     }
 
     /// The person with this id, added empty when new.
@@ -269,7 +371,7 @@ pub(crate) struct Gate {
 /// One MAP lead.
 ///
 /// `repr(C)` with the fields a Total score change touches first (slot, flags, the score,
-/// its version, the last campaign): with the key they share the entry's first cache line.
+/// its version, the last campaign) in the record's first cache line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[repr(C)]
 pub struct MapLeadState {
@@ -290,6 +392,85 @@ pub struct MapLeadState {
     pub scores: Scores,
     pub crm: Option<CrmRef>,
     pub link_at: Option<Timestamp>,
+}
+
+/// The MAP leads, densely: records in a vector, found by lead id through an index of
+/// 16-byte entries. A hash map of the records themselves (over 300 bytes each) kept an eighth
+/// to a half of its slots empty, at a record's size each: about 130 bytes a lead. Leads are
+/// never removed. Equal as a map is: the same leads with equal records, in any order.
+#[derive(Clone, Debug, Default)]
+pub struct MapLeads {
+    index: FastMap<i64, u32>,
+    ids: Vec<i64>,
+    records: Vec<MapLeadState>,
+}
+
+impl MapLeads {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, id: &i64) -> Option<&MapLeadState> {
+        self.index.get(id).map(|slot| &self.records[*slot as usize])
+    }
+
+    pub fn get_mut(&mut self, id: &i64) -> Option<&mut MapLeadState> {
+        self.index
+            .get(id)
+            .map(|slot| &mut self.records[*slot as usize])
+    }
+
+    /// The lead, added empty when new.
+    pub fn get_or_default(&mut self, id: i64) -> &mut MapLeadState {
+        let slot = match self.index.get(&id) {
+            Some(slot) => *slot,
+            None => {
+                let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 MAP leads");
+                self.index.insert(id, slot);
+                self.ids.push(id);
+                self.records.push(MapLeadState::default());
+                slot
+            }
+        };
+        &mut self.records[slot as usize]
+    }
+
+    /// Sets a lead's record (the store's load).
+    pub fn insert(&mut self, id: i64, lead: MapLeadState) {
+        *self.get_or_default(id) = lead;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &MapLeadState)> {
+        self.ids.iter().zip(&self.records)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut MapLeadState> {
+        self.records.iter_mut()
+    }
+
+    /// Gives back the capacity growth left unused, after a load.
+    pub fn shrink_to_fit(&mut self) {
+        self.index.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.records.shrink_to_fit();
+    }
+}
+
+impl PartialEq for MapLeads {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(id, lead)| other.get(id) == Some(lead))
+    }
+}
+
+impl std::ops::Index<&i64> for MapLeads {
+    type Output = MapLeadState;
+    fn index(&self, id: &i64) -> &MapLeadState {
+        self.get(id).expect("a MAP lead the state holds")
+    }
 }
 
 /// Equal as saved: the person slot and the dirty flag are bookkeeping of one process.
@@ -425,7 +606,7 @@ pub struct EngineState {
     pub thresholds: BTreeMap<String, Threshold>,
     /// By CRM id. Whatever iterates it in a way that reaches decisions sorts the ids first.
     pub persons: Persons,
-    pub map_leads: FastMap<i64, MapLeadState>,
+    pub map_leads: MapLeads,
     pub opportunities: BTreeMap<String, Opportunity>,
     pub meta: EngineMeta,
     pub dirty: Dirty,
@@ -504,6 +685,8 @@ impl EngineState {
         }
         self.threshold_generation += 1;
         self.generation_valid_from = clock;
+        self.persons.shrink_to_fit();
+        self.map_leads.shrink_to_fit();
     }
 
     /// Lists a changed person for the store and forgets the gate of its MAP lead: every

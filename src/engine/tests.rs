@@ -54,10 +54,10 @@ fn person(id: &str, region: &str, modified: Timestamp) -> PersonFacts {
         title: Some("CTO".into()),
         account_id: id.starts_with("003").then(|| "001ACC".to_string()),
         converted: false,
-        attributes: BTreeMap::from([
+        attributes: Attributes::from(BTreeMap::from([
             ("region".to_string(), region.to_string()),
             ("vertical".to_string(), "Software".to_string()),
-        ]),
+        ])),
         prior_mql_at: None,
         modified_at: modified,
     }
@@ -87,7 +87,7 @@ fn score(map: i64, id: &str, value: f64, when: Timestamp, campaign: Option<&str>
         old_value: None,
         campaign: campaign.map(|c| Campaign {
             id: c.into(),
-            name: Some(format!("Campaign {c}")),
+            name: Some(format!("Campaign {c}").into()),
         }),
         at: when,
     })

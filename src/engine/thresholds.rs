@@ -5,12 +5,11 @@
 //! counts as the earliest), then the latest modification, then the larger id so that the
 //! answer never depends on iteration order. No match: the configured default, else none.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::model::Threshold;
+use super::model::{Attributes, Threshold};
 
 /// The threshold a person gets.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,7 +22,7 @@ pub struct Resolved {
 
 /// Whether a person with these attributes falls in the record's segment (values compared
 /// case-insensitively, surrounding blanks ignored).
-pub fn matches(threshold: &Threshold, attributes: &BTreeMap<String, String>) -> bool {
+pub fn matches(threshold: &Threshold, attributes: &Attributes) -> bool {
     threshold.segment.iter().all(|(key, value)| {
         attributes
             .get(key)
@@ -34,7 +33,7 @@ pub fn matches(threshold: &Threshold, attributes: &BTreeMap<String, String>) -> 
 /// The threshold for a person at `t` (records with a [`problem`] never apply).
 pub fn resolve<'a>(
     thresholds: impl IntoIterator<Item = &'a Threshold>,
-    attributes: &BTreeMap<String, String>,
+    attributes: &Attributes,
     t: Timestamp,
     default: Option<f64>,
 ) -> Option<Resolved> {
@@ -135,11 +134,7 @@ impl Resolver {
     }
 
     /// The threshold for a person with these attributes at `t`.
-    pub fn resolve(
-        &self,
-        attributes: &BTreeMap<String, String>,
-        t: Timestamp,
-    ) -> Option<Arc<Resolved>> {
+    pub fn resolve(&self, attributes: &Attributes, t: Timestamp) -> Option<Arc<Resolved>> {
         let mut on_stack = [None; STACK_FIELDS];
         let mut on_heap = Vec::new();
         let values: &mut [Option<&str>] = if self.fields.len() <= STACK_FIELDS {
@@ -212,7 +207,7 @@ mod tests {
         }
     }
 
-    fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -295,7 +290,7 @@ mod tests {
     /// afresh and take the greatest by precedence.
     fn reference(
         thresholds: &[Threshold],
-        attributes: &BTreeMap<String, String>,
+        attributes: &Attributes,
         t: Timestamp,
         default: Option<f64>,
     ) -> Option<(f64, Option<String>)> {
@@ -370,7 +365,7 @@ mod tests {
             at in 0..30i64,
             default in prop::option::of(0.0..100.0f64),
         ) {
-            let person: BTreeMap<String, String> =
+            let person: Attributes =
                 person.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             let resolver = Resolver::new(&thresholds, default);
             let got = resolver

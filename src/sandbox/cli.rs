@@ -23,6 +23,10 @@ pub struct SandboxArgs {
     /// Seed of the deterministic world generator (the default is `mqlsync demo`'s).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Score changes per person in the year of generated history, at most (the sandbox keeps
+    /// about 4 KB a change in memory: a world of a million people needs a few).
+    #[arg(long, default_value_t = super::world::DEFAULT_TOUCHES)]
+    pub score_touches: u32,
     /// Port of the Salesforce emulator (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub sf_port: u16,
@@ -239,6 +243,7 @@ pub async fn run(
     let sandbox = Sandbox::start(SandboxOptions {
         leads: args.leads,
         seed: args.seed,
+        score_touches: args.score_touches,
         sf_port: args.sf_port,
         mkto_port: args.mkto_port,
         faults,

@@ -746,6 +746,23 @@ impl Store {
         Ok(rows)
     }
 
+    /// Gives the memory SQLite's page cache holds back to the system: the cache is a limit
+    /// of 64 MiB (see `open`), which a first pass or a load fills and a daemon between polls
+    /// does not need. `PRAGMA shrink_memory` frees the connection's cached pages; on glibc,
+    /// `malloc_trim` then returns the freed heap to the kernel (SQLite allocates with the C
+    /// allocator, not the binary's). The pages are read again when a pass needs them.
+    pub fn release_memory(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA shrink_memory")
+            .map_err(|e| self.sql_err(e))?;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks glibc's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        Ok(())
+    }
+
     /// Outbox rows waiting to be written, and rows parked (failed): the daemon's outbox
     /// depth.
     pub fn outbox_depth(&self) -> Result<(usize, usize), StoreError> {
@@ -1435,8 +1452,10 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
                 last_campaign: r
                     .get::<_, Option<String>>(15)?
                     .map(|id| {
-                        r.get::<_, Option<String>>(16)
-                            .map(|name| Campaign { id, name })
+                        r.get::<_, Option<String>>(16).map(|name| Campaign {
+                            id: id.into(),
+                            name: name.map(Into::into),
+                        })
                     })
                     .transpose()?,
             },
@@ -1496,12 +1515,14 @@ fn replay_scores(
         let campaign = r
             .get::<_, Option<String>>(5)?
             .map(|cid| {
-                r.get::<_, Option<String>>(6)
-                    .map(|name| Campaign { id: cid, name })
+                r.get::<_, Option<String>>(6).map(|name| Campaign {
+                    id: cid.into(),
+                    name: name.map(Into::into),
+                })
             })
             .transpose()?;
         let at = from_ns(Some(r.get(7)?), &what)?.expect("an instant");
-        let lead = state.map_leads.entry(id).or_default();
+        let lead = state.map_leads.get_or_default(id);
         lead.scores.apply(
             part,
             r.get(3)?,

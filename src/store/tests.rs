@@ -44,7 +44,7 @@ fn events_of(people: i64) -> Vec<Event> {
             title: None,
             account_id: None,
             converted: false,
-            attributes: BTreeMap::from([("region".to_string(), "NA".to_string())]),
+            attributes: BTreeMap::from([("region".to_string(), "NA".to_string())]).into(),
             prior_mql_at: None,
             modified_at: t(i),
         }));
@@ -64,7 +64,7 @@ fn events_of(people: i64) -> Vec<Event> {
                 new_value: 30.0 * (k + 1) as f64 + i as f64,
                 old_value: None,
                 campaign: Some(Campaign {
-                    id: format!("C{k}"),
+                    id: format!("C{k}").into(),
                     name: None,
                 }),
                 at: t(10 + i * 3 + k),
@@ -689,7 +689,7 @@ fn decayed_scores_with_late_and_repeated_changes_reload_exactly() {
             new_value: new,
             old_value: None,
             campaign: Some(Campaign {
-                id: format!("C-{id}"),
+                id: format!("C-{id}").into(),
                 name: Some("Webinar".into()),
             }),
             at: t(at),

@@ -669,6 +669,11 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
         self.state.meta.went_live.is_some()
     }
 
+    /// Gives the store's page cache back to the system (see [`Store::release_memory`]).
+    pub fn release_memory(&self) -> Result<(), SyncError> {
+        Ok(self.store.release_memory()?)
+    }
+
     /// Writes waiting in the outbox, and writes parked there.
     pub fn outbox_depth(&self) -> Result<(usize, usize), SyncError> {
         Ok(self.store.outbox_depth()?)
@@ -1438,7 +1443,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                             let segment = threshold_id
                                 .and_then(|t| self.state.thresholds.get(&t))
                                 .map_or_else(|| "default".to_string(), |t| t.segment_label());
-                            let status = p.facts.as_ref().and_then(|f| f.status.clone());
+                            let status = p
+                                .facts
+                                .as_ref()
+                                .and_then(|f| f.status.as_deref().map(String::from));
                             Some((segment, status.unwrap_or_default()))
                         }
                         _ => None,
@@ -1466,7 +1474,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     .persons
                     .get(&cycle.crm.id)
                     .and_then(|p| p.facts.as_ref())
-                    .and_then(|f| f.status.clone())
+                    .and_then(|f| f.status.as_deref().map(String::from))
                     .unwrap_or_default();
                 *report.by_status.entry(status).or_default() += 1;
             }

@@ -126,7 +126,7 @@ pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>>
             id: String::new(),
         };
         let stamps = Stamps {
-            status: Some(String::new()),
+            status: Some("".into()),
             ..Stamps::default()
         };
         let written = records::stamps_record(m, &crm, &stamps)

@@ -268,15 +268,15 @@ pub fn person(m: &Mapping, kind: CrmKind, record: &Record) -> Result<PersonFacts
             kind,
             id: r.need_text("Id")?,
         },
-        status: r.text(&p.status),
-        owner_id: r.text(&p.owner),
-        title: r.text(&p.title),
+        status: r.text(&p.status).map(Into::into),
+        owner_id: r.text(&p.owner).map(Into::into),
+        title: r.text(&p.title).map(Into::into),
         account_id: p.account.as_deref().and_then(|f| r.text(f)),
         converted: match &p.converted {
             Some(f) => r.flag(f)?.unwrap_or(false),
             None => false,
         },
-        attributes,
+        attributes: attributes.into(),
         prior_mql_at: prior_mql_at(&r, &p.prior_mql_dates)?,
         modified_at: r.modified()?,
     })
@@ -420,8 +420,8 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
         cycle
             .campaign
             .as_ref()
-            .and_then(|c| c.name.clone())
-            .map_or(Value::Null, Value::String),
+            .and_then(|c| c.name.as_deref())
+            .map_or(Value::Null, |n| Value::String(n.to_string())),
     );
     put(
         &q.owner_at_mql,
@@ -598,7 +598,7 @@ pub fn score_change(
             .get("campaignId")
             .and_then(|c| c.as_i64())
             .map(|c| Campaign {
-                id: c.to_string(),
+                id: c.to_string().into(),
                 name: None,
             }),
         at,
@@ -648,7 +648,7 @@ pub fn score_change_of(
         new_value,
         old_value: attribute("Old Value").and_then(as_number),
         campaign: activity.campaign_id.map(|c| Campaign {
-            id: c.to_string(),
+            id: c.to_string().into(),
             name: None,
         }),
         at: activity.activity_date,
@@ -772,11 +772,8 @@ mod tests {
                 "Region__c": "NA", "Account": {"Industry": "Software"}, "SystemModstamp": "2026-11-20T09:30:00.000+0000"})),
         )
         .unwrap();
-        assert_eq!(
-            p.attributes.get("vertical").map(String::as_str),
-            Some("Software")
-        );
-        assert_eq!(p.attributes.get("region").map(String::as_str), Some("NA"));
+        assert_eq!(p.attributes.get("vertical"), Some("Software"));
+        assert_eq!(p.attributes.get("region"), Some("NA"));
         assert_eq!(p.account_id.as_deref(), Some("001A"));
         assert!(person_fields(&m(), CrmKind::Contact).contains(&"Account.Industry".to_string()));
     }

@@ -400,6 +400,11 @@ impl Step {
     }
 }
 
+/// A pass that read at least this many events has likely filled SQLite's page cache: the
+/// daemon gives it back afterwards ([`Loop::release_memory`]). Polls of a few changes do not
+/// pay for reading their pages again.
+const RELEASE_AFTER_EVENTS: usize = 10_000;
+
 /// The loop's state: the syncer and the schedules.
 struct Loop<'a> {
     syncer: Syncer<'a, SalesforceClient, MarketoClient>,
@@ -596,6 +601,7 @@ impl Loop<'_> {
                     "first pass done: live; the sources now poll on their own"
                 );
                 self.account(&summary);
+                self.release_memory(usize::MAX);
                 let first = Arc::new(summary);
                 self.progress
                     .send_modify(|p| p.first_pass = Some(first.clone()));
@@ -633,6 +639,7 @@ impl Loop<'_> {
                     );
                 }
                 self.account(&summary);
+                self.release_memory(summary.events);
                 self.mark_polled(source, now);
                 self.sources
                     .get_mut(&source)
@@ -677,6 +684,19 @@ impl Loop<'_> {
                 self.refresh_pending()?;
                 self.failed(Step::Write, e)
             }
+        }
+    }
+
+    /// After a pass that read `events` (the first pass: `usize::MAX`), gives SQLite's page
+    /// cache back to the system when the pass was big enough to have filled it: a sidecar's
+    /// memory between polls is then the engine state's, not the cache's (64 MiB at most).
+    /// Failing to is not worth stopping for.
+    fn release_memory(&mut self, events: usize) {
+        if events < RELEASE_AFTER_EVENTS {
+            return;
+        }
+        if let Err(e) = self.syncer.release_memory() {
+            tracing::warn!(error = %e, "could not give the store's page cache back; going on");
         }
     }
 
@@ -796,6 +816,11 @@ impl Loop<'_> {
                 .map_or(f64::INFINITY, |at| (now - *at).as_secs_f64());
             m.set_poll_lag(source.label(), lag);
         }
+        m.set(
+            Family::People,
+            &[],
+            self.syncer.state().persons.len() as f64,
+        );
         let deadline = self.deadline();
         let pending = self.pending;
         self.progress.send_modify(|p| {

@@ -612,12 +612,50 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> Response {
+    sample_process(&state.shared.metrics);
     (
         StatusCode::OK,
         [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.shared.metrics.render(),
     )
         .into_response()
+}
+
+/// The process's resident memory (`VmRSS` of `/proc/self/status`, Linux only) and CPU time
+/// (`getrusage`), read when `/metrics` is scraped.
+fn sample_process(metrics: &Metrics) {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    if let Some(kib) = rss_kib {
+        metrics.set(
+            metrics::Family::ProcessResidentMemoryBytes,
+            &[],
+            (kib * 1024) as f64,
+        );
+    }
+    #[cfg(unix)]
+    cpu_seconds(metrics);
+}
+
+#[cfg(unix)]
+fn cpu_seconds(metrics: &Metrics) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into the pointer it is given; it is read only when
+    // the call succeeded.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
+        let usage = unsafe { usage.assume_init() };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        metrics.set(
+            metrics::Family::ProcessCpuSeconds,
+            &[],
+            secs(usage.ru_utime) + secs(usage.ru_stime),
+        );
+    }
 }
 
 /// The path for a log line: without the query (which could carry a token), shortened.

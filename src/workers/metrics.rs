@@ -42,6 +42,12 @@ pub enum Family {
     PollLagSeconds,
     /// Errors, by class (the connectors' `ErrorClass`, `store`, ...).
     Errors,
+    /// CRM people the engine state holds (what the memory per person is counted by).
+    People,
+    /// The process's resident memory (Prometheus's standard process metric).
+    ProcessResidentMemoryBytes,
+    /// The process's user and system CPU time (Prometheus's standard process metric).
+    ProcessCpuSeconds,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +58,7 @@ enum Kind {
 
 impl Family {
     /// Every family, in the order they are rendered.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 13] = [
         Family::Events,
         Family::Decisions,
         Family::MqlsOpened,
@@ -63,6 +69,9 @@ impl Family {
         Family::WebhookRequests,
         Family::PollLagSeconds,
         Family::Errors,
+        Family::People,
+        Family::ProcessResidentMemoryBytes,
+        Family::ProcessCpuSeconds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +86,9 @@ impl Family {
             Family::WebhookRequests => "mqlsync_webhook_requests_total",
             Family::PollLagSeconds => "mqlsync_poll_lag_seconds",
             Family::Errors => "mqlsync_errors_total",
+            Family::People => "mqlsync_people",
+            Family::ProcessResidentMemoryBytes => "process_resident_memory_bytes",
+            Family::ProcessCpuSeconds => "process_cpu_seconds_total",
         }
     }
 
@@ -98,14 +110,19 @@ impl Family {
                 "Seconds since each poller source was last read up to date, by source."
             }
             Family::Errors => "Errors, by class.",
+            Family::People => "CRM leads and contacts the engine state holds.",
+            Family::ProcessResidentMemoryBytes => "Resident memory size in bytes.",
+            Family::ProcessCpuSeconds => "Total user and system CPU time spent in seconds.",
         }
     }
 
     fn kind(self) -> Kind {
         match self {
-            Family::OutboxDepth | Family::ApiDailyBudgetRemaining | Family::PollLagSeconds => {
-                Kind::Gauge
-            }
+            Family::OutboxDepth
+            | Family::ApiDailyBudgetRemaining
+            | Family::PollLagSeconds
+            | Family::People
+            | Family::ProcessResidentMemoryBytes => Kind::Gauge,
             _ => Kind::Counter,
         }
     }
@@ -115,7 +132,10 @@ impl Family {
         match self {
             Family::Events | Family::Decisions => &["kind"],
             Family::MqlsOpened => &["segment"],
-            Family::OutboxDepth => &[],
+            Family::OutboxDepth
+            | Family::People
+            | Family::ProcessResidentMemoryBytes
+            | Family::ProcessCpuSeconds => &[],
             Family::OutboxFailures | Family::Errors => &["class"],
             Family::ApiCalls | Family::ApiDailyBudgetRemaining => &["system"],
             Family::WebhookRequests => &["endpoint", "result"],
@@ -436,6 +456,9 @@ mod tests {
         m.set_poll_lag("thresholds", 1.5);
         m.set_poll_lag("leads", f64::INFINITY);
         m.count_error("retry");
+        m.set(Family::People, &[], 2_000.0);
+        m.set(Family::ProcessResidentMemoryBytes, &[], 31_457_280.0);
+        m.set(Family::ProcessCpuSeconds, &[], 0.25);
         let expected = r#"# HELP mqlsync_events_total Events read from the CRM and the MAP (polls and webhooks), by kind.
 # TYPE mqlsync_events_total counter
 mqlsync_events_total{kind="score_change"} 2
@@ -485,6 +508,15 @@ mqlsync_poll_lag_seconds{source="thresholds"} 1.5
 # HELP mqlsync_errors_total Errors, by class.
 # TYPE mqlsync_errors_total counter
 mqlsync_errors_total{class="retry"} 1
+# HELP mqlsync_people CRM leads and contacts the engine state holds.
+# TYPE mqlsync_people gauge
+mqlsync_people 2000
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 31457280
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 0.25
 "#;
         assert_eq!(m.render(), expected);
         assert_eq!(
@@ -502,7 +534,12 @@ mqlsync_errors_total{class="retry"} 1
                 "{}",
                 family.name()
             );
-            assert!(family.name().starts_with("mqlsync_"));
+            // Ours, or Prometheus's standard process metrics.
+            assert!(
+                family.name().starts_with("mqlsync_") || family.name().starts_with("process_"),
+                "{}",
+                family.name()
+            );
         }
     }
 

@@ -210,8 +210,8 @@ pub fn parse_marketo(
                 Some(_) => return Err(Malformed::new("campaignName is not text")),
             };
             Some(Campaign {
-                id: id.to_string(),
-                name,
+                id: id.to_string().into(),
+                name: name.map(Into::into),
             })
         }
     };

@@ -584,9 +584,21 @@ async fn healthz_readyz_and_metrics() {
         "mqlsync_webhook_requests_total{endpoint=\"salesforce\",result=\"accepted\"} 0",
         "mqlsync_mqls_opened_total{segment=\"EMEA\"} 1",
         "mqlsync_outbox_depth 3",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_cpu_seconds_total counter",
     ] {
         assert!(text.lines().any(|l| l == line), "{line}\n{text}");
     }
+    // The process's own figures: this test process holds at least a megabyte, and has run.
+    let sample = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("process_resident_memory_bytes") > 1_048_576.0);
+    assert!(sample("process_cpu_seconds_total") > 0.0);
     d.stop().await;
 }
 

@@ -999,7 +999,7 @@ async fn a_knob_turn_reaches_everyone_between_the_thresholds_even_scores_older_t
         let emea = person
             .facts
             .as_ref()
-            .is_some_and(|f| f.attributes.get("region").map(String::as_str) == Some("EMEA"));
+            .is_some_and(|f| f.attributes.get("region") == Some("EMEA"));
         let map_lead = person.map_lead;
         let score = map_lead
             .and_then(|l| state.map_leads.get(&l))
