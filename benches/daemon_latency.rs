@@ -136,18 +136,7 @@ async fn run(window_ms: u64) -> Figures {
         ),
     )
     .unwrap();
-    let secret = |system: &str| info[system]["client_secret"].as_str().unwrap().to_string();
-    let env = vec![
-        (
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
-            secret("salesforce"),
-        ),
-        (
-            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
-            secret("marketo"),
-        ),
-        ("MQLSYNC_DAEMON_WEBHOOK_SECRET".to_string(), SECRET.into()),
-    ];
+    let env = mqlsync::sandbox::cli::secrets_env(&info, Some(SECRET));
     let config = config::load(Some(&file), &env).unwrap();
     let loaded = mapping::load(None).unwrap();
     let sf = connect::salesforce(&config).unwrap();

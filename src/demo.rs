@@ -150,7 +150,6 @@ async fn with_sandbox(
     store_path: &std::path::Path,
 ) -> anyhow::Result<DemoReport> {
     let info = sandbox.connection_info();
-    let text = |system: &str, key: &str| info[system][key].as_str().unwrap_or_default().to_string();
     let dir = store_path
         .parent()
         .map(std::path::Path::to_path_buf)
@@ -175,17 +174,7 @@ async fn with_sandbox(
             file.display()
         )
     })?;
-    let env = vec![
-        (
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
-            text("salesforce", "client_secret"),
-        ),
-        (
-            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
-            text("marketo", "client_secret"),
-        ),
-        ("MQLSYNC_DAEMON_WEBHOOK_SECRET".to_string(), secret),
-    ];
+    let env = crate::sandbox::cli::secrets_env(&info, Some(&secret));
     let config = config::load(Some(&file), &env)?;
     let loaded = mapping::load(None)?;
     let sf = connect::salesforce(&config)?;

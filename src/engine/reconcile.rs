@@ -222,15 +222,15 @@ fn on_person(
     if old_account != facts.account_id {
         if let Some(old) = old_account
             && let Some(people) = state.account_people.get_mut(&old)
+            && let Ok(at) = people.binary_search(&slot)
         {
-            people.remove(&id);
+            people.remove(at);
         }
         if let Some(new) = &facts.account_id {
-            state
-                .account_people
-                .entry(new.clone())
-                .or_default()
-                .insert(id.clone());
+            let people = state.account_people.entry(new.clone()).or_default();
+            if let Err(at) = people.binary_search(&slot) {
+                people.insert(at, slot);
+            }
         }
     }
     let at = facts.modified_at;
@@ -270,13 +270,15 @@ fn on_opportunity(
     if previous.is_none() {
         // A new opportunity converts the open cycles of the account's people that were
         // opened before it.
-        let people: Vec<String> = state
+        let mut people: Vec<String> = state
             .account_people
             .get(&opp.account_id)
             .into_iter()
             .flatten()
-            .cloned()
+            .map(|slot| state.persons.id(*slot).to_string())
             .collect();
+        // In id order, as decisions are everywhere.
+        people.sort_unstable();
         for id in people {
             let opened_before = state.persons[&id]
                 .open_cycle()

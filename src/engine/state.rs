@@ -297,9 +297,13 @@ impl Persons {
         slot
     }
 
-    /// Gives back the capacity the records' growth left unused (up to half of it: a person
-    /// record is 256 bytes), after a load.
+    /// Gives back the capacity growth left unused, after a load: up to half of the records
+    /// vector, and most of each cycle list (a vector's first push makes room for four, and a
+    /// cycle is about 500 bytes; the engine itself adds cycles with `reserve_exact`).
     pub fn shrink_to_fit(&mut self) {
+        for person in &mut self.records {
+            person.cycles.shrink_to_fit();
+        }
         self.records.shrink_to_fit();
         self.ids.shrink_to_fit();
         let ids = &self.ids;
@@ -618,7 +622,9 @@ pub struct EngineState {
     // Indexes, rebuilt by `rebuild_indexes`.
     /// The [`Persons`] slot of each cycle's person, by external id.
     pub(crate) cycle_owner: FastMap<String, u32>,
-    pub(crate) account_people: FastMap<String, BTreeSet<String>>,
+    /// The [`Persons`] slots of each account's people, ascending (slots, not ids: an id
+    /// here would be another copy of every contact's).
+    pub(crate) account_people: FastMap<String, Vec<u32>>,
     pub(crate) account_opportunities: FastMap<String, BTreeSet<String>>,
     pub(crate) timers: Agenda,
     /// Threshold cache generation: bumped whenever the set of records in force may change.
@@ -640,13 +646,11 @@ impl EngineState {
         self.account_people.clear();
         self.account_opportunities.clear();
         self.timers.clear();
-        for (slot, (id, person)) in self.persons.iter().enumerate() {
+        for (slot, (_, person)) in self.persons.iter().enumerate() {
             let slot = u32::try_from(slot).expect("fewer than 2^32 people");
             if let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) {
-                self.account_people
-                    .entry(account)
-                    .or_default()
-                    .insert(id.clone());
+                // Slots come in ascending order: the list stays sorted.
+                self.account_people.entry(account).or_default().push(slot);
             }
             for cycle in &person.cycles {
                 self.cycle_owner.insert(cycle.external_id.clone(), slot);

@@ -78,6 +78,38 @@ pub struct SecretFiles {
     pub marketo: String,
 }
 
+/// The environment that goes with [`sandbox_config_toml`] without secret files: both client
+/// secrets of the sandbox whose connection info is `info`, and the daemon's Marketo webhook
+/// secret when given.
+pub fn secrets_env(
+    info: &serde_json::Value,
+    webhook_secret: Option<&str>,
+) -> Vec<(String, String)> {
+    let secret = |system: &str| {
+        info[system]["client_secret"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut env = vec![
+        (
+            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
+            secret("salesforce"),
+        ),
+        (
+            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
+            secret("marketo"),
+        ),
+    ];
+    if let Some(webhook) = webhook_secret {
+        env.push((
+            "MQLSYNC_DAEMON_WEBHOOK_SECRET".to_string(),
+            webhook.to_string(),
+        ));
+    }
+    env
+}
+
 /// The mqlsync config (TOML) for the sandbox whose connection info is `info`, as
 /// [`Sandbox::connection_info`] gives it: both base URLs, client-credentials auth, the client
 /// ids and `store`. With `secret_files`, each side reads its client secret from the named file

@@ -746,14 +746,15 @@ impl Store {
         Ok(rows)
     }
 
-    /// Gives the memory SQLite's page cache holds back to the system: the cache is a limit
-    /// of 64 MiB (see `open`), which a first pass or a load fills and a daemon between polls
-    /// does not need. `PRAGMA shrink_memory` frees the connection's cached pages; on glibc,
-    /// `malloc_trim` then returns the freed heap to the kernel (SQLite allocates with the C
-    /// allocator, not the binary's). The pages are read again when a pass needs them.
+    /// Gives the memory SQLite's page cache holds back to the system, and keeps the cache at
+    /// 8 MiB from then on: the 64 MiB limit of `open` is for a first pass or a backfill, whose
+    /// batches rewrite most lead pages; a load or a first pass fills it, and a daemon between
+    /// polls does not need it. `PRAGMA shrink_memory` frees the connection's cached pages; on
+    /// glibc, `malloc_trim` then returns the freed heap to the kernel (SQLite allocates with
+    /// the C allocator, not the binary's). Pages are read again when a pass needs them.
     pub fn release_memory(&self) -> Result<(), StoreError> {
         self.conn
-            .execute_batch("PRAGMA shrink_memory")
+            .execute_batch("PRAGMA cache_size = -8192; PRAGMA shrink_memory")
             .map_err(|e| self.sql_err(e))?;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only walks glibc's own free lists.

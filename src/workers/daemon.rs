@@ -325,6 +325,9 @@ impl Daemon {
             config,
             progress,
         };
+        // Loading the state read every row of the store: the page cache is full of pages the
+        // polls will not need.
+        lp.release_memory(usize::MAX);
         // Marketo's count of today's calls (every integration's), so that the reserve holds
         // across processes; a failure leaves the local count, which the calls keep.
         if let Err(e) = lp.syncer.refresh_usage().await {

@@ -80,17 +80,7 @@ fn write_config(sandbox: &Sandbox, dir: &Path) -> (std::path::PathBuf, Vec<(Stri
         ),
     )
     .unwrap();
-    let secret = |system: &str| info[system]["client_secret"].as_str().unwrap().to_string();
-    let env = vec![
-        (
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
-            secret("salesforce"),
-        ),
-        (
-            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
-            secret("marketo"),
-        ),
-    ];
+    let env = mqlsync::sandbox::cli::secrets_env(&info, None);
     (file, env)
 }
 

@@ -145,18 +145,7 @@ async fn spawn_app(leads: usize, daemon_toml: &str, faults: Vec<FaultRule>) -> A
         ),
     )
     .unwrap();
-    let secret = |system: &str| info[system]["client_secret"].as_str().unwrap().to_string();
-    let env = vec![
-        (
-            "MQLSYNC_SALESFORCE_CLIENT_SECRET".to_string(),
-            secret("salesforce"),
-        ),
-        (
-            "MQLSYNC_MARKETO_CLIENT_SECRET".to_string(),
-            secret("marketo"),
-        ),
-        ("MQLSYNC_DAEMON_WEBHOOK_SECRET".to_string(), SECRET.into()),
-    ];
+    let env = mqlsync::sandbox::cli::secrets_env(&info, Some(SECRET));
     let config = config::load(Some(&file), &env).unwrap();
     let sf = connect::salesforce(&config).unwrap();
     let mk = connect::marketo(&config).unwrap();
