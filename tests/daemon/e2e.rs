@@ -1059,3 +1059,71 @@ async fn a_title_edited_in_the_crm_excludes_a_lead_until_it_is_edited_back() {
     );
     app.stop().await.unwrap();
 }
+
+/// Issue 13, point 9 (docs/behaviour.md, "Exclusions": the status, region and vertical rules)
+/// with real CRM data, through the daemon: three leads whom a push would make MQLs are edited
+/// in the CRM (status Disqualified, region Antarctica, industry Gambling); their outbound
+/// messages wake the people poller, and the push makes none of them an MQL, each held by its
+/// own rule; a fourth lead, pushed last and not edited, gets its MQL record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_region_and_vertical_rules_hold_back_leads_edited_in_the_crm() {
+    let mut app = spawn_app(Wiring {
+        outbound: &["Lead"],
+        ..Wiring::default()
+    })
+    .await;
+    app.deliver_own_echoes(Source::People).await;
+    let leads: Vec<Person> = app
+        .would_qualify_with_a_push(minutes(10))
+        .into_iter()
+        .filter(|p| p.crm_kind == CrmKind::Lead)
+        .take(4)
+        .collect();
+    assert_eq!(leads.len(), 4, "four leads a push makes MQLs");
+    let id = |p: &Person| p.crm_id.clone().unwrap();
+    let edits = [
+        (json!({"Status": "Disqualified"}), RuleKind::Status),
+        (json!({"Region__c": "Antarctica"}), RuleKind::Region),
+        (json!({"Industry": "Gambling"}), RuleKind::Vertical),
+    ];
+
+    app.clock.set(minutes(1));
+    for (lead, (fields, _)) in leads.iter().zip(&edits) {
+        app.edit("Lead", &id(lead), fields.clone());
+    }
+    let people = app.polls(Source::People);
+    assert_eq!(app.deliver_outbound().await, edits.len());
+    app.polled(Source::People, people).await;
+
+    app.clock.set(minutes(2));
+    for lead in &leads {
+        app.push(lead, 500);
+    }
+    // The activities are read in time order: once the last push is an MQL record, the
+    // three before it have been read and decided too.
+    let control = id(&leads[3]);
+    app.wait_until("the control lead's MQL record", |app, p| {
+        p.pending_writes == 0 && !app.cycles_of(&control).is_empty()
+    })
+    .await;
+    let cycle = &app.cycles_of(&control)[0];
+    assert_eq!(
+        instant(&app.mql_record(&cycle.external_id)["MQL_Date__c"]),
+        Some(cycle.mql_at)
+    );
+    for (lead, (_, rule)) in leads.iter().zip(&edits) {
+        let crm_id = id(lead);
+        assert!(app.cycles_of(&crm_id).is_empty(), "{crm_id}: {rule:?}");
+        match app.explain(&crm_id, minutes(2)) {
+            Reason::Excluded { rule: by, .. } if by == *rule => {}
+            other => panic!("{crm_id}: expected the {rule:?} rule, explain says {other:?}"),
+        }
+        assert!(
+            app.records("MQL__c")
+                .iter()
+                .all(|r| r.get("Lead__c").and_then(Value::as_str) != Some(crm_id.as_str())),
+            "{crm_id}: no MQL record"
+        );
+    }
+    app.stop().await.unwrap();
+}
