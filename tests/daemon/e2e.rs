@@ -1127,3 +1127,84 @@ async fn the_status_region_and_vertical_rules_hold_back_leads_edited_in_the_crm(
     }
     app.stop().await.unwrap();
 }
+
+/// Issue 13, point 9 (docs/behaviour.md, "Exclusions": the open and the recent opportunity
+/// rules) with real CRM data, through the daemon: a rep moves an open opportunity onto one
+/// contact's account and a recently closed one onto another's; the opportunities poller reads
+/// them (every second here: opportunities have no outbound message), and a push that would have
+/// made both contacts MQLs makes neither, each held by its rule; a third contact, pushed last,
+/// gets its MQL record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opportunity_rules_hold_back_contacts_whose_account_gets_one() {
+    let mut app = spawn_app(Wiring {
+        daemon_toml: "poll_thresholds_secs = 3600\npoll_people_secs = 3600\npoll_mql_edits_secs = 3600\npoll_opportunities_secs = 1\npoll_activities_secs = 3600\npoll_idle_ceiling_secs = 3600\n",
+        ..Wiring::default()
+    })
+    .await;
+    // Three contacts of three different accounts.
+    let mut accounts = BTreeSet::new();
+    let contacts: Vec<Person> = app
+        .would_qualify_with_a_push(minutes(10))
+        .into_iter()
+        .filter(|p| p.crm_kind == CrmKind::Contact)
+        .filter(|p| accounts.insert(p.account_id.clone().unwrap()))
+        .take(3)
+        .collect();
+    assert_eq!(contacts.len(), 3, "three contacts a push makes MQLs");
+    let world = app.sandbox.world();
+    let open = world
+        .opportunities
+        .iter()
+        .find(|o| !o.is_closed && !accounts.contains(&o.account_id))
+        .expect("an open opportunity elsewhere")
+        .id
+        .clone();
+    let closed = world
+        .opportunities
+        .iter()
+        .find(|o| o.is_closed && !accounts.contains(&o.account_id))
+        .expect("a closed opportunity elsewhere")
+        .id
+        .clone();
+    let today = minutes(1).to_zoned(jiff::tz::TimeZone::UTC).date();
+
+    app.clock.set(minutes(1));
+    let polls = app.polls(Source::Opportunities);
+    app.edit(
+        "Opportunity",
+        &open,
+        json!({"AccountId": contacts[0].account_id}),
+    );
+    app.edit(
+        "Opportunity",
+        &closed,
+        json!({"AccountId": contacts[1].account_id, "CloseDate": today.to_string()}),
+    );
+    app.polled(Source::Opportunities, polls).await;
+    let read = app.polls(Source::Opportunities);
+    app.polled(Source::Opportunities, read).await;
+
+    app.clock.set(minutes(2));
+    for contact in &contacts {
+        app.push(contact, 500);
+    }
+    let control = contacts[2].crm_id.clone().unwrap();
+    // Activities poll only when the pushes wake them: the last push's MQL means all three
+    // were read.
+    app.wait_until("the control contact's MQL record", |app, p| {
+        p.pending_writes == 0 && !app.cycles_of(&control).is_empty()
+    })
+    .await;
+    for (contact, rule) in contacts
+        .iter()
+        .zip([RuleKind::OpenOpportunity, RuleKind::RecentOpportunity])
+    {
+        let crm_id = contact.crm_id.clone().unwrap();
+        assert!(app.cycles_of(&crm_id).is_empty(), "{crm_id}: {rule:?}");
+        match app.explain(&crm_id, minutes(2)) {
+            Reason::Excluded { rule: by, .. } if by == rule => {}
+            other => panic!("{crm_id}: expected the {rule:?} rule, explain says {other:?}"),
+        }
+    }
+    app.stop().await.unwrap();
+}
