@@ -21,7 +21,7 @@ use super::model::{
 };
 use super::policy::{Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
-use super::score::Scores;
+use super::score::{MaybeInstant, Scores};
 use super::state::{EngineState, Gate, MapLeadState, PersonState, Timer};
 use super::thresholds::{self, Resolved, Resolver};
 
@@ -431,11 +431,11 @@ fn on_score(
 
 fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut Vec<Decision>) {
     let lead = state.map_leads.get_or_default(link.map_lead_id);
-    if lead.link_at.is_some_and(|seen| seen >= link.at) {
+    if lead.link_at.get().is_some_and(|seen| seen >= link.at) {
         return;
     }
     let old = std::mem::replace(&mut lead.crm, link.crm.clone());
-    lead.link_at = Some(link.at);
+    lead.link_at = MaybeInstant::of(Some(link.at));
     lead.mark_dirty(link.map_lead_id, &mut state.dirty);
     if old == link.crm {
         return;

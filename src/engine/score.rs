@@ -11,13 +11,82 @@ use serde::{Deserialize, Serialize};
 use super::model::{Campaign, ScorePart};
 use super::policy::ScoreSource;
 
+/// An optional instant in 8 bytes: nanoseconds since 1970, `i64::MIN` for none. An
+/// `Option<Timestamp>` takes 24, and a MAP lead holds five (its link and four score
+/// instants): with a million leads, 80 MB. Instants outside 1677..2262 saturate, as the
+/// store's nanosecond columns do. Saved and shown as the `Option<Timestamp>` it stands for.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MaybeInstant(i64);
+
+impl MaybeInstant {
+    pub const NONE: MaybeInstant = MaybeInstant(i64::MIN);
+
+    pub fn of(t: Option<Timestamp>) -> MaybeInstant {
+        match t {
+            None => MaybeInstant::NONE,
+            Some(t) => MaybeInstant(
+                i64::try_from(t.as_nanosecond())
+                    .unwrap_or(if t.as_second() < 0 {
+                        i64::MIN
+                    } else {
+                        i64::MAX
+                    })
+                    .max(i64::MIN + 1),
+            ),
+        }
+    }
+
+    pub fn get(self) -> Option<Timestamp> {
+        (self != MaybeInstant::NONE)
+            .then(|| Timestamp::from_nanosecond(i128::from(self.0)).expect("within jiff's range"))
+    }
+
+    pub fn is_none(self) -> bool {
+        self == MaybeInstant::NONE
+    }
+
+    pub fn is_some(self) -> bool {
+        !self.is_none()
+    }
+}
+
+impl Default for MaybeInstant {
+    fn default() -> Self {
+        MaybeInstant::NONE
+    }
+}
+
+impl From<Option<Timestamp>> for MaybeInstant {
+    fn from(t: Option<Timestamp>) -> Self {
+        MaybeInstant::of(t)
+    }
+}
+
+impl std::fmt::Debug for MaybeInstant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl Serialize for MaybeInstant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeInstant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<Timestamp>::deserialize(d).map(MaybeInstant::of)
+    }
+}
+
 /// The version of the last change applied to one score part: its instant, and a 64-bit
 /// FNV-1a hash of the MAP's change id as the tie-breaker between changes of one instant.
 /// A hash, not the id itself, so that applying a change allocates nothing; FNV-1a, not
 /// std's hasher, so that the order is the same in every process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartVersion {
-    pub at: Option<Timestamp>,
+    pub at: MaybeInstant,
     pub change: u64,
 }
 
@@ -32,7 +101,7 @@ impl PartVersion {
     /// Whether a change `(at, key)` (`key` being the [`change_key`] of its id) is newer than
     /// the one applied.
     pub fn is_newer(&self, at: Timestamp, key: u64) -> bool {
-        match self.at {
+        match self.at.get() {
             None => true,
             Some(seen) => (at, key) > (seen, self.change),
         }
@@ -53,7 +122,7 @@ pub struct Scores {
     pub demographic: Option<f64>,
     /// The decayed behaviour sum, valid at `decay_anchor`.
     pub decayed: f64,
-    pub decay_anchor: Option<Timestamp>,
+    pub decay_anchor: MaybeInstant,
 }
 
 fn slot(part: ScorePart) -> usize {
@@ -88,7 +157,7 @@ impl Scores {
         if !version.is_newer(at, key) {
             return false;
         }
-        version.at = Some(at);
+        version.at = MaybeInstant::of(Some(at));
         version.change = key;
         let value = match part {
             ScorePart::Total => &mut self.total,
@@ -101,15 +170,15 @@ impl Scores {
             && let Some(half_life) = half_life
         {
             let delta = new_value - before;
-            match self.decay_anchor {
+            match self.decay_anchor.get() {
                 None => {
                     self.decayed = delta;
-                    self.decay_anchor = Some(at);
+                    self.decay_anchor = MaybeInstant::of(Some(at));
                 }
                 // Versions only move forward, so `at` is never before the anchor.
                 Some(anchor) => {
                     self.decayed = fade(self.decayed, anchor, at.max(anchor), half_life) + delta;
-                    self.decay_anchor = Some(at.max(anchor));
+                    self.decay_anchor = MaybeInstant::of(Some(at.max(anchor)));
                 }
             }
         }
@@ -138,7 +207,7 @@ impl Scores {
                 if self.decay_anchor.is_none() && self.demographic.is_none() {
                     return None;
                 }
-                let faded = self.decay_anchor.map_or(0.0, |anchor| {
+                let faded = self.decay_anchor.get().map_or(0.0, |anchor| {
                     fade(self.decayed, anchor, t.max(anchor), *half_life)
                 });
                 Some(faded + self.demographic.unwrap_or(0.0))
@@ -153,6 +222,30 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_maybe_instant_is_the_option_it_packs() {
+        let t = ts("2026-03-04T05:06:07.123456789Z");
+        for v in [None, Some(t), Some(ts("1970-01-01T00:00:00Z"))] {
+            let packed = MaybeInstant::of(v);
+            assert_eq!(packed.get(), v);
+            assert_eq!(
+                serde_json::to_string(&packed).unwrap(),
+                serde_json::to_string(&v).unwrap()
+            );
+            let back: MaybeInstant =
+                serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+            assert_eq!(back, packed);
+        }
+        // None first, then by instant, as `Option<Timestamp>` orders.
+        assert!(MaybeInstant::NONE < MaybeInstant::of(Some(ts("1900-01-01T00:00:00Z"))));
+        assert!(
+            MaybeInstant::of(Some(t)) < MaybeInstant::of(Some(t + SignedDuration::from_nanos(1)))
+        );
+        // Out of the 8 bytes' range: saturated, never read back as none.
+        assert!(MaybeInstant::of(Some(ts("1200-01-01T00:00:00Z"))).is_some());
+        assert_eq!(std::mem::size_of::<MaybeInstant>(), 8);
     }
 
     #[test]

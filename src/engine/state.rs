@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::model::{CrmRef, Cycle, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold};
-use super::score::Scores;
+use super::score::{MaybeInstant, Scores};
 use super::thresholds::{Resolved, Resolver};
 
 /// A fast, deterministic hasher for the engine's maps (rustc's Fx word mixing, with a
@@ -395,7 +395,7 @@ pub struct MapLeadState {
     pub unlinked_recorded: bool,
     pub scores: Scores,
     pub crm: Option<CrmRef>,
-    pub link_at: Option<Timestamp>,
+    pub link_at: MaybeInstant,
 }
 
 /// The MAP leads, densely: records in a vector, found by lead id through an index of

@@ -1291,17 +1291,17 @@ fn write_leads(
                 id,
                 l.crm.as_ref().map(|c| c.kind.as_str()),
                 l.crm.as_ref().map(|c| c.id.as_str()),
-                l.link_at.map(ns),
+                l.link_at.get().map(ns),
                 s.total,
                 s.behavior,
                 s.demographic,
                 s.decayed,
-                s.decay_anchor.map(ns),
-                t.at.map(ns),
+                s.decay_anchor.get().map(ns),
+                t.at.get().map(ns),
                 t.change as i64,
-                b.at.map(ns),
+                b.at.get().map(ns),
                 b.change as i64,
-                d.at.map(ns),
+                d.at.get().map(ns),
                 d.change as i64,
                 campaign.map(|c| c.id.as_str()),
                 campaign.and_then(|c| c.name.as_deref()),
@@ -1436,19 +1436,19 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
         };
         let version = |at: usize, key: usize| -> Result<PartVersion, LoadError> {
             Ok(PartVersion {
-                at: from_ns(r.get(at)?, &what)?,
+                at: from_ns(r.get(at)?, &what)?.into(),
                 change: r.get::<_, i64>(key)? as u64,
             })
         };
         let lead = MapLeadState {
             crm,
-            link_at: from_ns(r.get(3)?, &what)?,
+            link_at: from_ns(r.get(3)?, &what)?.into(),
             scores: Scores {
                 total: r.get(4)?,
                 behavior: r.get(5)?,
                 demographic: r.get(6)?,
                 decayed: r.get(7)?,
-                decay_anchor: from_ns(r.get(8)?, &what)?,
+                decay_anchor: from_ns(r.get(8)?, &what)?.into(),
                 versions: [version(9, 10)?, version(11, 12)?, version(13, 14)?],
                 last_campaign: r
                     .get::<_, Option<String>>(15)?
