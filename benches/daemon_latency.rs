@@ -24,7 +24,6 @@ use mqlsync::config;
 use mqlsync::engine::model::{ScoreChange, ScorePart};
 use mqlsync::engine::{Action, Context, Event, Visibility, reconcile};
 use mqlsync::mapping;
-use mqlsync::sandbox::marketo::MarketoWebhook;
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::sandbox::world::ScoreField;
 use mqlsync::store::Store;
@@ -33,7 +32,6 @@ use mqlsync::sync::once::{RunSettings, Source};
 use mqlsync::workers::daemon::{self, Daemon, Progress, SystemClock};
 use mqlsync::workers::http::{self, HttpState, Readiness, WebhookSettings};
 use mqlsync::workers::metrics::{Endpoint, WebhookResult};
-use mqlsync::workers::webhook::MARKETO_TEMPLATE;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -116,14 +114,7 @@ async fn run(window_ms: u64) -> Figures {
         limits: false,
         ..SandboxOptions::default()
     };
-    options.marketo.webhook = Some(MarketoWebhook {
-        url: format!("{base}/webhooks/marketo"),
-        template: MARKETO_TEMPLATE.into(),
-        headers: vec![
-            ("X-Mqlsync-Secret".into(), SECRET.into()),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-    });
+    options.marketo.webhook = Some(mqlsync::demo::marketo_webhook(&base, SECRET));
     let sandbox = Sandbox::start(options).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let info = sandbox.connection_info();

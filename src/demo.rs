@@ -118,14 +118,7 @@ pub async fn run(
         ..SandboxOptions::default()
     };
     // As the README's "The daemon" sets them up in Marketo and Salesforce.
-    options.marketo.webhook = Some(MarketoWebhook {
-        url: format!("{daemon_url}/webhooks/marketo"),
-        template: MARKETO_TEMPLATE.into(),
-        headers: vec![
-            ("X-Mqlsync-Secret".into(), secret.clone()),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-    });
+    options.marketo.webhook = Some(marketo_webhook(&daemon_url, &secret));
     options.salesforce.outbound = Some(OutboundMessaging {
         url: format!("{daemon_url}/webhooks/salesforce"),
         // The threshold object only: the knob is what the demo turns (the README also sends
@@ -446,6 +439,23 @@ fn since(before: &Progress, after: &Progress) -> RunSummary {
         calls,
         minimum_calls,
         ..RunSummary::default()
+    }
+}
+
+/// The sandbox's Marketo webhook pointed at a daemon at `daemon_url`, as the README's "The
+/// daemon" sets it up in Marketo: the template's JSON body, the shared secret in the default
+/// header.
+pub fn marketo_webhook(daemon_url: &str, secret: &str) -> MarketoWebhook {
+    MarketoWebhook {
+        url: format!("{daemon_url}/webhooks/marketo"),
+        template: MARKETO_TEMPLATE.into(),
+        headers: vec![
+            (
+                crate::config::DEFAULT_WEBHOOK_SECRET_HEADER.into(),
+                secret.into(),
+            ),
+            ("Content-Type".into(), "application/json".into()),
+        ],
     }
 }
 

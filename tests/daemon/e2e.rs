@@ -22,7 +22,6 @@ use mqlsync::engine::model::{CycleStatus, Outcome, RuleKind, ScoreChange, ScoreP
 use mqlsync::engine::{Action, Context, Cycle, Event, Reason, Visibility, explain, reconcile};
 use mqlsync::mapping::{self, LoadedMapping};
 use mqlsync::sandbox::clock::SandboxClock;
-use mqlsync::sandbox::marketo::MarketoWebhook;
 use mqlsync::sandbox::salesforce::OutboundMessaging;
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::sandbox::world::{CrmKind, Person, ScoreField, Threshold};
@@ -137,14 +136,7 @@ async fn spawn_app(wiring: Wiring) -> App {
         limits: false,
         ..SandboxOptions::default()
     };
-    options.marketo.webhook = Some(MarketoWebhook {
-        url: format!("{target}/webhooks/marketo"),
-        template: MARKETO_TEMPLATE.into(),
-        headers: vec![
-            ("X-Mqlsync-Secret".into(), SECRET.into()),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-    });
+    options.marketo.webhook = Some(mqlsync::demo::marketo_webhook(&target, SECRET));
     options.salesforce.outbound = Some(OutboundMessaging {
         url: format!("{target}/webhooks/salesforce"),
         objects: wiring.outbound.iter().map(|o| o.to_string()).collect(),

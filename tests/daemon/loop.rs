@@ -23,7 +23,6 @@ use mqlsync::engine::{Action, Context, Cycle, Event, Reason, Visibility, explain
 use mqlsync::mapping::{self, LoadedMapping};
 use mqlsync::sandbox::clock::SandboxClock;
 use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
-use mqlsync::sandbox::marketo::MarketoWebhook;
 use mqlsync::sandbox::salesforce::OutboundMessaging;
 use mqlsync::sandbox::server::{Sandbox, SandboxOptions};
 use mqlsync::sandbox::world::ScoreField;
@@ -33,7 +32,6 @@ use mqlsync::sync::once::{RunSettings, RunSummary, Source, run_once};
 use mqlsync::workers::daemon::{self, Clock, Daemon, DaemonError, Progress, Stopped};
 use mqlsync::workers::http::{self, HttpState, Readiness, WebhookSettings};
 use mqlsync::workers::metrics::{Endpoint, WebhookResult};
-use mqlsync::workers::webhook::MARKETO_TEMPLATE;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -113,14 +111,7 @@ async fn spawn_app(leads: usize, daemon_toml: &str, faults: Vec<FaultRule>) -> A
         faults,
         ..SandboxOptions::default()
     };
-    options.marketo.webhook = Some(MarketoWebhook {
-        url: format!("{base}/webhooks/marketo"),
-        template: MARKETO_TEMPLATE.into(),
-        headers: vec![
-            ("X-Mqlsync-Secret".into(), SECRET.into()),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-    });
+    options.marketo.webhook = Some(mqlsync::demo::marketo_webhook(&base, SECRET));
     options.salesforce.outbound = Some(OutboundMessaging {
         url: format!("{base}/webhooks/salesforce"),
         objects: vec!["MQL_Threshold__c".into()],
