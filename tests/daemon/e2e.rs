@@ -15,11 +15,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use mqlsync::config::{self, Config};
-use mqlsync::engine::model::{CycleStatus, Outcome, RuleKind, ScoreChange, ScorePart};
-use mqlsync::engine::{Action, Context, Cycle, Event, Reason, Visibility, explain, reconcile};
+use mqlsync::engine::model::{CycleStatus, Outcome, RuleKind};
+use mqlsync::engine::{Cycle, Reason, explain};
 use mqlsync::mapping::{self, LoadedMapping};
 use mqlsync::sandbox::clock::SandboxClock;
 use mqlsync::sandbox::salesforce::OutboundMessaging;
@@ -28,12 +27,14 @@ use mqlsync::sandbox::world::{CrmKind, Person, ScoreField, Threshold};
 use mqlsync::store::Store;
 use mqlsync::sync::connect;
 use mqlsync::sync::once::{RunSettings, Source};
-use mqlsync::workers::daemon::{self, Clock, Daemon, DaemonError, Progress, Stopped};
+use mqlsync::workers::daemon::{self, Daemon, DaemonError, Progress, Stopped};
 use mqlsync::workers::http::{self, HttpState, Readiness, WebhookSettings};
 use mqlsync::workers::metrics::{Endpoint, WebhookResult};
 use mqlsync::workers::webhook::{self, MARKETO_TEMPLATE};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
+
+use crate::TestClock;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "e2e-test-shared-secret-0123456789";
@@ -49,33 +50,6 @@ fn start() -> Timestamp {
 
 fn minutes(n: i64) -> Timestamp {
     start() + SignedDuration::from_mins(n)
-}
-
-/// The sandbox's frozen clock as the daemon's: the test moves it, and the daemon's waits for
-/// an instant end when it gets there.
-struct TestClock {
-    sandbox: SandboxClock,
-    now: watch::Sender<Timestamp>,
-}
-
-impl TestClock {
-    fn set(&self, at: Timestamp) {
-        self.sandbox.set(at);
-        self.now.send_replace(at);
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> Timestamp {
-        self.sandbox.now()
-    }
-
-    fn wait_until(&self, at: Timestamp) -> BoxFuture<'static, ()> {
-        let mut now = self.now.subscribe();
-        Box::pin(async move {
-            let _ = now.wait_for(|t| *t >= at).await;
-        })
-    }
 }
 
 /// How a test's world is wired.
@@ -170,10 +144,7 @@ async fn spawn_app(wiring: Wiring) -> App {
     );
     daemon::sign_in(&sf, &mk, &state).await.unwrap();
     let store = Store::open(&config.store).unwrap();
-    let clock = Arc::new(TestClock {
-        now: watch::Sender::new(sandbox_clock.now()),
-        sandbox: sandbox_clock,
-    });
+    let clock = Arc::new(TestClock::new(sandbox_clock));
     let d = Daemon::new(
         sf,
         mk,
@@ -422,39 +393,11 @@ impl App {
     fn would_qualify_with_a_push(&self, at: Timestamp) -> Vec<Person> {
         let policy = &self.loaded.policy;
         let state = self.store().load_engine(policy).unwrap();
-        let ctx = Context {
-            policy,
-            now: at,
-            backfill: false,
-            visibility: Visibility::WhenWritten,
-        };
         self.sandbox
             .world()
             .people
             .iter()
-            .filter(|p| {
-                let Some(id) = p.crm_id.as_deref() else {
-                    return false;
-                };
-                if !matches!(
-                    explain(&state, policy, id, start()),
-                    Reason::BelowThreshold { .. }
-                ) {
-                    return false;
-                }
-                let push = Event::Score(ScoreChange {
-                    map_lead_id: p.map_id,
-                    change_id: "probe".into(),
-                    part: ScorePart::Total,
-                    new_value: p.lead_score as f64 + 500.0,
-                    old_value: Some(p.lead_score as f64),
-                    campaign: None,
-                    at,
-                });
-                reconcile(&mut state.clone(), &ctx, &push)
-                    .iter()
-                    .any(|d| matches!(d.action, Action::OpenCycle { .. }))
-            })
+            .filter(|p| crate::a_push_qualifies(&state, policy, p, start(), at))
             .cloned()
             .collect()
     }

@@ -13,13 +13,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use mqlsync::config::{self, Config};
 use mqlsync::connectors::salesforce::SalesforceClient;
 use mqlsync::connectors::{Priority, QueryPages};
-use mqlsync::engine::model::{ScoreChange, ScorePart};
-use mqlsync::engine::{Action, Context, Cycle, Event, Reason, Visibility, explain, reconcile};
+use mqlsync::engine::Cycle;
 use mqlsync::mapping::{self, LoadedMapping};
 use mqlsync::sandbox::clock::SandboxClock;
 use mqlsync::sandbox::faults::{FaultAction, FaultRule, System};
@@ -29,11 +27,13 @@ use mqlsync::sandbox::world::ScoreField;
 use mqlsync::store::Store;
 use mqlsync::sync::connect;
 use mqlsync::sync::once::{RunSettings, RunSummary, Source, run_once};
-use mqlsync::workers::daemon::{self, Clock, Daemon, DaemonError, Progress, Stopped};
+use mqlsync::workers::daemon::{self, Daemon, DaemonError, Progress, Stopped};
 use mqlsync::workers::http::{self, HttpState, Readiness, WebhookSettings};
 use mqlsync::workers::metrics::{Endpoint, WebhookResult};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
+
+use crate::TestClock;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "loop-test-shared-secret-0123456789";
@@ -45,38 +45,6 @@ const NEVER_BY_INTERVAL: &str = "poll_thresholds_secs = 3600\npoll_people_secs =
 
 fn start() -> Timestamp {
     "2026-11-02T12:00:00Z".parse().unwrap()
-}
-
-/// The sandbox's frozen clock as the daemon's: the test moves it, and the daemon's waits for
-/// an instant end when it gets there.
-struct TestClock {
-    sandbox: SandboxClock,
-    now: watch::Sender<Timestamp>,
-}
-
-impl TestClock {
-    fn new(sandbox: SandboxClock) -> Self {
-        let now = watch::Sender::new(sandbox.now());
-        TestClock { sandbox, now }
-    }
-
-    fn set(&self, at: Timestamp) {
-        self.sandbox.set(at);
-        self.now.send_replace(at);
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> Timestamp {
-        self.sandbox.now()
-    }
-
-    fn wait_until(&self, at: Timestamp) -> BoxFuture<'static, ()> {
-        let mut now = self.now.subscribe();
-        Box::pin(async move {
-            let _ = now.wait_for(|t| *t >= at).await;
-        })
-    }
 }
 
 struct App {
@@ -282,39 +250,11 @@ fn qualifies_with_a_push(app: &App, at: Timestamp) -> mqlsync::sandbox::world::P
         .unwrap()
         .load_engine(policy)
         .unwrap();
-    let ctx = Context {
-        policy,
-        now: at,
-        backfill: false,
-        visibility: Visibility::WhenWritten,
-    };
     app.sandbox
         .world()
         .people
         .iter()
-        .find(|p| {
-            let Some(id) = p.crm_id.as_deref() else {
-                return false;
-            };
-            if !matches!(
-                explain(&state, policy, id, start()),
-                Reason::BelowThreshold { .. }
-            ) {
-                return false;
-            }
-            let push = Event::Score(ScoreChange {
-                map_lead_id: p.map_id,
-                change_id: "probe".into(),
-                part: ScorePart::Total,
-                new_value: p.lead_score as f64 + 500.0,
-                old_value: Some(p.lead_score as f64),
-                campaign: None,
-                at,
-            });
-            reconcile(&mut state.clone(), &ctx, &push)
-                .iter()
-                .any(|d| matches!(d.action, Action::OpenCycle { .. }))
-        })
+        .find(|p| crate::a_push_qualifies(&state, policy, p, start(), at))
         .expect("someone a score push makes an MQL")
         .clone()
 }

@@ -180,6 +180,78 @@ impl Daemon {
 }
 
 /// Whether the bell was rung since it was last heard (a ring with nobody waiting is kept).
+/// The sandbox's frozen clock as the daemon's: the test moves it, and the daemon's waits for
+/// an instant end when it gets there.
+struct TestClock {
+    sandbox: SandboxClock,
+    now: tokio::sync::watch::Sender<Timestamp>,
+}
+
+impl TestClock {
+    fn new(sandbox: SandboxClock) -> Self {
+        let now = tokio::sync::watch::Sender::new(sandbox.now());
+        TestClock { sandbox, now }
+    }
+
+    fn set(&self, at: Timestamp) {
+        self.sandbox.set(at);
+        self.now.send_replace(at);
+    }
+}
+
+impl mqlsync::workers::daemon::Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        self.sandbox.now()
+    }
+
+    fn wait_until(&self, at: Timestamp) -> futures::future::BoxFuture<'static, ()> {
+        let mut now = self.now.subscribe();
+        Box::pin(async move {
+            let _ = now.wait_for(|t| *t >= at).await;
+        })
+    }
+}
+
+/// Whether a score change of +500 at `at` makes `person` an MQL, as the engine decides it on a
+/// copy of `state`: linked, below their threshold at `below_at`, and no exclusion applies.
+fn a_push_qualifies(
+    state: &mqlsync::engine::EngineState,
+    policy: &mqlsync::engine::Policy,
+    person: &mqlsync::sandbox::world::Person,
+    below_at: Timestamp,
+    at: Timestamp,
+) -> bool {
+    use mqlsync::engine::model::ScoreChange;
+    use mqlsync::engine::{Action, Context, Event, Reason, Visibility, explain, reconcile};
+    let Some(id) = person.crm_id.as_deref() else {
+        return false;
+    };
+    if !matches!(
+        explain(state, policy, id, below_at),
+        Reason::BelowThreshold { .. }
+    ) {
+        return false;
+    }
+    let ctx = Context {
+        policy,
+        now: at,
+        backfill: false,
+        visibility: Visibility::WhenWritten,
+    };
+    let push = Event::Score(ScoreChange {
+        map_lead_id: person.map_id,
+        change_id: "probe".into(),
+        part: ScorePart::Total,
+        new_value: person.lead_score as f64 + 500.0,
+        old_value: Some(person.lead_score as f64),
+        campaign: None,
+        at,
+    });
+    reconcile(&mut state.clone(), &ctx, &push)
+        .iter()
+        .any(|d| matches!(d.action, Action::OpenCycle { .. }))
+}
+
 fn rung(bell: &Notify) -> bool {
     bell.notified().now_or_never().is_some()
 }
