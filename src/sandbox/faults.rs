@@ -189,6 +189,17 @@ impl Faults {
             .collect()
     }
 
+    /// How many times each rule has fired so far, in the order of [`Faults::rules`]: a test
+    /// knows a delayed request has arrived before its answer is logged.
+    pub fn fired(&self) -> Vec<u32> {
+        self.rules
+            .lock()
+            .expect("faults lock")
+            .iter()
+            .map(|armed| armed.fired)
+            .collect()
+    }
+
     /// Counts this request against every matching rule and returns the action of the first
     /// rule that fires, if any. Call it once per request.
     pub fn check(&self, request: RequestFacts<'_>) -> Option<FaultAction> {

@@ -1615,7 +1615,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     /// Writes every row waiting in the outbox, [`OUTBOX_CHUNK`] rows at a time (a backfill
     /// of a large org leaves hundreds of thousands; their payloads are not held all at once),
-    /// each chunk settled in the store before the next is read. Rows refused for now stay
+    /// each call's rows settled in the store as soon as its answer is read. Rows refused for now stay
     /// pending for the next pass; a call that fails stops the drain.
     pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let keys = self.store.outbox_pending_keys()?;
@@ -1698,6 +1698,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     Ok(outcomes) => {
                         self.settle(&object, &group, outcomes, label, &mut results);
                         self.log_write(&object, group.len());
+                        self.commit_writes(std::mem::take(&mut results), &first_writes)?;
                     }
                     Err(e) => stop = Some(e),
                 }
@@ -1716,6 +1717,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     Ok(outcomes) => {
                         self.settle(&object, chunk, outcomes, label, &mut results);
                         self.log_write(&object, chunk.len());
+                        // Settled before the next call: a process killed during it sends
+                        // only the rows of that call again, not the whole drain's.
+                        self.commit_writes(std::mem::take(&mut results), &first_writes)?;
                     }
                     // The whole call failed after the connector's own retries: the rows stay
                     // pending for the next run.

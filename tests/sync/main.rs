@@ -1391,3 +1391,63 @@ async fn a_backfill_on_a_store_that_went_live_stops_saying_why() {
             .contains("before the first `mqlsync run --once`")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_during_a_write_sends_again_only_that_calls_records() {
+    let mut app = spawn_app().await;
+    // The MQL records' upsert is answered; the leads' stamps update then hangs, and the run is
+    // dropped there, as a killed process would be.
+    app.fault(
+        "composite_update",
+        0,
+        Some(1),
+        FaultAction::Delay { millis: 600_000 },
+    );
+    let watcher = Store::open_existing(&app.config.store).unwrap();
+    let faults = app.sandbox.faults().clone();
+    let mql_pending = || {
+        watcher
+            .outbox_pending(100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "cycle")
+            .count()
+    };
+    let upserted = {
+        let run = app.try_run(now());
+        tokio::pin!(run);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                r = &mut run => panic!("the run should hang on the stamps: {r:?}"),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+            // Every MQL record is sent before the stamps; once the stamps' call is in flight,
+            // the upserted records must already be settled in the store.
+            if faults.fired() == [1] {
+                break mql_pending();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stamps' call never started"
+            );
+        }
+    };
+    assert_eq!(
+        upserted, 0,
+        "the answered upsert was settled before the next call"
+    );
+    let upserts = app.calls("composite_upsert");
+    assert!(upserts >= 1);
+
+    app.sandbox.faults().clear();
+    let run = app.run(now()).await;
+    assert_eq!(
+        app.calls("composite_upsert"),
+        upserts,
+        "no MQL record sent twice: {:?}",
+        run.written
+    );
+    assert!(app.calls("composite_update") >= 1, "the stamps went out");
+    assert!(app.store.outbox_pending(10_000).unwrap().is_empty());
+}
