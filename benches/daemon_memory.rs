@@ -159,7 +159,7 @@ fn breakdown(store: &Path, people: usize) {
     let mut state = store.load_engine(&loaded.policy).expect("the state");
     let total = live() - start;
     let load_peak = heap::peak_above(start);
-    let ids: Vec<String> = state.persons.iter().map(|(id, _)| id.clone()).collect();
+    let ids: Vec<String> = state.persons.iter().map(|(id, _)| id.to_string()).collect();
     let cycles: usize = state.persons.iter().map(|(_, p)| p.cycles.len()).sum();
     let holds = state
         .persons

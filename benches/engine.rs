@@ -75,7 +75,7 @@ fn setup() -> Vec<Event> {
         events.push(Event::Person(PersonFacts {
             crm: CrmRef {
                 kind: CrmKind::Lead,
-                id: id.clone(),
+                id: id.as_str().into(),
             },
             status: Some("Open - Not Contacted".into()),
             owner_id: Some("005A".into()),
@@ -90,7 +90,7 @@ fn setup() -> Vec<Event> {
             map_lead_id: i,
             crm: Some(CrmRef {
                 kind: CrmKind::Lead,
-                id,
+                id: id.into(),
             }),
             at: t0,
         }));

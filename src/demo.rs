@@ -237,7 +237,7 @@ async fn with_sandbox(
                 ),
                 role: person.map_or_else(String::new, |p| format!("{}, {}", p.title, p.company)),
                 crm_kind: c.crm.kind.as_str(),
-                crm_id: c.crm.id.clone(),
+                crm_id: c.crm.id.to_string(),
                 score: c.score,
                 threshold: c.threshold,
                 // An alert task's key starts with `Notify:{external id}:`.

@@ -1271,7 +1271,7 @@ fn write_cycles_csv(path: &Path, store: &Store) -> anyhow::Result<()> {
         let at = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.to_string());
         out.write_record([
             c.external_id.clone(),
-            c.crm.id.clone(),
+            c.crm.id.to_string(),
             c.crm.kind.as_str().to_string(),
             c.number.to_string(),
             c.status.as_str().to_string(),

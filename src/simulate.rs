@@ -341,12 +341,12 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
         "person" => Event::Person(PersonFacts {
             crm: CrmRef {
                 kind: crm_kind(row)?,
-                id: need(row, "id")?.to_string(),
+                id: need(row, "id")?.into(),
             },
             status: text("status").map(Into::into),
             owner_id: text("owner").map(Into::into),
             title: text("title").map(Into::into),
-            account_id: text("account"),
+            account_id: text("account").map(Into::into),
             converted: flag(row, "converted", false)?,
             attributes: pairs(row, "attributes")?.into(),
             prior_mql_at: None,
@@ -399,7 +399,7 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
             crm: match row.get("id") {
                 Some(id) => Some(CrmRef {
                     kind: crm_kind(row)?,
-                    id: id.clone(),
+                    id: id.as_str().into(),
                 }),
                 None => None,
             },
@@ -581,7 +581,7 @@ pub fn run(
         .persons
         .iter()
         .map(|(id, person)| PersonStamps {
-            crm_id: id.clone(),
+            crm_id: id.to_string(),
             stamps: Stamps::clone(&person.stamps),
         })
         .collect();

@@ -26,11 +26,16 @@ impl CrmKind {
     }
 }
 
+/// A CRM record id. Kept inline up to 24 bytes (a Salesforce id has 15 or 18 characters), so
+/// the ids a person carries (its own, its account's, its MAP lead's link) cost no allocation
+/// each; longer ids go to the heap. Serialised as a string.
+pub type CrmId = compact_str::CompactString;
+
 /// A lead or contact record in the CRM: the thing an MQL cycle belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CrmRef {
     pub kind: CrmKind,
-    pub id: String,
+    pub id: CrmId,
 }
 
 /// A marketing program or campaign, as far as the MQL record needs it.
@@ -95,7 +100,7 @@ pub struct PersonFacts {
     pub status: Option<Text>,
     pub owner_id: Option<Text>,
     pub title: Option<Text>,
-    pub account_id: Option<String>,
+    pub account_id: Option<CrmId>,
     /// A converted lead (the CRM's `IsConverted`).
     #[serde(default)]
     pub converted: bool,

@@ -272,7 +272,7 @@ fn on_opportunity(
         // opened before it.
         let mut people: Vec<String> = state
             .account_people
-            .get(&opp.account_id)
+            .get(opp.account_id.as_str())
             .into_iter()
             .flatten()
             .map(|slot| state.persons.id(*slot).to_string())

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::model::{CrmRef, Cycle, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold};
+use super::model::{
+    CrmId, CrmRef, Cycle, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold,
+};
 use super::score::{MaybeInstant, Scores};
 use super::thresholds::{Resolved, Resolver};
 
@@ -214,7 +216,7 @@ impl PersonState {
 #[derive(Clone, Default)]
 pub struct Persons {
     index: hashbrown::HashTable<u32>,
-    ids: Vec<String>,
+    ids: Vec<CrmId>,
     records: Vec<PersonState>,
 }
 
@@ -289,7 +291,7 @@ impl Persons {
             return slot;
         }
         let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 people");
-        self.ids.push(id.to_string());
+        self.ids.push(id.into());
         self.records.push(PersonState::default());
         let ids = &self.ids;
         self.index
@@ -324,7 +326,7 @@ impl Persons {
     }
 
     /// `(id, person)` in insertion order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &PersonState)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&CrmId, &PersonState)> {
         self.ids.iter().zip(&self.records)
     }
 
@@ -350,9 +352,17 @@ impl std::ops::Index<&String> for Persons {
     }
 }
 
+impl std::ops::Index<&CrmId> for Persons {
+    type Output = PersonState;
+
+    fn index(&self, id: &CrmId) -> &PersonState {
+        &self[id.as_str()]
+    }
+}
+
 impl<'a> IntoIterator for &'a Persons {
-    type Item = (&'a String, &'a PersonState);
-    type IntoIter = std::iter::Zip<std::slice::Iter<'a, String>, std::slice::Iter<'a, PersonState>>;
+    type Item = (&'a CrmId, &'a PersonState);
+    type IntoIter = std::iter::Zip<std::slice::Iter<'a, CrmId>, std::slice::Iter<'a, PersonState>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.ids.iter().zip(&self.records)
@@ -624,7 +634,7 @@ pub struct EngineState {
     pub(crate) cycle_owner: FastMap<String, u32>,
     /// The [`Persons`] slots of each account's people, ascending (slots, not ids: an id
     /// here would be another copy of every contact's).
-    pub(crate) account_people: FastMap<String, Vec<u32>>,
+    pub(crate) account_people: FastMap<CrmId, Vec<u32>>,
     pub(crate) account_opportunities: FastMap<String, BTreeSet<String>>,
     pub(crate) timers: Agenda,
     /// Threshold cache generation: bumped whenever the set of records in force may change.

@@ -52,7 +52,7 @@ fn person(id: &str, region: &str, modified: Timestamp) -> PersonFacts {
         status: Some("Open - Not Contacted".into()),
         owner_id: Some("005A".into()),
         title: Some("CTO".into()),
-        account_id: id.starts_with("003").then(|| "001ACC".to_string()),
+        account_id: id.starts_with("003").then(|| "001ACC".into()),
         converted: false,
         attributes: Attributes::from(BTreeMap::from([
             ("region".to_string(), region.to_string()),

@@ -1,7 +1,7 @@
 //! Shared strings for what a million people repeat: statuses, owners, titles, attribute names
 //! and values, campaigns. A [`Text`] is a pointer to one copy kept in a process-wide pool, so a
 //! status held by 400,000 people is stored once and cloning it is a reference count, not an
-//! allocation; [`Attributes`] keeps a person's mapped attributes as a short sorted slice of
+//! allocation; [`Attributes`] keeps a person's mapped attributes as a pooled sorted slice of
 //! such pairs instead of a B-tree of owned strings (a B-tree leaf alone is over 500 bytes).
 //! Together they are most of the difference between ~2 KB and under 1 KB a person in the
 //! daemon's memory.
@@ -137,44 +137,69 @@ impl<'de> Deserialize<'de> for Text {
 }
 
 /// A person's mapped attributes (`region`, `team`, `vertical`, ...): name and value pairs,
-/// sorted by name, each name at most once.
+/// sorted by name, each name at most once. The whole set is pooled like a [`Text`]: an org has
+/// a few hundred combinations of region, team and vertical for millions of people, so a person
+/// holds one pointer (16 bytes) instead of 32 bytes a pair.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Attributes(Box<[(Text, Text)]>);
+pub struct Attributes(Option<Arc<[(Text, Text)]>>);
+
+type SetPool = HashSet<Arc<[(Text, Text)]>, BuildHasherDefault<FxHasher>>;
+
+static SETS: LazyLock<Mutex<SetPool>> = LazyLock::new(|| Mutex::new(SetPool::default()));
 
 impl Attributes {
+    /// The pooled set of `pairs`, which are sorted by name, each name once.
+    fn pooled(pairs: Vec<(Text, Text)>) -> Attributes {
+        if pairs.is_empty() {
+            return Attributes(None);
+        }
+        let mut pool = SETS.lock().expect("attribute set pool");
+        if let Some(shared) = pool.get(pairs.as_slice()) {
+            return Attributes(Some(shared.clone()));
+        }
+        let shared: Arc<[(Text, Text)]> = Arc::from(pairs);
+        pool.insert(shared.clone());
+        Attributes(Some(shared))
+    }
+
+    fn pairs(&self) -> &[(Text, Text)] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
     /// The value of an attribute.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        let pairs = self.pairs();
+        pairs
             .binary_search_by(|(k, _)| k.as_str().cmp(name))
             .ok()
-            .map(|i| self.0[i].1.as_str())
+            .map(|i| pairs[i].1.as_str())
     }
 
     /// Sets an attribute (replacing its value).
     pub fn insert(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         let (name, value) = (name.into(), value.into());
-        let mut pairs = std::mem::take(&mut self.0).into_vec();
+        let mut pairs = self.pairs().to_vec();
         match pairs.binary_search_by(|(k, _)| k.cmp(&name)) {
             Ok(i) => pairs[i].1 = value,
             Err(i) => pairs.insert(i, (name, value)),
         }
-        self.0 = pairs.into_boxed_slice();
+        *self = Attributes::pooled(pairs);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.pairs().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_str())
+        self.pairs().iter().map(|(k, _)| k.as_str())
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 }
 
@@ -188,7 +213,7 @@ impl<K: Into<Text>, V: Into<Text>> FromIterator<(K, V)> for Attributes {
         sorted.reverse();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         sorted.dedup_by(|later, kept| later.0 == kept.0);
-        Attributes(sorted.into_boxed_slice())
+        Attributes::pooled(sorted)
     }
 }
 
@@ -259,5 +284,19 @@ mod tests {
             .collect();
         assert_eq!(last_wins.get("region"), Some("APAC"));
         assert_eq!(last_wins.len(), 1);
+    }
+
+    #[test]
+    fn equal_attribute_sets_share_one_copy() {
+        let a: Attributes = [("region", "EMEA"), ("team", "SDR EMEA")]
+            .into_iter()
+            .collect();
+        let mut b: Attributes = [("team", "SDR EMEA")].into_iter().collect();
+        b.insert("region", "EMEA");
+        let (Some(a_set), Some(b_set)) = (&a.0, &b.0) else {
+            panic!("both sets are non-empty")
+        };
+        assert!(Arc::ptr_eq(a_set, b_set), "one pooled copy of the set");
+        assert!(Attributes::default().0.is_none(), "no set while empty");
     }
 }

@@ -1230,7 +1230,7 @@ fn write_state(
         if let Some(c) = state.cycle(id) {
             cycle.execute(params![
                 c.external_id,
-                c.crm.id,
+                c.crm.id.as_str(),
                 c.number,
                 c.status.as_str(),
                 c.owner_id,
@@ -1430,7 +1430,7 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
         ) {
             (Some(kind), Some(crm_id)) => Some(CrmRef {
                 kind: kind_of(&kind),
-                id: crm_id,
+                id: crm_id.into(),
             }),
             _ => None,
         };

@@ -37,7 +37,7 @@ fn events_of(people: i64) -> Vec<Event> {
         out.push(Event::Person(PersonFacts {
             crm: CrmRef {
                 kind: CrmKind::Lead,
-                id: id.clone(),
+                id: id.as_str().into(),
             },
             status: Some("Open".into()),
             owner_id: Some("005A".into()),
@@ -52,7 +52,7 @@ fn events_of(people: i64) -> Vec<Event> {
             map_lead_id: i,
             crm: Some(CrmRef {
                 kind: CrmKind::Lead,
-                id,
+                id: id.into(),
             }),
             at: t(i),
         }));

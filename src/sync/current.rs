@@ -187,7 +187,7 @@ pub fn people(state: &EngineState, kind: CrmKind, after: Option<&str>) -> Vec<St
             p.facts.as_ref().is_some_and(|f| f.crm.kind == kind)
                 && after.is_none_or(|a| id.as_str() > a)
         })
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .collect();
     ids.sort_unstable();
     ids

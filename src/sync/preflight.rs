@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::connectors::marketo::Map;
 use crate::connectors::{ConnectorError, Crm};
-use crate::engine::model::{CrmKind, CrmRef, Cycle, CycleStatus, Stamps};
+use crate::engine::model::{CrmId, CrmKind, CrmRef, Cycle, CycleStatus, Stamps};
 use crate::mapping::Mapping;
 
 use super::records::{self, OPPORTUNITY_FIELDS};
@@ -123,7 +123,7 @@ pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>>
         );
         let crm = CrmRef {
             kind,
-            id: String::new(),
+            id: CrmId::default(),
         };
         let stamps = Stamps {
             status: Some("".into()),
@@ -147,7 +147,7 @@ fn sample_cycle() -> Cycle {
         external_id: String::new(),
         crm: CrmRef {
             kind: CrmKind::Lead,
-            id: String::new(),
+            id: CrmId::default(),
         },
         map_lead_id: Some(0),
         number: 1,

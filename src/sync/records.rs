@@ -266,12 +266,12 @@ pub fn person(m: &Mapping, kind: CrmKind, record: &Record) -> Result<PersonFacts
     Ok(PersonFacts {
         crm: CrmRef {
             kind,
-            id: r.need_text("Id")?,
+            id: r.need_text("Id")?.into(),
         },
         status: r.text(&p.status).map(Into::into),
         owner_id: r.text(&p.owner).map(Into::into),
         title: r.text(&p.title).map(Into::into),
-        account_id: p.account.as_deref().and_then(|f| r.text(f)),
+        account_id: p.account.as_deref().and_then(|f| r.text(f)).map(Into::into),
         converted: match &p.converted {
             Some(f) => r.flag(f)?.unwrap_or(false),
             None => false,
@@ -378,8 +378,8 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     let q = &m.crm.mql;
     let dt = |t: Option<Timestamp>| t.map_or(Value::Null, |t| Value::String(format_datetime(t)));
     let (lead, contact) = match cycle.crm.kind {
-        CrmKind::Lead => (Value::String(cycle.crm.id.clone()), Value::Null),
-        CrmKind::Contact => (Value::Null, Value::String(cycle.crm.id.clone())),
+        CrmKind::Lead => (Value::String(cycle.crm.id.to_string()), Value::Null),
+        CrmKind::Contact => (Value::Null, Value::String(cycle.crm.id.to_string())),
     };
     let mut r = Record::new();
     let mut put = |k: &str, v: Value| {
@@ -675,11 +675,11 @@ pub fn link(m: &Mapping, lead: &Value) -> Result<MapLink, RecordError> {
     let crm = match (text(&m.map.crm_contact_id), text(&m.map.crm_lead_id)) {
         (Some(c), _) => Some(CrmRef {
             kind: CrmKind::Contact,
-            id: c,
+            id: c.into(),
         }),
         (None, Some(l)) => Some(CrmRef {
             kind: CrmKind::Lead,
-            id: l,
+            id: l.into(),
         }),
         _ => None,
     };

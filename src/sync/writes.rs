@@ -483,7 +483,7 @@ mod tests {
             .map(|i| {
                 let crm = CrmRef {
                     kind: CrmKind::Lead,
-                    id: format!("00Q{i}"),
+                    id: format!("00Q{i}").into(),
                 };
                 row(
                     &format!("Lead:00Q{i}"),
