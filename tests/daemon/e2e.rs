@@ -705,6 +705,72 @@ async fn after_the_cool_down_a_rejected_person_becomes_an_mql_again_in_a_second_
     app.stop().await.unwrap();
 }
 
+/// Issue 13, point 9 (docs/behaviour.md, "Exclusions": the recent-MQL rule) with real CRM
+/// data, through the daemon: a rep marks an MQL record Converted (an outcome with no cool-down);
+/// a score push ten days later makes no MQL, held by the recent-MQL rule (15 days), and one
+/// after the window opens the person's second cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_who_was_an_mql_within_fifteen_days_is_held_by_the_recent_mql_rule() {
+    let mut app = spawn_app(Wiring {
+        outbound: &["MQL__c"],
+        ..Wiring::default()
+    })
+    .await;
+    app.deliver_own_echoes(Source::MqlEdits).await;
+    let person = app
+        .would_qualify_with_a_push(minutes(10))
+        .into_iter()
+        .next()
+        .expect("a person a push makes an MQL");
+    let crm_id = person.crm_id.clone().unwrap();
+    app.clock.set(minutes(1));
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 500);
+    app.polled(Source::Activities, activities).await;
+    let first = app.cycles_of(&crm_id)[0].clone();
+    assert_eq!(first.mql_at, minutes(1));
+    app.wait_until("the first MQL record", |_, p| p.pending_writes == 0)
+        .await;
+
+    app.clock.set(minutes(30));
+    let id = app.mql_record(&first.external_id)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.edit("MQL__c", &id, json!({"Status__c": "Converted"}));
+    app.deliver_own_echoes(Source::MqlEdits).await;
+    assert_eq!(app.cycles_of(&crm_id)[0].status, CycleStatus::Converted);
+
+    let within = first.mql_at + SignedDuration::from_hours(24 * 10);
+    app.time_passes(within).await;
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 500);
+    app.polled(Source::Activities, activities).await;
+    assert_eq!(app.cycles_of(&crm_id).len(), 1);
+    match app.explain(&crm_id, within) {
+        Reason::Excluded {
+            rule: RuleKind::RecentMql,
+            ..
+        } => {}
+        other => panic!("expected the recent-MQL rule, explain says {other:?}"),
+    }
+
+    let after = first.mql_at + SignedDuration::from_hours(24 * 16);
+    app.time_passes(after).await;
+    let activities = app.polls(Source::Activities);
+    app.push(&person, 10);
+    app.polled(Source::Activities, activities).await;
+    let cycles = app.cycles_of(&crm_id);
+    assert_eq!(cycles.len(), 2, "{cycles:?}");
+    assert_eq!((cycles[1].number, cycles[1].mql_at), (2, after));
+    assert_eq!(
+        instant(&app.mql_record(&cycles[1].external_id)["MQL_Date__c"]),
+        Some(after)
+    );
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
 /// Issue 13, point 9 (docs/behaviour.md, "SLA, reassignment and alerts"): with nothing else
 /// happening, the daemon's clock flags an Open MQL overdue when its SLA runs out and, past the
 /// team's trigger, reassigns it to the next rep, with a fresh SLA and a task for that rep.
