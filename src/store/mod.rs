@@ -587,19 +587,20 @@ impl Store {
     }
 
     /// Records field-history rows of threshold records (a row seen again is ignored) and the
-    /// cursor that read them, in one transaction.
+    /// cursor that read them, in one transaction. Returns how many rows were new.
     pub fn record_threshold_history(
         &mut self,
         rows: &[ThresholdFieldChange],
         cursor: (&str, &str),
         at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             error: source,
         };
         let tx = self.conn.transaction().map_err(err)?;
+        let mut new = 0;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -608,7 +609,7 @@ impl Store {
                 )
                 .map_err(err)?;
             for r in rows {
-                insert
+                new += insert
                     .execute(params![
                         r.id,
                         r.threshold_id,
@@ -627,7 +628,8 @@ impl Store {
             )
             .map_err(err)?;
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(new)
     }
 
     /// The field history of one threshold record, oldest first.

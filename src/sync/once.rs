@@ -1104,7 +1104,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     /// The CRM's field history of threshold records since the last run: who turned which knob
     /// from what to what. History objects have no `SystemModstamp`, so the cursor is the last
-    /// `CreatedDate` read, re-read with the look-back; rows seen again are ignored by id.
+    /// `CreatedDate` read, re-read with the look-back; rows seen again are ignored by id and
+    /// not counted as read.
     pub(super) async fn threshold_history(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         let object = history_object(&m.crm.threshold.object);
@@ -1119,7 +1120,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             "SELECT Id, ParentId, Field, OldValue, NewValue, CreatedDate, CreatedById FROM {object}{filter} ORDER BY CreatedDate, Id"
         );
         let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
-        let (mut read, mut last, mut count) = (0usize, since, 0u64);
+        let (mut read, mut last, mut count, mut new) = (0usize, since, 0u64, 0usize);
         while let Some(page) = pages.next_page().await? {
             count += 1;
             read += page.len();
@@ -1134,13 +1135,16 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
             }
             let cursor = last.map_or_else(String::new, |t| t.to_string());
-            self.store
+            new += self
+                .store
                 .record_threshold_history(&rows, (&name, &cursor), self.now)?;
             self.log_page(&object, page.len(), &cursor);
         }
         self.sf_min += (read as u64).div_ceil(2000).max(1);
         self.log_phase_done(read, count);
-        *self.summary.read.entry(object).or_default() += read;
+        // Rows new to the store only: the look-back reads the last rows again every time, and
+        // a daemon's thresholds source that counted them would never be idle.
+        *self.summary.read.entry(object).or_default() += new;
         Ok(())
     }
 

@@ -1451,3 +1451,27 @@ async fn a_run_killed_during_a_write_sends_again_only_that_calls_records() {
     assert!(app.calls("composite_update") >= 1, "the stamps went out");
     assert!(app.store.outbox_pending(10_000).unwrap().is_empty());
 }
+
+/// The threshold history is re-read with the look-back (history rows have no modstamp), but a
+/// row seen before is not read news: a daemon's thresholds source that counted it would poll
+/// at its interval for ever instead of backing off while idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_history_rows_read_again_are_not_counted_as_read() {
+    let mut app = spawn_app().await;
+    let first = app.run(now()).await;
+    assert!(
+        first
+            .read
+            .get("MQL_Threshold__History")
+            .is_some_and(|n| *n > 0),
+        "{:?}",
+        first.read
+    );
+    let again = app.run(now()).await;
+    assert_eq!(
+        again.read.get("MQL_Threshold__History"),
+        Some(&0),
+        "{:?}",
+        again.read
+    );
+}
