@@ -87,6 +87,10 @@ pub struct Person {
     /// Lead status (`Open - Not Contacted`, `Working - Contacted`, `Nurture`, `Rejected`,
     /// `Spam`); contacts carry the same values in a custom status field.
     pub status: String,
+    /// When a rep moved the person from `Open - Not Contacted` to `status` (the CRM's field
+    /// history has the row); `None` while the person is still Open. Most often some hours or
+    /// days after the person's last score change, as a rep working an MQL would.
+    pub status_changed_at: Option<Timestamp>,
     pub owner_id: String,
     pub behavior_score: i64,
     pub demographic_score: i64,
@@ -145,6 +149,9 @@ pub struct Threshold {
 
 /// Campaign touches a generated person gets at most (see [`World::generate_touching`]).
 pub const DEFAULT_TOUCHES: u32 = 10;
+
+/// The status a person has until a rep works them.
+pub const OPEN_STATUS: &str = "Open - Not Contacted";
 
 /// Everything generated.
 #[derive(Clone, Debug, Serialize)]
@@ -334,9 +341,9 @@ impl World {
                 }
             });
             let status = *[
-                "Open - Not Contacted",
-                "Open - Not Contacted",
-                "Open - Not Contacted",
+                OPEN_STATUS,
+                OPEN_STATUS,
+                OPEN_STATUS,
                 "Working - Contacted",
                 "Nurture",
                 "Nurture",
@@ -404,6 +411,17 @@ impl World {
                 .rev()
                 .find(|c| c.map_id == map_id)
                 .map_or(created, |c| c.at);
+            // Derived from the lead id, not drawn from `rng`: the rest of the world stays the
+            // world it was before status changes were dated.
+            let status_changed_at = (status != OPEN_STATUS).then(|| {
+                let after = SignedDuration::from_hours(1 + (map_id * 7_919).rem_euclid(240));
+                let changed = modified + after;
+                if changed < now {
+                    changed
+                } else {
+                    created + (now.duration_since(created) / 2)
+                }
+            });
             persons.push(Person {
                 map_id,
                 crm_kind: if is_contact {
@@ -425,6 +443,7 @@ impl World {
                 region,
                 vertical,
                 status: status.to_string(),
+                status_changed_at,
                 owner_id: owner,
                 behavior_score: behavior,
                 demographic_score: demographic,

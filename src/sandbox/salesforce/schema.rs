@@ -25,6 +25,22 @@ pub enum FieldType {
 }
 
 impl FieldType {
+    /// The `DataType` a field-history row gives a change of a field of this type.
+    pub fn history_data_type(self) -> &'static str {
+        match self {
+            FieldType::Picklist => "DynamicEnum",
+            FieldType::Reference | FieldType::Id => "EntityId",
+            FieldType::Boolean => "Boolean",
+            FieldType::Double => "Double",
+            FieldType::Currency => "Currency",
+            FieldType::Date => "Date",
+            FieldType::DateTime => "DateTime",
+            FieldType::Email => "Email",
+            FieldType::TextArea => "TextArea",
+            FieldType::String | FieldType::AnyType => "Text",
+        }
+    }
+
     pub fn describe_name(self) -> &'static str {
         match self {
             FieldType::Id => "id",
@@ -128,7 +144,23 @@ impl ObjectSchema {
     }
 
     pub fn is_history(&self) -> bool {
-        self.name.ends_with("__History")
+        is_history_name(self.name)
+    }
+}
+
+/// A field-history object: `…__History` of a custom object, `LeadHistory` and `ContactHistory`
+/// of the standard ones.
+fn is_history_name(name: &str) -> bool {
+    name.ends_with("__History") || matches!(name, "LeadHistory" | "ContactHistory")
+}
+
+/// The field of a history row that names the record it belongs to: `ParentId` on a custom
+/// object's history, `LeadId` and `ContactId` on the standard objects' (the vendor's names).
+pub fn history_parent_field(history: &str) -> &'static str {
+    match history {
+        "LeadHistory" => "LeadId",
+        "ContactHistory" => "ContactId",
+        _ => "ParentId",
     }
 }
 
@@ -286,20 +318,22 @@ fn build() -> Schema {
             key_prefix: "00Q",
             fields: lead,
             required: &["LastName", "Company"],
-            tracked: &[],
+            // The org tracks the status (a backfill reads when each lead was accepted or
+            // sent back to nurture before mqlsync) and the owner.
+            tracked: &["Status", "OwnerId"],
             external_ids: &[],
             auto_number_name: false,
-            history_object: None,
+            history_object: Some("LeadHistory"),
         },
         ObjectDef {
             name: "Contact",
             key_prefix: "003",
             fields: contact,
             required: &["LastName"],
-            tracked: &[],
+            tracked: &["Contact_Status__c", "OwnerId"],
             external_ids: &[],
             auto_number_name: false,
-            history_object: None,
+            history_object: Some("ContactHistory"),
         },
         ObjectDef {
             name: "Task",
@@ -459,7 +493,7 @@ fn object(
         name,
         key_prefix,
         custom: name.ends_with("__c"),
-        createable: !name.ends_with("__History"),
+        createable: !is_history_name(name),
         fields,
         required,
         history_object,
@@ -502,15 +536,12 @@ fn history_schema(name: &'static str, parent: &'static str) -> ObjectSchema {
     let mut fields = vec![
         read_only("Id", FieldType::Id, None),
         read_only(
-            "ParentId",
+            history_parent_field(name),
             FieldType::Reference,
-            Some(if parent == "MQL__c" {
-                "MQL__c"
-            } else {
-                "MQL_Threshold__c"
-            }),
+            Some(parent),
         ),
         read_only("Field", FieldType::Picklist, None),
+        read_only("DataType", FieldType::Picklist, None),
         read_only("OldValue", FieldType::AnyType, None),
         read_only("NewValue", FieldType::AnyType, None),
     ];

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use super::schema::{FieldType, ObjectSchema, SCHEMA};
+use super::schema::{FieldType, ObjectSchema, SCHEMA, history_parent_field};
 use crate::sandbox::world::{CrmKind, World, salesforce_id};
 
 /// The user every API write is attributed to (the integration user).
@@ -98,6 +98,7 @@ pub struct Table {
 /// One change of a tracked field, waiting to become a history row.
 struct Tracked {
     field: &'static str,
+    data_type: &'static str,
     old: Value,
     new: Value,
 }
@@ -212,7 +213,8 @@ impl Store {
                     "Contact"
                 }
             };
-            seed(object, id, p.created_at, p.created_at, &admin, fields);
+            let modified = p.status_changed_at.unwrap_or(p.created_at);
+            seed(object, id, p.created_at, modified, &admin, fields);
         }
         for th in &world.thresholds {
             seed(
@@ -231,6 +233,23 @@ impl Store {
         let thresholds = SCHEMA.object("MQL_Threshold__c").expect("schema");
         for th in &world.thresholds {
             store.history_created(thresholds, &th.id, th.created_at, &th.set_by);
+        }
+        // The status history of the people a rep has worked (the org tracks it).
+        for p in &world.people {
+            let (Some(id), Some(at)) = (&p.crm_id, p.status_changed_at) else {
+                continue;
+            };
+            let (history, field) = match p.crm_kind {
+                CrmKind::Lead => ("LeadHistory", "Status"),
+                CrmKind::Contact => ("ContactHistory", "Contact_Status__c"),
+            };
+            let change = Tracked {
+                field,
+                data_type: FieldType::Picklist.history_data_type(),
+                old: json!(crate::sandbox::world::OPEN_STATUS),
+                new: json!(p.status),
+            };
+            store.history_row(history, id, change, at, &p.owner_id);
         }
         store
     }
@@ -304,14 +323,33 @@ impl Store {
     /// The `created` row the vendor writes to a tracked object's history on insert.
     fn history_created(&mut self, schema: &ObjectSchema, id: &str, at: Timestamp, by: &str) {
         if let Some(history) = schema.history_object {
-            let history = SCHEMA.object(history).expect("history schema");
-            let mut row = Map::new();
-            row.insert("ParentId".into(), json!(id));
-            row.insert("Field".into(), json!("created"));
-            row.insert("OldValue".into(), Value::Null);
-            row.insert("NewValue".into(), Value::Null);
-            self.insert(history, row, at, by);
+            let change = Tracked {
+                field: "created",
+                data_type: "Text",
+                old: Value::Null,
+                new: Value::Null,
+            };
+            self.history_row(history, id, change, at, by);
         }
+    }
+
+    /// One field-history row of record `id`, dated `at`.
+    fn history_row(
+        &mut self,
+        history: &'static str,
+        id: &str,
+        change: Tracked,
+        at: Timestamp,
+        by: &str,
+    ) {
+        let schema = SCHEMA.object(history).expect("history schema");
+        let mut row = Map::new();
+        row.insert(history_parent_field(history).into(), json!(id));
+        row.insert("Field".into(), json!(change.field));
+        row.insert("DataType".into(), json!(change.data_type));
+        row.insert("OldValue".into(), change.old);
+        row.insert("NewValue".into(), change.new);
+        self.insert(schema, row, at, by);
     }
 
     /// Applies normalized field changes to a live record, bumps its modstamps and writes
@@ -343,6 +381,7 @@ impl Store {
                 if let Some(f) = schema.field(&name).filter(|f| f.history) {
                     tracked.push(Tracked {
                         field: f.name,
+                        data_type: f.ty.history_data_type(),
                         old: old.clone(),
                         new: value.clone(),
                     });
@@ -360,14 +399,8 @@ impl Store {
         let new_fields = record.fields.clone();
         table.index(id, &new_fields);
         if let Some(history) = schema.history_object {
-            let history = SCHEMA.object(history).expect("history schema");
             for change in tracked {
-                let mut row = Map::new();
-                row.insert("ParentId".into(), json!(id));
-                row.insert("Field".into(), json!(change.field));
-                row.insert("OldValue".into(), change.old);
-                row.insert("NewValue".into(), change.new);
-                self.insert(history, row, now, by);
+                self.history_row(history, id, change, now, by);
             }
         }
         Ok(changed)
