@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::engine::model::{AlertChannel, Outcome};
-use crate::engine::policy::{AttributeRule, OutcomePolicy, Policy, Rules, ScoreSource, Team};
+use crate::engine::policy::{
+    AttributeRule, HistoricStatus, OutcomePolicy, Policy, Rules, ScoreSource, Team,
+};
 use crate::engine::sla::{BusinessCalendar, WeekdayKey};
 
 /// The default mapping, embedded so that `mqlsync` runs with no file at hand.
@@ -213,6 +215,12 @@ pub struct RulesSection {
 pub struct StatusesSection {
     pub mql: String,
     pub sal: Option<String>,
+    /// What a person's CRM status meant before mqlsync, for a backfill that reads the status
+    /// history (`LeadHistory`, `ContactHistory`): status -> `accepted` (a rep took the MQL: its
+    /// SAL date) or a rejection reason of `[outcomes.reasons]` (the cycle closed as Rejected
+    /// with it). Statuses not named change no cycle. Default: the `sal` status is `accepted`.
+    #[serde(default)]
+    pub history: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -571,11 +579,35 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
             },
         );
     }
+    let mut status_history = BTreeMap::new();
+    if let Some(sal) = &mapping.statuses.sal {
+        status_history.insert(sal.clone(), HistoricStatus::Accepted);
+    }
+    for (status, meaning) in &mapping.statuses.history {
+        let value = meaning.get_ref().as_str();
+        let read = if value == "accepted" {
+            HistoricStatus::Accepted
+        } else if rejection_outcomes.contains_key(value) {
+            HistoricStatus::Rejected {
+                reason: value.to_string(),
+            }
+        } else {
+            return Err(ctx.err(
+                meaning.span(),
+                &format!("statuses.history.{status:?}"),
+                format!(
+                    "{value:?} is neither \"accepted\" nor a rejection reason of [outcomes.reasons]"
+                ),
+            ));
+        };
+        status_history.insert(status.clone(), read);
+    }
     let mut teams = Vec::new();
     for (i, t) in mapping.teams.iter().enumerate() {
         teams.push(build_team(mapping, ctx, i, t)?);
     }
     Ok(Policy {
+        status_history,
         score,
         default_threshold,
         rules,
@@ -820,6 +852,33 @@ mod tests {
 
         let e = broken("\"Bad Timing\" = \"Not now\"", "\"Bad Timing\" = \"Later\"");
         assert!(e.message.contains("Not me"), "{e}");
+
+        let e = broken("\"Spam\" = \"Spam\"", "\"Spam\" = \"Junk\"");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("statuses.history.\"Spam\"", line_of("\"Spam\" = \"Spam\""))
+        );
+        assert!(
+            e.message.contains("Junk") && e.message.contains("accepted"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_status_history_means_accepted_or_a_rejection_reason() {
+        let policy = load(None).unwrap().policy;
+        assert_eq!(
+            policy.status_history.get("Sales Accepted"),
+            Some(&HistoricStatus::Accepted),
+            "the SAL status is accepted"
+        );
+        assert_eq!(
+            policy.status_history.get("Nurture"),
+            Some(&HistoricStatus::Rejected {
+                reason: "Not Interested Now".into()
+            })
+        );
+        assert_eq!(policy.status_history.get("Open - Not Contacted"), None);
     }
 
     /// Issue 11, point 4: a team's pool error points at the `pool` line, not the time zone's.

@@ -452,6 +452,14 @@ pub enum Reason {
         to: CycleStatus,
         by: Option<String>,
     },
+    /// A backfill read, in the CRM's status history, that the person's status became
+    /// `status` (what the mapping's `[statuses.history]` says it meant) while this rebuilt
+    /// cycle was open.
+    HistoricStatus {
+        status: String,
+        from: CycleStatus,
+        to: CycleStatus,
+    },
     /// A rep changed the owner of the MQL record.
     OwnerChanged {
         to: Option<String>,
@@ -601,6 +609,12 @@ impl std::fmt::Display for Reason {
                     None => Ok(()),
                 }
             }
+            Reason::HistoricStatus { status, from, to } => write!(
+                f,
+                "status changed from {} to {}: the CRM's status history has {status:?} then",
+                from.as_str(),
+                to.as_str()
+            ),
             Reason::OwnerChanged { to } => match to {
                 Some(to) => write!(f, "owner changed to {to}"),
                 None => f.write_str("owner removed"),

@@ -94,6 +94,15 @@ impl Team {
     }
 }
 
+/// What a status in a person's CRM history says about the MQL cycle open then.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HistoricStatus {
+    /// A rep accepted the MQL: the cycle is Working from then (its SAL date).
+    Accepted,
+    /// A rep sent the person back: the cycle is Rejected then, with this rejection reason.
+    Rejected { reason: String },
+}
+
 /// Everything the engine needs to decide.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -106,6 +115,9 @@ pub struct Policy {
     /// Status stamped on the person at MQL ("Marketing Qualified") and at acceptance.
     pub mql_status: String,
     pub sal_status: Option<String>,
+    /// What a person's CRM status meant before mqlsync: a backfill replays the CRM's status
+    /// history onto the cycles it rebuilds (their SAL and closed dates).
+    pub status_history: BTreeMap<String, HistoricStatus>,
     pub teams: Vec<Team>,
 }
 
@@ -190,6 +202,19 @@ impl Policy {
             .collect(),
             mql_status: "Marketing Qualified".into(),
             sal_status: Some("Sales Accepted".into()),
+            status_history: [
+                ("Sales Accepted", HistoricStatus::Accepted),
+                ("Working - Contacted", HistoricStatus::Accepted),
+                (
+                    "Nurture",
+                    HistoricStatus::Rejected {
+                        reason: "Bad Timing".into(),
+                    },
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             teams: vec![Team {
                 name: "SDR".into(),
                 matches: BTreeMap::new(),

@@ -19,7 +19,7 @@ use super::model::{
     MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
     Trigger, cycle_external_id,
 };
-use super::policy::{Policy, ScoreSource, SlaClock};
+use super::policy::{HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::{MaybeInstant, Scores};
 use super::state::{EngineState, Gate, MapLeadState, PersonState, Timer};
@@ -214,6 +214,7 @@ fn on_person(
         return;
     }
     let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
+    let old_status = person.facts.as_ref().and_then(|f| f.status.clone());
     person.facts = Some(Box::new(facts.clone()));
     person.resolved = None;
     person.cached_generation = 0;
@@ -238,7 +239,76 @@ fn on_person(
         convert(state, &id, at, "lead conversion", out);
         return;
     }
+    if ctx.backfill
+        && let Some(status) = &facts.status
+        && old_status.as_ref() != Some(status)
+    {
+        historic_status(state, ctx, &id, status, at, out);
+    }
     evaluate_at(state, ctx, slot, at, &|| Trigger::PersonChange, None, out);
+}
+
+/// A backfill replays a person's CRM status history onto the cycle it rebuilt: a status the
+/// mapping says meant "accepted" makes an Open cycle Working (its SAL date, stamped on the
+/// person), one that meant a rejection reason closes the cycle as Rejected with it, and the
+/// reason's outcome starts its cool-down, as a rep's edit of the MQL record would have. The
+/// person's status itself is not stamped: the CRM holds it already.
+fn historic_status(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    id: &str,
+    status: &str,
+    at: Timestamp,
+    out: &mut Vec<Decision>,
+) {
+    let policy = ctx.policy;
+    let Some(meaning) = policy.status_history.get(status) else {
+        return;
+    };
+    let Some(person) = state.persons.get_mut(id) else {
+        return;
+    };
+    let Some(cycle) = person
+        .cycles
+        .last_mut()
+        .filter(|c| c.backfilled && c.status.is_open() && c.mql_at <= at)
+    else {
+        return;
+    };
+    let from = cycle.status;
+    let stamped = match meaning {
+        HistoricStatus::Accepted if from == CycleStatus::Open => {
+            cycle.status = CycleStatus::Working;
+            cycle.sal_at = Some(at);
+            person.stamps.sal_recent = Some(at);
+            person.stamps.sal_original.get_or_insert(at);
+            true
+        }
+        HistoricStatus::Accepted => return,
+        HistoricStatus::Rejected { reason } => {
+            let outcome = policy.outcome_of(reason);
+            cycle.status = CycleStatus::Rejected;
+            cycle.rejection_reason = Some(reason.clone());
+            cycle.outcome = outcome;
+            cycle.closed_at = Some(at);
+            if let Some((o, p)) = outcome.and_then(|o| policy.outcomes.get(&o).map(|p| (o, p)))
+                && p.cooldown.is_positive()
+            {
+                person.cooldown = Some(Box::new((at + p.cooldown, o)));
+            }
+            false
+        }
+    };
+    let cycle = cycle.clone();
+    let reason = Reason::HistoricStatus {
+        status: status.to_string(),
+        from,
+        to: cycle.status,
+    };
+    push_update(state, out, at, id, cycle, reason.clone());
+    if stamped {
+        push_stamps(state, out, at, id, reason);
+    }
 }
 
 fn on_opportunity(
@@ -829,7 +899,10 @@ fn open_cycle(
     person.cycles.reserve_exact(1);
     person.cycles.push(cycle.clone());
     let stamps: &mut Stamps = &mut person.stamps;
-    stamps.status = Some(policy.mql_status.as_str().into());
+    // A cycle rebuilt from history leaves the person's status as the CRM holds it today.
+    if !ctx.backfill {
+        stamps.status = Some(policy.mql_status.as_str().into());
+    }
     stamps.mql_recent = Some(at);
     // The org's own earlier MQL date, when the CRM kept one before mqlsync, stays original.
     let first = *stamps.mql_original.get_or_insert(at);

@@ -775,6 +775,88 @@ fn a_backfilled_cycle_gets_no_sla_and_no_alert_whether_seen_at_once_or_when_writ
     }
 }
 
+/// A person's facts at `when` with this CRM status (a version a backfill rebuilds from the
+/// CRM's status history).
+fn with_status(id: &str, status: &str, when: Timestamp) -> Event {
+    let mut p = person(id, "NA", when);
+    p.status = Some(status.into());
+    Event::Person(p)
+}
+
+#[test]
+fn a_backfill_replays_the_status_history_onto_its_cycles_sal_and_closed_dates() {
+    let mut h = Harness {
+        backfill: true,
+        ..Harness::new()
+    };
+    h.lead("00QA", 1);
+    h.lead("00QB", 2);
+    h.apply(score(1, "a1", 150.0, at(10), None));
+    h.apply(score(2, "b1", 150.0, at(10), None));
+    // A status nobody mapped changes no cycle; an accepted one dates the SAL.
+    h.apply(with_status("00QA", "Open - Contacted Once", at(20)));
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Open);
+    let out = h.apply(with_status("00QA", "Working - Contacted", at(30)));
+    let a = &h.cycles("00QA")[0];
+    assert_eq!((a.status, a.sal_at), (CycleStatus::Working, Some(at(30))));
+    let stamps = &h.state.persons["00QA"].stamps;
+    assert_eq!(
+        (stamps.sal_original, stamps.sal_recent),
+        (Some(at(30)), Some(at(30)))
+    );
+    assert_eq!(stamps.status, None, "the CRM's status is not overwritten");
+    assert!(out.iter().any(|d| matches!(
+        &d.reason,
+        Reason::HistoricStatus { status, to: CycleStatus::Working, .. } if status == "Working - Contacted"
+    )));
+    // Then back to nurture: Rejected with the mapped reason, closed then, cooling down.
+    h.apply(with_status("00QA", "Nurture", at(40)));
+    let a = &h.cycles("00QA")[0];
+    assert_eq!(
+        (
+            a.status,
+            a.rejection_reason.as_deref(),
+            a.outcome,
+            a.closed_at
+        ),
+        (
+            CycleStatus::Rejected,
+            Some("Bad Timing"),
+            Some(Outcome::NotNow),
+            Some(at(40))
+        )
+    );
+    assert_eq!(a.sal_at, Some(at(30)), "the SAL date stays");
+    let out = h.apply(score(1, "a2", 160.0, at(50), None));
+    assert!(opened(&out).is_empty(), "cooling down after Not now");
+    // Straight from Open to nurture: Rejected, never accepted.
+    h.apply(with_status("00QB", "Nurture", at(25)));
+    let b = &h.cycles("00QB")[0];
+    assert_eq!(
+        (b.status, b.sal_at, b.closed_at),
+        (CycleStatus::Rejected, None, Some(at(25)))
+    );
+}
+
+#[test]
+fn status_history_changes_no_live_cycle_and_no_status_before_the_mql() {
+    // Live: reps work the MQL record, not the person's status.
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "a1", 150.0, at(10), None));
+    h.apply(with_status("00QA", "Working - Contacted", at(30)));
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Open);
+    // Backfill: a status the person had before the MQL is not about that cycle.
+    let mut h = Harness {
+        backfill: true,
+        ..Harness::new()
+    };
+    h.lead("00QA", 1);
+    h.apply(with_status("00QA", "Working - Contacted", at(5)));
+    h.apply(score(1, "a1", 150.0, at(10), None));
+    assert_eq!(h.cycles("00QA")[0].status, CycleStatus::Open);
+}
+
 #[test]
 fn a_cycle_seen_at_its_decision_keeps_its_sla_when_its_record_is_written() {
     let mut h = Harness::new();

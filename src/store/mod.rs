@@ -999,6 +999,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::OpenCycle { .. } => "open_cycle",
         Reason::CoolingDown { .. } => "cooling_down",
         Reason::StatusChanged { .. } => "status_changed",
+        Reason::HistoricStatus { .. } => "historic_status",
         Reason::OwnerChanged { .. } => "owner_changed",
         Reason::Converted { .. } => "converted",
         Reason::SlaOverdue { .. } => "sla_overdue",

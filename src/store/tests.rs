@@ -581,6 +581,11 @@ fn the_audit_reason_code_is_the_code_the_reason_json_carries() {
             to: CycleStatus::Working,
             by: None,
         },
+        Reason::HistoricStatus {
+            status: "Working - Contacted".into(),
+            from: CycleStatus::Open,
+            to: CycleStatus::Working,
+        },
         Reason::OwnerChanged { to: None },
         Reason::Converted { by: String::new() },
         Reason::SlaOverdue { due: t0 },

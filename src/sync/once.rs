@@ -386,9 +386,23 @@ fn alert_lookups(object: &str, key_field: &str, keys: &[&str]) -> Vec<String> {
     queries
 }
 
-/// The field-history object of a custom object (`MQL_Threshold__c` -> `MQL_Threshold__History`).
+/// The field-history object of an object: `MQL_Threshold__c` -> `MQL_Threshold__History`, and
+/// for a standard object `Lead` -> `LeadHistory`.
 pub(super) fn history_object(object: &str) -> String {
-    format!("{}__History", object.strip_suffix("__c").unwrap_or(object))
+    match object.strip_suffix("__c") {
+        Some(custom) => format!("{custom}__History"),
+        None => format!("{object}History"),
+    }
+}
+
+/// The field of a history row that names its record: `ParentId` on a custom object's history,
+/// `LeadId` on `LeadHistory`, `ContactId` on `ContactHistory`.
+pub(super) fn history_parent_field(object: &str) -> String {
+    if object.ends_with("__c") {
+        "ParentId".into()
+    } else {
+        format!("{object}Id")
+    }
 }
 
 /// Which Change Score activities a run reads.
@@ -913,7 +927,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Leads and contacts since their cursors.
-    async fn read_persons(&mut self) -> Result<(), SyncError> {
+    pub(super) async fn read_persons(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
@@ -945,7 +959,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Reps' edits of MQL records since their cursor.
-    async fn read_mql_edits(&mut self) -> Result<(), SyncError> {
+    pub(super) async fn read_mql_edits(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         let object = m.crm.mql.object.clone();
         let fields = records::mql_fields(m);

@@ -14,18 +14,22 @@
 //! A backfill rebuilds what came before go-live: on a store that has gone live it stops (the
 //! cycles it would make could not take their place before the live ones).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::connectors::{Crm, Map, Priority, QueryPages};
-use crate::engine::model::{Event, Opportunity};
+use crate::connectors::salesforce::IncrementalRead;
+use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
+use crate::connectors::{ConnectorError, Crm, Map, Priority, QueryPages};
+use crate::engine::model::{CrmKind, Event, Opportunity, PersonFacts, Text};
 use crate::store::ThresholdFieldChange;
 
 use super::current;
-use super::once::{ActivityRead, BackfillWindow, Run, SyncError, history_object, phase};
+use super::once::{
+    ActivityRead, BackfillWindow, Run, SyncError, history_object, history_parent_field, phase,
+};
 use super::records;
 
 /// Where the store keeps a backfill's window and whether it is complete.
@@ -89,12 +93,13 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 CURSOR.into(),
                 serde_json::to_string(&started).expect("cursors serialise"),
             ));
-            self.read_people(false).await?;
+            let people = self.people_timeline(window).await?;
             let mut timeline: Vec<Event> = self
                 .threshold_timeline(window, &mut report.unreadable_history)
                 .instrument(phase("threshold history"))
                 .await?
                 .into();
+            timeline.extend(people);
             timeline.extend(
                 self.opportunity_timeline(window)
                     .instrument(phase("opportunities"))
@@ -147,6 +152,146 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         }
         self.summary.backfill = Some(report);
         self.drain_outbox().instrument(phase("writes")).await
+    }
+
+    /// The people as they stood over time. Each lead and contact is read whole (not since a
+    /// cursor: a restarted backfill rebuilds the versions) and committed as it stood when the
+    /// window starts; the versions after that (one per change of its status in the CRM's
+    /// status history, then today's) are returned for the timeline. The live cursors of the
+    /// people are set once read; the reps' MQL edits are read as a run reads them.
+    async fn people_timeline(&mut self, window: &BackfillWindow) -> Result<Vec<Event>, SyncError> {
+        let m = self.mapping;
+        let mut later = Vec::new();
+        for kind in [CrmKind::Lead, CrmKind::Contact] {
+            let (object, status) = match kind {
+                CrmKind::Lead => (m.crm.lead.object.clone(), m.crm.lead.status.clone()),
+                CrmKind::Contact => (m.crm.contact.object.clone(), m.crm.contact.status.clone()),
+            };
+            let changes = self
+                .status_history(&object, &status, window.since)
+                .instrument(phase(&history_object(&object)))
+                .await?;
+            self.person_versions(kind, &object, &changes, window.since, &mut later)
+                .instrument(phase(&object))
+                .await?;
+        }
+        self.read_mql_edits().await?;
+        Ok(later)
+    }
+
+    /// Every lead or contact, committed as it stood at `since`; its later versions go to `later`.
+    async fn person_versions(
+        &mut self,
+        kind: CrmKind,
+        object: &str,
+        changes: &StatusChanges,
+        since: Timestamp,
+        later: &mut Vec<Event>,
+    ) -> Result<(), SyncError> {
+        let fields = records::person_fields(self.mapping, kind);
+        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let mut reader = IncrementalRead::new(
+            self.crm.clone(),
+            object,
+            &field_refs,
+            ModstampCursor::default(),
+            self.settings.lookback,
+            None,
+            false,
+        )?;
+        let (mut read, mut pages, mut last) = (0usize, 0u64, None);
+        while let Some(page) = reader.next_page().await? {
+            pages += 1;
+            read += page.records.len();
+            let mut events = Vec::with_capacity(page.records.len());
+            for r in &page.records {
+                match records::person(self.mapping, kind, r) {
+                    Ok(facts) => {
+                        let history = changes.get(facts.crm.id.as_str()).map(Vec::as_slice);
+                        let (start, versions) = versions_over_time(facts, history, since);
+                        events.push(Event::Person(start));
+                        later.extend(versions.into_iter().map(Event::Person));
+                    }
+                    Err(e) => self.unreadable(e),
+                }
+            }
+            let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
+            self.commit(events, (PEOPLE_CURSOR.into(), cursor.clone()))?;
+            self.log_page(object, page.records.len(), &cursor);
+            last = Some(cursor);
+        }
+        self.sf_min += (read as u64).div_ceil(2000).max(1);
+        self.log_phase_done(read, pages);
+        *self.summary.read.entry(object.to_string()).or_default() += read;
+        if let Some(cursor) = last {
+            self.later_cursors.push((format!("crm.{object}"), cursor));
+        }
+        Ok(())
+    }
+
+    /// The changes of the people's status field since `since`, by person, oldest first, from
+    /// the object's field history (`LeadHistory`, `ContactHistory`). An org that keeps no
+    /// history of the object has none: its backfilled cycles then get no SAL or rejection
+    /// date from it, and a warning says so.
+    async fn status_history(
+        &mut self,
+        object: &str,
+        status: &str,
+        since: Timestamp,
+    ) -> Result<StatusChanges, SyncError> {
+        let history = history_object(object);
+        let parent = history_parent_field(object);
+        let field = soql::quote(status);
+        let soql = format!(
+            "SELECT Id, {parent}, Field, OldValue, NewValue, CreatedDate FROM {history} WHERE Field = {field} AND CreatedDate >= {} ORDER BY CreatedDate, Id",
+            datetime_literal(since)
+        );
+        let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
+        let mut changes = StatusChanges::new();
+        let (mut read, mut count) = (0usize, 0u64);
+        loop {
+            let page = match pages.next_page().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(ConnectorError::Request { code, message, .. })
+                    if code == "INVALID_TYPE" && count == 0 =>
+                {
+                    tracing::warn!(
+                        object = history,
+                        %message,
+                        "the CRM keeps no field history of {object}: backfilled cycles of its records get no SAL or rejection date from their status"
+                    );
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            count += 1;
+            read += page.len();
+            for r in &page {
+                let text = |f: &str| r.get(f).and_then(|v| v.as_str()).map(str::to_string);
+                let at = text("CreatedDate")
+                    .as_deref()
+                    .and_then(records::parse_datetime);
+                match (text(&parent), at) {
+                    (Some(id), Some(at)) => changes.entry(id).or_default().push(StatusChange {
+                        at,
+                        old: text("OldValue"),
+                        new: text("NewValue"),
+                    }),
+                    _ => self.unreadable(records::RecordError {
+                        object: history.clone(),
+                        id: text("Id").unwrap_or_default(),
+                        field: format!("{parent}, CreatedDate"),
+                        message: "a history row without its record or date".into(),
+                    }),
+                }
+            }
+            self.log_page(&history, page.len(), "");
+        }
+        self.sf_min += (read as u64).div_ceil(2000).max(1);
+        self.log_phase_done(read, count);
+        *self.summary.read.entry(history).or_default() += read;
+        Ok(changes)
     }
 
     /// The opportunities as they stood over time: each as it was created (open), as it closed
@@ -250,6 +395,56 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         versions.sort_by_key(Event::at);
         Ok(versions.into())
     }
+}
+
+/// Where a backfill's read of the people has got to (informative: a restarted backfill reads
+/// them whole again).
+const PEOPLE_CURSOR: &str = "backfill.people";
+
+/// One change of a person's status, from the CRM's field history.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct StatusChange {
+    pub at: Timestamp,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// Status changes by CRM id, oldest first.
+type StatusChanges = HashMap<String, Vec<StatusChange>>;
+
+/// One person's facts over a replay starting at `since`, from today's facts and the changes of
+/// their status since `since` (oldest first): the version to hold from the start (its status
+/// the one the first change replaced, dated just before `since`), then a version per change at
+/// its instant, then today's facts when the record changed after the last change. Without
+/// changes, today's facts are the only version. Only the status varies: the other fields are
+/// today's.
+fn versions_over_time(
+    current: PersonFacts,
+    changes: Option<&[StatusChange]>,
+    since: Timestamp,
+) -> (PersonFacts, Vec<PersonFacts>) {
+    let Some((first, rest)) = changes.and_then(<[StatusChange]>::split_first) else {
+        return (current, Vec::new());
+    };
+    let with = |status: &Option<String>, at: Timestamp| {
+        let mut v = current.clone();
+        v.status = status.as_deref().map(Text::from);
+        v.modified_at = at;
+        v
+    };
+    let start = with(
+        &first.old,
+        since.min(first.at) - SignedDuration::from_millis(1),
+    );
+    let mut versions: Vec<PersonFacts> = std::iter::once(first)
+        .chain(rest)
+        .map(|c| with(&c.new, c.at))
+        .collect();
+    let last = rest.last().unwrap_or(first).at;
+    if current.modified_at > last {
+        versions.push(current);
+    }
+    (start, versions)
 }
 
 /// One opportunity's versions for a replay starting at `since`: open from its creation (or from

@@ -1475,3 +1475,108 @@ async fn threshold_history_rows_read_again_are_not_counted_as_read() {
         again.read
     );
 }
+
+/// Issue 12, point 4: a backfilled cycle carries its historical SAL and closed dates. The
+/// sandbox's org tracks the people's status; a rep moved each worked person off Open some hours
+/// or days after their last score change. The backfill reads that history: a cycle whose
+/// person went to Working - Contacted (accepted, by the mapping's `[statuses.history]`) is
+/// Working from then, its record and the person carry that SAL date; one whose person went to
+/// Nurture is Rejected then with the mapped reason. The people's own status is left as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_dates_acceptance_and_rejection_from_the_crms_status_history() {
+    let mut app = spawn_app_limits(1_000, "", false).await;
+    let statuses = |rows: Vec<Map<String, Value>>, field: &str| {
+        rows.into_iter()
+            .map(|r| (r["Id"].as_str().unwrap().to_string(), r[field].clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let leads_before = statuses(app.query("SELECT Id, Status FROM Lead").await, "Status");
+    let contacts_before = statuses(
+        app.query("SELECT Id, Contact_Status__c FROM Contact").await,
+        "Contact_Status__c",
+    );
+    app.try_run_with(now(), &backfill_settings(&app, 100_000))
+        .await
+        .unwrap();
+
+    let mut changed = std::collections::BTreeMap::new();
+    for (object, parent, field) in [
+        ("LeadHistory", "LeadId", "Status"),
+        ("ContactHistory", "ContactId", "Contact_Status__c"),
+    ] {
+        for r in app
+            .query(&format!(
+                "SELECT {parent}, NewValue, CreatedDate FROM {object} WHERE Field = '{field}'"
+            ))
+            .await
+        {
+            changed.insert(
+                r[parent].as_str().unwrap().to_string(),
+                (
+                    r["NewValue"].as_str().unwrap().to_string(),
+                    instant(&r["CreatedDate"]).unwrap(),
+                ),
+            );
+        }
+    }
+    let (mut working, mut rejected) = (0, 0);
+    for c in app.store.cycles().unwrap() {
+        let record = &app
+            .query(&format!(
+                "SELECT Status__c, SAL_Date__c, Closed_Date__c, Rejection_Reason__c FROM MQL__c WHERE External_Id__c = '{}'",
+                c.external_id
+            ))
+            .await[0];
+        assert_eq!(record["Status__c"], json!(c.status.as_str()), "{c:?}");
+        let change = changed
+            .get(c.crm.id.as_str())
+            .filter(|(_, at)| *at >= c.mql_at);
+        match c.status {
+            CycleStatus::Working => {
+                working += 1;
+                let (status, at) = change.expect("accepted by a status change");
+                assert_eq!(status, "Working - Contacted", "{c:?}");
+                assert_eq!(c.sal_at, Some(*at), "{c:?}");
+                assert_eq!(instant(&record["SAL_Date__c"]), Some(*at));
+            }
+            CycleStatus::Rejected => {
+                rejected += 1;
+                let (status, at) = change.expect("rejected by a status change");
+                let reason = match status.as_str() {
+                    "Nurture" => "Not Interested Now",
+                    "Rejected" => "Bad Data",
+                    "Spam" => "Spam",
+                    other => panic!("{other} rejects nothing: {c:?}"),
+                };
+                assert_eq!(
+                    (c.closed_at, c.rejection_reason.as_deref()),
+                    (Some(*at), Some(reason)),
+                    "{c:?}"
+                );
+                assert_eq!(instant(&record["Closed_Date__c"]), Some(*at));
+                assert_eq!(record["Rejection_Reason__c"], json!(reason));
+            }
+            CycleStatus::Open => assert!(
+                change.is_none() || c.number > 1,
+                "an Open cycle whose person was worked after it: {c:?} {change:?}"
+            ),
+            CycleStatus::Converted => {}
+        }
+    }
+    assert!(
+        working > 0 && rejected > 0,
+        "{working} working, {rejected} rejected"
+    );
+    assert_eq!(
+        statuses(app.query("SELECT Id, Status FROM Lead").await, "Status"),
+        leads_before,
+        "the leads' status as the CRM had it"
+    );
+    assert_eq!(
+        statuses(
+            app.query("SELECT Id, Contact_Status__c FROM Contact").await,
+            "Contact_Status__c"
+        ),
+        contacts_before
+    );
+}
