@@ -507,6 +507,65 @@ mod tests {
             .collect()
     }
 
+    fn lead(status: &str, modified: &str) -> PersonFacts {
+        PersonFacts {
+            crm: crate::engine::model::CrmRef {
+                kind: CrmKind::Lead,
+                id: "00QA".into(),
+            },
+            status: Some(status.into()),
+            owner_id: None,
+            title: Some("CTO".into()),
+            account_id: None,
+            converted: false,
+            attributes: Default::default(),
+            prior_mql_at: None,
+            modified_at: ts(modified),
+        }
+    }
+
+    fn change(at: &str, old: &str, new: &str) -> StatusChange {
+        StatusChange {
+            at: ts(at),
+            old: Some(old.into()),
+            new: Some(new.into()),
+        }
+    }
+
+    fn statuses(versions: &[PersonFacts]) -> Vec<(Timestamp, &str)> {
+        versions
+            .iter()
+            .map(|v| (v.modified_at, v.status.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    #[test]
+    fn a_person_stands_as_before_the_first_change_then_as_each_change_made_them() {
+        let since = ts("2026-01-01T00:00:00Z");
+        let today = lead("Nurture", "2026-09-01T10:00:00Z");
+        let changes = [
+            change("2026-03-01T10:00:00Z", "Open", "Working - Contacted"),
+            change("2026-05-01T10:00:00Z", "Working - Contacted", "Nurture"),
+        ];
+        let (start, later) = versions_over_time(today.clone(), Some(&changes), since);
+        assert_eq!(
+            statuses(&[start]),
+            [(since - SignedDuration::from_millis(1), "Open")]
+        );
+        assert_eq!(
+            statuses(&later),
+            [
+                (ts("2026-03-01T10:00:00Z"), "Working - Contacted"),
+                (ts("2026-05-01T10:00:00Z"), "Nurture"),
+                (ts("2026-09-01T10:00:00Z"), "Nurture"),
+            ]
+        );
+        assert_eq!(later.last(), Some(&today), "today's facts last");
+        // No change since the window's start: today's facts only.
+        let (start, later) = versions_over_time(today.clone(), None, since);
+        assert_eq!((start, later.len()), (today, 0));
+    }
+
     #[test]
     fn an_opportunity_is_open_from_its_creation_and_closed_from_its_close_date() {
         let since = ts("2026-01-01T00:00:00Z");
