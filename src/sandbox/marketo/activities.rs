@@ -7,6 +7,8 @@
 //! short or empty while `moreResult` is true, as the real API's do. Nothing here loads the
 //! whole table per request: a page starts with a binary search on the position.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -30,6 +32,9 @@ pub struct FieldChange {
     pub new: Value,
 }
 
+/// One activity, kept compact (a backfill benchmark holds ten million): what is the same for
+/// every activity of its kind (attribute names, the reason text) is rendered when a page or an
+/// export asks for it, not stored.
 #[derive(Clone, Debug)]
 pub struct Activity {
     pub id: i64,
@@ -38,6 +43,27 @@ pub struct Activity {
     pub type_id: i64,
     pub campaign_id: Option<i64>,
     pub primary_id: Option<i64>,
+    pub detail: Detail,
+}
+
+/// What an activity carries beyond its ids and instant.
+#[derive(Clone, Debug)]
+pub enum Detail {
+    /// New Lead, with its `Source Type`.
+    NewLead { source: &'static str },
+    /// Change Score of one score field, by the campaign (its name shared, for the reason).
+    ChangeScore {
+        field: &'static FieldDef,
+        old: i64,
+        new: i64,
+        campaign: Option<Arc<str>>,
+    },
+    /// Anything else, as its primary attribute value, attributes and field changes.
+    Other(Box<OtherDetail>),
+}
+
+#[derive(Clone, Debug)]
+pub struct OtherDetail {
     pub primary_value: Option<String>,
     pub attributes: Vec<(&'static str, Value)>,
     pub changes: Vec<FieldChange>,
@@ -48,6 +74,52 @@ impl Activity {
         (self.at, self.id)
     }
 
+    /// `primaryAttributeValue`: the score field's display name of a Change Score.
+    pub fn primary_value(&self) -> Option<String> {
+        match &self.detail {
+            Detail::NewLead { .. } => None,
+            Detail::ChangeScore { field, .. } => Some(field.display.to_string()),
+            Detail::Other(other) => other.primary_value.clone(),
+        }
+    }
+
+    /// The activity's attributes, as Marketo names them.
+    pub fn attributes(&self) -> Vec<(&'static str, Value)> {
+        match &self.detail {
+            Detail::NewLead { source } => vec![("Source Type", json!(source))],
+            Detail::ChangeScore {
+                old, new, campaign, ..
+            } => {
+                let reason = match campaign {
+                    Some(name) => format!("Changed by Smart Campaign {name} action Change Score"),
+                    None => "Changed by Change Score".to_string(),
+                };
+                vec![
+                    ("Change Value", json!(format!("{:+}", new - old))),
+                    ("New Value", json!(new)),
+                    ("Old Value", json!(old)),
+                    ("Reason", json!(reason)),
+                ]
+            }
+            Detail::Other(other) => other.attributes.clone(),
+        }
+    }
+
+    /// The lead fields the activity changed.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        match &self.detail {
+            Detail::NewLead { .. } => Vec::new(),
+            Detail::ChangeScore {
+                field, old, new, ..
+            } => vec![FieldChange {
+                field,
+                old: json!(old),
+                new: json!(new),
+            }],
+            Detail::Other(other) => other.changes.clone(),
+        }
+    }
+
     pub fn record(&self) -> Value {
         let mut v = json!({
             "id": self.id,
@@ -55,7 +127,7 @@ impl Activity {
             "leadId": self.lead_id,
             "activityDate": format_time(self.at),
             "activityTypeId": self.type_id,
-            "attributes": self.attributes.iter()
+            "attributes": self.attributes().into_iter()
                 .filter(|(_, value)| !value.is_null())
                 .map(|(name, value)| json!({"name": name, "value": value}))
                 .collect::<Vec<_>>(),
@@ -66,7 +138,7 @@ impl Activity {
         if let Some(p) = self.primary_id {
             v["primaryAttributeValueId"] = json!(p);
         }
-        if let Some(p) = &self.primary_value {
+        if let Some(p) = self.primary_value() {
             v["primaryAttributeValue"] = json!(p);
         }
         v
@@ -77,8 +149,6 @@ impl Activity {
 #[derive(Debug, Default)]
 pub struct ActivityIndex {
     pub entries: Vec<Activity>,
-    /// Each entry's REST record, rendered once (pages clone it instead of rebuilding it).
-    rendered: Vec<Value>,
     next_id: i64,
 }
 
@@ -93,12 +163,7 @@ impl ActivityIndex {
     pub fn new(mut entries: Vec<Activity>) -> Self {
         entries.sort_by_key(Activity::key);
         let next_id = entries.iter().map(|a| a.id).max().unwrap_or(0) + 1;
-        let rendered = entries.iter().map(Activity::record).collect();
-        Self {
-            entries,
-            rendered,
-            next_id,
-        }
+        Self { entries, next_id }
     }
 
     /// Adds an activity at `at` (truncated to the second, as Marketo's are); returns its id.
@@ -109,7 +174,6 @@ impl ActivityIndex {
         let key = activity.key();
         let at = self.entries.partition_point(|a| a.key() <= key);
         let id = activity.id;
-        self.rendered.insert(at, activity.record());
         self.entries.insert(at, activity);
         id
     }
@@ -118,7 +182,7 @@ impl ActivityIndex {
         &self,
         token: &str,
         batch: usize,
-        keep: impl Fn(&Activity, &Value) -> Option<Value>,
+        keep: impl Fn(&Activity) -> Option<Value>,
     ) -> Result<Page, ApiError> {
         let (since, last_id) = decode_token(token)?;
         let start = self
@@ -128,9 +192,8 @@ impl ActivityIndex {
         let mut records = Vec::new();
         let mut position = (since, last_id);
         let mut scanned_to = start;
-        let rendered = &self.rendered[start..end];
-        for (i, (activity, record)) in self.entries[start..end].iter().zip(rendered).enumerate() {
-            if let Some(record) = keep(activity, record) {
+        for (i, activity) in self.entries[start..end].iter().enumerate() {
+            if let Some(record) = keep(activity) {
                 records.push(record);
             }
             position = activity.key();
@@ -161,9 +224,9 @@ impl ActivityIndex {
         }
         let lead_ids = lead_ids(params)?;
         let batch = batch_size(params)?;
-        self.page(token, batch, |a, record| {
+        self.page(token, batch, |a| {
             (types.contains(&a.type_id) && (lead_ids.is_empty() || lead_ids.contains(&a.lead_id)))
-                .then(|| record.clone())
+                .then(|| a.record())
         })
     }
 
@@ -182,12 +245,12 @@ impl ActivityIndex {
         }
         let lead_ids = lead_ids(params)?;
         let batch = batch_size(params)?;
-        self.page(token, batch, |a, record| {
+        self.page(token, batch, |a| {
             if !lead_ids.is_empty() && !lead_ids.contains(&a.lead_id) {
                 return None;
             }
             let touched: Vec<Value> = a
-                .changes
+                .changes()
                 .iter()
                 .filter(|c| names.iter().any(|n| n == c.field.name))
                 .map(|c| {
@@ -202,7 +265,7 @@ impl ActivityIndex {
             let keep =
                 a.type_id == NEW_LEAD || (a.type_id == CHANGE_DATA_VALUE && !touched.is_empty());
             keep.then(|| {
-                let mut v = record.clone();
+                let mut v = a.record();
                 v.as_object_mut()
                     .expect("object")
                     .remove("primaryAttributeValueId");

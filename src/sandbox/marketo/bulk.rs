@@ -565,13 +565,13 @@ fn activity_cell(a: &Activity, field: &str) -> String {
         "activityTypeId" => a.type_id.to_string(),
         "campaignId" => a.campaign_id.map_or("null".into(), |c| c.to_string()),
         "primaryAttributeValueId" => a.primary_id.map_or("null".into(), |c| c.to_string()),
-        "primaryAttributeValue" => a.primary_value.clone().unwrap_or_else(|| "null".into()),
+        "primaryAttributeValue" => a.primary_value().unwrap_or_else(|| "null".into()),
         "attributes" => {
             let map: serde_json::Map<String, Value> = a
-                .attributes
-                .iter()
+                .attributes()
+                .into_iter()
                 .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v))
                 .collect();
             Value::Object(map).to_string()
         }

@@ -52,7 +52,8 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use self::activities::{
-    Activity, ActivityIndex, CHANGE_DATA_VALUE, CHANGE_SCORE, FieldChange, NEW_LEAD,
+    Activity, ActivityIndex, CHANGE_DATA_VALUE, CHANGE_SCORE, Detail, FieldChange, NEW_LEAD,
+    OtherDetail,
 };
 use self::bulk::{Jobs, Target};
 use self::envelope::{ApiError, Reply, RequestIds};
@@ -155,31 +156,21 @@ fn change_score(
     field: &'static FieldDef,
     old: i64,
     new: i64,
-    campaign: Option<(i64, &str)>,
+    campaign: Option<(i64, Arc<str>)>,
 ) -> Activity {
-    let reason = match campaign {
-        Some((_, name)) => format!("Changed by Smart Campaign {name} action Change Score"),
-        None => "Changed by Change Score".to_string(),
-    };
     Activity {
         id: 0,
         lead_id,
         at,
         type_id: CHANGE_SCORE,
-        campaign_id: campaign.map(|c| c.0),
+        campaign_id: campaign.as_ref().map(|c| c.0),
         primary_id: Some(field.id),
-        primary_value: Some(field.display.to_string()),
-        attributes: vec![
-            ("Change Value", json!(format!("{:+}", new - old))),
-            ("New Value", json!(new)),
-            ("Old Value", json!(old)),
-            ("Reason", json!(reason)),
-        ],
-        changes: vec![FieldChange {
+        detail: Detail::ChangeScore {
             field,
-            old: json!(old),
-            new: json!(new),
-        }],
+            old,
+            new,
+            campaign: campaign.map(|c| c.1),
+        },
     }
 }
 
@@ -205,16 +196,17 @@ impl Marketo {
                 type_id: NEW_LEAD,
                 campaign_id: None,
                 primary_id: Some(p.map_id),
-                primary_value: None,
-                attributes: vec![("Source Type", json!("New lead"))],
-                changes: Vec::new(),
+                detail: Detail::NewLead { source: "New lead" },
             });
         }
+        // One copy of each campaign's name, shared by its activities.
+        let names: HashMap<i64, Arc<str>> = campaigns
+            .iter()
+            .map(|(id, name)| (*id, Arc::from(name.as_str())))
+            .collect();
+        let no_name: Arc<str> = Arc::from("");
         for c in &world.score_changes {
-            let name = campaigns
-                .get(&c.campaign_id)
-                .map(String::as_str)
-                .unwrap_or("");
+            let name = names.get(&c.campaign_id).unwrap_or(&no_name).clone();
             let mut a = change_score(
                 c.map_id,
                 c.at,
@@ -310,7 +302,9 @@ impl Marketo {
                     score_def(name),
                     old,
                     new,
-                    campaign.as_ref().map(|(id, n)| (*id, n.as_str())),
+                    campaign
+                        .as_ref()
+                        .map(|(id, n)| (*id, Arc::from(n.as_str()))),
                 ));
             }
             lead.values
@@ -747,9 +741,9 @@ impl Marketo {
                         type_id: NEW_LEAD,
                         campaign_id: None,
                         primary_id: Some(*id),
-                        primary_value: None,
-                        attributes: vec![("Source Type", json!("Web service API"))],
-                        changes: Vec::new(),
+                        detail: Detail::NewLead {
+                            source: "Web service API",
+                        },
                     });
                 }
                 for change in outcome.changes {
@@ -760,19 +754,21 @@ impl Marketo {
                         type_id: CHANGE_DATA_VALUE,
                         campaign_id: None,
                         primary_id: Some(change.field.id),
-                        primary_value: Some(change.field.display.to_string()),
-                        attributes: vec![
-                            ("New Value", change.new.clone()),
-                            ("Old Value", change.old.clone()),
-                            ("Reason", json!("Web service API")),
-                            ("Source", json!("Web service API")),
-                            ("Api Method Name", json!("syncLead")),
-                        ],
-                        changes: vec![FieldChange {
-                            field: change.field,
-                            old: change.old,
-                            new: change.new,
-                        }],
+                        detail: Detail::Other(Box::new(OtherDetail {
+                            primary_value: Some(change.field.display.to_string()),
+                            attributes: vec![
+                                ("New Value", change.new.clone()),
+                                ("Old Value", change.old.clone()),
+                                ("Reason", json!("Web service API")),
+                                ("Source", json!("Web service API")),
+                                ("Api Method Name", json!("syncLead")),
+                            ],
+                            changes: vec![FieldChange {
+                                field: change.field,
+                                old: change.old,
+                                new: change.new,
+                            }],
+                        })),
                     });
                 }
                 Reply::result(outcome.results)
