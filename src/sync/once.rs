@@ -240,6 +240,10 @@ pub struct RunSummary {
     /// How the current scores were read (first run, `--full`), and what each way costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_scores_read: Option<current::ReadChoice>,
+    /// A write step ([`Syncer::write_step`]) stopped after one group of writes: rows it did not
+    /// reach wait in the outbox for the next step.
+    #[serde(skip)]
+    pub writes_left: bool,
 }
 
 /// What going live did (or, with `go_live = "wait"`, left waiting): the people already at or
@@ -617,6 +621,7 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
             mkto_min: std::mem::take(&mut self.usage_reads),
             sent: self.sent,
             later_cursors: Vec::new(),
+            yield_at: None,
             replaying: self.settings.backfill.is_some(),
             progress_by_time: false,
         }
@@ -669,6 +674,28 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
     pub async fn write(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
         self.run_pass(now, None, |run| {
             Box::pin(run.drain_outbox().instrument(phase("writes")))
+        })
+        .await
+    }
+
+    /// One step of the daemon's writer: the waiting writes group by group (MQL records,
+    /// leads' stamps, contacts' stamps, alert tasks), handing back to the loop between two
+    /// groups once `yield_at` has passed (a poll is due), so that a score push's MQL record
+    /// does not wait behind the stamps and tasks of the last poll. Each group's rows are
+    /// settled as its calls are answered; `writes_left` says whether others wait.
+    pub async fn write_step(
+        &mut self,
+        now: Timestamp,
+        yield_at: Option<tokio::time::Instant>,
+    ) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, None, move |run| {
+            Box::pin(
+                async move {
+                    run.yield_at = yield_at;
+                    run.drain_outbox().await
+                }
+                .instrument(phase("writes")),
+            )
         })
         .await
     }
@@ -744,6 +771,9 @@ pub(super) struct Run<'a, C: Crm, M: Map> {
     sent: &'a (dyn Fn() -> (Sent, Sent) + Send + Sync),
     /// Cursors to commit with the next page (what a run learnt that is not a page position).
     pub(super) later_cursors: Vec<(String, String)>,
+    /// Hand back to the daemon's loop between two groups of writes from this instant on
+    /// (see [`Syncer::write_step`]).
+    pub(super) yield_at: Option<tokio::time::Instant>,
 }
 
 /// Runs one sync cycle at `now` (the caller's clock). Holds the store's writer lock for the
@@ -1640,6 +1670,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         for chunk in keys.chunks(OUTBOX_CHUNK) {
             let rows = self.store.outbox_rows(chunk)?;
             self.drain_rows(rows).await?;
+            if self.summary.writes_left {
+                break;
+            }
         }
         Ok(())
     }
@@ -1692,7 +1725,17 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             "contact_update",
         );
         let mut stop = None;
+        // The daemon's writer hands back to the loop between groups once a poll is due.
+        let mut wrote = false;
+        let yield_at = self.yield_at;
+        let due =
+            move |wrote: bool| wrote && yield_at.is_some_and(|y| tokio::time::Instant::now() >= y);
         for (object, ext, group, label) in [mql, leads, contacts] {
+            if self.summary.writes_left || due(wrote) {
+                self.summary.writes_left |= !group.is_empty();
+                continue;
+            }
+            wrote |= !group.is_empty();
             if self.settings.dry_run {
                 let action = if ext.is_some() { "upsert" } else { "update" };
                 self.plan_writes(&object, &group, action);
@@ -1745,7 +1788,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
             }
         }
-        if stop.is_none()
+        if self.summary.writes_left || due(wrote) {
+            self.summary.writes_left |= !tasks.is_empty();
+        } else if stop.is_none()
             && let Err(e) = self.alert_tasks(tasks, &mut results).await
         {
             stop = Some(e);

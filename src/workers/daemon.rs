@@ -458,7 +458,7 @@ impl Loop<'_> {
         // Writes decided but waiting for their window go now: they would wait for the next
         // start otherwise (they are safe in the outbox either way).
         if self.syncer.live() && self.writer.has_new() {
-            self.write().await?;
+            while self.write().await? {}
             self.publish();
         }
         Ok(())
@@ -672,20 +672,32 @@ impl Loop<'_> {
         }
     }
 
-    async fn write(&mut self) -> Result<(), DaemonError> {
-        let result = self.syncer.write(self.clock.now()).await;
+    /// One writer step (see [`Syncer::write_step`]), handing back to the loop between groups
+    /// of writes once a poll is due; true when it left writes for the next step.
+    async fn write(&mut self) -> Result<bool, DaemonError> {
+        let polls = schedule::next_work(
+            &self.poll_times(),
+            self.pending,
+            self.config.max_pending_writes,
+            None,
+        );
+        let result = self.syncer.write_step(self.clock.now(), polls).await;
         let now = Instant::now();
         match result {
             Ok(summary) => {
                 self.account(&summary);
                 self.refresh_pending()?;
-                self.writer.drained(now, self.pending);
-                self.progress.send_modify(|p| p.drains += 1);
-                Ok(())
+                if summary.writes_left {
+                    self.writer.stepped(now);
+                } else {
+                    self.writer.drained(now, self.pending);
+                    self.progress.send_modify(|p| p.drains += 1);
+                }
+                Ok(summary.writes_left)
             }
             Err(e) => {
                 self.refresh_pending()?;
-                self.failed(Step::Write, e)
+                self.failed(Step::Write, e).map(|()| false)
             }
         }
     }

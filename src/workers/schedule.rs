@@ -231,6 +231,16 @@ impl WriterSchedule {
         }
     }
 
+    /// A step wrote one group of writes and left others (see `Syncer::write_step`): they are
+    /// due at once, unless a step that could add writes (a poll) comes within the window, which
+    /// then goes first.
+    pub fn stepped(&mut self, now: Instant) {
+        self.new_since = Some(now);
+        self.paused_until = None;
+        self.leftover = 0;
+        self.retry_at = None;
+    }
+
     /// A drain failed as a whole (the CRM out of reach after the connector's retries): the
     /// same backoff, every row still pending.
     pub fn failed(&mut self, now: Instant, pending: usize) {
@@ -480,6 +490,24 @@ mod tests {
         w.committed(t0, 3);
         w.drained(t0, 2);
         assert_eq!(w.due_at(2, None), Some(t0 + 5 * S));
+    }
+
+    /// A writer step that handed back to the loop for a poll leaves the rest of its writes due
+    /// at once, after the poll if one is due inside the window; not at a retry's backoff.
+    #[tokio::test(start_paused = true)]
+    async fn writes_a_step_left_for_a_poll_are_due_at_once_after_it() {
+        let t0 = Instant::now();
+        let window = Duration::from_millis(50);
+        let mut w = WriterSchedule::new(window, 5 * S, 300 * S);
+        w.committed(t0, 40);
+        w.stepped(t0);
+        assert_eq!(w.due_at(20, None), Some(t0));
+        assert_eq!(
+            w.due_at(20, Some(t0 + Duration::from_millis(10))),
+            Some(t0 + window),
+            "the due poll first"
+        );
+        assert!(w.has_new(), "a shutdown writes them too");
     }
 
     /// Issue 13 point 5: with a tiny bound, activities and people wait until the writer has
