@@ -39,11 +39,16 @@ impl ScratchStore {
 
 impl Drop for ScratchStore {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", ".lock"] {
+        let beside = |suffix: &str| {
             let mut name = self.path.clone().into_os_string();
             name.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(name));
+            PathBuf::from(name)
+        };
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let _ = std::fs::remove_file(beside(suffix));
         }
+        // A dry run's bulk reads export beside the copy (their files are removed once read).
+        let _ = std::fs::remove_dir_all(beside(".exports"));
     }
 }
 
@@ -85,4 +90,23 @@ pub fn compare(
             .retain(|c| c.from.as_ref() != Some(&c.to) || c.field == "Id");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scratch_store_leaves_nothing_behind_not_even_its_exports_directory() {
+        let original = std::env::temp_dir().join("mqlsync-no-such-store.sqlite");
+        let (scratch, store) = ScratchStore::open(&original).unwrap();
+        let exports = PathBuf::from(format!("{}.exports", store.path()));
+        std::fs::create_dir_all(&exports).unwrap();
+        let path = scratch.path.clone();
+        assert!(path.exists());
+        drop(store);
+        drop(scratch);
+        assert!(!path.exists(), "{}", path.display());
+        assert!(!exports.exists(), "{}", exports.display());
+    }
 }

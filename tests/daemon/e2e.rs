@@ -355,6 +355,15 @@ impl App {
             .unwrap();
     }
 
+    /// A rep edits the MQL record of cycle `external_id` in the CRM.
+    fn edit_mql(&self, external_id: &str, fields: Value) {
+        let id = self.mql_record(external_id)["Id"]
+            .as_str()
+            .expect("the MQL record's id")
+            .to_string();
+        self.edit("MQL__c", &id, fields);
+    }
+
     /// A smart campaign changes `person`'s behaviour score (and so their total) by `delta`;
     /// Marketo calls its webhook.
     fn push(&self, person: &Person, delta: i64) {
@@ -546,23 +555,12 @@ async fn a_rep_accepting_and_rejecting_mql_records_in_the_crm_is_applied_at_once
         .filter(|c| c.status == CycleStatus::Open)
         .collect();
     let (accepted, rejected) = (&open[0], &open[1]);
-    let record_id = |c: &Cycle| {
-        app.mql_record(&c.external_id)["Id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
 
     let later = minutes(30);
     app.clock.set(later);
-    app.edit(
-        "MQL__c",
-        &record_id(accepted),
-        json!({"Status__c": "Working"}),
-    );
-    app.edit(
-        "MQL__c",
-        &record_id(rejected),
+    app.edit_mql(&accepted.external_id, json!({"Status__c": "Working"}));
+    app.edit_mql(
+        &rejected.external_id,
         json!({"Status__c": "Rejected", "Rejection_Reason__c": "Bad Timing"}),
     );
     let edits = app.polls(Source::MqlEdits);
@@ -627,13 +625,8 @@ async fn after_the_cool_down_a_rejected_person_becomes_an_mql_again_in_a_second_
     let person = app.person(&first.crm.id);
     let rejected_at = minutes(30);
     app.clock.set(rejected_at);
-    let id = app.mql_record(&first.external_id)["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    app.edit(
-        "MQL__c",
-        &id,
+    app.edit_mql(
+        &first.external_id,
         json!({"Status__c": "Rejected", "Rejection_Reason__c": "Bad Timing"}),
     );
     app.deliver_own_echoes(Source::MqlEdits).await;
@@ -733,11 +726,7 @@ async fn a_person_who_was_an_mql_within_fifteen_days_is_held_by_the_recent_mql_r
         .await;
 
     app.clock.set(minutes(30));
-    let id = app.mql_record(&first.external_id)["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    app.edit("MQL__c", &id, json!({"Status__c": "Converted"}));
+    app.edit_mql(&first.external_id, json!({"Status__c": "Converted"}));
     app.deliver_own_echoes(Source::MqlEdits).await;
     assert_eq!(app.cycles_of(&crm_id)[0].status, CycleStatus::Converted);
 
