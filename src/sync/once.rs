@@ -240,8 +240,8 @@ pub struct RunSummary {
     /// How the current scores were read (first run, `--full`), and what each way costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_scores_read: Option<current::ReadChoice>,
-    /// A write step ([`Syncer::write_step`]) stopped after one group of writes: rows it did not
-    /// reach wait in the outbox for the next step.
+    /// A write step ([`Syncer::write_step`]) handed back to the loop between two groups of
+    /// writes: the rows it did not reach wait in the outbox for the next step.
     #[serde(skip)]
     pub writes_left: bool,
 }
@@ -957,7 +957,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// Leads and contacts since their cursors.
-    pub(super) async fn read_persons(&mut self) -> Result<(), SyncError> {
+    async fn read_persons(&mut self) -> Result<(), SyncError> {
         let m = self.mapping;
         for kind in [CrmKind::Lead, CrmKind::Contact] {
             let object = match kind {
@@ -1663,8 +1663,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     /// Writes every row waiting in the outbox, [`OUTBOX_CHUNK`] rows at a time (a backfill
     /// of a large org leaves hundreds of thousands; their payloads are not held all at once),
-    /// each call's rows settled in the store as soon as its answer is read. Rows refused for now stay
-    /// pending for the next pass; a call that fails stops the drain.
+    /// each call's rows settled in the store as soon as its answer is read. Rows refused for
+    /// now stay pending for the next pass; a call that fails stops the drain.
     pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let keys = self.store.outbox_pending_keys()?;
         for chunk in keys.chunks(OUTBOX_CHUNK) {
