@@ -1,11 +1,13 @@
 //! The backfill pass (`mqlsync backfill --since D [--until D]`): the MQL cycles the process
 //! would have produced before go-live, rebuilt by replaying history through the same engine.
 //!
-//! Order: the CRM's people, opportunities and reps' MQL edits as a run reads them; the
-//! threshold records as they stood over time (their current versions and the CRM's field
-//! history, see [`crate::backfill::threshold_versions`]); the MAP lead of every CRM person
-//! (links only); then the Change Score history of `[since, until)`, page by page, merged in
-//! time order with the threshold versions, each event decided at its own instant with the
+//! Order: the CRM's people as they stood when the window starts (their status from the CRM's
+//! status history, see [`versions_over_time`]) and the reps' MQL edits; the threshold records
+//! as they stood over time (their current versions and the CRM's field history, see
+//! [`crate::backfill::threshold_versions`]); the opportunities as they opened and closed; the
+//! MAP lead of every CRM person (links only); then the Change Score history of `[since,
+//! until)`, page by page, merged in time order with the versions of people, thresholds and
+//! opportunities, each event decided at its own instant with the
 //! engine in backfill mode (cycles marked backfilled, no alerts, no SLA). Each page commits with
 //! its cursor, so a killed backfill started again with the same window continues where it
 //! stopped and ends where an unbroken one ends; a complete one started again writes nothing.
