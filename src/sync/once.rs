@@ -1113,18 +1113,33 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     ) -> Result<(), SyncError> {
         let name = format!("crm.{object}");
         let cursor: ModstampCursor = self.cursor(&name)?;
+        self.read_crm_object(object, &fields, all, cursor, &name, to_event)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads `object` from `from` page by page, committing each page's events with its
+    /// position under the cursor `commit_as`; returns the last position read.
+    pub(super) async fn read_crm_object(
+        &mut self,
+        object: &str,
+        fields: &[String],
+        all: bool,
+        from: ModstampCursor,
+        commit_as: &str,
+        mut to_event: impl FnMut(&Mapping, &crate::connectors::Record) -> Result<Event, RecordError>,
+    ) -> Result<Option<String>, SyncError> {
         let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
         let mut reader = IncrementalRead::new(
             self.crm.clone(),
             object,
             &field_refs,
-            cursor,
+            from,
             self.settings.lookback,
             None,
             all,
         )?;
-        let mut read = 0usize;
-        let mut pages = 0u64;
+        let (mut read, mut pages, mut last) = (0usize, 0u64, None);
         while let Some(page) = reader.next_page().await? {
             pages += 1;
             read += page.records.len();
@@ -1136,14 +1151,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
             }
             let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
-            self.commit(events, (name.clone(), cursor.clone()))?;
+            self.commit(events, (commit_as.to_string(), cursor.clone()))?;
             self.log_page(object, page.records.len(), &cursor);
+            last = Some(cursor);
         }
         // The fewest query calls for what was read: one per 2,000 records, at least one.
         self.sf_min += (read as u64).div_ceil(2000).max(1);
         self.log_phase_done(read, pages);
         *self.summary.read.entry(object.to_string()).or_default() += read;
-        Ok(())
+        Ok(last)
     }
 
     /// The CRM's field history of threshold records since the last run: who turned which knob

@@ -22,7 +22,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::connectors::salesforce::IncrementalRead;
 use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
 use crate::connectors::{ConnectorError, Crm, Map, Priority, QueryPages};
 use crate::engine::model::{CrmKind, Event, Opportunity, PersonFacts, Text};
@@ -191,40 +190,22 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         later: &mut Vec<Event>,
     ) -> Result<(), SyncError> {
         let fields = records::person_fields(self.mapping, kind);
-        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
-        let mut reader = IncrementalRead::new(
-            self.crm.clone(),
-            object,
-            &field_refs,
-            ModstampCursor::default(),
-            self.settings.lookback,
-            None,
-            false,
-        )?;
-        let (mut read, mut pages, mut last) = (0usize, 0u64, None);
-        while let Some(page) = reader.next_page().await? {
-            pages += 1;
-            read += page.records.len();
-            let mut events = Vec::with_capacity(page.records.len());
-            for r in &page.records {
-                match records::person(self.mapping, kind, r) {
-                    Ok(facts) => {
-                        let history = changes.get(facts.crm.id.as_str()).map(Vec::as_slice);
-                        let (start, versions) = versions_over_time(facts, history, since);
-                        events.push(Event::Person(start));
-                        later.extend(versions.into_iter().map(Event::Person));
-                    }
-                    Err(e) => self.unreadable(e),
-                }
-            }
-            let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
-            self.commit(events, (PEOPLE_CURSOR.into(), cursor.clone()))?;
-            self.log_page(object, page.records.len(), &cursor);
-            last = Some(cursor);
-        }
-        self.sf_min += (read as u64).div_ceil(2000).max(1);
-        self.log_phase_done(read, pages);
-        *self.summary.read.entry(object.to_string()).or_default() += read;
+        let last = self
+            .read_crm_object(
+                object,
+                &fields,
+                false,
+                ModstampCursor::default(),
+                PEOPLE_CURSOR,
+                |m, r| {
+                    let facts = records::person(m, kind, r)?;
+                    let history = changes.get(facts.crm.id.as_str()).map(Vec::as_slice);
+                    let (start, versions) = versions_over_time(facts, history, since);
+                    later.extend(versions.into_iter().map(Event::Person));
+                    Ok(Event::Person(start))
+                },
+            )
+            .await?;
         if let Some(cursor) = last {
             self.later_cursors.push((format!("crm.{object}"), cursor));
         }
