@@ -1,11 +1,16 @@
 //! The world both emulators are seeded from: reps, accounts, opportunities, people (each a
-//! CRM lead or contact linked to a MAP lead), thresholds per region, campaigns, and the score
-//! history that led to today's scores. Generated deterministically from `--seed`, so that a
-//! test or a demo run sees the same org every time.
+//! CRM lead or contact linked to a MAP lead), thresholds per region, campaigns, the score
+//! history that led to today's scores, and the engagements (form fills, program status
+//! changes) of the marketing forms and programs. Generated deterministically from `--seed`,
+//! so that a test or a demo run sees the same org every time.
 //!
 //! These are the sandbox's own facts, in plain terms; each emulator turns them into its
 //! vendor's records (a person becomes a Salesforce Lead or Contact and a Marketo lead with
-//! `sfdcLeadId`/`sfdcContactId`; a score change becomes a Marketo "Change Score" activity).
+//! `sfdcLeadId`/`sfdcContactId`; a score change becomes a Marketo "Change Score" activity, a
+//! form fill a "Fill Out Form" one, a program status change a "Change Status in Progression").
+//!
+//! Engagements come from a random stream of their own, drawn after everything else: adding
+//! them left every other fact of a seed's world as it was.
 
 use jiff::{SignedDuration, Timestamp};
 use rand::seq::IndexedRandom;
@@ -167,6 +172,82 @@ pub struct World {
     /// Sorted by time, then activity id.
     pub score_changes: Vec<ScoreChange>,
     pub thresholds: Vec<Threshold>,
+    pub forms: Vec<Form>,
+    pub programs: Vec<Program>,
+    /// Sorted by time, then MAP lead id; numbered after the score changes.
+    pub engagements: Vec<Engagement>,
+}
+
+/// A Marketo form. The sandbox's forms are global (Design Studio) assets, so their names carry
+/// no `<program>.` prefix.
+#[derive(Clone, Debug, Serialize)]
+pub struct Form {
+    pub id: i64,
+    pub name: String,
+    /// The landing page the form is on (Marketo's "Webpage ID").
+    pub webpage_id: i64,
+    /// The form's fields, by Marketo's form field names (`Email`, `FirstName`, ...).
+    pub fields: Vec<String>,
+}
+
+/// One status of a program channel's progression.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgressionStatus {
+    pub id: i64,
+    pub name: String,
+    /// Reaching it is a success of the program (`Attended`).
+    pub success: bool,
+}
+
+/// A Marketo program whose members move through its channel's statuses.
+#[derive(Clone, Debug, Serialize)]
+pub struct Program {
+    pub id: i64,
+    pub name: String,
+    /// `Live Event` or `Webinar`.
+    pub channel: String,
+    /// The channel's statuses in progression order, `Not in Program` first; statuses of a
+    /// channel have the same ids in every program of that channel.
+    pub statuses: Vec<ProgressionStatus>,
+    /// When the event or webinar took place.
+    pub held_at: Timestamp,
+}
+
+impl Program {
+    /// The status named `name` (case-insensitive) and its position in [`Program::statuses`].
+    pub fn status(&self, name: &str) -> Option<(usize, &ProgressionStatus)> {
+        self.statuses
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a person did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EngagementKind {
+    /// Filled out a form.
+    FormFill { form_id: i64 },
+    /// Moved from one progression status of a program to another. `acquired_by`: the program
+    /// is the one that brought the person in (its first program, joined soon after the record
+    /// was created).
+    ProgramStatus {
+        program_id: i64,
+        old_status_id: i64,
+        new_status_id: i64,
+        acquired_by: bool,
+    },
+}
+
+/// One engagement of one MAP lead, processed by a smart campaign.
+#[derive(Clone, Debug, Serialize)]
+pub struct Engagement {
+    /// Unique across the world's activities, numbered after the score changes.
+    pub activity_id: i64,
+    pub map_id: i64,
+    pub at: Timestamp,
+    pub campaign_id: i64,
+    pub kind: EngagementKind,
 }
 
 /// A Salesforce-style 18-character id: a 3-character key prefix, a 12-character body
@@ -512,6 +593,16 @@ impl World {
             modified_at: now - day,
         });
 
+        let forms = forms();
+        let programs = programs(now);
+        let engagements = engagements(
+            seed,
+            &persons,
+            &campaigns,
+            &programs,
+            now,
+            50_000_001 + score_changes.len() as i64,
+        );
         World {
             seed,
             generated_at: now,
@@ -522,8 +613,245 @@ impl World {
             campaigns,
             score_changes,
             thresholds,
+            forms,
+            programs,
+            engagements,
         }
     }
+}
+
+/// Mixed into the seed for the engagements' own random stream.
+const ENGAGEMENT_STREAM: u64 = 0x5eed_f0e5_a11e_11ed;
+
+/// The forms, with the chance that a person fills each one out (each at most once).
+const FORMS: [(i64, &str, &[&str], f64); 5] = [
+    (
+        1001,
+        "Demo Request",
+        &["Email", "FirstName", "LastName", "Company", "Title"],
+        0.025,
+    ),
+    (
+        1002,
+        "Contact Us",
+        &["Email", "FirstName", "LastName", "Company"],
+        0.03,
+    ),
+    (
+        1003,
+        "Free Trial",
+        &["Email", "FirstName", "LastName", "Company"],
+        0.03,
+    ),
+    (
+        1004,
+        "Whitepaper Download",
+        &["Email", "FirstName", "Company"],
+        0.06,
+    ),
+    (1005, "Newsletter Signup", &["Email"], 0.05),
+];
+
+fn forms() -> Vec<Form> {
+    FORMS
+        .iter()
+        .map(|(id, name, fields, _)| Form {
+            id: *id,
+            name: name.to_string(),
+            webpage_id: id + 2_100,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+        })
+        .collect()
+}
+
+fn statuses(channel: &[(i64, &str, bool)]) -> Vec<ProgressionStatus> {
+    channel
+        .iter()
+        .map(|(id, name, success)| ProgressionStatus {
+            id: *id,
+            name: name.to_string(),
+            success: *success,
+        })
+        .collect()
+}
+
+const LIVE_EVENT: [(i64, &str, bool); 6] = [
+    (1, "Not in Program", false),
+    (2, "Invited", false),
+    (3, "Registered", false),
+    (4, "Waitlisted", false),
+    (5, "No Show", false),
+    (6, "Attended", true),
+];
+const WEBINAR: [(i64, &str, bool); 6] = [
+    (7, "Not in Program", false),
+    (8, "Invited", false),
+    (9, "Registered", false),
+    (10, "No Show", false),
+    (11, "Attended", true),
+    (12, "Attended On-demand", true),
+];
+
+fn programs(now: Timestamp) -> Vec<Program> {
+    let day = SignedDuration::from_hours(24);
+    vec![
+        Program {
+            id: 2001,
+            name: "2026 Customer Summit".into(),
+            channel: "Live Event".into(),
+            statuses: statuses(&LIVE_EVENT),
+            held_at: now - day * 30,
+        },
+        Program {
+            id: 2002,
+            name: "Q3 2026 Product Webinar".into(),
+            channel: "Webinar".into(),
+            statuses: statuses(&WEBINAR),
+            held_at: now - day * 75,
+        },
+        Program {
+            id: 2003,
+            name: "Q1 2026 Industry Webinar".into(),
+            channel: "Webinar".into(),
+            statuses: statuses(&WEBINAR),
+            held_at: now - day * 250,
+        },
+    ]
+}
+
+/// The form fills and program status changes of every person, from their own random stream,
+/// sorted by time and numbered from `first_id`. About 18 % of people fill out a form (2.5 %
+/// the Demo Request); of the people there before a program, about 8 % are invited, about
+/// 4 % register, and some 55 % of those registered attend (a webinar's no-shows may watch it
+/// on demand later).
+fn engagements(
+    seed: u64,
+    people: &[Person],
+    campaigns: &[Campaign],
+    programs: &[Program],
+    now: Timestamp,
+    first_id: i64,
+) -> Vec<Engagement> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ENGAGEMENT_STREAM);
+    let of_kind = |kind: &str| -> Vec<i64> {
+        let ids: Vec<i64> = campaigns
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| c.id)
+            .collect();
+        if ids.is_empty() {
+            campaigns.iter().map(|c| c.id).collect()
+        } else {
+            ids
+        }
+    };
+    let content = of_kind("Content");
+    let events = of_kind("Trade Show");
+    let webinars = of_kind("Webinar");
+    let hour = SignedDuration::from_hours(1);
+    let day = hour * 24;
+    let between = |rng: &mut ChaCha8Rng, from: Timestamp, to: Timestamp| -> Option<Timestamp> {
+        let span = to.as_second() - from.as_second();
+        (span > 0).then(|| from + SignedDuration::from_secs(rng.random_range(0..span)))
+    };
+
+    let mut out = Vec::new();
+    let mut mine = Vec::new();
+    for person in people {
+        mine.clear();
+        let since = person.created_at + SignedDuration::from_mins(1);
+        for (form_id, _, _, chance) in FORMS {
+            if rng.random_bool(chance)
+                && let Some(at) = between(&mut rng, since, now)
+            {
+                mine.push(Engagement {
+                    activity_id: 0,
+                    map_id: person.map_id,
+                    at,
+                    campaign_id: *content.choose(&mut rng).expect("campaigns"),
+                    kind: EngagementKind::FormFill { form_id },
+                });
+            }
+        }
+        for program in programs {
+            let pool = if program.channel == "Webinar" {
+                &webinars
+            } else {
+                &events
+            };
+            let held = program.held_at;
+            if person.created_at >= held - day * 2 {
+                continue;
+            }
+            let invited = rng.random_bool(0.08);
+            let registers = if invited {
+                rng.random_bool(0.35)
+            } else {
+                rng.random_bool(0.015)
+            };
+            let attends = rng.random_bool(0.55);
+            let on_demand = rng.random_bool(0.3);
+            let mut path: Vec<(&str, Timestamp)> = Vec::new();
+            let open = person.created_at.max(held - day * 45);
+            if invited && let Some(at) = between(&mut rng, open, held - day * 10) {
+                path.push(("Invited", at));
+            }
+            if registers {
+                let from = path.last().map_or(open, |(_, at)| *at + hour);
+                if let Some(at) = between(&mut rng, from, held - day) {
+                    path.push(("Registered", at));
+                    let after = held + hour * rng.random_range(2..30);
+                    if attends {
+                        path.push(("Attended", after));
+                    } else {
+                        path.push(("No Show", after));
+                        if program.channel == "Webinar" && on_demand {
+                            let later = after + day * rng.random_range(1..20);
+                            path.push(("Attended On-demand", later));
+                        }
+                    }
+                }
+            }
+            let campaign_id = *pool.choose(&mut rng).expect("campaigns");
+            let mut old = &program.statuses[0];
+            for (name, at) in path {
+                if at >= now {
+                    break;
+                }
+                let (_, new) = program.status(name).expect("the channel has the status");
+                mine.push(Engagement {
+                    activity_id: 0,
+                    map_id: person.map_id,
+                    at,
+                    campaign_id,
+                    kind: EngagementKind::ProgramStatus {
+                        program_id: program.id,
+                        old_status_id: old.id,
+                        new_status_id: new.id,
+                        acquired_by: false,
+                    },
+                });
+                old = new;
+            }
+        }
+        mine.sort_by_key(|e| e.at);
+        // The first program the person joined acquired them when they joined within two
+        // weeks of the record's creation.
+        if let Some(EngagementKind::ProgramStatus { acquired_by, .. }) = mine
+            .iter_mut()
+            .find(|e| matches!(e.kind, EngagementKind::ProgramStatus { .. }))
+            .filter(|e| e.at.duration_since(person.created_at) <= day * 14)
+            .map(|e| &mut e.kind)
+        {
+            *acquired_by = true;
+        }
+        out.append(&mut mine);
+    }
+    out.sort_by_key(|e| (e.at, e.map_id));
+    for (i, e) in out.iter_mut().enumerate() {
+        e.activity_id = first_id + i as i64;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -564,6 +892,113 @@ mod tests {
                 .iter()
                 .all(|c| c.at < world.generated_at)
         );
+    }
+
+    /// FNV-1a of the JSON of every fact but the engagements.
+    fn fingerprint_before_engagements(world: &World) -> u64 {
+        let text = serde_json::to_string(&(
+            &world.reps,
+            &world.accounts,
+            &world.opportunities,
+            &world.people,
+            &world.campaigns,
+            &world.score_changes,
+            &world.thresholds,
+        ))
+        .unwrap();
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn engagements_left_the_rest_of_the_world_as_it_was() {
+        // Taken from the commit before engagements were generated.
+        for (seed, people, touches, want, changes) in [
+            (7, 2000, DEFAULT_TOUCHES, 0xe4b4_e9c7_5de2_dc28, 20_978),
+            (11, 400, DEFAULT_TOUCHES, 0x594d_efc3_c99e_8cab, 4_094),
+            (3, 500, 1, 0x1b3b_21fc_f43b_ab59, 1_000),
+        ] {
+            let world = World::generate_touching(seed, people, now(), touches);
+            assert_eq!(world.score_changes.len(), changes, "seed {seed}");
+            assert_eq!(
+                fingerprint_before_engagements(&world),
+                want,
+                "seed {seed}: a fact other than the engagements changed"
+            );
+        }
+    }
+
+    #[test]
+    fn engagements_are_a_plausible_history_of_forms_and_programs() {
+        let world = World::generate(7, 20_000, now());
+        let e = &world.engagements;
+        assert!(
+            e.windows(2)
+                .all(|w| (w[0].at, w[0].map_id) <= (w[1].at, w[1].map_id))
+        );
+        let first = 50_000_001 + world.score_changes.len() as i64;
+        assert!(
+            e.iter()
+                .enumerate()
+                .all(|(i, x)| x.activity_id == first + i as i64)
+        );
+        let created: std::collections::HashMap<i64, Timestamp> = world
+            .people
+            .iter()
+            .map(|p| (p.map_id, p.created_at))
+            .collect();
+        assert!(
+            e.iter()
+                .all(|x| x.at < world.generated_at && x.at > created[&x.map_id])
+        );
+        let campaigns: Vec<i64> = world.campaigns.iter().map(|c| c.id).collect();
+        assert!(e.iter().all(|x| campaigns.contains(&x.campaign_id)));
+
+        let share = |keep: &dyn Fn(&Engagement) -> bool| {
+            let people: std::collections::HashSet<i64> =
+                e.iter().filter(|x| keep(x)).map(|x| x.map_id).collect();
+            people.len() as f64 / world.people.len() as f64
+        };
+        let filled = share(&|x| matches!(x.kind, EngagementKind::FormFill { .. }));
+        let demo = share(&|x| x.kind == EngagementKind::FormFill { form_id: 1001 });
+        let attended_summit = share(&|x| {
+            matches!(
+                x.kind,
+                EngagementKind::ProgramStatus {
+                    program_id: 2001,
+                    new_status_id: 6,
+                    ..
+                }
+            )
+        });
+        assert!((0.10..0.20).contains(&filled), "{filled}");
+        assert!((0.015..0.035).contains(&demo), "{demo}");
+        assert!((0.01..0.05).contains(&attended_summit), "{attended_summit}");
+
+        // Each member's changes chain: a change starts from the status the last one ended in.
+        let mut current: std::collections::HashMap<(i64, i64), i64> = Default::default();
+        let mut acquired = std::collections::HashSet::new();
+        for x in e {
+            if let EngagementKind::ProgramStatus {
+                program_id,
+                old_status_id,
+                new_status_id,
+                acquired_by,
+            } = x.kind
+            {
+                let program = world.programs.iter().find(|p| p.id == program_id).unwrap();
+                let start = program.statuses[0].id;
+                let was = current.insert((program_id, x.map_id), new_status_id);
+                assert_eq!(was.unwrap_or(start), old_status_id, "{x:?}");
+                assert!(program.statuses.iter().any(|s| s.id == new_status_id));
+                if acquired_by {
+                    assert_eq!(old_status_id, start);
+                    assert!(acquired.insert(x.map_id), "acquired twice: {x:?}");
+                }
+            }
+        }
+        assert!(!acquired.is_empty());
     }
 
     #[test]

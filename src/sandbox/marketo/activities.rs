@@ -1,7 +1,8 @@
-//! Marketo activities: the type catalogue (New Lead 12, Change Data Value 13, Change Score
-//! 22, ...), a time-ordered index of every activity, paging tokens that encode a position in
-//! it (RFC 4648 base32 of `<datetime>,<lastActivityId>`, as Marketo's older tokens are),
-//! activities pages and lead changes.
+//! Marketo activities: the type catalogue (Fill Out Form 2, New Lead 12, Change Data Value
+//! 13, Change Score 22, Change Status in Progression 104, ...), a time-ordered index of every
+//! activity, paging tokens that encode a position in it (RFC 4648 base32 of
+//! `<datetime>,<lastActivityId>`, as Marketo's older tokens are), activities pages (by type,
+//! lead and primary asset) and lead changes.
 //!
 //! A page scans at most [`SCAN_BLOCK`] index entries, so pages with sparse filters come back
 //! short or empty while `moreResult` is true, as the real API's do. Nothing here loads the
@@ -15,14 +16,17 @@ use serde_json::{Value, json};
 use super::envelope::ApiError;
 use super::leads::{self, FieldDef, batch_size, format_time};
 use super::routes::Params;
+use crate::sandbox::world::{Form, Program};
 
 /// Index entries one page may scan.
 pub const SCAN_BLOCK: usize = 1_000;
 pub const MAX_TYPE_IDS: usize = 10;
 pub const MAX_LEAD_IDS: usize = 30;
+pub const FILL_OUT_FORM: i64 = 2;
 pub const NEW_LEAD: i64 = 12;
 pub const CHANGE_DATA_VALUE: i64 = 13;
 pub const CHANGE_SCORE: i64 = 22;
+pub const CHANGE_PROGRAM_STATUS: i64 = 104;
 
 /// A field change carried by a Change Data Value activity (for lead changes).
 #[derive(Clone, Debug)]
@@ -58,8 +62,114 @@ pub enum Detail {
         new: i64,
         campaign: Option<Arc<str>>,
     },
+    /// Fill Out Form: the form and its submitted fields (the visitor's address, browser and
+    /// referrer are derived from the activity id when rendered).
+    FormFill { form: Arc<Form>, fields: Box<str> },
+    /// Change Status in Progression: the program, the positions of the old and new status in
+    /// its statuses, the membership, and the campaign's name for the reason.
+    ProgramStatus {
+        program: Arc<Program>,
+        old: u8,
+        new: u8,
+        member_id: i64,
+        acquired_by: bool,
+        campaign: Option<Arc<str>>,
+    },
     /// Anything else, as its primary attribute value, attributes and field changes.
     Other(Box<OtherDetail>),
+}
+
+/// A Fill Out Form activity of `lead_id` at `at` (its id is given when it is pushed).
+pub fn form_fill(
+    lead_id: i64,
+    at: Timestamp,
+    form: Arc<Form>,
+    fields: Box<str>,
+    campaign_id: Option<i64>,
+) -> Activity {
+    Activity {
+        id: 0,
+        lead_id,
+        at,
+        type_id: FILL_OUT_FORM,
+        campaign_id,
+        primary_id: Some(form.id),
+        detail: Detail::FormFill { form, fields },
+    }
+}
+
+/// A Change Status in Progression activity of `lead_id` at `at` from status position `old`
+/// to `new` of `program`, by the campaign `campaign` (id and name) if any.
+pub fn program_status(
+    lead_id: i64,
+    at: Timestamp,
+    program: Arc<Program>,
+    (old, new): (u8, u8),
+    (member_id, acquired_by): (i64, bool),
+    campaign: Option<(i64, Arc<str>)>,
+) -> Activity {
+    Activity {
+        id: 0,
+        lead_id,
+        at,
+        type_id: CHANGE_PROGRAM_STATUS,
+        campaign_id: campaign.as_ref().map(|c| c.0),
+        primary_id: Some(program.id),
+        detail: Detail::ProgramStatus {
+            program,
+            old,
+            new,
+            member_id,
+            acquired_by,
+            campaign: campaign.map(|c| c.1),
+        },
+    }
+}
+
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:131.0) Gecko/20100101 Firefox/131.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Mobile/15E148 Safari/604.1",
+];
+const REFERRERS: [Option<&str>; 4] = [
+    Some("https://www.google.com/"),
+    Some("https://www.linkedin.com/"),
+    Some("https://www.sandbox.example/blog"),
+    None,
+];
+const QUERY_PARAMETERS: [Option<&str>; 4] = [
+    Some("utm_source=google&utm_medium=cpc&utm_campaign=brand"),
+    Some("utm_source=linkedin&utm_medium=social"),
+    None,
+    None,
+];
+
+/// The visitor of a form fill, the same for an activity id every time it is rendered:
+/// client IP address, user agent, referrer URL and query parameters.
+fn visitor(
+    activity_id: i64,
+) -> (
+    String,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+) {
+    let h = (activity_id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let byte = |shift: u32| (h >> shift) & 0xff;
+    let ip = format!(
+        "{}.{}.{}.{}",
+        23 + byte(56) % 170,
+        byte(48),
+        byte(40),
+        1 + byte(32) % 254
+    );
+    (
+        ip,
+        USER_AGENTS[(byte(24) % 4) as usize],
+        REFERRERS[(byte(16) % 4) as usize],
+        QUERY_PARAMETERS[(byte(8) % 4) as usize],
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +189,8 @@ impl Activity {
         match &self.detail {
             Detail::NewLead { .. } => None,
             Detail::ChangeScore { field, .. } => Some(field.display.to_string()),
+            Detail::FormFill { form, .. } => Some(form.name.clone()),
+            Detail::ProgramStatus { program, .. } => Some(program.name.clone()),
             Detail::Other(other) => other.primary_value.clone(),
         }
     }
@@ -101,6 +213,43 @@ impl Activity {
                     ("Reason", json!(reason)),
                 ]
             }
+            Detail::FormFill { form, fields } => {
+                let (ip, agent, referrer, query) = visitor(self.id);
+                vec![
+                    ("Client IP Address", json!(ip)),
+                    ("Form Fields", json!(fields)),
+                    ("Query Parameters", json!(query)),
+                    ("Referrer URL", json!(referrer)),
+                    ("User Agent", json!(agent)),
+                    ("Webpage ID", json!(form.webpage_id)),
+                ]
+            }
+            Detail::ProgramStatus {
+                program,
+                old,
+                new,
+                member_id,
+                acquired_by,
+                campaign,
+            } => {
+                let old = &program.statuses[usize::from(*old)];
+                let new = &program.statuses[usize::from(*new)];
+                let reason = campaign.as_ref().map(|name| {
+                    format!("Changed by Smart Campaign {name} action Change Program Status")
+                });
+                vec![
+                    ("Acquired By", json!(acquired_by)),
+                    ("New Status", json!(new.name)),
+                    ("New Status ID", json!(new.id)),
+                    ("Old Status", json!(old.name)),
+                    ("Old Status ID", json!(old.id)),
+                    ("Program Member ID", json!(member_id)),
+                    ("Reason", json!(reason)),
+                    // A success is reaching the success status: staying in it is none (Adobe's
+                    // bulk extract example has `Attended` to `Attended` with `Success` false).
+                    ("Success", json!(new.success && !old.success)),
+                ]
+            }
             Detail::Other(other) => other.attributes.clone(),
         }
     }
@@ -108,7 +257,9 @@ impl Activity {
     /// The lead fields the activity changed.
     pub fn changes(&self) -> Vec<FieldChange> {
         match &self.detail {
-            Detail::NewLead { .. } => Vec::new(),
+            Detail::NewLead { .. } | Detail::FormFill { .. } | Detail::ProgramStatus { .. } => {
+                Vec::new()
+            }
             Detail::ChangeScore {
                 field, old, new, ..
             } => vec![FieldChange {
@@ -209,7 +360,12 @@ impl ActivityIndex {
         })
     }
 
-    /// `GET /rest/v1/activities.json`.
+    /// `GET /rest/v1/activities.json`. `assetIds` keeps activities whose primary asset
+    /// (`primaryAttributeValueId`: the form of a Fill Out Form, the program of a Change Status
+    /// in Progression, the lead field of a Change Score) is one of them. Adobe's description
+    /// says it "should only be used when a single activity type is set" and names no error
+    /// for other uses; the sandbox refuses them with 1003 rather than guess what Marketo
+    /// answers, so that a client relying on them fails here first.
     pub fn activities(&self, params: &Params) -> Result<Page, ApiError> {
         let token = required(params, "nextPageToken")?;
         let types = ids(params, "activityTypeIds")?;
@@ -223,10 +379,22 @@ impl ActivityIndex {
             ));
         }
         let lead_ids = lead_ids(params)?;
+        let assets = ids(params, "assetIds")?;
+        if !assets.is_empty() && types.len() != 1 {
+            return Err(ApiError::new(
+                "1003",
+                format!(
+                    "assetIds filter the primary asset of one activity type: give exactly one activityTypeIds value, not {}",
+                    types.len()
+                ),
+            ));
+        }
         let batch = batch_size(params)?;
         self.page(token, batch, |a| {
-            (types.contains(&a.type_id) && (lead_ids.is_empty() || lead_ids.contains(&a.lead_id)))
-                .then(|| a.record())
+            (types.contains(&a.type_id)
+                && (lead_ids.is_empty() || lead_ids.contains(&a.lead_id))
+                && (assets.is_empty() || a.primary_id.is_some_and(|p| assets.contains(&p))))
+            .then(|| a.record())
         })
     }
 
@@ -305,11 +473,11 @@ fn ids(params: &Params, name: &str) -> Result<Vec<i64>, ApiError> {
 }
 
 fn lead_ids(params: &Params) -> Result<Vec<i64>, ApiError> {
-    if params.get("listId").is_some() || params.get("assetIds").is_some() {
+    if params.get("listId").is_some() {
         // Not emulated: refuse rather than answer as if the filter were applied.
         return Err(ApiError::new(
             "1003",
-            "listId and assetIds filters are not supported by the sandbox",
+            "listId filters are not supported by the sandbox (it has no static lists)",
         ));
     }
     let lead_ids = ids(params, "leadIds")?;
@@ -421,12 +589,15 @@ pub fn types() -> Vec<Value> {
             ],
         ),
         t(
-            2,
+            FILL_OUT_FORM,
             "Fill Out Form",
             ("Webform ID", "integer"),
             vec![
                 attr("Client IP Address", "string"),
                 attr("Form Fields", "text"),
+                attr("Query Parameters", "string"),
+                attr("Referrer URL", "string"),
+                attr("User Agent", "string"),
                 attr("Webpage ID", "integer"),
             ],
         ),
@@ -512,15 +683,18 @@ pub fn types() -> Vec<Value> {
             vec![attr("Remove from CRM", "boolean")],
         ),
         t(
-            104,
+            CHANGE_PROGRAM_STATUS,
             "Change Status in Progression",
             ("Program ID", "integer"),
             vec![
-                attr("Old Status ID", "integer"),
+                attr("Acquired By", "boolean"),
+                attr("New Status", "string"),
                 attr("New Status ID", "integer"),
+                attr("Old Status", "string"),
+                attr("Old Status ID", "integer"),
+                attr("Program Member ID", "integer"),
                 attr("Reason", "string"),
                 attr("Success", "boolean"),
-                attr("Program Member ID", "integer"),
             ],
         ),
     ]

@@ -1,5 +1,15 @@
 //! Bulk extract of leads and activities: create, enqueue, status, cancel, file, list.
 //!
+//! An activity job filters on `activityTypeIds` and optionally on the primary asset, by id
+//! (`primaryAttributeValueIds`) or by name (`primaryAttributeValues`), as Adobe's Bulk
+//! Activity Extract documentation has it: at most 50 of either, never both, and only with
+//! `activityTypeIds` all of one asset group (lead fields: Change Data Value 13 and Change
+//! Score 22; programs: Change Status in Progression 104; static lists: Add to / Remove from
+//! List 24, 25; forms: Fill Out Form 2). The documentation names no error code for a misuse;
+//! the sandbox answers 1003. A name is the asset's own (`2026 Customer Summit`, `Demo
+//! Request`): Adobe asks for `<program>.<asset>` names of assets that live in a program, and
+//! the sandbox's forms are global ones.
+//!
 //! Jobs go `Created -> Queued -> Processing -> Completed` (or `Failed`, or `Cancelled`); at
 //! most 2 Processing at once, and at most 10 queued or processing (1029 "Too many jobs (10)
 //! in queue"). Date filters are 31 days or fewer. The file is CSV with `null` literals and a
@@ -29,6 +39,15 @@ pub const MAX_PROCESSING: usize = 2;
 /// Bytes of export files per Central-time day (1029 "Export daily quota" past it).
 pub const DAILY_EXPORT_BYTES: u64 = 500 * 1024 * 1024;
 const MAX_WINDOW_DAYS: i64 = 31;
+/// Most primary attribute ids or names one activity job filters on.
+const MAX_PRIMARY_ATTRIBUTES: usize = 50;
+/// The activity types whose primary asset a job may filter on, by asset group.
+const ASSET_GROUPS: [(&str, &[i64]); 4] = [
+    ("Attribute Name", &[13, 22]),
+    ("Marketing Program", &[104]),
+    ("Static List", &[24, 25]),
+    ("Web Form", &[2]),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -62,6 +81,7 @@ pub struct Job {
     pub window_field: &'static str,
     pub type_ids: Vec<i64>,
     pub primary_ids: Vec<i64>,
+    pub primary_values: Vec<String>,
     pub file: Option<Vec<u8>>,
     /// `sha256:<hex>` of the file, taken once when it is written.
     pub checksum: Option<String>,
@@ -241,6 +261,11 @@ impl Jobs {
                 }
             }
             Target::Activities => {
+                check_primary_filter(
+                    &ints(&filter["activityTypeIds"]),
+                    ints(&filter["primaryAttributeValueIds"]).len(),
+                    list(&filter["primaryAttributeValues"]).len(),
+                )?;
                 if fields.is_empty() {
                     fields = ACTIVITY_FIELDS.iter().map(|s| s.to_string()).collect();
                 }
@@ -278,6 +303,7 @@ impl Jobs {
             window_field,
             type_ids: ints(&filter["activityTypeIds"]),
             primary_ids: ints(&filter["primaryAttributeValueIds"]),
+            primary_values: list(&filter["primaryAttributeValues"]),
             file: None,
             checksum: None,
             records: 0,
@@ -507,6 +533,45 @@ impl Jobs {
     }
 }
 
+/// The primary attribute filters of an activity job, checked as the documentation states them.
+fn check_primary_filter(type_ids: &[i64], ids: usize, names: usize) -> Result<(), ApiError> {
+    if ids == 0 && names == 0 {
+        return Ok(());
+    }
+    if ids > 0 && names > 0 {
+        return Err(ApiError::new(
+            "1003",
+            "primaryAttributeValueIds and primaryAttributeValues cannot be used together",
+        ));
+    }
+    let (filter, count) = if ids > 0 {
+        ("primaryAttributeValueIds", ids)
+    } else {
+        ("primaryAttributeValues", names)
+    };
+    if count > MAX_PRIMARY_ATTRIBUTES {
+        return Err(ApiError::new(
+            "1003",
+            format!("{filter} takes at most {MAX_PRIMARY_ATTRIBUTES} values, got {count}"),
+        ));
+    }
+    let group = |t: &i64| ASSET_GROUPS.iter().find(|(_, types)| types.contains(t));
+    match type_ids.first().and_then(group) {
+        Some((_, types)) if type_ids.iter().all(|t| types.contains(t)) => Ok(()),
+        _ => Err(ApiError::new(
+            "1003",
+            format!(
+                "{filter} needs activityTypeIds of one asset group ({}), got {type_ids:?}",
+                ASSET_GROUPS
+                    .iter()
+                    .map(|(name, types)| format!("{name}: {types:?}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )),
+    }
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
@@ -545,6 +610,13 @@ fn build_file(job: &Job, leads: &LeadTable, activities: &ActivityIndex) -> (Vec<
                 }
                 if !job.primary_ids.is_empty()
                     && !a.primary_id.is_some_and(|p| job.primary_ids.contains(&p))
+                {
+                    continue;
+                }
+                if !job.primary_values.is_empty()
+                    && !a
+                        .primary_value()
+                        .is_some_and(|v| job.primary_values.contains(&v))
                 {
                     continue;
                 }

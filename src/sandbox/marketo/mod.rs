@@ -1,6 +1,13 @@
 //! The Marketo emulator: identity, the Lead Database REST API (leads, describe, activity
 //! types, paging tokens, activities, lead changes, usage), bulk extract of leads and
-//! activities, webhook calls on score changes, and admin routes under `/__sandbox/marketo/`.
+//! activities, webhook calls on score changes, form fills and program status changes, and
+//! admin routes under `/__sandbox/marketo/`.
+//!
+//! Its activities are the world's history (New Lead, Change Score, Fill Out Form, Change
+//! Status in Progression) and what happens while it runs: lead syncs through the API, and the
+//! triggers tests pull ([`Marketo::apply_score_change`], [`Marketo::fill_out_form`],
+//! [`Marketo::change_program_status`], or their admin routes), each as a smart campaign would
+//! make it, "Call Webhook" step included.
 //!
 //! Every Marketo request is (1) checked against the shared [`Faults`] with its kind, (2)
 //! authenticated by `Authorization: Bearer` only (603 missing, 601 unknown, 602 expired),
@@ -25,6 +32,7 @@
 //! the [`SandboxClock`].
 
 mod activities;
+mod assets;
 mod bulk;
 mod envelope;
 mod identity;
@@ -55,17 +63,18 @@ use self::activities::{
     Activity, ActivityIndex, CHANGE_DATA_VALUE, CHANGE_SCORE, Detail, FieldChange, NEW_LEAD,
     OtherDetail,
 };
+use self::assets::{Catalogue, Members};
 use self::bulk::{Jobs, Target};
 use self::envelope::{ApiError, Reply, RequestIds};
 use self::identity::TokenStore;
-use self::leads::{FieldDef, LeadTable};
+use self::leads::{FieldDef, Lead, LeadTable};
 use self::limits::Limits;
 use self::routes::{Op, Params, Route};
 use self::webhook::{TokenContext, WebhookCall};
 use super::clock::SandboxClock;
 use super::faults::{FaultAction, Faults, RequestFacts, System};
 use super::log::{RequestLog, RequestRecord};
-use super::world::{ScoreField, World};
+use super::world::{EngagementKind, Program, ScoreField, World};
 
 /// Largest request body Marketo accepts (413 above it).
 const MAX_BODY: usize = 1024 * 1024;
@@ -95,7 +104,8 @@ pub struct MarketoConfig {
     pub export_daily_bytes: u64,
 }
 
-/// A "Call Webhook" flow step fired on every score change.
+/// A "Call Webhook" flow step fired on every score change, form fill and program status
+/// change made while the sandbox runs.
 #[derive(Clone, Debug)]
 pub struct MarketoWebhook {
     pub url: String,
@@ -135,6 +145,7 @@ struct Inner {
     limits: Limits,
     ids: RequestIds,
     campaigns: HashMap<i64, String>,
+    catalogue: Catalogue,
     db: Mutex<Db>,
     webhook_calls: Arc<Mutex<Vec<WebhookCall>>>,
     webhook_outstanding: Arc<tokio::sync::Semaphore>,
@@ -143,6 +154,7 @@ struct Inner {
 struct Db {
     leads: LeadTable,
     activities: ActivityIndex,
+    members: Members,
     jobs: Jobs,
 }
 
@@ -187,7 +199,9 @@ impl Marketo {
             .iter()
             .map(|c| (c.id, c.name.clone()))
             .collect();
-        let mut entries = Vec::with_capacity(world.people.len() + world.score_changes.len());
+        let mut entries = Vec::with_capacity(
+            world.people.len() + world.score_changes.len() + world.engagements.len(),
+        );
         for (i, p) in world.people.iter().enumerate() {
             entries.push(Activity {
                 id: 40_000_001 + i as i64,
@@ -218,6 +232,41 @@ impl Marketo {
             a.id = c.activity_id;
             entries.push(a);
         }
+        let leads = LeadTable::new(&world.people);
+        let catalogue = Catalogue::new(&world.forms, &world.programs);
+        let mut members = Members::default();
+        for e in &world.engagements {
+            let campaign = names.get(&e.campaign_id).unwrap_or(&no_name).clone();
+            let mut a = match e.kind {
+                EngagementKind::FormFill { form_id } => {
+                    let form = catalogue.form(form_id).expect("the world's forms");
+                    let lead = leads.by_id.get(&e.map_id).expect("the world's people");
+                    let fields = assets::form_fields(&form, lead);
+                    activities::form_fill(e.map_id, e.at, form, fields, Some(e.campaign_id))
+                }
+                EngagementKind::ProgramStatus {
+                    program_id,
+                    new_status_id,
+                    acquired_by,
+                    ..
+                } => {
+                    let program = catalogue.program(program_id).expect("the world's programs");
+                    let new = position(&program, new_status_id);
+                    let moved =
+                        members.change(program_id, e.map_id, new, Some(acquired_by), e.at, None);
+                    activities::program_status(
+                        e.map_id,
+                        e.at,
+                        program,
+                        (moved.old, new),
+                        (moved.member_id, moved.acquired_by),
+                        Some((e.campaign_id, campaign)),
+                    )
+                }
+            };
+            a.id = e.activity_id;
+            entries.push(a);
+        }
         let limits = Limits::new(config.limits, config.daily_quota);
         let jobs = Jobs::new(
             (config.export_status_interval_secs).map(|s| jiff::SignedDuration::from_secs(s as i64)),
@@ -233,9 +282,11 @@ impl Marketo {
                 limits,
                 ids: RequestIds::default(),
                 campaigns,
+                catalogue,
                 db: Mutex::new(Db {
-                    leads: LeadTable::new(&world.people),
+                    leads,
                     activities: ActivityIndex::new(entries),
+                    members,
                     jobs,
                 }),
                 webhook_calls: Arc::new(Mutex::new(Vec::new())),
@@ -252,6 +303,11 @@ impl Marketo {
         Router::new()
             .route("/__sandbox/marketo/state", get(admin_state))
             .route("/__sandbox/marketo/score_change", post(admin_score_change))
+            .route("/__sandbox/marketo/form_fill", post(admin_form_fill))
+            .route(
+                "/__sandbox/marketo/program_status",
+                post(admin_program_status),
+            )
             .route(
                 "/__sandbox/marketo/export_failures",
                 post(admin_export_failures),
@@ -271,14 +327,7 @@ impl Marketo {
     ) -> Result<(), String> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let campaign = campaign_id.map(|id| {
-            let name = inner
-                .campaigns
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("Campaign {id}"));
-            (id, name)
-        });
+        let campaign = self.campaign(campaign_id);
         let mut names = vec![leads::score_field_name(field)];
         if field != ScoreField::LeadScore {
             names.push("leadScore");
@@ -311,29 +360,137 @@ impl Marketo {
                 .insert("updatedAt", json!(leads::format_time(now)));
             lead.clone()
         };
-        if let Some(hook) = &inner.config.webhook {
-            let ctx = TokenContext {
-                lead: &lead,
-                campaign,
-                now,
-                munchkin_id: &inner.config.munchkin_id,
-            };
-            let body = webhook::render(&hook.template, &ctx, true);
-            let headers = hook
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), webhook::render(v, &ctx, false)))
-                .collect();
-            webhook::fire(
-                hook,
-                map_id,
-                body,
-                headers,
-                inner.webhook_outstanding.clone(),
-                inner.webhook_calls.clone(),
-            );
-        }
+        self.call_webhook(&lead, campaign, now);
         Ok(())
+    }
+
+    /// A lead fills out a form, as a trigger campaign (`campaign_id`) sees it: records a Fill
+    /// Out Form activity (type 2) at the clock's now, fires the webhook if configured, and
+    /// returns the activity's id.
+    pub fn fill_out_form(
+        &self,
+        map_id: i64,
+        form_id: i64,
+        campaign_id: Option<i64>,
+    ) -> Result<i64, String> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let form = inner.catalogue.form(form_id)?;
+        let campaign = self.campaign(campaign_id);
+        let (id, lead) = {
+            let mut db = inner.db.lock().expect("marketo db lock");
+            let lead = db
+                .leads
+                .by_id
+                .get(&map_id)
+                .ok_or_else(|| format!("no Marketo lead with id {map_id}"))?
+                .clone();
+            let fields = assets::form_fields(&form, &lead);
+            let activity = activities::form_fill(map_id, now, form, fields, campaign_id);
+            (db.activities.push(activity), lead)
+        };
+        self.call_webhook(&lead, campaign, now);
+        Ok(id)
+    }
+
+    /// A smart campaign's Change Program Status step: moves the lead to `new_status` (a status
+    /// name of the program's channel, case-insensitive) of the program, joining it first if it
+    /// is not a member, records a Change Status in Progression activity (type 104) at the
+    /// clock's now, fires the webhook if configured, and returns the activity's id.
+    pub fn change_program_status(
+        &self,
+        map_id: i64,
+        program_id: i64,
+        new_status: &str,
+        campaign_id: Option<i64>,
+    ) -> Result<i64, String> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let program = inner.catalogue.program(program_id)?;
+        let (new, _) = program.status(new_status).ok_or_else(|| {
+            format!(
+                "program {program_id} ({}) has no status '{new_status}'; its {} channel's statuses are {}",
+                program.name,
+                program.channel,
+                program
+                    .statuses
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let new = u8::try_from(new).expect("a channel has few statuses");
+        let campaign = self.campaign(campaign_id);
+        let (id, lead) = {
+            let mut db = inner.db.lock().expect("marketo db lock");
+            let Db {
+                leads,
+                activities,
+                members,
+                ..
+            } = &mut *db;
+            let lead = leads
+                .by_id
+                .get(&map_id)
+                .ok_or_else(|| format!("no Marketo lead with id {map_id}"))?
+                .clone();
+            let created = lead
+                .get("createdAt")
+                .as_str()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            let moved = members.change(program_id, map_id, new, None, now, created);
+            let activity = activities::program_status(
+                map_id,
+                now,
+                program,
+                (moved.old, new),
+                (moved.member_id, moved.acquired_by),
+                campaign
+                    .as_ref()
+                    .map(|(id, name)| (*id, Arc::from(name.as_str()))),
+            );
+            (activities.push(activity), lead)
+        };
+        self.call_webhook(&lead, campaign, now);
+        Ok(id)
+    }
+
+    /// The campaign `id` with its name (`Campaign <id>` for one the world does not have).
+    fn campaign(&self, id: Option<i64>) -> Option<(i64, String)> {
+        id.map(|id| {
+            let name = (self.inner.campaigns.get(&id).cloned())
+                .unwrap_or_else(|| format!("Campaign {id}"));
+            (id, name)
+        })
+    }
+
+    /// The configured "Call Webhook" step, for `lead` as it is after the change.
+    fn call_webhook(&self, lead: &Lead, campaign: Option<(i64, String)>, now: Timestamp) {
+        let inner = &self.inner;
+        let Some(hook) = &inner.config.webhook else {
+            return;
+        };
+        let ctx = TokenContext {
+            lead,
+            campaign,
+            now,
+            munchkin_id: &inner.config.munchkin_id,
+        };
+        let body = webhook::render(&hook.template, &ctx, true);
+        let headers = hook
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), webhook::render(v, &ctx, false)))
+            .collect();
+        webhook::fire(
+            hook,
+            lead.id,
+            body,
+            headers,
+            inner.webhook_outstanding.clone(),
+            inner.webhook_calls.clone(),
+        );
     }
 
     /// The next `skip` bulk export jobs to finish complete; the `times` after them fail with
@@ -379,6 +536,9 @@ impl Marketo {
             "tokens_issued": inner.tokens.count(),
             "leads": leads,
             "activity_count": db.activities.entries.len(),
+            "program_members": db.members.count(),
+            "forms": inner.catalogue.forms_by_id(),
+            "programs": inner.catalogue.programs_by_id(),
             "recent_activities": recent,
             "export_jobs": db.jobs.jobs.iter().map(bulk::Job::record).collect::<Vec<_>>(),
             "webhook_calls": *inner.webhook_calls.lock().expect("webhook calls lock"),
@@ -402,6 +562,49 @@ async fn admin_export_failures(State(m): State<Marketo>, body: Bytes) -> Respons
     let message = v["message"].as_str().unwrap_or("Internal error");
     m.fail_exports(count("skip", 0), count("times", 1), message);
     envelope::plain_json(StatusCode::OK, &json!({"ok": true}))
+}
+
+/// The position of status `id` in the program's statuses.
+fn position(program: &Program, id: i64) -> u8 {
+    let at = (program.statuses.iter())
+        .position(|s| s.id == id)
+        .expect("a status of the program's channel");
+    u8::try_from(at).expect("a channel has few statuses")
+}
+
+/// `POST /__sandbox/marketo/form_fill` `{"map_id": 1000001, "form_id": 1001, "campaign_id":
+/// 1001}` (campaign optional) -> `{"ok": true, "activity_id": n}`.
+async fn admin_form_fill(State(m): State<Marketo>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(map_id), Some(form_id)) = (v["map_id"].as_i64(), v["form_id"].as_i64()) else {
+        let hint = "body must be JSON with integers map_id and form_id: {\"map_id\": 1000001, \"form_id\": 1001, \"campaign_id\": 1001}";
+        return envelope::plain_json(StatusCode::BAD_REQUEST, &json!({"error": hint}));
+    };
+    triggered(m.fill_out_form(map_id, form_id, v["campaign_id"].as_i64()))
+}
+
+/// `POST /__sandbox/marketo/program_status` `{"map_id": 1000001, "program_id": 2001,
+/// "status": "Attended", "campaign_id": 1002}` (campaign optional) -> `{"ok": true,
+/// "activity_id": n}`.
+async fn admin_program_status(State(m): State<Marketo>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(map_id), Some(program_id), Some(status)) = (
+        v["map_id"].as_i64(),
+        v["program_id"].as_i64(),
+        v["status"].as_str(),
+    ) else {
+        let hint = "body must be JSON with integers map_id and program_id and a status name: {\"map_id\": 1000001, \"program_id\": 2001, \"status\": \"Attended\", \"campaign_id\": 1002}";
+        return envelope::plain_json(StatusCode::BAD_REQUEST, &json!({"error": hint}));
+    };
+    triggered(m.change_program_status(map_id, program_id, status, v["campaign_id"].as_i64()))
+}
+
+/// The answer of an admin trigger: the new activity's id, or 404 with what was not found.
+fn triggered(outcome: Result<i64, String>) -> Response {
+    match outcome {
+        Ok(id) => envelope::plain_json(StatusCode::OK, &json!({"ok": true, "activity_id": id})),
+        Err(e) => envelope::plain_json(StatusCode::NOT_FOUND, &json!({"error": e})),
+    }
 }
 
 async fn admin_score_change(State(m): State<Marketo>, body: Bytes) -> Response {

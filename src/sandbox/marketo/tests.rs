@@ -1065,3 +1065,624 @@ async fn a_job_told_to_fail_is_failed_with_its_message_and_has_no_file() {
         .await;
     assert_eq!(two["result"].as_array().unwrap().len(), 2, "{two}");
 }
+
+/// Attribute values of an activity record by name.
+fn attributes_of(record: &Value) -> serde_json::Map<String, Value> {
+    record["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_string(), a["value"].clone()))
+        .collect()
+}
+
+/// The attribute names the type catalogue declares for `type_id`.
+async fn declared_attributes(h: &Harness, token: &str, type_id: i64) -> Vec<String> {
+    let types = h.get(token, "/rest/v1/activities/types.json").await;
+    let t = types["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == json!(type_id))
+        .unwrap_or_else(|| panic!("type {type_id} is not in the catalogue"))
+        .clone();
+    t["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn program_of(world: &World, id: i64) -> &crate::sandbox::world::Program {
+    world.programs.iter().find(|p| p.id == id).unwrap()
+}
+
+#[tokio::test]
+async fn form_fills_and_program_changes_page_with_score_changes_only_when_asked_for() {
+    let h = spawn(400).await;
+    let token = h.token().await;
+    let world = &h.world;
+    let fills: Vec<_> = (world.engagements.iter())
+        .filter(|e| matches!(e.kind, EngagementKind::FormFill { .. }))
+        .collect();
+    let moves: Vec<_> = (world.engagements.iter())
+        .filter(|e| matches!(e.kind, EngagementKind::ProgramStatus { .. }))
+        .collect();
+    assert!(
+        fills.len() > 40 && moves.len() > 20,
+        "{} {}",
+        fills.len(),
+        moves.len()
+    );
+
+    let (scores, _) = all_activities(&h, &token, "activityTypeIds=22").await;
+    assert!(scores.iter().all(|a| a["activityTypeId"] == json!(22)));
+    let (all, _) = all_activities(&h, &token, "activityTypeIds=2,104,22").await;
+    let count = |t: i64| {
+        all.iter()
+            .filter(|a| a["activityTypeId"] == json!(t))
+            .count()
+    };
+    assert_eq!(count(2), fills.len());
+    assert_eq!(count(104), moves.len());
+    assert_eq!(count(22), world.score_changes.len());
+    let keys: Vec<(String, i64)> = all
+        .iter()
+        .map(|a| {
+            let date = a["activityDate"].as_str().unwrap().to_string();
+            (date, a["id"].as_i64().unwrap())
+        })
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "ordered by date, then id"
+    );
+    let by_id = |id: i64| all.iter().find(|a| a["id"] == json!(id)).unwrap();
+
+    let form_attributes = declared_attributes(&h, &token, 2).await;
+    for e in &fills {
+        let EngagementKind::FormFill { form_id } = e.kind else {
+            unreachable!()
+        };
+        let form = world.forms.iter().find(|f| f.id == form_id).unwrap();
+        let person = world.people.iter().find(|p| p.map_id == e.map_id).unwrap();
+        let a = by_id(e.activity_id);
+        assert_eq!(a["leadId"], json!(e.map_id));
+        assert_eq!(a["primaryAttributeValueId"], json!(form_id));
+        assert_eq!(a["primaryAttributeValue"], json!(form.name));
+        assert_eq!(a["campaignId"], json!(e.campaign_id));
+        let attrs = attributes_of(a);
+        assert!(attrs.keys().all(|k| form_attributes.contains(k)), "{a}");
+        assert_eq!(attrs["Webpage ID"], json!(form.webpage_id));
+        let fields = attrs["Form Fields"].as_str().unwrap();
+        assert!(
+            fields.contains(&format!(
+                "s:5:\"Email\";s:{}:\"{}\";",
+                person.email.len(),
+                person.email
+            )),
+            "{fields}"
+        );
+        assert!(
+            attrs["Client IP Address"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .count()
+                == 4
+        );
+    }
+
+    let program_attributes = declared_attributes(&h, &token, 104).await;
+    let mut members: std::collections::HashMap<(i64, i64), i64> = Default::default();
+    for e in &moves {
+        let EngagementKind::ProgramStatus {
+            program_id,
+            old_status_id,
+            new_status_id,
+            acquired_by,
+        } = e.kind
+        else {
+            unreachable!()
+        };
+        let program = program_of(world, program_id);
+        let status = |id: i64| program.statuses.iter().find(|s| s.id == id).unwrap();
+        let a = by_id(e.activity_id);
+        assert_eq!(a["primaryAttributeValueId"], json!(program_id));
+        assert_eq!(a["primaryAttributeValue"], json!(program.name));
+        assert_eq!(a["campaignId"], json!(e.campaign_id));
+        let attrs = attributes_of(a);
+        assert!(attrs.keys().all(|k| program_attributes.contains(k)), "{a}");
+        assert_eq!(attrs["Old Status ID"], json!(old_status_id));
+        assert_eq!(attrs["New Status ID"], json!(new_status_id));
+        assert_eq!(attrs["Old Status"], json!(status(old_status_id).name));
+        assert_eq!(attrs["New Status"], json!(status(new_status_id).name));
+        assert_eq!(attrs["Acquired By"], json!(acquired_by));
+        let reached = status(new_status_id).success && !status(old_status_id).success;
+        assert_eq!(attrs["Success"], json!(reached));
+        let campaign = world
+            .campaigns
+            .iter()
+            .find(|c| c.id == e.campaign_id)
+            .unwrap();
+        assert_eq!(
+            attrs["Reason"],
+            json!(format!(
+                "Changed by Smart Campaign {} action Change Program Status",
+                campaign.name
+            ))
+        );
+        let member = attrs["Program Member ID"].as_i64().unwrap();
+        let first = *members.entry((program_id, e.map_id)).or_insert(member);
+        assert_eq!(member, first, "one member id per lead and program");
+    }
+    let ids: std::collections::HashSet<i64> = members.values().copied().collect();
+    assert_eq!(ids.len(), members.len(), "member ids are unique");
+}
+
+#[tokio::test]
+async fn asset_ids_keep_the_activities_of_those_assets_of_one_type() {
+    let h = spawn(400).await;
+    let token = h.token().await;
+    let world = &h.world;
+    let of = |keep: &dyn Fn(&EngagementKind) -> bool| {
+        world.engagements.iter().filter(|e| keep(&e.kind)).count()
+    };
+
+    let (demos, _) = all_activities(&h, &token, "activityTypeIds=2&assetIds=1001").await;
+    assert_eq!(
+        demos.len(),
+        of(&|k| *k == EngagementKind::FormFill { form_id: 1001 })
+    );
+    assert!(!demos.is_empty());
+    assert!(
+        demos
+            .iter()
+            .all(|a| a["primaryAttributeValue"] == json!("Demo Request"))
+    );
+
+    let (webinars, _) = all_activities(
+        &h,
+        &token,
+        "activityTypeIds=104&assetIds=2002&assetIds=2003",
+    )
+    .await;
+    let want = of(
+        &|k| matches!(k, EngagementKind::ProgramStatus { program_id, .. } if *program_id != 2001),
+    );
+    assert_eq!(webinars.len(), want);
+    assert!(!webinars.is_empty());
+
+    // The lead field id of leadScore: a Change Score's primary asset.
+    let lead_score = leads::field("leadScore").unwrap().id;
+    let (scores, _) = all_activities(
+        &h,
+        &token,
+        &format!("activityTypeIds=22&assetIds={lead_score}"),
+    )
+    .await;
+    let want = (world.score_changes.iter())
+        .filter(|c| c.field == ScoreField::LeadScore)
+        .count();
+    assert_eq!(scores.len(), want);
+
+    let zero = "GIYDAOBNGEYS2MBWKQYDAORQGA5DAMBOGAYDAKZQGAYDALBQ";
+    for query in [
+        "activityTypeIds=2,104&assetIds=1001",
+        "activityTypeIds=2&activityTypeIds=22&assetIds=1001",
+        "activityTypeIds=2&assetIds=demo",
+    ] {
+        let v = h
+            .get(
+                &token,
+                &format!("/rest/v1/activities.json?nextPageToken={zero}&{query}"),
+            )
+            .await;
+        assert_eq!(v["success"], json!(false), "{query}: {v}");
+        assert_eq!(code(&v), "1003", "{query}");
+    }
+}
+
+/// Runs an activity export of `filter` to its end; the CSV's rows by column name.
+async fn exported_activities(
+    h: &Harness,
+    token: &str,
+    filter: Value,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let created = h
+        .post(
+            token,
+            "/bulk/v1/activities/export/create.json",
+            json!({"format": "CSV", "filter": filter}),
+        )
+        .await;
+    assert_eq!(created["success"], json!(true), "{created}");
+    let id = created["result"][0]["exportId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.post(
+        token,
+        &format!("/bulk/v1/activities/export/{id}/enqueue.json"),
+        json!({}),
+    )
+    .await;
+    for _ in 0..5 {
+        let s = h
+            .get(
+                token,
+                &format!("/bulk/v1/activities/export/{id}/status.json"),
+            )
+            .await;
+        if s["result"][0]["status"] == json!("Completed") {
+            break;
+        }
+    }
+    let text = h
+        .http
+        .get(format!(
+            "{}/bulk/v1/activities/export/{id}/file.json",
+            h.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            header
+                .iter()
+                .cloned()
+                .zip(r.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bulk_activity_exports_carry_form_fills_and_program_changes_as_rest_pages_do() {
+    let h = spawn(1500).await;
+    let token = h.token().await;
+    let window = json!({"startAt": "2026-10-02T12:00:00Z", "endAt": "2026-11-02T12:00:00Z"});
+    let start: Timestamp = "2026-10-02T12:00:00Z".parse().unwrap();
+    let in_window = |keep: &dyn Fn(&EngagementKind) -> bool| {
+        (h.world.engagements.iter())
+            .filter(|e| e.at >= start && keep(&e.kind))
+            .count()
+    };
+
+    let rows = exported_activities(
+        &h,
+        &token,
+        json!({"createdAt": window, "activityTypeIds": [2, 104]}),
+    )
+    .await;
+    assert_eq!(rows.len(), in_window(&|_| true));
+    assert!(rows.iter().any(|r| r["activityTypeId"] == "2"));
+    assert!(rows.iter().any(|r| r["activityTypeId"] == "104"));
+    let (rest, _) = all_activities(&h, &token, "activityTypeIds=2,104").await;
+    for row in &rows {
+        let a = rest
+            .iter()
+            .find(|a| a["marketoGUID"] == json!(row["marketoGUID"]))
+            .unwrap_or_else(|| panic!("{row:?} is not on the REST pages"));
+        assert_eq!(row["leadId"], a["leadId"].to_string());
+        assert_eq!(row["activityTypeId"], a["activityTypeId"].to_string());
+        assert_eq!(row["campaignId"], a["campaignId"].to_string());
+        assert_eq!(
+            row["primaryAttributeValueId"],
+            a["primaryAttributeValueId"].to_string()
+        );
+        assert_eq!(
+            row["primaryAttributeValue"],
+            a["primaryAttributeValue"].as_str().unwrap()
+        );
+        let attributes: Value = serde_json::from_str(&row["attributes"]).unwrap();
+        assert_eq!(attributes, Value::Object(attributes_of(a)), "{row:?}");
+    }
+
+    let summit = exported_activities(
+        &h,
+        &token,
+        json!({"createdAt": window, "activityTypeIds": [104], "primaryAttributeValueIds": [2001]}),
+    )
+    .await;
+    let want = in_window(&|k| {
+        matches!(
+            k,
+            EngagementKind::ProgramStatus {
+                program_id: 2001,
+                ..
+            }
+        )
+    });
+    assert_eq!(summit.len(), want);
+    assert!(want > 0);
+    assert!(
+        summit
+            .iter()
+            .all(|r| r["primaryAttributeValue"] == "2026 Customer Summit")
+    );
+
+    let demos = exported_activities(
+        &h,
+        &token,
+        json!({"createdAt": window, "activityTypeIds": [2], "primaryAttributeValues": ["Demo Request"]}),
+    )
+    .await;
+    assert_eq!(
+        demos.len(),
+        in_window(&|k| *k == EngagementKind::FormFill { form_id: 1001 })
+    );
+    assert!(demos.iter().all(|r| r["primaryAttributeValueId"] == "1001"));
+
+    let scores = exported_activities(
+        &h,
+        &token,
+        json!({"createdAt": window, "activityTypeIds": [22, 13], "primaryAttributeValues": ["Lead Score"]}),
+    )
+    .await;
+    assert!(!scores.is_empty());
+    assert!(
+        scores
+            .iter()
+            .all(|r| r["primaryAttributeValue"] == "Lead Score")
+    );
+
+    let many: Vec<i64> = (1..=51).collect();
+    for filter in [
+        json!({"createdAt": window, "activityTypeIds": [2, 104], "primaryAttributeValueIds": [1001]}),
+        json!({"createdAt": window, "activityTypeIds": [2, 22], "primaryAttributeValues": ["Demo Request"]}),
+        json!({"createdAt": window, "primaryAttributeValueIds": [1001]}),
+        json!({"createdAt": window, "activityTypeIds": [2], "primaryAttributeValueIds": [1001], "primaryAttributeValues": ["Demo Request"]}),
+        json!({"createdAt": window, "activityTypeIds": [2], "primaryAttributeValueIds": many}),
+        json!({"createdAt": window, "activityTypeIds": [1], "primaryAttributeValueIds": [71]}),
+    ] {
+        let v = h
+            .post(
+                &token,
+                "/bulk/v1/activities/export/create.json",
+                json!({"format": "CSV", "filter": filter}),
+            )
+            .await;
+        assert_eq!(code(&v), "1003", "{filter}: {v}");
+    }
+}
+
+/// The next webhook call the receiver got, or a failure after 10 s without one.
+async fn next_call(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) -> (String, String) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no webhook call within 10 s")
+        .expect("the receiver is running")
+}
+
+#[tokio::test]
+async fn triggered_form_fills_and_status_changes_are_on_the_next_page_and_call_the_webhook() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let key = headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                tx.send((key, body)).unwrap();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let mut config = MarketoConfig::sandbox_default();
+    config.webhook = Some(MarketoWebhook {
+        url: hook_url,
+        template: r#"{"leadId": {{lead.Id}}, "email": {{lead.Email Address}}, "campaign": {{campaign.id}}, "campaignName": {{campaign.name}}}"#.into(),
+        headers: vec![("X-Api-Key".into(), "s3cret-{{lead.Id}}".into())],
+    });
+    let h = spawn_with(50, config).await;
+    let token = h.token().await;
+    // A person who is not a member of the summit in the world's history.
+    let p = (h.world.people.iter())
+        .find(|p| {
+            !h.world.engagements.iter().any(|e| {
+                e.map_id == p.map_id
+                    && matches!(
+                        e.kind,
+                        EngagementKind::ProgramStatus {
+                            program_id: 2001,
+                            ..
+                        }
+                    )
+            })
+        })
+        .unwrap()
+        .clone();
+    let t = h
+        .get(
+            &token,
+            "/rest/v1/activities/pagingtoken.json?sinceDatetime=2026-11-02T12:00:00Z",
+        )
+        .await;
+    let since = t["nextPageToken"].as_str().unwrap().to_string();
+    let page = |types: &'static str| {
+        let since = since.clone();
+        let h = &h;
+        let token = token.clone();
+        async move {
+            h.get(
+                &token,
+                &format!("/rest/v1/activities.json?activityTypeIds={types}&nextPageToken={since}"),
+            )
+            .await
+        }
+    };
+    let v = page("2,104").await;
+    assert_eq!(v["result"], json!([]), "{v}");
+
+    h.clock.advance(SignedDuration::from_secs(60));
+    let fill = h.marketo.fill_out_form(p.map_id, 1001, Some(1001)).unwrap();
+    let (key, body) = next_call(&mut rx).await;
+    assert_eq!(key, format!("s3cret-{}", p.map_id));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({"leadId": p.map_id, "email": p.email, "campaign": 1001, "campaignName": "Content 2025"})
+    );
+    let v = page("2").await;
+    let records = v["result"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{v}");
+    let a = &records[0];
+    assert_eq!(a["id"], json!(fill));
+    assert_eq!(a["leadId"], json!(p.map_id));
+    assert_eq!(a["activityDate"], json!("2026-11-02T12:01:00Z"));
+    assert_eq!(a["primaryAttributeValueId"], json!(1001));
+    assert_eq!(a["primaryAttributeValue"], json!("Demo Request"));
+    assert_eq!(a["campaignId"], json!(1001));
+    let fields = attributes_of(a)["Form Fields"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fields.starts_with("a:5:{s:5:\"Email\";"), "{fields}");
+    assert!(
+        fields.contains(&p.email) && fields.contains(&p.title),
+        "{fields}"
+    );
+
+    h.clock.advance(SignedDuration::from_secs(60));
+    let registered = (h.marketo)
+        .change_program_status(p.map_id, 2001, "Registered", Some(1002))
+        .unwrap();
+    let attended = (h.marketo)
+        .change_program_status(p.map_id, 2001, "attended", None)
+        .unwrap();
+    assert!(fill < registered && registered < attended);
+    for campaign in [json!(1002), Value::Null] {
+        let (_, body) = next_call(&mut rx).await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["leadId"], json!(p.map_id));
+        assert_eq!(body["campaign"], campaign);
+    }
+    let v = page("104").await;
+    let records = v["result"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{v}");
+    let (first, second) = (attributes_of(&records[0]), attributes_of(&records[1]));
+    assert_eq!(records[0]["id"], json!(registered));
+    assert_eq!(records[0]["campaignId"], json!(1002));
+    assert_eq!(first["Old Status"], json!("Not in Program"));
+    assert_eq!(first["Old Status ID"], json!(1));
+    assert_eq!(first["New Status"], json!("Registered"));
+    assert_eq!(first["New Status ID"], json!(3));
+    assert_eq!(first["Success"], json!(false));
+    assert_eq!(
+        first["Reason"],
+        json!("Changed by Smart Campaign Trade Show 2026 action Change Program Status")
+    );
+    assert!(records[1].get("campaignId").is_none());
+    assert_eq!(second["Old Status"], json!("Registered"));
+    assert_eq!(second["New Status"], json!("Attended"));
+    assert_eq!(second["New Status ID"], json!(6));
+    assert_eq!(second["Success"], json!(true));
+    assert!(second.get("Reason").is_none());
+    assert_eq!(first["Program Member ID"], second["Program Member ID"]);
+    let v = page("2,104,22").await;
+    assert_eq!(v["result"].as_array().unwrap().len(), 3, "{v}");
+
+    let unknown = [
+        h.marketo.fill_out_form(42, 1001, None).unwrap_err(),
+        h.marketo.fill_out_form(p.map_id, 999, None).unwrap_err(),
+        h.marketo
+            .change_program_status(p.map_id, 999, "Attended", None)
+            .unwrap_err(),
+        h.marketo
+            .change_program_status(p.map_id, 2001, "Attend", None)
+            .unwrap_err(),
+    ];
+    assert!(
+        unknown[0].contains("no Marketo lead with id 42"),
+        "{}",
+        unknown[0]
+    );
+    assert!(
+        unknown[1].contains("no Marketo form with id 999"),
+        "{}",
+        unknown[1]
+    );
+    assert!(unknown[1].contains("1001 (Demo Request)"), "{}", unknown[1]);
+    assert!(
+        unknown[2].contains("no Marketo program with id 999"),
+        "{}",
+        unknown[2]
+    );
+    assert!(
+        unknown[3].contains("no status 'Attend'") && unknown[3].contains("No Show"),
+        "{}",
+        unknown[3]
+    );
+
+    let admin = |path: &'static str, body: Value| {
+        let h = &h;
+        async move {
+            let r = h
+                .http
+                .post(format!("{}/__sandbox/marketo/{path}", h.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = admin("form_fill", json!({"map_id": p.map_id, "form_id": 1003})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], json!(true));
+    assert!(v["activity_id"].as_i64().unwrap() > attended);
+    let (status, v) = admin(
+        "program_status",
+        json!({"map_id": p.map_id, "program_id": 2002, "status": "Registered", "campaign_id": 1000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = admin(
+        "program_status",
+        json!({"map_id": p.map_id, "program_id": 2002, "status": "Maybe"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        v["error"].as_str().unwrap().contains("no status 'Maybe'"),
+        "{v}"
+    );
+    let (status, _) = admin("form_fill", json!({"map_id": p.map_id})).await;
+    assert_eq!(status, 400);
+    for _ in 0..2 {
+        next_call(&mut rx).await;
+    }
+    let v = page("2,104").await;
+    assert_eq!(v["result"].as_array().unwrap().len(), 5, "{v}");
+}
+
+#[test]
+fn activities_stay_as_small_as_a_change_score() {
+    // Ten million are held for the backfill benchmark: the engagement variants must not
+    // make every activity bigger than Change Score made it (48 bytes of detail).
+    assert!(
+        std::mem::size_of::<Detail>() <= 48,
+        "{}",
+        std::mem::size_of::<Detail>()
+    );
+}

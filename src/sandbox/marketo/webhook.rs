@@ -1,7 +1,7 @@
-//! Webhook calls on score changes, as a trigger campaign's "Call Webhook" step makes them:
-//! the configured template and headers with `{{lead.<Display Name>}}` (or REST name),
-//! `{{campaign.id}}`, `{{campaign.name}}`, `{{system.dateTime}}` and `{{system.munchkinId}}`
-//! tokens replaced; string tokens are JSON-quoted automatically, as Marketo's JSON token
+//! Webhook calls on score changes, form fills and program status changes, as a trigger
+//! campaign's "Call Webhook" step makes them: the configured template and headers with
+//! `{{lead.<Display Name>}}` (or REST name), `{{campaign.id}}`, `{{campaign.name}}`,
+//! `{{system.dateTime}}` and `{{system.munchkinId}}` tokens replaced; string tokens are JSON-quoted automatically, as Marketo's JSON token
 //! encoding does; header values take tokens too, unquoted. One POST per change, 30 s
 //! timeout, no retries, at most 20 outstanding; outcomes are kept for the admin state. It must not block the request that caused the change.
 
