@@ -914,6 +914,14 @@ fn print_reads_and_decisions(s: &mqlsync::sync::once::RunSummary) {
         counts_in_words(&s.decisions),
         s.events
     );
+    if !s.qualified_by.is_empty() {
+        let how: Vec<String> = s
+            .qualified_by
+            .iter()
+            .map(|(how, n)| format!("{how} {n}"))
+            .collect();
+        println!("MQLs by how they qualified: {}", how.join(", "));
+    }
 }
 
 fn print_calls(s: &mqlsync::sync::once::RunSummary) {

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::engine::model::{AlertChannel, Outcome};
 use crate::engine::policy::{
-    AttributeRule, HistoricStatus, OutcomePolicy, Policy, Rules, ScoreSource, Team,
+    AttributeRule, HandRaiserRule, HistoricStatus, OutcomePolicy, Policy, Rules, ScoreSource, Team,
 };
 use crate::engine::sla::{BusinessCalendar, WeekdayKey};
 
@@ -85,6 +85,10 @@ pub struct MqlObject {
     pub reassignment_count: String,
     pub backfilled: String,
     pub note: String,
+    /// A text field saying what made a hand-raiser cycle an MQL (rule, activity, asset).
+    /// Written on hand-raiser cycles only, so an object without it serves score crossings.
+    #[serde(default)]
+    pub qualified_by: Option<String>,
 }
 
 /// Lead or Contact fields mqlsync reads and stamps.
@@ -140,6 +144,28 @@ pub struct MapSection {
     pub crm_contact_id: String,
     /// Activity type of a score change (Marketo: 22, Change Score).
     pub score_activity_type: i64,
+    /// How long a hand-raise of a MAP lead without a CRM record waits for the MAP's CRM sync
+    /// to link it (a new person's form fill reaches the CRM minutes later). Default 7.
+    #[serde(default)]
+    pub hand_raise_wait_for_link_days: Option<Spanned<i64>>,
+}
+
+/// A hand-raiser rule as written (`[[hand_raisers]]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandRaiserSection {
+    pub name: Spanned<String>,
+    /// The MAP's activity type id (Marketo: Fill Out Form 2, Change Status in Progression 104).
+    pub activity_type_id: Spanned<i64>,
+    /// Asset ids or names (forms, programs); absent or empty: any asset of the type.
+    #[serde(default)]
+    pub assets: Vec<String>,
+    /// The program status moved to (its name or id); absent: any.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Attribute = value pairs the person must match; absent: everyone.
+    #[serde(default)]
+    pub segment: BTreeMap<String, Spanned<String>>,
 }
 
 /// Where one attribute is read on each side.
@@ -293,6 +319,8 @@ pub struct Mapping {
     pub outcomes: OutcomesSection,
     #[serde(default)]
     pub teams: Vec<TeamSection>,
+    #[serde(default)]
+    pub hand_raisers: Vec<HandRaiserSection>,
 }
 
 /// A mapping together with where it came from and the policy built from it.
@@ -606,7 +634,21 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
     for (i, t) in mapping.teams.iter().enumerate() {
         teams.push(build_team(mapping, ctx, i, t)?);
     }
+    let hand_raisers = hand_raisers(mapping, ctx)?;
+    let wait_days = match &mapping.map.hand_raise_wait_for_link_days {
+        Some(d) if *d.get_ref() < 0 => {
+            return Err(ctx.err(
+                d.span(),
+                "map.hand_raise_wait_for_link_days",
+                "a wait is zero or more days",
+            ));
+        }
+        Some(d) => *d.get_ref(),
+        None => 7,
+    };
     Ok(Policy {
+        hand_raisers,
+        hand_raise_wait_for_link: SignedDuration::from_hours(24 * wait_days),
         status_history,
         score,
         default_threshold,
@@ -617,6 +659,77 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         sal_status: mapping.statuses.sal.clone(),
         teams,
     })
+}
+
+/// The Marketo activities API takes at most this many activity types a call; the hand-raiser
+/// types are read in the same calls as the score changes.
+const MAX_ACTIVITY_TYPES: usize = 10;
+
+fn hand_raisers(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Vec<HandRaiserRule>, MappingError> {
+    let mut rules: Vec<HandRaiserRule> = Vec::new();
+    let mut types = BTreeSet::from([mapping.map.score_activity_type]);
+    for (i, r) in mapping.hand_raisers.iter().enumerate() {
+        let key = |k: &str| format!("hand_raisers[{i}].{k}");
+        let name = r.name.get_ref().trim();
+        if name.is_empty() {
+            return Err(ctx.err(r.name.span(), &key("name"), "a rule needs a name"));
+        }
+        if rules
+            .iter()
+            .any(|other| other.name.eq_ignore_ascii_case(name))
+        {
+            return Err(ctx.err(
+                r.name.span(),
+                &key("name"),
+                format!("two hand-raiser rules are named {name:?}; names tell rules apart in the audit and on MQL records"),
+            ));
+        }
+        let type_id = *r.activity_type_id.get_ref();
+        if type_id == mapping.map.score_activity_type {
+            return Err(ctx.err(
+                r.activity_type_id.span(),
+                &key("activity_type_id"),
+                format!("{type_id} is the score-change activity (map.score_activity_type); a hand-raiser names another activity, e.g. 2 (Fill Out Form) or 104 (Change Status in Progression)"),
+            ));
+        }
+        let Ok(activity_type_id) = u32::try_from(type_id)
+            .map_err(|_| ())
+            .and_then(|t| if t == 0 { Err(()) } else { Ok(t) })
+        else {
+            return Err(ctx.err(
+                r.activity_type_id.span(),
+                &key("activity_type_id"),
+                "an activity type id is a positive whole number, e.g. 2 (Fill Out Form)",
+            ));
+        };
+        types.insert(type_id);
+        if types.len() > MAX_ACTIVITY_TYPES {
+            return Err(ctx.err(
+                r.activity_type_id.span(),
+                &key("activity_type_id"),
+                format!("the hand-raiser rules and the score changes name {} activity types; Marketo's activities API reads at most {MAX_ACTIVITY_TYPES} in one call", types.len()),
+            ));
+        }
+        let mut segment = BTreeMap::new();
+        for (attribute, value) in &r.segment {
+            if !mapping.attributes.contains_key(attribute) {
+                return Err(ctx.err(
+                    value.span(),
+                    &key(&format!("segment.{attribute}")),
+                    format!("unknown attribute {attribute:?}; define it in [attributes]"),
+                ));
+            }
+            segment.insert(attribute.clone(), value.get_ref().clone());
+        }
+        rules.push(HandRaiserRule {
+            name: name.to_string(),
+            activity_type_id,
+            assets: r.assets.iter().map(|a| a.trim().to_string()).collect(),
+            status: r.status.as_ref().map(|s| s.trim().to_string()),
+            segment,
+        });
+    }
+    Ok(rules)
 }
 
 fn build_team(
@@ -879,6 +992,61 @@ mod tests {
             })
         );
         assert_eq!(policy.status_history.get("Open - Not Contacted"), None);
+    }
+
+    #[test]
+    fn the_shipped_mapping_makes_a_demo_request_a_hand_raiser() {
+        let policy = load(None).unwrap().policy;
+        assert_eq!(policy.hand_raisers.len(), 1);
+        let rule = &policy.hand_raisers[0];
+        assert_eq!(
+            (
+                rule.name.as_str(),
+                rule.activity_type_id,
+                rule.assets.as_slice()
+            ),
+            ("Demo Request", 2, ["Demo Request".to_string()].as_slice())
+        );
+        assert_eq!(policy.hand_raiser_type_ids(), [2]);
+        assert_eq!(
+            policy.hand_raise_wait_for_link,
+            SignedDuration::from_hours(24 * 7)
+        );
+    }
+
+    #[test]
+    fn a_hand_raiser_rule_that_cannot_be_read_names_its_key_and_line() {
+        let rule = "activity_type_id = 2           # Fill Out Form";
+        let e = broken(rule, "activity_type_id = 22");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("hand_raisers[0].activity_type_id", line_of(rule))
+        );
+        assert!(e.message.contains("score-change activity"), "{e}");
+        let e = broken(rule, "activity_type_id = -4");
+        assert!(e.message.contains("positive whole number"), "{e}");
+        let e = broken(
+            "assets = [\"Demo Request\"]",
+            "assets = [\"Demo Request\"]\nsegment = { teir = \"1\" }",
+        );
+        assert_eq!(e.key, "hand_raisers[0].segment.teir");
+        assert!(e.message.contains("[attributes]"), "{e}");
+        let twice =
+            "[[hand_raisers]]\nname = \"demo request\"\nactivity_type_id = 104\n\n# --- SLA teams";
+        let e = broken("# --- SLA teams", twice);
+        assert_eq!(e.key, "hand_raisers[1].name");
+        // Eleven activity types are more than one activities call reads.
+        let many: String = (100..110)
+            .map(|t| format!("[[hand_raisers]]\nname = \"r{t}\"\nactivity_type_id = {t}\n"))
+            .collect();
+        let e = broken("# --- SLA teams", &format!("{many}# --- SLA teams"));
+        assert_eq!(e.key, "hand_raisers[9].activity_type_id");
+        assert!(e.message.contains("at most 10"), "{e}");
+        let e = broken(
+            "hand_raise_wait_for_link_days = 7",
+            "hand_raise_wait_for_link_days = -1",
+        );
+        assert_eq!(e.key, "map.hand_raise_wait_for_link_days");
     }
 
     /// Issue 11, point 4: a team's pool error points at the `pool` line, not the time zone's.

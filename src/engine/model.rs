@@ -159,6 +159,88 @@ pub struct MapLink {
     pub at: Timestamp,
 }
 
+/// A MAP activity other than a score change, as far as a hand-raiser rule matches on it: a
+/// form fill, a program status change, a named asset. The engine decides whether a rule
+/// names it (see [`super::policy::HandRaiserRule`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapActivity {
+    pub map_lead_id: i64,
+    /// The MAP's id of the activity (`marketoGUID`).
+    pub activity_id: String,
+    /// The MAP's activity type (Fill Out Form is 2, Change Status in Progression 104).
+    pub type_id: u32,
+    /// The primary asset's id and name: the form, the program, the web page.
+    pub asset_id: Option<String>,
+    pub asset_name: Option<String>,
+    /// The program status the person moved to (Change Status in Progression): its name, or
+    /// its id when the MAP gives only that.
+    pub status: Option<String>,
+    pub campaign: Option<Campaign>,
+    pub at: Timestamp,
+}
+
+impl MapActivity {
+    /// `Fill Out Form on Demo Request (activity 4711)`: how the audit names it.
+    pub fn describe(&self) -> String {
+        let mut text = activity_kind(self.type_id);
+        if let Some(asset) = self.asset_name.as_ref().or(self.asset_id.as_ref()) {
+            text.push_str(" on ");
+            text.push_str(asset);
+        }
+        if let Some(status) = &self.status {
+            text.push_str(" to ");
+            text.push_str(status);
+        }
+        text.push_str(" (activity ");
+        text.push_str(&self.activity_id);
+        text.push(')');
+        text
+    }
+}
+
+/// What opened a hand-raiser cycle: the rule and the activity that matched it. The MQL
+/// record carries it instead of a score crossing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandRaise {
+    pub rule: String,
+    pub activity_id: String,
+    pub type_id: u32,
+    /// The asset's name, else its id.
+    pub asset: Option<String>,
+    pub status: Option<String>,
+    /// When the person raised their hand (the cycle's MQL date may be later: when the MAP
+    /// lead was linked to its CRM record).
+    pub at: Timestamp,
+}
+
+impl HandRaise {
+    /// `Hand-raiser Demo Request: Fill Out Form on Demo Request at 2026-11-29T10:00:00Z`:
+    /// what the MQL record says qualified the person.
+    pub fn label(&self) -> String {
+        let mut text = format!("Hand-raiser {}: {}", self.rule, activity_kind(self.type_id));
+        if let Some(asset) = &self.asset {
+            text.push_str(" on ");
+            text.push_str(asset);
+        }
+        if let Some(status) = &self.status {
+            text.push_str(" to ");
+            text.push_str(status);
+        }
+        text.push_str(" at ");
+        text.push_str(&self.at.to_string());
+        text
+    }
+}
+
+/// A MAP activity type as people name it.
+fn activity_kind(type_id: u32) -> String {
+    match type_id {
+        2 => "Fill Out Form".to_string(),
+        104 => "Change Status in Progression".to_string(),
+        other => format!("activity type {other}"),
+    }
+}
+
 /// A rep (or anyone in the CRM) edited an MQL record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CycleEdit {
@@ -193,6 +275,8 @@ pub enum Event {
     /// something that happened at `at`. What becomes of the people it reaches is
     /// [`Event::GoLive`]'s decision, or the next change's or knob turn's.
     CurrentScore(ScoreChange),
+    /// A MAP activity a hand-raiser rule may name: it opens a cycle whatever the score.
+    Activity(MapActivity),
     Link(MapLink),
     CycleEdit(CycleEdit),
     /// mqlsync goes live at `at`. With `mqls`, everyone linked, without any cycle, at or above
@@ -214,6 +298,7 @@ impl Event {
             Event::Person(p) => p.modified_at,
             Event::Opportunity(o) => o.modified_at,
             Event::Score(s) | Event::CurrentScore(s) => s.at,
+            Event::Activity(a) => a.at,
             Event::Link(l) => l.at,
             Event::CycleEdit(e) => e.modified_at,
             Event::GoLive { at, .. } => *at,
@@ -354,6 +439,10 @@ pub struct Cycle {
     /// write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_at: Option<Timestamp>,
+    /// The hand-raiser rule and activity that opened it; `None`: a score crossing (or
+    /// go-live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_raise: Option<Box<HandRaise>>,
     /// A note for the CRM record (a data-quality problem mqlsync refused to accept).
     pub note: Option<String>,
     /// The last CRM modification of the record mqlsync has applied: only a later edit is
@@ -426,6 +515,30 @@ pub enum Reason {
         score: f64,
         threshold: f64,
         threshold_id: Option<String>,
+    },
+    /// A hand-raiser rule named a MAP activity of the person, and nothing held them: an MQL
+    /// whatever the score. The score (if the MAP has sent one) and threshold are those of the
+    /// moment, for reference.
+    HandRaised {
+        rule: String,
+        activity: String,
+        score: Option<f64>,
+        threshold: f64,
+        threshold_id: Option<String>,
+    },
+    /// A hand-raiser rule named a MAP activity of the person, but `why` held them (an open
+    /// cycle, an exclusion, a cool-down, no link yet, no threshold).
+    HandRaiseHeld {
+        rule: String,
+        activity: String,
+        why: Box<Reason>,
+    },
+    /// A hand-raise of a MAP lead that had no CRM record then, and was linked to one only at
+    /// `linked_at`, past the mapping's `hand_raisers_wait_for_link_days`: too old to act on.
+    HandRaiseExpired {
+        rule: String,
+        activity: String,
+        linked_at: Timestamp,
     },
     /// No threshold record matches and no default is configured: no MQLs for this person.
     NoThreshold,
@@ -580,6 +693,40 @@ impl std::fmt::Display for Reason {
                 f,
                 "not an MQL: score {score} is below the threshold {threshold} ({})",
                 which(threshold_id)
+            ),
+            Reason::HandRaised {
+                rule,
+                activity,
+                score,
+                threshold,
+                threshold_id,
+            } => {
+                write!(f, "MQL: qualified by hand-raiser rule {rule} ({activity}), ")?;
+                match score {
+                    Some(score) => write!(f, "score {score}")?,
+                    None => f.write_str("no score yet")?,
+                }
+                write!(
+                    f,
+                    " against the threshold {threshold} ({})",
+                    which(threshold_id)
+                )
+            }
+            Reason::HandRaiseHeld {
+                rule,
+                activity,
+                why,
+            } => write!(
+                f,
+                "hand-raiser rule {rule} matched {activity}, but {why}"
+            ),
+            Reason::HandRaiseExpired {
+                rule,
+                activity,
+                linked_at,
+            } => write!(
+                f,
+                "hand-raiser rule {rule} matched {activity}, but its MAP lead was linked to this record only at {linked_at}, too late to act on it"
             ),
             Reason::NoThreshold => f.write_str(
                 "not an MQL: no threshold record matches its segment and the mapping sets no default",

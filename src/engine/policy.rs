@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
-use super::model::{AlertChannel, Attributes, Outcome};
+use super::model::{AlertChannel, Attributes, MapActivity, Outcome};
 use super::sla::BusinessCalendar;
 
 /// How the score a threshold is compared with is made.
@@ -103,6 +103,56 @@ pub enum HistoricStatus {
     Rejected { reason: String },
 }
 
+/// A hand-raiser rule: MAP activities that make a person an MQL at once, whatever the score
+/// (a Demo Request form fill, an event attended). The other conditions still hold: linked,
+/// not excluded, no open cycle, not cooling down, a threshold (for reference) resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandRaiserRule {
+    /// How the audit, `explain` and the MQL record name it ("Demo Request").
+    pub name: String,
+    /// The MAP's activity type id (Fill Out Form 2, Change Status in Progression 104).
+    pub activity_type_id: u32,
+    /// Asset ids or names (forms, programs), compared case-insensitively; empty: any asset.
+    pub assets: Vec<String>,
+    /// The program status moved to ("Attended", or its id), case-insensitive; `None`: any.
+    pub status: Option<String>,
+    /// Attribute = value pairs the person must match (`target_account = true`); empty:
+    /// everyone.
+    pub segment: BTreeMap<String, String>,
+}
+
+impl HandRaiserRule {
+    /// Whether the activity is one this rule names (its type, asset and status).
+    pub fn names(&self, activity: &MapActivity) -> bool {
+        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+        activity.type_id == self.activity_type_id
+            && (self.assets.is_empty()
+                || self.assets.iter().any(|asset| {
+                    activity
+                        .asset_id
+                        .as_deref()
+                        .is_some_and(|id| same(id, asset))
+                        || activity
+                            .asset_name
+                            .as_deref()
+                            .is_some_and(|name| same(name, asset))
+                }))
+            && self.status.as_deref().is_none_or(|wanted| {
+                activity
+                    .status
+                    .as_deref()
+                    .is_some_and(|status| same(status, wanted))
+            })
+    }
+
+    /// Whether the rule applies to a person with these attributes.
+    pub fn covers(&self, attributes: &Attributes) -> bool {
+        self.segment
+            .iter()
+            .all(|(k, v)| attributes.get(k).is_some_and(|a| a.eq_ignore_ascii_case(v)))
+    }
+}
+
 /// Everything the engine needs to decide.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -119,9 +169,27 @@ pub struct Policy {
     /// history onto the cycles it rebuilds (their SAL and closed dates).
     pub status_history: BTreeMap<String, HistoricStatus>,
     pub teams: Vec<Team>,
+    /// Hand-raiser rules, in the mapping's order: the first that names an activity and
+    /// covers the person is the one a cycle records.
+    pub hand_raisers: Vec<HandRaiserRule>,
+    /// How long a hand-raise of a MAP lead without a CRM record waits for its link (a new
+    /// person's form fill reaches the CRM minutes later, through the MAP's CRM sync).
+    pub hand_raise_wait_for_link: SignedDuration,
 }
 
 impl Policy {
+    /// The MAP activity types the hand-raiser rules name, ascending, each once.
+    pub fn hand_raiser_type_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .hand_raisers
+            .iter()
+            .map(|r| r.activity_type_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// The team a cycle records by name (`Cycle::team`).
     pub fn team_named(&self, name: &str) -> Option<&Team> {
         self.teams.iter().find(|t| t.name == name)
@@ -224,6 +292,14 @@ impl Policy {
                 alert: AlertChannel::Task,
                 calendar: BusinessCalendar::nine_to_five(jiff::tz::TimeZone::UTC),
             }],
+            hand_raisers: vec![HandRaiserRule {
+                name: "Demo Request".into(),
+                activity_type_id: 2,
+                assets: vec!["Demo Request".into()],
+                status: None,
+                segment: BTreeMap::new(),
+            }],
+            hand_raise_wait_for_link: day * 7,
         }
     }
 }

@@ -16,10 +16,10 @@ use jiff::Timestamp;
 
 use super::model::{
     Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, CycleWritten, Decision, Event,
-    MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
-    Trigger, cycle_external_id,
+    HandRaise, MapActivity, MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange,
+    ScorePart, Stamps, Threshold, Trigger, cycle_external_id,
 };
-use super::policy::{HistoricStatus, Policy, ScoreSource, SlaClock};
+use super::policy::{HandRaiserRule, HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::{MaybeInstant, Scores};
 use super::state::{EngineState, Gate, MapLeadState, PersonState, Timer};
@@ -58,6 +58,7 @@ pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> V
         Event::Opportunity(o) => on_opportunity(state, ctx, o, &mut out),
         Event::Score(s) => on_score(state, ctx, s, &mut out),
         Event::CurrentScore(s) => on_current_score(state, ctx, s),
+        Event::Activity(a) => on_activity(state, ctx, a, &mut out),
         Event::Link(l) => on_link(state, ctx, l, &mut out),
         Event::CycleEdit(e) => on_cycle_edit(state, ctx, e, &mut out),
         Event::GoLive { at, mqls } => go_live(state, ctx, *at, *mqls, &mut out),
@@ -245,6 +246,7 @@ fn on_person(
     {
         historic_status(state, ctx, &id, status, at, out);
     }
+    waiting_hand_raise(state, ctx, slot, at, out);
     evaluate_at(state, ctx, slot, at, &|| Trigger::PersonChange, None, out);
 }
 
@@ -528,7 +530,173 @@ fn on_link(state: &mut EngineState, ctx: &Context<'_>, link: &MapLink, out: &mut
         state.close_gate(state.persons.at(slot).map_lead);
         state.persons.at_mut(slot).map_lead = Some(link.map_lead_id);
         state.touch_person(slot);
+        waiting_hand_raise(state, ctx, slot, link.at, out);
         evaluate_at(state, ctx, slot, link.at, &|| Trigger::Link, None, out);
+    }
+}
+
+/// A MAP activity: when a hand-raiser rule names it, the person raised their hand. Applied
+/// once per activity (a replay yields nothing). A lead without a CRM record (or whose record
+/// was not read yet) keeps it waiting for the link.
+fn on_activity(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    activity: &MapActivity,
+    out: &mut Vec<Decision>,
+) {
+    let Some(rule) = ctx.policy.hand_raisers.iter().find(|r| r.names(activity)) else {
+        return;
+    };
+    let lead = state.map_leads.get_or_default(activity.map_lead_id);
+    if !lead.hand_raise.get_or_insert_default().first_time(activity) {
+        return;
+    }
+    lead.mark_dirty(activity.map_lead_id, &mut state.dirty);
+    let slot = lead
+        .person
+        .filter(|slot| state.persons.at(*slot).facts.is_some());
+    let Some(slot) = slot else {
+        let lead = state
+            .map_leads
+            .get_mut(&activity.map_lead_id)
+            .expect("got above");
+        if let Some(seen) = lead.hand_raise.as_deref_mut() {
+            seen.waiting = Some(activity.clone());
+        }
+        let map_lead_id = activity.map_lead_id;
+        let why = Reason::NotLinked { map_lead_id };
+        let reason = Reason::HandRaiseHeld {
+            rule: rule.name.clone(),
+            activity: activity.describe(),
+            why: Box::new(why),
+        };
+        record(out, activity.at, &format!("map:{map_lead_id}"), reason);
+        return;
+    };
+    hand_raise(state, ctx, slot, activity, activity.at, out);
+}
+
+/// The hand-raise waiting for this person's MAP lead to be linked (or for the person's CRM
+/// record to be read), acted on at `at`, when that happened; too old to act on past the
+/// policy's wait.
+fn waiting_hand_raise(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    slot: u32,
+    at: Timestamp,
+    out: &mut Vec<Decision>,
+) {
+    let person = state.persons.at(slot);
+    let (Some(lead_id), Some(_)) = (person.map_lead, &person.facts) else {
+        return;
+    };
+    let Some(activity) = state
+        .map_leads
+        .get_mut(&lead_id)
+        .and_then(|l| l.hand_raise.as_deref_mut())
+        .and_then(|seen| seen.waiting.take())
+    else {
+        return;
+    };
+    if let Some(lead) = state.map_leads.get_mut(&lead_id) {
+        lead.mark_dirty(lead_id, &mut state.dirty);
+    }
+    if at.duration_since(activity.at) > ctx.policy.hand_raise_wait_for_link {
+        if let Some(rule) = ctx.policy.hand_raisers.iter().find(|r| r.names(&activity)) {
+            let reason = Reason::HandRaiseExpired {
+                rule: rule.name.clone(),
+                activity: activity.describe(),
+                linked_at: at,
+            };
+            record(out, at, state.persons.id(slot), reason);
+        }
+        return;
+    }
+    hand_raise(state, ctx, slot, &activity, at.max(activity.at), out);
+}
+
+/// A hand-raise of the person in `slot`, decided at `at`: a cycle opens whatever the score,
+/// unless the rule does not cover the person's segment (nothing happens) or something holds
+/// them (recorded, with what).
+fn hand_raise(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    slot: u32,
+    activity: &MapActivity,
+    at: Timestamp,
+    out: &mut Vec<Decision>,
+) {
+    let policy = ctx.policy;
+    let Some(facts) = state.persons.at(slot).facts.as_deref() else {
+        return;
+    };
+    let Some(rule): Option<&HandRaiserRule> = policy
+        .hand_raisers
+        .iter()
+        .find(|r| r.names(activity) && r.covers(&facts.attributes))
+    else {
+        return;
+    };
+    let resolution = resolve_at(state, policy, slot, at);
+    let person = state.persons.at(slot);
+    let facts = person.facts.as_deref().expect("checked above");
+    let resolved = resolution.of(person).cloned();
+    let why = match &resolved {
+        None => Some(Reason::NoThreshold),
+        Some(_) => held(state, policy, person, facts, at),
+    };
+    let described = activity.describe();
+    if let Some(why) = why {
+        let reason = Reason::HandRaiseHeld {
+            rule: rule.name.clone(),
+            activity: described,
+            why: Box::new(why),
+        };
+        record(out, at, state.persons.id(slot), reason);
+        return;
+    }
+    let resolved = resolved.expect("checked above");
+    let score = person
+        .map_lead
+        .and_then(|l| state.map_leads.get(&l))
+        .and_then(|l| l.scores.value(&policy.score, at));
+    let reason = Reason::HandRaised {
+        rule: rule.name.clone(),
+        activity: described,
+        score,
+        threshold: resolved.score,
+        threshold_id: resolved.threshold_id.clone(),
+    };
+    let raised = HandRaise {
+        rule: rule.name.clone(),
+        activity_id: activity.activity_id.clone(),
+        type_id: activity.type_id,
+        asset: activity
+            .asset_name
+            .clone()
+            .or_else(|| activity.asset_id.clone()),
+        status: activity.status.clone(),
+        at: activity.at,
+    };
+    let campaign = activity.campaign.clone();
+    open_cycle(
+        state,
+        ctx,
+        slot,
+        at,
+        resolved,
+        campaign.as_ref(),
+        Some(raised),
+        reason,
+        out,
+    );
+    // What the next score change of this lead meets: a cycle is open now.
+    let person = state.persons.at(slot);
+    if let Some(lead_id) = person.map_lead {
+        let gate = Gate::of(person);
+        if let Some(lead) = state.map_leads.get_mut(&lead_id) {
+            lead.gate = gate;
+        }
     }
 }
 
@@ -631,30 +799,8 @@ fn verdict(
         };
         return (reason, false);
     }
-    if let Some(open) = person.open_cycle() {
-        let reason = Reason::OpenCycle {
-            external_id: open.external_id.clone(),
-        };
-        return (reason, false);
-    }
-    if let Some((until, outcome)) = person.cooldown.as_deref().copied()
-        && at < until
-    {
-        return (Reason::CoolingDown { until, outcome }, false);
-    }
-    let account_opps: Vec<&Opportunity> = facts
-        .account_id
-        .as_deref()
-        .map(|a| state.account_opportunities(a).collect())
-        .unwrap_or_default();
-    if let Some(hit) = first_exclusion(&policy.rules, facts, account_opps, &person.cycles, at) {
-        return (
-            Reason::Excluded {
-                rule: hit.rule,
-                detail: hit.detail,
-            },
-            false,
-        );
+    if let Some(held) = held(state, policy, person, facts, at) {
+        return (held, false);
     }
     let reason = Reason::Qualified {
         score,
@@ -663,6 +809,38 @@ fn verdict(
         trigger: trigger(),
     };
     (reason, true)
+}
+
+/// What holds back a person who meets the threshold (or raised their hand) at `at`: rules 3
+/// and 4 of the contract (an open cycle, an exclusion) and a cool-down after a rejection.
+fn held(
+    state: &EngineState,
+    policy: &Policy,
+    person: &PersonState,
+    facts: &PersonFacts,
+    at: Timestamp,
+) -> Option<Reason> {
+    if let Some(open) = person.open_cycle() {
+        return Some(Reason::OpenCycle {
+            external_id: open.external_id.clone(),
+        });
+    }
+    if let Some((until, outcome)) = person.cooldown.as_deref().copied()
+        && at < until
+    {
+        return Some(Reason::CoolingDown { until, outcome });
+    }
+    let account_opps: Vec<&Opportunity> = facts
+        .account_id
+        .as_deref()
+        .map(|a| state.account_opportunities(a).collect())
+        .unwrap_or_default();
+    first_exclusion(&policy.rules, facts, account_opps, &person.cycles, at).map(|hit| {
+        Reason::Excluded {
+            rule: hit.rule,
+            detail: hit.detail,
+        }
+    })
 }
 
 /// What decides whether a person's cached threshold is valid at an instant, copied out of
@@ -792,6 +970,7 @@ fn evaluate_at(
             at,
             resolved,
             crossing_campaign,
+            None,
             reason,
             out,
         );
@@ -828,6 +1007,7 @@ fn open_cycle(
     at: Timestamp,
     resolved: Arc<Resolved>,
     crossing_campaign: Option<&Campaign>,
+    hand_raise: Option<HandRaise>,
     reason: Reason,
     out: &mut Vec<Decision>,
 ) {
@@ -845,10 +1025,19 @@ fn open_cycle(
     };
     let person = state.persons.at(slot);
     let facts = person.facts.as_deref().expect("facts");
-    let lead_id = person.map_lead.expect("a score");
-    let scores = &state.map_leads[&lead_id].scores;
-    let score = scores.value(&policy.score, at).expect("a score");
-    let campaign = crossing_campaign.or(scores.last_campaign.as_ref()).cloned();
+    // A score crossing comes from the person's MAP lead. A hand-raise may come from a MAP
+    // lead linked to the record that does not carry its score (a duplicate), or before any
+    // score: the record then says 0.
+    let lead_id = person.map_lead;
+    let scores = lead_id
+        .and_then(|l| state.map_leads.get(&l))
+        .map(|l| &l.scores);
+    let score = scores
+        .and_then(|s| s.value(&policy.score, at))
+        .unwrap_or(0.0);
+    let campaign = crossing_campaign
+        .or(scores.and_then(|s| s.last_campaign.as_ref()))
+        .cloned();
     let team = policy.team_for(&facts.attributes);
     // Seen at once: the SLA starts now. Otherwise it waits for the record to be written;
     // a cycle rebuilt from history never gets one.
@@ -861,7 +1050,7 @@ fn open_cycle(
     let cycle = Cycle {
         external_id: external_id.clone(),
         crm: crm.clone(),
-        map_lead_id: Some(lead_id),
+        map_lead_id: lead_id,
         number,
         status: CycleStatus::Open,
         score,
@@ -883,6 +1072,7 @@ fn open_cycle(
         reassignments: 0,
         backfilled: ctx.backfill,
         written_at: None,
+        hand_raise: hand_raise.map(Box::new),
         note: None,
         crm_modified_at: None,
         crm_versions,

@@ -176,6 +176,7 @@ mod tests {
             reassignments: 0,
             backfilled: false,
             written_at: None,
+            hand_raise: None,
             note: None,
             crm_modified_at: None,
             crm_versions: Vec::new(),

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    CrmId, CrmRef, Cycle, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold,
+    CrmId, CrmRef, Cycle, MapActivity, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold,
 };
 use super::score::{MaybeInstant, Scores};
 use super::thresholds::{Resolved, Resolver};
@@ -406,6 +406,46 @@ pub struct MapLeadState {
     pub scores: Scores,
     pub crm: Option<CrmRef>,
     pub link_at: MaybeInstant,
+    /// The lead's hand-raises seen so far; `None` for the many leads that never raised a
+    /// hand a rule names (a pointer each, no allocation).
+    pub hand_raise: Option<Box<HandRaiseSeen>>,
+}
+
+/// What the engine remembers of a MAP lead's hand-raises: which activities are applied (an
+/// activity delivered again is a replay), and the one waiting for the lead's CRM record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandRaiseSeen {
+    /// The instant of the latest activity applied, and the ids of those applied at it (the
+    /// MAP's instants have whole seconds: several may share one).
+    pub last_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids_at_last: Vec<String>,
+    /// A hand-raise of the lead while it had no CRM record (or its record was not read
+    /// yet): it acts when the link arrives, within the policy's wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<MapActivity>,
+}
+
+impl HandRaiseSeen {
+    /// Records `activity` as applied; `false` when it was already (a replay) or is older
+    /// than the latest applied (the MAP delivers in time order, so it was applied then).
+    pub fn first_time(&mut self, activity: &MapActivity) -> bool {
+        match self.last_at {
+            Some(last) if activity.at < last => false,
+            Some(last) if activity.at == last => {
+                if self.ids_at_last.contains(&activity.activity_id) {
+                    return false;
+                }
+                self.ids_at_last.push(activity.activity_id.clone());
+                true
+            }
+            _ => {
+                self.last_at = Some(activity.at);
+                self.ids_at_last = vec![activity.activity_id.clone()];
+                true
+            }
+        }
+    }
 }
 
 /// The MAP leads, densely: records in a vector, found by lead id through an index of
@@ -494,6 +534,7 @@ impl PartialEq for MapLeadState {
             && self.link_at == other.link_at
             && self.scores == other.scores
             && self.unlinked_recorded == other.unlinked_recorded
+            && self.hand_raise == other.hand_raise
     }
 }
 

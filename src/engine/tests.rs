@@ -93,6 +93,24 @@ fn score(map: i64, id: &str, value: f64, when: Timestamp, campaign: Option<&str>
     })
 }
 
+/// A Fill Out Form activity of MAP lead `map` on form `form` (Policy::example's hand-raiser
+/// rule names the "Demo Request" form).
+fn form_fill(map: i64, id: &str, form: &str, when: Timestamp) -> Event {
+    Event::Activity(MapActivity {
+        map_lead_id: map,
+        activity_id: id.into(),
+        type_id: 2,
+        asset_id: Some("1001".into()),
+        asset_name: Some(form.into()),
+        status: None,
+        campaign: Some(Campaign {
+            id: "DEMO".into(),
+            name: Some("Demo Request Processing".into()),
+        }),
+        at: when,
+    })
+}
+
 fn edit(external_id: &str, status: CycleStatus, reason: Option<&str>, when: Timestamp) -> Event {
     Event::CycleEdit(CycleEdit {
         external_id: external_id.into(),
@@ -989,6 +1007,12 @@ fn arb_event() -> impl Strategy<Value = (u16, Event)> {
             f64::from(s),
             Timestamp::UNIX_EPOCH
         )),
+        (0u8..4, any::<bool>()).prop_map(|(m, demo)| form_fill(
+            i64::from(m),
+            "",
+            if demo { "Demo Request" } else { "Newsletter" },
+            Timestamp::UNIX_EPOCH
+        )),
         any::<bool>().prop_map(|mqls| Event::GoLive {
             at: Timestamp::UNIX_EPOCH,
             mqls
@@ -1012,6 +1036,10 @@ fn timed(raw: &[(u16, Event)]) -> Vec<Event> {
                 Event::Score(x) | Event::CurrentScore(x) => {
                     x.at = t;
                     x.change_id = format!("c{i}");
+                }
+                Event::Activity(x) => {
+                    x.at = t;
+                    x.activity_id = format!("a{i}");
                 }
                 Event::Link(x) => x.at = t,
                 Event::CycleEdit(x) => x.modified_at = t,
@@ -1382,4 +1410,197 @@ fn an_mql_date_the_crm_kept_before_mqlsync_stays_the_original() {
     h.apply(link(2, "00QNEW", at(0)));
     h.apply(score(2, "b1", 120.0, at(10), None));
     assert_eq!(h.state.persons["00QNEW"].stamps.mql_original, Some(at(10)));
+}
+
+#[test]
+fn a_demo_request_below_the_threshold_opens_a_cycle_that_records_its_trigger() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    h.apply(score(1, "s1", 30.0, at(5), Some("WEB")));
+    let out = h.apply(form_fill(1, "act1", "demo request", at(10)));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:#?}");
+    let c = cycles[0];
+    assert_eq!(
+        (c.number, c.mql_at, c.score, c.threshold),
+        (1, at(10), 30.0, 100.0)
+    );
+    assert_eq!(c.campaign.as_ref().unwrap().id, "DEMO");
+    let raised = c.hand_raise.as_deref().expect("the trigger");
+    assert_eq!(
+        (
+            raised.rule.as_str(),
+            raised.type_id,
+            raised.asset.as_deref()
+        ),
+        ("Demo Request", 2, Some("demo request"))
+    );
+    assert!(
+        raised
+            .label()
+            .starts_with("Hand-raiser Demo Request: Fill Out Form on demo request at ")
+    );
+    assert!(
+        out.iter()
+            .any(|d| matches!(d.action, Action::Notify { .. }))
+    );
+    let reason = out[0].reason.to_string();
+    assert!(
+        reason.starts_with("MQL: qualified by hand-raiser rule Demo Request (Fill Out Form on demo request (activity act1)), score 30 against the threshold 100"),
+        "{reason}"
+    );
+    // Delivered again (the daemon delivers at least once): nothing.
+    assert!(
+        h.apply(form_fill(1, "act1", "Demo Request", at(10)))
+            .is_empty()
+    );
+    // Another form is no hand-raise.
+    h.apply(edit(
+        "00QA-1",
+        CycleStatus::Rejected,
+        Some("Bad Timing"),
+        at(20),
+    ));
+    assert!(opened(&h.apply(form_fill(1, "act2", "Newsletter", at(30)))).is_empty());
+}
+
+#[test]
+fn a_hand_raise_with_a_cycle_open_opens_no_second_and_the_audit_says_so() {
+    let mut h = Harness::new();
+    h.lead("00QA", 1);
+    assert_eq!(
+        opened(&h.apply(score(1, "s1", 120.0, at(5), None))).len(),
+        1
+    );
+    let out = h.apply(form_fill(1, "act1", "Demo Request", at(10)));
+    assert!(opened(&out).is_empty());
+    let [held] = out.as_slice() else {
+        panic!("one record: {out:#?}")
+    };
+    assert!(matches!(held.action, Action::Record));
+    match &held.reason {
+        Reason::HandRaiseHeld { rule, why, .. } => {
+            assert_eq!(rule, "Demo Request");
+            assert!(
+                matches!(**why, Reason::OpenCycle { ref external_id } if external_id == "00QA-1")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        held.reason.to_string(),
+        "hand-raiser rule Demo Request matched Fill Out Form on Demo Request (activity act1), but already an MQL: cycle 00QA-1 is open"
+    );
+    assert_eq!(h.cycles("00QA").len(), 1);
+}
+
+#[test]
+fn an_excluded_or_cooling_down_hand_raiser_is_held_with_the_rule_that_holds_them() {
+    let mut h = Harness::new();
+    let mut spam = person("00QS", "NA", at(0));
+    spam.status = Some("Spam".into());
+    h.apply(Event::Person(spam));
+    h.apply(link(2, "00QS", at(0)));
+    let out = h.apply(form_fill(2, "act1", "Demo Request", at(10)));
+    assert!(opened(&out).is_empty());
+    assert!(matches!(
+        &out[0].reason,
+        Reason::HandRaiseHeld { why, .. } if matches!(**why, Reason::Excluded { rule: RuleKind::Status, .. })
+    ));
+    // Rejected "Bad Timing" (Not now): 30 days of cool-down hold a hand-raise too.
+    h.lead("00QA", 1);
+    h.apply(score(1, "s1", 150.0, at(20), None));
+    h.apply(edit(
+        "00QA-1",
+        CycleStatus::Rejected,
+        Some("Bad Timing"),
+        at(30),
+    ));
+    let out = h.apply(form_fill(1, "act2", "Demo Request", at(40)));
+    assert!(matches!(
+        &out[0].reason,
+        Reason::HandRaiseHeld { why, .. } if matches!(**why, Reason::CoolingDown { .. })
+    ));
+}
+
+#[test]
+fn a_hand_raise_of_a_lead_not_yet_in_the_crm_acts_when_it_is_linked_within_the_wait() {
+    let mut h = Harness::new();
+    // A new person fills the form; the MAP's CRM sync links the lead minutes later.
+    let out = h.apply(form_fill(1, "act1", "Demo Request", at(0)));
+    assert!(matches!(
+        &out[0].reason,
+        Reason::HandRaiseHeld { why, .. } if matches!(**why, Reason::NotLinked { map_lead_id: 1 })
+    ));
+    h.apply(Event::Person(person("00QA", "NA", at(3))));
+    let out = h.apply(link(1, "00QA", at(5)));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:#?}");
+    assert_eq!(cycles[0].mql_at, at(5));
+    assert_eq!(cycles[0].hand_raise.as_ref().unwrap().at, at(0));
+    // Too late: linked eight days after the hand-raise (the example waits seven).
+    let out = h.apply(form_fill(2, "act2", "Demo Request", at(0)));
+    assert_eq!(out.len(), 1);
+    h.apply(Event::Person(person("00QB", "NA", at(1))));
+    let out = h.apply(link(2, "00QB", at(8 * 24 * 60)));
+    assert!(opened(&out).is_empty());
+    assert!(
+        out.iter()
+            .any(|d| matches!(d.reason, Reason::HandRaiseExpired { .. })),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_hand_raiser_rule_limited_to_a_segment_passes_over_everyone_else() {
+    let mut h = Harness::new();
+    h.policy.hand_raisers[0].segment = BTreeMap::from([("region".into(), "EMEA".into())]);
+    h.lead("00QA", 1);
+    assert!(
+        h.apply(form_fill(1, "act1", "Demo Request", at(10)))
+            .is_empty()
+    );
+    h.apply(Event::Person(person("00QE", "emea", at(0))));
+    h.apply(link(2, "00QE", at(0)));
+    assert_eq!(
+        opened(&h.apply(form_fill(2, "act2", "Demo Request", at(10)))).len(),
+        1
+    );
+}
+
+#[test]
+fn a_program_status_rule_names_the_program_and_the_status_by_name_or_id() {
+    let mut h = Harness::new();
+    h.policy.hand_raisers = vec![super::policy::HandRaiserRule {
+        name: "Event attended".into(),
+        activity_type_id: 104,
+        assets: vec!["2026 Customer Summit".into()],
+        status: Some("Attended".into()),
+        segment: BTreeMap::new(),
+    }];
+    h.lead("00QA", 1);
+    let status = |id: &str, to: &str| {
+        Event::Activity(MapActivity {
+            map_lead_id: 1,
+            activity_id: id.into(),
+            type_id: 104,
+            asset_id: Some("2001".into()),
+            asset_name: Some("2026 Customer Summit".into()),
+            status: Some(to.into()),
+            campaign: None,
+            at: at(10),
+        })
+    };
+    assert!(h.apply(status("p1", "Registered")).is_empty());
+    let out = h.apply(status("p2", "attended"));
+    assert_eq!(opened(&out).len(), 1);
+    assert_eq!(
+        opened(&out)[0]
+            .hand_raise
+            .as_ref()
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("attended")
+    );
 }

@@ -34,7 +34,7 @@ use crate::engine::model::{
 };
 use crate::engine::policy::{Policy, ScoreSource};
 use crate::engine::score::{PartVersion, Scores};
-use crate::engine::state::{EngineMeta, EngineState, MapLeadState, PersonState};
+use crate::engine::state::{EngineMeta, EngineState, HandRaiseSeen, MapLeadState, PersonState};
 
 pub use open::{ReadOnlyPlace, WriterLock};
 pub use schema::{APPLICATION_ID, MIGRATIONS};
@@ -992,6 +992,9 @@ fn reason_code(reason: &Reason) -> &'static str {
     match reason {
         Reason::Qualified { .. } => "qualified",
         Reason::BelowThreshold { .. } => "below_threshold",
+        Reason::HandRaised { .. } => "hand_raised",
+        Reason::HandRaiseHeld { .. } => "hand_raise_held",
+        Reason::HandRaiseExpired { .. } => "hand_raise_expired",
         Reason::NoThreshold => "no_threshold",
         Reason::NotLinked { .. } => "not_linked",
         Reason::NoScore => "no_score",
@@ -1310,6 +1313,13 @@ fn write_leads(
                 campaign.and_then(|c| c.name.as_deref()),
                 l.unlinked_recorded
             ])?;
+            if let Some(seen) = &l.hand_raise {
+                tx.prepare_cached(
+                    "INSERT INTO hand_raises (map_lead_id, body) VALUES (?1, ?2)
+                     ON CONFLICT (map_lead_id) DO UPDATE SET body = excluded.body",
+                )?
+                .execute(params![id, json(seen)])?;
+            }
         }
     }
     Ok(())
@@ -1467,6 +1477,16 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
             ..MapLeadState::default()
         };
         state.map_leads.insert(id, lead);
+    }
+    let mut stmt = conn.prepare("SELECT map_lead_id, body FROM hand_raises")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let seen: HandRaiseSeen = decode(
+            &r.get::<_, String>(1)?,
+            &format!("hand-raises of MAP lead {id}"),
+        )?;
+        state.map_leads.get_or_default(id).hand_raise = Some(Box::new(seen));
     }
     replay_scores(conn, policy, &mut state)?;
     let mut stmt = conn.prepare("SELECT id, body FROM opportunities")?;

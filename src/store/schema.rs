@@ -170,4 +170,12 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO engine_meta (key, value)
         SELECT 'scores_saved_through', CAST(coalesce(max(seq), 0) AS TEXT) FROM score_history;
     "#,
+    // 4: what the engine remembers of a MAP lead's hand-raises (the activities applied, and
+    // one waiting for the lead's CRM record), for the few leads that have any.
+    r#"
+    CREATE TABLE hand_raises (
+        map_lead_id INTEGER PRIMARY KEY,
+        body        TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];

@@ -32,7 +32,9 @@ use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome, WriteStatus,
 };
-use crate::engine::model::{CrmKind, CycleStatus, CycleWritten, Event, MapLink, ScoreChange};
+use crate::engine::model::{
+    CrmKind, CycleStatus, CycleWritten, Event, MapActivity, MapLink, ScoreChange,
+};
 use crate::engine::{Context, EngineState, Policy, Visibility, reconcile, sla_when_written};
 use crate::mapping::Mapping;
 use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
@@ -205,6 +207,11 @@ pub struct RunSummary {
     /// MQL cycles opened, by segment (the daemon's metrics; not printed).
     #[serde(skip)]
     pub opened_by_segment: BTreeMap<String, usize>,
+    /// MQL cycles opened, by how the person qualified: `score` (the score met the
+    /// threshold), `go-live` (already above it when mqlsync went live), or
+    /// `hand-raiser <rule>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub qualified_by: BTreeMap<String, usize>,
     /// Records written, by call.
     pub written: BTreeMap<String, usize>,
     /// Outbox rows settled without a write, by why: `task_found` (an earlier run created the
@@ -423,6 +430,8 @@ pub(super) struct ActivityRead {
 /// leads are known.
 struct WaitingPage {
     changes: Vec<ScoreChange>,
+    /// Activities the hand-raiser rules name, read in the same calls (usually none).
+    activities: Vec<MapActivity>,
     /// The leads whose links this page is the first to need, in the order queued.
     needs: Vec<i64>,
     /// The page may commit once this many queued leads have been asked for.
@@ -922,6 +931,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     .opened_by_segment
                     .entry(cycle.segment.clone())
                     .or_default() += 1;
+                let how = match (&cycle.hand_raise, &d.reason) {
+                    (Some(raised), _) => format!("hand-raiser {}", raised.rule),
+                    (None, crate::engine::model::Reason::AtGoLive { .. }) => "go-live".into(),
+                    (None, _) => "score".into(),
+                };
+                *self.summary.qualified_by.entry(how).or_default() += 1;
             }
         }
     }
@@ -1235,9 +1250,18 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.mkto_min += 1;
         }
         let type_id = u32::try_from(m.map.score_activity_type).unwrap_or(22);
+        // The hand-raiser rules' activity types come in the same calls, from the same token
+        // (the mapping keeps them to Marketo's 10 types a call). A backfill rebuilds score
+        // crossings only, by the API as by bulk extract: see the README's known gaps.
+        let mut types = vec![type_id];
+        if read.until.is_none() {
+            types.extend(self.policy.hand_raiser_type_ids());
+            types.sort_unstable();
+            types.dedup();
+        }
         let mut pages = ActivityPages::new(
             self.map.clone(),
-            ActivitySource::Types(vec![type_id]),
+            ActivitySource::Types(types),
             cursor,
             self.settings.max_empty_pages,
         );
@@ -1258,18 +1282,21 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             intake.read += activities.len();
             intake.pages += 1;
             let mut changes = Vec::with_capacity(activities.len());
+            let mut raised = Vec::new();
             for a in &activities {
                 if read.until.is_some_and(|until| a.activity_date >= until) {
                     // Later activities are the live runs' to read.
                     past_until = true;
                     continue;
                 }
-                if let Some(c) = self.score_change(&fields, a) {
+                if a.activity_type_id != type_id {
+                    raised.push(records::map_activity_of(a));
+                } else if let Some(c) = self.score_change(&fields, a) {
                     changes.push(c);
                 }
             }
             let cursor = serde_json::to_string(&cursor).expect("cursors serialise");
-            self.take_changes(&mut intake, changes, cursor, also)
+            self.take_page(&mut intake, changes, raised, cursor, also)
                 .await?;
         }
         // The fewest calls for this work: an activities page holds 300.
@@ -1306,16 +1333,33 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         cursor: String,
         also: &mut VecDeque<Event>,
     ) -> Result<(), SyncError> {
+        self.take_page(intake, changes, Vec::new(), cursor, also)
+            .await
+    }
+
+    /// [`Self::take_changes`] with the page's hand-raiser activities, whose leads' links are
+    /// looked up the same way (a new person's form fill may be the first the run sees of
+    /// them).
+    async fn take_page(
+        &mut self,
+        intake: &mut Intake,
+        changes: Vec<ScoreChange>,
+        activities: Vec<MapActivity>,
+        cursor: String,
+        also: &mut VecDeque<Event>,
+    ) -> Result<(), SyncError> {
         let state = &self.state;
         let links = &mut intake.links;
         let needs = links.queue(
             changes
                 .iter()
                 .map(|c| c.map_lead_id)
+                .chain(activities.iter().map(|a| a.map_lead_id))
                 .filter(|id| state.map_leads.get(id).is_none_or(|l| l.crm.is_none())),
         );
         intake.waiting.push_back(WaitingPage {
             changes,
+            activities,
             needs,
             ready_after: links.queued(),
             cursor,
@@ -1658,16 +1702,23 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .filter_map(|id| links.take(*id))
                 .map(Event::Link)
                 .collect();
-            let records = page.changes.len();
+            let records = page.changes.len() + page.activities.len();
             // Events of the same time line up to this page's last change, in time order after
             // the links (a score change meets the knob as it stood then).
-            let until = page.changes.last().map(|c| c.at);
+            let until = page
+                .changes
+                .last()
+                .map(|c| c.at)
+                .max(page.activities.last().map(|a| a.at));
             let mut timeline: Vec<Event> = Vec::new();
             while let Some(e) = also.front()
                 && until.is_some_and(|u| e.at() <= u)
             {
                 timeline.push(also.pop_front().expect("a front event"));
             }
+            // At the same instant a hand-raise goes before a score change (the form fill is
+            // what the scoring campaign reacted to): the cycle records the hand-raise.
+            timeline.extend(page.activities.into_iter().map(Event::Activity));
             timeline.extend(page.changes.into_iter().map(Event::Score));
             timeline.sort_by_key(Event::at);
             events.extend(timeline);

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::connectors::marketo::Map;
 use crate::connectors::{ConnectorError, Crm};
-use crate::engine::model::{CrmId, CrmKind, CrmRef, Cycle, CycleStatus, Stamps};
+use crate::engine::model::{CrmId, CrmKind, CrmRef, Cycle, CycleStatus, HandRaise, Stamps};
 use crate::mapping::Mapping;
 
 use super::records::{self, OPPORTUNITY_FIELDS};
@@ -171,6 +171,14 @@ fn sample_cycle() -> Cycle {
         reassignments: 0,
         backfilled: false,
         written_at: None,
+        hand_raise: Some(Box::new(HandRaise {
+            rule: String::new(),
+            activity_id: String::new(),
+            type_id: 0,
+            asset: None,
+            status: None,
+            at,
+        })),
         note: Some(String::new()),
         crm_modified_at: None,
         crm_versions: Vec::new(),

@@ -14,8 +14,8 @@ use jiff::civil::Date;
 use serde_json::{Map, Value, json};
 
 use crate::engine::model::{
-    Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, MapLink, Opportunity, PersonFacts,
-    ScoreChange, ScorePart, Stamps, Threshold,
+    Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, MapActivity, MapLink, Opportunity,
+    PersonFacts, ScoreChange, ScorePart, Stamps, Threshold,
 };
 use crate::mapping::{Mapping, PersonObject};
 
@@ -374,6 +374,17 @@ pub fn cycle_edit(m: &Mapping, record: &Record) -> Result<CycleEdit, RecordError
 }
 
 /// The MQL record of a cycle, for an upsert by external id.
+/// A Salesforce Text field holds at most 255 characters.
+const TEXT_FIELD_MAX: usize = 255;
+
+/// `text` cut to at most `max` characters (not bytes), so the CRM does not refuse it.
+fn truncate_text(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_string(),
+        None => text.to_string(),
+    }
+}
+
 pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     let q = &m.crm.mql;
     let dt = |t: Option<Timestamp>| t.map_or(Value::Null, |t| Value::String(format_datetime(t)));
@@ -441,6 +452,9 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     put(&q.overdue, json!(cycle.overdue));
     put(&q.reassignment_count, json!(cycle.reassignments));
     put(&q.backfilled, json!(cycle.backfilled));
+    if let (Some(field), Some(raised)) = (&q.qualified_by, &cycle.hand_raise) {
+        put(field, json!(truncate_text(&raised.label(), TEXT_FIELD_MAX)));
+    }
     put(
         &q.note,
         cycle.note.clone().map_or(Value::Null, Value::String),
@@ -655,6 +669,42 @@ pub fn score_change_of(
     }))
 }
 
+/// A MAP activity as the hand-raiser rules match on it: the primary asset (a form, a
+/// program) by id and name, and for a program status change the status moved to, by name
+/// ("New Status") or, when the MAP gives only that, by id ("New Status ID").
+pub fn map_activity_of(activity: &crate::connectors::marketo::Activity) -> MapActivity {
+    let text = |v: &Value| match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let attribute = |name: &str| {
+        activity
+            .attributes
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .and_then(|a| text(&a.value))
+    };
+    MapActivity {
+        map_lead_id: activity.lead_id,
+        activity_id: activity.marketo_guid.clone(),
+        type_id: activity.activity_type_id,
+        asset_id: activity.primary_attribute_value_id.as_ref().and_then(text),
+        asset_name: activity
+            .primary_attribute_value
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
+        status: attribute("New Status").or_else(|| attribute("New Status ID")),
+        campaign: activity.campaign_id.map(|c| Campaign {
+            id: c.to_string().into(),
+            name: None,
+        }),
+        at: activity.activity_date,
+    }
+}
+
 /// The CRM link of a MAP lead record (`sfdcLeadId`, `sfdcContactId`, `updatedAt`); a contact
 /// id wins over a lead id (the lead was converted).
 pub fn link(m: &Mapping, lead: &Value) -> Result<MapLink, RecordError> {
@@ -811,6 +861,7 @@ mod tests {
             reassignments: 1,
             backfilled: false,
             written_at: None,
+            hand_raise: None,
             note: None,
             crm_modified_at: None,
             crm_versions: Vec::new(),

@@ -412,6 +412,7 @@ fn build() -> Schema {
                 t("Reassignment_Count__c", Double),
                 t("Backfilled__c", Boolean),
                 t("Sync_Note__c", TextArea),
+                s("Qualified_By__c"),
                 r("OwnerId", "User"),
             ],
             required: &[],
