@@ -1580,3 +1580,158 @@ async fn a_backfill_dates_acceptance_and_rejection_from_the_crms_status_history(
         contacts_before
     );
 }
+
+/// The first person of the store (by slot) whose verdict `explain` gives at `at` matches
+/// `wanted`, and who a score far above the threshold would make an MQL (`qualifies`) or not,
+/// with their MAP lead: the engine says so on a copy of the store's state.
+fn person_where(
+    app: &App,
+    at: Timestamp,
+    wanted: impl Fn(&mqlsync::engine::model::Reason) -> bool,
+    qualifies: bool,
+) -> (String, i64) {
+    use mqlsync::engine::model::{Action, Event, ScoreChange, ScorePart};
+    use mqlsync::engine::{Context, Visibility, reconcile};
+    let policy = mapping::load(None).unwrap().policy;
+    let state = app.store.load_engine(&policy).unwrap();
+    let ctx = Context {
+        policy: &policy,
+        now: at,
+        backfill: false,
+        visibility: Visibility::WhenWritten,
+    };
+    (0..state.persons.len() as u32)
+        .find_map(|slot| {
+            let id = state.persons.id(slot);
+            let lead = state.persons.at(slot).map_lead?;
+            if !wanted(&mqlsync::engine::explain(&state, &policy, id, at)) {
+                return None;
+            }
+            let mut copy = state.clone();
+            let high = Event::Score(ScoreChange {
+                map_lead_id: lead,
+                change_id: "probe".into(),
+                part: ScorePart::Total,
+                new_value: 10_000.0,
+                old_value: None,
+                campaign: None,
+                at,
+            });
+            let opens = reconcile(&mut copy, &ctx, &high)
+                .iter()
+                .any(|d| matches!(d.action, Action::OpenCycle { .. }));
+            (opens == qualifies).then(|| (id.to_string(), lead))
+        })
+        .expect("such a person in the seeded world")
+}
+
+/// Issue 15, points 1, 2 and 5: a Demo Request form fill makes an MQL of a person below the
+/// threshold, read in the same activities calls as the score changes; an excluded person and
+/// a person with an open MQL raise their hands for nothing, and the audit says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_request_makes_an_mql_whatever_the_score_in_the_calls_the_scores_take() {
+    use mqlsync::engine::model::Reason;
+    let mut app = spawn_app().await;
+    app.run(now()).await;
+    let below = person_where(
+        &app,
+        now(),
+        |r| matches!(r, Reason::BelowThreshold { .. }),
+        true,
+    );
+    let excluded = person_where(&app, now(), |r| matches!(r, Reason::Excluded { .. }), false);
+    let open = person_where(
+        &app,
+        now(),
+        |r| matches!(r, Reason::OpenCycle { .. }),
+        false,
+    );
+    let before = app.store.cycles().unwrap();
+    let cycles_before = before.len();
+    let of = |cycles: &[mqlsync::engine::model::Cycle], id: &str| {
+        cycles.iter().filter(|c| c.crm.id == id).count()
+    };
+    let open_cycles = of(&before, &open.0);
+
+    let later = now() + SignedDuration::from_mins(10);
+    app.sandbox.clock().set(later);
+    let marketo = app.sandbox.marketo();
+    for (_, lead) in [&below, &excluded, &open] {
+        marketo.fill_out_form(*lead, 1001, None).unwrap();
+    }
+    // A form no rule names, and a score change: read in the same calls.
+    marketo.fill_out_form(below.1, 1005, None).unwrap();
+    marketo
+        .apply_score_change(
+            excluded.1,
+            mqlsync::sandbox::world::ScoreField::LeadScore,
+            1,
+            None,
+        )
+        .unwrap();
+    app.sandbox.log().clear();
+    let run = app.run(later).await;
+    assert_fewest_calls(&app, &run, 0);
+    let activity_calls = app
+        .sandbox
+        .log()
+        .counts()
+        .get(&(System::Marketo, "activities".to_string()))
+        .copied();
+    assert_eq!(
+        activity_calls,
+        Some(1),
+        "one page holds the score change and the form fills"
+    );
+    assert_eq!(
+        run.qualified_by.get("hand-raiser Demo Request"),
+        Some(&1),
+        "{run:?}"
+    );
+
+    let cycles = app.store.cycles().unwrap();
+    assert_eq!(cycles.len(), cycles_before + 1);
+    let raised = cycles
+        .iter()
+        .find(|c| c.crm.id == below.0)
+        .expect("the MQL");
+    assert!(raised.score < raised.threshold, "{raised:?}");
+    assert_eq!(raised.mql_at, later);
+    let record = app
+        .query(&format!(
+            "SELECT Status__c, Qualified_By__c, Score_At_MQL__c FROM MQL__c WHERE External_Id__c = '{}'",
+            raised.external_id
+        ))
+        .await
+        .remove(0);
+    assert_eq!(record["Score_At_MQL__c"], json!(raised.score));
+    let qualified = record["Qualified_By__c"].as_str().unwrap();
+    assert!(
+        qualified.starts_with("Hand-raiser Demo Request: Fill Out Form on Demo Request at "),
+        "{qualified}"
+    );
+    assert_eq!(record["Status__c"], json!("Open"));
+
+    let held = |id: &str, code: &str| {
+        app.store.audit_of(id).unwrap().iter().any(|(_, _, why)| {
+            let why: Value = serde_json::from_str(why).unwrap();
+            why["code"] == "hand_raise_held" && why["why"]["code"] == code
+        })
+    };
+    assert!(
+        held(&excluded.0, "excluded"),
+        "{:?}",
+        app.store.audit_of(&excluded.0)
+    );
+    assert!(
+        held(&open.0, "open_cycle"),
+        "{:?}",
+        app.store.audit_of(&open.0)
+    );
+    assert_eq!(of(&cycles, &open.0), open_cycles);
+
+    // Read again through the look-back: applied once.
+    let again = app.run(later).await;
+    assert!(again.qualified_by.is_empty(), "{again:?}");
+    assert_eq!(app.store.cycles().unwrap().len(), cycles_before + 1);
+}
