@@ -1198,3 +1198,41 @@ async fn the_opportunity_rules_hold_back_contacts_whose_account_gets_one() {
     }
     app.stop().await.unwrap();
 }
+
+/// Issue 15, point 2: a Demo Request form fill fires the Marketo webhook (the trigger
+/// campaign's Call Webhook step, with the score template); the push wakes the activity poll,
+/// which reads the fill in the same call as the score changes and writes the hand-raiser MQL
+/// of a person below the threshold. No poll runs by interval here: only the push starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_request_reaches_the_crm_through_the_webhook_whatever_the_score() {
+    let mut app = spawn_app(Wiring::default()).await;
+    let person = app.would_qualify_with_a_push(minutes(1))[0].clone();
+    let crm_id = person.crm_id.clone().unwrap();
+    app.clock.set(minutes(1));
+    let activities = app.polls(Source::Activities);
+    let pushes = app.webhooks(Endpoint::Marketo);
+    app.sandbox
+        .marketo()
+        .fill_out_form(person.map_id, 1001, Some(1003))
+        .unwrap();
+    app.polled(Source::Activities, activities).await;
+    assert_eq!(app.webhooks(Endpoint::Marketo), pushes + 1);
+    let cycles = app.cycles_of(&crm_id);
+    assert_eq!(cycles.len(), 1, "{cycles:?}");
+    let cycle = &cycles[0];
+    assert_eq!(cycle.mql_at, minutes(1));
+    assert!(cycle.score < cycle.threshold, "{cycle:?}");
+    assert_eq!(
+        cycle.hand_raise.as_ref().map(|h| h.rule.as_str()),
+        Some("Demo Request")
+    );
+    let record = app.mql_record(&cycle.external_id);
+    assert!(
+        record["Qualified_By__c"].as_str().is_some_and(
+            |q| q.starts_with("Hand-raiser Demo Request: Fill Out Form on Demo Request")
+        ),
+        "{record:?}"
+    );
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
