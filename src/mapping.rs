@@ -115,6 +115,35 @@ pub struct PersonObject {
     pub prior_mql_dates: Vec<String>,
 }
 
+/// The account object, read when an attribute is read on it (`[attributes.*] account`) or a
+/// target-account list names accounts: its contacts carry its attributes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountObject {
+    pub object: String,
+    #[serde(default = "default_owner")]
+    pub owner: String,
+    #[serde(default = "default_name")]
+    pub name: String,
+}
+
+fn default_owner() -> String {
+    "OwnerId".into()
+}
+fn default_name() -> String {
+    "Name".into()
+}
+
+/// A list of target accounts kept in the mapping: the accounts it names (by id or name) carry
+/// `attribute` = `true`, the others `false` unless a field says otherwise.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAccounts {
+    pub attribute: Spanned<String>,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrmSection {
@@ -131,6 +160,9 @@ pub struct CrmSection {
     /// so that a task is never created twice (a Task has no external id to upsert by).
     #[serde(default = "default_task_alert_key")]
     pub task_alert_key: String,
+    /// Read only when set: see [`AccountObject`].
+    #[serde(default)]
+    pub account: Option<AccountObject>,
 }
 
 /// The MAP's fields.
@@ -174,6 +206,10 @@ pub struct HandRaiserSection {
 pub struct AttributeFields {
     pub lead: Option<String>,
     pub contact: Option<String>,
+    /// A field of the account (`crm.account`): contacts carry the value of their account's,
+    /// over their own field's.
+    #[serde(default)]
+    pub account: Option<Spanned<String>>,
     /// The field of the threshold object that matches on this attribute (segment attributes).
     pub threshold: Option<String>,
 }
@@ -321,6 +357,8 @@ pub struct Mapping {
     pub teams: Vec<TeamSection>,
     #[serde(default)]
     pub hand_raisers: Vec<HandRaiserSection>,
+    #[serde(default)]
+    pub target_accounts: Option<TargetAccounts>,
 }
 
 /// A mapping together with where it came from and the policy built from it.
@@ -634,6 +672,7 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
     for (i, t) in mapping.teams.iter().enumerate() {
         teams.push(build_team(mapping, ctx, i, t)?);
     }
+    check_accounts(mapping, ctx)?;
     let hand_raisers = hand_raisers(mapping, ctx)?;
     let wait_days = match &mapping.map.hand_raise_wait_for_link_days {
         Some(d) if *d.get_ref() < 0 => {
@@ -659,6 +698,41 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         sal_status: mapping.statuses.sal.clone(),
         teams,
     })
+}
+
+/// Attributes read on accounts, and a target-account list, need the account object, and the
+/// list an attribute to set.
+fn check_accounts(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<(), MappingError> {
+    let has_account = mapping.crm.account.is_some();
+    for (attribute, fields) in &mapping.attributes {
+        if let Some(field) = &fields.account
+            && !has_account
+        {
+            return Err(ctx.err(
+                field.span(),
+                &format!("attributes.{attribute}.account"),
+                "an attribute read on the account needs [crm.account] (object = \"Account\")",
+            ));
+        }
+    }
+    if let Some(list) = &mapping.target_accounts {
+        let attribute = list.attribute.get_ref();
+        if !mapping.attributes.contains_key(attribute) {
+            return Err(ctx.err(
+                list.attribute.span(),
+                "target_accounts.attribute",
+                format!("unknown attribute {attribute:?}; define it in [attributes]"),
+            ));
+        }
+        if !has_account {
+            return Err(ctx.err(
+                list.attribute.span(),
+                "target_accounts",
+                "a target-account list names accounts: it needs [crm.account] (object = \"Account\")",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Marketo activities API takes at most this many activity types a call; the hand-raiser
@@ -1047,6 +1121,34 @@ mod tests {
             "hand_raise_wait_for_link_days = -1",
         );
         assert_eq!(e.key, "map.hand_raise_wait_for_link_days");
+    }
+
+    #[test]
+    fn target_accounts_need_the_account_object_and_a_known_attribute() {
+        let on = "# target_account = { lead = \"Target_Account__c\", account = \"Target_Account__c\", threshold = \"Target_Account__c\" }";
+        let e = broken(on, &on[2..]);
+        assert_eq!(e.key, "attributes.target_account.account");
+        assert!(e.message.contains("[crm.account]"), "{e}");
+        let text = DEFAULT_MAPPING
+            .replacen(on, &on[2..], 1)
+            .replacen(
+                "# [crm.account]\n# object = \"Account\"",
+                "[crm.account]\nobject = \"Account\"",
+                1,
+            )
+            .replacen(
+                "# [target_accounts]\n# attribute = \"target_account\"",
+                "[target_accounts]\nattribute = \"target_acount\"",
+                1,
+            )
+            .replacen("# accounts = [", "accounts = [", 1);
+        let e = parse(&text, "m.toml").unwrap_err();
+        assert_eq!(e.key, "target_accounts.attribute");
+        assert!(e.message.contains("target_acount"), "{e}");
+        let fixed = text.replacen("\"target_acount\"", "\"target_account\"", 1);
+        let m = parse(&fixed, "m.toml").unwrap().mapping;
+        assert_eq!(m.crm.account.as_ref().unwrap().owner, "OwnerId");
+        assert_eq!(m.target_accounts.as_ref().unwrap().accounts.len(), 2);
     }
 
     /// Issue 11, point 4: a team's pool error points at the `pool` line, not the time zone's.

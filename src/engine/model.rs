@@ -116,6 +116,19 @@ pub struct PersonFacts {
     pub modified_at: Timestamp,
 }
 
+/// An account, as far as its people need it: the attributes its contacts carry through it
+/// (a target-account flag), and its owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccountFacts {
+    pub id: CrmId,
+    pub owner_id: Option<Text>,
+    /// Mapped attributes read on the account (`target_account`): each of its contacts
+    /// carries them, over any value of the same name read on the contact.
+    #[serde(default)]
+    pub attributes: Attributes,
+    pub modified_at: Timestamp,
+}
+
 /// An opportunity, as far as the exclusion rules and conversion need it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Opportunity {
@@ -266,6 +279,8 @@ pub struct CycleWritten {
 pub enum Event {
     Threshold(Threshold),
     Person(PersonFacts),
+    /// An account: its contacts take its attributes from now on.
+    Account(AccountFacts),
     Opportunity(Opportunity),
     Score(ScoreChange),
     /// The value a score field holds at `at`, read from the MAP's lead record rather than
@@ -296,6 +311,7 @@ impl Event {
         match self {
             Event::Threshold(t) => t.modified_at,
             Event::Person(p) => p.modified_at,
+            Event::Account(a) => a.modified_at,
             Event::Opportunity(o) => o.modified_at,
             Event::Score(s) | Event::CurrentScore(s) => s.at,
             Event::Activity(a) => a.at,

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::model::{
-    Action, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus, CycleWritten, Decision, Event,
-    HandRaise, MapActivity, MapLink, Opportunity, Outcome, PersonFacts, Reason, ScoreChange,
-    ScorePart, Stamps, Threshold, Trigger, cycle_external_id,
+    AccountFacts, Action, Attributes, Campaign, CrmRef, Cycle, CycleEdit, CycleStatus,
+    CycleWritten, Decision, Event, HandRaise, MapActivity, MapLink, Opportunity, Outcome,
+    PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold, Trigger, cycle_external_id,
 };
 use super::policy::{HandRaiserRule, HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
@@ -55,6 +55,7 @@ pub fn reconcile(state: &mut EngineState, ctx: &Context<'_>, event: &Event) -> V
     match event {
         Event::Threshold(t) => on_threshold(state, ctx, t, &mut out),
         Event::Person(p) => on_person(state, ctx, p, &mut out),
+        Event::Account(a) => on_account(state, ctx, a, &mut out),
         Event::Opportunity(o) => on_opportunity(state, ctx, o, &mut out),
         Event::Score(s) => on_score(state, ctx, s, &mut out),
         Event::CurrentScore(s) => on_current_score(state, ctx, s),
@@ -216,7 +217,16 @@ fn on_person(
     }
     let old_account = person.facts.as_ref().and_then(|f| f.account_id.clone());
     let old_status = person.facts.as_ref().and_then(|f| f.status.clone());
-    person.facts = Some(Box::new(facts.clone()));
+    let mut facts_now = facts.clone();
+    if let Some(account) = facts
+        .account_id
+        .as_ref()
+        .and_then(|a| state.accounts.get(a))
+    {
+        facts_now.attributes = with_account(&facts_now.attributes, &account.attributes);
+    }
+    let person = state.persons.at_mut(slot);
+    person.facts = Some(Box::new(facts_now));
     person.resolved = None;
     person.cached_generation = 0;
     state.touch_person(slot);
@@ -310,6 +320,61 @@ fn historic_status(
     push_update(state, out, at, id, cycle, reason.clone());
     if stamped {
         push_stamps(state, out, at, id, reason);
+    }
+}
+
+/// The attributes of a person of an account: theirs, with the account's over any of the same
+/// name.
+fn with_account(own: &Attributes, account: &Attributes) -> Attributes {
+    if account.is_empty() {
+        return own.clone();
+    }
+    own.iter()
+        .filter(|(k, _)| account.get(k).is_none())
+        .chain(account.iter())
+        .collect()
+}
+
+/// An account: kept (versioned by its modification), and when the attributes its people carry
+/// through it changed, each of its people takes them and is evaluated again at that instant
+/// (an account marked as a target may meet a lower threshold now).
+fn on_account(
+    state: &mut EngineState,
+    ctx: &Context<'_>,
+    account: &AccountFacts,
+    out: &mut Vec<Decision>,
+) {
+    let previous = state.accounts.get(&account.id);
+    if previous.is_some_and(|p| p.modified_at >= account.modified_at) {
+        return;
+    }
+    let attributes_changed = previous.is_none_or(|p| p.attributes != account.attributes);
+    state.accounts.insert(account.id.clone(), account.clone());
+    state.dirty.accounts.push(account.id.clone());
+    if !attributes_changed {
+        return;
+    }
+    let slots = state
+        .account_people
+        .get(&account.id)
+        .cloned()
+        .unwrap_or_default();
+    let at = account.modified_at;
+    for slot in slots {
+        let person = state.persons.at_mut(slot);
+        let Some(facts) = person.facts.as_deref_mut() else {
+            continue;
+        };
+        let merged = with_account(&facts.attributes, &account.attributes);
+        if merged == facts.attributes {
+            continue;
+        }
+        facts.attributes = merged;
+        person.resolved = None;
+        person.cached_generation = 0;
+        state.touch_person(slot);
+        state.dirty.facts.push(slot);
+        evaluate_at(state, ctx, slot, at, &|| Trigger::PersonChange, None, out);
     }
 }
 

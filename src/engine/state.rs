@@ -11,7 +11,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    CrmId, CrmRef, Cycle, MapActivity, Opportunity, Outcome, PersonFacts, Reason, Stamps, Threshold,
+    AccountFacts, CrmId, CrmRef, Cycle, MapActivity, Opportunity, Outcome, PersonFacts, Reason,
+    Stamps, Threshold,
 };
 use super::score::{MaybeInstant, Scores};
 use super::thresholds::{Resolved, Resolver};
@@ -621,6 +622,7 @@ pub struct Dirty {
     pub map_leads: Vec<i64>,
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
+    pub accounts: Vec<CrmId>,
     /// External ids of changed cycles; may repeat (the store writes each once).
     pub cycles: Vec<String>,
     pub meta: bool,
@@ -632,6 +634,7 @@ impl Dirty {
             && self.map_leads.is_empty()
             && self.thresholds.is_empty()
             && self.opportunities.is_empty()
+            && self.accounts.is_empty()
             && self.cycles.is_empty()
             && !self.meta
     }
@@ -663,6 +666,8 @@ pub struct EngineState {
     pub persons: Persons,
     pub map_leads: MapLeads,
     pub opportunities: BTreeMap<String, Opportunity>,
+    /// Accounts read from the CRM (only when the mapping reads any), by id.
+    pub accounts: FastMap<CrmId, AccountFacts>,
     pub meta: EngineMeta,
     pub dirty: Dirty,
     /// MAP leads whose scores changed since the store's last score snapshot, each once.

@@ -962,16 +962,30 @@ fn region_of(i: u8) -> &'static str {
 }
 
 fn arb_event() -> impl Strategy<Value = (u16, Event)> {
-    let crm = |i: u8| format!("00Q{i}");
+    // Odd ones are contacts of account 001ACC, the others leads.
+    let crm = |i: u8| {
+        if i % 2 == 1 {
+            format!("003{i}")
+        } else {
+            format!("00Q{i}")
+        }
+    };
     prop_oneof![
-        (0u8..3, 0u8..4, 0u32..200).prop_map(move |(t, r, s)| {
+        (0u8..3, 0u8..5, 0u32..200).prop_map(move |(t, r, s)| {
             let region = (r < 3).then(|| region_of(r));
-            threshold(
+            let mut knob = threshold(
                 &format!("a0T{t}"),
                 region,
                 f64::from(s),
                 Timestamp::UNIX_EPOCH,
-            )
+            );
+            // Some knobs are for target accounts only.
+            if r == 4
+                && let Event::Threshold(k) = &mut knob
+            {
+                k.segment.insert("target_account".into(), "true".into());
+            }
+            knob
         }),
         (0u8..4, 0u8..3, any::<bool>()).prop_map(move |(i, r, spam)| {
             let mut p = person(&crm(i), region_of(r), Timestamp::UNIX_EPOCH);
@@ -1007,6 +1021,7 @@ fn arb_event() -> impl Strategy<Value = (u16, Event)> {
             f64::from(s),
             Timestamp::UNIX_EPOCH
         )),
+        any::<bool>().prop_map(|target| account("001ACC", target, Timestamp::UNIX_EPOCH)),
         (0u8..4, any::<bool>()).prop_map(|(m, demo)| form_fill(
             i64::from(m),
             "",
@@ -1032,6 +1047,7 @@ fn timed(raw: &[(u16, Event)]) -> Vec<Event> {
             match &mut e {
                 Event::Threshold(x) => x.modified_at = t,
                 Event::Person(x) => x.modified_at = t,
+                Event::Account(x) => x.modified_at = t,
                 Event::Opportunity(x) => x.modified_at = t,
                 Event::Score(x) | Event::CurrentScore(x) => {
                     x.at = t;
@@ -1603,4 +1619,64 @@ fn a_program_status_rule_names_the_program_and_the_status_by_name_or_id() {
             .as_deref(),
         Some("attended")
     );
+}
+
+fn account(id: &str, target: bool, when: Timestamp) -> Event {
+    Event::Account(AccountFacts {
+        id: id.into(),
+        owner_id: Some("005OWN".into()),
+        attributes: Attributes::from(BTreeMap::from([(
+            "target_account".to_string(),
+            target.to_string(),
+        )])),
+        modified_at: when,
+    })
+}
+
+#[test]
+fn contacts_carry_their_accounts_target_flag_and_a_target_knob_reaches_them_when_it_flips() {
+    let mut h = Harness::new();
+    // Target accounts get a threshold of 50; everyone else the default 100.
+    let mut knob = threshold("a0TTA", None, 50.0, at(0));
+    if let Event::Threshold(t) = &mut knob {
+        t.segment = BTreeMap::from([("target_account".into(), "true".into())]);
+    }
+    h.apply(knob);
+    h.apply(account("001ACC", false, at(1)));
+    h.apply(Event::Person(person("003C", "NA", at(2))));
+    h.apply(link(1, "003C", at(2)));
+    assert!(opened(&h.apply(score(1, "s1", 60.0, at(3), None))).is_empty());
+    assert_eq!(
+        h.state.persons["003C"]
+            .facts
+            .as_ref()
+            .unwrap()
+            .attributes
+            .get("target_account"),
+        Some("false")
+    );
+    // Sales adds the account to the target list: its contact meets 50 at that instant.
+    let out = h.apply(account("001ACC", true, at(10)));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:#?}");
+    assert_eq!(
+        (
+            cycles[0].mql_at,
+            cycles[0].threshold,
+            cycles[0].segment.as_str()
+        ),
+        (at(10), 50.0, "target_account=true")
+    );
+    // A later version of the contact keeps the account's flag; an older account is a replay.
+    h.apply(Event::Person(person("003C", "NA", at(20))));
+    assert_eq!(
+        h.state.persons["003C"]
+            .facts
+            .as_ref()
+            .unwrap()
+            .attributes
+            .get("target_account"),
+        Some("true")
+    );
+    assert!(h.apply(account("001ACC", false, at(5))).is_empty());
 }

@@ -29,8 +29,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use crate::engine::model::{
-    Action, Campaign, CrmKind, CrmRef, Cycle, Decision, Event, Opportunity, Reason, ScorePart,
-    Threshold,
+    AccountFacts, Action, Campaign, CrmKind, CrmRef, Cycle, Decision, Event, Opportunity, Reason,
+    ScorePart, Threshold,
 };
 use crate::engine::policy::{Policy, ScoreSource};
 use crate::engine::score::{PartVersion, Scores};
@@ -1258,6 +1258,15 @@ fn write_state(
             opp.execute(params![id, o.account_id, json(o)])?;
         }
     }
+    let mut account = tx.prepare_cached(
+        "INSERT INTO accounts (id, body) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+    )?;
+    for id in &dirty.accounts {
+        if let Some(a) = state.accounts.get(id) {
+            account.execute(params![id.as_str(), json(a)])?;
+        }
+    }
     if dirty.meta {
         tx.prepare_cached(
             "INSERT INTO engine_meta (key, value) VALUES ('engine', ?1)
@@ -1489,6 +1498,13 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
         state.map_leads.get_or_default(id).hand_raise = Some(Box::new(seen));
     }
     replay_scores(conn, policy, &mut state)?;
+    let mut stmt = conn.prepare("SELECT id, body FROM accounts")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let a: AccountFacts = decode(&r.get::<_, String>(1)?, &format!("account {id}"))?;
+        state.accounts.insert(a.id.clone(), a);
+    }
     let mut stmt = conn.prepare("SELECT id, body FROM opportunities")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {

@@ -178,4 +178,12 @@ pub const MIGRATIONS: &[&str] = &[
         body        TEXT NOT NULL
     ) STRICT;
     "#,
+    // 5: accounts, when the mapping reads them: the attributes their contacts carry through
+    // them (a target-account flag) and their owners.
+    r#"
+    CREATE TABLE accounts (
+        id   TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];

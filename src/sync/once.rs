@@ -875,7 +875,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             }
             Source::People => self.read_persons().await,
             Source::MqlEdits => self.read_mql_edits().await,
-            Source::Opportunities => self.read_opportunities().await,
+            Source::Opportunities => {
+                self.read_accounts().await?;
+                self.read_opportunities().await
+            }
             Source::Activities => {
                 self.map_activities()
                     .instrument(phase("score changes"))
@@ -964,11 +967,29 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// Leads, contacts, reps' MQL edits and (with `opportunities`) opportunities since their
     /// cursors.
     pub(super) async fn read_people(&mut self, opportunities: bool) -> Result<(), SyncError> {
+        // Accounts first: their contacts read next carry their attributes at once.
+        if opportunities {
+            self.read_accounts().await?;
+        }
         self.read_persons().await?;
         if opportunities {
             self.read_opportunities().await?;
         }
         self.read_mql_edits().await
+    }
+
+    /// Accounts since their cursor, when the mapping reads them (`crm.account`).
+    pub(super) async fn read_accounts(&mut self) -> Result<(), SyncError> {
+        let Some(account) = &self.mapping.crm.account else {
+            return Ok(());
+        };
+        let object = account.object.clone();
+        let fields = records::account_fields(self.mapping);
+        self.crm_object(&object, fields, false, |m, r| {
+            records::account(m, r).map(Event::Account)
+        })
+        .instrument(phase(&object))
+        .await
     }
 
     /// Leads and contacts since their cursors.

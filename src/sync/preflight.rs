@@ -96,6 +96,13 @@ pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>>
         &mut OPPORTUNITY_FIELDS.iter().map(|f| f.to_string()),
         Use::Read,
     );
+    if let Some(account) = &c.account {
+        add(
+            &account.object,
+            &mut records::account_fields(m).into_iter(),
+            Use::Read,
+        );
+    }
     add(
         &c.mql.object,
         &mut records::mql_fields(m).into_iter(),

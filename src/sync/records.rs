@@ -14,8 +14,8 @@ use jiff::civil::Date;
 use serde_json::{Map, Value, json};
 
 use crate::engine::model::{
-    Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, MapActivity, MapLink, Opportunity,
-    PersonFacts, ScoreChange, ScorePart, Stamps, Threshold,
+    AccountFacts, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, MapActivity, MapLink,
+    Opportunity, PersonFacts, ScoreChange, ScorePart, Stamps, Threshold,
 };
 use crate::mapping::{Mapping, PersonObject};
 
@@ -332,6 +332,74 @@ pub fn opportunity(m: &Mapping, record: &Record) -> Result<Opportunity, RecordEr
             })
             .transpose()?,
         created_at: r.need_instant("CreatedDate")?,
+        modified_at: r.modified()?,
+    })
+}
+
+/// The fields to SELECT for accounts (`crm.account`): owner, name, and every attribute read
+/// on them.
+pub fn account_fields(m: &Mapping) -> Vec<String> {
+    let Some(a) = &m.crm.account else {
+        return Vec::new();
+    };
+    let mut fields = vec![
+        "Id".to_string(),
+        "SystemModstamp".into(),
+        a.owner.clone(),
+        a.name.clone(),
+    ];
+    for f in m.attributes.values().filter_map(|f| f.account.as_ref()) {
+        if !fields.contains(f.get_ref()) {
+            fields.push(f.get_ref().clone());
+        }
+    }
+    fields
+}
+
+/// An account record: its owner and the attributes its contacts carry. An account a
+/// target-account list names carries its attribute `true`; one it does not, the field's value
+/// or `false`.
+pub fn account(m: &Mapping, record: &Record) -> Result<AccountFacts, RecordError> {
+    let a = m
+        .crm
+        .account
+        .as_ref()
+        .expect("accounts are read only when mapped");
+    let r = Reader {
+        object: &a.object,
+        record,
+    };
+    let id = r.need_text("Id")?;
+    let name = r.text(&a.name);
+    let mut attributes = BTreeMap::new();
+    for (attribute, fields) in &m.attributes {
+        if let Some(field) = &fields.account
+            && let Some(value) = r.text(field.get_ref())
+        {
+            attributes.insert(attribute.clone(), value);
+        }
+    }
+    if let Some(list) = &m.target_accounts {
+        let listed = list.accounts.iter().any(|entry| {
+            let entry = entry.trim();
+            entry == id
+                || name
+                    .as_deref()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(entry))
+        });
+        let attribute = list.attribute.get_ref().clone();
+        if listed {
+            attributes.insert(attribute, "true".into());
+        } else {
+            attributes
+                .entry(attribute)
+                .or_insert_with(|| "false".into());
+        }
+    }
+    Ok(AccountFacts {
+        id: id.into(),
+        owner_id: r.text(&a.owner).map(Into::into),
+        attributes: attributes.into(),
         modified_at: r.modified()?,
     })
 }
@@ -939,5 +1007,80 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.crm, None);
+    }
+
+    #[test]
+    fn an_account_carries_its_field_or_the_list_and_its_owner() {
+        let mut m = m();
+        m.crm.account = Some(mapping::AccountObject {
+            object: "Account".into(),
+            owner: "OwnerId".into(),
+            name: "Name".into(),
+        });
+        m.attributes.insert(
+            "target_account".into(),
+            mapping::AttributeFields {
+                lead: None,
+                contact: None,
+                account: Some(toml::Spanned::new(0..0, "Target_Account__c".into())),
+                threshold: None,
+            },
+        );
+        assert_eq!(
+            account_fields(&m),
+            [
+                "Id",
+                "SystemModstamp",
+                "OwnerId",
+                "Name",
+                "Target_Account__c"
+            ]
+        );
+        let at = "2026-11-20T09:30:00.000+0000";
+        let read = |m: &Mapping, id: &str, name: &str, flag: Value| {
+            account(
+                m,
+                &rec(json!({"Id": id, "Name": name, "OwnerId": "005A", "Target_Account__c": flag, "SystemModstamp": at})),
+            )
+            .unwrap()
+        };
+        let a = read(&m, "001A", "Acme Corp", json!(true));
+        assert_eq!(a.attributes.get("target_account"), Some("true"));
+        assert_eq!(a.owner_id.as_deref(), Some("005A"));
+        assert_eq!(
+            read(&m, "001B", "Beta", json!(false))
+                .attributes
+                .get("target_account"),
+            Some("false")
+        );
+        // A list in the mapping: by name (any case) or id; the rest keep their field.
+        m.target_accounts = Some(mapping::TargetAccounts {
+            attribute: toml::Spanned::new(0..0, "target_account".into()),
+            accounts: vec!["beta".into(), "001C".into()],
+        });
+        assert_eq!(
+            read(&m, "001B", "Beta", json!(false))
+                .attributes
+                .get("target_account"),
+            Some("true")
+        );
+        assert_eq!(
+            read(&m, "001C", "Gamma", Value::Null)
+                .attributes
+                .get("target_account"),
+            Some("true")
+        );
+        assert_eq!(
+            read(&m, "001D", "Delta", Value::Null)
+                .attributes
+                .get("target_account"),
+            Some("false")
+        );
+        assert_eq!(
+            read(&m, "001A", "Acme Corp", json!(true))
+                .attributes
+                .get("target_account"),
+            Some("true")
+        );
     }
 }

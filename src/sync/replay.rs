@@ -94,6 +94,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 CURSOR.into(),
                 serde_json::to_string(&started).expect("cursors serialise"),
             ));
+            // Accounts as they stand today (their attributes are no history): the people
+            // of the timeline carry them from their first version.
+            self.read_accounts().await?;
             let people = self.people_timeline(window).await?;
             let mut timeline: Vec<Event> = self
                 .threshold_timeline(window, &mut report.unreadable_history)

@@ -103,6 +103,24 @@ impl App {
         self.try_run(at).await.unwrap()
     }
 
+    /// One `run --once` with another mapping.
+    async fn run_mapped(&mut self, at: Timestamp, m: &mapping::LoadedMapping) -> RunSummary {
+        let (sf, mk) = (self.sf.clone(), self.mk.clone());
+        let sent = move || (sf.sent(), mk.sent());
+        run_once(
+            &self.sf,
+            &self.mk,
+            &m.mapping,
+            &m.policy,
+            &mut self.store,
+            at,
+            &RunSettings::default(),
+            sent,
+        )
+        .await
+        .unwrap()
+    }
+
     /// One `run --once` with the default mapping, which may stop with an error.
     async fn try_run(&mut self, at: Timestamp) -> Result<RunSummary, SyncError> {
         self.try_run_with(at, &RunSettings::default()).await
@@ -1590,12 +1608,23 @@ fn person_where(
     wanted: impl Fn(&mqlsync::engine::model::Reason) -> bool,
     qualifies: bool,
 ) -> (String, i64) {
+    let policy = mapping::load(None).unwrap().policy;
+    person_under(app, &policy, at, |_, r| wanted(r), qualifies)
+}
+
+/// [`person_where`] under another policy, `wanted` seeing the CRM id too.
+fn person_under(
+    app: &App,
+    policy: &mqlsync::engine::Policy,
+    at: Timestamp,
+    wanted: impl Fn(&str, &mqlsync::engine::model::Reason) -> bool,
+    qualifies: bool,
+) -> (String, i64) {
     use mqlsync::engine::model::{Action, Event, ScoreChange, ScorePart};
     use mqlsync::engine::{Context, Visibility, reconcile};
-    let policy = mapping::load(None).unwrap().policy;
-    let state = app.store.load_engine(&policy).unwrap();
+    let state = app.store.load_engine(policy).unwrap();
     let ctx = Context {
-        policy: &policy,
+        policy,
         now: at,
         backfill: false,
         visibility: Visibility::WhenWritten,
@@ -1604,7 +1633,7 @@ fn person_where(
         .find_map(|slot| {
             let id = state.persons.id(slot);
             let lead = state.persons.at(slot).map_lead?;
-            if !wanted(&mqlsync::engine::explain(&state, &policy, id, at)) {
+            if !wanted(id, &mqlsync::engine::explain(&state, policy, id, at)) {
                 return None;
             }
             let mut copy = state.clone();
@@ -1734,4 +1763,159 @@ async fn a_demo_request_makes_an_mql_whatever_the_score_in_the_calls_the_scores_
     let again = app.run(later).await;
     assert!(again.qualified_by.is_empty(), "{again:?}");
     assert_eq!(app.store.cycles().unwrap().len(), cycles_before + 1);
+}
+
+/// The default mapping with target accounts on: contacts through their account's
+/// `Target_Account__c`, leads through their own, and a segment of the knob.
+fn target_account_mapping(account_field: &str) -> mapping::LoadedMapping {
+    let text = mapping::DEFAULT_MAPPING
+        .replacen(
+            "segments = [\"region\", \"team\", \"business_line\"]",
+            "segments = [\"region\", \"team\", \"business_line\", \"target_account\"]",
+            1,
+        )
+        .replacen(
+            "# target_account = { lead = \"Target_Account__c\", account = \"Target_Account__c\",",
+            &format!(
+                "target_account = {{ lead = \"Target_Account__c\", account = \"{account_field}\","
+            ),
+            1,
+        )
+        .replacen(
+            "# [crm.account]\n# object = \"Account\"",
+            "[crm.account]\nobject = \"Account\"",
+            1,
+        );
+    assert!(text.contains("[crm.account]") && text.contains("\ntarget_account = {"));
+    mapping::parse(&text, "target-accounts.toml").unwrap()
+}
+
+/// Issue 15, point 3: target accounts are an attribute like any other. A knob for target
+/// accounts only reaches the contacts of target accounts (through their account) and the
+/// leads flagged themselves; an account added to the list later brings its contacts the
+/// knob at that instant; `check --remote` checks the account's field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_accounts_have_their_own_knob_through_their_account() {
+    use mqlsync::engine::model::{CrmKind, Reason};
+    use mqlsync::sync::preflight;
+    let mut app = spawn_app().await;
+    let loaded = target_account_mapping("Target_Account__c");
+    let problems = preflight::check(&app.sf, &app.mk, &loaded.mapping)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let broken = target_account_mapping("Target_Acount__c");
+    let problems: Vec<String> = preflight::check(&app.sf, &app.mk, &broken.mapping)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "attributes.target_account.account: Account has no field Target_Acount__c, or the integration user cannot see it"
+        ]
+    );
+
+    // A sales manager turns the EMEA knob into one for target accounts, at 5.
+    let knob = app
+        .sandbox
+        .world()
+        .thresholds
+        .iter()
+        .find(|t| {
+            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
+        })
+        .unwrap()
+        .clone();
+    let mut edit = Map::new();
+    edit.insert("Region__c".into(), Value::Null);
+    edit.insert("Target_Account__c".into(), json!("true"));
+    edit.insert("Score_Threshold__c".into(), json!(5.0));
+    app.sandbox
+        .salesforce()
+        .edit_record("MQL_Threshold__c", &knob.id, edit)
+        .unwrap();
+    let first = app.run_mapped(now(), &loaded).await;
+    assert!(
+        first.read.get("Account").is_some_and(|n| *n > 0),
+        "{first:?}"
+    );
+    let world = app.sandbox.world().clone();
+    let targets: BTreeSet<&str> = world
+        .accounts
+        .iter()
+        .filter(|a| a.target)
+        .map(|a| a.id.as_str())
+        .collect();
+    let targeted = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.segment == "target_account=true")
+        .collect::<Vec<_>>();
+    assert!(
+        targeted.iter().any(|c| c.crm.kind == CrmKind::Contact),
+        "{targeted:?}"
+    );
+    for c in &targeted {
+        let person = world
+            .people
+            .iter()
+            .find(|p| p.crm_id.as_deref() == Some(c.crm.id.as_str()))
+            .unwrap();
+        match c.crm.kind {
+            CrmKind::Contact => assert!(
+                targets.contains(person.account_id.as_deref().unwrap()),
+                "{c:?}"
+            ),
+            CrmKind::Lead => {}
+        }
+    }
+
+    // An account added to the list later: its contact below the old knob meets the new one.
+    let contact = |id: &str| {
+        world
+            .people
+            .iter()
+            .find(|p| p.crm_id.as_deref() == Some(id))
+            .cloned()
+    };
+    let (crm_id, _) = person_under(
+        &app,
+        &loaded.policy,
+        now(),
+        |id, r| {
+            contact(id).is_some_and(|p| {
+                p.account_id
+                    .as_deref()
+                    .is_some_and(|a| !targets.contains(a))
+            }) && matches!(r, Reason::BelowThreshold { score, .. } if *score >= 5.0)
+        },
+        true,
+    );
+    let account = contact(&crm_id).unwrap().account_id.unwrap();
+    let later = now() + SignedDuration::from_mins(15);
+    app.sandbox.clock().set(later);
+    let mut edit = Map::new();
+    edit.insert("Target_Account__c".into(), json!(true));
+    app.sandbox
+        .salesforce()
+        .edit_record("Account", &account, edit)
+        .unwrap();
+    app.run_mapped(later, &loaded).await;
+    let cycles: Vec<_> = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.crm.id == crm_id)
+        .collect();
+    assert_eq!(cycles.len(), 1, "{cycles:?}");
+    assert_eq!(
+        (cycles[0].mql_at, cycles[0].segment.as_str()),
+        (later, "target_account=true")
+    );
 }

@@ -250,6 +250,7 @@ fn build() -> Schema {
         s("Region__c"),
         s("Team__c"),
         s("Business_Line__c"),
+        t("Target_Account__c", Boolean),
     ];
     let mut contact = vec![
         r("AccountId", "Account"),
@@ -288,6 +289,7 @@ fn build() -> Schema {
                 t("Industry", Picklist),
                 r("OwnerId", "User"),
                 s("Region__c"),
+                t("Target_Account__c", Boolean),
             ],
             required: &["Name"],
             tracked: &[],
@@ -361,6 +363,7 @@ fn build() -> Schema {
                 s("Region__c"),
                 s("Team__c"),
                 s("Business_Line__c"),
+                s("Target_Account__c"),
                 t("Score_Threshold__c", Double),
                 t("Effective_From__c", DateTime),
                 t("Effective_To__c", DateTime),

@@ -174,7 +174,8 @@ impl Store {
                 epoch,
                 epoch,
                 &admin,
-                json!({"Name": a.name, "Industry": a.vertical, "OwnerId": a.owner_id, "Region__c": a.region}),
+                json!({"Name": a.name, "Industry": a.vertical, "OwnerId": a.owner_id, "Region__c": a.region,
+                       "Target_Account__c": a.target}),
             );
         }
         for o in &world.opportunities {
@@ -189,7 +190,7 @@ impl Store {
                        "CloseDate": o.close_date.to_string()}),
             );
         }
-        for p in &world.people {
+        for (i, p) in world.people.iter().enumerate() {
             let Some(id) = &p.crm_id else { continue };
             let mut fields = json!({"FirstName": p.first_name, "LastName": p.last_name,
                 "Email": p.email, "Title": p.title, "OwnerId": p.owner_id,
@@ -205,6 +206,8 @@ impl Store {
                     fields["IsConverted"] = json!(false);
                     fields["ConvertedContactId"] = Value::Null;
                     fields["ConvertedAccountId"] = Value::Null;
+                    // A lead-to-account matcher flags about one lead in ten.
+                    fields["Target_Account__c"] = json!(i % 10 == 3);
                     "Lead"
                 }
                 CrmKind::Contact => {
@@ -223,7 +226,7 @@ impl Store {
                 th.created_at,
                 th.modified_at,
                 &th.set_by,
-                json!({"Name": th.name, "Region__c": th.region, "Team__c": null,
+                json!({"Name": th.name, "Region__c": th.region, "Team__c": null, "Target_Account__c": null,
                        "Business_Line__c": null, "Score_Threshold__c": th.score,
                        "Effective_From__c": th.effective_from.map(format_datetime),
                        "Effective_To__c": th.effective_to.map(format_datetime),
