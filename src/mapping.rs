@@ -217,9 +217,12 @@ pub struct AttributeFields {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreSection {
-    /// `total`, `behavior_plus_demographic` or `time_decayed`.
+    /// `total`, `behavior_plus_demographic`, `time_decayed` or `account`.
     pub source: Spanned<String>,
     pub half_life_days: Option<Spanned<f64>>,
+    /// `account`: the window over which the account's people's score changes add up (30).
+    #[serde(default)]
+    pub account_window_days: Option<Spanned<f64>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -530,15 +533,38 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
                 half_life: SignedDuration::from_secs_f64(half.get_ref() * 86_400.0),
             }
         }
+        "account" => {
+            if mapping.crm.account.is_none() {
+                return Err(ctx.err(
+                    source.span(),
+                    "score.source",
+                    "account scoring gives each account's MQL to the account owner: it needs [crm.account] (object = \"Account\")",
+                ));
+            }
+            let days = match &mapping.score.account_window_days {
+                Some(d) if *d.get_ref() <= 0.0 || !d.get_ref().is_finite() => {
+                    return Err(ctx.err(
+                        d.span(),
+                        "score.account_window_days",
+                        "the window is a number of days above zero",
+                    ));
+                }
+                Some(d) => *d.get_ref(),
+                None => 30.0,
+            };
+            ScoreSource::Account {
+                window: SignedDuration::from_secs_f64(days * 86_400.0),
+            }
+        }
         other => {
             return Err(ctx.err(
                 source.span(),
                 "score.source",
-                format!("{other:?} is not a score source; use total, behavior_plus_demographic or time_decayed"),
+                format!("{other:?} is not a score source; use total, behavior_plus_demographic, time_decayed or account"),
             ));
         }
     };
-    if !matches!(score, ScoreSource::Total)
+    if !matches!(score, ScoreSource::Total | ScoreSource::Account { .. })
         && (mapping.map.behavior_score.is_none() || mapping.map.demographic_score.is_none())
     {
         return Err(ctx.err(
@@ -1149,6 +1175,34 @@ mod tests {
         let m = parse(&fixed, "m.toml").unwrap().mapping;
         assert_eq!(m.crm.account.as_ref().unwrap().owner, "OwnerId");
         assert_eq!(m.target_accounts.as_ref().unwrap().accounts.len(), 2);
+    }
+
+    #[test]
+    fn account_scoring_needs_the_account_object_and_a_window_above_zero() {
+        let source = "source = \"total\"";
+        let e = broken(source, "source = \"account\"");
+        assert_eq!((e.key.as_str(), e.line), ("score.source", line_of(source)));
+        assert!(e.message.contains("[crm.account]"), "{e}");
+        let text = DEFAULT_MAPPING
+            .replacen(source, "source = \"account\"", 1)
+            .replacen(
+                "# [crm.account]\n# object = \"Account\"",
+                "[crm.account]\nobject = \"Account\"",
+                1,
+            );
+        let policy = parse(&text, "m.toml").unwrap().policy;
+        assert_eq!(
+            policy.score,
+            ScoreSource::Account {
+                window: SignedDuration::from_hours(24 * 30)
+            }
+        );
+        let e = parse(
+            &text.replacen("half_life_days = 30", "account_window_days = 0", 1),
+            "m.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "score.account_window_days");
     }
 
     /// Issue 11, point 4: a team's pool error points at the `pool` line, not the time zone's.

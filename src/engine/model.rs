@@ -459,6 +459,10 @@ pub struct Cycle {
     /// go-live).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_raise: Option<Box<HandRaise>>,
+    /// Under account scoring: the account whose score met the threshold (the cycle belongs
+    /// to the person whose change tipped it, and to the account's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<CrmId>,
     /// A note for the CRM record (a data-quality problem mqlsync refused to accept).
     pub note: Option<String>,
     /// The last CRM modification of the record mqlsync has applied: only a later edit is
@@ -644,6 +648,16 @@ pub enum Reason {
     /// `explain` of an id the store has never read as a lead or contact, nor linked to a MAP
     /// lead.
     NotSeen,
+    /// Account scoring: the account's score (its people's score changes over the window)
+    /// reached the person's threshold, on `trigger`, and no other person of the account has an
+    /// MQL open.
+    AccountQualified {
+        account_id: String,
+        score: f64,
+        threshold: f64,
+        threshold_id: Option<String>,
+        trigger: Trigger,
+    },
     /// At go-live the person was already at or above the threshold, not excluded and without
     /// any cycle: an MQL from go-live on (its score may have crossed long before).
     AtGoLive {
@@ -828,6 +842,17 @@ impl std::fmt::Display for Reason {
             } => write!(
                 f,
                 "an edit of MQL record {external_id} made at {edited_at} was ignored: it is older than the MQL itself ({mql_at})"
+            ),
+            Reason::AccountQualified {
+                account_id,
+                score,
+                threshold,
+                threshold_id,
+                trigger,
+            } => write!(
+                f,
+                "MQL: the score of account {account_id} ({score}, its people's score changes over the window) reached the threshold {threshold} ({}), on {trigger}",
+                which(threshold_id)
             ),
             Reason::AtGoLive {
                 score,

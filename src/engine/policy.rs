@@ -19,6 +19,10 @@ pub enum ScoreSource {
     BehaviorPlusDemographic,
     /// Demographic part plus a behaviour part whose every change fades with this half-life.
     TimeDecayed { half_life: SignedDuration },
+    /// Account (demand-unit) scoring: a contact of an account is compared by the account's
+    /// score, the sum of the total-score changes of its people over the last `window`; a
+    /// person without an account by their own total.
+    Account { window: SignedDuration },
 }
 
 /// An exclusion on a mapped attribute: people whose attribute holds one of `values`

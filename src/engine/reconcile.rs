@@ -509,19 +509,26 @@ fn on_score(
 ) {
     let window = CacheWindow::of(state);
     let lead = state.map_leads.get_or_default(change.map_lead_id);
+    let before = lead.scores.total;
     if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
         return;
     }
     let relevant = match ctx.policy.score {
-        ScoreSource::Total => change.part == ScorePart::Total,
+        ScoreSource::Total | ScoreSource::Account { .. } => change.part == ScorePart::Total,
         _ => change.part != ScorePart::Total,
     };
     if !relevant {
         return;
     }
+    if let ScoreSource::Account { window } = ctx.policy.score {
+        let delta = change.new_value - change.old_value.or(before).unwrap_or(0.0);
+        add_to_account(state, change.map_lead_id, change.at, delta, window);
+    }
     // The common cases end here: by the lead's gate alone, or with borrows of the person
-    // (see `unchanged`), whose slot the lead holds, so no CRM id is hashed.
-    let shortcuts = !state.no_shortcuts;
+    // (see `unchanged`), whose slot the lead holds, so no CRM id is hashed. Under account
+    // scoring a person's own score decides nothing: no shortcut.
+    let lead = state.map_leads.get_or_default(change.map_lead_id);
+    let shortcuts = !state.no_shortcuts && !matches!(ctx.policy.score, ScoreSource::Account { .. });
     if shortcuts && lead.gate.quiet(window, ctx.policy, &lead.scores, change.at) {
         return;
     }
@@ -721,10 +728,7 @@ fn hand_raise(
         return;
     }
     let resolved = resolved.expect("checked above");
-    let score = person
-        .map_lead
-        .and_then(|l| state.map_leads.get(&l))
-        .and_then(|l| l.scores.value(&policy.score, at));
+    let score = score_of(state, policy, person, at).0;
     let reason = Reason::HandRaised {
         rule: rule.name.clone(),
         activity: described,
@@ -846,11 +850,7 @@ fn verdict(
             false,
         );
     };
-    let Some(score) = state
-        .map_leads
-        .get(&lead_id)
-        .and_then(|l| l.scores.value(&policy.score, at))
-    else {
+    let Some(score) = score_of(state, policy, person, at).0 else {
         return (Reason::NoScore, false);
     };
     let Some(resolved) = resolved else {
@@ -876,6 +876,78 @@ fn verdict(
     (reason, true)
 }
 
+/// Under account scoring, a score change of `delta` points of a MAP lead counts for the
+/// account of the person it is linked to, if that person has one.
+fn add_to_account(
+    state: &mut EngineState,
+    map_lead_id: i64,
+    at: Timestamp,
+    delta: f64,
+    window: jiff::SignedDuration,
+) {
+    let Some(slot) = state.map_leads.get(&map_lead_id).and_then(|l| l.person) else {
+        return;
+    };
+    let person = state.persons.at(slot);
+    if person.map_lead != Some(map_lead_id) {
+        return;
+    }
+    let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) else {
+        return;
+    };
+    state
+        .account_scores
+        .entry(account.clone())
+        .or_default()
+        .add(at, delta, window);
+    state.dirty.account_scores.push(account);
+}
+
+/// The score a person's threshold is compared with at `at`: their MAP lead's, or under account
+/// scoring their account's (`None` for the account: not an account cycle).
+fn score_of(
+    state: &EngineState,
+    policy: &Policy,
+    person: &PersonState,
+    at: Timestamp,
+) -> (Option<f64>, Option<super::model::CrmId>) {
+    if let ScoreSource::Account { window } = policy.score
+        && let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.as_ref())
+    {
+        let score = state
+            .account_scores
+            .get(account)
+            .map_or(0.0, |s| s.at(at, window));
+        return (Some(score), Some(account.clone()));
+    }
+    let own = person
+        .map_lead
+        .and_then(|l| state.map_leads.get(&l))
+        .and_then(|l| l.scores.value(&policy.score, at));
+    (own, None)
+}
+
+/// Under account scoring, the open cycle of another person of the person's account: while
+/// it is open, nobody else of the account opens one.
+fn account_open_cycle<'a>(
+    state: &'a EngineState,
+    policy: &Policy,
+    person: &PersonState,
+    facts: &PersonFacts,
+) -> Option<&'a Cycle> {
+    if !matches!(policy.score, ScoreSource::Account { .. }) {
+        return None;
+    }
+    let account = facts.account_id.as_ref()?;
+    state
+        .account_people
+        .get(account)?
+        .iter()
+        .map(|slot| state.persons.at(*slot))
+        .filter(|other| !std::ptr::eq(*other, person))
+        .find_map(|other| other.open_cycle())
+}
+
 /// What holds back a person who meets the threshold (or raised their hand) at `at`: rules 3
 /// and 4 of the contract (an open cycle, an exclusion) and a cool-down after a rejection.
 fn held(
@@ -885,7 +957,10 @@ fn held(
     facts: &PersonFacts,
     at: Timestamp,
 ) -> Option<Reason> {
-    if let Some(open) = person.open_cycle() {
+    if let Some(open) = person
+        .open_cycle()
+        .or_else(|| account_open_cycle(state, policy, person, facts))
+    {
         return Some(Reason::OpenCycle {
             external_id: open.external_id.clone(),
         });
@@ -956,7 +1031,8 @@ impl Gate {
     /// What [`unchanged`] would answer for the person this gate copied: the same test on
     /// the copy.
     fn quiet(self, window: CacheWindow, policy: &Policy, scores: &Scores, at: Timestamp) -> bool {
-        if !window.holds(self.generation, at) {
+        if !window.holds(self.generation, at) || matches!(policy.score, ScoreSource::Account { .. })
+        {
             return false;
         }
         match scores.value(&policy.score, at) {
@@ -977,6 +1053,10 @@ fn unchanged(
     scores: &Scores,
     at: Timestamp,
 ) -> bool {
+    // Under account scoring the account's score decides, which the person does not hold.
+    if matches!(policy.score, ScoreSource::Account { .. }) {
+        return false;
+    }
     // A cached threshold implies the person's facts arrived (it is resolved from them).
     let Some(threshold) = window.threshold_score(person, at) else {
         return false;
@@ -1012,19 +1092,43 @@ fn evaluate_at(
     let person = state.persons.at(slot);
     let resolved = resolution.of(person);
     let (reason, qualifies) = verdict(state, policy, person, resolved.map(|r| &**r), at, trigger);
-    // Qualified at go-live is a reason of its own: the crossing may be long before.
-    let reason = match reason {
-        Reason::Qualified {
-            score,
-            threshold,
-            threshold_id,
-            trigger: Trigger::GoLive,
-        } => Reason::AtGoLive {
+    // Qualified at go-live is a reason of its own: the crossing may be long before. So is
+    // an account's score.
+    let account = if qualifies {
+        score_of(state, policy, person, at).1
+    } else {
+        None
+    };
+    let reason = match (reason, account) {
+        (
+            Reason::Qualified {
+                score,
+                threshold,
+                threshold_id,
+                trigger: Trigger::GoLive,
+            },
+            _,
+        ) => Reason::AtGoLive {
             score,
             threshold,
             threshold_id,
         },
-        other => other,
+        (
+            Reason::Qualified {
+                score,
+                threshold,
+                threshold_id,
+                trigger,
+            },
+            Some(account),
+        ) => Reason::AccountQualified {
+            account_id: account.to_string(),
+            score,
+            threshold,
+            threshold_id,
+            trigger,
+        },
+        (other, _) => other,
     };
     if qualifies {
         let resolved = resolved.cloned().expect("qualified with a threshold");
@@ -1097,9 +1201,8 @@ fn open_cycle(
     let scores = lead_id
         .and_then(|l| state.map_leads.get(&l))
         .map(|l| &l.scores);
-    let score = scores
-        .and_then(|s| s.value(&policy.score, at))
-        .unwrap_or(0.0);
+    let (score, account_id) = score_of(state, policy, person, at);
+    let score = score.unwrap_or(0.0);
     let campaign = crossing_campaign
         .or(scores.and_then(|s| s.last_campaign.as_ref()))
         .cloned();
@@ -1110,7 +1213,13 @@ fn open_cycle(
         .filter(|_| ctx.visibility == Visibility::AtDecision && !ctx.backfill)
         .map(|t| t.sla_from(at));
     let crm = facts.crm.clone();
-    let owner_id: Option<String> = facts.owner_id.as_deref().map(String::from);
+    // An account's MQL is its owner's.
+    let owner_id: Option<String> = account_id
+        .as_ref()
+        .and_then(|a| state.accounts.get(a))
+        .and_then(|a| a.owner_id.as_deref())
+        .or(facts.owner_id.as_deref())
+        .map(String::from);
     let prior_mql_at = facts.prior_mql_at;
     let cycle = Cycle {
         external_id: external_id.clone(),
@@ -1138,6 +1247,7 @@ fn open_cycle(
         backfilled: ctx.backfill,
         written_at: None,
         hand_raise: hand_raise.map(Box::new),
+        account_id,
         note: None,
         crm_modified_at: None,
         crm_versions,

@@ -177,6 +177,7 @@ mod tests {
             backfilled: false,
             written_at: None,
             hand_raise: None,
+            account_id: None,
             note: None,
             crm_modified_at: None,
             crm_versions: Vec::new(),

@@ -198,7 +198,7 @@ impl Scores {
     /// The score at `t`; `None` until a part the source needs has arrived.
     pub fn value(&self, source: &ScoreSource, t: Timestamp) -> Option<f64> {
         match source {
-            ScoreSource::Total => self.total,
+            ScoreSource::Total | ScoreSource::Account { .. } => self.total,
             ScoreSource::BehaviorPlusDemographic => match (self.behavior, self.demographic) {
                 (None, None) => None,
                 (b, d) => Some(b.unwrap_or(0.0) + d.unwrap_or(0.0)),

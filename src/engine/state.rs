@@ -3,7 +3,7 @@
 //! store saves and loads; the indexes (cycle owners, people by account, timers) are rebuilt
 //! on load.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -412,6 +412,37 @@ pub struct MapLeadState {
     pub hand_raise: Option<Box<HandRaiseSeen>>,
 }
 
+/// An account's score under account scoring: the total-score changes of its people, in the
+/// order applied, as far back as a window may still reach. The score at `t` is the sum of
+/// those in `(t - window, t]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountScore {
+    pub changes: VecDeque<(Timestamp, f64)>,
+}
+
+impl AccountScore {
+    /// Adds a change of `delta` points at `at`, and forgets changes no evaluation can reach
+    /// any more: those older than two windows before the latest.
+    pub fn add(&mut self, at: Timestamp, delta: f64, window: jiff::SignedDuration) {
+        self.changes.push_back((at, delta));
+        let latest = self.changes.iter().map(|(t, _)| *t).max().unwrap_or(at);
+        let horizon = latest - window - window;
+        while self.changes.front().is_some_and(|(t, _)| *t < horizon) {
+            self.changes.pop_front();
+        }
+    }
+
+    /// The account's score at `t`: the changes in `(t - window, t]`, added up.
+    pub fn at(&self, t: Timestamp, window: jiff::SignedDuration) -> f64 {
+        let from = t - window;
+        self.changes
+            .iter()
+            .filter(|(at, _)| *at > from && *at <= t)
+            .map(|(_, delta)| delta)
+            .sum()
+    }
+}
+
 /// What the engine remembers of a MAP lead's hand-raises: which activities are applied (an
 /// activity delivered again is a replay), and the one waiting for the lead's CRM record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -623,6 +654,8 @@ pub struct Dirty {
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
     pub accounts: Vec<CrmId>,
+    /// Accounts whose score changes changed (may repeat).
+    pub account_scores: Vec<CrmId>,
     /// External ids of changed cycles; may repeat (the store writes each once).
     pub cycles: Vec<String>,
     pub meta: bool,
@@ -635,6 +668,7 @@ impl Dirty {
             && self.thresholds.is_empty()
             && self.opportunities.is_empty()
             && self.accounts.is_empty()
+            && self.account_scores.is_empty()
             && self.cycles.is_empty()
             && !self.meta
     }
@@ -668,6 +702,8 @@ pub struct EngineState {
     pub opportunities: BTreeMap<String, Opportunity>,
     /// Accounts read from the CRM (only when the mapping reads any), by id.
     pub accounts: FastMap<CrmId, AccountFacts>,
+    /// Under account scoring: each account's score changes inside the window, by id.
+    pub account_scores: FastMap<CrmId, AccountScore>,
     pub meta: EngineMeta,
     pub dirty: Dirty,
     /// MAP leads whose scores changed since the store's last score snapshot, each once.

@@ -1680,3 +1680,157 @@ fn contacts_carry_their_accounts_target_flag_and_a_target_knob_reaches_them_when
     );
     assert!(h.apply(account("001ACC", false, at(5))).is_empty());
 }
+
+/// A harness under account scoring (30 days), with two accounts owned by 005OWN1 and
+/// 005OWN2, and contacts `003A0..003A3` of 001A (MAP leads 0..3) and `003B0..003B3` of 001B
+/// (MAP leads 10..13).
+fn account_harness() -> Harness {
+    let mut h = Harness::new();
+    h.policy.score = super::policy::ScoreSource::Account {
+        window: SignedDuration::from_hours(24 * 30),
+    };
+    for (account, owner, first_lead) in [("001A", "005OWN1", 0), ("001B", "005OWN2", 10)] {
+        h.apply(Event::Account(AccountFacts {
+            id: account.into(),
+            owner_id: Some(owner.into()),
+            attributes: Attributes::default(),
+            modified_at: at(0),
+        }));
+        for i in 0..4 {
+            let id = format!("003{}{i}", &account[3..]);
+            let mut p = person(&id, "NA", at(0));
+            p.account_id = Some(account.into());
+            h.apply(Event::Person(p));
+            h.apply(link(first_lead + i, &id, at(0)));
+        }
+    }
+    h
+}
+
+#[test]
+fn an_account_crossing_through_two_contacts_opens_one_cycle_for_the_tipping_one() {
+    let mut h = account_harness();
+    assert!(opened(&h.apply(score(0, "c1", 60.0, at(10), None))).is_empty());
+    let out = h.apply(score(1, "c2", 50.0, at(20), Some("WEB")));
+    let cycles = opened(&out);
+    assert_eq!(cycles.len(), 1, "{out:#?}");
+    let c = cycles[0];
+    assert_eq!(c.crm.id, "003A1", "the contact whose change tipped the sum");
+    assert_eq!((c.score, c.threshold), (110.0, 100.0));
+    assert_eq!(
+        c.owner_id.as_deref(),
+        Some("005OWN1"),
+        "the account owner's"
+    );
+    assert_eq!(c.account_id.as_deref(), Some("001A"));
+    assert!(matches!(out[0].reason, Reason::AccountQualified { .. }));
+    // While it is open, nobody else of the account opens one; the other account is apart.
+    let out = h.apply(score(2, "c3", 500.0, at(30), None));
+    assert!(opened(&out).is_empty());
+    assert!(
+        matches!(&out[0].reason, Reason::OpenCycle { external_id } if external_id == "003A1-1")
+    );
+    assert!(opened(&h.apply(score(10, "c4", 90.0, at(40), None))).is_empty());
+    // Rejected: 60 + 50 + 500 were long ago by the time the next change comes; 40 more
+    // points alone do not reach 100 then.
+    h.apply(edit(
+        "003A1-1",
+        CycleStatus::Rejected,
+        Some("Wrong Person"),
+        at(50),
+    ));
+    let later = at(60 * 24 * 40);
+    let out = h.apply(score(3, "c5", 40.0, later, None));
+    assert!(opened(&out).is_empty(), "{out:#?}");
+    assert_eq!(
+        h.state.account_scores["001A"].at(later, SignedDuration::from_hours(24 * 30)),
+        40.0
+    );
+}
+
+/// Events under account scoring: score changes (absolute values, unique ids) of the eight
+/// contacts' leads, knob turns of the default, and reps' edits of the first cycles.
+fn arb_account_event() -> impl Strategy<Value = (u16, Event)> {
+    let lead = |i: u8| {
+        if i < 4 {
+            i64::from(i)
+        } else {
+            10 + i64::from(i - 4)
+        }
+    };
+    prop_oneof![
+        6 => (0u8..8, 0u32..120).prop_map(move |(i, s)| score(
+            lead(i),
+            "",
+            f64::from(s),
+            Timestamp::UNIX_EPOCH,
+            None
+        )),
+        1 => (0u32..200).prop_map(|s| threshold("a0TD", None, f64::from(s), Timestamp::UNIX_EPOCH)),
+        1 => (0u8..8, any::<bool>()).prop_map(move |(i, reject)| {
+            let account = if i < 4 { "A" } else { "B" };
+            edit(
+                &format!("003{account}{}-1", i % 4),
+                if reject { CycleStatus::Rejected } else { CycleStatus::Working },
+                Some("Bad Timing"),
+                Timestamp::UNIX_EPOCH,
+            )
+        }),
+    ]
+    // Gaps up to 20 days: changes fall out of the 30-day window.
+    .prop_flat_map(|e| (1u16..28_800, Just(e)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn at_most_one_open_cycle_per_account_and_its_score_is_its_history_added_up(
+        raw in prop::collection::vec(arb_account_event(), 1..60),
+    ) {
+        let window = SignedDuration::from_hours(24 * 30);
+        let mut h = account_harness();
+        // Every change applied so far: (account, instant, points).
+        let mut history: Vec<(&str, Timestamp, f64)> = Vec::new();
+        let mut last: BTreeMap<i64, f64> = BTreeMap::new();
+        for e in timed(&raw) {
+            let e = match e {
+                // After the harness's set-up at `at(0)`.
+                Event::Score(mut s) => {
+                    s.at += SignedDuration::from_hours(1);
+                    Event::Score(s)
+                }
+                Event::Threshold(mut t) => {
+                    t.modified_at += SignedDuration::from_hours(1);
+                    Event::Threshold(t)
+                }
+                Event::CycleEdit(mut c) => {
+                    c.modified_at += SignedDuration::from_hours(1);
+                    Event::CycleEdit(c)
+                }
+                other => other,
+            };
+            if let Event::Score(s) = &e {
+                let before = last.insert(s.map_lead_id, s.new_value).unwrap_or(0.0);
+                let account = if s.map_lead_id < 10 { "001A" } else { "001B" };
+                history.push((account, s.at, s.new_value - before));
+            }
+            let now = e.at();
+            h.apply(e);
+            for account in ["001A", "001B"] {
+                let recomputed: f64 = history
+                    .iter()
+                    .filter(|(a, t, _)| *a == account && *t > now - window && *t <= now)
+                    .map(|(_, _, d)| d)
+                    .sum();
+                let kept = h.state.account_scores.get(account).map_or(0.0, |s| s.at(now, window));
+                prop_assert!((kept - recomputed).abs() < 1e-9, "{account} at {now}: {kept} != {recomputed}");
+                let open = h.state.account_people[account]
+                    .iter()
+                    .filter(|slot| h.state.persons.at(**slot).open_cycle().is_some())
+                    .count();
+                prop_assert!(open <= 1, "{account}: {open} open cycles");
+            }
+        }
+    }
+}

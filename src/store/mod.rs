@@ -34,7 +34,9 @@ use crate::engine::model::{
 };
 use crate::engine::policy::{Policy, ScoreSource};
 use crate::engine::score::{PartVersion, Scores};
-use crate::engine::state::{EngineMeta, EngineState, HandRaiseSeen, MapLeadState, PersonState};
+use crate::engine::state::{
+    AccountScore, EngineMeta, EngineState, HandRaiseSeen, MapLeadState, PersonState,
+};
 
 pub use open::{ReadOnlyPlace, WriterLock};
 pub use schema::{APPLICATION_ID, MIGRATIONS};
@@ -1016,6 +1018,7 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::EditStale { .. } => "edit_stale",
         Reason::NotSeen => "not_seen",
         Reason::AtGoLive { .. } => "at_go_live",
+        Reason::AccountQualified { .. } => "account_qualified",
     }
 }
 
@@ -1267,6 +1270,18 @@ fn write_state(
             account.execute(params![id.as_str(), json(a)])?;
         }
     }
+    let mut account_score = tx.prepare_cached(
+        "INSERT INTO account_scores (account_id, body) VALUES (?1, ?2)
+         ON CONFLICT (account_id) DO UPDATE SET body = excluded.body",
+    )?;
+    let mut scored: Vec<&crate::engine::model::CrmId> = dirty.account_scores.iter().collect();
+    scored.sort_unstable();
+    scored.dedup();
+    for id in scored {
+        if let Some(score) = state.account_scores.get(id) {
+            account_score.execute(params![id.as_str(), json(score)])?;
+        }
+    }
     if dirty.meta {
         tx.prepare_cached(
             "INSERT INTO engine_meta (key, value) VALUES ('engine', ?1)
@@ -1504,6 +1519,14 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
         let id: String = r.get(0)?;
         let a: AccountFacts = decode(&r.get::<_, String>(1)?, &format!("account {id}"))?;
         state.accounts.insert(a.id.clone(), a);
+    }
+    let mut stmt = conn.prepare("SELECT account_id, body FROM account_scores")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let score: AccountScore =
+            decode(&r.get::<_, String>(1)?, &format!("score of account {id}"))?;
+        state.account_scores.insert(id.into(), score);
     }
     let mut stmt = conn.prepare("SELECT id, body FROM opportunities")?;
     let mut rows = stmt.query([])?;

@@ -186,4 +186,11 @@ pub const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     ) STRICT;
     "#,
+    // 6: under account scoring, each account's score changes inside the window.
+    r#"
+    CREATE TABLE account_scores (
+        account_id TEXT PRIMARY KEY,
+        body       TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];

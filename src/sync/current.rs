@@ -153,7 +153,9 @@ pub fn filter_field(m: &Mapping, kind: CrmKind) -> &str {
 /// The score fields the source reads, with the part each is.
 pub fn score_fields(m: &Mapping, source: &ScoreSource) -> Vec<(ScorePart, String)> {
     match source {
-        ScoreSource::Total => vec![(ScorePart::Total, m.map.total_score.clone())],
+        ScoreSource::Total | ScoreSource::Account { .. } => {
+            vec![(ScorePart::Total, m.map.total_score.clone())]
+        }
         _ => [
             (ScorePart::Behavior, m.map.behavior_score.clone()),
             (ScorePart::Demographic, m.map.demographic_score.clone()),

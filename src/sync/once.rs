@@ -208,8 +208,8 @@ pub struct RunSummary {
     #[serde(skip)]
     pub opened_by_segment: BTreeMap<String, usize>,
     /// MQL cycles opened, by how the person qualified: `score` (the score met the
-    /// threshold), `go-live` (already above it when mqlsync went live), or
-    /// `hand-raiser <rule>`.
+    /// threshold), `account` (the account's score did), `go-live` (already above it when
+    /// mqlsync went live), or `hand-raiser <rule>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub qualified_by: BTreeMap<String, usize>,
     /// Records written, by call.
@@ -937,6 +937,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 let how = match (&cycle.hand_raise, &d.reason) {
                     (Some(raised), _) => format!("hand-raiser {}", raised.rule),
                     (None, crate::engine::model::Reason::AtGoLive { .. }) => "go-live".into(),
+                    (None, _) if cycle.account_id.is_some() => "account".into(),
                     (None, _) => "score".into(),
                 };
                 *self.summary.qualified_by.entry(how).or_default() += 1;

@@ -186,6 +186,7 @@ fn sample_cycle() -> Cycle {
             status: None,
             at,
         })),
+        account_id: None,
         note: Some(String::new()),
         crm_modified_at: None,
         crm_versions: Vec::new(),

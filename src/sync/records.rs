@@ -520,8 +520,17 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     put(&q.overdue, json!(cycle.overdue));
     put(&q.reassignment_count, json!(cycle.reassignments));
     put(&q.backfilled, json!(cycle.backfilled));
-    if let (Some(field), Some(raised)) = (&q.qualified_by, &cycle.hand_raise) {
-        put(field, json!(truncate_text(&raised.label(), TEXT_FIELD_MAX)));
+    if let Some(field) = &q.qualified_by {
+        let label = match (&cycle.hand_raise, &cycle.account_id) {
+            (Some(raised), _) => Some(raised.label()),
+            (None, Some(account)) => Some(format!(
+                "Account score: account {account}, its people's score changes over the window"
+            )),
+            (None, None) => None,
+        };
+        if let Some(label) = label {
+            put(field, json!(truncate_text(&label, TEXT_FIELD_MAX)));
+        }
     }
     put(
         &q.note,
@@ -930,6 +939,7 @@ mod tests {
             backfilled: false,
             written_at: None,
             hand_raise: None,
+            account_id: None,
             note: None,
             crm_modified_at: None,
             crm_versions: Vec::new(),

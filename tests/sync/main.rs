@@ -1620,15 +1620,7 @@ fn person_under(
     wanted: impl Fn(&str, &mqlsync::engine::model::Reason) -> bool,
     qualifies: bool,
 ) -> (String, i64) {
-    use mqlsync::engine::model::{Action, Event, ScoreChange, ScorePart};
-    use mqlsync::engine::{Context, Visibility, reconcile};
     let state = app.store.load_engine(policy).unwrap();
-    let ctx = Context {
-        policy,
-        now: at,
-        backfill: false,
-        visibility: Visibility::WhenWritten,
-    };
     (0..state.persons.len() as u32)
         .find_map(|slot| {
             let id = state.persons.id(slot);
@@ -1636,22 +1628,40 @@ fn person_under(
             if !wanted(id, &mqlsync::engine::explain(&state, policy, id, at)) {
                 return None;
             }
-            let mut copy = state.clone();
-            let high = Event::Score(ScoreChange {
-                map_lead_id: lead,
-                change_id: "probe".into(),
-                part: ScorePart::Total,
-                new_value: 10_000.0,
-                old_value: None,
-                campaign: None,
-                at,
-            });
-            let opens = reconcile(&mut copy, &ctx, &high)
-                .iter()
-                .any(|d| matches!(d.action, Action::OpenCycle { .. }));
-            (opens == qualifies).then(|| (id.to_string(), lead))
+            (would_qualify(&state, policy, lead, at) == qualifies).then(|| (id.to_string(), lead))
         })
         .expect("such a person in the seeded world")
+}
+
+/// Whether a score far above any threshold on MAP lead `lead` at `at` would open a cycle:
+/// the engine says so on a copy of the state.
+fn would_qualify(
+    state: &mqlsync::engine::EngineState,
+    policy: &mqlsync::engine::Policy,
+    lead: i64,
+    at: Timestamp,
+) -> bool {
+    use mqlsync::engine::model::{Action, Event, ScoreChange, ScorePart};
+    use mqlsync::engine::{Context, Visibility, reconcile};
+    let ctx = Context {
+        policy,
+        now: at,
+        backfill: false,
+        visibility: Visibility::WhenWritten,
+    };
+    let mut copy = state.clone();
+    let high = Event::Score(ScoreChange {
+        map_lead_id: lead,
+        change_id: "probe".into(),
+        part: ScorePart::Total,
+        new_value: 10_000.0,
+        old_value: None,
+        campaign: None,
+        at,
+    });
+    reconcile(&mut copy, &ctx, &high)
+        .iter()
+        .any(|d| matches!(d.action, Action::OpenCycle { .. }))
 }
 
 /// Issue 15, points 1, 2 and 5: a Demo Request form fill makes an MQL of a person below the
@@ -1917,5 +1927,112 @@ async fn target_accounts_have_their_own_knob_through_their_account() {
     assert_eq!(
         (cycles[0].mql_at, cycles[0].segment.as_str()),
         (later, "target_account=true")
+    );
+}
+
+/// Issue 15, point 4: under account scoring, two contacts of one account each add points;
+/// the change that takes the account's sum over the threshold opens one MQL, for that
+/// contact, owned by the account's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_crossing_through_two_contacts_makes_one_mql_for_the_account_owner() {
+    use mqlsync::engine::model::Reason;
+    let mut app = spawn_app().await;
+    let text = mapping::DEFAULT_MAPPING
+        .replacen("source = \"total\"", "source = \"account\"", 1)
+        .replacen(
+            "# [crm.account]\n# object = \"Account\"",
+            "[crm.account]\nobject = \"Account\"",
+            1,
+        );
+    let loaded = mapping::parse(&text, "account-scoring.toml").unwrap();
+    app.run_mapped(now(), &loaded).await;
+
+    // An account with two contacts below the threshold whom nothing else holds back.
+    let world = app.sandbox.world().clone();
+    let state = app.store.load_engine(&loaded.policy).unwrap();
+    let below = |id: &str| match mqlsync::engine::explain(&state, &loaded.policy, id, now()) {
+        Reason::BelowThreshold {
+            score, threshold, ..
+        } => Some((score, threshold)),
+        _ => None,
+    };
+    let (account, first, second, (score, threshold)) = world
+        .accounts
+        .iter()
+        .find_map(|a| {
+            let contacts: Vec<_> = world
+                .people
+                .iter()
+                .filter(|p| p.account_id.as_deref() == Some(a.id.as_str()))
+                .filter(|p| {
+                    p.crm_id.as_deref().is_some_and(|id| {
+                        below(id).is_some()
+                            && would_qualify(&state, &loaded.policy, p.map_id, now())
+                    })
+                })
+                .collect();
+            let [first, second, ..] = contacts.as_slice() else {
+                return None;
+            };
+            let sum = below(first.crm_id.as_deref().unwrap())?;
+            Some((a.clone(), (*first).clone(), (*second).clone(), sum))
+        })
+        .expect("an account with two contacts below the threshold");
+    let gap = (threshold - score).ceil() as i64;
+    assert!(gap >= 2, "{score} {threshold}");
+
+    let later = now() + SignedDuration::from_mins(20);
+    app.sandbox.clock().set(later);
+    let marketo = app.sandbox.marketo();
+    let total = mqlsync::sandbox::world::ScoreField::LeadScore;
+    marketo
+        .apply_score_change(first.map_id, total, gap / 2, None)
+        .unwrap();
+    app.sandbox
+        .clock()
+        .set(later + SignedDuration::from_secs(1));
+    marketo
+        .apply_score_change(second.map_id, total, gap - gap / 2, Some(1003))
+        .unwrap();
+    let run = app
+        .run_mapped(later + SignedDuration::from_secs(1), &loaded)
+        .await;
+    assert_eq!(run.qualified_by.get("account"), Some(&1), "{run:?}");
+    let opened: Vec<_> = app
+        .store
+        .cycles()
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            world.people.iter().any(|p| {
+                p.crm_id.as_deref() == Some(c.crm.id.as_str())
+                    && p.account_id.as_deref() == Some(account.id.as_str())
+            })
+        })
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let cycle = &opened[0];
+    assert_eq!(
+        cycle.crm.id,
+        second.crm_id.clone().unwrap(),
+        "the contact whose change tipped it"
+    );
+    assert_eq!(cycle.owner_id.as_deref(), Some(account.owner_id.as_str()));
+    assert_eq!(cycle.account_id.as_deref(), Some(account.id.as_str()));
+    assert!(cycle.score >= cycle.threshold, "{cycle:?}");
+    let record = app
+        .query(&format!(
+            "SELECT OwnerId, Qualified_By__c FROM MQL__c WHERE External_Id__c = '{}'",
+            cycle.external_id
+        ))
+        .await
+        .remove(0);
+    assert_eq!(record["OwnerId"], json!(account.owner_id));
+    assert!(
+        record["Qualified_By__c"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Account score: account {}", account.id)),
+        "{record:?}"
     );
 }
