@@ -3,16 +3,23 @@
 //!
 //! `cargo bench --bench engine` runs each phase in a child process of its own, so that the
 //! peak resident memory (VmHWM) it reports belongs to that phase alone. Run one phase with
-//! `cargo bench --bench engine -- engine` or `-- store`; `MQLSYNC_BENCH_BATCH=10000` sets
-//! the events per store transaction (default 100,000).
+//! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`;
+//! `MQLSYNC_BENCH_BATCH=10000` sets the events per store transaction (default 100,000).
+//!
+//! `qualify` (issue 15): the same people as contacts of 20,000 accounts (five each), account
+//! scoring on (30 days) and the example policy's Demo Request hand-raiser rule; a tenth of the
+//! million events are form fills, half of them of the Demo Request form. Its figures stand
+//! against the score-only `engine` phase.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use jiff::{SignedDuration, Timestamp};
 use mqlsync::engine::model::{
-    Campaign, CrmKind, CrmRef, Event, MapLink, PersonFacts, ScoreChange, ScorePart, Threshold,
+    AccountFacts, Attributes, Campaign, CrmKind, CrmRef, Event, MapActivity, MapLink, PersonFacts,
+    ScoreChange, ScorePart, Threshold,
 };
+use mqlsync::engine::policy::ScoreSource;
 use mqlsync::engine::{Context, EngineState, Policy, Visibility, reconcile};
 use mqlsync::store::{Batch, Store};
 use rand::{Rng, SeedableRng};
@@ -145,6 +152,131 @@ fn score_events() -> Vec<Event> {
             })
         })
         .collect()
+}
+
+/// People per account in the `qualify` phase.
+const PER_ACCOUNT: i64 = 5;
+
+/// [`setup`] with every person a contact of an account (five each), the accounts first.
+fn setup_with_accounts() -> Vec<Event> {
+    let mut events: Vec<Event> = (0..LEADS / PER_ACCOUNT)
+        .map(|a| {
+            Event::Account(AccountFacts {
+                id: format!("001{a:012}").as_str().into(),
+                owner_id: Some(format!("005{:012}", a % 50).into()),
+                attributes: Attributes::default(),
+                modified_at: start(),
+            })
+        })
+        .collect();
+    for e in setup() {
+        events.push(match e {
+            Event::Person(mut p) => {
+                let i: i64 = p.crm.id[3..].parse().unwrap();
+                p.crm.kind = CrmKind::Contact;
+                p.account_id = Some(format!("001{:012}", i / PER_ACCOUNT).as_str().into());
+                Event::Person(p)
+            }
+            Event::Link(mut l) => {
+                if let Some(crm) = &mut l.crm {
+                    crm.kind = CrmKind::Contact;
+                }
+                Event::Link(l)
+            }
+            other => other,
+        });
+    }
+    events
+}
+
+/// [`score_events`] with every tenth replaced by a form fill of the same lead at the same
+/// instant, half of them of the Demo Request form.
+fn qualify_events() -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    score_events()
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| match e {
+            Event::Score(s) if i % 10 == 9 => {
+                let demo = rng.random_bool(0.5);
+                Event::Activity(MapActivity {
+                    map_lead_id: s.map_lead_id,
+                    activity_id: format!("{}", 90_000_000 + i),
+                    type_id: 2,
+                    asset_id: Some(if demo { "1001" } else { "1005" }.into()),
+                    asset_name: Some(
+                        if demo {
+                            "Demo Request"
+                        } else {
+                            "Newsletter Signup"
+                        }
+                        .into(),
+                    ),
+                    status: None,
+                    campaign: s.campaign,
+                    at: s.at,
+                })
+            }
+            other => other,
+        })
+        .collect()
+}
+
+fn qualify_phase() {
+    let mut policy = quiet_policy();
+    // `MQLSYNC_BENCH_QUALIFY=hand_raisers` or `account`: one of the two alone.
+    let only = std::env::var("MQLSYNC_BENCH_QUALIFY").unwrap_or_default();
+    if only != "hand_raisers" {
+        policy.score = ScoreSource::Account {
+            window: SignedDuration::from_hours(24 * 30),
+        };
+    }
+    assert_eq!(
+        policy.hand_raisers.len(),
+        1,
+        "the example's Demo Request rule"
+    );
+    let mut state = EngineState::new();
+    for e in setup_with_accounts() {
+        reconcile(
+            &mut state,
+            &Context {
+                policy: &policy,
+                now: e.at(),
+                backfill: false,
+                visibility: Visibility::AtDecision,
+            },
+            &e,
+        );
+    }
+    let events = if only == "account" {
+        score_events()
+    } else {
+        qualify_events()
+    };
+    let started = Instant::now();
+    let decisions = timed_engine_loop(&mut state, &policy, &events);
+    let secs = started.elapsed().as_secs_f64();
+    report(
+        "engine, account scoring and hand-raisers (10 % form fills)",
+        secs,
+        decisions,
+        &state,
+    );
+    let by_account = state
+        .persons
+        .values()
+        .flat_map(|p| &p.cycles)
+        .filter(|c| c.account_id.is_some() && c.hand_raise.is_none())
+        .count();
+    let raised = state
+        .persons
+        .values()
+        .flat_map(|p| &p.cycles)
+        .filter(|c| c.hand_raise.is_some())
+        .count();
+    println!("  cycles by account score {by_account}, by hand-raise {raised}");
+    std::mem::forget(state);
 }
 
 fn peak_rss_mib() -> f64 {
@@ -295,11 +427,12 @@ fn store_phase() {
 
 fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
     let cycles: usize = state.persons.values().map(|p| p.cycles.len()).sum();
+    let rss = peak_rss_mib();
     println!(
-        "{name}: {EVENTS} events in {secs:.2} s = {:.0} events/s ({:.2} us/event); {decisions} decisions, {cycles} cycles; peak RSS {:.0} MiB",
+        "{name}: {EVENTS} events in {secs:.2} s = {:.0} events/s ({:.2} us/event); {decisions} decisions, {cycles} cycles; peak RSS {rss:.0} MiB ({:.0} B a person, the events included)",
         EVENTS as f64 / secs,
         secs * 1e6 / EVENTS as f64,
-        peak_rss_mib()
+        rss * 1024.0 * 1024.0 / LEADS as f64
     );
 }
 
@@ -318,9 +451,13 @@ fn main() {
             store_phase();
             std::process::exit(0)
         }
+        Some("qualify") => {
+            qualify_phase();
+            std::process::exit(0)
+        }
         _ => {
             let me = std::env::current_exe().unwrap();
-            for phase in ["engine", "store"] {
+            for phase in ["engine", "qualify", "store"] {
                 let status = std::process::Command::new(&me).arg(phase).status().unwrap();
                 assert!(status.success(), "{phase} phase failed");
             }

@@ -520,9 +520,19 @@ fn on_score(
     if !relevant {
         return;
     }
-    if let ScoreSource::Account { window } = ctx.policy.score {
+    if let ScoreSource::Account { window: span } = ctx.policy.score {
         let delta = change.new_value - change.old_value.or(before).unwrap_or(0.0);
-        add_to_account(state, change.map_lead_id, change.at, delta, window);
+        add_to_account(state, change.map_lead_id, change.at, delta, span);
+        if !state.no_shortcuts
+            && let Some(slot) = state
+                .map_leads
+                .get(&change.map_lead_id)
+                .and_then(|l| l.person)
+            && state.persons.at(slot).map_lead == Some(change.map_lead_id)
+            && account_unchanged(state, window, ctx.policy, slot, change.at)
+        {
+            return;
+        }
     }
     // The common cases end here: by the lead's gate alone, or with borrows of the person
     // (see `unchanged`), whose slot the lead holds, so no CRM id is hashed. Under account
@@ -895,12 +905,54 @@ fn add_to_account(
     let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) else {
         return;
     };
-    state
-        .account_scores
-        .entry(account.clone())
-        .or_default()
-        .add(at, delta, window);
-    state.dirty.account_scores.push(account);
+    let score = state.account_scores.entry(account.clone()).or_default();
+    score.add(at, delta, window);
+    if !score.dirty {
+        score.dirty = true;
+        state.dirty.account_scores.push(account);
+    }
+}
+
+/// Under account scoring, whether evaluating the person in `slot` at `at` would change
+/// nothing, decided with borrows only: the account's score below a cached threshold with no
+/// hold to clear, or at or above it with the hold of an open cycle (the person's or the
+/// account's) already recorded.
+fn account_unchanged(
+    state: &EngineState,
+    window: CacheWindow,
+    policy: &Policy,
+    slot: u32,
+    at: Timestamp,
+) -> bool {
+    let person = state.persons.at(slot);
+    let Some(facts) = person.facts.as_deref() else {
+        return false;
+    };
+    let Some(threshold) = window.threshold_score(person, at) else {
+        return false;
+    };
+    let Some(score) = score_of(state, policy, person, at).0 else {
+        return false;
+    };
+    if score < threshold {
+        return person.last_hold.is_none();
+    }
+    let Some(Reason::OpenCycle { external_id }) = person.last_hold.as_deref() else {
+        return false;
+    };
+    // The held-by cycle is still the one `held` would find: the person's own open cycle, or
+    // (with none) the account's, which is at most one (found by its id, not by a scan of the
+    // account's people).
+    match person.open_cycle() {
+        Some(own) => own.external_id == *external_id,
+        None => state.cycle_owner.get(external_id).is_some_and(|&owner| {
+            let other = state.persons.at(owner);
+            other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
+                && other
+                    .open_cycle()
+                    .is_some_and(|open| open.external_id == *external_id)
+        }),
+    }
 }
 
 /// The score a person's threshold is compared with at `at`: their MAP lead's, or under account

@@ -415,9 +415,22 @@ pub struct MapLeadState {
 /// An account's score under account scoring: the total-score changes of its people, in the
 /// order applied, as far back as a window may still reach. The score at `t` is the sum of
 /// those in `(t - window, t]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AccountScore {
     pub changes: VecDeque<(Timestamp, f64)>,
+    /// The latest instant added by this process (after a load, the first added).
+    #[serde(skip)]
+    latest: Option<Timestamp>,
+    /// Listed in [`Dirty::account_scores`] since the store last saved.
+    #[serde(skip)]
+    pub(crate) dirty: bool,
+}
+
+/// Equal as saved.
+impl PartialEq for AccountScore {
+    fn eq(&self, other: &Self) -> bool {
+        self.changes == other.changes
+    }
 }
 
 impl AccountScore {
@@ -425,7 +438,8 @@ impl AccountScore {
     /// any more: those older than two windows before the latest.
     pub fn add(&mut self, at: Timestamp, delta: f64, window: jiff::SignedDuration) {
         self.changes.push_back((at, delta));
-        let latest = self.changes.iter().map(|(t, _)| *t).max().unwrap_or(at);
+        let latest = self.latest.map_or(at, |l| l.max(at));
+        self.latest = Some(latest);
         let horizon = latest - window - window;
         while self.changes.front().is_some_and(|(t, _)| *t < horizon) {
             self.changes.pop_front();
@@ -654,7 +668,7 @@ pub struct Dirty {
     pub thresholds: FastSet<String>,
     pub opportunities: FastSet<String>,
     pub accounts: Vec<CrmId>,
-    /// Accounts whose score changes changed (may repeat).
+    /// Accounts whose score changes changed, each once (listed by their `dirty` flag).
     pub account_scores: Vec<CrmId>,
     /// External ids of changed cycles; may repeat (the store writes each once).
     pub cycles: Vec<String>,
@@ -841,6 +855,11 @@ impl EngineState {
         }
         for &slot in &dirty.persons {
             self.persons.at_mut(slot).dirty = false;
+        }
+        for id in &dirty.account_scores {
+            if let Some(score) = self.account_scores.get_mut(id) {
+                score.dirty = false;
+            }
         }
         dirty
     }

@@ -1781,8 +1781,43 @@ fn arb_account_event() -> impl Strategy<Value = (u16, Event)> {
     .prop_flat_map(|e| (1u16..28_800, Just(e)))
 }
 
+/// [`timed`] for the account harness: after its set-up at `at(0)`.
+fn timed_after_setup(raw: &[(u16, Event)]) -> Vec<Event> {
+    timed(raw)
+        .into_iter()
+        .map(|e| match e {
+            Event::Score(mut s) => {
+                s.at += SignedDuration::from_hours(1);
+                Event::Score(s)
+            }
+            Event::Threshold(mut t) => {
+                t.modified_at += SignedDuration::from_hours(1);
+                Event::Threshold(t)
+            }
+            Event::CycleEdit(mut c) => {
+                c.modified_at += SignedDuration::from_hours(1);
+                Event::CycleEdit(c)
+            }
+            other => other,
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn under_account_scoring_the_shortcut_decides_what_the_long_way_decides(
+        raw in prop::collection::vec(arb_account_event(), 1..80),
+    ) {
+        let events = timed_after_setup(&raw);
+        let mut quick = account_harness();
+        let fast: Vec<Decision> = events.iter().flat_map(|e| quick.apply(e.clone())).collect();
+        let mut long = account_harness();
+        long.state.no_shortcuts = true;
+        let full: Vec<Decision> = events.iter().flat_map(|e| long.apply(e.clone())).collect();
+        prop_assert_eq!(serde_json::to_string(&fast).unwrap(), serde_json::to_string(&full).unwrap());
+    }
 
     #[test]
     fn at_most_one_open_cycle_per_account_and_its_score_is_its_history_added_up(
@@ -1793,23 +1828,7 @@ proptest! {
         // Every change applied so far: (account, instant, points).
         let mut history: Vec<(&str, Timestamp, f64)> = Vec::new();
         let mut last: BTreeMap<i64, f64> = BTreeMap::new();
-        for e in timed(&raw) {
-            let e = match e {
-                // After the harness's set-up at `at(0)`.
-                Event::Score(mut s) => {
-                    s.at += SignedDuration::from_hours(1);
-                    Event::Score(s)
-                }
-                Event::Threshold(mut t) => {
-                    t.modified_at += SignedDuration::from_hours(1);
-                    Event::Threshold(t)
-                }
-                Event::CycleEdit(mut c) => {
-                    c.modified_at += SignedDuration::from_hours(1);
-                    Event::CycleEdit(c)
-                }
-                other => other,
-            };
+        for e in timed_after_setup(&raw) {
             if let Event::Score(s) = &e {
                 let before = last.insert(s.map_lead_id, s.new_value).unwrap_or(0.0);
                 let account = if s.map_lead_id < 10 { "001A" } else { "001B" };
