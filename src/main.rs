@@ -790,6 +790,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("{crm_id} at {at}: {reason}");
+            // An open MQL that was not the person's own score crossing says what made it.
+            if let mqlsync::engine::model::Reason::OpenCycle { external_id } = &reason
+                && let Some(cycle) = state
+                    .persons
+                    .values()
+                    .flat_map(|p| &p.cycles)
+                    .find(|c| c.external_id == *external_id)
+                && let Some(label) = cycle.qualified_by()
+            {
+                println!("  {external_id} qualified by: {label}");
+            }
             if !history.is_empty() {
                 println!("history:");
             }

@@ -20,8 +20,9 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::engine::model::{
-    Action, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, Decision, Event, MapLink,
-    Opportunity, PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold,
+    AccountFacts, Action, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, Decision,
+    Event, MapActivity, MapLink, Opportunity, PersonFacts, Reason, ScoreChange, ScorePart, Stamps,
+    Threshold,
 };
 use crate::engine::{Context, EngineState, Policy, Visibility, advance, reconcile};
 use crate::store::{Batch, Store, StoreError};
@@ -38,7 +39,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ),
     (
         "id",
-        "threshold id, CRM id (person, link), opportunity id, MQL external id (cycle)",
+        "threshold id, CRM id (person, link), account id (account), opportunity id, MQL external id (cycle)",
     ),
     ("kind", "person, link: Lead or Contact"),
     (
@@ -53,14 +54,26 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("set_by", "threshold: who set it"),
     (
         "status",
-        "person: CRM status; cycle: Open, Working, Rejected, Converted",
+        "person: CRM status; cycle: Open, Working, Rejected, Converted; activity: the program status moved to",
     ),
-    ("owner", "person, cycle: owner id"),
+    ("owner", "person, account, cycle: owner id"),
     ("title", "person"),
     ("account", "person, opportunity: account id"),
     ("converted", "person: true/false"),
-    ("attributes", "person: attribute=value pairs joined by ';'"),
-    ("map_lead", "score, link: MAP lead id (integer)"),
+    (
+        "attributes",
+        "person, account: attribute=value pairs joined by ';'",
+    ),
+    ("map_lead", "score, activity, link: MAP lead id (integer)"),
+    (
+        "activity_type",
+        "activity: the MAP's activity type id (Fill Out Form 2, Change Status in Progression 104)",
+    ),
+    (
+        "asset_id",
+        "activity: the primary asset's id (form, program)",
+    ),
+    ("asset", "activity: the primary asset's name"),
     (
         "part",
         "score: total, behavior or demographic (default total)",
@@ -69,10 +82,10 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("old_value", "score: the value before, optional"),
     (
         "change_id",
-        "score: the MAP's id of the change (default: file line)",
+        "score, activity: the MAP's id of the change or activity (default: file line)",
     ),
-    ("campaign", "score: campaign id"),
-    ("campaign_name", "score: campaign name"),
+    ("campaign", "score, activity: campaign id"),
+    ("campaign_name", "score, activity: campaign name"),
     ("closed", "opportunity: true/false"),
     ("won", "opportunity: true/false"),
     ("close_date", "opportunity: YYYY-MM-DD"),
@@ -394,6 +407,33 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
             }),
             at,
         }),
+        "activity" => Event::Activity(MapActivity {
+            map_lead_id: map_lead(row)?,
+            activity_id: text("change_id").unwrap_or_else(|| format!("line-{line}")),
+            type_id: {
+                let v = need(row, "activity_type")?;
+                v.parse().map_err(|_| {
+                    (
+                        "activity_type".to_string(),
+                        format!("{v:?} is not an activity type id (a positive integer)"),
+                    )
+                })?
+            },
+            asset_id: text("asset_id"),
+            asset_name: text("asset"),
+            status: text("status"),
+            campaign: text("campaign").map(|id| Campaign {
+                id: id.into(),
+                name: text("campaign_name").map(Into::into),
+            }),
+            at,
+        }),
+        "account" => Event::Account(AccountFacts {
+            id: need(row, "id")?.into(),
+            owner_id: text("owner").map(Into::into),
+            attributes: pairs(row, "attributes")?.into(),
+            modified_at: at,
+        }),
         "link" => Event::Link(MapLink {
             map_lead_id: map_lead(row)?,
             crm: match row.get("id") {
@@ -421,7 +461,9 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
         other => {
             return Err((
                 "type".into(),
-                format!("{other:?}: use threshold, person, opportunity, score, link or cycle"),
+                format!(
+                    "{other:?}: use threshold, person, account, opportunity, score, activity, link or cycle"
+                ),
             ));
         }
     })

@@ -476,6 +476,20 @@ pub struct Cycle {
     pub crm_versions: Vec<Timestamp>,
 }
 
+impl Cycle {
+    /// What made the cycle an MQL when it was not the person's own score: the hand-raiser
+    /// rule and activity, or the account whose score met the threshold.
+    pub fn qualified_by(&self) -> Option<String> {
+        match (&self.hand_raise, &self.account_id) {
+            (Some(raised), _) => Some(raised.label()),
+            (None, Some(account)) => Some(format!(
+                "Account score: account {account}, its people's score changes over the window"
+            )),
+            (None, None) => None,
+        }
+    }
+}
+
 /// The date stamps and status mqlsync keeps on the lead or contact (the "basic" solution).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stamps {

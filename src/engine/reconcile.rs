@@ -97,6 +97,13 @@ pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp
     let Some(person) = state.persons.get(crm_id) else {
         return Reason::NotSeen;
     };
+    // An open MQL is the answer, whatever the score does now (a hand-raiser's may be below
+    // the threshold, and a score may have fallen since).
+    if let Some(open) = person.open_cycle() {
+        return Reason::OpenCycle {
+            external_id: open.external_id.clone(),
+        };
+    }
     let resolved = person.facts.as_ref().and_then(|facts| {
         thresholds::resolve(
             state.thresholds.values(),

@@ -521,14 +521,7 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     put(&q.reassignment_count, json!(cycle.reassignments));
     put(&q.backfilled, json!(cycle.backfilled));
     if let Some(field) = &q.qualified_by {
-        let label = match (&cycle.hand_raise, &cycle.account_id) {
-            (Some(raised), _) => Some(raised.label()),
-            (None, Some(account)) => Some(format!(
-                "Account score: account {account}, its people's score changes over the window"
-            )),
-            (None, None) => None,
-        };
-        if let Some(label) = label {
+        if let Some(label) = cycle.qualified_by() {
             put(field, json!(truncate_text(&label, TEXT_FIELD_MAX)));
         }
     }

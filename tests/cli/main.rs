@@ -1859,3 +1859,50 @@ fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
         text(&again.stderr)
     );
 }
+
+/// Issue 15, point 1: `simulate` takes MAP activities; `explain` says a hand-raiser rule
+/// qualified the person, and that a second hand-raise while the MQL was open made none.
+#[test]
+fn explain_says_a_hand_raiser_rule_qualified_the_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("raised.jsonl");
+    std::fs::write(
+        &history,
+        [
+            r#"{"type":"person","at":"2026-03-02T09:00:00Z","id":"00QHR","kind":"Lead","status":"Open - Not Contacted","title":"CTO","attributes":{"region":"NA"}}"#,
+            r#"{"type":"link","at":"2026-03-02T09:00:00Z","map_lead":"7","id":"00QHR","kind":"Lead"}"#,
+            r#"{"type":"score","at":"2026-03-02T09:05:00Z","map_lead":"7","value":"30"}"#,
+            r#"{"type":"activity","at":"2026-03-02T09:10:00Z","map_lead":"7","activity_type":"2","asset_id":"1001","asset":"Demo Request","change_id":"4711","campaign":"1003"}"#,
+            r#"{"type":"activity","at":"2026-03-02T09:20:00Z","map_lead":"7","activity_type":"2","asset_id":"1001","asset":"Demo Request","change_id":"4712"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let run = mqlsync(
+        &[
+            "simulate",
+            history.to_str().unwrap(),
+            "--store",
+            "s.sqlite",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["cycles_opened"], 1, "{summary}");
+    let explain = mqlsync(&["explain", "00QHR", "--store", "s.sqlite"], dir.path());
+    let said = text(&explain.stdout);
+    assert!(
+        said.contains("00QHR-1 qualified by: Hand-raiser Demo Request: Fill Out Form on Demo Request at 2026-03-02T09:10:00Z"),
+        "{said}"
+    );
+    assert!(
+        said.contains("MQL: qualified by hand-raiser rule Demo Request (Fill Out Form on Demo Request (activity 4711)), score 30 against the threshold"),
+        "{said}"
+    );
+    assert!(
+        said.contains("hand-raiser rule Demo Request matched Fill Out Form on Demo Request (activity 4712), but already an MQL: cycle 00QHR-1 is open"),
+        "{said}"
+    );
+}
