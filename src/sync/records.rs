@@ -520,10 +520,10 @@ pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     put(&q.overdue, json!(cycle.overdue));
     put(&q.reassignment_count, json!(cycle.reassignments));
     put(&q.backfilled, json!(cycle.backfilled));
-    if let Some(field) = &q.qualified_by {
-        if let Some(label) = cycle.qualified_by() {
-            put(field, json!(truncate_text(&label, TEXT_FIELD_MAX)));
-        }
+    if let Some(field) = &q.qualified_by
+        && let Some(label) = cycle.qualified_by()
+    {
+        put(field, json!(truncate_text(&label, TEXT_FIELD_MAX)));
     }
     put(
         &q.note,
