@@ -789,6 +789,9 @@ impl Loop<'_> {
         for (segment, n) in &summary.opened_by_segment {
             m.add(Family::MqlsOpened, &[segment], *n as f64);
         }
+        for (how, n) in &summary.qualified_by {
+            m.add(Family::MqlsQualified, &[how], *n as f64);
+        }
         for record in &summary.records {
             match record.outcome.as_str() {
                 "retry" | "no_result" => m.count_outbox_failure("retry"),

@@ -27,6 +27,9 @@ pub enum Family {
     Decisions,
     /// MQL cycles opened, by segment.
     MqlsOpened,
+    /// MQL cycles opened, by how the person qualified (score, account, go-live,
+    /// hand-raiser <rule>).
+    MqlsQualified,
     /// Writes waiting in the outbox.
     OutboxDepth,
     /// Outbox writes that failed, by class (`retry`: tried again later, `permanent`: failed
@@ -58,10 +61,11 @@ enum Kind {
 
 impl Family {
     /// Every family, in the order they are rendered.
-    pub const ALL: [Family; 13] = [
+    pub const ALL: [Family; 14] = [
         Family::Events,
         Family::Decisions,
         Family::MqlsOpened,
+        Family::MqlsQualified,
         Family::OutboxDepth,
         Family::OutboxFailures,
         Family::ApiCalls,
@@ -79,6 +83,7 @@ impl Family {
             Family::Events => "mqlsync_events_total",
             Family::Decisions => "mqlsync_decisions_total",
             Family::MqlsOpened => "mqlsync_mqls_opened_total",
+            Family::MqlsQualified => "mqlsync_mqls_qualified_total",
             Family::OutboxDepth => "mqlsync_outbox_depth",
             Family::OutboxFailures => "mqlsync_outbox_failures_total",
             Family::ApiCalls => "mqlsync_api_calls_total",
@@ -97,6 +102,9 @@ impl Family {
             Family::Events => "Events read from the CRM and the MAP (polls and webhooks), by kind.",
             Family::Decisions => "Decisions made by the engine, by kind.",
             Family::MqlsOpened => "MQL cycles opened, by segment.",
+            Family::MqlsQualified => {
+                "MQL cycles opened, by how the person qualified (score, account, go-live, hand-raiser <rule>)."
+            }
             Family::OutboxDepth => "Writes waiting in the outbox.",
             Family::OutboxFailures => {
                 "Outbox writes that failed, by class (retry: tried again later; permanent: needs mqlsync requeue)."
@@ -132,6 +140,7 @@ impl Family {
         match self {
             Family::Events | Family::Decisions => &["kind"],
             Family::MqlsOpened => &["segment"],
+            Family::MqlsQualified => &["qualified_by"],
             Family::OutboxDepth
             | Family::People
             | Family::ProcessResidentMemoryBytes
@@ -445,6 +454,7 @@ mod tests {
         m.count_decision("open_cycle");
         m.count_mql_opened("EMEA|Enterprise");
         m.count_mql_opened("weird \"seg\"\\\nment");
+        m.add(Family::MqlsQualified, &["hand-raiser Demo Request"], 1.0);
         m.set_outbox_depth(17);
         m.count_outbox_failure("retry");
         m.add_api_calls(System::Salesforce, 3);
@@ -470,6 +480,9 @@ mqlsync_decisions_total{kind="open_cycle"} 1
 # TYPE mqlsync_mqls_opened_total counter
 mqlsync_mqls_opened_total{segment="EMEA|Enterprise"} 1
 mqlsync_mqls_opened_total{segment="weird \"seg\"\\\nment"} 1
+# HELP mqlsync_mqls_qualified_total MQL cycles opened, by how the person qualified (score, account, go-live, hand-raiser <rule>).
+# TYPE mqlsync_mqls_qualified_total counter
+mqlsync_mqls_qualified_total{qualified_by="hand-raiser Demo Request"} 1
 # HELP mqlsync_outbox_depth Writes waiting in the outbox.
 # TYPE mqlsync_outbox_depth gauge
 mqlsync_outbox_depth 17

@@ -1233,6 +1233,12 @@ async fn a_demo_request_reaches_the_crm_through_the_webhook_whatever_the_score()
         ),
         "{record:?}"
     );
+    let metrics = app.http.metrics().render();
+    assert!(
+        metrics
+            .contains("mqlsync_mqls_qualified_total{qualified_by=\"hand-raiser Demo Request\"} 1"),
+        "{metrics}"
+    );
     app.assert_each_record_once();
     app.stop().await.unwrap();
 }
