@@ -1853,3 +1853,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_hand_raiser_rule_for_target_accounts_reaches_contacts_through_their_account() {
+    let mut h = Harness::new();
+    h.policy.hand_raisers[0].segment = BTreeMap::from([("target_account".into(), "true".into())]);
+    h.apply(account("001ACC", false, at(0)));
+    h.apply(Event::Person(person("003C", "NA", at(0))));
+    h.apply(link(1, "003C", at(0)));
+    assert!(
+        h.apply(form_fill(1, "act1", "Demo Request", at(5)))
+            .is_empty()
+    );
+    h.apply(account("001ACC", true, at(10)));
+    let out = h.apply(form_fill(1, "act2", "Demo Request", at(15)));
+    assert_eq!(opened(&out).len(), 1, "{out:#?}");
+}
