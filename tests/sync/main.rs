@@ -953,10 +953,9 @@ async fn an_activity_without_a_guid_fails_its_page_and_the_next_run_reads_it_aga
 
 // --- adoption on a real org (issue 12) ---
 
-/// The EMEA knob of the seeded world, turned down by `by` points at `at`.
-fn turn_emea_knob(app: &App, by: f64, at: Timestamp) -> (String, f64) {
-    let knob = app
-        .sandbox
+/// The EMEA knob of the seeded world in force at the start.
+fn emea_knob(app: &App) -> mqlsync::sandbox::world::Threshold {
+    app.sandbox
         .world()
         .thresholds
         .iter()
@@ -964,7 +963,12 @@ fn turn_emea_knob(app: &App, by: f64, at: Timestamp) -> (String, f64) {
             t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
         })
         .unwrap()
-        .clone();
+        .clone()
+}
+
+/// The EMEA knob of the seeded world, turned down by `by` points at `at`.
+fn turn_emea_knob(app: &App, by: f64, at: Timestamp) -> (String, f64) {
+    let knob = emea_knob(app);
     app.sandbox.clock().set(at);
     let mut edit = Map::new();
     edit.insert("Score_Threshold__c".into(), json!(knob.score - by));
@@ -1829,16 +1833,7 @@ async fn target_accounts_have_their_own_knob_through_their_account() {
     );
 
     // A sales manager turns the EMEA knob into one for target accounts, at 5.
-    let knob = app
-        .sandbox
-        .world()
-        .thresholds
-        .iter()
-        .find(|t| {
-            t.region.as_deref() == Some("EMEA") && t.effective_from.is_none_or(|f| f <= now())
-        })
-        .unwrap()
-        .clone();
+    let knob = emea_knob(&app);
     let mut edit = Map::new();
     edit.insert("Region__c".into(), Value::Null);
     edit.insert("Target_Account__c".into(), json!("true"));
