@@ -1,6 +1,8 @@
 //! `mqlsync run --once`: one full sync cycle. Pull what changed since the stored cursors
-//! (thresholds with deletions, leads, contacts, opportunities and reps' MQL edits from the CRM;
-//! Change Score activities and the CRM links of their leads from the MAP), reconcile through
+//! (thresholds with deletions, accounts when the mapping reads them, leads, contacts,
+//! opportunities and reps' MQL edits from the CRM; Change Score activities, with the
+//! hand-raiser rules' activities in the same calls, and the CRM links of their leads from the
+//! MAP), reconcile through
 //! the engine, commit each page with its cursor in one transaction, then drain the outbox
 //! through sObject Collections (200 records a call, one result per record).
 //!
