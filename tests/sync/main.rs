@@ -1603,6 +1603,13 @@ async fn a_backfill_dates_acceptance_and_rejection_from_the_crms_status_history(
     );
 }
 
+/// A mapping text with `crm.mql.qualified_by` on (the default leaves it off).
+fn with_qualified_by(text: &str) -> String {
+    let off = "# qualified_by = \"Qualified_By__c\"";
+    assert!(text.contains(off));
+    text.replacen(off, "qualified_by = \"Qualified_By__c\"", 1)
+}
+
 /// The first person of the store (by slot) whose verdict `explain` gives at `at` matches
 /// `wanted`, and who a score far above the threshold would make an MQL (`qualifies`) or not,
 /// with their MAP lead: the engine says so on a copy of the store's state.
@@ -1713,7 +1720,12 @@ async fn a_demo_request_makes_an_mql_whatever_the_score_in_the_calls_the_scores_
         )
         .unwrap();
     app.sandbox.log().clear();
-    let run = app.run(later).await;
+    let labelled = mapping::parse(
+        &with_qualified_by(mapping::DEFAULT_MAPPING),
+        "labelled.toml",
+    )
+    .unwrap();
+    let run = app.run_mapped(later, &labelled).await;
     assert_fewest_calls(&app, &run, 0);
     let activity_calls = app
         .sandbox
@@ -1774,7 +1786,7 @@ async fn a_demo_request_makes_an_mql_whatever_the_score_in_the_calls_the_scores_
     assert_eq!(of(&cycles, &open.0), open_cycles);
 
     // Read again through the look-back: applied once.
-    let again = app.run(later).await;
+    let again = app.run_mapped(later, &labelled).await;
     assert!(again.qualified_by.is_empty(), "{again:?}");
     assert_eq!(app.store.cycles().unwrap().len(), cycles_before + 1);
 }
@@ -1932,7 +1944,7 @@ async fn target_accounts_have_their_own_knob_through_their_account() {
 async fn an_account_crossing_through_two_contacts_makes_one_mql_for_the_account_owner() {
     use mqlsync::engine::model::Reason;
     let mut app = spawn_app().await;
-    let text = mapping::DEFAULT_MAPPING
+    let text = with_qualified_by(mapping::DEFAULT_MAPPING)
         .replacen("source = \"total\"", "source = \"account\"", 1)
         .replacen(
             "# [crm.account]\n# object = \"Account\"",
