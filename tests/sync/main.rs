@@ -105,20 +105,9 @@ impl App {
 
     /// One `run --once` with another mapping.
     async fn run_mapped(&mut self, at: Timestamp, m: &mapping::LoadedMapping) -> RunSummary {
-        let (sf, mk) = (self.sf.clone(), self.mk.clone());
-        let sent = move || (sf.sent(), mk.sent());
-        run_once(
-            &self.sf,
-            &self.mk,
-            &m.mapping,
-            &m.policy,
-            &mut self.store,
-            at,
-            &RunSettings::default(),
-            sent,
-        )
-        .await
-        .unwrap()
+        self.try_run_mapped(at, &RunSettings::default(), m)
+            .await
+            .unwrap()
     }
 
     /// One `run --once` with the default mapping, which may stop with an error.
@@ -133,6 +122,16 @@ impl App {
         settings: &RunSettings,
     ) -> Result<RunSummary, SyncError> {
         let m = mapping::load(None).unwrap();
+        self.try_run_mapped(at, settings, &m).await
+    }
+
+    /// [`App::try_run_with`] with another mapping.
+    async fn try_run_mapped(
+        &mut self,
+        at: Timestamp,
+        settings: &RunSettings,
+        m: &mapping::LoadedMapping,
+    ) -> Result<RunSummary, SyncError> {
         let (sf, mk) = (self.sf.clone(), self.mk.clone());
         let sent = move || (sf.sent(), mk.sent());
         run_once(
