@@ -441,7 +441,6 @@ pub fn cycle_edit(m: &Mapping, record: &Record) -> Result<CycleEdit, RecordError
     })
 }
 
-/// The MQL record of a cycle, for an upsert by external id.
 /// A Salesforce Text field holds at most 255 characters.
 const TEXT_FIELD_MAX: usize = 255;
 
@@ -453,6 +452,7 @@ fn truncate_text(text: &str, max: usize) -> String {
     }
 }
 
+/// The MQL record of a cycle, for an upsert by external id.
 pub fn mql_record(m: &Mapping, cycle: &Cycle) -> Record {
     let q = &m.crm.mql;
     let dt = |t: Option<Timestamp>| t.map_or(Value::Null, |t| Value::String(format_datetime(t)));
