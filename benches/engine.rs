@@ -237,18 +237,7 @@ fn qualify_phase() {
         "the example's Demo Request rule"
     );
     let mut state = EngineState::new();
-    for e in setup_with_accounts() {
-        reconcile(
-            &mut state,
-            &Context {
-                policy: &policy,
-                now: e.at(),
-                backfill: false,
-                visibility: Visibility::AtDecision,
-            },
-            &e,
-        );
-    }
+    apply_all(&mut state, &policy, &setup_with_accounts());
     let events = if only == "account" {
         score_events()
     } else {
@@ -304,18 +293,7 @@ fn quiet_policy() -> Policy {
 fn engine_phase() {
     let policy = quiet_policy();
     let mut state = EngineState::new();
-    for e in setup() {
-        reconcile(
-            &mut state,
-            &Context {
-                policy: &policy,
-                now: e.at(),
-                backfill: false,
-                visibility: Visibility::AtDecision,
-            },
-            &e,
-        );
-    }
+    apply_all(&mut state, &policy, &setup());
     let events = score_events();
     let started = Instant::now();
     let decisions = timed_engine_loop(&mut state, &policy, &events);
@@ -324,6 +302,23 @@ fn engine_phase() {
     // The process exits next: freeing the state is no part of any figure (and would only
     // blur a profile of this phase).
     std::mem::forget(state);
+}
+
+/// The org's set-up, each event at its own instant (not timed, and outside the profiled
+/// loop below).
+fn apply_all(state: &mut EngineState, policy: &Policy, events: &[Event]) {
+    for e in events {
+        reconcile(
+            state,
+            &Context {
+                policy,
+                now: e.at(),
+                backfill: false,
+                visibility: Visibility::AtDecision,
+            },
+            e,
+        );
+    }
 }
 
 /// The timed part of the engine phase, a function of its own so that a profiler can be told

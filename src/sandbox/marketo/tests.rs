@@ -430,9 +430,12 @@ async fn activities_page_through_short_and_empty_pages() {
     assert_eq!(code(&v), "1003");
 }
 
-#[tokio::test]
-async fn a_score_change_is_an_activity_and_a_webhook_call() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+/// A webhook receiver on a free port: its URL, and each call's `X-Api-Key` and body.
+async fn hook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let receiver = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: String| {
@@ -451,6 +454,12 @@ async fn a_score_change_is_an_activity_and_a_webhook_call() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    (hook_url, rx)
+}
+
+#[tokio::test]
+async fn a_score_change_is_an_activity_and_a_webhook_call() {
+    let (hook_url, mut rx) = hook_receiver().await;
     let mut config = MarketoConfig::sandbox_default();
     config.webhook = Some(MarketoWebhook {
         url: hook_url,
@@ -1469,25 +1478,7 @@ async fn next_call(
 
 #[tokio::test]
 async fn triggered_form_fills_and_status_changes_are_on_the_next_page_and_call_the_webhook() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let receiver = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                let key = headers
-                    .get("x-api-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                tx.send((key, body)).unwrap();
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let (hook_url, mut rx) = hook_receiver().await;
     let mut config = MarketoConfig::sandbox_default();
     config.webhook = Some(MarketoWebhook {
         url: hook_url,
