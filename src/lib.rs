@@ -13,6 +13,7 @@
 //! - [`store`]: the SQLite checkpoint store: migrations, cursors, snapshots, cycles, outbox, audit.
 //! - [`connectors`]: the Salesforce and Marketo REST clients behind the `Crm` and `Map` traits.
 //! - [`sandbox`]: wire-faithful emulators of both APIs, sharing no code with the above.
+//! - [`report`]: the metrics and what-if of the contract's "Metrics and feedback", from the store.
 //! - [`simulate`]: replays a CSV or JSONL history through the engine into a store.
 //! - [`sync`]: vendor records <-> engine values (the mapping applied), the first sync.
 //! - [`workers`]: the daemon (`mqlsync run`): its HTTP port (webhooks, health, metrics).
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod mapping;
+pub mod report;
 pub mod sandbox;
 pub mod simulate;
 pub mod store;

@@ -106,6 +106,15 @@ impl std::str::FromStr for DateOrInstant {
     }
 }
 
+/// How `report` prints.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Html,
+}
+
 /// An RFC 3339 instant, such as `2026-03-02T10:00:00Z` or `2026-03-02T11:00:00+01:00`.
 const INSTANT: &str = "INSTANT";
 
@@ -246,6 +255,71 @@ enum Command {
     },
     /// Run the Salesforce and Marketo emulators on 127.0.0.1 until Ctrl-C / SIGTERM.
     Sandbox(mqlsync::sandbox::cli::SandboxArgs),
+    /// The metrics of the MQL process from the store: volume, reps' performance, SLA,
+    /// conversion, campaign attribution, score vs conversion and velocity, pipeline vs
+    /// threshold, checklist completion. Needs no secrets; reads while a run writes.
+    Report {
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// Store file (default: the config's `store`).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        /// Mapping file (default: the config's, else the built-in default mapping).
+        #[arg(long, value_name = "FILE")]
+        mapping: Option<PathBuf>,
+        /// MQLs from this day (in the mapping's `report.time_zone`) or RFC 3339 instant.
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// MQLs up to this day, included, or before this RFC 3339 instant.
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// The periods of the volume and conversion tables.
+        #[arg(long, value_enum, default_value = "month")]
+        by: mqlsync::report::Period,
+        /// What the volume table is broken down by: owner, team, segment, campaign,
+        /// qualified-by, region, business-line, target-account or another attribute.
+        #[arg(long, default_value = "segment")]
+        group: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write the report to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The report's "now" (Open cycles past due then have missed their SLA): RFC 3339
+        /// (default: the store's clock).
+        #[arg(long, value_name = INSTANT)]
+        at: Option<Timestamp>,
+    },
+    /// How many MQLs a segment would have produced per week at another threshold: the
+    /// stored score history replayed through the engine at the thresholds then and at the
+    /// new one (the store is read, never written), beside the real MQLs and the historical
+    /// conversion of the people involved.
+    Whatif {
+        #[command(flatten)]
+        config: ConfigFlag,
+        /// The segment: attribute=value pairs (`region=EMEA`, `region=EMEA,team=SDR`) or
+        /// `default`.
+        #[arg(long)]
+        segment: String,
+        /// The threshold to try.
+        #[arg(long)]
+        threshold: f64,
+        /// Store file (default: the config's `store`).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        /// Mapping file (default: the config's, else the built-in default mapping).
+        #[arg(long, value_name = "FILE")]
+        mapping: Option<PathBuf>,
+        /// MQLs from this day (in `report.time_zone`) or RFC 3339 instant.
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// MQLs up to this day, included, or before this RFC 3339 instant.
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// table, json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
     /// Say why a CRM lead or contact is, or is not, an MQL, with its audit log.
     Explain {
         /// The CRM lead or contact id.
@@ -289,6 +363,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
         c.is::<ConfigError>()
             || c.is::<MappingError>()
             || c.is::<HistoryError>()
+            || c.is::<mqlsync::report::ArgumentError>()
             || c.is::<mqlsync::sandbox::faults::FaultsFileError>()
             // Its variants are transparent, so the chain holds the SandboxError, not its cause.
             || matches!(
@@ -365,6 +440,8 @@ fn quiet_on_closed_pipe(command: &Command) {
             | Command::Status { .. }
             | Command::Simulate { .. }
             | Command::Explain { .. }
+            | Command::Report { .. }
+            | Command::Whatif { .. }
     ) {
         // SAFETY: restores the default disposition of one signal, before any thread starts.
         unsafe {
@@ -412,6 +489,8 @@ fn config_path(top: Option<PathBuf>, command: &Command) -> anyhow::Result<Option
         | Command::Simulate { config, .. }
         | Command::Run { config, .. }
         | Command::Backfill { config, .. }
+        | Command::Report { config, .. }
+        | Command::Whatif { config, .. }
         | Command::Explain { config, .. } => config.path.clone(),
         Command::Demo { .. } | Command::Sandbox(_) => {
             if let Some(path) = top {
@@ -437,6 +516,8 @@ fn load_config(path: Option<&Path>, command: &Command) -> anyhow::Result<Config>
     let scope = match command {
         Command::Status { .. }
         | Command::Explain { .. }
+        | Command::Report { .. }
+        | Command::Whatif { .. }
         | Command::Requeue { .. }
         | Command::Simulate { .. } => config::Scope::Local,
         _ => config::Scope::Remote,
@@ -757,6 +838,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+            }
+            Ok(())
+        }
+        Command::Report {
+            store,
+            mapping,
+            from,
+            to,
+            by,
+            group,
+            format,
+            out,
+            at,
+            ..
+        } => {
+            use mqlsync::report;
+            let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
+            let settings = report::Settings::from_mapping(&loaded);
+            let group = report::Grouping::parse(&group, &loaded)?;
+            let from = from
+                .map(|d| report::bound("--from", &d, &settings.time_zone, false))
+                .transpose()?;
+            let to = to
+                .map(|d| report::bound("--to", &d, &settings.time_zone, true))
+                .transpose()?;
+            let store = Store::open_existing(&existing_store(store, &config)?)?;
+            let now = match at {
+                Some(at) => at,
+                None => store.clock()?.unwrap_or_else(Timestamp::now),
+            };
+            let query = report::Query {
+                from,
+                to,
+                by,
+                group,
+                now,
+            };
+            let built = report::build(&store, &settings, &query)?;
+            let text = match format {
+                ReportFormat::Table => report::render::text(&built),
+                ReportFormat::Csv => report::render::csv(&built),
+                ReportFormat::Json => serde_json::to_string_pretty(&built)? + "\n",
+                ReportFormat::Html => report::html::page(&built),
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| {
+                        anyhow::anyhow!("cannot write the report to {}: {e}", path.display())
+                    })?;
+                    eprintln!("report written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Whatif {
+            segment,
+            threshold,
+            store,
+            mapping,
+            from,
+            to,
+            format,
+            ..
+        } => {
+            use mqlsync::report::{self, whatif};
+            let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
+            let settings = report::Settings::from_mapping(&loaded);
+            let segment = whatif::parse_segment(&segment)?;
+            if !threshold.is_finite() {
+                return Err(report::ArgumentError(format!(
+                    "--threshold {threshold}: not a number"
+                ))
+                .into());
+            }
+            let from = from
+                .map(|d| report::bound("--from", &d, &settings.time_zone, false))
+                .transpose()?;
+            let to = to
+                .map(|d| report::bound("--to", &d, &settings.time_zone, true))
+                .transpose()?;
+            let path = existing_store(store, &config)?;
+            let query = whatif::WhatIfQuery {
+                segment,
+                threshold,
+                from,
+                to,
+            };
+            let result = whatif::run(&path, &loaded.policy, &settings, &query)?;
+            match format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+                ReportFormat::Csv => print!("{}", whatif::csv(&result)),
+                ReportFormat::Table | ReportFormat::Html => print!("{}", whatif::text(&result)),
             }
             Ok(())
         }

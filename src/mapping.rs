@@ -362,6 +362,51 @@ pub struct Mapping {
     pub hand_raisers: Vec<HandRaiserSection>,
     #[serde(default)]
     pub target_accounts: Option<TargetAccounts>,
+    #[serde(default)]
+    pub report: ReportSection,
+}
+
+/// `[report]`: how `mqlsync report` and `whatif` count.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// The IANA zone whose days, weeks, months and quarters the reports count in.
+    #[serde(default = "default_report_zone")]
+    pub time_zone: Spanned<String>,
+    /// Attributes (of `[attributes]`) that make up the qualification checklist: the report
+    /// counts how many of them the people of each cycle have filled in.
+    #[serde(default)]
+    pub checklist: Vec<Spanned<String>>,
+    /// An opportunity on the person's account created this many days after the MQL or
+    /// sooner is the MQL's pipeline.
+    #[serde(default = "default_opportunity_window")]
+    pub opportunity_window_days: u32,
+    /// The width of the score bands of "score vs conversion".
+    #[serde(default = "default_score_band")]
+    pub score_band: f64,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            time_zone: default_report_zone(),
+            checklist: Vec::new(),
+            opportunity_window_days: default_opportunity_window(),
+            score_band: default_score_band(),
+        }
+    }
+}
+
+fn default_report_zone() -> Spanned<String> {
+    Spanned::new(0..0, "UTC".into())
+}
+
+fn default_opportunity_window() -> u32 {
+    90
+}
+
+fn default_score_band() -> f64 {
+    10.0
 }
 
 /// A mapping together with where it came from and the policy built from it.
@@ -699,6 +744,7 @@ fn build_policy(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<Policy, MappingError
         teams.push(build_team(mapping, ctx, i, t)?);
     }
     check_accounts(mapping, ctx)?;
+    check_report(mapping, ctx)?;
     let hand_raisers = hand_raisers(mapping, ctx)?;
     let wait_days = match &mapping.map.hand_raise_wait_for_link_days {
         Some(d) if *d.get_ref() < 0 => {
@@ -757,6 +803,40 @@ fn check_accounts(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<(), MappingError> 
                 "a target-account list names accounts: it needs [crm.account] (object = \"Account\")",
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_report(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<(), MappingError> {
+    let report = &mapping.report;
+    if TimeZone::get(report.time_zone.get_ref()).is_err() {
+        return Err(ctx.err(
+            report.time_zone.span(),
+            "report.time_zone",
+            format!(
+                "{:?} is not an IANA time zone (e.g. Europe/Berlin)",
+                report.time_zone.get_ref()
+            ),
+        ));
+    }
+    for field in &report.checklist {
+        if !mapping.attributes.contains_key(field.get_ref()) {
+            return Err(ctx.err(
+                field.span(),
+                "report.checklist",
+                format!(
+                    "unknown attribute {:?}; define it in [attributes]",
+                    field.get_ref()
+                ),
+            ));
+        }
+    }
+    if !(report.score_band.is_finite() && report.score_band > 0.0) {
+        return Err(ctx.err(
+            0..0,
+            "report.score_band",
+            "the score band width must be a number above 0 (e.g. 10)",
+        ));
     }
     Ok(())
 }
@@ -1147,6 +1227,34 @@ mod tests {
             "hand_raise_wait_for_link_days = -1",
         );
         assert_eq!(e.key, "map.hand_raise_wait_for_link_days");
+    }
+
+    #[test]
+    fn the_report_section_names_a_real_zone_and_known_checklist_attributes() {
+        let e = broken("time_zone = \"UTC\"", "time_zone = \"Mars/Olympus\"");
+        assert_eq!(e.key, "report.time_zone");
+        assert_eq!(e.line, line_of("time_zone = \"UTC\""));
+        let e = broken("checklist = []", "checklist = [\"budget\"]");
+        assert_eq!(e.key, "report.checklist");
+        assert!(
+            e.message.contains("budget") && e.message.contains("[attributes]"),
+            "{e}"
+        );
+        let e = broken("score_band = 10 ", "score_band = 0 ");
+        assert_eq!(e.key, "report.score_band");
+        let m = parse(DEFAULT_MAPPING, "m.toml").unwrap().mapping;
+        assert_eq!(m.report.opportunity_window_days, 90);
+        // A mapping without the section takes the defaults.
+        let start = DEFAULT_MAPPING.find("[report]").unwrap();
+        let end = start + DEFAULT_MAPPING[start..].find("score_band").unwrap();
+        let without = format!(
+            "{}{}",
+            &DEFAULT_MAPPING[..start],
+            &DEFAULT_MAPPING[end..].split_once('\n').unwrap().1
+        );
+        let m = parse(&without, "m.toml").unwrap().mapping;
+        assert_eq!(m.report.time_zone.get_ref(), "UTC");
+        assert_eq!(m.report.score_band, 10.0);
     }
 
     #[test]

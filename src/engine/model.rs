@@ -488,6 +488,17 @@ impl Cycle {
             (None, None) => None,
         }
     }
+
+    /// How the cycle qualified, as the run summary, the metrics and the reports count it:
+    /// `score`, `go-live` (opened by [`Event::GoLive`]), `account` or `hand-raiser <rule>`.
+    pub fn qualified_kind(&self, at_go_live: bool) -> String {
+        match (&self.hand_raise, at_go_live) {
+            (Some(raised), _) => format!("hand-raiser {}", raised.rule),
+            (None, true) => "go-live".into(),
+            (None, false) if self.account_id.is_some() => "account".into(),
+            (None, false) => "score".into(),
+        }
+    }
 }
 
 /// The date stamps and status mqlsync keeps on the lead or contact (the "basic" solution).

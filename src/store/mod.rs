@@ -19,6 +19,7 @@
 //! readers: `status`, `explain`) needs no lock and writes nothing. Opening says what the user
 //! can fix when the file cannot be used (`open.rs`).
 
+mod facts;
 mod open;
 mod schema;
 
@@ -484,7 +485,8 @@ impl Store {
         Ok(store)
     }
 
-    fn sql_err(&self, source: rusqlite::Error) -> StoreError {
+    /// A SQLite failure on this store, as the store's error.
+    pub(crate) fn sql_err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
             error: source,
@@ -500,6 +502,10 @@ impl Store {
             };
             let tx = self.conn.transaction().map_err(err)?;
             tx.execute_batch(migration).map_err(err)?;
+            // Migration 7 adds the reports' row of each cycle: filled from the cycles here.
+            if i == 6 {
+                facts::rebuild(&tx).map_err(err)?;
+            }
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(err)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)
@@ -507,6 +513,33 @@ impl Store {
             tx.commit().map_err(err)?;
         }
         Ok(())
+    }
+
+    /// The engine's clock as last saved (the latest instant it was advanced to), without
+    /// loading the engine: the "now" of a report.
+    pub fn clock(&self) -> Result<Option<Timestamp>, StoreError> {
+        let meta: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM engine_meta WHERE key = 'engine'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql_err(e))?;
+        let Some(meta) = meta else {
+            return Ok(None);
+        };
+        let meta: EngineMeta = serde_json::from_str(&meta).map_err(|e| StoreError::Decode {
+            path: self.path.clone(),
+            detail: format!("engine meta: {e}"),
+        })?;
+        Ok(meta.clock)
+    }
+
+    /// The open connection, for `report`'s read-only queries.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// The schema version of the open store.
@@ -1112,7 +1145,18 @@ fn write_batch(
             }
         }
     }
-    write_state(tx, state, dirty)?;
+    // The cycles go-live opened: only their deciding reason says so.
+    let go_live: Vec<&str> = batch
+        .decisions
+        .iter()
+        .filter_map(|d| match (&d.action, &d.reason) {
+            (Action::OpenCycle { cycle }, Reason::AtGoLive { .. }) => {
+                Some(cycle.external_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    write_state(tx, state, dirty, &go_live)?;
     {
         let mut audit = tx.prepare_cached(
             "INSERT INTO audit (at, subject, action, reason_code, reason, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1185,6 +1229,7 @@ fn write_state(
     tx: &Transaction<'_>,
     state: &EngineState,
     dirty: &crate::engine::state::Dirty,
+    go_live: &[&str],
 ) -> rusqlite::Result<()> {
     let mut threshold = tx.prepare_cached(
         "INSERT INTO thresholds (id, body, modified_at) VALUES (?1, ?2, ?3)
@@ -1237,6 +1282,11 @@ fn write_state(
     cycle_ids.dedup();
     for id in cycle_ids {
         if let Some(c) = state.cycle(id) {
+            let facts = state
+                .persons
+                .get(c.crm.id.as_str())
+                .and_then(|p| p.facts.as_deref());
+            facts::upsert(tx, c, facts, go_live.contains(&id.as_str()))?;
             cycle.execute(params![
                 c.external_id,
                 c.crm.id.as_str(),

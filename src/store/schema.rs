@@ -193,4 +193,43 @@ pub const MIGRATIONS: &[&str] = &[
         body       TEXT NOT NULL
     ) STRICT;
     "#,
+    // 7: one flat row per cycle for the reports: the facts they group and count by as plain
+    // columns (instants as integer nanoseconds), with the person's attributes at the cycle's
+    // last change, so that `report` aggregates in SQL instead of decoding every cycle. The
+    // rows of the cycles already stored are filled in by `facts::rebuild` in the same
+    // transaction.
+    r#"
+    CREATE TABLE cycle_facts (
+        external_id   TEXT PRIMARY KEY,
+        crm_id        TEXT NOT NULL,
+        kind          TEXT,
+        number        INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        owner_id      TEXT,
+        owner_at_mql  TEXT,
+        team          TEXT,
+        segment       TEXT NOT NULL,
+        attributes    TEXT NOT NULL,
+        account_id    TEXT,
+        campaign_id   TEXT,
+        campaign_name TEXT,
+        qualified_by  TEXT NOT NULL,
+        score         REAL NOT NULL,
+        threshold     REAL NOT NULL,
+        threshold_id  TEXT,
+        mql_at_ns     INTEGER NOT NULL,
+        seen_at_ns    INTEGER NOT NULL,
+        sal_at_ns     INTEGER,
+        closed_at_ns  INTEGER,
+        sla_due_ns    INTEGER,
+        overdue       INTEGER NOT NULL,
+        reassignments INTEGER NOT NULL,
+        rejection_reason TEXT,
+        outcome       TEXT,
+        backfilled    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX cycle_facts_by_mql ON cycle_facts (mql_at_ns);
+    CREATE INDEX cycle_facts_by_account ON cycle_facts (account_id) WHERE account_id IS NOT NULL;
+    CREATE INDEX opportunities_by_account ON opportunities (account_id);
+    "#,
 ];

@@ -1122,3 +1122,62 @@ fn access_errors_name_the_place_and_what_to_do() {
         "{said}"
     );
 }
+
+/// The report rows of a store: every column, in external-id order.
+fn cycle_facts_rows(store: &Store) -> Vec<Vec<rusqlite::types::Value>> {
+    let mut stmt = store
+        .conn
+        .prepare("SELECT * FROM cycle_facts ORDER BY external_id")
+        .unwrap();
+    let columns = stmt.column_count();
+    stmt.query_map([], |r| (0..columns).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn each_saved_cycle_has_its_report_row_and_an_upgraded_store_gets_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    let policy = Policy::example();
+    {
+        let mut store = Store::open(&path).unwrap();
+        let mut state = EngineState::new();
+        let events = events();
+        let decisions: Vec<Decision> = events
+            .iter()
+            .flat_map(|e| apply(&mut state, &policy, e))
+            .collect();
+        store
+            .commit_batch(
+                Batch {
+                    events: &events,
+                    decisions: &decisions,
+                    cursors: &[],
+                    seen_at: t(100),
+                },
+                &mut state,
+            )
+            .unwrap();
+    }
+    let written = cycle_facts_rows(&Store::open(&path).unwrap());
+    assert_eq!(written.len(), 6, "one row per cycle");
+    let region = |row: &[rusqlite::types::Value]| row[9].clone();
+    assert_eq!(
+        region(&written[0]),
+        rusqlite::types::Value::Text(r#"{"region":"NA"}"#.into()),
+        "the person's attributes"
+    );
+    // A store of schema 6 (before the report rows): upgraded, it has the same rows.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE cycle_facts; DROP INDEX opportunities_by_account; PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    }
+    let upgraded = Store::open(&path).unwrap();
+    assert_eq!(upgraded.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(cycle_facts_rows(&upgraded), written);
+}

@@ -936,12 +936,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     .opened_by_segment
                     .entry(cycle.segment.clone())
                     .or_default() += 1;
-                let how = match (&cycle.hand_raise, &d.reason) {
-                    (Some(raised), _) => format!("hand-raiser {}", raised.rule),
-                    (None, crate::engine::model::Reason::AtGoLive { .. }) => "go-live".into(),
-                    (None, _) if cycle.account_id.is_some() => "account".into(),
-                    (None, _) => "score".into(),
-                };
+                let how = cycle.qualified_kind(matches!(
+                    d.reason,
+                    crate::engine::model::Reason::AtGoLive { .. }
+                ));
                 *self.summary.qualified_by.entry(how).or_default() += 1;
             }
         }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod report;
+
 fn mqlsync(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mqlsync"))
         .args(args)

@@ -1,0 +1,901 @@
+//! `mqlsync report`: the contract's "Metrics and feedback", computed from the store.
+//!
+//! Every figure is SQL aggregation over `cycle_facts` (one flat row per cycle, written with
+//! the cycle; see `store/facts.rs`), filtered on the MQL instant through its index; no table
+//! is loaded into memory. Three SQL functions registered on the store's connection bring in
+//! what SQL alone cannot do right: the period of an instant in the report's time zone
+//! (`mql_period`), the business hours between two instants in a team's calendar
+//! (`business_hours`, weekends and holidays excluded, as the SLA counts them) and an RFC 3339
+//! instant as nanoseconds (`instant_ns`, for opportunities, whose rows keep JSON bodies).
+//!
+//! The definitions, which the README repeats:
+//! - an MQL is a cycle: a person MQL'd three times counts three times;
+//! - the period and group of a cycle are those of its MQL; the owner is the cycle's owner now;
+//! - time to SAL is business hours from when the rep could see the MQL (its record's first
+//!   write; a backfilled cycle's historical MQL) to its SAL, in its team's calendar;
+//! - an SLA is missed when the cycle went overdue or was neither accepted nor closed by its
+//!   due time; the share is over the cycles with an SLA whose outcome is known (acted upon, or
+//!   past due), so an Open cycle still inside its SLA counts in neither;
+//! - an MQL's pipeline is the opportunities of the person's account created from its MQL to
+//!   `report.opportunity_window_days` after.
+
+pub mod html;
+pub mod render;
+pub mod whatif;
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, params_from_iter};
+use serde::Serialize;
+
+use crate::engine::sla::BusinessCalendar;
+use crate::mapping::LoadedMapping;
+use crate::store::{Store, StoreError};
+
+/// A `report` or `whatif` argument that cannot be used (`--group`, `--segment`, `--from`,
+/// `--to`): the message names the flag and what it takes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgumentError(pub String);
+
+/// The periods a report counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+    Quarter,
+    Year,
+}
+
+impl Period {
+    /// The label of the period holding `at`, in `zone`: `2026-03-02`, `2026-W10` (ISO week),
+    /// `2026-03`, `2026-Q1`, `2026`. Labels sort in time order.
+    pub fn label(self, at: Timestamp, zone: &TimeZone) -> String {
+        let date = at.to_zoned(zone.clone()).date();
+        match self {
+            Period::Day => date.to_string(),
+            Period::Week => {
+                let week = date.iso_week_date();
+                format!("{:04}-W{:02}", week.year(), week.week())
+            }
+            Period::Month => format!("{:04}-{:02}", date.year(), date.month()),
+            Period::Quarter => format!("{:04}-Q{}", date.year(), (date.month() - 1) / 3 + 1),
+            Period::Year => format!("{:04}", date.year()),
+        }
+    }
+}
+
+/// What the volume table is broken down by (`--group`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grouping {
+    Owner,
+    Team,
+    Segment,
+    Campaign,
+    QualifiedBy,
+    /// A mapped attribute of the person: `region`, `business-line` (`business_line`),
+    /// `target-account`, or any other name of `[attributes]`.
+    Attribute(String),
+}
+
+impl Grouping {
+    /// Reads `--group`: the fixed names, else an attribute of the mapping (`-` and `_` alike).
+    pub fn parse(text: &str, loaded: &LoadedMapping) -> Result<Grouping, ArgumentError> {
+        let name = text.trim().to_ascii_lowercase().replace('-', "_");
+        Ok(match name.as_str() {
+            "owner" | "rep" => Grouping::Owner,
+            "team" => Grouping::Team,
+            "segment" => Grouping::Segment,
+            "campaign" => Grouping::Campaign,
+            "qualified_by" => Grouping::QualifiedBy,
+            _ if loaded.mapping.attributes.contains_key(&name) => Grouping::Attribute(name),
+            _ => {
+                let attributes: Vec<&str> = loaded
+                    .mapping
+                    .attributes
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                return Err(ArgumentError(format!(
+                    "--group {text:?}: not owner, team, segment, campaign, qualified-by, nor an attribute of the mapping ({})",
+                    attributes.join(", ")
+                )));
+            }
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Grouping::Owner => "owner".into(),
+            Grouping::Team => "team".into(),
+            Grouping::Segment => "segment".into(),
+            Grouping::Campaign => "campaign".into(),
+            Grouping::QualifiedBy => "qualified_by".into(),
+            Grouping::Attribute(a) => a.clone(),
+        }
+    }
+
+    /// The SQL expression of a cycle's group (`?3` is the attribute's JSON path).
+    fn sql(&self) -> &'static str {
+        match self {
+            Grouping::Owner => "coalesce(owner_id, '(none)')",
+            Grouping::Team => "coalesce(team, '(none)')",
+            Grouping::Segment => "segment",
+            Grouping::Campaign => "coalesce(campaign_name, campaign_id, '(none)')",
+            Grouping::QualifiedBy => "qualified_by",
+            Grouping::Attribute(_) => "coalesce(json_extract(attributes, ?3), '(none)')",
+        }
+    }
+}
+
+/// The JSON path of an attribute in `cycle_facts.attributes`.
+fn attribute_path(name: &str) -> String {
+    format!("$.\"{}\"", name.replace('"', ""))
+}
+
+/// How the mapping asks reports to count.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub time_zone: TimeZone,
+    pub time_zone_name: String,
+    pub checklist: Vec<String>,
+    pub opportunity_window: SignedDuration,
+    pub score_band: f64,
+    /// Each team's business calendar, by team name.
+    pub calendars: BTreeMap<String, BusinessCalendar>,
+}
+
+impl Settings {
+    pub fn from_mapping(loaded: &LoadedMapping) -> Settings {
+        let report = &loaded.mapping.report;
+        let name = report.time_zone.get_ref().clone();
+        Settings {
+            // Checked when the mapping was loaded.
+            time_zone: TimeZone::get(&name).unwrap_or(TimeZone::UTC),
+            time_zone_name: name,
+            checklist: report
+                .checklist
+                .iter()
+                .map(|f| f.get_ref().clone())
+                .collect(),
+            opportunity_window: SignedDuration::from_hours(
+                24 * i64::from(report.opportunity_window_days),
+            ),
+            score_band: report.score_band,
+            calendars: loaded
+                .policy
+                .teams
+                .iter()
+                .map(|t| (t.name.clone(), t.calendar.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A `--from` or `--to` bound: an RFC 3339 instant as it is, or a day in the report's zone:
+/// its start, or (`end`) the start of the next day, so that `--to` includes the day it names.
+pub fn bound(
+    flag: &str,
+    text: &str,
+    zone: &TimeZone,
+    end: bool,
+) -> Result<Timestamp, ArgumentError> {
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let fail = |why: String| ArgumentError(format!("{flag} {text:?}: {why}"));
+    let day = text.parse::<jiff::civil::Date>().map_err(|_| {
+        fail("not a date (2026-03-01) or an RFC 3339 instant (2026-03-01T00:00:00Z)".into())
+    })?;
+    let day = if end {
+        day.tomorrow().map_err(|e| fail(e.to_string()))?
+    } else {
+        day
+    };
+    day.to_zoned(zone.clone())
+        .map(|z| z.timestamp())
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// What to report on.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// MQLs at or after this instant (none: from the first).
+    pub from: Option<Timestamp>,
+    /// MQLs before this instant (none: up to now).
+    pub to: Option<Timestamp>,
+    pub by: Period,
+    pub group: Grouping,
+    /// The report's "now": Open cycles past due at this instant have missed their SLA.
+    pub now: Timestamp,
+}
+
+/// The whole report, as `--format json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub now: Timestamp,
+    pub by: Period,
+    pub group: String,
+    pub time_zone: String,
+    pub totals: Totals,
+    /// MQLs created, by period and group.
+    pub volume: Vec<VolumeRow>,
+    /// MQLs by how they qualified (score, go-live, account, hand-raiser rule).
+    pub qualified_by: Vec<Count>,
+    /// Each rep's cycles (by their owner now) by status, overdue ones, rejections and time
+    /// to SAL.
+    pub reps: Vec<RepRow>,
+    /// SLA compliance by the rep each MQL went to first (whose SLA it was).
+    pub sla_by_rep: Vec<SlaRow>,
+    pub overdue_by_owner_region: Vec<OverdueRow>,
+    pub rejected_by_reason: Vec<Count>,
+    /// By period: SLA missed, converted and rejected shares.
+    pub timeframes: Vec<TimeframeRow>,
+    /// The campaign of the score change that crossed the threshold.
+    pub campaigns: Vec<CampaignRow>,
+    /// Score vs conversion and velocity, by band of the score at the MQL.
+    pub score_bands: Vec<BandRow>,
+    /// Pipeline vs threshold: cycles and their opportunities by the threshold in force.
+    pub thresholds: Vec<ThresholdRow>,
+    /// The knob's history over the period, for the volume chart.
+    pub threshold_history: Vec<ThresholdStep>,
+    /// Qualification-checklist completion by cycle status (absent: no checklist mapped).
+    pub checklist: Option<Checklist>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub mqls: i64,
+    pub people: i64,
+    pub open: i64,
+    pub working: i64,
+    pub rejected: i64,
+    pub converted: i64,
+    /// Cycles that reached SAL (accepted), whatever came after.
+    pub accepted: i64,
+    pub sla_known: i64,
+    pub sla_missed: i64,
+    pub pct_missed_sla: Option<f64>,
+    pub pct_converted: Option<f64>,
+    pub pct_rejected: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VolumeRow {
+    pub period: String,
+    pub group: String,
+    pub mqls: i64,
+    pub people: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Count {
+    pub key: String,
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RepRow {
+    pub owner: String,
+    pub mqls: i64,
+    pub open: i64,
+    pub working: i64,
+    pub rejected: i64,
+    pub converted: i64,
+    pub overdue: i64,
+    pub pct_rejected: Option<f64>,
+    pub accepted: i64,
+    /// Mean business hours from seen to SAL, over the accepted cycles.
+    pub avg_business_hours_to_sal: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SlaRow {
+    /// The rep the MQL went to first.
+    pub owner: String,
+    /// MQLs with an SLA (a team's, not backfilled).
+    pub with_sla: i64,
+    /// Of those, the ones acted upon or past due.
+    pub sla_known: i64,
+    pub sla_met: i64,
+    pub sla_missed: i64,
+    pub pct_missed_sla: Option<f64>,
+    /// Moved on to another rep for want of an answer.
+    pub reassigned: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OverdueRow {
+    pub owner: String,
+    pub region: String,
+    pub overdue: i64,
+    pub mqls: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimeframeRow {
+    pub period: String,
+    pub mqls: i64,
+    pub sla_known: i64,
+    pub sla_missed: i64,
+    pub pct_missed_sla: Option<f64>,
+    pub converted: i64,
+    pub pct_converted: Option<f64>,
+    pub rejected: i64,
+    pub pct_rejected: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CampaignRow {
+    pub campaign: String,
+    pub mqls: i64,
+    pub accepted: i64,
+    pub converted: i64,
+    pub pct_converted: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BandRow {
+    /// The band is `[score_from, score_to)`.
+    pub score_from: f64,
+    pub score_to: f64,
+    pub mqls: i64,
+    pub accepted: i64,
+    pub converted: i64,
+    pub rejected: i64,
+    pub pct_accepted: Option<f64>,
+    pub pct_converted: Option<f64>,
+    pub pct_rejected: Option<f64>,
+    pub avg_business_hours_to_sal: Option<f64>,
+    /// Mean days from MQL to the first opportunity, over the cycles that have one.
+    pub avg_days_to_opportunity: Option<f64>,
+    /// Mean days from MQL to converted, over the converted cycles.
+    pub avg_days_to_converted: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ThresholdRow {
+    pub segment: String,
+    pub threshold: f64,
+    pub mqls: i64,
+    pub accepted: i64,
+    pub converted: i64,
+    pub pct_converted: Option<f64>,
+    /// Cycles with at least one opportunity in their window.
+    pub with_opportunity: i64,
+    pub opportunities: i64,
+    pub won: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ThresholdStep {
+    pub threshold_id: String,
+    pub segment: String,
+    pub at: Timestamp,
+    pub score: f64,
+    /// Inactive or deleted from here on.
+    pub off: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Checklist {
+    pub fields: Vec<String>,
+    pub by_status: Vec<ChecklistRow>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ChecklistRow {
+    pub status: String,
+    pub mqls: i64,
+    /// Mean share of the checklist filled in, 0-100.
+    pub pct_filled: Option<f64>,
+    /// Cycles whose person filled in every field.
+    pub complete: i64,
+}
+
+/// A share in percent, rounded to a tenth; none of nothing.
+fn pct(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| (1000.0 * part as f64 / whole as f64).round() / 10.0)
+}
+
+/// A mean rounded to two decimals.
+fn round2(v: Option<f64>) -> Option<f64> {
+    v.map(|v| (v * 100.0).round() / 100.0)
+}
+
+fn ns(t: Timestamp) -> i64 {
+    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+fn at_ns(ns: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Registers the report's SQL functions on `conn`.
+fn register(conn: &Connection, settings: &Settings, by: Period) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    let zone = settings.time_zone.clone();
+    conn.create_scalar_function("mql_period", 1, flags, move |ctx| {
+        let at: i64 = ctx.get(0)?;
+        Ok(by.label(at_ns(at), &zone))
+    })?;
+    let calendars = settings.calendars.clone();
+    let fallback = BusinessCalendar::nine_to_five(settings.time_zone.clone());
+    conn.create_scalar_function("business_hours", 3, flags, move |ctx| {
+        let team: Option<String> = ctx.get(0)?;
+        let (start, end): (Option<i64>, Option<i64>) = (ctx.get(1)?, ctx.get(2)?);
+        let (Some(start), Some(end)) = (start, end) else {
+            return Ok(None);
+        };
+        let calendar = team
+            .as_deref()
+            .and_then(|t| calendars.get(t))
+            .unwrap_or(&fallback);
+        let time = calendar.business_time_between(at_ns(start), at_ns(end));
+        Ok(Some(time.as_secs_f64() / 3600.0))
+    })?;
+    let band = settings.score_band;
+    conn.create_scalar_function("score_band", 1, flags, move |ctx| {
+        let score: f64 = ctx.get(0)?;
+        Ok((score / band).floor() as i64)
+    })?;
+    conn.create_scalar_function("instant_ns", 1, flags, |ctx| {
+        let text: Option<String> = ctx.get(0)?;
+        Ok(text
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(ns))
+    })?;
+    Ok(())
+}
+
+/// The SQL of "this cycle missed its SLA" and "its SLA's outcome is known" (`?4`: now).
+/// A reassigned cycle missed its first owner's SLA (it moves on only after its due time; its
+/// due time and overdue flag are then its new owner's).
+const SLA_MISSED: &str = "(sla_due_ns IS NOT NULL AND (overdue OR reassignments > 0 OR coalesce(sal_at_ns, closed_at_ns, ?4) > sla_due_ns))";
+const SLA_KNOWN: &str = "(sla_due_ns IS NOT NULL AND (overdue OR reassignments > 0 OR coalesce(sal_at_ns, closed_at_ns) IS NOT NULL OR ?4 > sla_due_ns))";
+
+/// Builds the report from the store.
+pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report, StoreError> {
+    let conn = store.connection();
+    let err = |e| store.sql_err(e);
+    register(conn, settings, query.by).map_err(err)?;
+    let from = query.from.map_or(i64::MIN, ns);
+    let to = query.to.map_or(i64::MAX, ns);
+    let now = ns(query.now);
+    let path = match &query.group {
+        Grouping::Attribute(a) => attribute_path(a),
+        _ => attribute_path("region"),
+    };
+    // Every query takes the same four parameters, so each can use any of them:
+    // ?1 from, ?2 to, ?3 an attribute path, ?4 now.
+    let args = (from, to, path, now);
+    let run = |sql: &str| -> rusqlite::Result<Vec<Vec<rusqlite::types::Value>>> {
+        let mut stmt = conn.prepare(sql)?;
+        let columns = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params![args.0, args.1, args.2, args.3], |r| {
+            (0..columns).map(|i| r.get(i)).collect()
+        })?;
+        rows.collect()
+    };
+    // The MQL range, through the index; the two constant terms only make every query take
+    // the same four parameters (SQLite refuses a parameter a statement does not name).
+    let range = "mql_at_ns >= ?1 AND mql_at_ns < ?2 AND ?3 IS NOT NULL AND ?4 IS NOT NULL";
+
+    let totals = {
+        let rows = run(&format!(
+            "SELECT count(*), count(DISTINCT crm_id), coalesce(sum(status = 'Open'), 0),
+                coalesce(sum(status = 'Working'), 0), coalesce(sum(status = 'Rejected'), 0),
+                coalesce(sum(status = 'Converted'), 0), count(sal_at_ns),
+                coalesce(sum({SLA_KNOWN}), 0), coalesce(sum({SLA_MISSED}), 0)
+             FROM cycle_facts WHERE {range}"
+        ))
+        .map_err(err)?;
+        let r = &rows[0];
+        let (mqls, rejected, converted) = (int(&r[0]), int(&r[4]), int(&r[5]));
+        let (known, missed) = (int(&r[7]), int(&r[8]));
+        Totals {
+            mqls,
+            people: int(&r[1]),
+            open: int(&r[2]),
+            working: int(&r[3]),
+            rejected,
+            converted,
+            accepted: int(&r[6]),
+            sla_known: known,
+            sla_missed: missed,
+            pct_missed_sla: pct(missed, known),
+            pct_converted: pct(converted, mqls),
+            pct_rejected: pct(rejected, mqls),
+        }
+    };
+
+    let group = query.group.sql();
+    let volume = run(&format!(
+        "SELECT mql_period(mql_at_ns) AS period, {group} AS grp, count(*), count(DISTINCT crm_id)
+         FROM cycle_facts WHERE {range} GROUP BY period, grp ORDER BY period, grp"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| VolumeRow {
+        period: text(&r[0]),
+        group: text(&r[1]),
+        mqls: int(&r[2]),
+        people: int(&r[3]),
+    })
+    .collect();
+
+    let qualified_by = counts(
+        run(&format!(
+            "SELECT qualified_by, count(*) FROM cycle_facts WHERE {range}
+         GROUP BY qualified_by ORDER BY 2 DESC, 1"
+        ))
+        .map_err(err)?,
+    );
+
+    let reps = run(&format!(
+        "SELECT coalesce(owner_id, '(none)') AS owner, count(*), sum(status = 'Open'),
+            sum(status = 'Working'), sum(status = 'Rejected'), sum(status = 'Converted'),
+            sum(overdue), count(sal_at_ns),
+            avg(CASE WHEN sal_at_ns IS NOT NULL THEN business_hours(team, seen_at_ns, sal_at_ns) END)
+         FROM cycle_facts WHERE {range} GROUP BY owner ORDER BY 2 DESC, 1"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let (mqls, rejected) = (int(&r[1]), int(&r[4]));
+        RepRow {
+            owner: text(&r[0]),
+            mqls,
+            open: int(&r[2]),
+            working: int(&r[3]),
+            rejected,
+            converted: int(&r[5]),
+            overdue: int(&r[6]),
+            pct_rejected: pct(rejected, mqls),
+            accepted: int(&r[7]),
+            avg_business_hours_to_sal: round2(float(&r[8])),
+        }
+    })
+    .collect();
+
+    let sla_by_rep = run(&format!(
+        "SELECT coalesce(owner_at_mql, '(none)') AS owner, count(sla_due_ns), sum({SLA_KNOWN}),
+            sum({SLA_MISSED}), sum(reassignments > 0)
+         FROM cycle_facts WHERE {range} AND sla_due_ns IS NOT NULL GROUP BY owner ORDER BY 1"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let (known, missed) = (int(&r[2]), int(&r[3]));
+        SlaRow {
+            owner: text(&r[0]),
+            with_sla: int(&r[1]),
+            sla_known: known,
+            sla_met: known - missed,
+            sla_missed: missed,
+            pct_missed_sla: pct(missed, known),
+            reassigned: int(&r[4]),
+        }
+    })
+    .collect();
+
+    let overdue_by_owner_region = run(&format!(
+        "SELECT coalesce(owner_id, '(none)') AS owner,
+            coalesce(json_extract(attributes, '$.region'), '(none)') AS region,
+            sum(overdue), count(*)
+         FROM cycle_facts WHERE {range} GROUP BY owner, region HAVING sum(overdue) > 0
+         ORDER BY 3 DESC, 1, 2"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| OverdueRow {
+        owner: text(&r[0]),
+        region: text(&r[1]),
+        overdue: int(&r[2]),
+        mqls: int(&r[3]),
+    })
+    .collect();
+
+    let rejected_by_reason = counts(
+        run(&format!(
+            "SELECT coalesce(rejection_reason, '(none)'), count(*) FROM cycle_facts
+         WHERE {range} AND status = 'Rejected' GROUP BY 1 ORDER BY 2 DESC, 1"
+        ))
+        .map_err(err)?,
+    );
+
+    let timeframes = run(&format!(
+        "SELECT mql_period(mql_at_ns) AS period, count(*), sum({SLA_KNOWN}), sum({SLA_MISSED}),
+            sum(status = 'Converted'), sum(status = 'Rejected')
+         FROM cycle_facts WHERE {range} GROUP BY period ORDER BY period"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let mqls = int(&r[1]);
+        let (known, missed, converted, rejected) = (int(&r[2]), int(&r[3]), int(&r[4]), int(&r[5]));
+        TimeframeRow {
+            period: text(&r[0]),
+            mqls,
+            sla_known: known,
+            sla_missed: missed,
+            pct_missed_sla: pct(missed, known),
+            converted,
+            pct_converted: pct(converted, mqls),
+            rejected,
+            pct_rejected: pct(rejected, mqls),
+        }
+    })
+    .collect();
+
+    let campaigns = run(&format!(
+        "SELECT coalesce(campaign_name, campaign_id, '(none)') AS campaign, count(*),
+            count(sal_at_ns), sum(status = 'Converted')
+         FROM cycle_facts WHERE {range} GROUP BY campaign ORDER BY 2 DESC, 1"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let (mqls, converted) = (int(&r[1]), int(&r[3]));
+        CampaignRow {
+            campaign: text(&r[0]),
+            mqls,
+            accepted: int(&r[2]),
+            converted,
+            pct_converted: pct(converted, mqls),
+        }
+    })
+    .collect();
+
+    // Each cycle's pipeline: driven from the opportunities (far fewer than cycles), through
+    // the index of cycles by account; CROSS JOIN keeps SQLite to that order.
+    let window = query_window(settings);
+    let pipeline = format!(
+        "WITH opp AS (
+            SELECT f.external_id AS external_id, count(*) AS n,
+                sum(json_extract(o.body, '$.is_won') = 1) AS won,
+                min(instant_ns(json_extract(o.body, '$.created_at'))) AS first_ns
+            FROM opportunities o CROSS JOIN cycle_facts f ON f.account_id = o.account_id
+            WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
+              AND instant_ns(json_extract(o.body, '$.created_at')) >= f.mql_at_ns
+              AND instant_ns(json_extract(o.body, '$.created_at')) <= f.mql_at_ns + {window}
+            GROUP BY f.external_id)"
+    );
+    let band = settings.score_band;
+    let score_bands = run(&format!(
+        "{pipeline}
+         SELECT score_band(score) AS band, count(*), count(sal_at_ns),
+            sum(status = 'Converted'), sum(status = 'Rejected'),
+            avg(CASE WHEN sal_at_ns IS NOT NULL THEN business_hours(team, seen_at_ns, sal_at_ns) END),
+            avg((opp.first_ns - mql_at_ns) / 86400e9),
+            avg(CASE WHEN status = 'Converted' THEN (closed_at_ns - mql_at_ns) / 86400e9 END)
+         FROM cycle_facts LEFT JOIN opp USING (external_id)
+         WHERE {range} GROUP BY band ORDER BY band"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let (mqls, accepted, converted, rejected) =
+            (int(&r[1]), int(&r[2]), int(&r[3]), int(&r[4]));
+        let low = int(&r[0]) as f64 * band;
+        BandRow {
+            score_from: low,
+            score_to: low + band,
+            mqls,
+            accepted,
+            converted,
+            rejected,
+            pct_accepted: pct(accepted, mqls),
+            pct_converted: pct(converted, mqls),
+            pct_rejected: pct(rejected, mqls),
+            avg_business_hours_to_sal: round2(float(&r[5])),
+            avg_days_to_opportunity: round2(float(&r[6])),
+            avg_days_to_converted: round2(float(&r[7])),
+        }
+    })
+    .collect();
+
+    let thresholds = run(&format!(
+        "{pipeline}
+         SELECT CASE segment WHEN '' THEN '(default)' ELSE segment END AS seg, threshold, count(*),
+            count(sal_at_ns), sum(status = 'Converted'), count(opp.n),
+            coalesce(sum(opp.n), 0), coalesce(sum(opp.won), 0)
+         FROM cycle_facts LEFT JOIN opp USING (external_id)
+         WHERE {range} GROUP BY seg, threshold ORDER BY seg, threshold"
+    ))
+    .map_err(err)?
+    .into_iter()
+    .map(|r| {
+        let (mqls, converted) = (int(&r[2]), int(&r[4]));
+        ThresholdRow {
+            segment: text(&r[0]),
+            threshold: float(&r[1]).unwrap_or(0.0),
+            mqls,
+            accepted: int(&r[3]),
+            converted,
+            pct_converted: pct(converted, mqls),
+            with_opportunity: int(&r[5]),
+            opportunities: int(&r[6]),
+            won: int(&r[7]),
+        }
+    })
+    .collect();
+
+    let threshold_history = threshold_history(conn, query).map_err(err)?;
+    let checklist = checklist(conn, settings, &args).map_err(err)?;
+    Ok(Report {
+        from: query.from,
+        to: query.to,
+        now: query.now,
+        by: query.by,
+        group: query.group.name(),
+        time_zone: settings.time_zone_name.clone(),
+        totals,
+        volume,
+        qualified_by,
+        reps,
+        sla_by_rep,
+        overdue_by_owner_region,
+        rejected_by_reason,
+        timeframes,
+        campaigns,
+        score_bands,
+        thresholds,
+        threshold_history,
+        checklist,
+    })
+}
+
+/// The opportunity window in nanoseconds, as SQL text.
+fn query_window(settings: &Settings) -> i64 {
+    i64::try_from(settings.opportunity_window.as_nanos()).unwrap_or(i64::MAX / 2)
+}
+
+/// Every threshold version in force during the report's period: the last one before it
+/// (where the knob stood when the period began) and the ones inside it.
+fn threshold_history(conn: &Connection, query: &Query) -> rusqlite::Result<Vec<ThresholdStep>> {
+    let mut stmt = conn.prepare(
+        "SELECT threshold_id, modified_at, score, segment, active, deleted
+         FROM threshold_versions ORDER BY threshold_id, modified_at",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, f64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, bool>(5)?,
+        ))
+    })?;
+    let mut steps: Vec<ThresholdStep> = Vec::new();
+    for row in rows {
+        let (id, at, score, segment, active, deleted) = row?;
+        let Ok(at) = at.parse::<Timestamp>() else {
+            continue;
+        };
+        if query.to.is_some_and(|to| at >= to) {
+            continue;
+        }
+        let step = ThresholdStep {
+            threshold_id: id,
+            segment: segment_label(&segment),
+            at,
+            score,
+            off: !active || deleted,
+        };
+        // A version before the period replaces the one before it: only the last one
+        // before the period matters.
+        if let Some(from) = query.from
+            && at < from
+            && let Some(last) = steps.last_mut()
+            && last.threshold_id == step.threshold_id
+            && last.at < from
+        {
+            *last = step;
+            continue;
+        }
+        steps.push(step);
+    }
+    steps.sort_by(|a, b| a.at.cmp(&b.at).then(a.threshold_id.cmp(&b.threshold_id)));
+    Ok(steps)
+}
+
+/// A stored segment (JSON object of attribute = value) named as MQL records name it.
+fn segment_label(stored: &str) -> String {
+    serde_json::from_str::<BTreeMap<String, String>>(stored).map_or_else(
+        |_| stored.to_string(),
+        |map| crate::engine::model::segment_label(&map),
+    )
+}
+
+fn checklist(
+    conn: &Connection,
+    settings: &Settings,
+    args: &(i64, i64, String, i64),
+) -> rusqlite::Result<Option<Checklist>> {
+    if settings.checklist.is_empty() {
+        return Ok(None);
+    }
+    let n = settings.checklist.len();
+    // One term per field: 1 when the person has it filled in. The paths are parameters
+    // ?5, ?6, ...: attribute names never become SQL text.
+    let filled: Vec<String> = (0..n)
+        .map(|i| format!("(coalesce(json_extract(attributes, ?{}), '') <> '')", i + 5))
+        .collect();
+    let filled = filled.join(" + ");
+    let sql = format!(
+        "SELECT status, count(*), avg(({filled}) * 100.0 / {n}), sum(({filled}) = {n})
+         FROM cycle_facts WHERE mql_at_ns >= ?1 AND mql_at_ns < ?2 AND ?3 IS NOT NULL AND ?4 IS NOT NULL
+         GROUP BY status ORDER BY status"
+    );
+    let mut params: Vec<rusqlite::types::Value> = vec![
+        args.0.into(),
+        args.1.into(),
+        args.2.clone().into(),
+        args.3.into(),
+    ];
+    params.extend(
+        settings
+            .checklist
+            .iter()
+            .map(|f| rusqlite::types::Value::from(attribute_path(f))),
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), |r| {
+        Ok(ChecklistRow {
+            status: r.get(0)?,
+            mqls: r.get(1)?,
+            pct_filled: r
+                .get::<_, Option<f64>>(2)?
+                .map(|v| (v * 10.0).round() / 10.0),
+            complete: r.get(3)?,
+        })
+    })?;
+    Ok(Some(Checklist {
+        fields: settings.checklist.clone(),
+        by_status: rows.collect::<rusqlite::Result<_>>()?,
+    }))
+}
+
+fn counts(rows: Vec<Vec<rusqlite::types::Value>>) -> Vec<Count> {
+    rows.into_iter()
+        .map(|r| Count {
+            key: text(&r[0]),
+            count: int(&r[1]),
+        })
+        .collect()
+}
+
+fn int(v: &rusqlite::types::Value) -> i64 {
+    match v {
+        rusqlite::types::Value::Integer(i) => *i,
+        rusqlite::types::Value::Real(f) => *f as i64,
+        _ => 0,
+    }
+}
+
+fn float(v: &rusqlite::types::Value) -> Option<f64> {
+    match v {
+        rusqlite::types::Value::Integer(i) => Some(*i as f64),
+        rusqlite::types::Value::Real(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn text(v: &rusqlite::types::Value) -> String {
+    match v {
+        rusqlite::types::Value::Text(t) => t.clone(),
+        rusqlite::types::Value::Integer(i) => i.to_string(),
+        rusqlite::types::Value::Real(f) => f.to_string(),
+        _ => "(none)".into(),
+    }
+}
