@@ -179,6 +179,10 @@ async fn with_sandbox(
         1024,
     );
     daemon::sign_in(&sf, &mk, &state).await?;
+    state.serve_report(crate::workers::http::ReportSource {
+        store: store_path.to_path_buf(),
+        mapping: loaded.clone(),
+    });
     let settings = RunSettings {
         go_live: config.sync.go_live,
         ..RunSettings::default()

@@ -1294,6 +1294,10 @@ fn daemon(config: &Config, store: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(daemon::sign_in(&sf, &mk, &state))?;
     let path = store.unwrap_or_else(|| config.store.clone());
     let store = Store::open(&path)?;
+    state.serve_report(http::ReportSource {
+        store: path.clone(),
+        mapping: loaded.clone(),
+    });
     let listener = runtime.block_on(http::bind(config.daemon.listen))?;
     let addr = listener
         .local_addr()

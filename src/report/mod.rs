@@ -449,9 +449,7 @@ fn register(conn: &Connection, settings: &Settings, by: Period) -> rusqlite::Res
     })?;
     conn.create_scalar_function("instant_ns", 1, flags, |ctx| {
         let text: Option<String> = ctx.get(0)?;
-        Ok(text
-            .and_then(|t| t.parse::<Timestamp>().ok())
-            .map(ns))
+        Ok(text.and_then(|t| t.parse::<Timestamp>().ok()).map(ns))
     })?;
     Ok(())
 }

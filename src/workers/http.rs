@@ -1,5 +1,5 @@
 //! The daemon's one HTTP port: `POST /webhooks/marketo`, `POST /webhooks/salesforce`,
-//! `GET /healthz`, `GET /readyz` and `GET /metrics` on one axum [`router`], started by
+//! `GET /healthz`, `GET /readyz`, `GET /metrics` and `GET /report` on one axum [`router`], started by
 //! [`serve`] with the shutdown future the run loop passes in.
 //!
 //! A webhook call is checked (size, then secret or organisation, then shape), acknowledged,
@@ -163,6 +163,16 @@ struct Shared {
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     inbound: mpsc::Sender<Inbound>,
+    /// Where `GET /report` reads (set once the store is open).
+    report: std::sync::OnceLock<ReportSource>,
+}
+
+/// What `GET /report` needs: the store it reads (a reader beside the daemon's writer) and the
+/// mapping it counts by.
+#[derive(Clone, Debug)]
+pub struct ReportSource {
+    pub store: std::path::PathBuf,
+    pub mapping: crate::mapping::LoadedMapping,
 }
 
 /// What the HTTP port shares with the daemon; cheap to clone.
@@ -188,9 +198,15 @@ impl HttpState {
                 wake: Arc::new(Wake::default()),
                 metrics: Arc::new(Metrics::new()),
                 inbound: tx,
+                report: std::sync::OnceLock::new(),
             }),
         };
         (state, rx)
+    }
+
+    /// Serves `GET /report` from this store (once; a second call changes nothing).
+    pub fn serve_report(&self, source: ReportSource) {
+        let _ = self.shared.report.set(source);
     }
 
     /// The pollers' bells.
@@ -250,6 +266,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz).fallback(get_only))
         .route("/readyz", get(readyz).fallback(get_only))
         .route("/metrics", get(metrics_text).fallback(get_only))
+        .route("/report", get(report_page).fallback(get_only))
         .fallback(not_found)
         .with_state(state)
 }
@@ -591,6 +608,83 @@ async fn salesforce_webhook(
     }
     .instrument(span)
     .await
+}
+
+/// `GET /report?from=&to=&by=&group=`: the HTML report of the store, as `mqlsync report
+/// --format html` prints it, built on a blocking thread (its queries read the whole range).
+async fn report_page(
+    State(state): State<HttpState>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use crate::report;
+    let Some(source) = state.shared.report.get().cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no report: the daemon has no store open yet\n",
+        );
+    };
+    let built = tokio::task::spawn_blocking(move || -> Result<String, (StatusCode, String)> {
+        let bad = |e: report::ArgumentError| (StatusCode::BAD_REQUEST, e.to_string());
+        let settings = report::Settings::from_mapping(&source.mapping);
+        let param = |k: &str| params.get(k).filter(|v| !v.is_empty());
+        let by = match param("by").map(String::as_str) {
+            None => report::Period::Month,
+            Some(text) => {
+                <report::Period as clap::ValueEnum>::from_str(text, true).map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("by {text:?}: day, week, month, quarter or year"),
+                    )
+                })?
+            }
+        };
+        let group = report::Grouping::parse(
+            param("group").map_or("segment", String::as_str),
+            &source.mapping,
+        )
+        .map_err(bad)?;
+        let from = param("from")
+            .map(|d| report::bound("from", d, &settings.time_zone, false))
+            .transpose()
+            .map_err(bad)?;
+        let to = param("to")
+            .map(|d| report::bound("to", d, &settings.time_zone, true))
+            .transpose()
+            .map_err(bad)?;
+        let unavailable =
+            |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        let store = crate::store::Store::open_existing(&source.store).map_err(unavailable)?;
+        let now = store
+            .clock()
+            .map_err(unavailable)?
+            .unwrap_or_else(Timestamp::now);
+        let query = report::Query {
+            from,
+            to,
+            by,
+            group,
+            now,
+        };
+        let built = report::build(&store, &settings, &query).map_err(unavailable)?;
+        Ok(report::html::page(&built))
+    })
+    .await;
+    match built {
+        Ok(Ok(page)) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, "text/html; charset=utf-8")],
+            page,
+        )
+            .into_response(),
+        Ok(Err((status, reason))) => {
+            tracing::warn!(status = status.as_u16(), reason, "report refused");
+            text(status, format!("{reason}\n"))
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("report failed: {e}\n"),
+        ),
+    }
 }
 
 async fn healthz() -> Response {

@@ -452,3 +452,115 @@ fn a_group_segment_or_date_that_cannot_be_used_is_exit_2_naming_the_flag() {
         }
     }
 }
+
+/// Debian's Chromium: `$REPORT_TEST_CHROMIUM` (which `.ci/run` sets after installing the
+/// package), else `chromium` on the PATH.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("REPORT_TEST_CHROMIUM") {
+        return Some(path.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("chromium"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Runs headless Chromium with the flags a closed network needs, in its own profile.
+fn headless(browser: &Path, profile: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium runs")
+}
+
+#[test]
+fn the_html_report_draws_every_chart_in_headless_chromium_without_a_console_error() {
+    let Some(browser) = chromium() else {
+        eprintln!(
+            "skipped: no chromium on the PATH (Debian's `chromium` package; .ci/run installs it)"
+        );
+        return;
+    };
+    let dir = simulated();
+    let out = mqlsync(
+        &[
+            "report",
+            "--store",
+            "s.db",
+            "--mapping",
+            "m.toml",
+            "--at",
+            NOW,
+            "--by",
+            "week",
+            "--format",
+            "html",
+            "--out",
+            "report.html",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = dir.path().join("report.html");
+    // Self-contained: nothing to fetch.
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains(" src="));
+    let url = format!("file://{}", page.display());
+    let out = headless(&browser, &dir.path().join("profile"), &["--dump-dom", &url]);
+    let dom = text(&out.stdout);
+    let body = dom
+        .lines()
+        .find(|l| l.contains("<body"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no <body> in what Chromium rendered:\n{dom}\n{}",
+                text(&out.stderr)
+            )
+        });
+    // The page's own check: 4 charts, each drew a mark with a size, no error event.
+    assert!(
+        body.contains("data-charts=\"4\"")
+            && body.contains("data-drawn=\"4\"")
+            && body.contains("data-errors=\"0\""),
+        "{body}"
+    );
+    let console: Vec<String> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = headless(
+        &browser,
+        &dir.path().join("profile"),
+        &[
+            "--window-size=1280,1700",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+    );
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", text(&out.stderr)));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+}

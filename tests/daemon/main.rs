@@ -599,6 +599,55 @@ async fn a_full_queue_still_acknowledges_counts_dropped_and_rings_the_bell() {
 }
 
 #[tokio::test]
+async fn report_serves_the_html_report_of_the_store_and_refuses_a_bad_query_with_400() {
+    let d = spawn_daemon().await;
+    let (status, text) = d.get("/report").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    // A store with the fixture history's seven MQLs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let loaded = mapping::load(None).unwrap();
+    let history = mqlsync::simulate::read_history(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report-history.csv"),
+    )
+    .unwrap();
+    let mut store = mqlsync::store::Store::open(&path).unwrap();
+    mqlsync::simulate::run(&history, &loaded.policy, &mut store, "report", None, 100).unwrap();
+    drop(store);
+    d.state.serve_report(http::ReportSource {
+        store: path,
+        mapping: loaded,
+    });
+    let r = d
+        .http
+        .get(format!("{}/report?by=week&group=owner", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let page = r.text().await.unwrap();
+    assert_eq!(page.matches("<svg class=\"chart\"").count(), 4);
+    assert!(
+        page.contains("2026-W45") && page.contains("0055g0000000001AAA"),
+        "{page}"
+    );
+    for (query, words) in [
+        (
+            "by=fortnight",
+            "by \"fortnight\": day, week, month, quarter or year",
+        ),
+        ("group=territory", "--group \"territory\""),
+        ("from=yesterday", "from \"yesterday\": not a date"),
+    ] {
+        let (status, text) = d.get(&format!("/report?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(text.contains(words), "{query}: {text}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn healthz_readyz_and_metrics() {
     let d = spawn_daemon().await;
     assert_eq!(d.get("/healthz").await, (StatusCode::OK, "ok\n".into()));
