@@ -76,6 +76,18 @@ impl Threshold {
             && self.effective_to.is_none_or(|to| t < to)
     }
 
+    /// Whether `other` is this record with only fields the engine does not read changed: who
+    /// set it, a reason, the feedback mqlsync writes beside the knob. Such a version is kept,
+    /// but re-evaluates nobody.
+    pub fn same_knob(&self, other: &Threshold) -> bool {
+        self.segment == other.segment
+            && self.score == other.score
+            && self.effective_from == other.effective_from
+            && self.effective_to == other.effective_to
+            && self.active == other.active
+            && self.deleted == other.deleted
+    }
+
     /// `region=EMEA,team=SDR` or `default`: how the segment is named on MQL records.
     pub fn segment_label(&self) -> String {
         segment_label(&self.segment)

@@ -160,6 +160,11 @@ fn on_threshold(
             },
         );
     }
+    // mqlsync's own feedback write (or a reason edited) moves the record's version but not
+    // the knob: nobody's threshold changed, so nobody is re-evaluated.
+    if previous.as_ref().is_some_and(|p| p.same_knob(new)) {
+        return;
+    }
     let clock = state.meta.clock.unwrap_or(at);
     bump_generation(state, at.min(clock));
     for boundary in [new.effective_from, new.effective_to].into_iter().flatten() {

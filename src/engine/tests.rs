@@ -1390,6 +1390,26 @@ fn a_knob_turn_reaches_people_known_only_by_their_current_score() {
 }
 
 #[test]
+fn a_version_that_leaves_the_knob_as_it_was_reevaluates_nobody() {
+    let mut h = Harness::new();
+    h.apply(threshold("T-NA", Some("NA"), 75.0, at(0)));
+    h.lead("00QOLD", 1);
+    h.apply(current(1, 80.0, at(10)));
+    // Gone live with go_live = "wait": 00QOLD waits for its next change or a knob turn.
+    h.apply(Event::GoLive {
+        at: at(15),
+        mqls: false,
+    });
+    // mqlsync's feedback fields written on the record: a new version, the same knob.
+    let out = h.apply(threshold("T-NA", Some("NA"), 75.0, at(20)));
+    assert!(opened(&out).is_empty(), "{out:?}");
+    assert_eq!(h.state.thresholds["T-NA"].modified_at, at(20));
+    // The knob itself turned: everyone in the segment again.
+    let out = h.apply(threshold("T-NA", Some("NA"), 74.0, at(30)));
+    assert_eq!(opened(&out).len(), 1, "{out:?}");
+}
+
+#[test]
 fn a_current_score_older_than_a_known_change_is_a_replay() {
     let mut h = Harness::new();
     h.lead("00QA", 1);

@@ -20,6 +20,7 @@
 //!   `report.opportunity_window_days` after.
 
 pub mod html;
+mod pass;
 pub mod render;
 pub mod whatif;
 
@@ -27,8 +28,8 @@ use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
+use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 
 use crate::engine::sla::BusinessCalendar;
@@ -419,316 +420,33 @@ fn at_ns(ns: i64) -> Timestamp {
     Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// Registers the report's SQL functions on `conn`.
-fn register(conn: &Connection, settings: &Settings, by: Period) -> rusqlite::Result<()> {
+/// Registers `instant_ns(text)` on `conn`: an RFC 3339 instant as nanoseconds (the
+/// opportunities keep JSON bodies with text instants).
+fn register(conn: &Connection) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    let zone = settings.time_zone.clone();
-    conn.create_scalar_function("mql_period", 1, flags, move |ctx| {
-        let at: i64 = ctx.get(0)?;
-        Ok(by.label(at_ns(at), &zone))
-    })?;
-    let calendars = settings.calendars.clone();
-    let fallback = BusinessCalendar::nine_to_five(settings.time_zone.clone());
-    conn.create_scalar_function("business_hours", 3, flags, move |ctx| {
-        let team: Option<String> = ctx.get(0)?;
-        let (start, end): (Option<i64>, Option<i64>) = (ctx.get(1)?, ctx.get(2)?);
-        let (Some(start), Some(end)) = (start, end) else {
-            return Ok(None);
-        };
-        let calendar = team
-            .as_deref()
-            .and_then(|t| calendars.get(t))
-            .unwrap_or(&fallback);
-        let time = calendar.business_time_between(at_ns(start), at_ns(end));
-        Ok(Some(time.as_secs_f64() / 3600.0))
-    })?;
-    let band = settings.score_band;
-    conn.create_scalar_function("score_band", 1, flags, move |ctx| {
-        let score: f64 = ctx.get(0)?;
-        Ok((score / band).floor() as i64)
-    })?;
     conn.create_scalar_function("instant_ns", 1, flags, |ctx| {
         let text: Option<String> = ctx.get(0)?;
         Ok(text.and_then(|t| t.parse::<Timestamp>().ok()).map(ns))
-    })?;
-    Ok(())
+    })
 }
-
-/// The SQL of "this cycle missed its SLA" and "its SLA's outcome is known" (`?4`: now).
-/// A reassigned cycle missed its first owner's SLA (it moves on only after its due time; its
-/// due time and overdue flag are then its new owner's).
-const SLA_MISSED: &str = "(sla_due_ns IS NOT NULL AND (overdue OR reassignments > 0 OR coalesce(sal_at_ns, closed_at_ns, ?4) > sla_due_ns))";
-const SLA_KNOWN: &str = "(sla_due_ns IS NOT NULL AND (overdue OR reassignments > 0 OR coalesce(sal_at_ns, closed_at_ns) IS NOT NULL OR ?4 > sla_due_ns))";
 
 /// Builds the report from the store.
 pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report, StoreError> {
     let conn = store.connection();
     let err = |e| store.sql_err(e);
-    register(conn, settings, query.by).map_err(err)?;
-    let from = query.from.map_or(i64::MIN, ns);
-    let to = query.to.map_or(i64::MAX, ns);
-    let now = ns(query.now);
-    let path = match &query.group {
-        Grouping::Attribute(a) => attribute_path(a),
-        _ => attribute_path("region"),
-    };
-    // Every query takes the same four parameters, so each can use any of them:
-    // ?1 from, ?2 to, ?3 an attribute path, ?4 now.
-    let args = (from, to, path, now);
-    let run = |sql: &str| -> rusqlite::Result<Vec<Vec<rusqlite::types::Value>>> {
-        let mut stmt = conn.prepare(sql)?;
-        let columns = stmt.column_count();
-        let rows = stmt.query_map(rusqlite::params![args.0, args.1, args.2, args.3], |r| {
-            (0..columns).map(|i| r.get(i)).collect()
-        })?;
-        rows.collect()
-    };
-    // The MQL range, through the index; the two constant terms only make every query take
-    // the same four parameters (SQLite refuses a parameter a statement does not name).
-    let range = "mql_at_ns >= ?1 AND mql_at_ns < ?2 AND ?3 IS NOT NULL AND ?4 IS NOT NULL";
-
-    let totals = {
-        let rows = run(&format!(
-            "SELECT count(*), count(DISTINCT crm_id), coalesce(sum(status = 'Open'), 0),
-                coalesce(sum(status = 'Working'), 0), coalesce(sum(status = 'Rejected'), 0),
-                coalesce(sum(status = 'Converted'), 0), count(sal_at_ns),
-                coalesce(sum({SLA_KNOWN}), 0), coalesce(sum({SLA_MISSED}), 0)
-             FROM cycle_facts WHERE {range}"
-        ))
-        .map_err(err)?;
-        let r = &rows[0];
-        let (mqls, rejected, converted) = (int(&r[0]), int(&r[4]), int(&r[5]));
-        let (known, missed) = (int(&r[7]), int(&r[8]));
-        Totals {
-            mqls,
-            people: int(&r[1]),
-            open: int(&r[2]),
-            working: int(&r[3]),
-            rejected,
-            converted,
-            accepted: int(&r[6]),
-            sla_known: known,
-            sla_missed: missed,
-            pct_missed_sla: pct(missed, known),
-            pct_converted: pct(converted, mqls),
-            pct_rejected: pct(rejected, mqls),
-        }
-    };
-
-    let group = query.group.sql();
-    let volume = run(&format!(
-        "SELECT mql_period(mql_at_ns) AS period, {group} AS grp, count(*), count(DISTINCT crm_id)
-         FROM cycle_facts WHERE {range} GROUP BY period, grp ORDER BY period, grp"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| VolumeRow {
-        period: text(&r[0]),
-        group: text(&r[1]),
-        mqls: int(&r[2]),
-        people: int(&r[3]),
-    })
-    .collect();
-
-    let qualified_by = counts(
-        run(&format!(
-            "SELECT qualified_by, count(*) FROM cycle_facts WHERE {range}
-         GROUP BY qualified_by ORDER BY 2 DESC, 1"
-        ))
-        .map_err(err)?,
-    );
-
-    let reps = run(&format!(
-        "SELECT coalesce(owner_id, '(none)') AS owner, count(*), sum(status = 'Open'),
-            sum(status = 'Working'), sum(status = 'Rejected'), sum(status = 'Converted'),
-            sum(overdue), count(sal_at_ns),
-            avg(CASE WHEN sal_at_ns IS NOT NULL THEN business_hours(team, seen_at_ns, sal_at_ns) END)
-         FROM cycle_facts WHERE {range} GROUP BY owner ORDER BY 2 DESC, 1"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let (mqls, rejected) = (int(&r[1]), int(&r[4]));
-        RepRow {
-            owner: text(&r[0]),
-            mqls,
-            open: int(&r[2]),
-            working: int(&r[3]),
-            rejected,
-            converted: int(&r[5]),
-            overdue: int(&r[6]),
-            pct_rejected: pct(rejected, mqls),
-            accepted: int(&r[7]),
-            avg_business_hours_to_sal: round2(float(&r[8])),
-        }
-    })
-    .collect();
-
-    let sla_by_rep = run(&format!(
-        "SELECT coalesce(owner_at_mql, '(none)') AS owner, count(sla_due_ns), sum({SLA_KNOWN}),
-            sum({SLA_MISSED}), sum(reassignments > 0)
-         FROM cycle_facts WHERE {range} AND sla_due_ns IS NOT NULL GROUP BY owner ORDER BY 1"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let (known, missed) = (int(&r[2]), int(&r[3]));
-        SlaRow {
-            owner: text(&r[0]),
-            with_sla: int(&r[1]),
-            sla_known: known,
-            sla_met: known - missed,
-            sla_missed: missed,
-            pct_missed_sla: pct(missed, known),
-            reassigned: int(&r[4]),
-        }
-    })
-    .collect();
-
-    let overdue_by_owner_region = run(&format!(
-        "SELECT coalesce(owner_id, '(none)') AS owner,
-            coalesce(json_extract(attributes, '$.region'), '(none)') AS region,
-            sum(overdue), count(*)
-         FROM cycle_facts WHERE {range} GROUP BY owner, region HAVING sum(overdue) > 0
-         ORDER BY 3 DESC, 1, 2"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| OverdueRow {
-        owner: text(&r[0]),
-        region: text(&r[1]),
-        overdue: int(&r[2]),
-        mqls: int(&r[3]),
-    })
-    .collect();
-
-    let rejected_by_reason = counts(
-        run(&format!(
-            "SELECT coalesce(rejection_reason, '(none)'), count(*) FROM cycle_facts
-         WHERE {range} AND status = 'Rejected' GROUP BY 1 ORDER BY 2 DESC, 1"
-        ))
-        .map_err(err)?,
-    );
-
-    let timeframes = run(&format!(
-        "SELECT mql_period(mql_at_ns) AS period, count(*), sum({SLA_KNOWN}), sum({SLA_MISSED}),
-            sum(status = 'Converted'), sum(status = 'Rejected')
-         FROM cycle_facts WHERE {range} GROUP BY period ORDER BY period"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let mqls = int(&r[1]);
-        let (known, missed, converted, rejected) = (int(&r[2]), int(&r[3]), int(&r[4]), int(&r[5]));
-        TimeframeRow {
-            period: text(&r[0]),
-            mqls,
-            sla_known: known,
-            sla_missed: missed,
-            pct_missed_sla: pct(missed, known),
-            converted,
-            pct_converted: pct(converted, mqls),
-            rejected,
-            pct_rejected: pct(rejected, mqls),
-        }
-    })
-    .collect();
-
-    let campaigns = run(&format!(
-        "SELECT coalesce(campaign_name, campaign_id, '(none)') AS campaign, count(*),
-            count(sal_at_ns), sum(status = 'Converted')
-         FROM cycle_facts WHERE {range} GROUP BY campaign ORDER BY 2 DESC, 1"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let (mqls, converted) = (int(&r[1]), int(&r[3]));
-        CampaignRow {
-            campaign: text(&r[0]),
-            mqls,
-            accepted: int(&r[2]),
-            converted,
-            pct_converted: pct(converted, mqls),
-        }
-    })
-    .collect();
-
-    // Each cycle's pipeline: driven from the opportunities (far fewer than cycles), through
-    // the index of cycles by account; CROSS JOIN keeps SQLite to that order.
-    let window = query_window(settings);
-    let pipeline = format!(
-        "WITH opp AS (
-            SELECT f.external_id AS external_id, count(*) AS n,
-                sum(json_extract(o.body, '$.is_won') = 1) AS won,
-                min(instant_ns(json_extract(o.body, '$.created_at'))) AS first_ns
-            FROM opportunities o CROSS JOIN cycle_facts f ON f.account_id = o.account_id
-            WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
-              AND instant_ns(json_extract(o.body, '$.created_at')) >= f.mql_at_ns
-              AND instant_ns(json_extract(o.body, '$.created_at')) <= f.mql_at_ns + {window}
-            GROUP BY f.external_id)"
-    );
-    let band = settings.score_band;
-    let score_bands = run(&format!(
-        "{pipeline}
-         SELECT score_band(score) AS band, count(*), count(sal_at_ns),
-            sum(status = 'Converted'), sum(status = 'Rejected'),
-            avg(CASE WHEN sal_at_ns IS NOT NULL THEN business_hours(team, seen_at_ns, sal_at_ns) END),
-            avg((opp.first_ns - mql_at_ns) / 86400e9),
-            avg(CASE WHEN status = 'Converted' THEN (closed_at_ns - mql_at_ns) / 86400e9 END)
-         FROM cycle_facts LEFT JOIN opp USING (external_id)
-         WHERE {range} GROUP BY band ORDER BY band"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let (mqls, accepted, converted, rejected) =
-            (int(&r[1]), int(&r[2]), int(&r[3]), int(&r[4]));
-        let low = int(&r[0]) as f64 * band;
-        BandRow {
-            score_from: low,
-            score_to: low + band,
-            mqls,
-            accepted,
-            converted,
-            rejected,
-            pct_accepted: pct(accepted, mqls),
-            pct_converted: pct(converted, mqls),
-            pct_rejected: pct(rejected, mqls),
-            avg_business_hours_to_sal: round2(float(&r[5])),
-            avg_days_to_opportunity: round2(float(&r[6])),
-            avg_days_to_converted: round2(float(&r[7])),
-        }
-    })
-    .collect();
-
-    let thresholds = run(&format!(
-        "{pipeline}
-         SELECT CASE segment WHEN '' THEN '(default)' ELSE segment END AS seg, threshold, count(*),
-            count(sal_at_ns), sum(status = 'Converted'), count(opp.n),
-            coalesce(sum(opp.n), 0), coalesce(sum(opp.won), 0)
-         FROM cycle_facts LEFT JOIN opp USING (external_id)
-         WHERE {range} GROUP BY seg, threshold ORDER BY seg, threshold"
-    ))
-    .map_err(err)?
-    .into_iter()
-    .map(|r| {
-        let (mqls, converted) = (int(&r[2]), int(&r[4]));
-        ThresholdRow {
-            segment: text(&r[0]),
-            threshold: float(&r[1]).unwrap_or(0.0),
-            mqls,
-            accepted: int(&r[3]),
-            converted,
-            pct_converted: pct(converted, mqls),
-            with_opportunity: int(&r[5]),
-            opportunities: int(&r[6]),
-            won: int(&r[7]),
-        }
-    })
-    .collect();
-
+    register(conn).map_err(err)?;
+    let started = std::time::Instant::now();
+    let pipeline = pipeline(conn, settings, query).map_err(err)?;
+    let piped = started.elapsed();
+    let sections = pass::run(conn, settings, query, &pipeline).map_err(err)?;
     let threshold_history = threshold_history(conn, query).map_err(err)?;
-    let checklist = checklist(conn, settings, &args).map_err(err)?;
+    tracing::debug!(
+        pipeline_ms = piped.as_millis() as u64,
+        cycles_with_pipeline = pipeline.len(),
+        pass_ms = (started.elapsed() - piped).as_millis() as u64,
+        cycles = sections.totals.mqls,
+        "report built"
+    );
     Ok(Report {
         from: query.from,
         to: query.to,
@@ -736,20 +454,55 @@ pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report
         by: query.by,
         group: query.group.name(),
         time_zone: settings.time_zone_name.clone(),
-        totals,
-        volume,
-        qualified_by,
-        reps,
-        sla_by_rep,
-        overdue_by_owner_region,
-        rejected_by_reason,
-        timeframes,
-        campaigns,
-        score_bands,
-        thresholds,
+        totals: sections.totals,
+        volume: sections.volume,
+        qualified_by: sections.qualified_by,
+        reps: sections.reps,
+        sla_by_rep: sections.sla_by_rep,
+        overdue_by_owner_region: sections.overdue_by_owner_region,
+        rejected_by_reason: sections.rejected_by_reason,
+        timeframes: sections.timeframes,
+        campaigns: sections.campaigns,
+        score_bands: sections.score_bands,
+        thresholds: sections.thresholds,
         threshold_history,
-        checklist,
+        checklist: sections.checklist,
     })
+}
+
+/// Each cycle of the range with opportunities in its window: driven from the opportunities
+/// (far fewer than cycles), through the index of cycles by account; CROSS JOIN keeps SQLite
+/// to that order.
+fn pipeline(
+    conn: &Connection,
+    settings: &Settings,
+    query: &Query,
+) -> rusqlite::Result<pass::Pipeline> {
+    let window = query_window(settings);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT f.external_id, count(*), sum(json_extract(o.body, '$.is_won') = 1), min(o.created)
+         FROM (SELECT account_id, body, instant_ns(json_extract(body, '$.created_at')) AS created
+               FROM opportunities) o
+         CROSS JOIN cycle_facts f ON f.account_id = o.account_id
+         WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
+           AND o.created >= f.mql_at_ns AND o.created <= f.mql_at_ns + {window}
+         GROUP BY f.external_id"
+    ))?;
+    let (from, to) = (
+        query.from.map_or(i64::MIN, ns),
+        query.to.map_or(i64::MAX, ns),
+    );
+    let rows = stmt.query_map(rusqlite::params![from, to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ),
+        ))
+    })?;
+    rows.collect()
 }
 
 /// The opportunity window in nanoseconds, as SQL text.
@@ -813,87 +566,4 @@ fn segment_label(stored: &str) -> String {
         |_| stored.to_string(),
         |map| crate::engine::model::segment_label(&map),
     )
-}
-
-fn checklist(
-    conn: &Connection,
-    settings: &Settings,
-    args: &(i64, i64, String, i64),
-) -> rusqlite::Result<Option<Checklist>> {
-    if settings.checklist.is_empty() {
-        return Ok(None);
-    }
-    let n = settings.checklist.len();
-    // One term per field: 1 when the person has it filled in. The paths are parameters
-    // ?5, ?6, ...: attribute names never become SQL text.
-    let filled: Vec<String> = (0..n)
-        .map(|i| format!("(coalesce(json_extract(attributes, ?{}), '') <> '')", i + 5))
-        .collect();
-    let filled = filled.join(" + ");
-    let sql = format!(
-        "SELECT status, count(*), avg(({filled}) * 100.0 / {n}), sum(({filled}) = {n})
-         FROM cycle_facts WHERE mql_at_ns >= ?1 AND mql_at_ns < ?2 AND ?3 IS NOT NULL AND ?4 IS NOT NULL
-         GROUP BY status ORDER BY status"
-    );
-    let mut params: Vec<rusqlite::types::Value> = vec![
-        args.0.into(),
-        args.1.into(),
-        args.2.clone().into(),
-        args.3.into(),
-    ];
-    params.extend(
-        settings
-            .checklist
-            .iter()
-            .map(|f| rusqlite::types::Value::from(attribute_path(f))),
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params_from_iter(params), |r| {
-        Ok(ChecklistRow {
-            status: r.get(0)?,
-            mqls: r.get(1)?,
-            pct_filled: r
-                .get::<_, Option<f64>>(2)?
-                .map(|v| (v * 10.0).round() / 10.0),
-            complete: r.get(3)?,
-        })
-    })?;
-    Ok(Some(Checklist {
-        fields: settings.checklist.clone(),
-        by_status: rows.collect::<rusqlite::Result<_>>()?,
-    }))
-}
-
-fn counts(rows: Vec<Vec<rusqlite::types::Value>>) -> Vec<Count> {
-    rows.into_iter()
-        .map(|r| Count {
-            key: text(&r[0]),
-            count: int(&r[1]),
-        })
-        .collect()
-}
-
-fn int(v: &rusqlite::types::Value) -> i64 {
-    match v {
-        rusqlite::types::Value::Integer(i) => *i,
-        rusqlite::types::Value::Real(f) => *f as i64,
-        _ => 0,
-    }
-}
-
-fn float(v: &rusqlite::types::Value) -> Option<f64> {
-    match v {
-        rusqlite::types::Value::Integer(i) => Some(*i as f64),
-        rusqlite::types::Value::Real(f) => Some(*f),
-        _ => None,
-    }
-}
-
-fn text(v: &rusqlite::types::Value) -> String {
-    match v {
-        rusqlite::types::Value::Text(t) => t.clone(),
-        rusqlite::types::Value::Integer(i) => i.to_string(),
-        rusqlite::types::Value::Real(f) => f.to_string(),
-        _ => "(none)".into(),
-    }
 }

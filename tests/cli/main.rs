@@ -1734,7 +1734,8 @@ fn the_help_and_the_readme_agree_with_the_program() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let commands = [
-        "demo", "run", "backfill", "check", "status", "simulate", "requeue", "explain", "sandbox",
+        "demo", "run", "backfill", "check", "status", "simulate", "requeue", "explain", "report",
+        "whatif", "sandbox",
     ];
     for command in commands {
         let out = mqlsync(&[command, "-h"], dir.path());

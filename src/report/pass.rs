@@ -1,0 +1,602 @@
+//! The report's one pass over `cycle_facts`: every section's figures from a single streamed
+//! scan, aggregated into maps keyed by the section's groups (reps, periods, campaigns, score
+//! bands), so that a store of millions of cycles is read once and never held: memory follows
+//! the number of groups, plus 16 bytes a person for the distinct-people counts.
+//!
+//! One scan instead of one `GROUP BY` query per section: SQLite answers a `GROUP BY` on an
+//! unindexed expression by sorting every row, and the report has ten of them; the measured
+//! difference is in the README. SQL still does the filtering (the MQL range, through its
+//! index when the range is narrow) and extracts the attributes from their JSON.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use rusqlite::Connection;
+
+use super::{
+    BandRow, CampaignRow, Checklist, ChecklistRow, Count, OverdueRow, Query, RepRow, Settings,
+    SlaRow, ThresholdRow, TimeframeRow, Totals, VolumeRow, at_ns, attribute_path, ns, pct, round2,
+};
+use crate::engine::sla::BusinessCalendar;
+use crate::engine::state::FxHasher;
+
+type Fast<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
+
+/// Each cycle's pipeline: opportunities in its window, won ones, and the first one's instant.
+pub(super) type Pipeline = Fast<String, (i64, i64, i64)>;
+
+/// What the pass produces: every section but the threshold history.
+pub(super) struct Sections {
+    pub totals: Totals,
+    pub volume: Vec<VolumeRow>,
+    pub qualified_by: Vec<Count>,
+    pub reps: Vec<RepRow>,
+    pub sla_by_rep: Vec<SlaRow>,
+    pub overdue_by_owner_region: Vec<OverdueRow>,
+    pub rejected_by_reason: Vec<Count>,
+    pub timeframes: Vec<TimeframeRow>,
+    pub campaigns: Vec<CampaignRow>,
+    pub score_bands: Vec<BandRow>,
+    pub thresholds: Vec<ThresholdRow>,
+    pub checklist: Option<Checklist>,
+}
+
+#[derive(Default)]
+struct Rep {
+    mqls: i64,
+    open: i64,
+    working: i64,
+    rejected: i64,
+    converted: i64,
+    overdue: i64,
+    accepted: i64,
+    hours: Mean,
+}
+
+#[derive(Default)]
+struct Sla {
+    with_sla: i64,
+    known: i64,
+    missed: i64,
+    reassigned: i64,
+}
+
+#[derive(Default)]
+struct Timeframe {
+    mqls: i64,
+    known: i64,
+    missed: i64,
+    converted: i64,
+    rejected: i64,
+}
+
+#[derive(Default)]
+struct Campaign {
+    mqls: i64,
+    accepted: i64,
+    converted: i64,
+}
+
+#[derive(Default)]
+struct Band {
+    mqls: i64,
+    accepted: i64,
+    converted: i64,
+    rejected: i64,
+    hours: Mean,
+    to_opportunity: Mean,
+    to_converted: Mean,
+}
+
+#[derive(Default)]
+struct Knob {
+    mqls: i64,
+    accepted: i64,
+    converted: i64,
+    with_opportunity: i64,
+    opportunities: i64,
+    won: i64,
+}
+
+#[derive(Default)]
+struct Filled {
+    mqls: i64,
+    share_sum: f64,
+    complete: i64,
+}
+
+/// A running mean.
+#[derive(Default, Clone, Copy)]
+struct Mean {
+    sum: f64,
+    n: i64,
+}
+
+impl Mean {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.n += 1;
+    }
+
+    fn get(self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+}
+
+/// The entry of `key` in `map`, allocating the key only the first time it is seen.
+fn entry<'m, V: Default>(map: &'m mut Fast<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted")
+}
+
+/// Group names as small numbers, so that a row's keys allocate nothing once seen.
+#[derive(Default)]
+struct Names {
+    index: Fast<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        i
+    }
+
+    fn name(&self, id: u32) -> String {
+        self.names[id as usize].clone()
+    }
+}
+
+/// A person's id as 128 bits (two independent 64-bit hashes): distinct counts without
+/// keeping the ids.
+fn person_key(id: &str) -> u128 {
+    let mut a = FxHasher::default();
+    id.hash(&mut a);
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Period labels, computed once per quarter hour (every zone's offset is a multiple of 15
+/// minutes, so a quarter hour never straddles a period boundary).
+struct Periods<'a> {
+    settings: &'a Settings,
+    by: super::Period,
+    cache: Fast<i64, u32>,
+    labels: Vec<String>,
+}
+
+impl Periods<'_> {
+    const QUARTER_HOUR: i64 = 900 * 1_000_000_000;
+
+    fn of(&mut self, at: i64) -> u32 {
+        let bucket = at.div_euclid(Self::QUARTER_HOUR);
+        if let Some(&i) = self.cache.get(&bucket) {
+            return i;
+        }
+        let label = self
+            .by
+            .label(at_ns(bucket * Self::QUARTER_HOUR), &self.settings.time_zone);
+        let i = match self.labels.iter().position(|l| *l == label) {
+            Some(i) => i as u32,
+            None => {
+                self.labels.push(label);
+                (self.labels.len() - 1) as u32
+            }
+        };
+        self.cache.insert(bucket, i);
+        i
+    }
+}
+
+/// Scans the cycles of the query's range once and computes every section.
+pub(super) fn run(
+    conn: &Connection,
+    settings: &Settings,
+    query: &Query,
+    pipeline: &Pipeline,
+) -> rusqlite::Result<Sections> {
+    let from = query.from.map_or(i64::MIN, ns);
+    let to = query.to.map_or(i64::MAX, ns);
+    // Without bounds every row is read: a plain scan beats walking the index and looking
+    // each row up (`+` keeps SQLite off the index).
+    let range = if query.from.is_none() && query.to.is_none() {
+        "+mql_at_ns >= ?1 AND +mql_at_ns < ?2"
+    } else {
+        "mql_at_ns >= ?1 AND mql_at_ns < ?2"
+    };
+    let group = query.group.sql();
+    let checklist = &settings.checklist;
+    // One term per checklist field, 1 when filled in; the paths are parameters ?4, ?5, ...
+    let filled = if checklist.is_empty() {
+        "0".to_string()
+    } else {
+        (0..checklist.len())
+            .map(|i| format!("(coalesce(json_extract(attributes, ?{}), '') <> '')", i + 4))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let sql = format!(
+        "SELECT crm_id, status, owner_id, owner_at_mql, team, segment,
+            json_extract(attributes, '$.region'), {group}, coalesce(campaign_name, campaign_id),
+            qualified_by, score, threshold, mql_at_ns, seen_at_ns, sal_at_ns, closed_at_ns,
+            sla_due_ns, overdue, reassignments, rejection_reason, external_id, {filled}
+         FROM cycle_facts WHERE {range}"
+    );
+    let group_path = match &query.group {
+        super::Grouping::Attribute(a) => attribute_path(a),
+        _ => String::new(),
+    };
+    let mut params: Vec<rusqlite::types::Value> = vec![from.into(), to.into()];
+    // ?3 is the group's attribute path (unused by the other groupings, but always bound).
+    params.push(group_path.into());
+    params.extend(
+        checklist
+            .iter()
+            .map(|f| rusqlite::types::Value::from(attribute_path(f))),
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    // SQLite takes as many parameters as the highest one the statement names.
+    params.truncate(stmt.parameter_count());
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+
+    let calendars: BTreeMap<&str, &BusinessCalendar> = settings
+        .calendars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let fallback = BusinessCalendar::nine_to_five(settings.time_zone.clone());
+    let business_hours = |team: Option<&str>, start: i64, end: i64| -> f64 {
+        let calendar = team
+            .and_then(|t| calendars.get(t).copied())
+            .unwrap_or(&fallback);
+        calendar
+            .business_time_between(at_ns(start), at_ns(end))
+            .as_secs_f64()
+            / 3600.0
+    };
+    let now = ns(query.now);
+    let mut periods = Periods {
+        settings,
+        by: query.by,
+        cache: Fast::default(),
+        labels: Vec::new(),
+    };
+
+    let mut totals = Totals::default();
+    let mut people: FastSet<u128> = FastSet::default();
+    let mut names = Names::default();
+    let mut volume: Fast<(u32, u32), (i64, i64)> = Fast::default();
+    let mut volume_people: FastSet<(u32, u32, u128)> = FastSet::default();
+    let mut qualified: Fast<String, i64> = Fast::default();
+    let mut reps: Fast<String, Rep> = Fast::default();
+    let mut slas: Fast<String, Sla> = Fast::default();
+    let mut overdue: Fast<(u32, u32), (i64, i64)> = Fast::default();
+    let mut reasons: Fast<String, i64> = Fast::default();
+    let mut timeframes: Fast<u32, Timeframe> = Fast::default();
+    let mut campaigns: Fast<String, Campaign> = Fast::default();
+    let mut bands: Fast<i64, Band> = Fast::default();
+    let mut knobs: Fast<(u32, u64), Knob> = Fast::default();
+    let mut filled: Fast<String, Filled> = Fast::default();
+
+    while let Some(r) = rows.next()? {
+        let text = |i: usize| -> rusqlite::Result<Option<&str>> {
+            Ok(r.get_ref(i)?.as_str_or_null().ok().flatten())
+        };
+        let crm_id = text(0)?.unwrap_or_default();
+        let status = text(1)?.unwrap_or_default();
+        let owner = text(2)?.unwrap_or("(none)");
+        let first_owner = text(3)?.unwrap_or("(none)");
+        let team = text(4)?;
+        let segment = text(5)?.unwrap_or_default();
+        let region = text(6)?.unwrap_or("(none)");
+        let group = text(7)?.unwrap_or("(none)");
+        let campaign = text(8)?.unwrap_or("(none)");
+        let how = text(9)?.unwrap_or("score");
+        let score: f64 = r.get(10)?;
+        let threshold: f64 = r.get(11)?;
+        let mql: i64 = r.get(12)?;
+        let seen: i64 = r.get(13)?;
+        let sal: Option<i64> = r.get(14)?;
+        let closed: Option<i64> = r.get(15)?;
+        let due: Option<i64> = r.get(16)?;
+        let went_overdue: bool = r.get(17)?;
+        let reassigned = r.get::<_, i64>(18)? > 0;
+        let reason = text(19)?.unwrap_or("(none)");
+        let external_id = text(20)?.unwrap_or_default();
+        let checklist_filled: i64 = r.get(21)?;
+
+        let (open, working, rejected, converted) = (
+            status == "Open",
+            status == "Working",
+            status == "Rejected",
+            status == "Converted",
+        );
+        let accepted = sal.is_some();
+        // The SLA: missed when the cycle went overdue, moved on (after its due time), or was
+        // acted upon after it; known when missed or acted upon.
+        let acted = sal.or(closed);
+        let (known, missed) = match due {
+            None => (false, false),
+            Some(due) => {
+                let missed = went_overdue || reassigned || acted.unwrap_or(now) > due;
+                (missed || acted.is_some(), missed)
+            }
+        };
+        let hours = sal.map(|s| business_hours(team, seen, s));
+        let person = person_key(crm_id);
+        let period = periods.of(mql);
+        let pipeline = pipeline.get(external_id).copied();
+
+        totals.mqls += 1;
+        people.insert(person);
+        totals.open += i64::from(open);
+        totals.working += i64::from(working);
+        totals.rejected += i64::from(rejected);
+        totals.converted += i64::from(converted);
+        totals.accepted += i64::from(accepted);
+        totals.sla_known += i64::from(known);
+        totals.sla_missed += i64::from(missed);
+
+        let group = names.id(group);
+        let v = volume.entry((period, group)).or_insert((0, 0));
+        v.0 += 1;
+        if volume_people.insert((period, group, person)) {
+            v.1 += 1;
+        }
+        *entry(&mut qualified, how) += 1;
+
+        let rep = entry(&mut reps, owner);
+        rep.mqls += 1;
+        rep.open += i64::from(open);
+        rep.working += i64::from(working);
+        rep.rejected += i64::from(rejected);
+        rep.converted += i64::from(converted);
+        rep.overdue += i64::from(went_overdue);
+        rep.accepted += i64::from(accepted);
+        if let Some(h) = hours {
+            rep.hours.add(h);
+        }
+        if due.is_some() {
+            let sla = entry(&mut slas, first_owner);
+            sla.with_sla += 1;
+            sla.known += i64::from(known);
+            sla.missed += i64::from(missed);
+            sla.reassigned += i64::from(reassigned);
+        }
+        let o = overdue
+            .entry((names.id(owner), names.id(region)))
+            .or_insert((0, 0));
+        o.0 += i64::from(went_overdue);
+        o.1 += 1;
+        if rejected {
+            *entry(&mut reasons, reason) += 1;
+        }
+        let tf = timeframes.entry(period).or_default();
+        tf.mqls += 1;
+        tf.known += i64::from(known);
+        tf.missed += i64::from(missed);
+        tf.converted += i64::from(converted);
+        tf.rejected += i64::from(rejected);
+        let c = entry(&mut campaigns, campaign);
+        c.mqls += 1;
+        c.accepted += i64::from(accepted);
+        c.converted += i64::from(converted);
+
+        let band = bands
+            .entry((score / settings.score_band).floor() as i64)
+            .or_default();
+        band.mqls += 1;
+        band.accepted += i64::from(accepted);
+        band.converted += i64::from(converted);
+        band.rejected += i64::from(rejected);
+        if let Some(h) = hours {
+            band.hours.add(h);
+        }
+        if let Some((_, _, first)) = pipeline {
+            band.to_opportunity.add((first - mql) as f64 / 86_400e9);
+        }
+        if converted && let Some(closed) = closed {
+            band.to_converted.add((closed - mql) as f64 / 86_400e9);
+        }
+        let knob = knobs
+            .entry((names.id(segment), threshold.to_bits()))
+            .or_default();
+        knob.mqls += 1;
+        knob.accepted += i64::from(accepted);
+        knob.converted += i64::from(converted);
+        if let Some((n, won, _)) = pipeline {
+            knob.with_opportunity += 1;
+            knob.opportunities += n;
+            knob.won += won;
+        }
+        if !checklist.is_empty() {
+            let f = entry(&mut filled, status);
+            f.mqls += 1;
+            f.share_sum += 100.0 * checklist_filled as f64 / checklist.len() as f64;
+            f.complete += i64::from(checklist_filled == checklist.len() as i64);
+        }
+    }
+
+    totals.people = people.len() as i64;
+    totals.pct_missed_sla = pct(totals.sla_missed, totals.sla_known);
+    totals.pct_converted = pct(totals.converted, totals.mqls);
+    totals.pct_rejected = pct(totals.rejected, totals.mqls);
+    let label = |i: u32| periods.labels[i as usize].clone();
+
+    let mut volume: Vec<VolumeRow> = volume
+        .into_iter()
+        .map(|((p, group), (mqls, people))| VolumeRow {
+            period: label(p),
+            group: names.name(group),
+            mqls,
+            people,
+        })
+        .collect();
+    volume.sort_by(|a, b| (&a.period, &a.group).cmp(&(&b.period, &b.group)));
+    let by_count = |map: Fast<String, i64>| -> Vec<Count> {
+        let mut v: Vec<Count> = map
+            .into_iter()
+            .map(|(key, count)| Count { key, count })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        v
+    };
+    let mut rep_rows: Vec<RepRow> = reps
+        .into_iter()
+        .map(|(owner, r)| RepRow {
+            owner,
+            mqls: r.mqls,
+            open: r.open,
+            working: r.working,
+            rejected: r.rejected,
+            converted: r.converted,
+            overdue: r.overdue,
+            pct_rejected: pct(r.rejected, r.mqls),
+            accepted: r.accepted,
+            avg_business_hours_to_sal: round2(r.hours.get()),
+        })
+        .collect();
+    rep_rows.sort_by(|a, b| b.mqls.cmp(&a.mqls).then_with(|| a.owner.cmp(&b.owner)));
+    let mut sla_rows: Vec<SlaRow> = slas
+        .into_iter()
+        .map(|(owner, s)| SlaRow {
+            owner,
+            with_sla: s.with_sla,
+            sla_known: s.known,
+            sla_met: s.known - s.missed,
+            sla_missed: s.missed,
+            pct_missed_sla: pct(s.missed, s.known),
+            reassigned: s.reassigned,
+        })
+        .collect();
+    sla_rows.sort_by(|a, b| a.owner.cmp(&b.owner));
+    let mut overdue_rows: Vec<OverdueRow> = overdue
+        .into_iter()
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|((owner, region), (overdue, mqls))| OverdueRow {
+            owner: names.name(owner),
+            region: names.name(region),
+            overdue,
+            mqls,
+        })
+        .collect();
+    overdue_rows.sort_by(|a, b| {
+        b.overdue
+            .cmp(&a.overdue)
+            .then_with(|| (&a.owner, &a.region).cmp(&(&b.owner, &b.region)))
+    });
+    let mut timeframe_rows: Vec<TimeframeRow> = timeframes
+        .into_iter()
+        .map(|(p, t)| TimeframeRow {
+            period: label(p),
+            mqls: t.mqls,
+            sla_known: t.known,
+            sla_missed: t.missed,
+            pct_missed_sla: pct(t.missed, t.known),
+            converted: t.converted,
+            pct_converted: pct(t.converted, t.mqls),
+            rejected: t.rejected,
+            pct_rejected: pct(t.rejected, t.mqls),
+        })
+        .collect();
+    timeframe_rows.sort_by(|a, b| a.period.cmp(&b.period));
+    let mut campaign_rows: Vec<CampaignRow> = campaigns
+        .into_iter()
+        .map(|(campaign, c)| CampaignRow {
+            campaign,
+            mqls: c.mqls,
+            accepted: c.accepted,
+            converted: c.converted,
+            pct_converted: pct(c.converted, c.mqls),
+        })
+        .collect();
+    campaign_rows.sort_by(|a, b| {
+        b.mqls
+            .cmp(&a.mqls)
+            .then_with(|| a.campaign.cmp(&b.campaign))
+    });
+    let width = settings.score_band;
+    let mut band_rows: Vec<(i64, BandRow)> = bands
+        .into_iter()
+        .map(|(band, b)| {
+            let low = band as f64 * width;
+            (
+                band,
+                BandRow {
+                    score_from: low,
+                    score_to: low + width,
+                    mqls: b.mqls,
+                    accepted: b.accepted,
+                    converted: b.converted,
+                    rejected: b.rejected,
+                    pct_accepted: pct(b.accepted, b.mqls),
+                    pct_converted: pct(b.converted, b.mqls),
+                    pct_rejected: pct(b.rejected, b.mqls),
+                    avg_business_hours_to_sal: round2(b.hours.get()),
+                    avg_days_to_opportunity: round2(b.to_opportunity.get()),
+                    avg_days_to_converted: round2(b.to_converted.get()),
+                },
+            )
+        })
+        .collect();
+    band_rows.sort_by_key(|(band, _)| *band);
+    let mut knob_rows: Vec<ThresholdRow> = knobs
+        .into_iter()
+        .map(|((segment, bits), k)| ThresholdRow {
+            segment: names.name(segment),
+            threshold: f64::from_bits(bits),
+            mqls: k.mqls,
+            accepted: k.accepted,
+            converted: k.converted,
+            pct_converted: pct(k.converted, k.mqls),
+            with_opportunity: k.with_opportunity,
+            opportunities: k.opportunities,
+            won: k.won,
+        })
+        .collect();
+    knob_rows.sort_by(|a, b| {
+        a.segment
+            .cmp(&b.segment)
+            .then_with(|| a.threshold.total_cmp(&b.threshold))
+    });
+    let checklist = (!checklist.is_empty()).then(|| {
+        let mut by_status: Vec<ChecklistRow> = filled
+            .into_iter()
+            .map(|(status, f)| ChecklistRow {
+                status,
+                mqls: f.mqls,
+                pct_filled: (f.mqls > 0)
+                    .then(|| (f.share_sum / f.mqls as f64 * 10.0).round() / 10.0),
+                complete: f.complete,
+            })
+            .collect();
+        by_status.sort_by(|a, b| a.status.cmp(&b.status));
+        Checklist {
+            fields: checklist.clone(),
+            by_status,
+        }
+    });
+    Ok(Sections {
+        totals,
+        volume,
+        qualified_by: by_count(qualified),
+        reps: rep_rows,
+        sla_by_rep: sla_rows,
+        overdue_by_owner_region: overdue_rows,
+        rejected_by_reason: by_count(reasons),
+        timeframes: timeframe_rows,
+        campaigns: campaign_rows,
+        score_bands: band_rows.into_iter().map(|(_, b)| b).collect(),
+        thresholds: knob_rows,
+        checklist,
+    })
+}
