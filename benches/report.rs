@@ -272,7 +272,7 @@ fn main() {
             now,
         };
         let (time, peak, built) = best_of(runs, || {
-            let store = Store::open_existing(&path).unwrap();
+            let store = Store::open_reader(&path).unwrap();
             report::build(&store, &settings, &query).unwrap()
         });
         assert_eq!(built.totals.mqls as u64, size.cycles);

@@ -863,7 +863,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let to = to
                 .map(|d| report::bound("--to", &d, &settings.time_zone, true))
                 .transpose()?;
-            let store = Store::open_existing(&existing_store(store, &config)?)?;
+            let store = Store::open_reader(&existing_store(store, &config)?)?;
             let now = match at {
                 Some(at) => at,
                 None => store.clock()?.unwrap_or_else(Timestamp::now),

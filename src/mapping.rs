@@ -52,6 +52,15 @@ pub struct ThresholdObject {
     pub effective_to: String,
     pub active: String,
     pub reason: String,
+    /// The knob's consequence, written by mqlsync on each record (all opt-in: the fields
+    /// must exist): the MQLs a week its threshold would have made over the last
+    /// `report.feedback_weeks`, what its segment really had, and the day they were counted.
+    #[serde(default)]
+    pub projected_weekly_mqls: Option<String>,
+    #[serde(default)]
+    pub actual_weekly_mqls: Option<String>,
+    #[serde(default)]
+    pub feedback_date: Option<String>,
     /// Deleted records are read through queryAll (`IsDeleted`).
     #[serde(default = "default_true")]
     pub history: bool,
@@ -384,6 +393,9 @@ pub struct ReportSection {
     /// The width of the score bands of "score vs conversion".
     #[serde(default = "default_score_band")]
     pub score_band: f64,
+    /// The weeks the knob's feedback on threshold records counts over.
+    #[serde(default = "default_feedback_weeks")]
+    pub feedback_weeks: u32,
 }
 
 impl Default for ReportSection {
@@ -393,8 +405,13 @@ impl Default for ReportSection {
             checklist: Vec::new(),
             opportunity_window_days: default_opportunity_window(),
             score_band: default_score_band(),
+            feedback_weeks: default_feedback_weeks(),
         }
     }
+}
+
+fn default_feedback_weeks() -> u32 {
+    4
 }
 
 fn default_report_zone() -> Spanned<String> {
@@ -831,6 +848,13 @@ fn check_report(mapping: &Mapping, ctx: &Ctx<'_>) -> Result<(), MappingError> {
             ));
         }
     }
+    if report.feedback_weeks == 0 {
+        return Err(ctx.err(
+            0..0,
+            "report.feedback_weeks",
+            "the knob's feedback counts over at least 1 week",
+        ));
+    }
     if !(report.score_band.is_finite() && report.score_band > 0.0) {
         return Err(ctx.err(
             0..0,
@@ -1244,17 +1268,12 @@ mod tests {
         assert_eq!(e.key, "report.score_band");
         let m = parse(DEFAULT_MAPPING, "m.toml").unwrap().mapping;
         assert_eq!(m.report.opportunity_window_days, 90);
-        // A mapping without the section takes the defaults.
+        // A mapping without the section (the file's last) takes the defaults.
         let start = DEFAULT_MAPPING.find("[report]").unwrap();
-        let end = start + DEFAULT_MAPPING[start..].find("score_band").unwrap();
-        let without = format!(
-            "{}{}",
-            &DEFAULT_MAPPING[..start],
-            &DEFAULT_MAPPING[end..].split_once('\n').unwrap().1
-        );
-        let m = parse(&without, "m.toml").unwrap().mapping;
+        let m = parse(&DEFAULT_MAPPING[..start], "m.toml").unwrap().mapping;
         assert_eq!(m.report.time_zone.get_ref(), "UTC");
         assert_eq!(m.report.score_band, 10.0);
+        assert_eq!(m.report.feedback_weeks, 4);
     }
 
     #[test]
@@ -1358,8 +1377,21 @@ mod metadata_tests {
 
     #[test]
     fn every_custom_field_of_the_default_mapping_is_in_the_metadata() {
-        // The fields the sync reads and writes, as `check --remote` lists them.
-        let m = load(None).unwrap().mapping;
+        // The fields the sync reads and writes, as `check --remote` lists them, with the
+        // opt-in knob feedback on.
+        let text = [
+            "projected_weekly_mqls",
+            "actual_weekly_mqls",
+            "feedback_date",
+        ]
+        .iter()
+        .fold(DEFAULT_MAPPING.to_string(), |text, key| {
+            let commented = format!("# {key} = ");
+            assert!(text.contains(&commented), "{key}");
+            text.replacen(&commented, &format!("{key} = "), 1)
+        });
+        let m = parse(&text, "m.toml").unwrap().mapping;
+        assert!(m.crm.threshold.feedback_date.is_some());
         let custom: Vec<(String, String)> = crate::sync::preflight::field_uses(&m)
             .into_iter()
             .flat_map(|(object, fields)| {

@@ -19,6 +19,7 @@
 //! - an MQL's pipeline is the opportunities of the person's account created from its MQL to
 //!   `report.opportunity_window_days` after.
 
+pub mod feedback;
 pub mod html;
 mod pass;
 pub mod render;
@@ -148,13 +149,20 @@ pub struct Settings {
     pub checklist: Vec<String>,
     pub opportunity_window: SignedDuration,
     pub score_band: f64,
+    /// The weeks the knob's feedback counts over.
+    pub feedback_weeks: u32,
     /// Each team's business calendar, by team name.
     pub calendars: BTreeMap<String, BusinessCalendar>,
 }
 
 impl Settings {
     pub fn from_mapping(loaded: &LoadedMapping) -> Settings {
-        let report = &loaded.mapping.report;
+        Settings::new(&loaded.mapping, &loaded.policy)
+    }
+
+    /// [`Settings::from_mapping`] from the mapping and the policy built from it.
+    pub fn new(mapping: &crate::mapping::Mapping, policy: &crate::engine::Policy) -> Settings {
+        let report = &mapping.report;
         let name = report.time_zone.get_ref().clone();
         Settings {
             // Checked when the mapping was loaded.
@@ -169,8 +177,8 @@ impl Settings {
                 24 * i64::from(report.opportunity_window_days),
             ),
             score_band: report.score_band,
-            calendars: loaded
-                .policy
+            feedback_weeks: report.feedback_weeks,
+            calendars: policy
                 .teams
                 .iter()
                 .map(|t| (t.name.clone(), t.calendar.clone()))
@@ -438,7 +446,25 @@ pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report
     let started = std::time::Instant::now();
     let pipeline = pipeline(conn, settings, query).map_err(err)?;
     let piped = started.elapsed();
-    let sections = pass::run(conn, settings, query, &pipeline).map_err(err)?;
+    // Two passes over halves of the people on two threads when the store is a file (a
+    // second connection can read it); one in memory.
+    let partial = if store.is_file() {
+        let path = std::path::PathBuf::from(store.path());
+        let pipeline = &pipeline;
+        std::thread::scope(|scope| -> Result<pass::Partial, StoreError> {
+            let other = scope.spawn(move || -> Result<pass::Partial, StoreError> {
+                let second = Store::open_reader(&path)?;
+                pass::run(second.connection(), settings, query, pipeline, Some((1, 2)))
+                    .map_err(|e| second.sql_err(e))
+            });
+            let mut mine = pass::run(conn, settings, query, pipeline, Some((0, 2))).map_err(err)?;
+            mine.merge(other.join().expect("report pass thread")?);
+            Ok(mine)
+        })?
+    } else {
+        pass::run(conn, settings, query, &pipeline, None).map_err(err)?
+    };
+    let sections = partial.sections(settings);
     let threshold_history = threshold_history(conn, query).map_err(err)?;
     tracing::debug!(
         pipeline_ms = piped.as_millis() as u64,
@@ -480,10 +506,12 @@ fn pipeline(
 ) -> rusqlite::Result<pass::Pipeline> {
     let window = query_window(settings);
     let mut stmt = conn.prepare(&format!(
-        "SELECT f.external_id, count(*), sum(json_extract(o.body, '$.is_won') = 1), min(o.created)
-         FROM (SELECT account_id, body, instant_ns(json_extract(body, '$.created_at')) AS created
-               FROM opportunities) o
-         CROSS JOIN cycle_facts f ON f.account_id = o.account_id
+        "WITH o AS MATERIALIZED (
+            SELECT account_id, json_extract(body, '$.is_won') = 1 AS won,
+                instant_ns(json_extract(body, '$.created_at')) AS created
+            FROM opportunities)
+         SELECT f.external_id, count(*), sum(o.won), min(o.created)
+         FROM o CROSS JOIN cycle_facts f ON f.account_id = o.account_id
          WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
            AND o.created >= f.mql_at_ns AND o.created <= f.mql_at_ns + {window}
          GROUP BY f.external_id"

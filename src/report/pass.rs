@@ -3,12 +3,16 @@
 //! bands), so that a store of millions of cycles is read once and never held: memory follows
 //! the number of groups, plus 16 bytes a person for the distinct-people counts.
 //!
+//! On a store file, two passes run on two threads, each over half of the people (by the last
+//! character of their id) on its own connection; their figures add up, distinct people
+//! included, since no person is in both.
+//!
 //! One scan instead of one `GROUP BY` query per section: SQLite answers a `GROUP BY` on an
 //! unindexed expression by sorting every row, and the report has ten of them; the measured
 //! difference is in the README. SQL still does the filtering (the MQL range, through its
 //! index when the range is narrow) and extracts the attributes from their JSON.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use rusqlite::Connection;
@@ -20,8 +24,8 @@ use super::{
 use crate::engine::sla::BusinessCalendar;
 use crate::engine::state::FxHasher;
 
-type Fast<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
+type Fast<K, V> = hashbrown::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type FastSet<K> = hashbrown::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// Each cycle's pipeline: opportunities in its window, won ones, and the first one's instant.
 pub(super) type Pipeline = Fast<String, (i64, i64, i64)>;
@@ -124,12 +128,9 @@ impl Mean {
     }
 }
 
-/// The entry of `key` in `map`, allocating the key only the first time it is seen.
+/// The entry of `key` in `map`: one lookup, the key allocated only the first time.
 fn entry<'m, V: Default>(map: &'m mut Fast<String, V>, key: &str) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), V::default());
-    }
-    map.get_mut(key).expect("inserted")
+    map.entry_ref(key).or_default()
 }
 
 /// Group names as small numbers, so that a row's keys allocate nothing once seen.
@@ -160,8 +161,10 @@ impl Names {
 fn person_key(id: &str) -> u128 {
     let mut a = FxHasher::default();
     id.hash(&mut a);
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut b);
+    // The second half: the same bytes, another start, mixed the other way round.
+    let mut b = FxHasher::default();
+    0x9E37_79B9_7F4A_7C15u64.hash(&mut b);
+    id.bytes().rev().for_each(|byte| byte.hash(&mut b));
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
@@ -203,7 +206,8 @@ pub(super) fn run(
     settings: &Settings,
     query: &Query,
     pipeline: &Pipeline,
-) -> rusqlite::Result<Sections> {
+    part: Option<(u32, u32)>,
+) -> rusqlite::Result<Partial> {
     let from = query.from.map_or(i64::MIN, ns);
     let to = query.to.map_or(i64::MAX, ns);
     // Without bounds every row is read: a plain scan beats walking the index and looking
@@ -224,12 +228,17 @@ pub(super) fn run(
             .collect::<Vec<_>>()
             .join(" + ")
     };
+    // A share of the people: this pass's of `n` passes over disjoint people, by the last
+    // character of their CRM id.
+    let part = part.map_or_else(String::new, |(k, n)| {
+        format!(" AND unicode(substr(crm_id, -1)) % {n} = {k}")
+    });
     let sql = format!(
         "SELECT crm_id, status, owner_id, owner_at_mql, team, segment,
             json_extract(attributes, '$.region'), {group}, coalesce(campaign_name, campaign_id),
             qualified_by, score, threshold, mql_at_ns, seen_at_ns, sal_at_ns, closed_at_ns,
             sla_due_ns, overdue, reassignments, rejection_reason, external_id, {filled}
-         FROM cycle_facts WHERE {range}"
+         FROM cycle_facts WHERE {range}{part}"
     );
     let group_path = match &query.group {
         super::Grouping::Attribute(a) => attribute_path(a),
@@ -427,176 +436,365 @@ pub(super) fn run(
     }
 
     totals.people = people.len() as i64;
-    totals.pct_missed_sla = pct(totals.sla_missed, totals.sla_known);
-    totals.pct_converted = pct(totals.converted, totals.mqls);
-    totals.pct_rejected = pct(totals.rejected, totals.mqls);
     let label = |i: u32| periods.labels[i as usize].clone();
+    Ok(Partial {
+        totals,
+        volume: volume
+            .into_iter()
+            .map(|((p, g), v)| ((label(p), names.name(g)), v))
+            .collect(),
+        qualified,
+        reps,
+        slas,
+        overdue: overdue
+            .into_iter()
+            .map(|((o, r), v)| ((names.name(o), names.name(r)), v))
+            .collect(),
+        reasons,
+        timeframes: timeframes.into_iter().map(|(p, t)| (label(p), t)).collect(),
+        campaigns,
+        bands,
+        knobs: knobs
+            .into_iter()
+            .map(|((segment, bits), k)| ((names.name(segment), bits), k))
+            .collect(),
+        filled,
+    })
+}
 
-    let mut volume: Vec<VolumeRow> = volume
-        .into_iter()
-        .map(|((p, group), (mqls, people))| VolumeRow {
-            period: label(p),
-            group: names.name(group),
-            mqls,
-            people,
-        })
-        .collect();
-    volume.sort_by(|a, b| (&a.period, &a.group).cmp(&(&b.period, &b.group)));
-    let by_count = |map: Fast<String, i64>| -> Vec<Count> {
-        let mut v: Vec<Count> = map
-            .into_iter()
-            .map(|(key, count)| Count { key, count })
-            .collect();
-        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
-        v
-    };
-    let mut rep_rows: Vec<RepRow> = reps
-        .into_iter()
-        .map(|(owner, r)| RepRow {
-            owner,
-            mqls: r.mqls,
-            open: r.open,
-            working: r.working,
-            rejected: r.rejected,
-            converted: r.converted,
-            overdue: r.overdue,
-            pct_rejected: pct(r.rejected, r.mqls),
-            accepted: r.accepted,
-            avg_business_hours_to_sal: round2(r.hours.get()),
-        })
-        .collect();
-    rep_rows.sort_by(|a, b| b.mqls.cmp(&a.mqls).then_with(|| a.owner.cmp(&b.owner)));
-    let mut sla_rows: Vec<SlaRow> = slas
-        .into_iter()
-        .map(|(owner, s)| SlaRow {
-            owner,
-            with_sla: s.with_sla,
-            sla_known: s.known,
-            sla_met: s.known - s.missed,
-            sla_missed: s.missed,
-            pct_missed_sla: pct(s.missed, s.known),
-            reassigned: s.reassigned,
-        })
-        .collect();
-    sla_rows.sort_by(|a, b| a.owner.cmp(&b.owner));
-    let mut overdue_rows: Vec<OverdueRow> = overdue
-        .into_iter()
-        .filter(|(_, (n, _))| *n > 0)
-        .map(|((owner, region), (overdue, mqls))| OverdueRow {
-            owner: names.name(owner),
-            region: names.name(region),
+/// One pass's figures, by name, before the shares and the order: two passes over disjoint
+/// people add up.
+pub(super) struct Partial {
+    totals: Totals,
+    volume: Fast<(String, String), (i64, i64)>,
+    qualified: Fast<String, i64>,
+    reps: Fast<String, Rep>,
+    slas: Fast<String, Sla>,
+    overdue: Fast<(String, String), (i64, i64)>,
+    reasons: Fast<String, i64>,
+    timeframes: Fast<String, Timeframe>,
+    campaigns: Fast<String, Campaign>,
+    bands: Fast<i64, Band>,
+    knobs: Fast<(String, u64), Knob>,
+    filled: Fast<String, Filled>,
+}
+
+/// Adds another pass's figures.
+trait Merge {
+    fn merge(&mut self, other: Self);
+}
+
+impl Merge for i64 {
+    fn merge(&mut self, other: i64) {
+        *self += other;
+    }
+}
+
+impl Merge for (i64, i64) {
+    fn merge(&mut self, other: (i64, i64)) {
+        self.0 += other.0;
+        self.1 += other.1;
+    }
+}
+
+impl Merge for Mean {
+    fn merge(&mut self, other: Mean) {
+        self.sum += other.sum;
+        self.n += other.n;
+    }
+}
+
+impl Merge for Rep {
+    fn merge(&mut self, o: Rep) {
+        self.mqls += o.mqls;
+        self.open += o.open;
+        self.working += o.working;
+        self.rejected += o.rejected;
+        self.converted += o.converted;
+        self.overdue += o.overdue;
+        self.accepted += o.accepted;
+        self.hours.merge(o.hours);
+    }
+}
+
+impl Merge for Sla {
+    fn merge(&mut self, o: Sla) {
+        self.with_sla += o.with_sla;
+        self.known += o.known;
+        self.missed += o.missed;
+        self.reassigned += o.reassigned;
+    }
+}
+
+impl Merge for Timeframe {
+    fn merge(&mut self, o: Timeframe) {
+        self.mqls += o.mqls;
+        self.known += o.known;
+        self.missed += o.missed;
+        self.converted += o.converted;
+        self.rejected += o.rejected;
+    }
+}
+
+impl Merge for Campaign {
+    fn merge(&mut self, o: Campaign) {
+        self.mqls += o.mqls;
+        self.accepted += o.accepted;
+        self.converted += o.converted;
+    }
+}
+
+impl Merge for Band {
+    fn merge(&mut self, o: Band) {
+        self.mqls += o.mqls;
+        self.accepted += o.accepted;
+        self.converted += o.converted;
+        self.rejected += o.rejected;
+        self.hours.merge(o.hours);
+        self.to_opportunity.merge(o.to_opportunity);
+        self.to_converted.merge(o.to_converted);
+    }
+}
+
+impl Merge for Knob {
+    fn merge(&mut self, o: Knob) {
+        self.mqls += o.mqls;
+        self.accepted += o.accepted;
+        self.converted += o.converted;
+        self.with_opportunity += o.with_opportunity;
+        self.opportunities += o.opportunities;
+        self.won += o.won;
+    }
+}
+
+impl Merge for Filled {
+    fn merge(&mut self, o: Filled) {
+        self.mqls += o.mqls;
+        self.share_sum += o.share_sum;
+        self.complete += o.complete;
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Merge + Default> Merge for Fast<K, V> {
+    fn merge(&mut self, other: Self) {
+        for (k, v) in other {
+            self.entry(k).or_default().merge(v);
+        }
+    }
+}
+
+impl Partial {
+    pub(super) fn merge(&mut self, o: Partial) {
+        let t = &mut self.totals;
+        t.mqls += o.totals.mqls;
+        t.people += o.totals.people;
+        t.open += o.totals.open;
+        t.working += o.totals.working;
+        t.rejected += o.totals.rejected;
+        t.converted += o.totals.converted;
+        t.accepted += o.totals.accepted;
+        t.sla_known += o.totals.sla_known;
+        t.sla_missed += o.totals.sla_missed;
+        self.volume.merge(o.volume);
+        self.qualified.merge(o.qualified);
+        self.reps.merge(o.reps);
+        self.slas.merge(o.slas);
+        self.overdue.merge(o.overdue);
+        self.reasons.merge(o.reasons);
+        self.timeframes.merge(o.timeframes);
+        self.campaigns.merge(o.campaigns);
+        self.bands.merge(o.bands);
+        self.knobs.merge(o.knobs);
+        self.filled.merge(o.filled);
+    }
+
+    /// The sections: shares, means and each table's order.
+    pub(super) fn sections(self, settings: &Settings) -> Sections {
+        let Partial {
+            mut totals,
+            volume,
+            qualified,
+            reps,
+            slas,
             overdue,
-            mqls,
-        })
-        .collect();
-    overdue_rows.sort_by(|a, b| {
-        b.overdue
-            .cmp(&a.overdue)
-            .then_with(|| (&a.owner, &a.region).cmp(&(&b.owner, &b.region)))
-    });
-    let mut timeframe_rows: Vec<TimeframeRow> = timeframes
-        .into_iter()
-        .map(|(p, t)| TimeframeRow {
-            period: label(p),
-            mqls: t.mqls,
-            sla_known: t.known,
-            sla_missed: t.missed,
-            pct_missed_sla: pct(t.missed, t.known),
-            converted: t.converted,
-            pct_converted: pct(t.converted, t.mqls),
-            rejected: t.rejected,
-            pct_rejected: pct(t.rejected, t.mqls),
-        })
-        .collect();
-    timeframe_rows.sort_by(|a, b| a.period.cmp(&b.period));
-    let mut campaign_rows: Vec<CampaignRow> = campaigns
-        .into_iter()
-        .map(|(campaign, c)| CampaignRow {
-            campaign,
-            mqls: c.mqls,
-            accepted: c.accepted,
-            converted: c.converted,
-            pct_converted: pct(c.converted, c.mqls),
-        })
-        .collect();
-    campaign_rows.sort_by(|a, b| {
-        b.mqls
-            .cmp(&a.mqls)
-            .then_with(|| a.campaign.cmp(&b.campaign))
-    });
-    let width = settings.score_band;
-    let mut band_rows: Vec<(i64, BandRow)> = bands
-        .into_iter()
-        .map(|(band, b)| {
-            let low = band as f64 * width;
-            (
-                band,
-                BandRow {
-                    score_from: low,
-                    score_to: low + width,
-                    mqls: b.mqls,
-                    accepted: b.accepted,
-                    converted: b.converted,
-                    rejected: b.rejected,
-                    pct_accepted: pct(b.accepted, b.mqls),
-                    pct_converted: pct(b.converted, b.mqls),
-                    pct_rejected: pct(b.rejected, b.mqls),
-                    avg_business_hours_to_sal: round2(b.hours.get()),
-                    avg_days_to_opportunity: round2(b.to_opportunity.get()),
-                    avg_days_to_converted: round2(b.to_converted.get()),
-                },
-            )
-        })
-        .collect();
-    band_rows.sort_by_key(|(band, _)| *band);
-    let mut knob_rows: Vec<ThresholdRow> = knobs
-        .into_iter()
-        .map(|((segment, bits), k)| ThresholdRow {
-            segment: names.name(segment),
-            threshold: f64::from_bits(bits),
-            mqls: k.mqls,
-            accepted: k.accepted,
-            converted: k.converted,
-            pct_converted: pct(k.converted, k.mqls),
-            with_opportunity: k.with_opportunity,
-            opportunities: k.opportunities,
-            won: k.won,
-        })
-        .collect();
-    knob_rows.sort_by(|a, b| {
-        a.segment
-            .cmp(&b.segment)
-            .then_with(|| a.threshold.total_cmp(&b.threshold))
-    });
-    let checklist = (!checklist.is_empty()).then(|| {
-        let mut by_status: Vec<ChecklistRow> = filled
+            reasons,
+            timeframes,
+            campaigns,
+            bands,
+            knobs,
+            filled,
+        } = self;
+        let checklist = &settings.checklist;
+        totals.pct_missed_sla = pct(totals.sla_missed, totals.sla_known);
+        totals.pct_converted = pct(totals.converted, totals.mqls);
+        totals.pct_rejected = pct(totals.rejected, totals.mqls);
+
+        let mut volume: Vec<VolumeRow> = volume
             .into_iter()
-            .map(|(status, f)| ChecklistRow {
-                status,
-                mqls: f.mqls,
-                pct_filled: (f.mqls > 0)
-                    .then(|| (f.share_sum / f.mqls as f64 * 10.0).round() / 10.0),
-                complete: f.complete,
+            .map(|((period, group), (mqls, people))| VolumeRow {
+                period,
+                group,
+                mqls,
+                people,
             })
             .collect();
-        by_status.sort_by(|a, b| a.status.cmp(&b.status));
-        Checklist {
-            fields: checklist.clone(),
-            by_status,
+        volume.sort_by(|a, b| (&a.period, &a.group).cmp(&(&b.period, &b.group)));
+        let by_count = |map: Fast<String, i64>| -> Vec<Count> {
+            let mut v: Vec<Count> = map
+                .into_iter()
+                .map(|(key, count)| Count { key, count })
+                .collect();
+            v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+            v
+        };
+        let mut rep_rows: Vec<RepRow> = reps
+            .into_iter()
+            .map(|(owner, r)| RepRow {
+                owner,
+                mqls: r.mqls,
+                open: r.open,
+                working: r.working,
+                rejected: r.rejected,
+                converted: r.converted,
+                overdue: r.overdue,
+                pct_rejected: pct(r.rejected, r.mqls),
+                accepted: r.accepted,
+                avg_business_hours_to_sal: round2(r.hours.get()),
+            })
+            .collect();
+        rep_rows.sort_by(|a, b| b.mqls.cmp(&a.mqls).then_with(|| a.owner.cmp(&b.owner)));
+        let mut sla_rows: Vec<SlaRow> = slas
+            .into_iter()
+            .map(|(owner, s)| SlaRow {
+                owner,
+                with_sla: s.with_sla,
+                sla_known: s.known,
+                sla_met: s.known - s.missed,
+                sla_missed: s.missed,
+                pct_missed_sla: pct(s.missed, s.known),
+                reassigned: s.reassigned,
+            })
+            .collect();
+        sla_rows.sort_by(|a, b| a.owner.cmp(&b.owner));
+        let mut overdue_rows: Vec<OverdueRow> = overdue
+            .into_iter()
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|((owner, region), (overdue, mqls))| OverdueRow {
+                owner,
+                region,
+                overdue,
+                mqls,
+            })
+            .collect();
+        overdue_rows.sort_by(|a, b| {
+            b.overdue
+                .cmp(&a.overdue)
+                .then_with(|| (&a.owner, &a.region).cmp(&(&b.owner, &b.region)))
+        });
+        let mut timeframe_rows: Vec<TimeframeRow> = timeframes
+            .into_iter()
+            .map(|(period, t)| TimeframeRow {
+                period,
+                mqls: t.mqls,
+                sla_known: t.known,
+                sla_missed: t.missed,
+                pct_missed_sla: pct(t.missed, t.known),
+                converted: t.converted,
+                pct_converted: pct(t.converted, t.mqls),
+                rejected: t.rejected,
+                pct_rejected: pct(t.rejected, t.mqls),
+            })
+            .collect();
+        timeframe_rows.sort_by(|a, b| a.period.cmp(&b.period));
+        let mut campaign_rows: Vec<CampaignRow> = campaigns
+            .into_iter()
+            .map(|(campaign, c)| CampaignRow {
+                campaign,
+                mqls: c.mqls,
+                accepted: c.accepted,
+                converted: c.converted,
+                pct_converted: pct(c.converted, c.mqls),
+            })
+            .collect();
+        campaign_rows.sort_by(|a, b| {
+            b.mqls
+                .cmp(&a.mqls)
+                .then_with(|| a.campaign.cmp(&b.campaign))
+        });
+        let width = settings.score_band;
+        let mut band_rows: Vec<(i64, BandRow)> = bands
+            .into_iter()
+            .map(|(band, b)| {
+                let low = band as f64 * width;
+                (
+                    band,
+                    BandRow {
+                        score_from: low,
+                        score_to: low + width,
+                        mqls: b.mqls,
+                        accepted: b.accepted,
+                        converted: b.converted,
+                        rejected: b.rejected,
+                        pct_accepted: pct(b.accepted, b.mqls),
+                        pct_converted: pct(b.converted, b.mqls),
+                        pct_rejected: pct(b.rejected, b.mqls),
+                        avg_business_hours_to_sal: round2(b.hours.get()),
+                        avg_days_to_opportunity: round2(b.to_opportunity.get()),
+                        avg_days_to_converted: round2(b.to_converted.get()),
+                    },
+                )
+            })
+            .collect();
+        band_rows.sort_by_key(|(band, _)| *band);
+        let mut knob_rows: Vec<ThresholdRow> = knobs
+            .into_iter()
+            .map(|((segment, bits), k)| ThresholdRow {
+                segment,
+                threshold: f64::from_bits(bits),
+                mqls: k.mqls,
+                accepted: k.accepted,
+                converted: k.converted,
+                pct_converted: pct(k.converted, k.mqls),
+                with_opportunity: k.with_opportunity,
+                opportunities: k.opportunities,
+                won: k.won,
+            })
+            .collect();
+        knob_rows.sort_by(|a, b| {
+            a.segment
+                .cmp(&b.segment)
+                .then_with(|| a.threshold.total_cmp(&b.threshold))
+        });
+        let checklist = (!checklist.is_empty()).then(|| {
+            let mut by_status: Vec<ChecklistRow> = filled
+                .into_iter()
+                .map(|(status, f)| ChecklistRow {
+                    status,
+                    mqls: f.mqls,
+                    pct_filled: (f.mqls > 0)
+                        .then(|| (f.share_sum / f.mqls as f64 * 10.0).round() / 10.0),
+                    complete: f.complete,
+                })
+                .collect();
+            by_status.sort_by(|a, b| a.status.cmp(&b.status));
+            Checklist {
+                fields: checklist.clone(),
+                by_status,
+            }
+        });
+        Sections {
+            totals,
+            volume,
+            qualified_by: by_count(qualified),
+            reps: rep_rows,
+            sla_by_rep: sla_rows,
+            overdue_by_owner_region: overdue_rows,
+            rejected_by_reason: by_count(reasons),
+            timeframes: timeframe_rows,
+            campaigns: campaign_rows,
+            score_bands: band_rows.into_iter().map(|(_, b)| b).collect(),
+            thresholds: knob_rows,
+            checklist,
         }
-    });
-    Ok(Sections {
-        totals,
-        volume,
-        qualified_by: by_count(qualified),
-        reps: rep_rows,
-        sla_by_rep: sla_rows,
-        overdue_by_owner_region: overdue_rows,
-        rejected_by_reason: by_count(reasons),
-        timeframes: timeframe_rows,
-        campaigns: campaign_rows,
-        score_bands: band_rows.into_iter().map(|(_, b)| b).collect(),
-        thresholds: knob_rows,
-        checklist,
-    })
+    }
 }

@@ -103,6 +103,21 @@ struct Replayed {
     people: usize,
 }
 
+/// The MQLs the segment would have had in the query's range at the query's threshold: one
+/// replay of the store's history (the knob's feedback on threshold records).
+pub fn mqls_at(
+    store: &Store,
+    policy: &Policy,
+    settings: &Settings,
+    query: &WhatIfQuery,
+) -> Result<usize, StoreError> {
+    Ok(
+        replay(store, policy, settings, query, Some(query.threshold))?
+            .mqls
+            .len(),
+    )
+}
+
 /// Replays the store at `path` with the segment's thresholds as they were and at the new
 /// score, and sets the result beside the real MQLs.
 pub fn run(
@@ -113,13 +128,15 @@ pub fn run(
 ) -> Result<WhatIf, StoreError> {
     let label = segment_label(&query.segment);
     let (then, at_t) = std::thread::scope(|scope| {
-        let then = scope.spawn(|| replay(path, policy, settings, query, None));
-        let at_t = replay(path, policy, settings, query, Some(query.threshold));
+        let then =
+            scope.spawn(|| replay(&Store::open_reader(path)?, policy, settings, query, None));
+        let at_t = Store::open_reader(path)
+            .and_then(|store| replay(&store, policy, settings, query, Some(query.threshold)));
         (then.join().expect("what-if replay thread"), at_t)
     });
     let (then, at_t) = (then?, at_t?);
 
-    let store = Store::open_existing(path)?;
+    let store = Store::open_reader(path)?;
     let conn = store.connection();
     let err = |e| store.sql_err(e);
     let converted: HashSet<String> = {
@@ -237,13 +254,12 @@ pub fn run(
 /// score of every threshold record of the segment (and the mapping's default, for the
 /// default segment).
 fn replay(
-    path: &Path,
+    store: &Store,
     policy: &Policy,
     settings: &Settings,
     query: &WhatIfQuery,
     threshold: Option<f64>,
 ) -> Result<Replayed, StoreError> {
-    let store = Store::open_existing(path)?;
     let conn = store.connection();
     let err = |e| store.sql_err(e);
     let mut policy = policy.clone();
@@ -341,7 +357,9 @@ fn replay(
             }
         }
     }
-    let leads: HashSet<i64> = people.iter().map(|(_, lead)| *lead).collect();
+    // Asked of every stored change: a fast hash, not SipHash.
+    let leads: HashSet<i64, std::hash::BuildHasherDefault<crate::engine::state::FxHasher>> =
+        people.iter().map(|(_, lead)| *lead).collect();
     let accounts: HashSet<&str> = people
         .iter()
         .filter_map(|(f, _)| f.account_id.as_ref().map(|a| a.as_str()))

@@ -307,7 +307,7 @@ impl Store {
                 }),
             );
         }
-        let opened = Self::check(&conn, &shown, &real)?;
+        let opened = Self::check(&conn, &shown, &real, true)?;
         Self::ready(conn, shown, Some(lock), opened)
     }
 
@@ -315,6 +315,23 @@ impl Store {
     /// writes it, and needs no lock, so it works while a run writes the store. A store of an
     /// older schema is migrated first, as [`Store::open`] does.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        Self::open_reading(path, true)
+    }
+
+    /// [`Store::open_existing`] for a command that reads much of a large store (`report`,
+    /// `whatif`, the daemon's `/report`): no `quick_check` (it reads every page, seconds on a
+    /// store of millions of cycles; a damaged page still fails the query that reaches it),
+    /// and the file memory-mapped for reading instead of copied page by page.
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let store = Self::open_reading(path, false)?;
+        store
+            .conn
+            .pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(|e| store.sql_err(e))?;
+        Ok(store)
+    }
+
+    fn open_reading(path: &Path, quick_check: bool) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
         let real =
             open::real_path(path).map_err(|e| open::io_failure(&shown, path, &e, "find it"))?;
@@ -326,7 +343,7 @@ impl Store {
                 error: e,
             })
         })?;
-        let opened = Self::check(&conn, &shown, &real)?;
+        let opened = Self::check(&conn, &shown, &real, quick_check)?;
         if opened.version < SCHEMA_VERSION {
             drop(conn);
             return Store::open(path);
@@ -371,13 +388,18 @@ impl Store {
             path: shown.clone(),
             error,
         })?;
-        let opened = Self::check(&conn, &shown, Path::new(":memory:"))?;
+        let opened = Self::check(&conn, &shown, Path::new(":memory:"), true)?;
         Self::ready(conn, shown, None, opened)
     }
 
     /// Where the store lives.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// A store on disk, which another connection can open (not one in memory).
+    pub fn is_file(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Takes the store for writing (see [`WriterLock`]); a store in memory is this process's
@@ -389,8 +411,14 @@ impl Store {
         }
     }
 
-    /// Tells an mqlsync store from anything else, refuses a newer schema or a damaged file.
-    fn check(conn: &Connection, path: &str, real: &Path) -> Result<Opened, StoreError> {
+    /// Tells an mqlsync store from anything else, refuses a newer schema or (with
+    /// `quick_check`) a damaged file.
+    fn check(
+        conn: &Connection,
+        path: &str,
+        real: &Path,
+        quick_check: bool,
+    ) -> Result<Opened, StoreError> {
         let sql = |error| StoreError::Sqlite {
             path: path.to_string(),
             error,
@@ -425,6 +453,9 @@ impl Store {
                 found: version,
                 supported: SCHEMA_VERSION,
             });
+        }
+        if !quick_check {
+            return Ok(Opened { version, tables });
         }
         let damaged =
             |e: rusqlite::Error| open::sqlite_failure(path, real, &e).unwrap_or_else(|| sql(e));
@@ -535,6 +566,46 @@ impl Store {
             detail: format!("engine meta: {e}"),
         })?;
         Ok(meta.clock)
+    }
+
+    /// Puts writes no engine decision made (the knob's feedback on threshold records) in the
+    /// outbox as `(key, kind, payload)`, with the cursor that records them computed, in one
+    /// transaction. A row whose payload is the one already written stays done.
+    pub fn enqueue(
+        &mut self,
+        rows: &[(String, String, String)],
+        cursor: (&str, &str),
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            error: source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
+                     ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, state = 'pending',
+                         attempts = 0, last_error = NULL, updated_at = excluded.updated_at
+                     WHERE outbox.payload <> excluded.payload OR outbox.state <> 'done'",
+                )
+                .map_err(err)?;
+            for (key, kind, payload) in rows {
+                upsert
+                    .execute(params![key, kind, payload, ts(at)])
+                    .map_err(err)?;
+            }
+            tx.execute(
+                "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![cursor.0, cursor.1, ts(at)],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 
     /// The open connection, for `report`'s read-only queries.

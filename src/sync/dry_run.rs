@@ -74,6 +74,7 @@ pub fn compare(
             previous.mql_upserts,
             previous.lead_updates,
             previous.contact_updates,
+            previous.threshold_updates,
             previous.task_creates,
         ]
         .into_iter()

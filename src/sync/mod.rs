@@ -16,6 +16,7 @@ pub mod bulk_read;
 pub mod connect;
 pub mod current;
 pub mod dry_run;
+pub mod knob;
 pub mod once;
 pub mod preflight;
 pub mod records;

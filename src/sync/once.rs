@@ -681,6 +681,16 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
             .await
     }
 
+    /// The knob's feedback on the threshold records whose version or day changed (see
+    /// [`super::knob`]): the daemon asks once its outbox is empty, so that a knob turn's MQL
+    /// records go first.
+    pub async fn knob_feedback(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
+        self.run_pass(now, None, |run| {
+            Box::pin(async move { run.knob_feedback() })
+        })
+        .await
+    }
+
     /// Drains the outbox (see [`Run::drain_outbox`]).
     pub async fn write(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
         self.run_pass(now, None, |run| {
@@ -856,6 +866,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         // Time passes even when nothing was read (every event read already moved it to
         // `now`): SLAs run out and scheduled thresholds start.
         self.clock()?;
+        // The knob's consequence, counting this pass's MQLs (committed, so in the counts),
+        // written with them in the one drain.
+        self.knob_feedback()?;
         self.drain_outbox().instrument(phase("writes")).await
     }
 
@@ -1813,13 +1826,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             plan.contact_updates,
             "contact_update",
         );
+        let knobs = (
+            m.crm.threshold.object.clone(),
+            None,
+            plan.threshold_updates,
+            "threshold_update",
+        );
         let mut stop = None;
         // The daemon's writer hands back to the loop between groups once a poll is due.
         let mut wrote = false;
         let yield_at = self.yield_at;
         let due =
             move |wrote: bool| wrote && yield_at.is_some_and(|y| tokio::time::Instant::now() >= y);
-        for (object, ext, group, label) in [mql, leads, contacts] {
+        for (object, ext, group, label) in [mql, leads, contacts, knobs] {
             if self.summary.writes_left || due(wrote) {
                 self.summary.writes_left |= !group.is_empty();
                 continue;

@@ -91,6 +91,17 @@ pub(crate) fn field_uses(m: &Mapping) -> BTreeMap<String, BTreeMap<String, Use>>
         &mut history_fields.map(String::from).into_iter(),
         Use::Read,
     );
+    // The knob's feedback, when the mapping names its fields.
+    let feedback = [
+        &c.threshold.projected_weekly_mqls,
+        &c.threshold.actual_weekly_mqls,
+        &c.threshold.feedback_date,
+    ];
+    add(
+        &c.threshold.object,
+        &mut feedback.into_iter().flatten().cloned(),
+        Use::Write,
+    );
     add(
         &c.opportunity,
         &mut OPPORTUNITY_FIELDS.iter().map(|f| f.to_string()),

@@ -552,6 +552,27 @@ pub fn stamps_record(m: &Mapping, crm: &CrmRef, stamps: &Stamps) -> Record {
     r
 }
 
+/// The knob's feedback as an update of its threshold record: the mapped fields only (a
+/// mapping that names none writes nothing, and the sync enqueues none).
+pub fn knob_feedback_record(
+    m: &Mapping,
+    feedback: &crate::report::feedback::KnobFeedback,
+) -> Record {
+    let t = &m.crm.threshold;
+    let mut r = Record::new();
+    r.insert("Id".into(), json!(feedback.threshold_id));
+    if let Some(field) = &t.projected_weekly_mqls {
+        r.insert(field.clone(), json!(feedback.projected_weekly));
+    }
+    if let Some(field) = &t.actual_weekly_mqls {
+        r.insert(field.clone(), json!(feedback.actual_weekly));
+    }
+    if let Some(field) = &t.feedback_date {
+        r.insert(field.clone(), json!(feedback.day.to_string()));
+    }
+    r
+}
+
 /// Which score part each MAP lead field id is, from the MAP's lead describe
 /// (`[{"id": 58, "displayName": "Lead Score", "rest": {"name": "leadScore"}}, ...]`).
 /// Serialisable, so that a run can keep it in the store instead of describing every time.

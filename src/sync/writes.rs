@@ -1,5 +1,6 @@
 //! Outbox rows -> CRM writes. Pure: groups the pending rows by the call that writes them
-//! (MQL records upserted by external id, lead and contact stamps updated by id, tasks created
+//! (MQL records upserted by external id, lead and contact stamps and threshold records' knob
+//! feedback updated by id, tasks created
 //! for notifications, each task carrying its outbox key so that it is looked up before it is
 //! created), each record tagged with the outbox key it settles. The writer sends
 //! each group in chunks of the vendor's collection size and settles every row with its own
@@ -21,7 +22,8 @@ use crate::engine::{Policy, mark_written};
 use crate::mapping::Mapping;
 use crate::store::OutboxRow;
 
-use super::records::{mql_record, stamps_record};
+use super::records::{knob_feedback_record, mql_record, stamps_record};
+use crate::report::feedback::KnobFeedback;
 
 /// One record to write and the outbox row it settles.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +41,8 @@ pub struct WritePlan {
     pub lead_updates: Vec<Write>,
     /// Updates of contacts by id.
     pub contact_updates: Vec<Write>,
+    /// Updates of threshold records by id: the knob's feedback beside the knob.
+    pub threshold_updates: Vec<Write>,
     /// Tasks to create (new-MQL alerts for teams that want them), each with its outbox key
     /// in the mapping's `task_alert_key` field.
     pub task_creates: Vec<Write>,
@@ -59,6 +63,7 @@ impl WritePlan {
         self.mql_upserts.is_empty()
             && self.lead_updates.is_empty()
             && self.contact_updates.is_empty()
+            && self.threshold_updates.is_empty()
             && self.task_creates.is_empty()
     }
 
@@ -67,6 +72,7 @@ impl WritePlan {
         self.mql_upserts.len()
             + self.lead_updates.len()
             + self.contact_updates.len()
+            + self.threshold_updates.len()
             + self.task_creates.len()
     }
 }
@@ -78,6 +84,7 @@ pub fn minimum_calls(plan: &WritePlan, chunk: usize) -> usize {
         &plan.mql_upserts,
         &plan.lead_updates,
         &plan.contact_updates,
+        &plan.threshold_updates,
         &plan.task_creates,
     ]
     .iter()
@@ -162,6 +169,15 @@ fn plan_with(
                     }
                 }
                 Err(e) => plan.unsent.push((row, format!("stamps payload: {e}"))),
+            },
+            "knob_feedback" => match serde_json::from_str::<KnobFeedback>(&row.payload) {
+                Ok(feedback) => {
+                    let record = knob_feedback_record(m, &feedback);
+                    plan.threshold_updates.push(Write { row, record });
+                }
+                Err(e) => plan
+                    .unsent
+                    .push((row, format!("knob feedback payload: {e}"))),
             },
             "notify" => match serde_json::from_str::<Action>(&row.payload) {
                 Ok(Action::Notify {

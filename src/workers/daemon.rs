@@ -503,7 +503,24 @@ impl Loop<'_> {
         {
             self.write().await?;
         }
+        // The knob's consequence beside the knob, once the outbox is empty: a knob turn's MQL
+        // records go first. Nothing to do (the usual case) costs one cursor read.
+        if self.pending == 0 && !shutdown.is_cancelled() {
+            self.knob_feedback().await?;
+        }
         Ok(())
+    }
+
+    async fn knob_feedback(&mut self) -> Result<(), DaemonError> {
+        match self.syncer.knob_feedback(self.clock.now()).await {
+            Ok(summary) => {
+                self.account(&summary);
+                self.refresh_pending()?;
+                self.writer.committed(Instant::now(), self.pending);
+                Ok(())
+            }
+            Err(e) => self.failed(Step::Poll(Source::Thresholds), e),
+        }
     }
 
     /// When `source` may poll: its schedule's instant, and for a Marketo source not before

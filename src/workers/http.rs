@@ -653,7 +653,7 @@ async fn report_page(
             .map_err(bad)?;
         let unavailable =
             |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        let store = crate::store::Store::open_existing(&source.store).map_err(unavailable)?;
+        let store = crate::store::Store::open_reader(&source.store).map_err(unavailable)?;
         let now = store
             .clock()
             .map_err(unavailable)?

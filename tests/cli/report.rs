@@ -564,3 +564,35 @@ fn the_html_report_draws_every_chart_in_headless_chromium_without_a_console_erro
         png.len()
     );
 }
+
+#[test]
+fn the_knob_feedback_counts_the_last_four_weeks_then_and_at_the_records_level() {
+    let dir = simulated();
+    let loaded = mqlsync::mapping::load(Some(&dir.path().join("m.toml"))).unwrap();
+    let settings = mqlsync::report::Settings::from_mapping(&loaded);
+    let store = mqlsync::store::Store::open_reader(&dir.path().join("s.db")).unwrap();
+    let state = store.load_engine(&loaded.policy).unwrap();
+    let now: jiff::Timestamp = NOW.parse().unwrap();
+    let of = |id: &str| {
+        mqlsync::report::feedback::of_threshold(
+            &store,
+            &loaded.policy,
+            &settings,
+            &state.thresholds[id],
+            now,
+        )
+        .unwrap()
+    };
+    // The four weeks from 5 Nov 16:00Z: the default segment had A, E, B and C's second (4,
+    // 1.0 a week); at 80 the replay makes A, E and B (C's first, on 2 Nov, is still open):
+    // 0.75, to a tenth 0.8.
+    let default = of("a0T-DEFAULT");
+    assert_eq!(
+        (default.projected_weekly, default.actual_weekly),
+        (0.8, 1.0)
+    );
+    assert_eq!(default.day.to_string(), "2026-12-03");
+    // EMEA had F, and at 70 would have had F: 0.25 a week, to a tenth 0.3.
+    let emea = of("a0T-EMEA");
+    assert_eq!((emea.projected_weekly, emea.actual_weekly), (0.3, 0.3));
+}

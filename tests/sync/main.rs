@@ -2042,3 +2042,79 @@ async fn an_account_crossing_through_two_contacts_makes_one_mql_for_the_account_
         "{record:?}"
     );
 }
+
+/// The default mapping with the knob's feedback fields on.
+fn feedback_mapping() -> mapping::LoadedMapping {
+    let text = [
+        "projected_weekly_mqls",
+        "actual_weekly_mqls",
+        "feedback_date",
+    ]
+    .iter()
+    .fold(mapping::DEFAULT_MAPPING.to_string(), |text, key| {
+        let commented = format!("# {key} = ");
+        assert!(text.contains(&commented), "{key}");
+        text.replacen(&commented, &format!("{key} = "), 1)
+    });
+    mapping::parse(&text, "feedback.toml").unwrap()
+}
+
+/// Issue 14, point 3: each threshold record carries the MQLs a week its segment had and its
+/// level would have made over the last four weeks; mqlsync's own write coming back changes
+/// nothing and writes nothing; a knob turn refreshes the record it turned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_threshold_record_carries_its_weekly_mqls_and_a_knob_turn_refreshes_them() {
+    let mut app = spawn_app_with(2_000, "").await;
+    let m = feedback_mapping();
+    let first = app.run_mapped(now(), &m).await;
+    let soql = "SELECT Id, Region__c, Score_Threshold__c, Projected_Weekly_MQLs__c, Actual_Weekly_MQLs__c, Feedback_Date__c FROM MQL_Threshold__c";
+    let records = app.query(soql).await;
+    assert_eq!(
+        first.written.get("threshold_update"),
+        Some(&records.len()),
+        "{first:?}"
+    );
+    // Actual: the store's MQLs of the record's segment over the four weeks, a week.
+    let since = now() - SignedDuration::from_hours(24 * 28);
+    let cycles = app.store.cycles().unwrap();
+    let number = |r: &Map<String, Value>, field: &str| r[field].as_f64().unwrap();
+    for r in &records {
+        let segment = r["Region__c"]
+            .as_str()
+            .map_or("default".to_string(), |region| format!("region={region}"));
+        let mqls = cycles
+            .iter()
+            .filter(|c| c.segment == segment && c.mql_at >= since && c.mql_at < now())
+            .count();
+        let weekly = (mqls as f64 / 4.0 * 10.0).round() / 10.0;
+        assert_eq!(number(r, "Actual_Weekly_MQLs__c"), weekly, "{r:?}");
+        assert_eq!(r["Feedback_Date__c"], json!("2026-11-02"), "{r:?}");
+        assert!(number(r, "Projected_Weekly_MQLs__c") >= 0.0, "{r:?}");
+    }
+    // mqlsync's writes come back as new versions of the records: nobody is re-evaluated,
+    // and the feedback, computed again, is what was written.
+    let again = app.run_mapped(now(), &m).await;
+    assert_eq!(again.read.get("MQL_Threshold__c"), Some(&records.len()));
+    assert_eq!(again.written.get("threshold_update"), None, "{again:?}");
+    assert_eq!(app.store.cycles().unwrap().len(), cycles.len());
+
+    let emea = emea_knob(&app).id;
+    let projected_before = number(
+        records.iter().find(|r| r["Id"] == json!(emea)).unwrap(),
+        "Projected_Weekly_MQLs__c",
+    );
+    let later = now() + SignedDuration::from_mins(1);
+    turn_emea_knob(&app, 25.0, later);
+    let turned = app.run_mapped(later, &m).await;
+    assert_eq!(
+        turned.written.get("threshold_update"),
+        Some(&1),
+        "{turned:?}"
+    );
+    let after = app.query(soql).await;
+    let knob = after.iter().find(|r| r["Id"] == json!(emea)).unwrap();
+    assert!(
+        number(knob, "Projected_Weekly_MQLs__c") > projected_before,
+        "a lower knob projects more MQLs: {projected_before} -> {knob:?}"
+    );
+}
