@@ -1092,8 +1092,10 @@ async fn the_status_region_and_vertical_rules_hold_back_leads_edited_in_the_crm(
     // The activities are read in time order: once the last push is an MQL record, the
     // three before it have been read and decided too.
     let control = id(&leads[3]);
+    // Its record in the CRM, not only the progress's pending count: the progress is
+    // published between the daemon's steps, so it can predate the poll that opened it.
     app.wait_until("the control lead's MQL record", |app, p| {
-        p.pending_writes == 0 && !app.cycles_of(&control).is_empty()
+        p.pending_writes == 0 && app.all_written(|c| c.crm.id == control)
     })
     .await;
     let cycle = &app.cycles_of(&control)[0];
@@ -1182,7 +1184,7 @@ async fn the_opportunity_rules_hold_back_contacts_whose_account_gets_one() {
     // Activities poll only when the pushes wake them: the last push's MQL means all three
     // were read.
     app.wait_until("the control contact's MQL record", |app, p| {
-        p.pending_writes == 0 && !app.cycles_of(&control).is_empty()
+        p.pending_writes == 0 && app.all_written(|c| c.crm.id == control)
     })
     .await;
     for (contact, rule) in contacts
