@@ -856,25 +856,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use mqlsync::report;
             let loaded = mapping::load(mapping.as_deref().or(config.mapping.as_deref()))?;
             let settings = report::Settings::from_mapping(&loaded);
-            let group = report::Grouping::parse(&group, &loaded)?;
-            let from = from
-                .map(|d| report::bound("--from", &d, &settings.time_zone, false))
-                .transpose()?;
-            let to = to
-                .map(|d| report::bound("--to", &d, &settings.time_zone, true))
-                .transpose()?;
-            let store = Store::open_reader(&existing_store(store, &config)?)?;
-            let now = match at {
-                Some(at) => at,
-                None => store.clock()?.unwrap_or_else(Timestamp::now),
-            };
-            let query = report::Query {
-                from,
-                to,
+            // The arguments are checked before the store is opened; `now` is the store's.
+            let mut query = report::Query::parse(
+                &loaded,
+                &settings,
+                from.as_deref(),
+                to.as_deref(),
                 by,
-                group,
-                now,
-            };
+                &group,
+                Timestamp::now(),
+            )?;
+            let store = Store::open_reader(&existing_store(store, &config)?)?;
+            if let Some(now) = at.or(store.clock()?) {
+                query.now = now;
+            }
             let built = report::build(&store, &settings, &query)?;
             let text = match format {
                 ReportFormat::Table => report::render::text(&built),

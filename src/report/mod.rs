@@ -225,6 +225,32 @@ pub struct Query {
     pub now: Timestamp,
 }
 
+impl Query {
+    /// The query of `--from`, `--to`, `--by` and `--group` (the daemon's `/report` takes the
+    /// same as parameters): days in the report's zone, `--to` included.
+    pub fn parse(
+        loaded: &LoadedMapping,
+        settings: &Settings,
+        from: Option<&str>,
+        to: Option<&str>,
+        by: Period,
+        group: &str,
+        now: Timestamp,
+    ) -> Result<Query, ArgumentError> {
+        Ok(Query {
+            from: from
+                .map(|d| bound("--from", d, &settings.time_zone, false))
+                .transpose()?,
+            to: to
+                .map(|d| bound("--to", d, &settings.time_zone, true))
+                .transpose()?,
+            by,
+            group: Grouping::parse(group, loaded)?,
+            now,
+        })
+    }
+}
+
 /// The whole report, as `--format json` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {

@@ -638,33 +638,22 @@ async fn report_page(
                 })?
             }
         };
-        let group = report::Grouping::parse(
-            param("group").map_or("segment", String::as_str),
+        let mut query = report::Query::parse(
             &source.mapping,
+            &settings,
+            param("from").map(String::as_str),
+            param("to").map(String::as_str),
+            by,
+            param("group").map_or("segment", String::as_str),
+            Timestamp::now(),
         )
         .map_err(bad)?;
-        let from = param("from")
-            .map(|d| report::bound("from", d, &settings.time_zone, false))
-            .transpose()
-            .map_err(bad)?;
-        let to = param("to")
-            .map(|d| report::bound("to", d, &settings.time_zone, true))
-            .transpose()
-            .map_err(bad)?;
         let unavailable =
             |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         let store = crate::store::Store::open_reader(&source.store).map_err(unavailable)?;
-        let now = store
-            .clock()
-            .map_err(unavailable)?
-            .unwrap_or_else(Timestamp::now);
-        let query = report::Query {
-            from,
-            to,
-            by,
-            group,
-            now,
-        };
+        if let Some(now) = store.clock().map_err(unavailable)? {
+            query.now = now;
+        }
         let built = report::build(&store, &settings, &query).map_err(unavailable)?;
         Ok(report::html::page(&built))
     })
