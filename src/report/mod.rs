@@ -468,37 +468,44 @@ fn register(conn: &Connection) -> rusqlite::Result<()> {
 pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report, StoreError> {
     let conn = store.connection();
     let err = |e| store.sql_err(e);
-    register(conn).map_err(err)?;
     let started = std::time::Instant::now();
-    let pipeline = pipeline(conn, settings, query).map_err(err)?;
-    let piped = started.elapsed();
-    // Two passes over halves of the people on two threads when the store is a file (a
-    // second connection can read it); one in memory.
+    // On a store file: two passes over halves of the people and the pipeline join, on three
+    // connections at once; in memory, one after the other on the one connection.
     let partial = if store.is_file() {
         let path = std::path::PathBuf::from(store.path());
-        let pipeline = &pipeline;
         std::thread::scope(|scope| -> Result<pass::Partial, StoreError> {
-            let other = scope.spawn(move || -> Result<pass::Partial, StoreError> {
-                let second = Store::open_reader(&path)?;
-                pass::run(second.connection(), settings, query, pipeline, Some((1, 2)))
-                    .map_err(|e| second.sql_err(e))
-            });
-            let mut mine = pass::run(conn, settings, query, pipeline, Some((0, 2))).map_err(err)?;
-            mine.merge(other.join().expect("report pass thread")?);
+            let reader =
+                |work: fn(&Connection, &Settings, &Query) -> rusqlite::Result<pass::Partial>| {
+                    let path = path.clone();
+                    scope.spawn(move || -> Result<pass::Partial, StoreError> {
+                        let store = Store::open_reader(&path)?;
+                        let conn = store.connection();
+                        register(conn)
+                            .and_then(|()| work(conn, settings, query))
+                            .map_err(|e| store.sql_err(e))
+                    })
+                };
+            let second =
+                reader(|conn, settings, query| pass::run(conn, settings, query, Some((1, 2))));
+            let pipeline = reader(pass::pipeline);
+            let mut mine = pass::run(conn, settings, query, Some((0, 2))).map_err(err)?;
+            mine.merge(second.join().expect("report pass thread")?);
+            mine.merge(pipeline.join().expect("report pipeline thread")?);
             Ok(mine)
         })?
     } else {
-        pass::run(conn, settings, query, &pipeline, None).map_err(err)?
+        register(conn).map_err(err)?;
+        let mut all = pass::run(conn, settings, query, None).map_err(err)?;
+        all.merge(pass::pipeline(conn, settings, query).map_err(err)?);
+        all
     };
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        cycles = partial.mqls(),
+        "report passes"
+    );
     let sections = partial.sections(settings);
     let threshold_history = threshold_history(conn, query).map_err(err)?;
-    tracing::debug!(
-        pipeline_ms = piped.as_millis() as u64,
-        cycles_with_pipeline = pipeline.len(),
-        pass_ms = (started.elapsed() - piped).as_millis() as u64,
-        cycles = sections.totals.mqls,
-        "report built"
-    );
     Ok(Report {
         from: query.from,
         to: query.to,
@@ -520,48 +527,6 @@ pub fn build(store: &Store, settings: &Settings, query: &Query) -> Result<Report
         threshold_history,
         checklist: sections.checklist,
     })
-}
-
-/// Each cycle of the range with opportunities in its window: driven from the opportunities
-/// (far fewer than cycles), through the index of cycles by account; CROSS JOIN keeps SQLite
-/// to that order.
-fn pipeline(
-    conn: &Connection,
-    settings: &Settings,
-    query: &Query,
-) -> rusqlite::Result<pass::Pipeline> {
-    let window = query_window(settings);
-    let mut stmt = conn.prepare(&format!(
-        "WITH o AS MATERIALIZED (
-            SELECT account_id, json_extract(body, '$.is_won') = 1 AS won,
-                instant_ns(json_extract(body, '$.created_at')) AS created
-            FROM opportunities)
-         SELECT f.external_id, count(*), sum(o.won), min(o.created)
-         FROM o CROSS JOIN cycle_facts f ON f.account_id = o.account_id
-         WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
-           AND o.created >= f.mql_at_ns AND o.created <= f.mql_at_ns + {window}
-         GROUP BY f.external_id"
-    ))?;
-    let (from, to) = (
-        query.from.map_or(i64::MIN, ns),
-        query.to.map_or(i64::MAX, ns),
-    );
-    let rows = stmt.query_map(rusqlite::params![from, to], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            (
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ),
-        ))
-    })?;
-    rows.collect()
-}
-
-/// The opportunity window in nanoseconds, as SQL text.
-fn query_window(settings: &Settings) -> i64 {
-    i64::try_from(settings.opportunity_window.as_nanos()).unwrap_or(i64::MAX / 2)
 }
 
 /// Every threshold version in force during the report's period: the last one before it

@@ -27,9 +27,6 @@ use crate::engine::state::FxHasher;
 type Fast<K, V> = hashbrown::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 type FastSet<K> = hashbrown::HashSet<K, BuildHasherDefault<FxHasher>>;
 
-/// Each cycle's pipeline: opportunities in its window, won ones, and the first one's instant.
-pub(super) type Pipeline = Fast<String, (i64, i64, i64)>;
-
 /// What the pass produces: every section but the threshold history.
 pub(super) struct Sections {
     pub totals: Totals,
@@ -205,7 +202,6 @@ pub(super) fn run(
     conn: &Connection,
     settings: &Settings,
     query: &Query,
-    pipeline: &Pipeline,
     part: Option<(u32, u32)>,
 ) -> rusqlite::Result<Partial> {
     let from = query.from.map_or(i64::MIN, ns);
@@ -237,7 +233,7 @@ pub(super) fn run(
         "SELECT crm_id, status, owner_id, owner_at_mql, team, segment,
             json_extract(attributes, '$.region'), {group}, coalesce(campaign_name, campaign_id),
             qualified_by, score, threshold, mql_at_ns, seen_at_ns, sal_at_ns, closed_at_ns,
-            sla_due_ns, overdue, reassignments, rejection_reason, external_id, {filled}
+            sla_due_ns, overdue, reassignments, rejection_reason, {filled}
          FROM cycle_facts WHERE {range}{part}"
     );
     let group_path = match &query.group {
@@ -320,8 +316,7 @@ pub(super) fn run(
         let went_overdue: bool = r.get(17)?;
         let reassigned = r.get::<_, i64>(18)? > 0;
         let reason = text(19)?.unwrap_or("(none)");
-        let external_id = text(20)?.unwrap_or_default();
-        let checklist_filled: i64 = r.get(21)?;
+        let checklist_filled: i64 = r.get(20)?;
 
         let (open, working, rejected, converted) = (
             status == "Open",
@@ -343,7 +338,6 @@ pub(super) fn run(
         let hours = sal.map(|s| business_hours(team, seen, s));
         let person = person_key(crm_id);
         let period = periods.of(mql);
-        let pipeline = pipeline.get(external_id).copied();
 
         totals.mqls += 1;
         people.insert(person);
@@ -410,9 +404,6 @@ pub(super) fn run(
         if let Some(h) = hours {
             band.hours.add(h);
         }
-        if let Some((_, _, first)) = pipeline {
-            band.to_opportunity.add((first - mql) as f64 / 86_400e9);
-        }
         if converted && let Some(closed) = closed {
             band.to_converted.add((closed - mql) as f64 / 86_400e9);
         }
@@ -422,11 +413,6 @@ pub(super) fn run(
         knob.mqls += 1;
         knob.accepted += i64::from(accepted);
         knob.converted += i64::from(converted);
-        if let Some((n, won, _)) = pipeline {
-            knob.with_opportunity += 1;
-            knob.opportunities += n;
-            knob.won += won;
-        }
         if !checklist.is_empty() {
             let f = entry(&mut filled, status);
             f.mqls += 1;
@@ -459,6 +445,66 @@ pub(super) fn run(
             .map(|((segment, bits), k)| ((names.name(segment), bits), k))
             .collect(),
         filled,
+    })
+}
+
+/// The pipeline of the range's cycles (the opportunities of the person's account created
+/// from the MQL to the window's end) as figures of their score bands and thresholds: one join
+/// driven from the opportunities (far fewer than cycles) through the index of cycles by
+/// account, CROSS JOIN keeping SQLite to that order. `conn` must have `instant_ns`.
+pub(super) fn pipeline(
+    conn: &Connection,
+    settings: &Settings,
+    query: &Query,
+) -> rusqlite::Result<Partial> {
+    let window = i64::try_from(settings.opportunity_window.as_nanos()).unwrap_or(i64::MAX / 2);
+    let mut stmt = conn.prepare(&format!(
+        "WITH o AS MATERIALIZED (
+            SELECT account_id, json_extract(body, '$.is_won') = 1 AS won,
+                instant_ns(json_extract(body, '$.created_at')) AS created
+            FROM opportunities)
+         SELECT f.score, f.segment, f.threshold, f.mql_at_ns, count(*), sum(o.won), min(o.created)
+         FROM o CROSS JOIN cycle_facts f ON f.account_id = o.account_id
+         WHERE f.mql_at_ns >= ?1 AND f.mql_at_ns < ?2
+           AND o.created >= f.mql_at_ns AND o.created <= f.mql_at_ns + {window}
+         GROUP BY f.external_id"
+    ))?;
+    let (from, to) = (
+        query.from.map_or(i64::MIN, ns),
+        query.to.map_or(i64::MAX, ns),
+    );
+    let mut rows = stmt.query(rusqlite::params![from, to])?;
+    let mut bands: Fast<i64, Band> = Fast::default();
+    let mut knobs: Fast<(String, u64), Knob> = Fast::default();
+    while let Some(r) = rows.next()? {
+        let score: f64 = r.get(0)?;
+        let segment: String = r.get(1)?;
+        let threshold: f64 = r.get(2)?;
+        let (mql, n, won, first): (i64, i64, i64, i64) =
+            (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?);
+        bands
+            .entry((score / settings.score_band).floor() as i64)
+            .or_default()
+            .to_opportunity
+            .add((first - mql) as f64 / 86_400e9);
+        let knob = knobs.entry((segment, threshold.to_bits())).or_default();
+        knob.with_opportunity += 1;
+        knob.opportunities += n;
+        knob.won += won;
+    }
+    Ok(Partial {
+        totals: Totals::default(),
+        volume: Fast::default(),
+        qualified: Fast::default(),
+        reps: Fast::default(),
+        slas: Fast::default(),
+        overdue: Fast::default(),
+        reasons: Fast::default(),
+        timeframes: Fast::default(),
+        campaigns: Fast::default(),
+        bands,
+        knobs,
+        filled: Fast::default(),
     })
 }
 
@@ -584,6 +630,11 @@ impl<K: std::hash::Hash + Eq, V: Merge + Default> Merge for Fast<K, V> {
 }
 
 impl Partial {
+    /// The cycles counted.
+    pub(super) fn mqls(&self) -> i64 {
+        self.totals.mqls
+    }
+
     pub(super) fn merge(&mut self, o: Partial) {
         let t = &mut self.totals;
         t.mqls += o.totals.mqls;
