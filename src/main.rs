@@ -1323,7 +1323,7 @@ fn daemon(config: &Config, store: Option<PathBuf>) -> anyhow::Result<()> {
         // One line on stdout, for whoever started it: where the port is (`listen` may take
         // any free port with `:0`).
         println!(
-            "mqlsync: syncing; webhooks, /healthz, /readyz and /metrics on http://{addr}; SIGTERM or Ctrl-C stops"
+            "mqlsync: syncing; webhooks, /healthz, /readyz, /metrics and /report on http://{addr}; SIGTERM or Ctrl-C stops"
         );
         tokio::spawn(signals.stop(shutdown.clone()));
         anyhow::Ok(daemon.run(shutdown).await?)

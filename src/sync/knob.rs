@@ -1,7 +1,8 @@
-//! The knob's consequence next to the knob: after the thresholds are read, the sync computes
-//! for each threshold record the MQLs a week its threshold would have made and its segment
-//! really had over the last weeks ([`crate::report::feedback`]), and writes them on the record
-//! through the outbox like any other write.
+//! The knob's consequence next to the knob: the sync computes for each threshold record the
+//! MQLs a week its threshold would have made and its segment really had over the last weeks
+//! ([`crate::report::feedback`]), and writes them on the record through the outbox like any
+//! other write: `run --once` after its reads and decisions, before its writes; the daemon once
+//! its outbox is empty, so that a knob turn's MQL records go first.
 //!
 //! A record's feedback is computed again when the record changed (a new version: a knob turn,
 //! or mqlsync's own write coming back) and once a day (the weeks move on). mqlsync's own write
@@ -28,9 +29,9 @@ pub const CURSOR: &str = "knob_feedback";
 pub const KIND: &str = "knob_feedback";
 
 impl<C: Crm, M: Map> Run<'_, C, M> {
-    /// Enqueues the feedback of every threshold record whose version or day changed since it
-    /// was last computed. Nothing in a backfill, in a dry run's first pass of a store that has
-    /// no thresholds, or when the mapping names no feedback field.
+    /// Enqueues the feedback of every threshold record (deleted ones aside) whose version or
+    /// day changed since it was last computed. Nothing in a backfill, or when the mapping
+    /// names no feedback field.
     pub(super) fn knob_feedback(&mut self) -> Result<(), SyncError> {
         let t = &self.mapping.crm.threshold;
         let mapped = t.projected_weekly_mqls.is_some()
