@@ -608,8 +608,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         println!();
         println!(
-            "store: {} (try `mqlsync status --store {}`)",
-            report.store, report.store
+            "store: {} (try `mqlsync status --store {}`, or its report as a page:\n  `mqlsync report --store {} --by week --format html --out report.html`)",
+            report.store, report.store, report.store
         );
         return Ok(());
     }
