@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::connectors::{Crm, Map};
+use crate::mapping::Mapping;
 use crate::report::{Settings, feedback};
 
 use super::once::{Run, SyncError};
@@ -28,16 +29,18 @@ pub const CURSOR: &str = "knob_feedback";
 /// The outbox kind of a feedback write.
 pub const KIND: &str = "knob_feedback";
 
+/// Whether the mapping names any feedback field (else the knob's feedback is off).
+pub fn mapped(m: &Mapping) -> bool {
+    let t = &m.crm.threshold;
+    t.projected_weekly_mqls.is_some() || t.actual_weekly_mqls.is_some() || t.feedback_date.is_some()
+}
+
 impl<C: Crm, M: Map> Run<'_, C, M> {
     /// Enqueues the feedback of every threshold record (deleted ones aside) whose version or
     /// day changed since it was last computed. Nothing in a backfill, or when the mapping
     /// names no feedback field.
     pub(super) fn knob_feedback(&mut self) -> Result<(), SyncError> {
-        let t = &self.mapping.crm.threshold;
-        let mapped = t.projected_weekly_mqls.is_some()
-            || t.actual_weekly_mqls.is_some()
-            || t.feedback_date.is_some();
-        if !mapped || self.replaying {
+        if !mapped(self.mapping) || self.replaying {
             return Ok(());
         }
         let settings = Settings::new(self.mapping, self.policy);

@@ -684,11 +684,16 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
     /// The knob's feedback on the threshold records whose version or day changed (see
     /// [`super::knob`]): the daemon asks once its outbox is empty, so that a knob turn's MQL
     /// records go first.
-    pub async fn knob_feedback(&mut self, now: Timestamp) -> Result<RunSummary, SyncError> {
+    /// `None`: the mapping names no feedback field, and no pass ran.
+    pub async fn knob_feedback(&mut self, now: Timestamp) -> Result<Option<RunSummary>, SyncError> {
+        if !super::knob::mapped(self.mapping) {
+            return Ok(None);
+        }
         self.run_pass(now, None, |run| {
             Box::pin(async move { run.knob_feedback() })
         })
         .await
+        .map(Some)
     }
 
     /// Drains the outbox (see [`Run::drain_outbox`]).

@@ -504,7 +504,7 @@ impl Loop<'_> {
             self.write().await?;
         }
         // The knob's consequence beside the knob, once the outbox is empty: a knob turn's MQL
-        // records go first. Nothing to do (the usual case) costs one cursor read.
+        // records go first. Off unless mapped; nothing due (the usual case) is one cursor read.
         if self.pending == 0 && !shutdown.is_cancelled() {
             self.knob_feedback().await?;
         }
@@ -513,7 +513,8 @@ impl Loop<'_> {
 
     async fn knob_feedback(&mut self) -> Result<(), DaemonError> {
         match self.syncer.knob_feedback(self.clock.now()).await {
-            Ok(summary) => {
+            Ok(None) => Ok(()),
+            Ok(Some(summary)) => {
                 self.account(&summary);
                 self.refresh_pending()?;
                 self.writer.committed(Instant::now(), self.pending);

@@ -61,6 +61,8 @@ struct Wiring {
     outbound: &'static [&'static str],
     /// Whether the webhooks reach the daemon; `false`: they go to a port nobody listens on.
     webhooks_reach: bool,
+    /// The mapping writes the knob's feedback on threshold records.
+    knob_feedback: bool,
 }
 
 impl Default for Wiring {
@@ -70,6 +72,7 @@ impl Default for Wiring {
             daemon_toml: NEVER_BY_INTERVAL,
             outbound: &["MQL_Threshold__c"],
             webhooks_reach: true,
+            knob_feedback: false,
         }
     }
 }
@@ -135,7 +138,20 @@ async fn spawn_app(wiring: Wiring) -> App {
     let config = config::load(Some(&file), &env).unwrap();
     let sf = connect::salesforce(&config).unwrap();
     let mk = connect::marketo(&config).unwrap();
-    let loaded = mapping::load(None).unwrap();
+    let loaded = if wiring.knob_feedback {
+        let text = [
+            "projected_weekly_mqls",
+            "actual_weekly_mqls",
+            "feedback_date",
+        ]
+        .iter()
+        .fold(mapping::DEFAULT_MAPPING.to_string(), |text, key| {
+            text.replacen(&format!("# {key} = "), &format!("{key} = "), 1)
+        });
+        mapping::parse(&text, "feedback.toml").unwrap()
+    } else {
+        mapping::load(None).unwrap()
+    };
     let schedule = config.daemon.schedule.clone();
     let (state, inbound) = HttpState::new(
         WebhookSettings::new(&config.daemon, &loaded.mapping),
@@ -1237,6 +1253,52 @@ async fn a_demo_request_reaches_the_crm_through_the_webhook_whatever_the_score()
             .contains("mqlsync_mqls_qualified_total{qualified_by=\"hand-raiser Demo Request\"} 1"),
         "{metrics}"
     );
+    app.assert_each_record_once();
+    app.stop().await.unwrap();
+}
+
+/// Issue 14, point 3, through the daemon: its first pass writes each threshold record's
+/// weekly MQLs; a knob turn's MQL records are written, then the turned record's feedback; the
+/// feedback write coming back as an outbound message writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_writes_the_knobs_consequence_beside_the_knob_after_its_mqls() {
+    let mut app = spawn_app(Wiring {
+        leads: 600,
+        knob_feedback: true,
+        ..Wiring::default()
+    })
+    .await;
+    let knobs = app.records("MQL_Threshold__c");
+    assert!(
+        knobs.iter().all(|k| k["Feedback_Date__c"].is_string()),
+        "{knobs:?}"
+    );
+    let knob = app.emea_knob();
+    let projected = |app: &App| {
+        app.record("MQL_Threshold__c", &knob.id)["Projected_Weekly_MQLs__c"]
+            .as_f64()
+            .unwrap()
+    };
+    let before = projected(&app);
+    let mqls_before = app.cycles().len();
+    // Its own feedback writes came back: nothing re-evaluated, nothing written again.
+    app.deliver_own_echoes(Source::Thresholds).await;
+    assert_eq!(app.cycles().len(), mqls_before);
+
+    app.clock.set(minutes(1));
+    app.edit(
+        "MQL_Threshold__c",
+        &knob.id,
+        json!({"Score_Threshold__c": knob.score - 25.0}),
+    );
+    assert_eq!(app.deliver_outbound().await, 1);
+    app.wait_until("the turned knob's feedback", |app, p| {
+        p.pending_writes == 0 && projected(app) > before
+    })
+    .await;
+    // The knob turn's MQLs are in the CRM.
+    assert!(app.cycles().len() > mqls_before);
+    assert!(app.all_written(|c| c.mql_at == minutes(1)));
     app.assert_each_record_once();
     app.stop().await.unwrap();
 }
