@@ -1,21 +1,24 @@
 //! `mqlsync report`: the contract's "Metrics and feedback", computed from the store.
 //!
-//! Every figure is SQL aggregation over `cycle_facts` (one flat row per cycle, written with
-//! the cycle; see `store/facts.rs`), filtered on the MQL instant through its index; no table
-//! is loaded into memory. Three SQL functions registered on the store's connection bring in
-//! what SQL alone cannot do right: the period of an instant in the report's time zone
-//! (`mql_period`), the business hours between two instants in a team's calendar
-//! (`business_hours`, weekends and holidays excluded, as the SLA counts them) and an RFC 3339
-//! instant as nanoseconds (`instant_ns`, for opportunities, whose rows keep JSON bodies).
+//! Every figure comes from `cycle_facts` (one flat row per cycle, written with the cycle; see
+//! `store/facts.rs`): one streamed pass over the cycles of the range aggregates every section
+//! into maps keyed by its groups (`pass.rs`; two passes over halves of the people on two
+//! connections when the store is a file), and one join from the opportunities gives the
+//! pipeline. No table is loaded into memory. Periods are computed in the report's time zone,
+//! business hours in each team's calendar (weekends and holidays excluded, as the SLA counts
+//! them); `instant_ns`, a SQL function registered on the connection, reads the opportunities'
+//! RFC 3339 instants. `whatif.rs` replays the score history; `feedback.rs` is the knob's
+//! consequence the sync writes on threshold records; `render.rs` and `html.rs` print.
 //!
 //! The definitions, which the README repeats:
 //! - an MQL is a cycle: a person MQL'd three times counts three times;
 //! - the period and group of a cycle are those of its MQL; the owner is the cycle's owner now;
 //! - time to SAL is business hours from when the rep could see the MQL (its record's first
 //!   write; a backfilled cycle's historical MQL) to its SAL, in its team's calendar;
-//! - an SLA is missed when the cycle went overdue or was neither accepted nor closed by its
-//!   due time; the share is over the cycles with an SLA whose outcome is known (acted upon, or
-//!   past due), so an Open cycle still inside its SLA counts in neither;
+//! - an SLA is missed when the cycle went overdue, was reassigned (its first owner's miss), or
+//!   was neither accepted nor closed by its due time; the share is over the cycles with an SLA
+//!   whose outcome is known (acted upon, or past due), so an Open cycle still inside its SLA
+//!   counts in neither;
 //! - an MQL's pipeline is the opportunities of the person's account created from its MQL to
 //!   `report.opportunity_window_days` after.
 
