@@ -66,7 +66,7 @@ th {{ background: #f4f6f9; }} td.k, th.k {{ text-align: left; }}
 <div class="sub">{} &middot; by {} &middot; grouped by {} &middot; periods in {} &middot; as of {}</div>
 "#,
         esc(&range),
-        period_name(r.by),
+        r.by.name(),
         esc(&r.group),
         esc(&r.time_zone),
         r.now
@@ -143,16 +143,6 @@ const SELF_CHECK: &str = r#"<script>
 })();
 </script>
 "#;
-
-fn period_name(p: Period) -> &'static str {
-    match p {
-        Period::Day => "day",
-        Period::Week => "week",
-        Period::Month => "month",
-        Period::Quarter => "quarter",
-        Period::Year => "year",
-    }
-}
 
 const W: f64 = 460.0;
 const H: f64 = 240.0;

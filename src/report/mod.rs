@@ -58,6 +58,17 @@ pub enum Period {
 }
 
 impl Period {
+    /// `day`, `week`, `month`, `quarter` or `year`, as the flag takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Quarter => "quarter",
+            Period::Year => "year",
+        }
+    }
+
     /// The label of the period holding `at`, in `zone`: `2026-03-02`, `2026-W10` (ISO week),
     /// `2026-03`, `2026-Q1`, `2026`. Labels sort in time order.
     pub fn label(self, at: Timestamp, zone: &TimeZone) -> String {

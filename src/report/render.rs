@@ -75,7 +75,7 @@ pub fn tables(r: &Report) -> Vec<Table> {
     }];
     out.push(Table {
         name: "volume",
-        title: format!("MQLs created by {} and {}", by_name(r), r.group),
+        title: format!("MQLs created by {} and {}", r.by.name(), r.group),
         keys: 2,
         headers: vec!["period", "group", "mqls", "people"],
         rows: r
@@ -197,7 +197,7 @@ pub fn tables(r: &Report) -> Vec<Table> {
     });
     out.push(Table {
         name: "timeframes",
-        title: format!("SLA and conversion by {}", by_name(r)),
+        title: format!("SLA and conversion by {}", r.by.name()),
         keys: 1,
         headers: vec![
             "period",
@@ -328,16 +328,6 @@ pub fn tables(r: &Report) -> Vec<Table> {
         });
     }
     out
-}
-
-fn by_name(r: &Report) -> &'static str {
-    match r.by {
-        super::Period::Day => "day",
-        super::Period::Week => "week",
-        super::Period::Month => "month",
-        super::Period::Quarter => "quarter",
-        super::Period::Year => "year",
-    }
 }
 
 /// The report as aligned text tables.

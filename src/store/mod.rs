@@ -226,6 +226,22 @@ pub struct Batch<'a> {
     pub seen_at: Timestamp,
 }
 
+/// A pending write of one remote record: the latest desired state wins, and a row already
+/// written stays done while its payload is the one written.
+const OUTBOX_UPSERT: &str =
+    "INSERT INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
+     VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
+     ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, state = 'pending',
+         attempts = 0, last_error = NULL, updated_at = excluded.updated_at
+     WHERE outbox.payload <> excluded.payload OR outbox.state <> 'done'";
+
+/// A cursor saved: `(name, value, updated_at)`.
+const CURSOR_UPSERT: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+
+/// The engine's meta (its clock, round-robin positions, go-live) as saved.
+const ENGINE_META: &str = "SELECT value FROM engine_meta WHERE key = 'engine'";
+
 /// Score-history rows after which a batch also saves a snapshot of the MAP-lead scores:
 /// loading a store replays at most this many rows (about half a second per 500,000), and a
 /// batch rewrites a lead's row once per snapshot instead of once per batch.
@@ -551,11 +567,7 @@ impl Store {
     pub fn clock(&self) -> Result<Option<Timestamp>, StoreError> {
         let meta: Option<String> = self
             .conn
-            .query_row(
-                "SELECT value FROM engine_meta WHERE key = 'engine'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row(ENGINE_META, [], |r| r.get(0))
             .optional()
             .map_err(|e| self.sql_err(e))?;
         let Some(meta) = meta else {
@@ -584,26 +596,14 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
-                     ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, state = 'pending',
-                         attempts = 0, last_error = NULL, updated_at = excluded.updated_at
-                     WHERE outbox.payload <> excluded.payload OR outbox.state <> 'done'",
-                )
-                .map_err(err)?;
+            let mut upsert = tx.prepare_cached(OUTBOX_UPSERT).map_err(err)?;
             for (key, kind, payload) in rows {
                 upsert
                     .execute(params![key, kind, payload, ts(at)])
                     .map_err(err)?;
             }
-            tx.execute(
-                "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![cursor.0, cursor.1, ts(at)],
-            )
-            .map_err(err)?;
+            tx.execute(CURSOR_UPSERT, params![cursor.0, cursor.1, ts(at)])
+                .map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -727,12 +727,8 @@ impl Store {
                     ])
                     .map_err(err)?;
             }
-            tx.execute(
-                "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![cursor.0, cursor.1, ts(at)],
-            )
-            .map_err(err)?;
+            tx.execute(CURSOR_UPSERT, params![cursor.0, cursor.1, ts(at)])
+                .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(new)
@@ -1232,13 +1228,7 @@ fn write_batch(
         let mut audit = tx.prepare_cached(
             "INSERT INTO audit (at, subject, action, reason_code, reason, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
-             ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, state = 'pending',
-                 attempts = 0, last_error = NULL, updated_at = excluded.updated_at
-             WHERE outbox.payload <> excluded.payload OR outbox.state <> 'done'",
-        )?;
+        let mut upsert = tx.prepare_cached(OUTBOX_UPSERT)?;
         let mut notify = tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (key, kind, payload, state, attempts, created_at, updated_at)
              VALUES (?1, 'notify', ?2, 'pending', 0, ?3, ?3)",
@@ -1285,10 +1275,7 @@ fn write_batch(
         }
     }
     {
-        let mut cursor = tx.prepare_cached(
-            "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )?;
+        let mut cursor = tx.prepare_cached(CURSOR_UPSERT)?;
         for (name, value) in batch.cursors {
             cursor.execute(params![name, value, seen])?;
         }
@@ -1656,13 +1643,7 @@ fn load_engine(conn: &Connection, policy: &Policy) -> Result<EngineState, LoadEr
         let o: Opportunity = decode(&r.get::<_, String>(1)?, &format!("opportunity {id}"))?;
         state.opportunities.insert(id, o);
     }
-    let meta: Option<String> = conn
-        .query_row(
-            "SELECT value FROM engine_meta WHERE key = 'engine'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let meta: Option<String> = conn.query_row(ENGINE_META, [], |r| r.get(0)).optional()?;
     state.meta = meta
         .map(|m| decode::<EngineMeta>(&m, "engine meta"))
         .transpose()?
