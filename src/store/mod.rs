@@ -19,6 +19,8 @@
 //! readers: `status`, `explain`) needs no lock and writes nothing. Opening says what the user
 //! can fix when the file cannot be used (`open.rs`).
 
+mod checkpoint;
+pub use checkpoint::{CHECKPOINT_EVERY, Checkpointed, Checkpointer};
 mod facts;
 mod open;
 mod schema;

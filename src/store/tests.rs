@@ -1181,3 +1181,54 @@ fn each_saved_cycle_has_its_report_row_and_an_upgraded_store_gets_them_all() {
     assert_eq!(upgraded.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(cycle_facts_rows(&upgraded), written);
 }
+
+#[test]
+fn the_background_checkpointer_takes_checkpoints_off_the_writers_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+    // Never on its own during the test: each checkpoint here is asked for.
+    let checkpointer = store
+        .checkpoint_in_background(std::time::Duration::from_secs(3600))
+        .unwrap();
+    let autocheckpoint: i64 = store
+        .conn
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        autocheckpoint, 0,
+        "the writer's commits no longer checkpoint"
+    );
+    store
+        .conn
+        .execute_batch("CREATE TABLE scratch (b BLOB)")
+        .unwrap();
+    let commit = || {
+        store
+            .conn
+            .execute("INSERT INTO scratch VALUES (zeroblob(20000))", [])
+            .unwrap();
+    };
+    for _ in 0..50 {
+        commit();
+    }
+    let first = checkpointer.checkpoint_now().unwrap().unwrap();
+    assert!(first.log_frames >= 50, "{first:?}");
+    assert_eq!(
+        first.copied_frames, first.log_frames,
+        "the whole log copied"
+    );
+    // The log starts again from its beginning after a whole checkpoint: it holds only what
+    // was written since.
+    commit();
+    let second = checkpointer.checkpoint_now().unwrap().unwrap();
+    assert!(second.log_frames < 10, "{second:?}");
+    drop(checkpointer);
+    let in_memory = Store::open_in_memory().unwrap();
+    assert!(
+        in_memory
+            .checkpoint_in_background(std::time::Duration::from_secs(1))
+            .unwrap()
+            .checkpoint_now()
+            .is_none()
+    );
+}

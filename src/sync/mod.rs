@@ -3,6 +3,7 @@
 //! - [`records`]: vendor records <-> engine values, driven by the mapping (which field is the
 //!   threshold's score, where a lead's region is read, how a cycle is written as an MQL record).
 //! - [`writes`]: outbox rows -> the CRM calls that write them, one result per row.
+//! - [`crm_read`]: the pollers' CRM object reads as values (the daemon runs them off its loop).
 //! - [`current`]: the current score of every linked MAP lead (first run, `--full`).
 //! - [`replay`]: the backfill pass (history replayed in backfill mode).
 //! - [`bulk_read`]: the MAP read by bulk extract (a long backfill, a large instance's scores).
@@ -14,6 +15,7 @@
 
 pub mod bulk_read;
 pub mod connect;
+pub mod crm_read;
 pub mod current;
 pub mod dry_run;
 pub mod knob;

@@ -29,7 +29,7 @@ use crate::connectors::http::Sent;
 use crate::connectors::marketo::extract::{ExtractError, ExtractSettings, PauseBy};
 use crate::connectors::marketo::{ActivityCursor, ActivityPages, ActivitySource};
 use crate::connectors::salesforce::MAX_SOQL_CHARS;
-use crate::connectors::salesforce::incremental::IncrementalRead;
+use crate::connectors::salesforce::incremental::{ChangePage, IncrementalRead};
 use crate::connectors::salesforce::soql::{self, ModstampCursor, datetime_literal};
 use crate::connectors::{
     ConnectorError, Crm, ErrorClass, Map, Priority, QueryPages, RecordOutcome, WriteStatus,
@@ -41,6 +41,7 @@ use crate::engine::{Context, EngineState, Policy, Visibility, reconcile, sla_whe
 use crate::mapping::Mapping;
 use crate::store::{Batch, OUTBOX_MAX_ATTEMPTS, OutboxRow, Settlement, Store, StoreError};
 
+use super::crm_read::{CrmObject, ReadCount};
 use super::current;
 use super::records::{self, RecordError, ScoreFields};
 use super::writes::{self, AlertState, Write};
@@ -362,6 +363,20 @@ fn alert_state(
 
 /// The span of one phase of a run (an object read, the score changes, the writes): log lines
 /// inside it carry its name, and on a terminal it is drawn as a progress bar.
+/// The cursor `name` as `store` holds it (the default before the first read).
+pub(super) fn stored_cursor<T: serde::de::DeserializeOwned + Default>(
+    store: &Store,
+    name: &str,
+) -> Result<T, SyncError> {
+    match store.cursor(name)? {
+        None => Ok(T::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| SyncError::Cursor {
+            name: name.into(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
 pub(super) fn phase(name: &str) -> tracing::Span {
     tracing::info_span!(
         "phase",
@@ -524,13 +539,13 @@ impl Intake {
 /// an `await`) leaves the state equal to the store. A store error leaves it ahead of the store,
 /// and then the syncer must not be used again.
 pub struct Syncer<'a, C: Crm, M: Map> {
-    crm: &'a C,
+    pub(super) crm: &'a C,
     map: &'a M,
-    mapping: &'a Mapping,
+    pub(super) mapping: &'a Mapping,
     policy: &'a Policy,
-    store: &'a mut Store,
+    pub(super) store: &'a mut Store,
     state: EngineState,
-    settings: &'a RunSettings,
+    pub(super) settings: &'a RunSettings,
     /// What each client has sent so far, `(salesforce, marketo)`.
     sent: &'a (dyn Fn() -> (Sent, Sent) + Send + Sync),
     /// Marketo usage reads made for the next pass (see [`Syncer::usage_read`]).
@@ -654,6 +669,18 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
         let result = work(&mut run).await;
         let summary = run.finish(before);
         result.map(|()| summary)
+    }
+
+    /// Runs `work` as one pass at `now` that makes no call itself, and says what it did.
+    pub(super) fn in_pass<R>(
+        &mut self,
+        now: Timestamp,
+        work: impl FnOnce(&mut Run<'_, C, M>) -> R,
+    ) -> (R, RunSummary) {
+        let before = (self.sent)();
+        let mut run = self.pass(now);
+        let result = work(&mut run);
+        (result, run.finish(before))
     }
 
     /// Every source, then (a store's first pass) the current scores and go-live, the clock,
@@ -893,11 +920,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 let history = history_object(&m.crm.threshold.object);
                 self.threshold_history().instrument(phase(&history)).await
             }
-            Source::People => self.read_persons().await,
-            Source::MqlEdits => self.read_mql_edits().await,
-            Source::Opportunities => {
-                self.read_accounts().await?;
-                self.read_opportunities().await
+            Source::People | Source::MqlEdits | Source::Opportunities => {
+                let objects = CrmObject::of_source(source).expect("a source of CRM objects");
+                self.read_objects(objects).await
             }
             Source::Activities => {
                 self.map_activities()
@@ -983,76 +1008,26 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.summary
     }
 
-    /// Leads, contacts, reps' MQL edits and (with `opportunities`) opportunities since their
-    /// cursors.
+    /// Leads, contacts, reps' MQL edits and (with `opportunities`) accounts and
+    /// opportunities since their cursors.
     pub(super) async fn read_people(&mut self, opportunities: bool) -> Result<(), SyncError> {
         // Accounts first: their contacts read next carry their attributes at once.
-        if opportunities {
-            self.read_accounts().await?;
-        }
-        self.read_persons().await?;
-        if opportunities {
-            self.read_opportunities().await?;
-        }
-        self.read_mql_edits().await
-    }
-
-    /// Accounts since their cursor, when the mapping reads them (`crm.account`).
-    pub(super) async fn read_accounts(&mut self) -> Result<(), SyncError> {
-        let Some(account) = &self.mapping.crm.account else {
-            return Ok(());
+        let objects: &[CrmObject] = if opportunities {
+            &[
+                CrmObject::Account,
+                CrmObject::Person(CrmKind::Lead),
+                CrmObject::Person(CrmKind::Contact),
+                CrmObject::Opportunity,
+                CrmObject::MqlEdit,
+            ]
+        } else {
+            &[
+                CrmObject::Person(CrmKind::Lead),
+                CrmObject::Person(CrmKind::Contact),
+                CrmObject::MqlEdit,
+            ]
         };
-        let object = account.object.clone();
-        let fields = records::account_fields(self.mapping);
-        self.crm_object(&object, fields, false, |m, r| {
-            records::account(m, r).map(Event::Account)
-        })
-        .instrument(phase(&object))
-        .await
-    }
-
-    /// Leads and contacts since their cursors.
-    async fn read_persons(&mut self) -> Result<(), SyncError> {
-        let m = self.mapping;
-        for kind in [CrmKind::Lead, CrmKind::Contact] {
-            let object = match kind {
-                CrmKind::Lead => m.crm.lead.object.clone(),
-                CrmKind::Contact => m.crm.contact.object.clone(),
-            };
-            let fields = records::person_fields(m, kind);
-            self.crm_object(&object, fields, false, move |m, r| {
-                records::person(m, kind, r).map(Event::Person)
-            })
-            .instrument(phase(&object))
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Opportunities since their cursor.
-    async fn read_opportunities(&mut self) -> Result<(), SyncError> {
-        let fields = records::OPPORTUNITY_FIELDS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let object = self.mapping.crm.opportunity.clone();
-        self.crm_object(&object, fields, false, |m, r| {
-            records::opportunity(m, r).map(Event::Opportunity)
-        })
-        .instrument(phase(&object))
-        .await
-    }
-
-    /// Reps' edits of MQL records since their cursor.
-    pub(super) async fn read_mql_edits(&mut self) -> Result<(), SyncError> {
-        let m = self.mapping;
-        let object = m.crm.mql.object.clone();
-        let fields = records::mql_fields(m);
-        self.crm_object(&object, fields, false, |m, r| {
-            records::cycle_edit(m, r).map(Event::CycleEdit)
-        })
-        .instrument(phase(&object))
-        .await
+        self.read_objects(objects).await
     }
 
     /// Calls sent so far in this process, `(salesforce, marketo)`, for the log.
@@ -1100,13 +1075,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         &self,
         name: &str,
     ) -> Result<T, SyncError> {
-        match self.store.cursor(name)? {
-            None => Ok(T::default()),
-            Some(text) => serde_json::from_str(&text).map_err(|e| SyncError::Cursor {
-                name: name.into(),
-                detail: e.to_string(),
-            }),
-        }
+        stored_cursor(self.store, name)
     }
 
     /// Applies events, commits them with their decisions and the cursor in one transaction.
@@ -1194,27 +1163,47 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             None,
             all,
         )?;
-        let (mut read, mut pages, mut last) = (0usize, 0u64, None);
+        let (mut count, mut last) = (ReadCount::default(), None);
         while let Some(page) = reader.next_page().await? {
-            pages += 1;
-            read += page.records.len();
-            let mut events = Vec::with_capacity(page.records.len());
-            for r in &page.records {
-                match to_event(self.mapping, r) {
-                    Ok(e) => events.push(e),
-                    Err(e) => self.unreadable(e),
-                }
-            }
             let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
-            self.commit(events, (commit_as.to_string(), cursor.clone()))?;
-            self.log_page(object, page.records.len(), &cursor);
+            self.commit_crm_page(object, commit_as, page, &mut count, &mut to_event)?;
             last = Some(cursor);
         }
-        // The fewest query calls for what was read: one per 2,000 records, at least one.
-        self.sf_min += (read as u64).div_ceil(2000).max(1);
-        self.log_phase_done(read, pages);
-        *self.summary.read.entry(object.to_string()).or_default() += read;
+        self.end_crm_read(object, count);
         Ok(last)
+    }
+
+    /// Commits a page of `object`'s records (each made an event by `to_event`; one that
+    /// cannot be is skipped with a warning) with its position under the cursor `commit_as`.
+    pub(super) fn commit_crm_page(
+        &mut self,
+        object: &str,
+        commit_as: &str,
+        page: ChangePage,
+        count: &mut ReadCount,
+        mut to_event: impl FnMut(&Mapping, &crate::connectors::Record) -> Result<Event, RecordError>,
+    ) -> Result<(), SyncError> {
+        count.pages += 1;
+        count.records += page.records.len();
+        let mut events = Vec::with_capacity(page.records.len());
+        for r in &page.records {
+            match to_event(self.mapping, r) {
+                Ok(e) => events.push(e),
+                Err(e) => self.unreadable(e),
+            }
+        }
+        let cursor = serde_json::to_string(&page.cursor).expect("cursors serialise");
+        self.commit(events, (commit_as.to_string(), cursor.clone()))?;
+        self.log_page(object, page.records.len(), &cursor);
+        Ok(())
+    }
+
+    /// The end of a read of `object`: logged, counted, and its fewest calls (one per 2,000
+    /// records, at least one) added to the pass's minimum.
+    pub(super) fn end_crm_read(&mut self, object: &str, count: ReadCount) {
+        self.sf_min += (count.records as u64).div_ceil(2000).max(1);
+        self.log_phase_done(count.records, count.pages);
+        *self.summary.read.entry(object.to_string()).or_default() += count.records;
     }
 
     /// The CRM's field history of threshold records since the last run: who turned which knob

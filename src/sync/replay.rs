@@ -27,6 +27,7 @@ use crate::connectors::{ConnectorError, Crm, Map, Priority, QueryPages};
 use crate::engine::model::{CrmKind, Event, Opportunity, PersonFacts, Text};
 use crate::store::ThresholdFieldChange;
 
+use super::crm_read::CrmObject;
 use super::current;
 use super::once::{
     ActivityRead, BackfillWindow, Run, SyncError, history_object, history_parent_field, phase,
@@ -96,7 +97,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             ));
             // Accounts as they stand today (their attributes are no history): the people
             // of the timeline carry them from their first version.
-            self.read_accounts().await?;
+            self.read_objects(&[CrmObject::Account]).await?;
             let people = self.people_timeline(window).await?;
             let mut timeline: Vec<Event> = self
                 .threshold_timeline(window, &mut report.unreadable_history)
@@ -179,7 +180,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 .instrument(phase(&object))
                 .await?;
         }
-        self.read_mql_edits().await?;
+        self.read_objects(&[CrmObject::MqlEdit]).await?;
         Ok(later)
     }
 

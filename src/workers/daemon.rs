@@ -12,9 +12,18 @@
 //! comes first: shutdown, a bell ([`super::http::Wake`]), an inbound webhook event, the next
 //! due source or writer batch, or the engine's next timer ([`Clock`]). Reads go through the
 //! same clients as `run --once`, whose pacers and daily budgets are shared by every call, so
-//! the daemon can never spend more than `run --once` may; and a source polls only while the
-//! one before it is not in flight, so the daemon never makes two calls to one system at once
-//! either (the connectors allow more; the loop does not need them).
+//! the daemon can never spend more than `run --once` may.
+//!
+//! # Why the CRM reads run beside the loop
+//! A Salesforce page of 2,000 records takes from a tenth of a second (the sandbox) to a
+//! second (a busy org), and the people poller reads back every lead the writer stamped: read
+//! in the loop, such a page held back the Marketo poll and the writes of a score push behind
+//! it. So the CRM sources (people, MQL edits, accounts and opportunities; not the thresholds)
+//! read in a task of their own ([`crate::sync::crm_read`]) and hand each page to the loop,
+//! which decides and commits it between its other steps: the store and the engine state
+//! still have one user. One CRM read is in flight at a time, one page ahead at most; the
+//! writer's calls may go beside it (two Salesforce requests at once, of the 25 long-running
+//! ones an org allows).
 //!
 //! # What happens when
 //! - **Start**: the caller has signed in, opened the store and bound the port. The first pass
@@ -64,12 +73,16 @@ use super::http::{self, HttpState};
 use super::metrics::{Family, Metrics};
 use super::schedule::{self, Failure, Intervals, SourceSchedule, WriterSchedule};
 use crate::config::DaemonSchedule;
+use crate::connectors::ConnectorError;
 use crate::connectors::error::System;
+use crate::connectors::http::Sent;
 use crate::connectors::marketo::MarketoClient;
 use crate::connectors::salesforce::SalesforceClient;
+use crate::connectors::salesforce::incremental::ChangePage;
 use crate::engine::Policy;
 use crate::mapping::Mapping;
 use crate::store::Store;
+use crate::sync::crm_read::{CrmRead, CrmReadKind, ReadCount};
 use crate::sync::once::{RunSettings, RunSummary, Source, SyncError, Syncer};
 
 /// The daemon's idea of the present, and a way to wait for an instant of it. The engine's
@@ -152,9 +165,10 @@ pub struct Progress {
     pub settled: BTreeMap<String, usize>,
     /// Decisions made, by kind.
     pub decisions: BTreeMap<String, usize>,
-    /// The calls the steps sent, by system, and the fewest their work could take (see
-    /// [`RunSummary::minimum_calls`]): the difference between two snapshots is what the
-    /// steps between them cost against their minimum.
+    /// The calls the clients sent since the loop started, by system, and the fewest the
+    /// steps' work could take (see [`RunSummary::minimum_calls`]): the difference between two
+    /// snapshots is what the steps between them cost against their minimum. Counted from the
+    /// clients rather than added up by step, since a CRM read runs beside the other steps.
     pub calls: BTreeMap<String, u64>,
     pub minimum_calls: BTreeMap<String, u64>,
     /// Failed passes.
@@ -280,6 +294,10 @@ impl Daemon {
         let writer_lock = store
             .lock_writer()
             .map_err(|e| DaemonError::Sync(e.into()))?;
+        // A commit that checkpoints waits for it: a score push's MQL record would too.
+        let checkpointer = store
+            .checkpoint_in_background(crate::store::CHECKPOINT_EVERY)
+            .map_err(|e| DaemonError::Sync(e.into()))?;
         let server_stop = CancellationToken::new();
         let server = listener.map(|listener| {
             let stop = server_stop.clone();
@@ -322,6 +340,8 @@ impl Daemon {
             ),
             last_ok: BTreeMap::new(),
             pending: 0,
+            fetch: None,
+            calls_from: (sf.sent(), mk.sent()),
             config,
             progress,
         };
@@ -360,6 +380,7 @@ impl Daemon {
             Err(e) => Err(e),
         };
         drop(lp);
+        drop(checkpointer);
         drop(writer_lock);
         stop_server(server_stop, server).await?;
         if ended.is_ok() {
@@ -425,7 +446,70 @@ struct Loop<'a> {
     last_ok: BTreeMap<Source, Instant>,
     /// Writes waiting in the outbox.
     pending: usize,
+    /// The CRM reads of a source running in their own task, if any.
+    fetch: Option<Fetch>,
+    /// What the clients had sent when the loop started: [`Progress::calls`] counts from
+    /// there.
+    calls_from: (Sent, Sent),
     progress: watch::Sender<Progress>,
+}
+
+/// A source's CRM reads running in a task of their own (see [`crate::sync::crm_read`]): the
+/// loop applies their pages as they arrive, one page ahead at most, and goes on with the
+/// Marketo polls and the writer meanwhile. One at a time: a CRM source due while another
+/// reads waits for it.
+struct Fetch {
+    source: Source,
+    pages: mpsc::Receiver<Fetched>,
+    task: tokio::task::JoinHandle<()>,
+    /// The read in progress so far.
+    count: ReadCount,
+    /// Some read brought records (the source stays at its interval).
+    found: bool,
+    /// A webhook woke the source while it read: it polls again at once after.
+    woken_again: bool,
+}
+
+/// What a fetch task hands the loop.
+enum Fetched {
+    Page(CrmReadKind, ChangePage),
+    /// A read is exhausted (the next, if any, follows).
+    End(CrmReadKind),
+    /// Every read is exhausted.
+    Done,
+    Failed(ConnectorError),
+}
+
+/// Runs `reads` one after the other, handing each page to the loop (which commits it): a
+/// page waits in the channel until the loop takes it, so at most one is read ahead.
+async fn fetch(reads: Vec<CrmRead<SalesforceClient>>, pages: mpsc::Sender<Fetched>) {
+    for mut read in reads {
+        loop {
+            let next = match read.reader.next_page().await {
+                Ok(Some(page)) => Fetched::Page(read.kind.clone(), page),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = pages.send(Fetched::Failed(e)).await;
+                    return;
+                }
+            };
+            if pages.send(next).await.is_err() {
+                return; // the loop stopped
+            }
+        }
+        if pages.send(Fetched::End(read.kind)).await.is_err() {
+            return;
+        }
+    }
+    let _ = pages.send(Fetched::Done).await;
+}
+
+/// The next thing the fetch in flight hands over; pending while none is.
+async fn next_fetched(fetch: &mut Option<Fetch>) -> Option<Fetched> {
+    match fetch {
+        Some(f) => f.pages.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Loop<'_> {
@@ -451,9 +535,14 @@ impl Loop<'_> {
                 () = wake.people.notified() => self.woken(Source::People),
                 () = wake.score_activities.notified() => self.woken(Source::Activities),
                 Some(event) = inbound.recv() => self.inbound(event, inbound),
+                fetched = next_fetched(&mut self.fetch) => self.fetched(fetched)?,
                 () = sleep_until(next) => {}
                 () = wait_for_clock(self.clock, deadline) => {}
             }
+        }
+        // A read in flight stops here: what it committed stays, the rest is read again.
+        if let Some(f) = self.fetch.take() {
+            f.task.abort();
         }
         // Writes decided but waiting for their window go now: they would wait for the next
         // start otherwise (they are safe in the outbox either way).
@@ -494,7 +583,13 @@ impl Loop<'_> {
                 );
             }
             if due && !held {
-                self.poll(source).await?;
+                if self.fetched_off_loop(source) {
+                    if self.fetch.is_none() {
+                        self.start_fetch(source)?;
+                    }
+                } else {
+                    self.poll(source).await?;
+                }
             }
         }
         if self
@@ -536,15 +631,33 @@ impl Loop<'_> {
         }
     }
 
-    /// Each source with the instant it may poll.
+    /// Each source with the instant it may poll; while a CRM read is in flight, the
+    /// sources read that way wait for it and have none.
     fn poll_times(&self) -> Vec<(Source, Instant)> {
-        Source::ALL.iter().map(|s| (*s, self.poll_at(*s))).collect()
+        Source::ALL
+            .iter()
+            .filter(|s| !(self.fetch.is_some() && self.fetched_off_loop(**s)))
+            .map(|s| (*s, self.poll_at(*s)))
+            .collect()
+    }
+
+    fn fetched_off_loop(&self, source: Source) -> bool {
+        crate::sync::crm_read::CrmObject::of_source(source).is_some()
+    }
+
+    /// The sources the loop reads itself (the thresholds, the MAP's activities) with the
+    /// instant each may poll: the writer waits for these, not for a CRM read, whose pages
+    /// come from its own task at no instant the loop knows.
+    fn loop_poll_times(&self) -> Vec<(Source, Instant)> {
+        let mut times = self.poll_times();
+        times.retain(|(s, _)| !self.fetched_off_loop(*s));
+        times
     }
 
     /// When the next step that could add writes is due (see [`WriterSchedule::due_at`]).
     fn next_work(&self) -> Option<Instant> {
         schedule::next_work(
-            &self.poll_times(),
+            &self.loop_poll_times(),
             self.pending,
             self.config.max_pending_writes,
             self.next_work_clock(),
@@ -586,6 +699,9 @@ impl Loop<'_> {
             tracing::debug!(source = source.label(), "woken");
             if let Some(s) = self.sources.get_mut(&source) {
                 s.woken(now);
+            }
+            if let Some(f) = self.fetch.as_mut().filter(|f| f.source == source) {
+                f.woken_again = true;
             }
         } else {
             self.full.woken(now);
@@ -676,6 +792,100 @@ impl Loop<'_> {
         }
     }
 
+    /// Starts `source`'s CRM reads in a task of their own, from the cursors committed now.
+    fn start_fetch(&mut self, source: Source) -> Result<(), DaemonError> {
+        let reads = match self.syncer.crm_reads(source) {
+            Ok(reads) => reads.unwrap_or_default(),
+            Err(e) => return self.failed(Step::Poll(source), e),
+        };
+        let (tx, rx) = mpsc::channel(1);
+        self.fetch = Some(Fetch {
+            source,
+            pages: rx,
+            task: tokio::spawn(fetch(reads, tx)),
+            count: ReadCount::default(),
+            found: false,
+            woken_again: false,
+        });
+        Ok(())
+    }
+
+    /// What the fetch in flight handed over: a page applied and committed, a read ended, or
+    /// the whole poll done (or failed, as a poll in the loop fails).
+    fn fetched(&mut self, fetched: Option<Fetched>) -> Result<(), DaemonError> {
+        let Some(f) = self.fetch.as_mut() else {
+            return Ok(());
+        };
+        let source = f.source;
+        let now = self.clock.now();
+        match fetched {
+            Some(Fetched::Page(kind, page)) => {
+                let result = self.syncer.apply_crm_page(now, &kind, page, &mut f.count);
+                match result {
+                    Ok(summary) => {
+                        f.found |= summary.events > 0;
+                        self.account(&summary);
+                        self.release_memory(summary.events);
+                        self.refresh_pending()?;
+                        self.writer.committed(Instant::now(), self.pending);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.stop_fetch();
+                        self.failed(Step::Poll(source), e)
+                    }
+                }
+            }
+            Some(Fetched::End(kind)) => {
+                let count = std::mem::take(&mut f.count);
+                f.found |= count.records > 0;
+                let summary = self.syncer.end_crm_read(now, &kind, count);
+                if count.records > 0 {
+                    tracing::info!(source = source.label(), object = %kind.object, records = count.records, "polled");
+                }
+                self.account(&summary);
+                Ok(())
+            }
+            Some(Fetched::Done) => {
+                let f = self.fetch.take().expect("a fetch in flight");
+                let at = Instant::now();
+                self.mark_polled(source, at);
+                let schedule = self.sources.get_mut(&source).expect("every source");
+                schedule.polled(at, f.found);
+                if f.woken_again {
+                    schedule.woken(at);
+                }
+                self.progress
+                    .send_modify(|p| *p.polls.entry(source).or_default() += 1);
+                Ok(())
+            }
+            Some(Fetched::Failed(e)) => {
+                self.stop_fetch();
+                self.failed(Step::Poll(source), e.into())
+            }
+            None => {
+                // The task ended without a word: it panicked. Its committed pages stay.
+                self.stop_fetch();
+                tracing::error!(
+                    source = source.label(),
+                    "a CRM read stopped unexpectedly; trying again later"
+                );
+                self.metrics.count_error("internal");
+                self.sources
+                    .get_mut(&source)
+                    .expect("every source")
+                    .failed(Instant::now(), None);
+                Ok(())
+            }
+        }
+    }
+
+    fn stop_fetch(&mut self) {
+        if let Some(f) = self.fetch.take() {
+            f.task.abort();
+        }
+    }
+
     async fn tick(&mut self) -> Result<(), DaemonError> {
         let result = self.syncer.tick(self.clock.now()).await;
         match result {
@@ -694,7 +904,7 @@ impl Loop<'_> {
     /// of writes once a poll is due; true when it left writes for the next step.
     async fn write(&mut self) -> Result<bool, DaemonError> {
         let polls = schedule::next_work(
-            &self.poll_times(),
+            &self.loop_poll_times(),
             self.pending,
             self.config.max_pending_writes,
             None,
@@ -797,6 +1007,14 @@ impl Loop<'_> {
 
     /// Counts what a step did into the metrics and the progress.
     fn account(&mut self, summary: &RunSummary) {
+        let (sf, mk) = (
+            self.sf.sent() - self.calls_from.0,
+            self.mk.sent() - self.calls_from.1,
+        );
+        let calls = BTreeMap::from([
+            ("salesforce".to_string(), sf.requests),
+            ("marketo".to_string(), mk.requests),
+        ]);
         let m = &self.metrics;
         for (kind, n) in &summary.read {
             m.add(Family::Events, &[kind], *n as f64);
@@ -824,7 +1042,7 @@ impl Loop<'_> {
             add(&mut p.written, &summary.written);
             add(&mut p.settled, &summary.settled);
             add(&mut p.decisions, &summary.decisions);
-            add(&mut p.calls, &summary.calls);
+            p.calls = calls.clone();
             add(&mut p.minimum_calls, &summary.minimum_calls);
         });
     }

@@ -407,6 +407,71 @@ async fn a_marketo_webhook_wakes_the_activities_poller_and_the_score_becomes_an_
     app.stop().await.unwrap();
 }
 
+/// Issue 13, performance: a CRM read in flight holds back neither a Marketo poll nor the
+/// writer. The people poller's query is held by the CRM for a minute; meanwhile a score push
+/// becomes an MQL record, and the people poll is still waiting for its page. (Read in the
+/// loop, the query held everything behind it for the minute, and the people poll ended
+/// first.) A stop then ends the read in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_crm_read_holds_back_neither_a_score_push_nor_its_mql_record() {
+    let mut app = spawn_app(300, "", Vec::new()).await;
+    app.wait_for("first pass", |p| p.live).await;
+    app.sandbox.faults().add(FaultRule {
+        system: System::Salesforce,
+        method: None,
+        path: None,
+        kind: Some("query".into()),
+        skip: 0,
+        times: Some(1),
+        action: FaultAction::Delay { millis: 60_000 },
+    });
+    let people_polls = app.polls(Source::People);
+    app.http.wake().people.notify_one();
+    // The people read's query has reached the CRM (it answers in a minute).
+    let asked = tokio::time::timeout(FAILURE_BOUND, async {
+        while app.sandbox.faults().fired() != [1] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    asked
+        .await
+        .expect("the people poll's query reaches the CRM");
+
+    let later = start() + SignedDuration::from_mins(2);
+    let person = qualifies_with_a_push(&app, later);
+    let crm_id = person.crm_id.clone().unwrap();
+    app.clock.set(later);
+    let polls = app.polls(Source::Activities);
+    let drains = app.now().drains;
+    app.sandbox
+        .marketo()
+        .apply_score_change(person.map_id, ScoreField::BehaviorScore, 500, Some(1003))
+        .unwrap();
+    let p = app
+        .wait_for("the score change's MQL record written", |p| {
+            p.polls.get(&Source::Activities).copied().unwrap_or(0) > polls
+                && p.drains > drains
+                && p.pending_writes == 0
+        })
+        .await;
+    assert_eq!(
+        p.polls.get(&Source::People).copied().unwrap_or(0),
+        people_polls,
+        "the people poll is still waiting for its page: {p:?}"
+    );
+    let cycle = app
+        .cycles()
+        .into_iter()
+        .find(|c| c.crm.id == crm_id)
+        .unwrap_or_else(|| panic!("no MQL for {crm_id}, whose score was pushed: {p:?}"));
+    let records = app.mql_records().await;
+    assert!(
+        records.iter().any(|(id, _)| *id == cycle.external_id),
+        "{records:?}"
+    );
+    assert_eq!(app.stop().await.unwrap(), Stopped::Gracefully);
+}
+
 /// Issue 13, point 1: the shutdown token (what SIGTERM cancels) during the first pass, whose
 /// first write the CRM holds for three seconds, with a grace of one second: the daemon
 /// stops, dropping the pass after its last commit; the next `run --once` finishes the work
