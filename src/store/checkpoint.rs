@@ -2,37 +2,30 @@
 //! back into the database file (a checkpoint) in the connection that commits once the log
 //! passes `wal_autocheckpoint` pages: that commit then waits for up to 128 MiB of copying and
 //! two `fsync`s, a tenth of a second and more, which a score push waiting for its MQL record
-//! sees. [`Store::checkpoint_in_background`] turns that off for the store's connection and
-//! checkpoints from a connection of its own, on a thread of its own, every second.
+//! sees. [`Store::checkpoint_elsewhere`] turns that off for the store's connection; the
+//! daemon then asks its [`Checkpointer`] after each step, which starts a checkpoint on
+//! tokio's blocking pool, from a connection of its own, when the store was written since the
+//! last one and a second has passed.
 //!
 //! A `PASSIVE` checkpoint never waits for the writer or a reader, and a crash during one is
 //! SQLite's ordinary recovery: the log is replayed at the next open. Once a checkpoint has
 //! copied the whole log, the writer's next transaction starts the log again from its
-//! beginning, so the file stays the size of a second's writes.
+//! beginning, so the file stays the size of a second's writes. The connection is opened for
+//! each checkpoint and closed after it (a millisecond), and an idle daemon starts none: no
+//! thread and no second page cache sit in a sidecar's memory between them.
 //!
-//! Must not: write anything but the checkpoint, or outlive the store it was made from
-//! (dropping the guard stops and joins the thread).
+//! Must not: write anything but the checkpoint, or run two checkpoints at once.
 
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Store, StoreError};
 
-/// How often the background thread checkpoints.
+/// The least time between two checkpoints.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// The checkpointing thread; dropping it stops the thread (after the checkpoint in progress).
-#[derive(Debug)]
-pub struct Checkpointer {
-    asks: Option<mpsc::Sender<Ask>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// A checkpoint asked for now, answered with its outcome.
-type Ask = mpsc::Sender<Result<Checkpointed, String>>;
 
 /// What a checkpoint did: frames in the log, and frames copied into the database so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,88 +34,99 @@ pub struct Checkpointed {
     pub copied_frames: i64,
 }
 
-fn checkpoint(conn: &Connection) -> Result<Checkpointed, String> {
+/// Checkpoints `path`'s log from a connection of its own.
+fn checkpoint(path: &str) -> Result<Checkpointed, rusqlite::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok(Checkpointed {
             log_frames: row.get(1)?,
             copied_frames: row.get(2)?,
         })
     })
-    .map_err(|e| e.to_string())
 }
 
-impl Checkpointer {
-    fn inert() -> Self {
-        Checkpointer {
-            asks: None,
-            thread: None,
-        }
-    }
-
-    /// Has the thread checkpoint now and says what it did; `None` for a store without a
-    /// thread (in memory, or the thread could not start).
-    pub fn checkpoint_now(&self) -> Option<Result<Checkpointed, String>> {
-        let (reply, answer) = mpsc::channel();
-        self.asks.as_ref()?.send(reply).ok()?;
-        answer.recv().ok()
-    }
+/// Starts the store's checkpoints when they are due (see the module doc).
+#[derive(Debug)]
+pub struct Checkpointer {
+    /// The database file; `None` for a store in memory (no log).
+    path: Option<String>,
+    /// The store as the user named it, for the log.
+    shown: String,
+    every: Duration,
+    /// The writer connection's row changes at the last checkpoint's start.
+    changes_at_last: u64,
+    last: Option<Instant>,
+    running: Option<JoinHandle<()>>,
 }
 
 impl Store {
-    /// Checkpoints this store's log from a thread of its own every `every`, and no longer
-    /// in this connection's commits (see the module doc). A store in memory has no log and
-    /// gets a guard that does nothing.
-    pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StoreError> {
-        let path = match self.conn.path() {
-            Some(p) if !p.is_empty() => p.to_string(),
-            _ => return Ok(Checkpointer::inert()),
-        };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| self.sql_err(e))?;
-        // The checkpointer copies frames; it needs no cache of its own.
-        conn.pragma_update(None, "cache_size", 16)
-            .map_err(|e| self.sql_err(e))?;
-        let (asks, asked) = mpsc::channel::<Ask>();
-        let shown = self.path.clone();
-        let spawned = std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || {
-                loop {
-                    match asked.recv_timeout(every) {
-                        Ok(reply) => {
-                            let _ = reply.send(checkpoint(&conn));
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = checkpoint(&conn) {
-                                tracing::warn!(error = %e, store = %shown, "a background checkpoint of the store failed; the next one tries again");
-                            }
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            });
-        let thread = match spawned {
-            Ok(thread) => thread,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start the store's checkpoint thread: commits checkpoint themselves");
-                return Ok(Checkpointer::inert());
-            }
-        };
-        self.conn
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(|e| self.sql_err(e))?;
+    /// Stops this connection's commits from checkpointing the log: the returned
+    /// [`Checkpointer`] does it elsewhere, at least `every` apart (see the module doc).
+    pub fn checkpoint_elsewhere(&self, every: Duration) -> Result<Checkpointer, StoreError> {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        if path.is_some() {
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| self.sql_err(e))?;
+        }
         Ok(Checkpointer {
-            asks: Some(asks),
-            thread: Some(thread),
+            path,
+            shown: self.path.clone(),
+            every,
+            changes_at_last: self.conn.total_changes(),
+            last: None,
+            running: None,
         })
+    }
+
+    /// Row changes this connection has committed or made since it opened.
+    pub(crate) fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
     }
 }
 
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.asks.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+impl Checkpointer {
+    /// After a step of the daemon at `now`: starts a checkpoint on the blocking pool if
+    /// `store` was written since the last one, `every` has passed, and none is running.
+    /// True when one started.
+    pub fn after_step(&mut self, store: &Store, now: Instant) -> bool {
+        let Some(path) = &self.path else { return false };
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return false;
         }
+        if self.last.is_some_and(|at| now < at + self.every) {
+            return false;
+        }
+        let changes = store.total_changes();
+        if changes == self.changes_at_last {
+            return false;
+        }
+        self.changes_at_last = changes;
+        self.last = Some(now);
+        let (path, shown) = (path.clone(), self.shown.clone());
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = checkpoint(&path) {
+                tracing::warn!(error = %e, store = %shown, "a checkpoint of the store failed; the next one tries again");
+            }
+        }));
+        true
+    }
+
+    /// Waits for the checkpoint in flight, if any (a stop: the last one ends before the
+    /// store closes).
+    pub async fn finish(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+
+    /// Checkpoints now, here, and says what it did (tests); `None` for a store in memory.
+    pub fn checkpoint_now(&self) -> Option<Result<Checkpointed, rusqlite::Error>> {
+        self.path.as_deref().map(checkpoint)
     }
 }

@@ -1182,13 +1182,12 @@ fn each_saved_cycle_has_its_report_row_and_an_upgraded_store_gets_them_all() {
     assert_eq!(cycle_facts_rows(&upgraded), written);
 }
 
-#[test]
-fn the_background_checkpointer_takes_checkpoints_off_the_writers_commits() {
+#[tokio::test]
+async fn the_checkpointer_takes_checkpoints_off_the_writers_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
-    // Never on its own during the test: each checkpoint here is asked for.
-    let checkpointer = store
-        .checkpoint_in_background(std::time::Duration::from_secs(3600))
+    let mut checkpointer = store
+        .checkpoint_elsewhere(std::time::Duration::from_secs(1))
         .unwrap();
     let autocheckpoint: i64 = store
         .conn
@@ -1222,13 +1221,31 @@ fn the_background_checkpointer_takes_checkpoints_off_the_writers_commits() {
     commit();
     let second = checkpointer.checkpoint_now().unwrap().unwrap();
     assert!(second.log_frames < 10, "{second:?}");
-    drop(checkpointer);
-    let in_memory = Store::open_in_memory().unwrap();
+
+    // After a step: one starts when the store was written and a second has passed since
+    // the last, never two at once.
+    let t0 = tokio::time::Instant::now();
     assert!(
-        in_memory
-            .checkpoint_in_background(std::time::Duration::from_secs(1))
-            .unwrap()
-            .checkpoint_now()
-            .is_none()
+        checkpointer.after_step(&store, t0),
+        "written since it was made"
     );
+    checkpointer.finish().await;
+    assert!(
+        !checkpointer.after_step(&store, t0 + std::time::Duration::from_secs(5)),
+        "nothing written since"
+    );
+    commit();
+    assert!(
+        !checkpointer.after_step(&store, t0 + std::time::Duration::from_millis(500)),
+        "within the second"
+    );
+    assert!(checkpointer.after_step(&store, t0 + std::time::Duration::from_secs(2)));
+    checkpointer.finish().await;
+    let in_memory = Store::open_in_memory().unwrap();
+    let mut none = in_memory
+        .checkpoint_elsewhere(std::time::Duration::from_secs(1))
+        .unwrap();
+    assert!(none.checkpoint_now().is_none());
+    in_memory.conn.execute_batch("CREATE TABLE t (x)").unwrap();
+    assert!(!none.after_step(&in_memory, t0));
 }

@@ -753,6 +753,11 @@ impl<'a, C: Crm, M: Map> Syncer<'a, C, M> {
         .await
     }
 
+    /// The store, to read (the daemon's checkpoints ask it whether it was written).
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
     /// The next instant a timer of the engine fires: when something is due by time alone.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         self.state.next_wakeup()

@@ -81,7 +81,7 @@ use crate::connectors::salesforce::SalesforceClient;
 use crate::connectors::salesforce::incremental::ChangePage;
 use crate::engine::Policy;
 use crate::mapping::Mapping;
-use crate::store::Store;
+use crate::store::{Checkpointer, Store};
 use crate::sync::crm_read::{CrmRead, CrmReadKind, ReadCount};
 use crate::sync::once::{RunSettings, RunSummary, Source, SyncError, Syncer};
 
@@ -294,9 +294,10 @@ impl Daemon {
         let writer_lock = store
             .lock_writer()
             .map_err(|e| DaemonError::Sync(e.into()))?;
-        // A commit that checkpoints waits for it: a score push's MQL record would too.
+        // A commit that checkpoints waits for it: a score push's MQL record would too. The
+        // loop starts them elsewhere after its steps instead.
         let checkpointer = store
-            .checkpoint_in_background(crate::store::CHECKPOINT_EVERY)
+            .checkpoint_elsewhere(crate::store::CHECKPOINT_EVERY)
             .map_err(|e| DaemonError::Sync(e.into()))?;
         let server_stop = CancellationToken::new();
         let server = listener.map(|listener| {
@@ -342,6 +343,7 @@ impl Daemon {
             pending: 0,
             fetch: None,
             calls_from: (sf.sent(), mk.sent()),
+            checkpointer,
             config,
             progress,
         };
@@ -379,8 +381,8 @@ impl Daemon {
             },
             Err(e) => Err(e),
         };
+        lp.checkpointer.finish().await;
         drop(lp);
-        drop(checkpointer);
         drop(writer_lock);
         stop_server(server_stop, server).await?;
         if ended.is_ok() {
@@ -451,6 +453,8 @@ struct Loop<'a> {
     /// What the clients had sent when the loop started: [`Progress::calls`] counts from
     /// there.
     calls_from: (Sent, Sent),
+    /// Checkpoints the store's log off the loop (see [`crate::store::Checkpointer`]).
+    checkpointer: Checkpointer,
     progress: watch::Sender<Progress>,
 }
 
@@ -1049,6 +1053,8 @@ impl Loop<'_> {
 
     /// The gauges and the progress's view of now.
     fn publish(&mut self) {
+        self.checkpointer
+            .after_step(self.syncer.store(), Instant::now());
         let m = &self.metrics;
         m.set_api_calls_total(System::Salesforce, self.sf.sent().requests);
         m.set_api_calls_total(System::Marketo, self.mk.sent().requests);
