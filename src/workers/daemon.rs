@@ -1,6 +1,6 @@
 //! `mqlsync run`: the daemon's loop. One task owns the store and the engine state and runs
 //! one pass at a time on them; everything else (the HTTP port, the signals, the clocks) only
-//! tells it when.
+//! tells it when, and the CRM reads' task only hands it pages.
 //!
 //! # Why one loop and not one task per source
 //! The store has one writer (a transaction per page) and the engine state lives in memory:
