@@ -176,6 +176,34 @@ impl App {
         self.progress.borrow().clone()
     }
 
+    /// At `at`, pushes a score change (Marketo's webhook follows) that makes someone an MQL,
+    /// and waits until an activities poll and a drain after it have emptied the outbox: the
+    /// progress then, and the person's cycle.
+    async fn push_to_an_mql(&mut self, at: Timestamp) -> (Progress, Cycle) {
+        let person = qualifies_with_a_push(self, at);
+        let crm_id = person.crm_id.clone().unwrap();
+        self.clock.set(at);
+        let polls = self.polls(Source::Activities);
+        let drains = self.now().drains;
+        self.sandbox
+            .marketo()
+            .apply_score_change(person.map_id, ScoreField::BehaviorScore, 500, Some(1003))
+            .unwrap();
+        let p = self
+            .wait_for("the score change's MQL record written", |p| {
+                p.polls.get(&Source::Activities).copied().unwrap_or(0) > polls
+                    && p.drains > drains
+                    && p.pending_writes == 0
+            })
+            .await;
+        let cycle = self
+            .cycles()
+            .into_iter()
+            .find(|c| c.crm.id == crm_id)
+            .unwrap_or_else(|| panic!("no MQL for {crm_id}, whose score was pushed: {p:?}"));
+        (p, cycle)
+    }
+
     fn polls(&self, source: Source) -> u64 {
         self.now().polls.get(&source).copied().unwrap_or(0)
     }
@@ -364,32 +392,13 @@ async fn a_marketo_webhook_wakes_the_activities_poller_and_the_score_becomes_an_
     let mut app = spawn_app(300, "", Vec::new()).await;
     app.wait_for("first pass", |p| p.live).await;
     let later = start() + SignedDuration::from_mins(2);
-    let person = qualifies_with_a_push(&app, later);
-    let crm_id = person.crm_id.clone().unwrap();
-    app.clock.set(later);
     let polls = app.polls(Source::Activities);
-    let drains = app.now().drains;
-    app.sandbox
-        .marketo()
-        .apply_score_change(person.map_id, ScoreField::BehaviorScore, 500, Some(1003))
-        .unwrap();
-    let p = app
-        .wait_for("the score change's MQL record written", |p| {
-            p.polls.get(&Source::Activities).copied().unwrap_or(0) > polls
-                && p.drains > drains
-                && p.pending_writes == 0
-        })
-        .await;
+    let (p, cycle) = app.push_to_an_mql(later).await;
     assert_eq!(
         p.polls.get(&Source::Activities),
         Some(&(polls + 1)),
         "one poll for one webhook: {p:?}"
     );
-    let cycle = app
-        .cycles()
-        .into_iter()
-        .find(|c| c.crm.id == crm_id)
-        .unwrap_or_else(|| panic!("no MQL for {crm_id}, whose score was pushed: {p:?}"));
     assert_eq!(cycle.mql_at, later);
     let records = app.mql_records().await;
     assert!(
@@ -437,33 +446,14 @@ async fn a_slow_crm_read_holds_back_neither_a_score_push_nor_its_mql_record() {
         .await
         .expect("the people poll's query reaches the CRM");
 
-    let later = start() + SignedDuration::from_mins(2);
-    let person = qualifies_with_a_push(&app, later);
-    let crm_id = person.crm_id.clone().unwrap();
-    app.clock.set(later);
-    let polls = app.polls(Source::Activities);
-    let drains = app.now().drains;
-    app.sandbox
-        .marketo()
-        .apply_score_change(person.map_id, ScoreField::BehaviorScore, 500, Some(1003))
-        .unwrap();
-    let p = app
-        .wait_for("the score change's MQL record written", |p| {
-            p.polls.get(&Source::Activities).copied().unwrap_or(0) > polls
-                && p.drains > drains
-                && p.pending_writes == 0
-        })
+    let (p, cycle) = app
+        .push_to_an_mql(start() + SignedDuration::from_mins(2))
         .await;
     assert_eq!(
         p.polls.get(&Source::People).copied().unwrap_or(0),
         people_polls,
         "the people poll is still waiting for its page: {p:?}"
     );
-    let cycle = app
-        .cycles()
-        .into_iter()
-        .find(|c| c.crm.id == crm_id)
-        .unwrap_or_else(|| panic!("no MQL for {crm_id}, whose score was pushed: {p:?}"));
     let records = app.mql_records().await;
     assert!(
         records.iter().any(|(id, _)| *id == cycle.external_id),
