@@ -1360,7 +1360,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///
 /// Other commands keep both.
 fn fit_in_a_sidecar() {
-    // SAFETY: sets one of mimalloc's options, before any thread but this one exists.
+    // SAFETY: mi_option_set stores one option atomically; any thread may call it at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's

@@ -361,8 +361,6 @@ fn alert_state(
     }
 }
 
-/// The span of one phase of a run (an object read, the score changes, the writes): log lines
-/// inside it carry its name, and on a terminal it is drawn as a progress bar.
 /// The cursor `name` as `store` holds it (the default before the first read).
 pub(super) fn stored_cursor<T: serde::de::DeserializeOwned + Default>(
     store: &Store,
@@ -377,6 +375,8 @@ pub(super) fn stored_cursor<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// The span of one phase of a run (an object read, the score changes, the writes): log lines
+/// inside it carry its name, and on a terminal it is drawn as a progress bar.
 pub(super) fn phase(name: &str) -> tracing::Span {
     tracing::info_span!(
         "phase",
