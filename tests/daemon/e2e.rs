@@ -139,16 +139,7 @@ async fn spawn_app(wiring: Wiring) -> App {
     let sf = connect::salesforce(&config).unwrap();
     let mk = connect::marketo(&config).unwrap();
     let loaded = if wiring.knob_feedback {
-        let text = [
-            "projected_weekly_mqls",
-            "actual_weekly_mqls",
-            "feedback_date",
-        ]
-        .iter()
-        .fold(mapping::DEFAULT_MAPPING.to_string(), |text, key| {
-            text.replacen(&format!("# {key} = "), &format!("{key} = "), 1)
-        });
-        mapping::parse(&text, "feedback.toml").unwrap()
+        crate::feedback_mapping::feedback_mapping()
     } else {
         mapping::load(None).unwrap()
     };

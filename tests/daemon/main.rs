@@ -902,3 +902,5 @@ mod crash;
 #[path = "loop.rs"]
 mod daemon_loop;
 mod e2e;
+#[path = "../support/feedback_mapping.rs"]
+mod feedback_mapping;

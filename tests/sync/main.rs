@@ -19,6 +19,10 @@ use mqlsync::sync::connect;
 use mqlsync::sync::once::{BulkReads, RunSettings, RunSummary, SyncError, run_once};
 use serde_json::{Map, Value, json};
 
+#[path = "../support/feedback_mapping.rs"]
+mod feedback_mapping;
+use feedback_mapping::feedback_mapping;
+
 struct App {
     sandbox: Sandbox,
     sf: SalesforceClient,
@@ -2041,22 +2045,6 @@ async fn an_account_crossing_through_two_contacts_makes_one_mql_for_the_account_
             .starts_with(&format!("Account score: account {}", account.id)),
         "{record:?}"
     );
-}
-
-/// The default mapping with the knob's feedback fields on.
-fn feedback_mapping() -> mapping::LoadedMapping {
-    let text = [
-        "projected_weekly_mqls",
-        "actual_weekly_mqls",
-        "feedback_date",
-    ]
-    .iter()
-    .fold(mapping::DEFAULT_MAPPING.to_string(), |text, key| {
-        let commented = format!("# {key} = ");
-        assert!(text.contains(&commented), "{key}");
-        text.replacen(&commented, &format!("{key} = "), 1)
-    });
-    mapping::parse(&text, "feedback.toml").unwrap()
 }
 
 /// Issue 14, point 3: each threshold record carries the MQLs a week its segment had and its
