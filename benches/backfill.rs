@@ -46,7 +46,7 @@ mod heap;
 use heap::{Counting, LIVE};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: Counting = Counting(std::alloc::System);
 
 const CHILD: &str = "MQLSYNC_BENCH_BACKFILL_CHILD";
 const HISTORY_DAYS: i64 = 420;

@@ -41,7 +41,7 @@ mod heap;
 use heap::Counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: Counting = Counting(std::alloc::System);
 
 const CHILD: &str = "MQLSYNC_BENCH_SANDBOX_ACTIVITIES";
 const HISTORY_DAYS: i64 = 420;

@@ -31,7 +31,7 @@ use mqlsync::store::Store;
 
 /// Counts the heap of the breakdown (the daemon's own figures are its RSS).
 #[global_allocator]
-static ALLOCATOR: heap::Counting = heap::Counting;
+static ALLOCATOR: heap::Counting = heap::Counting(std::alloc::System);
 
 const EXE: &str = env!("CARGO_BIN_EXE_mqlsync");
 /// Bounds the wait for a first pass; reaching it is a failure, not a figure.
