@@ -130,32 +130,34 @@ pub fn run(
     let label = segment_label(&query.segment);
     let store = Store::open_reader(path)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let history = History::read(&store, Some(path), threads, policy, query, GROUP_PEOPLE)?;
-    let mut replayed = history
-        .replay(
-            policy,
-            settings,
-            query,
-            &[None, Some(query.threshold)],
-            threads,
-        )
-        .into_iter();
+    // What happened is read beside the replays, on its own connection.
+    let (replayed, happened) = std::thread::scope(|scope| {
+        let happened =
+            scope.spawn(|| happened(&Store::open_reader(path)?, &label, settings, query));
+        let replayed = History::read(&store, Some(path), threads, policy, query, GROUP_PEOPLE).map(
+            |history| {
+                let replays = history.replay(
+                    policy,
+                    settings,
+                    query,
+                    &[None, Some(query.threshold)],
+                    threads,
+                );
+                (history.changes, history.people.len(), replays)
+            },
+        );
+        (replayed, happened.join().expect("what-if reader thread"))
+    });
+    let (score_changes, people, replayed) = replayed?;
+    let mut replayed = replayed.into_iter();
     let (then, at_t) = (
         replayed.next().expect("two replays"),
         replayed.next().expect("two replays"),
     );
+    let (converted, actual) = happened?;
 
     let conn = store.connection();
     let err = |e| store.sql_err(e);
-    let converted: HashSet<String> = {
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT crm_id FROM cycle_facts WHERE status = 'Converted'")
-            .map_err(err)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .map_err(err)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(err)?
-    };
     let mut weeks: BTreeMap<String, WhatIfWeek> = BTreeMap::new();
     fn week<'w>(weeks: &'w mut BTreeMap<String, WhatIfWeek>, w: &str) -> &'w mut WhatIfWeek {
         weeks.entry(w.to_string()).or_insert_with(|| WhatIfWeek {
@@ -163,30 +165,8 @@ pub fn run(
             ..WhatIfWeek::default()
         })
     }
-    {
-        let (from, to) = (
-            query.from.map_or(i64::MIN, ns),
-            query.to.map_or(i64::MAX, ns),
-        );
-        // Without a range, one pass over the table: the index on the MQL date would look
-        // every cycle up in the table besides.
-        let sql = if query.from.is_none() && query.to.is_none() {
-            "SELECT mql_at_ns FROM cycle_facts WHERE segment = ?1 AND +mql_at_ns >= ?2 AND +mql_at_ns < ?3"
-        } else {
-            "SELECT mql_at_ns FROM cycle_facts WHERE segment = ?1 AND mql_at_ns >= ?2 AND mql_at_ns < ?3"
-        };
-        let mut stmt = conn.prepare(sql).map_err(err)?;
-        let rows = stmt
-            .query_map(rusqlite::params![label, from, to], |r| r.get::<_, i64>(0))
-            .map_err(err)?;
-        for at in rows {
-            let at = at.map_err(err)?;
-            week(
-                &mut weeks,
-                &Period::Week.label(at_ns(at), &settings.time_zone),
-            )
-            .actual += 1;
-        }
+    for (w, n) in actual {
+        week(&mut weeks, &w).actual = n;
     }
     for (w, _) in &then {
         week(&mut weeks, w).replayed_then += 1;
@@ -256,9 +236,52 @@ pub fn run(
         time_zone: settings.time_zone_name.clone(),
         weeks: weeks.into_values().collect(),
         total,
-        score_changes: history.changes,
-        people: history.people.len(),
+        score_changes,
+        people,
     })
+}
+
+/// The people who ever converted (any cycle Converted), and the segment's MQLs in the range
+/// by ISO week.
+#[allow(clippy::type_complexity)]
+fn happened(
+    store: &Store,
+    label: &str,
+    settings: &Settings,
+    query: &WhatIfQuery,
+) -> Result<(HashSet<String>, BTreeMap<String, i64>), StoreError> {
+    let conn = store.connection();
+    let err = |e| store.sql_err(e);
+    let converted: HashSet<String> = {
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT crm_id FROM cycle_facts WHERE status = 'Converted'")
+            .map_err(err)?;
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .map_err(err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(err)?
+    };
+    let (from, to) = (
+        query.from.map_or(i64::MIN, ns),
+        query.to.map_or(i64::MAX, ns),
+    );
+    // Without a range, one pass over the table: the index on the MQL date would look every
+    // cycle up in the table besides.
+    let sql = if query.from.is_none() && query.to.is_none() {
+        "SELECT mql_at_ns FROM cycle_facts WHERE segment = ?1 AND +mql_at_ns >= ?2 AND +mql_at_ns < ?3"
+    } else {
+        "SELECT mql_at_ns FROM cycle_facts WHERE segment = ?1 AND mql_at_ns >= ?2 AND mql_at_ns < ?3"
+    };
+    let mut stmt = conn.prepare(sql).map_err(err)?;
+    let rows = stmt
+        .query_map(rusqlite::params![label, from, to], |r| r.get::<_, i64>(0))
+        .map_err(err)?;
+    let mut actual: BTreeMap<String, i64> = BTreeMap::new();
+    for at in rows {
+        let week = Period::Week.label(at_ns(at.map_err(err)?), &settings.time_zone);
+        *actual.entry(week).or_default() += 1;
+    }
+    Ok((converted, actual))
 }
 
 /// About how many people one group holds: small enough that a group's engine state stays in
@@ -311,7 +334,7 @@ struct Group {
 /// Score changes of a group from one range of the history, in arrival order.
 #[derive(Default)]
 struct Changes {
-    list: Vec<StoredChange>,
+    list: Blocks<StoredChange>,
     /// The changes' ids, end to end (`StoredChange::id_end`).
     ids: String,
     /// `(index in list, clock)` for the changes that arrived after a later one: the latest
@@ -341,6 +364,45 @@ impl Changes {
                 self.late.push((i as u32, seen));
             }
         }
+    }
+}
+
+/// A list that grows a block at a time: nothing is ever moved, and at most one block is
+/// not full, where a vector doubling its capacity copies everything it holds at each step
+/// and can hold twice what it needs (10,000,000 changes are 400 MB).
+struct Blocks<T> {
+    blocks: Vec<Vec<T>>,
+}
+
+impl<T> Default for Blocks<T> {
+    fn default() -> Self {
+        Blocks { blocks: Vec::new() }
+    }
+}
+
+impl<T> Blocks<T> {
+    const BLOCK: usize = 1024;
+
+    fn push(&mut self, item: T) {
+        match self.blocks.last_mut() {
+            Some(block) if block.len() < Self::BLOCK => block.push(item),
+            _ => {
+                let mut block = Vec::with_capacity(Self::BLOCK);
+                block.push(item);
+                self.blocks.push(block);
+            }
+        }
+    }
+
+    /// Every block but the last is full.
+    fn len(&self) -> usize {
+        self.blocks
+            .last()
+            .map_or(0, |last| (self.blocks.len() - 1) * Self::BLOCK + last.len())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.blocks.iter().flatten()
     }
 }
 
@@ -689,7 +751,7 @@ impl History {
             .iter()
             .map(|p| (self.people[*p as usize].1, [f64::NEG_INFINITY; 3]))
             .collect();
-        for change in group.changes.iter().flat_map(|c| &c.list) {
+        for change in group.changes.iter().flat_map(|c| c.list.iter()) {
             if let Some(peak) = peaks.get_mut(&change.map_lead_id) {
                 let part = &mut peak[part_slot(change.part)];
                 *part = part.max(change.new_value);
