@@ -583,8 +583,9 @@ impl History {
             knobs
         };
 
+        let ranges = split(store, "persons", "rowid", parts)?;
         let people: Vec<(PersonFacts, i64)> = on_readers(store, path, parts, |store, part| {
-            segment_people(store, &query.segment, (part, parts))
+            segment_people(store, &query.segment, ranges[part])
         })?
         .into_iter()
         .flatten()
@@ -681,25 +682,7 @@ impl History {
 
         // The history in arrival order, in `parts` consecutive ranges of it read side by
         // side; each change of the segment's people goes to its group.
-        let (first, last): (Option<i64>, Option<i64>) = conn
-            // Two subqueries: each is one step down the table's b-tree, where `min` and `max`
-            // in one select would scan it.
-            .query_row(
-                "SELECT (SELECT min(seq) FROM score_history), (SELECT max(seq) FROM score_history)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(err)?;
-        let (first, last) = (first.unwrap_or(0), last.unwrap_or(-1));
-        let span = (last - first + 1).max(0);
-        let ranges: Vec<(i64, i64)> = (0..parts as i64)
-            .map(|k| {
-                (
-                    first + span * k / parts as i64,
-                    first + span * (k + 1) / parts as i64 - 1,
-                )
-            })
-            .collect();
+        let ranges = split(store, "score_history", "seq", parts)?;
         let scans = on_readers(store, path, parts, |store, part| {
             scan_history(store, &lead_groups, groups.len(), ranges[part])
         })?;
@@ -978,8 +961,7 @@ fn scan_history(
 }
 
 /// The people of the segment (their attributes hold every pair of it, values compared
-/// ignoring ASCII case) that have a MAP lead; `(k, n)` reads the k-th of n shares of them
-/// (by lead id).
+/// ignoring ASCII case) that have a MAP lead, among the rows `range` of the table.
 ///
 /// The facts are matched here rather than with SQLite's JSON functions, which cost 1.6 µs a
 /// person: a person whose facts' text does not hold every value of the segment is passed
@@ -988,7 +970,7 @@ fn scan_history(
 fn segment_people(
     store: &Store,
     segment: &BTreeMap<String, String>,
-    (k, n): (usize, usize),
+    range: (i64, i64),
 ) -> Result<Vec<(PersonFacts, i64)>, StoreError> {
     let err = |e| store.sql_err(e);
     let plain = segment
@@ -997,11 +979,11 @@ fn segment_people(
     let mut stmt = store
         .connection()
         .prepare(
-            "SELECT map_lead_id, facts FROM persons WHERE map_lead_id IS NOT NULL AND facts IS NOT NULL
-             AND ((map_lead_id % ?1) + ?1) % ?1 = ?2",
+            "SELECT map_lead_id, facts FROM persons WHERE rowid BETWEEN ?1 AND ?2
+             AND map_lead_id IS NOT NULL AND facts IS NOT NULL",
         )
         .map_err(err)?;
-    let mut rows = stmt.query([n as i64, k as i64]).map_err(err)?;
+    let mut rows = stmt.query([range.0, range.1]).map_err(err)?;
     let mut people = Vec::new();
     while let Some(r) = rows.next().map_err(err)? {
         let text = r.get_ref(1).map_err(err)?.as_str().unwrap_or_default();
@@ -1038,6 +1020,35 @@ fn holds_ignoring_case(text: &[u8], needle: &[u8]) -> bool {
             text[i].to_ascii_lowercase() == first
                 && text[i..i + needle.len()].eq_ignore_ascii_case(needle)
         })
+}
+
+/// `parts` consecutive ranges of `table`'s integer key `key`, together all of it.
+fn split(
+    store: &Store,
+    table: &str,
+    key: &str,
+    parts: usize,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    // Two subqueries: each is one step down the table's b-tree, where `min` and `max` in one
+    // select would read the whole table.
+    let (first, last): (Option<i64>, Option<i64>) = store
+        .connection()
+        .query_row(
+            &format!("SELECT (SELECT min({key}) FROM {table}), (SELECT max({key}) FROM {table})"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| store.sql_err(e))?;
+    let (first, last) = (
+        i128::from(first.unwrap_or(0)),
+        i128::from(last.unwrap_or(-1)),
+    );
+    let (span, parts) = ((last - first + 1).max(0), parts.max(1) as i128);
+    // In 128 bits: a key may be anywhere in 64.
+    let at = |k: i128| first + span * k / parts;
+    Ok((0..parts)
+        .map(|k| (at(k) as i64, (at(k + 1) - 1) as i64))
+        .collect())
 }
 
 /// Runs `read` for parts `0..parts`: part 0 on `store` here, each other part on its own
