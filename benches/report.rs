@@ -13,7 +13,8 @@
 //! (SQLite's page cache is its own: 64 MiB at most). The heap is mimalloc's, as in the
 //! `mqlsync` binary, and is counted only in that last run: the count is a cache line every
 //! allocation of every thread writes, which the binary does not pay. `cargo bench --bench report`; `MQLSYNC_BENCH_REPORT=SCALE`
-//! shrinks everything by SCALE (default 1: the sizes). It measures; it asserts only
+//! shrinks everything by SCALE (default 1: the sizes); `MQLSYNC_BENCH_REPORT_ONLY=whatif`
+//! (or `report`) measures one of the two. It measures; it asserts only
 //! that the report counted every cycle and the replay every change.
 
 #[path = "common/heap.rs"]
