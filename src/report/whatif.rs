@@ -143,12 +143,19 @@ pub fn run(
                     &[None, Some(query.threshold)],
                     threads,
                 );
-                (history.changes, history.people.len(), replays)
+                // The scores the segment's threshold records had.
+                let then: Vec<f64> = history
+                    .knobs
+                    .iter()
+                    .filter(|k| k.segment == query.segment)
+                    .map(|k| k.score)
+                    .collect();
+                (history.changes, history.people.len(), then, replays)
             },
         );
         (replayed, happened.join().expect("what-if reader thread"))
     });
-    let (score_changes, people, replayed) = replayed?;
+    let (score_changes, people, mut thresholds_then, replayed) = replayed?;
     let mut replayed = replayed.into_iter();
     let (then, at_t) = (
         replayed.next().expect("two replays"),
@@ -156,8 +163,6 @@ pub fn run(
     );
     let (converted, actual) = happened?;
 
-    let conn = store.connection();
-    let err = |e| store.sql_err(e);
     let mut weeks: BTreeMap<String, WhatIfWeek> = BTreeMap::new();
     fn week<'w>(weeks: &'w mut BTreeMap<String, WhatIfWeek>, w: &str) -> &'w mut WhatIfWeek {
         weeks.entry(w.to_string()).or_insert_with(|| WhatIfWeek {
@@ -201,24 +206,6 @@ pub fn run(
         .count() as i64;
     total.pct_converted = super::pct(total.converted_people, all_people.len() as i64);
 
-    let mut thresholds_then: Vec<f64> = {
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT score, segment FROM threshold_versions")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?)))
-            .map_err(err)?;
-        let mut scores = Vec::new();
-        for row in rows {
-            let (score, segment) = row.map_err(err)?;
-            if serde_json::from_str::<BTreeMap<String, String>>(&segment)
-                .is_ok_and(|s| s == query.segment)
-            {
-                scores.push(score);
-            }
-        }
-        scores
-    };
     if thresholds_then.is_empty()
         && query.segment.is_empty()
         && let Some(default) = policy.default_threshold
