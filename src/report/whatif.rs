@@ -276,7 +276,7 @@ fn happened(
 /// latency, not arithmetic, when every change lands on a random person of 250,000).
 const GROUP_PEOPLE: usize = 2_000;
 
-/// Groups are numbered in a byte (see `LeadGroups`).
+/// Groups are numbered in a byte, 1 to 255 (see `LeadGroups`).
 const MAX_GROUPS: usize = 255;
 
 /// What the replays read from the store, read once for all of them: the knob's versions,
@@ -615,7 +615,8 @@ impl History {
         }
         drop(first_of_lead);
         drop(first_of_account);
-        // At most MAX_GROUPS groups: a lead's group is one byte.
+        // At most MAX_GROUPS groups, a lead's group being one byte: a group is started only
+        // when the last is full, so there are at most ⌈people / size⌉ of them.
         let group_size = group_people.max(people.len().div_ceil(MAX_GROUPS));
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of_root: FastMap<u32, u32> = FastMap::default();
@@ -1394,5 +1395,37 @@ mod tests {
                 vec!["00Q002".to_string()],
             ]
         );
+    }
+
+    #[test]
+    fn every_lead_finds_its_group_when_there_are_more_people_than_a_byte_numbers_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        // Leads 1 to 764 and, sparse, a billion apart: the table by id and the map.
+        for (n, spacing) in [(764i64, 1i64), (300, 1_000_000_000)] {
+            let people: Vec<Person> = (1..=n).map(|i| (true, None, i * spacing)).collect();
+            let sub = dir.path().join(format!("{spacing}"));
+            std::fs::create_dir(&sub).unwrap();
+            let store = store(&sub, &people, &[], &[], &[]);
+            let query = WhatIfQuery {
+                segment: [("region".to_string(), "EMEA".to_string())].into(),
+                threshold: 50.0,
+                from: None,
+                to: None,
+            };
+            let history = History::read(&store, None, 1, &Policy::example(), &query, 1).unwrap();
+            assert!(
+                history.groups.len() <= MAX_GROUPS,
+                "{}",
+                history.groups.len()
+            );
+            let leads = LeadGroups::new(&history.people, &history.groups);
+            for (g, group) in history.groups.iter().enumerate() {
+                for p in &group.people {
+                    assert_eq!(leads.find(history.people[*p as usize].1), Some(g));
+                }
+            }
+            assert_eq!(leads.find(0), None);
+            assert_eq!(leads.find(n * spacing + 1), None);
+        }
     }
 }
