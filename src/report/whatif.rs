@@ -1358,6 +1358,18 @@ mod tests {
         }
     }
 
+    /// The EMEA segment of `store` read with groups of one person asked for (groups then
+    /// hold just the people that must share one).
+    fn emea_in_groups_of_one(store: &Store) -> History {
+        let query = WhatIfQuery {
+            segment: [("region".to_string(), "EMEA".to_string())].into(),
+            threshold: 50.0,
+            from: None,
+            to: None,
+        };
+        History::read(store, None, 1, &Policy::example(), &query, 1).unwrap()
+    }
+
     #[test]
     fn people_of_one_lead_or_account_share_a_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,14 +1381,7 @@ mod tests {
             (true, None, 1),
             (true, Some(0), 4),
         ];
-        let store = store(dir.path(), &people, &[], &[], &[]);
-        let query = WhatIfQuery {
-            segment: [("region".to_string(), "EMEA".to_string())].into(),
-            threshold: 50.0,
-            from: None,
-            to: None,
-        };
-        let history = History::read(&store, None, 1, &Policy::example(), &query, 1).unwrap();
+        let history = emea_in_groups_of_one(&store(dir.path(), &people, &[], &[], &[]));
         let crm = |p: &u32| history.people[*p as usize].0.crm.id.as_str().to_string();
         let mut groups: Vec<Vec<String>> = history
             .groups
@@ -1405,14 +1410,7 @@ mod tests {
             let people: Vec<Person> = (1..=n).map(|i| (true, None, i * spacing)).collect();
             let sub = dir.path().join(format!("{spacing}"));
             std::fs::create_dir(&sub).unwrap();
-            let store = store(&sub, &people, &[], &[], &[]);
-            let query = WhatIfQuery {
-                segment: [("region".to_string(), "EMEA".to_string())].into(),
-                threshold: 50.0,
-                from: None,
-                to: None,
-            };
-            let history = History::read(&store, None, 1, &Policy::example(), &query, 1).unwrap();
+            let history = emea_in_groups_of_one(&store(&sub, &people, &[], &[], &[]));
             assert!(
                 history.groups.len() <= MAX_GROUPS,
                 "{}",
