@@ -244,11 +244,16 @@ fn on_person(
     state.touch_person(slot);
     state.dirty.facts.push(slot);
     if old_account != facts.account_id {
-        if let Some(old) = old_account
-            && let Some(people) = state.account_people.get_mut(&old)
-            && let Ok(at) = people.binary_search(&slot)
-        {
-            people.remove(at);
+        if let Some(old) = old_account {
+            // The gates of the people left behind may rely on this person's open cycle.
+            if let Some(left) = state.account_scores.slot(&old) {
+                state.account_scores.changed(left);
+            }
+            if let Some(people) = state.account_people.get_mut(&old)
+                && let Ok(at) = people.binary_search(&slot)
+            {
+                people.remove(at);
+            }
         }
         if let Some(new) = &facts.account_id {
             let people = state.account_people.entry(new.clone()).or_default();
@@ -534,15 +539,7 @@ fn on_score(
     }
     if let ScoreSource::Account { window: span } = ctx.policy.score {
         let delta = change.new_value - change.old_value.or(before).unwrap_or(0.0);
-        add_to_account(state, change.map_lead_id, change.at, delta, span);
-        if !state.no_shortcuts
-            && let Some(slot) = state
-                .map_leads
-                .get(&change.map_lead_id)
-                .and_then(|l| l.person)
-            && state.persons.at(slot).map_lead == Some(change.map_lead_id)
-            && account_unchanged(state, window, ctx.policy, slot, change.at)
-        {
+        if on_account_score(state, ctx.policy, window, change, delta, span) {
             return;
         }
     }
@@ -571,13 +568,7 @@ fn on_score(
             let campaign = change.campaign.as_ref();
             evaluate_at(state, ctx, slot, change.at, &trigger, campaign, out);
             // What the evaluation left is what the next change of this lead meets.
-            let person = state.persons.at(slot);
-            if person.map_lead == Some(change.map_lead_id) {
-                let gate = Gate::of(person);
-                if let Some(lead) = state.map_leads.get_mut(&change.map_lead_id) {
-                    lead.gate = gate;
-                }
-            }
+            set_gate(state, ctx.policy, slot);
         }
         (None, Some(_)) => {}
         (None, None) if !lead.unlinked_recorded => {
@@ -782,13 +773,7 @@ fn hand_raise(
         out,
     );
     // What the next score change of this lead meets: a cycle is open now.
-    let person = state.persons.at(slot);
-    if let Some(lead_id) = person.map_lead {
-        let gate = Gate::of(person);
-        if let Some(lead) = state.map_leads.get_mut(&lead_id) {
-            lead.gate = gate;
-        }
-    }
+    set_gate(state, ctx.policy, slot);
 }
 
 /// A person's threshold as [`resolve_at`] found it: in the person's cache (read it from
@@ -899,29 +884,105 @@ fn verdict(
 }
 
 /// Under account scoring, a score change of `delta` points of a MAP lead counts for the
-/// account of the person it is linked to, if that person has one.
-fn add_to_account(
+/// account of the person it is linked to, if that person has one. Returns whether evaluating
+/// the person would change nothing (decided by the lead's gate, or with borrows by
+/// [`account_unchanged`]), so the change is done with.
+///
+/// The common case touches the MAP lead and its account's record only: the gate holds the
+/// account's slot, and the account's epoch says whether any of its people changed since.
+fn on_account_score(
     state: &mut EngineState,
-    map_lead_id: i64,
-    at: Timestamp,
+    policy: &Policy,
+    window: CacheWindow,
+    change: &ScoreChange,
     delta: f64,
-    window: jiff::SignedDuration,
-) {
-    let Some(slot) = state.map_leads.get(&map_lead_id).and_then(|l| l.person) else {
-        return;
+    span: jiff::SignedDuration,
+) -> bool {
+    let Some(lead) = state.map_leads.get(&change.map_lead_id) else {
+        return false;
     };
+    let gate = lead.gate;
+    // A gate set under account scoring speaks for the lead's person and their account as
+    // they stand (it is closed when either changes).
+    let accounted = gate.generation != 0 && gate.account != Gate::NOT_ACCOUNTED;
+    let account = if accounted {
+        (gate.account != Gate::NO_ACCOUNT).then_some(gate.account)
+    } else {
+        lead_account(state, change.map_lead_id)
+    };
+    let score = account.map(|slot| {
+        state
+            .account_scores
+            .add_and_score(slot, change.at, delta, span, &mut state.dirty)
+    });
+    if state.no_shortcuts {
+        return false;
+    }
+    if accounted
+        && window.holds(gate.generation, change.at)
+        && account.is_none_or(|slot| state.account_scores.at(slot).epoch == gate.account_epoch)
+    {
+        let lead = &state.map_leads[&change.map_lead_id];
+        let score = score.or_else(|| lead.scores.value(&policy.score, change.at));
+        if let Some(score) = score
+            && (if score < gate.threshold {
+                gate.quiet_below
+            } else {
+                gate.quiet_above
+            })
+        {
+            return true;
+        }
+    }
+    let Some(slot) = state.map_leads[&change.map_lead_id].person else {
+        return false;
+    };
+    if state.persons.at(slot).map_lead == Some(change.map_lead_id)
+        && account_unchanged(state, window, policy, slot, change.at)
+    {
+        set_gate(state, policy, slot);
+        return true;
+    }
+    false
+}
+
+/// The account slot of the person a MAP lead speaks for, added when new; `None` when the
+/// lead has no person, is not the person's MAP lead, or the person has no account.
+fn lead_account(state: &mut EngineState, map_lead_id: i64) -> Option<u32> {
+    let slot = state.map_leads.get(&map_lead_id)?.person?;
     let person = state.persons.at(slot);
     if person.map_lead != Some(map_lead_id) {
-        return;
+        return None;
     }
-    let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) else {
+    let account = person.facts.as_ref()?.account_id.as_ref()?;
+    Some(match state.account_scores.slot(account) {
+        Some(known) => known,
+        None => {
+            let account = account.clone();
+            state.account_scores.slot_or_insert(&account)
+        }
+    })
+}
+
+/// Sets the gate of the person in `slot`'s MAP lead to what the person's state now decides:
+/// the next score change of that lead meets it.
+fn set_gate(state: &mut EngineState, policy: &Policy, slot: u32) {
+    let person = state.persons.at(slot);
+    let Some(lead_id) = person.map_lead else {
         return;
     };
-    let score = state.account_scores.entry(account.clone()).or_default();
-    score.add(at, delta, window);
-    if !score.dirty {
-        score.dirty = true;
-        state.dirty.account_scores.push(account);
+    let mut gate = Gate::of(person);
+    if matches!(policy.score, ScoreSource::Account { .. }) {
+        gate.quiet_above = account_quiet_above(state, person);
+        gate.account = Gate::NO_ACCOUNT;
+        if let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) {
+            let account = state.account_scores.slot_or_insert(&account);
+            gate.account = account;
+            gate.account_epoch = state.account_scores.at(account).epoch;
+        }
+    }
+    if let Some(lead) = state.map_leads.get_mut(&lead_id) {
+        lead.gate = gate;
     }
 }
 
@@ -937,9 +998,6 @@ fn account_unchanged(
     at: Timestamp,
 ) -> bool {
     let person = state.persons.at(slot);
-    let Some(facts) = person.facts.as_deref() else {
-        return false;
-    };
     let Some(threshold) = window.threshold_score(person, at) else {
         return false;
     };
@@ -949,12 +1007,19 @@ fn account_unchanged(
     if score < threshold {
         return person.last_hold.is_none();
     }
+    account_quiet_above(state, person)
+}
+
+/// Under account scoring, whether a person at or above their threshold has the hold of the
+/// open cycle that holds them back recorded: the person's own open cycle, or (with none) the
+/// account's, which is at most one (found by its id, not by a scan of the account's people).
+fn account_quiet_above(state: &EngineState, person: &PersonState) -> bool {
+    let Some(facts) = person.facts.as_deref() else {
+        return false;
+    };
     let Some(Reason::OpenCycle { external_id }) = person.last_hold.as_deref() else {
         return false;
     };
-    // The held-by cycle is still the one `held` would find: the person's own open cycle, or
-    // (with none) the account's, which is at most one (found by its id, not by a scan of the
-    // account's people).
     match person.open_cycle() {
         Some(own) => own.external_id == *external_id,
         None => state.cycle_owner.get(external_id).is_some_and(|&owner| {
@@ -1089,6 +1154,7 @@ impl Gate {
             quiet_below: person.last_hold.is_none(),
             quiet_above: person.open_hold != 0,
             threshold: person.cached_threshold,
+            ..Gate::default()
         }
     }
 
