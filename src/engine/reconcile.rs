@@ -885,8 +885,9 @@ fn verdict(
 
 /// Under account scoring, a score change of `delta` points of a MAP lead counts for the
 /// account of the person it is linked to, if that person has one. Returns whether evaluating
-/// the person would change nothing (decided by the lead's gate, or with borrows by
-/// [`account_unchanged`]), so the change is done with.
+/// the person would change nothing (decided by the lead's gate, or with borrows: the
+/// account's score below a cached threshold with no hold to clear, or at or above it with the
+/// hold of an open cycle already recorded), so the change is done with.
 ///
 /// The common case touches the MAP lead and its account's record only: the gate holds the
 /// account's slot, and the account's epoch says whether any of its people changed since.
@@ -934,16 +935,42 @@ fn on_account_score(
             return true;
         }
     }
-    let Some(slot) = state.map_leads[&change.map_lead_id].person else {
+    // No gate, or a stale one: decide with borrows, from the score just taken (no hashing of
+    // the account's id), and leave the gate that the next change meets.
+    let lead = &state.map_leads[&change.map_lead_id];
+    let Some(slot) = lead.person else {
         return false;
     };
-    if state.persons.at(slot).map_lead == Some(change.map_lead_id)
-        && account_unchanged(state, window, policy, slot, change.at)
-    {
-        set_gate(state, policy, slot);
-        return true;
+    let person = state.persons.at(slot);
+    if person.map_lead != Some(change.map_lead_id) {
+        return false;
     }
-    false
+    // Without an account the person's own score decides (as `score_of` says).
+    let (Some(threshold), Some(score)) = (
+        window.threshold_score(person, change.at),
+        score.or_else(|| lead.scores.value(&policy.score, change.at)),
+    ) else {
+        return false;
+    };
+    let quiet_below = person.last_hold.is_none();
+    let quiet_above = account_quiet_above(state, person);
+    if !(if score < threshold {
+        quiet_below
+    } else {
+        quiet_above
+    }) {
+        return false;
+    }
+    let gate = Gate {
+        quiet_above,
+        account: account.unwrap_or(Gate::NO_ACCOUNT),
+        account_epoch: account.map_or(0, |slot| state.account_scores.at(slot).epoch),
+        ..Gate::of(person)
+    };
+    if let Some(lead) = state.map_leads.get_mut(&change.map_lead_id) {
+        lead.gate = gate;
+    }
+    true
 }
 
 /// The account slot of the person a MAP lead speaks for, added when new; `None` when the
@@ -984,30 +1011,6 @@ fn set_gate(state: &mut EngineState, policy: &Policy, slot: u32) {
     if let Some(lead) = state.map_leads.get_mut(&lead_id) {
         lead.gate = gate;
     }
-}
-
-/// Under account scoring, whether evaluating the person in `slot` at `at` would change
-/// nothing, decided with borrows only: the account's score below a cached threshold with no
-/// hold to clear, or at or above it with the hold of an open cycle (the person's or the
-/// account's) already recorded.
-fn account_unchanged(
-    state: &EngineState,
-    window: CacheWindow,
-    policy: &Policy,
-    slot: u32,
-    at: Timestamp,
-) -> bool {
-    let person = state.persons.at(slot);
-    let Some(threshold) = window.threshold_score(person, at) else {
-        return false;
-    };
-    let Some(score) = score_of(state, policy, person, at).0 else {
-        return false;
-    };
-    if score < threshold {
-        return person.last_hold.is_none();
-    }
-    account_quiet_above(state, person)
 }
 
 /// Under account scoring, whether a person at or above their threshold has the hold of the

@@ -447,15 +447,14 @@ pub struct MapLeadState {
 /// the difference of two running totals is the sum itself; fractional points may differ
 /// from a direct sum in the last bits. Saved as the changes and their points, in time order.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 pub struct AccountScore {
+    // What a score change in time order reads and writes comes first: the ring's header, the
+    // newest change and the window's start, so that it reads no change of the ring itself.
     changes: VecDeque<AccountChange>,
-    /// The running total before the first change kept (those forgotten, added up).
-    base: f64,
-    /// Changes forgotten since the running totals were last brought back near zero.
-    forgotten: usize,
-    /// The latest instant added by this process (after a load, the first added), in
-    /// nanoseconds; `i64::MIN` before.
-    latest: i64,
+    /// The instant and running total of the newest change (`i64::MIN` and `base`: none).
+    newest: i64,
+    newest_total: f64,
     /// The instant of the oldest change kept (`i64::MAX`: none), so that a change with
     /// nothing to forget does not read the oldest.
     oldest: i64,
@@ -463,37 +462,42 @@ pub struct AccountScore {
     /// the changes before `cursor` are at or before `cursor_from` (the next score walks
     /// forward from there). Scores are taken at ever later instants, so the start moves
     /// forward a change or two at a time instead of being searched for.
-    cursor: usize,
     cursor_from: i64,
     /// While `cursor_known`: the instant of the change at `cursor` (`i64::MAX`: none) and
     /// the running total before it, so that a score reads neither while the window start
     /// has not reached that change.
     cursor_next: i64,
     cursor_before: f64,
+    cursor: u32,
     cursor_known: bool,
+    /// Listed in [`Dirty::account_scores`] since the store last saved.
+    pub(crate) dirty: bool,
     /// Bumped whenever a person of the account with a cycle changes
     /// ([`EngineState::touch_person`]): a MAP lead's gate that copied another number is
     /// stale.
     pub(crate) epoch: u32,
-    /// Listed in [`Dirty::account_scores`] since the store last saved.
-    pub(crate) dirty: bool,
+    /// The running total before the first change kept (those forgotten, added up).
+    base: f64,
+    /// Changes forgotten since the running totals were last brought back near zero.
+    forgotten: u32,
 }
 
 impl Default for AccountScore {
     fn default() -> AccountScore {
         AccountScore {
             changes: VecDeque::new(),
-            base: 0.0,
-            forgotten: 0,
-            latest: i64::MIN,
+            newest: i64::MIN,
+            newest_total: 0.0,
             oldest: i64::MAX,
-            cursor: 0,
             cursor_from: i64::MIN,
             cursor_next: i64::MAX,
             cursor_before: 0.0,
+            cursor: 0,
             cursor_known: false,
-            epoch: 0,
             dirty: false,
+            epoch: 0,
+            base: 0.0,
+            forgotten: 0,
         }
     }
 }
@@ -559,6 +563,9 @@ impl<'de> Deserialize<'de> for AccountScore {
             });
         }
         score.oldest = score.changes.front().map_or(i64::MAX, |c| c.at);
+        if let Some(newest) = score.changes.back() {
+            (score.newest, score.newest_total) = (newest.at, newest.total);
+        }
         Ok(score)
     }
 }
@@ -571,39 +578,39 @@ impl AccountScore {
     }
 
     fn add_nanos(&mut self, t: i64, delta: f64, window: i64) {
-        match self.changes.back() {
-            Some(last) if last.at > t => {
-                // Late: in its place, and every later running total moves by its points.
-                let place = self.changes.partition_point(|c| c.at <= t);
-                let before = self.total_before(place);
-                self.changes.insert(
-                    place,
-                    AccountChange {
-                        at: t,
-                        total: before + delta,
-                    },
-                );
-                for later in self.changes.range_mut(place + 1..) {
-                    later.total += delta;
-                }
-                if place < self.cursor {
-                    self.cursor_known = false;
-                } else if place == self.cursor {
-                    self.cursor_next = t;
-                }
+        if t < self.newest {
+            // Late: in its place, and every later running total moves by its points.
+            let place = self.changes.partition_point(|c| c.at <= t);
+            let before = self.total_before(place);
+            self.changes.insert(
+                place,
+                AccountChange {
+                    at: t,
+                    total: before + delta,
+                },
+            );
+            for later in self.changes.range_mut(place + 1..) {
+                later.total += delta;
             }
-            last => {
-                let total = last.map_or(self.base, |l| l.total) + delta;
-                if self.cursor == self.changes.len() {
-                    self.cursor_next = t;
-                }
-                self.changes.push_back(AccountChange { at: t, total });
+            self.newest_total += delta;
+            let cursor = self.cursor as usize;
+            if place < cursor {
+                self.cursor_known = false;
+            } else if place == cursor {
+                self.cursor_next = t;
             }
+        } else {
+            let total = self.newest_total + delta;
+            if self.cursor as usize == self.changes.len() {
+                self.cursor_next = t;
+            }
+            self.changes.push_back(AccountChange { at: t, total });
+            (self.newest, self.newest_total) = (t, total);
         }
         self.oldest = self.oldest.min(t);
-        self.latest = self.latest.max(t);
-        let horizon = self.latest.saturating_sub(window).saturating_sub(window);
+        let horizon = self.newest.saturating_sub(window).saturating_sub(window);
         if self.oldest < horizon {
+            // The newest is never forgotten: the horizon is two windows before it.
             while let Some(first) = self.changes.front()
                 && first.at < horizon
             {
@@ -624,21 +631,21 @@ impl AccountScore {
         }
         // Running totals that only grow would lose the fractions of fractional points:
         // bring them back near zero once as many were forgotten as are kept (amortised).
-        if self.forgotten > self.changes.len() && self.base != 0.0 {
+        if self.forgotten as usize > self.changes.len() && self.base != 0.0 {
             let base = self.base;
             for change in &mut self.changes {
                 change.total -= base;
             }
             self.cursor_before -= base;
+            self.newest_total -= base;
             self.base = 0.0;
             self.forgotten = 0;
         }
     }
 
     /// [`AccountScore::add`], then the score at `at`: the common case of a score change,
-    /// whose window start follows the changes forward. It reads the newest change and,
-    /// when the window start passed a change, the changes at the start: not the oldest, not
-    /// a binary search.
+    /// whose window start follows the changes forward. It reads no change of the ring
+    /// unless the window start passed one.
     pub(crate) fn add_and_score(
         &mut self,
         at: Timestamp,
@@ -649,15 +656,18 @@ impl AccountScore {
         self.add_nanos(t, delta, window);
         let from = t.saturating_sub(window);
         if from < self.cursor_from {
-            self.cursor = self.changes.partition_point(|c| c.at <= from);
+            self.cursor = u32::try_from(self.changes.partition_point(|c| c.at <= from))
+                .expect("fewer than 2^32 changes");
             self.cursor_known = false;
         }
         if !self.cursor_known || self.cursor_next <= from {
-            while self.changes.get(self.cursor).is_some_and(|c| c.at <= from) {
-                self.cursor += 1;
+            let mut cursor = self.cursor as usize;
+            while self.changes.get(cursor).is_some_and(|c| c.at <= from) {
+                cursor += 1;
             }
-            self.cursor_next = self.changes.get(self.cursor).map_or(i64::MAX, |c| c.at);
-            self.cursor_before = self.total_before(self.cursor);
+            self.cursor = u32::try_from(cursor).expect("fewer than 2^32 changes");
+            self.cursor_next = self.changes.get(cursor).map_or(i64::MAX, |c| c.at);
+            self.cursor_before = self.total_before(cursor);
             self.cursor_known = true;
         }
         self.cursor_from = from;
@@ -667,15 +677,23 @@ impl AccountScore {
     /// The account's score at `t`: the changes in `(t - window, t]`, added up.
     pub fn at(&self, t: Timestamp, window: jiff::SignedDuration) -> f64 {
         let t = nanos(t);
-        self.total_upto(t) - self.total_upto(t.saturating_sub(window_nanos(window)))
+        let from = t.saturating_sub(window_nanos(window));
+        // The window start of the last score taken, when it is this one's and no change
+        // joined those before it since.
+        let before = if self.cursor_known && from == self.cursor_from && self.cursor_next > from {
+            self.cursor_before
+        } else {
+            self.total_upto(from)
+        };
+        self.total_upto(t) - before
     }
 
     /// The running total of the changes at or before `t`.
     fn total_upto(&self, t: i64) -> f64 {
-        match self.changes.back() {
-            Some(last) if last.at <= t => last.total,
-            _ => self.total_before(self.changes.partition_point(|c| c.at <= t)),
+        if t >= self.newest {
+            return self.newest_total;
         }
+        self.total_before(self.changes.partition_point(|c| c.at <= t))
     }
 
     /// The running total before the change at `place`.
