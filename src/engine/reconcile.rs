@@ -952,21 +952,14 @@ fn on_account_score(
     ) else {
         return false;
     };
-    let quiet_below = person.last_hold.is_none();
-    let quiet_above = account_quiet_above(state, person);
+    let gate = account_gate(state, person, account);
     if !(if score < threshold {
-        quiet_below
+        gate.quiet_below
     } else {
-        quiet_above
+        gate.quiet_above
     }) {
         return false;
     }
-    let gate = Gate {
-        quiet_above,
-        account: account.unwrap_or(Gate::NO_ACCOUNT),
-        account_epoch: account.map_or(0, |slot| state.account_scores.at(slot).epoch),
-        ..Gate::of(person)
-    };
     if let Some(lead) = state.map_leads.get_mut(&change.map_lead_id) {
         lead.gate = gate;
     }
@@ -982,13 +975,18 @@ fn lead_account(state: &mut EngineState, map_lead_id: i64) -> Option<u32> {
         return None;
     }
     let account = person.facts.as_ref()?.account_id.as_ref()?;
-    Some(match state.account_scores.slot(account) {
-        Some(known) => known,
-        None => {
-            let account = account.clone();
-            state.account_scores.slot_or_insert(&account)
-        }
-    })
+    Some(state.account_scores.slot_or_insert(account))
+}
+
+/// The gate of a person under account scoring, whose account is in `account` (`None`: no
+/// account, their own score decides).
+fn account_gate(state: &EngineState, person: &PersonState, account: Option<u32>) -> Gate {
+    Gate {
+        quiet_above: account_quiet_above(state, person),
+        account: account.unwrap_or(Gate::NO_ACCOUNT),
+        account_epoch: account.map_or(0, |slot| state.account_scores.at(slot).epoch),
+        ..Gate::of(person)
+    }
 }
 
 /// Sets the gate of the person in `slot`'s MAP lead to what the person's state now decides:
@@ -998,16 +996,16 @@ fn set_gate(state: &mut EngineState, policy: &Policy, slot: u32) {
     let Some(lead_id) = person.map_lead else {
         return;
     };
-    let mut gate = Gate::of(person);
-    if matches!(policy.score, ScoreSource::Account { .. }) {
-        gate.quiet_above = account_quiet_above(state, person);
-        gate.account = Gate::NO_ACCOUNT;
-        if let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.clone()) {
-            let account = state.account_scores.slot_or_insert(&account);
-            gate.account = account;
-            gate.account_epoch = state.account_scores.at(account).epoch;
-        }
-    }
+    let gate = if matches!(policy.score, ScoreSource::Account { .. }) {
+        let account = person
+            .facts
+            .as_ref()
+            .and_then(|f| f.account_id.as_ref())
+            .map(|account| state.account_scores.slot_or_insert(account));
+        account_gate(state, state.persons.at(slot), account)
+    } else {
+        Gate::of(person)
+    };
     if let Some(lead) = state.map_leads.get_mut(&lead_id) {
         lead.gate = gate;
     }
