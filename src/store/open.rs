@@ -83,7 +83,15 @@ impl WriterLock {
                     &format!("create its lock file {}", lock.display()),
                 )
             })?;
-        match file.try_lock() {
+        let mut attempt = file.try_lock();
+        for _ in 0..LOCK_RETRIES {
+            if !matches!(attempt, Err(std::fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(LOCK_RETRY_PAUSE);
+            attempt = file.try_lock();
+        }
+        match attempt {
             Ok(()) => {
                 // Best effort: the pid only makes the next process's message clearer.
                 let _ = file.set_len(0);
@@ -104,6 +112,15 @@ impl WriterLock {
         }
     }
 }
+
+/// How often, and how far apart, a lock another holds is asked for again before the store is
+/// refused as busy. A lock lives as long as any descriptor of its open file: a process that
+/// starts a child while it holds the lock (a test harness, a supervisor running mqlsync in
+/// its own process as well) shares that descriptor with the child until the child's `exec`
+/// closes it, so a lock just released can still be held for a moment. 200 ms in all; a
+/// writer that really holds the store is still refused at once as far as the user can tell.
+const LOCK_RETRIES: u32 = 10;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The lock file of the store at `real` (a path from [`real_path`]).
 pub(super) fn lock_path(real: &Path) -> PathBuf {

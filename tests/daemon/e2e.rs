@@ -89,6 +89,8 @@ struct App {
     client: reqwest::Client,
     shutdown: CancellationToken,
     daemon: Option<tokio::task::JoinHandle<Result<Stopped, DaemonError>>>,
+    /// How the daemon ended, once it has (its error, for a test that finds it stopped).
+    ended: Arc<std::sync::Mutex<Option<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -170,7 +172,15 @@ async fn spawn_app(wiring: Wiring) -> App {
     );
     let progress = d.progress();
     let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(d.run(shutdown.clone()));
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let daemon = {
+        let (ended, shutdown) = (ended.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let how = d.run(shutdown).await;
+            *ended.lock().unwrap() = Some(format!("{how:?}"));
+            how
+        })
+    };
     let app = App {
         sandbox,
         clock,
@@ -182,6 +192,7 @@ async fn spawn_app(wiring: Wiring) -> App {
         client: reqwest::Client::new(),
         shutdown,
         daemon: Some(daemon),
+        ended,
         _dir: dir,
     };
     app.wait_until("the first pass", |_, p| p.live).await;
@@ -207,7 +218,14 @@ impl App {
         .await;
         match waited {
             Ok(Ok(p)) => p,
-            Ok(Err(p)) => panic!("the daemon stopped before {what}: {p:?}"),
+            Ok(Err(p)) => panic!(
+                "the daemon stopped before {what} ({}): {p:?}",
+                self.ended
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .unwrap_or("its task panicked: see the panic above")
+            ),
             Err(_) => panic!(
                 "no {what} within {FAILURE_BOUND:?}: {:?}",
                 self.progress.borrow()
@@ -258,10 +276,17 @@ impl App {
     }
 
     /// Delivers the outbound messages of `object` the daemon's own writes set off (a CRM
-    /// flow sends them for every edit) and waits until the poll they wake has run.
+    /// flow sends them for every edit) and waits until the poll they wake has run; again
+    /// until the outbox is empty and no message is left, so that a write the daemon sends
+    /// after the first delivery does not echo into the test's own edits.
     async fn deliver_own_echoes(&self, source: Source) {
-        let before = self.polls(source);
-        if self.deliver_outbound().await > 0 {
+        loop {
+            self.wait_until("the outbox sent", |_, p| p.pending_writes == 0)
+                .await;
+            let before = self.polls(source);
+            if self.deliver_outbound().await == 0 {
+                return;
+            }
             self.polled(source, before).await;
         }
     }
