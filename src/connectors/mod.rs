@@ -114,6 +114,15 @@ pub trait Crm: Clone + Send + Sync + 'static {
         priority: Priority,
     ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
 
+    /// Update by record id (each record carries `Id`) through Bulk API 2.0 ingest jobs, as
+    /// [`Crm::upsert_bulk`] does for upserts (results matched back by `Id`).
+    fn update_bulk(
+        &self,
+        object: &str,
+        records: Vec<Record>,
+        priority: Priority,
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>>> + Send;
+
     /// Create records through sObject Collections, 200 records a request; one outcome per
     /// input record. Not idempotent: the caller looks up what exists first, and a call whose
     /// answer is lost is not sent again (see [`retry::Repeat`]).

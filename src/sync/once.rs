@@ -198,6 +198,32 @@ pub struct BackfillWindow {
     pub bulk_above: usize,
 }
 
+/// One object's writes of an outbox chunk: the object, its external id field (`None`: an
+/// update by record id), the writes, and the label they are counted under.
+type WriteGroup = (String, Option<String>, Vec<Write>, &'static str);
+
+/// What writing a group in one call came back with.
+type WriteResult = Result<Vec<RecordOutcome>, ConnectorError>;
+
+/// Writes `group` through Bulk API 2.0 ingest if it has more than `bulk_above` writes.
+async fn in_bulk<C: Crm>(
+    crm: &C,
+    (object, ext, group, _): &WriteGroup,
+    bulk_above: usize,
+) -> Option<WriteResult> {
+    if group.len() <= bulk_above {
+        return None;
+    }
+    let records: Vec<_> = group.iter().map(|w| w.record.clone()).collect();
+    Some(match ext {
+        Some(field) => {
+            crm.upsert_bulk(object, field, records, Priority::Routine)
+                .await
+        }
+        None => crm.update_bulk(object, records, Priority::Routine).await,
+    })
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunSummary {
@@ -1837,7 +1863,10 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let yield_at = self.yield_at;
         let due =
             move |wrote: bool| wrote && yield_at.is_some_and(|y| tokio::time::Instant::now() >= y);
-        for (object, ext, group, label) in [mql, leads, contacts, knobs] {
+        let mut groups = [mql, leads, contacts, knobs];
+        let mut in_bulk = self.bulk_writes(&groups).await;
+        for (n, (object, ext, group, label)) in groups.iter_mut().enumerate() {
+            let (object, group, label) = (&*object, std::mem::take(group), *label);
             if self.summary.writes_left || due(wrote) {
                 self.summary.writes_left |= !group.is_empty();
                 continue;
@@ -1845,30 +1874,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             wrote |= !group.is_empty();
             if self.settings.dry_run {
                 let action = if ext.is_some() { "upsert" } else { "update" };
-                self.plan_writes(&object, &group, action);
+                self.plan_writes(object, &group, action);
                 continue;
             }
-            // A backfill's many MQL records go through Bulk API 2.0 ingest: a handful of calls
-            // a job instead of one per 200 records.
-            if let (Some(field), Some(window)) = (&ext, &self.settings.backfill)
-                && group.len() > window.bulk_above
-                && stop.is_none()
-            {
-                let records: Vec<_> = group.iter().map(|w: &Write| w.record.clone()).collect();
-                // The fewest calls of one job (create, upload, close, a status, the results)
-                // instead of one per 200.
-                self.sf_min = (self.sf_min + 5).saturating_sub(group.len().div_ceil(200) as u64);
-                match self
-                    .crm
-                    .upsert_bulk(&object, field, records, Priority::Routine)
-                    .await
-                {
+            if let Some(written) = in_bulk[n].take() {
+                match written {
                     Ok(outcomes) => {
-                        self.settle(&object, &group, outcomes, label, &mut results);
-                        self.log_write(&object, group.len());
+                        self.settle(object, &group, outcomes, label, &mut results);
+                        self.log_write(object, group.len());
                         self.commit_writes(std::mem::take(&mut results), &first_writes)?;
                     }
-                    Err(e) => stop = Some(e),
+                    Err(e) => {
+                        stop.get_or_insert(e);
+                    }
                 }
                 continue;
             }
@@ -1877,14 +1895,14 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     break;
                 }
                 let records: Vec<_> = chunk.iter().map(|w: &Write| w.record.clone()).collect();
-                let outcome = match &ext {
-                    Some(field) => self.crm.upsert(&object, field, records).await,
-                    None => self.crm.update(&object, records).await,
+                let outcome = match ext {
+                    Some(field) => self.crm.upsert(object, field, records).await,
+                    None => self.crm.update(object, records).await,
                 };
                 match outcome {
                     Ok(outcomes) => {
-                        self.settle(&object, chunk, outcomes, label, &mut results);
-                        self.log_write(&object, chunk.len());
+                        self.settle(object, chunk, outcomes, label, &mut results);
+                        self.log_write(object, chunk.len());
                         // Settled before the next call: a process killed during it sends
                         // only the rows of that call again, not the whole drain's.
                         self.commit_writes(std::mem::take(&mut results), &first_writes)?;
@@ -2001,6 +2019,36 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     /// A dry run's writes: listed with every field they would send (the caller compares them
     /// with what was last written, see [`super::dry_run::compare`]).
+    /// A backfill's groups of more than `bulk_above` writes, sent through Bulk API 2.0 ingest
+    /// (a handful of calls a job instead of one per 200 records) side by side: the vendor
+    /// processes jobs in parallel, so a chunk of the outbox waits for its slowest job, not for
+    /// the sum of them. `None` for a group that goes by Collections, and for every group of a
+    /// dry run or of a pass that is not a backfill.
+    async fn bulk_writes(&mut self, groups: &[WriteGroup; 4]) -> [Option<WriteResult>; 4] {
+        let Some(window) = &self.settings.backfill else {
+            return Default::default();
+        };
+        if self.settings.dry_run || self.summary.writes_left {
+            return Default::default();
+        }
+        let bulk_above = window.bulk_above;
+        for (_, _, group, _) in groups {
+            if group.len() > bulk_above {
+                // The fewest calls of one job (create, upload, close, a status, the results)
+                // instead of one per 200.
+                self.sf_min = (self.sf_min + 5).saturating_sub(group.len().div_ceil(200) as u64);
+            }
+        }
+        let crm = self.crm;
+        let (mql, leads, contacts, knobs) = tokio::join!(
+            in_bulk(crm, &groups[0], bulk_above),
+            in_bulk(crm, &groups[1], bulk_above),
+            in_bulk(crm, &groups[2], bulk_above),
+            in_bulk(crm, &groups[3], bulk_above)
+        );
+        [mql, leads, contacts, knobs]
+    }
+
     fn plan_writes(&mut self, object: &str, writes: &[Write], action: &str) {
         for w in writes {
             let (crm_id, external_id) = self.record_ids(object, w);

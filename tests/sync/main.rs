@@ -1365,8 +1365,8 @@ async fn current_scores_by_bulk_lead_extract_know_what_a_read_by_filter_knows() 
     assert!(!cycle_facts(&app).is_empty());
 }
 
-/// Issue 12, point 4 and 8: above the configured size the MQL records go through Bulk API 2.0
-/// ingest, and a record it refuses fails alone.
+/// Issue 12, point 4 and 8: above the configured size the MQL records, and the people's
+/// stamps, go through Bulk API 2.0 ingest, and a record it refuses fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backfill_writes_through_bulk_ingest_and_a_refused_record_fails_alone() {
     let mut app = spawn_app_limits(1_000, "", false).await;
@@ -1385,8 +1385,15 @@ async fn a_large_backfill_writes_through_bulk_ingest_and_a_refused_record_fails_
         .await
         .unwrap();
     let cycles = app.store.cycles().unwrap().len();
-    assert!(app.calls("bulk2_ingest_create") >= 1, "{run:?}");
+    // The MQL records, then the leads' and the contacts' stamps: three jobs, no Collections.
+    assert!(app.calls("bulk2_ingest_create") >= 3, "{run:?}");
     assert_eq!(app.calls("composite_upsert"), 0, "{run:?}");
+    assert_eq!(app.calls("composite_update"), 0, "{run:?}");
+    assert!(
+        run.written.get("lead_update").copied().unwrap_or(0) > 10
+            && run.written.get("contact_update").copied().unwrap_or(0) > 10,
+        "{run:?}"
+    );
     assert_eq!(
         run.written.get("mql_upsert"),
         Some(&(cycles - 1)),

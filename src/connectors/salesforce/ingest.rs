@@ -1,17 +1,18 @@
-//! Bulk API 2.0 ingest: upsert by external id for writes too large for sObject Collections,
-//! with one outcome per input record, in input order.
+//! Bulk API 2.0 ingest: upsert by external id, or update by record id, for writes too large
+//! for sObject Collections, with one outcome per input record, in input order.
 //!
 //! # What a run does
 //! The records become CSV (a header of every field any record sets, one row per record) and
 //! are split into uploads of at most [`IngestSettings::max_upload_bytes`] (the vendor takes
 //! 150 MB of base64 per upload, which is about 100 MB of CSV). Each upload is one job:
-//! `POST /jobs/ingest` (upsert, CSV, comma, LF), `PUT .../batches` (the CSV, once),
+//! `POST /jobs/ingest` (upsert or update, CSV, comma, LF), `PUT .../batches` (the CSV, once),
 //! `PATCH` `{"state": "UploadComplete"}`, then `GET /jobs/ingest/{id}` with growing waits until
 //! `JobComplete`, `Failed` or `Aborted`, then the result CSVs the job's counts say are not
 //! empty: `successfulResults` (`sf__Id`, `sf__Created`, the uploaded columns),
 //! `failedResults` (`sf__Id`, `sf__Error`, the columns) and, for a job that did not complete,
 //! `unprocessedrecords` (the columns). The vendor does not keep input order in results, so each
-//! result row is matched to its input record by the external id it echoes. Every call counts
+//! result row is matched to its input record by the key it echoes: the external id of an
+//! upsert, the `Id` column of an update. Every call counts
 //! against the daily API limit like any other: a job takes three calls to send, one per look
 //! at its state and one or two to read its results, so 10,000 records cost about 8 calls on an
 //! org that processes them in half a minute (6 in the sandbox) where Collections takes 50.
@@ -30,10 +31,10 @@
 //! Collections classifies it (`UNABLE_TO_LOCK_ROW` retryable, a validation rule not,
 //! `DUPLICATE_VALUE` already done). Records a `Failed` or `Aborted` job left unprocessed fail
 //! with `NOT_PROCESSED`, and records no result names with `NO_RESULT` (results are not kept
-//! for batches over the daily batch allocation); both are retryable: an upsert by external id
-//! is harmless to send again. Some records fail before any call, since their results could not
-//! be told apart: no external id (`REQUIRED_FIELD_MISSING`), one an earlier record of the call
-//! already has (`DUPLICATE_EXTERNAL_ID`), a value CSV cannot carry
+//! for batches over the daily batch allocation); both are retryable: an upsert by external id,
+//! or an update that sets the same values, is harmless to send again. Some records fail before
+//! any call, since their results could not be told apart: no key (`REQUIRED_FIELD_MISSING`),
+//! one an earlier record of the call already has (`DUPLICATE_EXTERNAL_ID`), a value CSV cannot carry
 //! (`INVALID_TYPE_ON_FIELD_IN_RECORD`), a row longer than an upload (`RECORD_TOO_LARGE`).
 //! These codes are the connector's; the message says so.
 //!
@@ -46,7 +47,10 @@
 //!   id field is taken as the one created. Only when there is none is the create sent again.
 //!   mqlsync is the only writer of these upserts (one run holds the store's writer lock); a
 //!   job taken by mistake (an orphan of a killed run, or another writer's) is not harmful: a
-//!   second upload makes the vendor refuse to close it, and the run starts a fresh job;
+//!   second upload makes the vendor refuse to close it, and the run starts a fresh job. An
+//!   update job of a lead or a contact is another matter: other integrations open those too,
+//!   and taking one of theirs would put our rows into their job. So a lost update create is
+//!   sent again; the worst it leaves is an empty open job of ours, which the vendor deletes;
 //! - an upload whose answer is lost, or a close the vendor refuses, abandons the job (aborted,
 //!   so it is never processed) and the run starts a fresh one, at most
 //!   [`MAX_JOB_ATTEMPTS`] times per upload;
@@ -134,6 +138,33 @@ pub struct IngestJob {
 impl IngestJob {
     fn finished(&self) -> bool {
         matches!(self.state.as_str(), "JobComplete" | "Failed" | "Aborted")
+    }
+}
+
+/// What an ingest job does with its rows, and the column that matches a result row to its
+/// input record.
+#[derive(Debug, Clone, Copy)]
+pub enum IngestOperation<'a> {
+    /// Upsert by the external id field named.
+    Upsert { external_id_field: &'a str },
+    /// Update by record id: every record carries `Id`.
+    Update,
+}
+
+impl<'a> IngestOperation<'a> {
+    /// The column each row is known by.
+    fn key_field(self) -> &'a str {
+        match self {
+            IngestOperation::Upsert { external_id_field } => external_id_field,
+            IngestOperation::Update => "Id",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            IngestOperation::Upsert { .. } => "upsert",
+            IngestOperation::Update => "update",
+        }
     }
 }
 
@@ -268,7 +299,8 @@ fn push_cell(out: &mut String, value: &str) {
 }
 
 /// Turns the records into uploads of at most `max_bytes` each.
-fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result<Plan> {
+fn plan(records: &[Record], operation: IngestOperation, max_bytes: usize) -> Result<Plan> {
+    let external_id_field = operation.key_field();
     let mut refused = Vec::new();
     // (input index, external id cell, cells) of the records that can be sent.
     let mut sendable: Vec<(usize, String, Cells)> = Vec::new();
@@ -285,7 +317,8 @@ fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result
                     refusal(
                         "REQUIRED_FIELD_MISSING",
                         format!(
-                            "no {external_id_field}: an upsert by external id needs one, and results are matched to records by it"
+                            "no {external_id_field}: an {} by it needs one, and results are matched to records by it",
+                            operation.name()
                         ),
                         vec![external_id_field.to_string()],
                     )
@@ -294,7 +327,7 @@ fn plan(records: &[Record], external_id_field: &str, max_bytes: usize) -> Result
                 return Err(refusal(
                     "DUPLICATE_EXTERNAL_ID",
                     format!(
-                        "{external_id_field} {key:?} is also the one of record {first} of this call; send one record per external id"
+                        "{external_id_field} {key:?} is also the one of record {first} of this call; send one record per {external_id_field}"
                     ),
                     vec![external_id_field.to_string()],
                 ));
@@ -486,7 +519,7 @@ fn parse_sf_error(text: &str) -> RecordError {
 fn outcomes(
     job: &IngestJob,
     upload: &Upload,
-    external_id_field: &str,
+    operation: IngestOperation,
     successful: Option<ResultSet>,
     failed: Option<ResultSet>,
     unprocessed: Option<ResultSet>,
@@ -495,6 +528,7 @@ fn outcomes(
         upload.keys.iter().map(|(k, &i)| (k.as_str(), i)).collect();
     let mut out = Vec::with_capacity(upload.keys.len());
     let mut unknown = 0usize;
+    let external_id_field = operation.key_field();
     if let Some(set) = &successful
         && let Some(key) = set.required(external_id_field, &job.id, "successfulResults")?
     {
@@ -566,7 +600,7 @@ fn outcomes(
         tracing::warn!(
             job = %job.id,
             rows = unknown,
-            "ingest results named external ids that were not uploaded, or named one twice; ignored"
+            "ingest results named keys that were not uploaded, or named one twice; ignored"
         );
     }
     for (_, index) in pending {
@@ -606,10 +640,33 @@ impl SalesforceClient {
         records: Vec<Record>,
         priority: Priority,
     ) -> Result<Vec<RecordOutcome>> {
+        let operation = IngestOperation::Upsert { external_id_field };
+        self.ingest(object, operation, records, priority).await
+    }
+
+    /// Updates `records` of `object`, each carrying its `Id`, through Bulk API 2.0 ingest
+    /// jobs (see the module docs): one outcome per input record, in input order.
+    pub async fn ingest_update(
+        &self,
+        object: &str,
+        records: Vec<Record>,
+        priority: Priority,
+    ) -> Result<Vec<RecordOutcome>> {
+        self.ingest(object, IngestOperation::Update, records, priority)
+            .await
+    }
+
+    async fn ingest(
+        &self,
+        object: &str,
+        operation: IngestOperation<'_>,
+        records: Vec<Record>,
+        priority: Priority,
+    ) -> Result<Vec<RecordOutcome>> {
         soql::identifier(object)?;
-        soql::identifier(external_id_field)?;
+        soql::identifier(operation.key_field())?;
         let settings = &self.inner.settings.ingest;
-        let plan = plan(&records, external_id_field, settings.max_upload_bytes)?;
+        let plan = plan(&records, operation, settings.max_upload_bytes)?;
         let mut slots: Vec<Option<RecordOutcome>> = Vec::new();
         slots.resize_with(records.len(), || None);
         drop(records); // the uploads hold the data now
@@ -620,7 +677,7 @@ impl SalesforceClient {
         plan.refused.into_iter().for_each(&mut place);
         for (n, upload) in plan.uploads.iter().enumerate() {
             let done = self
-                .ingest_upload(object, external_id_field, upload, priority)
+                .ingest_upload(object, operation, upload, priority)
                 .await?;
             tracing::info!(
                 object,
@@ -643,16 +700,14 @@ impl SalesforceClient {
     async fn ingest_upload(
         &self,
         object: &str,
-        external_id_field: &str,
+        operation: IngestOperation<'_>,
         upload: &Upload,
         priority: Priority,
     ) -> Result<Vec<RecordOutcome>> {
         let mut attempt = 0;
         let job = loop {
             attempt += 1;
-            let job = self
-                .open_ingest_job(object, external_id_field, priority)
-                .await?;
+            let job = self.open_ingest_job(object, operation, priority).await?;
             let setback = match self.send_ingest_data(&job.id, upload, priority).await {
                 Ok(()) => break job,
                 Err(s) => s,
@@ -684,14 +739,7 @@ impl SalesforceClient {
         let successful = read("successfulResults", succeeded).await?;
         let failed = read("failedResults", failed_n != Some(0)).await?;
         let unprocessed = read("unprocessedrecords", job.state != "JobComplete").await?;
-        outcomes(
-            &job,
-            upload,
-            external_id_field,
-            successful,
-            failed,
-            unprocessed,
-        )
+        outcomes(&job, upload, operation, successful, failed, unprocessed)
     }
 
     /// `POST /jobs/ingest`, sent again only when no job of ours is found open after a lost
@@ -699,18 +747,24 @@ impl SalesforceClient {
     async fn open_ingest_job(
         &self,
         object: &str,
-        external_id_field: &str,
+        operation: IngestOperation<'_>,
         priority: Priority,
     ) -> Result<IngestJob> {
         let url = self.data_url("/jobs/ingest");
-        let body = json!({
+        let mut body = json!({
             "object": object,
-            "externalIdFieldName": external_id_field,
             "contentType": "CSV",
-            "operation": "upsert",
+            "operation": operation.name(),
             "lineEnding": "LF",
             "columnDelimiter": "COMMA",
         });
+        let adopt = match operation {
+            IngestOperation::Upsert { external_id_field } => {
+                body["externalIdFieldName"] = json!(external_id_field);
+                Some(external_id_field)
+            }
+            IngestOperation::Update => None,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -722,9 +776,13 @@ impl SalesforceClient {
                 Err(e) if e.class() == ErrorClass::Retry => e,
                 Err(e) => return Err(e),
             };
-            let open = self
-                .open_ingest_jobs(object, external_id_field, priority)
-                .await?;
+            let open = match adopt {
+                Some(external_id_field) => {
+                    self.open_ingest_jobs(object, external_id_field, priority)
+                        .await?
+                }
+                None => Vec::new(),
+            };
             let newest = open.into_iter().max_by(|a, b| {
                 (a.created_date.as_deref(), a.id.as_str())
                     .cmp(&(b.created_date.as_deref(), b.id.as_str()))
@@ -736,7 +794,7 @@ impl SalesforceClient {
             if attempt >= MAX_CREATE_ATTEMPTS {
                 return Err(lost);
             }
-            tracing::warn!(error = %lost, "the answer to an ingest job create was lost and no open job was found; creating it again");
+            tracing::warn!(error = %lost, "the answer to an ingest job create was lost and no open job of ours was taken; creating it again");
         }
     }
 
@@ -937,6 +995,7 @@ fn ingest_job(v: Value) -> Result<IngestJob> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn rec(v: Value) -> Record {
         v.as_object().unwrap().clone()
@@ -946,7 +1005,9 @@ mod tests {
         std::str::from_utf8(&u.csv).unwrap()
     }
 
-    const EXT: &str = "External_Id__c";
+    const EXT: IngestOperation = IngestOperation::Upsert {
+        external_id_field: "External_Id__c",
+    };
 
     #[test]
     fn records_become_csv_the_vendor_reads_as_meant() {
@@ -1178,6 +1239,48 @@ mod tests {
         assert_eq!(
             (err(6).code.as_str(), err(6).retryable),
             ("NO_RESULT", true)
+        );
+    }
+
+    #[test]
+    fn an_update_is_keyed_by_record_id_and_refuses_a_record_without_one() {
+        let records: Vec<Record> = vec![
+            rec(json!({"Id": "00Q1", "MQL_Count__c": 2})),
+            rec(json!({"MQL_Count__c": 1})),
+            rec(json!({"Id": "00Q2", "MQL_Count__c": 1})),
+            rec(json!({"Id": "00Q1", "MQL_Count__c": 3})),
+        ];
+        let plan = plan(&records, IngestOperation::Update, 1_000_000).unwrap();
+        assert_eq!(text(&plan.uploads[0]), "Id,MQL_Count__c\n00Q1,2\n00Q2,1\n");
+        let refused: BTreeMap<usize, &str> = plan
+            .refused
+            .iter()
+            .map(|o| (o.index, o.result.as_ref().unwrap_err().code.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            BTreeMap::from([(1, "REQUIRED_FIELD_MISSING"), (3, "DUPLICATE_EXTERNAL_ID")])
+        );
+        let mut out = outcomes(
+            &job("JobComplete"),
+            &plan.uploads[0],
+            IngestOperation::Update,
+            set("\"sf__Id\",\"sf__Created\",Id,MQL_Count__c\n\"00Q2\",\"false\",00Q2,1\n"),
+            set("\"sf__Id\",\"sf__Error\",Id,MQL_Count__c\n\"00Q1\",\"ENTITY_IS_DELETED:entity is deleted:--\",00Q1,2\n"),
+            None,
+        )
+        .unwrap();
+        out.sort_by_key(|o| o.index);
+        assert_eq!(
+            (out[1].index, out[1].id.as_deref(), &out[1].result),
+            (2, Some("00Q2"), &Ok(WriteStatus::Updated))
+        );
+        assert_eq!(
+            (
+                out[0].index,
+                out[0].result.as_ref().unwrap_err().code.as_str()
+            ),
+            (0, "ENTITY_IS_DELETED")
         );
     }
 

@@ -1067,6 +1067,15 @@ impl Crm for SalesforceClient {
             .await
     }
 
+    async fn update_bulk(
+        &self,
+        object: &str,
+        records: Vec<Record>,
+        priority: Priority,
+    ) -> Result<Vec<RecordOutcome>> {
+        self.ingest_update(object, records, priority).await
+    }
+
     async fn create(&self, object: &str, records: Vec<Record>) -> Result<Vec<RecordOutcome>> {
         soql::identifier(object)?;
         let url = self.data_url("/composite/sobjects");
