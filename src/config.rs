@@ -184,8 +184,9 @@ pub struct SyncConfig {
     pub poll_interval_secs: u64,
     pub batch_size: usize,
     pub go_live: GoLive,
-    /// Above this many MQL records to write at once (a backfill), Bulk API 2.0 ingest is used
-    /// instead of sObject Collections (a call per 200 records).
+    /// Above this many records of an object to write at once (a backfill's MQL records, its
+    /// leads' or contacts' stamps), Bulk API 2.0 ingest is used instead of sObject Collections
+    /// (a call per 200 records).
     pub bulk_ingest_above: usize,
     /// How a first run reads the current scores (see [`CurrentScoreRead`]).
     pub current_scores: CurrentScoreRead,

@@ -5,7 +5,7 @@
 //! Both read each window's file from disk one record at a time and commit as they go, each
 //! commit carrying a cursor that names the window (and, for activities, the instant reached),
 //! so a killed read resumes at the window it was in: the windows before it are not exported
-//! again. The runner ([`crate::connectors::marketo::extract`]) keeps Marketo's queue, polling
+//! again. The next window's file downloads while one is replayed ([`Prefetch`]). The runner ([`crate::connectors::marketo::extract`]) keeps Marketo's queue, polling
 //! and daily-quota rules; its files go to a directory beside the store.
 //!
 //! # Time order
@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::connectors::marketo::export_file::WindowFile;
@@ -36,6 +37,49 @@ use super::once::{ActivityRead, Intake, Run, SyncError};
 const CHANGES_A_COMMIT: usize = 2_000;
 /// Lead rows committed at a time from an export file.
 const LEADS_A_COMMIT: usize = 2_000;
+
+/// What a runner's next window came to, with the runner.
+type Fetched = (
+    BulkExtract<PauseBy>,
+    Result<Option<WindowFile>, ExtractError>,
+);
+
+/// A runner getting its next window in a task of its own, so that the vendor's export and
+/// the download of window n+1 go on while window n is replayed (the replay holds a core; the
+/// download waits on the network and checks the file on another). Dropped before it is taken
+/// (the replay failed), it stops the task; the jobs it queued are Marketo's to expire, as
+/// after a killed run.
+struct Prefetch(Option<tokio::task::JoinHandle<Fetched>>);
+
+impl Prefetch {
+    fn start(mut run: BulkExtract<PauseBy>) -> Prefetch {
+        let task = async move {
+            let next = run.next_window().await;
+            (run, next)
+        };
+        Prefetch(Some(tokio::spawn(
+            task.instrument(tracing::Span::current()),
+        )))
+    }
+
+    async fn take(mut self) -> Fetched {
+        let task = self.0.as_mut().expect("a prefetch is taken once");
+        let done = task.await;
+        self.0 = None;
+        match done {
+            Ok(fetched) => fetched,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
 
 /// Where a bulk activity read stands: the first window not finished, and within it the
 /// instant reached (changes before it are committed; those at it are read again, which the
@@ -96,9 +140,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         span.pb_set_style(&crate::logging::bar_with_eta("hours of history"));
         span.pb_set_length(hours(until));
         self.progress_by_time = true;
-        let mut run = self.extract(plan)?.starting_at(cursor.window);
+        let mut fetching = Prefetch::start(self.extract(plan)?.starting_at(cursor.window));
         let mut intake = Intake::new(&name);
-        while let Some(file) = run.next_window().await? {
+        let run = loop {
+            let (run, next) = fetching.take().await;
+            let Some(file) = next? else {
+                break run;
+            };
+            // The next window's file downloads while this one is replayed.
+            fetching = Prefetch::start(run);
             let index = file.window.index;
             let after = if cursor.window == index {
                 cursor.after
@@ -152,7 +202,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.flush_intake(&mut intake, also).await?;
             span.pb_set_position(hours(file.window.end));
             tracing::info!(window = index, windows, "score history window replayed");
-        }
+        };
         self.progress_by_time = false;
         self.count_extract(&run, windows);
         self.finish_intake(intake, also).await

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
@@ -193,8 +194,8 @@ impl Default for RunSettings {
 pub struct BackfillWindow {
     pub since: Timestamp,
     pub until: Timestamp,
-    /// Above this many MQL records to write, they go through Bulk API 2.0 ingest instead of
-    /// sObject Collections.
+    /// Above this many records of an object to write, they go through Bulk API 2.0 ingest
+    /// instead of sObject Collections.
     pub bulk_above: usize,
 }
 
@@ -205,23 +206,18 @@ type WriteGroup = (String, Option<String>, Vec<Write>, &'static str);
 /// What writing a group in one call came back with.
 type WriteResult = Result<Vec<RecordOutcome>, ConnectorError>;
 
-/// Writes `group` through Bulk API 2.0 ingest if it has more than `bulk_above` writes.
-async fn in_bulk<C: Crm>(
-    crm: &C,
-    (object, ext, group, _): &WriteGroup,
-    bulk_above: usize,
-) -> Option<WriteResult> {
-    if group.len() <= bulk_above {
-        return None;
-    }
-    let records: Vec<_> = group.iter().map(|w| w.record.clone()).collect();
-    Some(match ext {
-        Some(field) => {
-            crm.upsert_bulk(object, field, records, Priority::Routine)
-                .await
-        }
-        None => crm.update_bulk(object, records, Priority::Routine).await,
-    })
+/// A Bulk API 2.0 job of a group, under way in its task (stopped if dropped).
+type BulkJob = AbortOnDropHandle<WriteResult>;
+
+/// A chunk of the outbox planned, its Bulk API 2.0 jobs (a backfill's) under way.
+struct Started {
+    /// MQL records, leads, contacts and threshold records, in that order.
+    groups: [WriteGroup; 4],
+    in_bulk: [Option<BulkJob>; 4],
+    tasks: Vec<Write>,
+    first_writes: BTreeMap<String, crate::engine::Cycle>,
+    /// Rows settled without a call (unsendable, superseded).
+    results: Vec<(OutboxRow, Settlement)>,
 }
 
 /// What a run did.
@@ -1792,19 +1788,40 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// of a large org leaves hundreds of thousands; their payloads are not held all at once),
     /// each call's rows settled in the store as soon as its answer is read. Rows refused for
     /// now stay pending for the next pass; a call that fails stops the drain.
+    ///
+    /// A chunk whose writes go through Bulk API 2.0 ingest (a backfill's) is sent, and the
+    /// next chunk's jobs started, before its results are awaited: the vendor processes jobs
+    /// side by side, so the drain waits about one job's processing, not one per chunk. At
+    /// most two chunks are held at once.
     pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let keys = self.store.outbox_pending_keys()?;
+        let mut in_flight: Option<Started> = None;
         for chunk in keys.chunks(OUTBOX_CHUNK) {
             let rows = self.store.outbox_rows(chunk)?;
-            self.drain_rows(rows).await?;
-            if self.summary.writes_left {
-                break;
+            let started = self.start_rows(rows);
+            if let Some(earlier) = in_flight.take() {
+                self.finish_rows(earlier).await?;
+                if self.summary.writes_left {
+                    return Ok(());
+                }
             }
+            if started.in_bulk.iter().any(Option::is_some) {
+                in_flight = Some(started);
+                continue;
+            }
+            self.finish_rows(started).await?;
+            if self.summary.writes_left {
+                return Ok(());
+            }
+        }
+        if let Some(last) = in_flight {
+            self.finish_rows(last).await?;
         }
         Ok(())
     }
 
-    async fn drain_rows(&mut self, rows: Vec<OutboxRow>) -> Result<(), SyncError> {
+    /// Plans a chunk of outbox rows and starts its Bulk API 2.0 jobs, if any.
+    fn start_rows(&mut self, rows: Vec<OutboxRow>) -> Started {
         let m = self.mapping;
         let (state, policy, now) = (&self.state, self.policy, self.now);
         let mut plan =
@@ -1833,55 +1850,68 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     .map(|row| (row, Settlement::Done)),
             );
         }
-        let mql = (
-            m.crm.mql.object.clone(),
-            Some(m.crm.mql.external_id.clone()),
-            plan.mql_upserts,
-            "mql_upsert",
-        );
-        let leads = (
-            m.crm.lead.object.clone(),
-            None,
-            plan.lead_updates,
-            "lead_update",
-        );
-        let contacts = (
-            m.crm.contact.object.clone(),
-            None,
-            plan.contact_updates,
-            "contact_update",
-        );
-        let knobs = (
-            m.crm.threshold.object.clone(),
-            None,
-            plan.threshold_updates,
-            "threshold_update",
-        );
+        let groups = [
+            (
+                m.crm.mql.object.clone(),
+                Some(m.crm.mql.external_id.clone()),
+                plan.mql_upserts,
+                "mql_upsert",
+            ),
+            (
+                m.crm.lead.object.clone(),
+                None,
+                plan.lead_updates,
+                "lead_update",
+            ),
+            (
+                m.crm.contact.object.clone(),
+                None,
+                plan.contact_updates,
+                "contact_update",
+            ),
+            (
+                m.crm.threshold.object.clone(),
+                None,
+                plan.threshold_updates,
+                "threshold_update",
+            ),
+        ];
+        let in_bulk = self.start_bulk(&groups);
+        Started {
+            groups,
+            in_bulk,
+            tasks,
+            first_writes,
+            results,
+        }
+    }
+
+    /// Writes a planned chunk: the results of its Bulk API 2.0 jobs, the other groups
+    /// through Collections, then its alert tasks; each settled as its answer is read.
+    async fn finish_rows(&mut self, started: Started) -> Result<(), SyncError> {
+        let Started {
+            groups,
+            mut in_bulk,
+            tasks,
+            first_writes,
+            mut results,
+        } = started;
         let mut stop = None;
         // The daemon's writer hands back to the loop between groups once a poll is due.
         let mut wrote = false;
         let yield_at = self.yield_at;
         let due =
             move |wrote: bool| wrote && yield_at.is_some_and(|y| tokio::time::Instant::now() >= y);
-        let mut groups = [mql, leads, contacts, knobs];
-        let mut in_bulk = self.bulk_writes(&groups).await;
-        for (n, (object, ext, group, label)) in groups.iter_mut().enumerate() {
-            let (object, group, label) = (&*object, std::mem::take(group), *label);
-            if self.summary.writes_left || due(wrote) {
-                self.summary.writes_left |= !group.is_empty();
-                continue;
-            }
-            wrote |= !group.is_empty();
-            if self.settings.dry_run {
-                let action = if ext.is_some() { "upsert" } else { "update" };
-                self.plan_writes(object, &group, action);
-                continue;
-            }
-            if let Some(written) = in_bulk[n].take() {
+        for (n, (object, ext, group, label)) in groups.into_iter().enumerate() {
+            if let Some(job) = in_bulk[n].take() {
+                let written = job
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                wrote = true;
                 match written {
                     Ok(outcomes) => {
-                        self.settle(object, &group, outcomes, label, &mut results);
-                        self.log_write(object, group.len());
+                        self.settle(&object, &group, outcomes, label, &mut results);
+                        self.log_write(&object, group.len());
                         self.commit_writes(std::mem::take(&mut results), &first_writes)?;
                     }
                     Err(e) => {
@@ -1890,19 +1920,29 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 }
                 continue;
             }
+            if self.summary.writes_left || due(wrote) {
+                self.summary.writes_left |= !group.is_empty();
+                continue;
+            }
+            wrote |= !group.is_empty();
+            if self.settings.dry_run {
+                let action = if ext.is_some() { "upsert" } else { "update" };
+                self.plan_writes(&object, &group, action);
+                continue;
+            }
             for chunk in group.chunks(200) {
                 if stop.is_some() {
                     break;
                 }
                 let records: Vec<_> = chunk.iter().map(|w: &Write| w.record.clone()).collect();
-                let outcome = match ext {
-                    Some(field) => self.crm.upsert(object, field, records).await,
-                    None => self.crm.update(object, records).await,
+                let outcome = match &ext {
+                    Some(field) => self.crm.upsert(&object, field, records).await,
+                    None => self.crm.update(&object, records).await,
                 };
                 match outcome {
                     Ok(outcomes) => {
-                        self.settle(object, chunk, outcomes, label, &mut results);
-                        self.log_write(object, chunk.len());
+                        self.settle(&object, chunk, outcomes, label, &mut results);
+                        self.log_write(&object, chunk.len());
                         // Settled before the next call: a process killed during it sends
                         // only the rows of that call again, not the whole drain's.
                         self.commit_writes(std::mem::take(&mut results), &first_writes)?;
@@ -2019,12 +2059,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
 
     /// A dry run's writes: listed with every field they would send (the caller compares them
     /// with what was last written, see [`super::dry_run::compare`]).
-    /// A backfill's groups of more than `bulk_above` writes, sent through Bulk API 2.0 ingest
-    /// (a handful of calls a job instead of one per 200 records) side by side: the vendor
-    /// processes jobs in parallel, so a chunk of the outbox waits for its slowest job, not for
-    /// the sum of them. `None` for a group that goes by Collections, and for every group of a
-    /// dry run or of a pass that is not a backfill.
-    async fn bulk_writes(&mut self, groups: &[WriteGroup; 4]) -> [Option<WriteResult>; 4] {
+    /// Starts a Bulk API 2.0 ingest job, in a task of its own, for each of a backfill's groups
+    /// of more than `bulk_above` writes (a handful of calls a job instead of one per 200
+    /// records); the vendor processes jobs side by side, so they run at once. `None` for a
+    /// group that goes by Collections, and for every group of a dry run or of a pass that is
+    /// not a backfill.
+    fn start_bulk(&mut self, groups: &[WriteGroup; 4]) -> [Option<BulkJob>; 4] {
         let Some(window) = &self.settings.backfill else {
             return Default::default();
         };
@@ -2032,21 +2072,27 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             return Default::default();
         }
         let bulk_above = window.bulk_above;
-        for (_, _, group, _) in groups {
-            if group.len() > bulk_above {
-                // The fewest calls of one job (create, upload, close, a status, the results)
-                // instead of one per 200.
-                self.sf_min = (self.sf_min + 5).saturating_sub(group.len().div_ceil(200) as u64);
+        groups.each_ref().map(|(object, ext, group, _)| {
+            if group.len() <= bulk_above {
+                return None;
             }
-        }
-        let crm = self.crm;
-        let (mql, leads, contacts, knobs) = tokio::join!(
-            in_bulk(crm, &groups[0], bulk_above),
-            in_bulk(crm, &groups[1], bulk_above),
-            in_bulk(crm, &groups[2], bulk_above),
-            in_bulk(crm, &groups[3], bulk_above)
-        );
-        [mql, leads, contacts, knobs]
+            // The fewest calls of one job (create, upload, close, a status, the results)
+            // instead of one per 200.
+            self.sf_min = (self.sf_min + 5).saturating_sub(group.len().div_ceil(200) as u64);
+            let records: Vec<_> = group.iter().map(|w| w.record.clone()).collect();
+            let (crm, object, ext) = (self.crm.clone(), object.clone(), ext.clone());
+            let job = async move {
+                match ext {
+                    Some(field) => {
+                        crm.upsert_bulk(&object, &field, records, Priority::Routine)
+                            .await
+                    }
+                    None => crm.update_bulk(&object, records, Priority::Routine).await,
+                }
+            };
+            let job = job.instrument(tracing::Span::current());
+            Some(AbortOnDropHandle::new(tokio::spawn(job)))
+        })
     }
 
     fn plan_writes(&mut self, object: &str, writes: &[Write], action: &str) {

@@ -1307,9 +1307,12 @@ async fn a_backfill_killed_anywhere_and_started_again_ends_as_an_unbroken_one() 
             let windows = 12; // 365 days in windows of 31
             let files = marketo_calls(&app, "bulk_activities_file");
             assert!(files_before > 0 && files > files_before, "{kind} #{skip}");
+            // The window under way is downloaded again, and the next one, fetched while it
+            // was replayed (its export was queued beside it either way, so Marketo's daily
+            // export quota pays the same).
             assert!(
-                files <= windows + 1,
-                "only the window under way is exported again ({files} downloads, {kind} #{skip})"
+                files <= windows + 2,
+                "only the windows under way are downloaded again ({files} downloads, {kind} #{skip})"
             );
         }
     }
@@ -1394,18 +1397,19 @@ async fn a_large_backfill_writes_through_bulk_ingest_and_a_refused_record_fails_
             && run.written.get("contact_update").copied().unwrap_or(0) > 10,
         "{run:?}"
     );
-    assert_eq!(
-        run.written.get("mql_upsert"),
-        Some(&(cycles - 1)),
-        "{run:?}"
-    );
+    // The jobs run side by side, so the first upload the fault meets may be any object's:
+    // whichever it is, that one record is parked and every other is written.
     assert_eq!(run.parked.count, 1, "{run:?}");
+    let parked = &run.parked.first[0];
     assert!(
-        run.parked.first[0].contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        parked.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
         "{:?}",
         run.parked
     );
-    assert_eq!(app.query("SELECT Id FROM MQL__c").await.len(), cycles - 1);
+    let refused_mql = !(parked.starts_with("Lead:") || parked.starts_with("Contact:"));
+    let mqls = run.written.get("mql_upsert").copied().unwrap_or(0);
+    assert_eq!(mqls + usize::from(refused_mql), cycles, "{run:?}");
+    assert_eq!(app.query("SELECT Id FROM MQL__c").await.len(), mqls);
 }
 
 /// Issue 12, point 4: a backfill rebuilds what came before go-live; on a live store it stops.
