@@ -174,7 +174,13 @@ impl ModstampCursor {
             let floor = top
                 .checked_sub(jiff::SignedDuration::try_from(lookback).unwrap_or_default())
                 .unwrap_or(top);
-            self.recent.retain(|(t, _)| *t >= floor);
+            // The pairs are ordered by instant first, so those below the floor are a prefix:
+            // popped one by one, not found by a walk over the whole set for every record (a
+            // page of records stamped in the same minute, after a mass update, made that
+            // walk 20,000 pairs long for each of them).
+            while self.recent.first().is_some_and(|(t, _)| *t < floor) {
+                self.recent.pop_first();
+            }
         }
         while self.recent.len() > MAX_RECENT {
             self.recent.pop_first();
@@ -228,6 +234,30 @@ mod tests {
         fn quote_round_trips_and_never_ends_early(s in any::<String>()) {
             let lit = quote(&s);
             prop_assert_eq!(unquote(&lit), Some(s));
+        }
+
+        /// The recent pairs a cursor keeps are those the walk over the whole set kept: every
+        /// pair handed out at or above the newest instant minus the look-back (at most
+        /// `MAX_RECENT`, the oldest going first).
+        #[test]
+        fn a_cursor_keeps_the_pairs_inside_its_window(
+            records in proptest::collection::vec((0i64..3_600, 0u8..50), 1..300),
+        ) {
+            let lookback = Duration::from_secs(300);
+            let base = Timestamp::from_second(1_790_000_000).unwrap();
+            let mut cursor = ModstampCursor::default();
+            let mut kept: BTreeSet<(Timestamp, String)> = BTreeSet::new();
+            let mut top: Option<Timestamp> = None;
+            for (second, id) in records {
+                let at = base + jiff::SignedDuration::from_secs(second);
+                let id = format!("00Q{id}");
+                cursor.advance(at, &id, lookback);
+                kept.insert((at, id));
+                top = top.max(Some(at));
+                let floor = top.unwrap() - jiff::SignedDuration::from_secs(300);
+                kept.retain(|(t, _)| *t >= floor);
+                prop_assert_eq!(&cursor.recent, &kept);
+            }
         }
 
         #[test]
