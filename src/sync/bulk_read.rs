@@ -5,8 +5,9 @@
 //! Both read each window's file from disk one record at a time and commit as they go, each
 //! commit carrying a cursor that names the window (and, for activities, the instant reached),
 //! so a killed read resumes at the window it was in: the windows before it are not exported
-//! again. The next window's file downloads while one is replayed ([`Prefetch`]). The runner ([`crate::connectors::marketo::extract`]) keeps Marketo's queue, polling
-//! and daily-quota rules; its files go to a directory beside the store.
+//! again. The next window's file downloads while one is replayed ([`Prefetch`]). The runner
+//! ([`crate::connectors::marketo::extract`]) keeps Marketo's queue, polling and daily-quota
+//! rules; its files go to a directory beside the store.
 //!
 //! # Time order
 //! The engine decides score changes in time order, merged with the threshold versions. An

@@ -2057,8 +2057,6 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         Ok(())
     }
 
-    /// A dry run's writes: listed with every field they would send (the caller compares them
-    /// with what was last written, see [`super::dry_run::compare`]).
     /// Starts a Bulk API 2.0 ingest job, in a task of its own, for each of a backfill's groups
     /// of more than `bulk_above` writes (a handful of calls a job instead of one per 200
     /// records); the vendor processes jobs side by side, so they run at once. `None` for a
@@ -2095,6 +2093,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         })
     }
 
+    /// A dry run's writes: listed with every field they would send (the caller compares them
+    /// with what was last written, see [`super::dry_run::compare`]).
     fn plan_writes(&mut self, object: &str, writes: &[Write], action: &str) {
         for w in writes {
             let (crm_id, external_id) = self.record_ids(object, w);

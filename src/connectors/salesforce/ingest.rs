@@ -12,8 +12,8 @@
 //! `failedResults` (`sf__Id`, `sf__Error`, the columns) and, for a job that did not complete,
 //! `unprocessedrecords` (the columns). The vendor does not keep input order in results, so each
 //! result row is matched to its input record by the key it echoes: the external id of an
-//! upsert, the `Id` column of an update. Every call counts
-//! against the daily API limit like any other: a job takes three calls to send, one per look
+//! upsert, the `Id` column of an update. Every call counts against the daily API limit like
+//! any other: a job takes three calls to send, one per look
 //! at its state and one or two to read its results, so 10,000 records cost about 8 calls on an
 //! org that processes them in half a minute (6 in the sandbox) where Collections takes 50.
 //!
@@ -34,8 +34,8 @@
 //! for batches over the daily batch allocation); both are retryable: an upsert by external id,
 //! or an update that sets the same values, is harmless to send again. Some records fail before
 //! any call, since their results could not be told apart: no key (`REQUIRED_FIELD_MISSING`),
-//! one an earlier record of the call already has (`DUPLICATE_EXTERNAL_ID`), a value CSV cannot carry
-//! (`INVALID_TYPE_ON_FIELD_IN_RECORD`), a row longer than an upload (`RECORD_TOO_LARGE`).
+//! one an earlier record of the call already has (`DUPLICATE_EXTERNAL_ID`), a value CSV
+//! cannot carry (`INVALID_TYPE_ON_FIELD_IN_RECORD`), a row longer than an upload (`RECORD_TOO_LARGE`).
 //! These codes are the connector's; the message says so.
 //!
 //! # Calls whose answer is lost
@@ -50,7 +50,8 @@
 //!   second upload makes the vendor refuse to close it, and the run starts a fresh job. An
 //!   update job of a lead or a contact is another matter: other integrations open those too,
 //!   and taking one of theirs would put our rows into their job. So a lost update create is
-//!   sent again; the worst it leaves is an empty open job of ours, which the vendor deletes;
+//!   sent again; the worst it leaves is an empty open job of ours, gone when the vendor
+//!   deletes its week-old jobs;
 //! - an upload whose answer is lost, or a close the vendor refuses, abandons the job (aborted,
 //!   so it is never processed) and the run starts a fresh one, at most
 //!   [`MAX_JOB_ATTEMPTS`] times per upload;
