@@ -443,9 +443,9 @@ pub struct MapLeadState {
 ///
 /// Kept in time order with running totals, so a score is a subtraction (the window's start
 /// found by a cursor that follows it forward, or a binary search), not a walk over the window
-/// (about 50 changes an account in the engine bench, read on every change). Integral points (Marketo's) add up exactly in an `f64`, so
-/// the difference of two running totals is the sum itself; fractional points may differ
-/// from a direct sum in the last bits. Saved as the changes and their points, in time order.
+/// (about 50 changes an account in the engine bench, read on every change). Integral points
+/// (Marketo's) add up exactly in an `f64`, so the difference of two running totals is the
+/// sum itself; fractional points may differ from a direct sum in the last bits. Saved as the changes and their points, in time order.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 pub struct AccountScore {

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
@@ -50,7 +51,7 @@ type Fetched = (
 /// download waits on the network and checks the file on another). Dropped before it is taken
 /// (the replay failed), it stops the task; the jobs it queued are Marketo's to expire, as
 /// after a killed run.
-struct Prefetch(Option<tokio::task::JoinHandle<Fetched>>);
+struct Prefetch(AbortOnDropHandle<Fetched>);
 
 impl Prefetch {
     fn start(mut run: BulkExtract<PauseBy>) -> Prefetch {
@@ -58,27 +59,14 @@ impl Prefetch {
             let next = run.next_window().await;
             (run, next)
         };
-        Prefetch(Some(tokio::spawn(
-            task.instrument(tracing::Span::current()),
-        )))
+        let task = task.instrument(tracing::Span::current());
+        Prefetch(AbortOnDropHandle::new(tokio::spawn(task)))
     }
 
-    async fn take(mut self) -> Fetched {
-        let task = self.0.as_mut().expect("a prefetch is taken once");
-        let done = task.await;
-        self.0 = None;
-        match done {
-            Ok(fetched) => fetched,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
+    async fn take(self) -> Fetched {
+        self.0
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 }
 
