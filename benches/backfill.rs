@@ -45,8 +45,9 @@ mod heap;
 
 use heap::{Counting, LIVE};
 
+/// mimalloc, as the `mqlsync` binary runs, counted.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting(std::alloc::System);
+static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
 
 const CHILD: &str = "MQLSYNC_BENCH_BACKFILL_CHILD";
 const HISTORY_DAYS: i64 = 420;

@@ -196,8 +196,8 @@ pub struct SyncConfig {
     pub bulk_extract_above_days: u32,
 }
 
-/// How a first run (or `run --once --full`) reads the current score of every linked MAP lead
-/// (`sync.current_scores`).
+/// How a first run (or `run --once --full`) reads the current score of every linked MAP lead,
+/// and a backfill their links (`sync.current_scores`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CurrentScoreRead {

@@ -35,28 +35,42 @@ use crate::engine::score::change_key;
 use super::current;
 use super::once::{ActivityRead, Intake, Run, SyncError};
 
-/// Score changes committed at a time from an export file.
-const CHANGES_A_COMMIT: usize = 2_000;
-/// Lead rows committed at a time from an export file.
-const LEADS_A_COMMIT: usize = 2_000;
+/// Score changes committed at a time from an export file. A commit writes every page it
+/// dirtied to the log, and the same pages (the history's and the audit's last ones, the
+/// index on the change id, the people a knob turn re-decided) come back commit after
+/// commit: 20,000 changes (about 2 MB held) log them a tenth as often as 2,000 did, and a
+/// killed backfill replays at most that many again.
+const CHANGES_A_COMMIT: usize = 20_000;
+/// Lead rows committed at a time from an export file (as many as score changes, for the
+/// same reason).
+const LEADS_A_COMMIT: usize = 20_000;
 
-/// What a runner's next window came to, with the runner.
+/// What a runner's next window came to (its file, and whether its rows are in time order),
+/// with the runner.
 type Fetched = (
     BulkExtract<PauseBy>,
-    Result<Option<WindowFile>, ExtractError>,
+    Result<Option<(WindowFile, bool)>, ExtractError>,
 );
 
-/// A runner getting its next window in a task of its own, so that the vendor's export and
-/// the download of window n+1 go on while window n is replayed (the replay holds a core; the
-/// download waits on the network and checks the file on another). Dropped before it is taken
-/// (the replay failed), it stops the task; the jobs it queued are Marketo's to expire, as
-/// after a killed run.
+/// A runner getting its next window in a task of its own, so that the vendor's export, the
+/// download of window n+1 and the pass over its file that checks its order go on while
+/// window n is replayed (the replay holds a core; the download waits on the network, and
+/// the check reads the file on another). Dropped before it is taken (the replay failed), it
+/// stops the task; the jobs it queued are Marketo's to expire, as after a killed run.
 struct Prefetch(AbortOnDropHandle<Fetched>);
 
 impl Prefetch {
     fn start(mut run: BulkExtract<PauseBy>) -> Prefetch {
         let task = async move {
-            let next = run.next_window().await;
+            let next = match run.next_window().await {
+                Ok(Some(file)) => tokio::task::spawn_blocking(move || {
+                    in_time_order(&file).map(|ordered| Some((file, ordered)))
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             (run, next)
         };
         let task = task.instrument(tracing::Span::current());
@@ -133,7 +147,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         let mut intake = Intake::new(&name);
         let run = loop {
             let (run, next) = fetching.take().await;
-            let Some(file) = next? else {
+            let Some((file, in_order)) = next? else {
                 break run;
             };
             // The next window's file downloads while this one is replayed.
@@ -145,7 +159,6 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 None
             };
             intake.pages += 1;
-            let in_order = in_time_order(&file)?;
             let mut changes = Vec::new();
             for activity in file.activities()? {
                 let activity = activity?;
@@ -220,16 +233,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.take_changes(intake, page, text, also).await
     }
 
-    /// The current score of every MAP lead created since `since` and linked to a CRM person
-    /// the engine knows, by bulk lead extract, each window committed as it is read.
-    pub(super) async fn current_scores_in_bulk(
+    /// Every MAP lead created since `since` and linked to a CRM person the engine knows (its
+    /// link, and with [`current::Take::LinksAndScores`] its current score), by bulk lead
+    /// extract, each window committed as it is read under `cursor_name`.
+    pub(super) async fn linked_leads_in_bulk(
         &mut self,
         mut progress: current::Progress,
         since: Timestamp,
+        cursor_name: &str,
+        take: current::Take,
     ) -> Result<(), SyncError> {
         let m = self.mapping;
         let source = &self.policy.score;
-        let fields = current::lead_fields(m, source, current::Take::LinksAndScores);
+        let fields = current::lead_fields(m, source, take);
         let asked: Vec<&str> = fields.iter().map(String::as_str).collect();
         let plan = ExportPlan::leads(&asked, since, self.now)?;
         let windows = plan.windows().len();
@@ -253,12 +269,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 if rows.len() >= LEADS_A_COMMIT {
                     linked += rows.len();
                     let rows = std::mem::take(&mut rows);
-                    self.commit_lead_rows(&rows, &progress, &file)?;
+                    self.commit_lead_rows(&rows, (cursor_name, &progress), take, &file)?;
                 }
             }
             linked += rows.len();
             progress.bulk_window = Some(index + 1);
-            self.commit_lead_rows(&rows, &progress, &file)?;
+            self.commit_lead_rows(&rows, (cursor_name, &progress), take, &file)?;
             span.pb_set_position((index + 1) as u64);
         }
         self.progress_by_time = false;
@@ -267,28 +283,27 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             ..current::Progress::default()
         };
         let cursor = serde_json::to_string(&progress).expect("cursors serialise");
-        self.commit(Vec::new(), (current::CURSOR.to_string(), cursor))?;
+        self.commit(Vec::new(), (cursor_name.to_string(), cursor))?;
         self.count_extract(&run, windows);
-        *self
-            .summary
-            .read
-            .entry("current scores".into())
-            .or_default() += linked;
+        *self.summary.read.entry(take.what().into()).or_default() += linked;
         tracing::info!(
             leads = read,
             linked,
             windows,
-            "current scores read by bulk lead extract"
+            "{} read by bulk lead extract",
+            take.what()
         );
         self.log_phase_done(linked, windows as u64);
         Ok(())
     }
 
-    /// One batch of lead rows of `file` as events, committed with `progress`.
+    /// One batch of lead rows of `file` as events, committed with `progress` as the cursor
+    /// named.
     fn commit_lead_rows(
         &mut self,
         rows: &[Value],
-        progress: &current::Progress,
+        (cursor_name, progress): (&str, &current::Progress),
+        take: current::Take,
         file: &WindowFile,
     ) -> Result<(), SyncError> {
         let mut unreadable = Vec::new();
@@ -298,7 +313,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.state,
             rows,
             self.now,
-            current::Take::LinksAndScores,
+            take,
             &mut unreadable,
         )
         .map_err(|e| SyncError::Unkeyed {
@@ -313,8 +328,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.unreadable(e);
         }
         let cursor = serde_json::to_string(progress).expect("cursors serialise");
-        self.commit(events, (current::CURSOR.to_string(), cursor.clone()))?;
-        self.log_page("current scores", rows.len(), &cursor);
+        self.commit(events, (cursor_name.to_string(), cursor.clone()))?;
+        self.log_page(take.what(), rows.len(), &cursor);
         Ok(())
     }
 

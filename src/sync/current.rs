@@ -204,6 +204,16 @@ pub enum Take {
     Links,
 }
 
+impl Take {
+    /// What the read is of, for the log and the run summary.
+    pub fn what(self) -> &'static str {
+        match self {
+            Take::LinksAndScores => "current scores",
+            Take::Links => "MAP lead links",
+        }
+    }
+}
+
 /// One call's lead rows as events: each lead's link when the engine does not hold it yet
 /// (first, oldest first, so that the latest of several MAP leads of one person speaks for it),
 /// then (with [`Take::LinksAndScores`]) the current value of each score field at `at`. A row without `id` is the caller's

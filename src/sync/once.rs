@@ -57,6 +57,11 @@ const MAX_WAITING_CHANGES: usize = 50_000;
 /// Outbox rows a drain loads at a time: enough for a few Bulk API 2.0 jobs on a large
 /// backfill, few enough that their payloads (about 3 KB each in memory) stay small.
 const OUTBOX_CHUNK: usize = 25_000;
+/// Chunks of the outbox whose Bulk API 2.0 jobs run at once (see
+/// [`Run::drain_outbox`]): each job waits for its processing (two status polls, 2 and 4 s
+/// apart, at the least), so three at once take about a third of the time of one after
+/// another, for about 80 MB a chunk held.
+const OUTBOX_CHUNKS_IN_FLIGHT: usize = 3;
 /// Where the store keeps the MAP's score fields as last described.
 const SCORE_FIELDS_CURSOR: &str = "map.score_fields";
 
@@ -1461,9 +1466,24 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     }
 
     /// The current score of every MAP lead linked to a CRM person the store knows, by
-    /// `sfdcLeadId` / `sfdcContactId`, 300 ids a call, each call committed with its progress
-    /// (a killed read resumes after the last id committed).
+    /// `sfdcLeadId` / `sfdcContactId`, 300 ids a call, or by bulk lead extract when that
+    /// takes fewer calls (see [`current::choose`]), committed as read with its progress (a
+    /// killed read resumes after the last id or window committed).
     async fn current_scores(&mut self, progress: current::Progress) -> Result<(), SyncError> {
+        let take = current::Take::LinksAndScores;
+        let choice = self.choose_lead_read(&progress, take);
+        self.summary.current_scores_read = Some(choice.clone());
+        self.read_linked_leads(progress, current::CURSOR, take, &choice)
+            .await
+    }
+
+    /// How the MAP leads of the CRM people the engine knows are read: by filter or by bulk
+    /// lead extract, whichever takes fewer calls unless `sync.current_scores` says.
+    pub(super) fn choose_lead_read(
+        &self,
+        progress: &current::Progress,
+        take: current::Take,
+    ) -> current::ReadChoice {
         let bulk = &self.settings.bulk_reads;
         let people = |kind| current::people(self.state, kind, None).len();
         let choice = current::choose(
@@ -1472,7 +1492,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             self.now,
             people(CrmKind::Lead),
             people(CrmKind::Contact),
-            &progress,
+            progress,
         );
         tracing::info!(
             by = if choice.bulk_since.is_some() {
@@ -1483,15 +1503,27 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             why = choice.why,
             by_filter_calls = choice.by_filter_calls,
             bulk_calls = choice.bulk_calls,
-            "reading the current scores"
+            "reading the {}",
+            take.what()
         );
-        self.summary.current_scores_read = Some(choice.clone());
+        choice
+    }
+
+    /// Reads the MAP leads of the CRM's people the way `choice` says, committing under
+    /// `cursor_name`.
+    pub(super) async fn read_linked_leads(
+        &mut self,
+        progress: current::Progress,
+        cursor_name: &str,
+        take: current::Take,
+        choice: &current::ReadChoice,
+    ) -> Result<(), SyncError> {
         match choice.bulk_since {
-            Some(since) => self.current_scores_in_bulk(progress, since).await,
-            None => {
-                self.linked_leads(progress, current::CURSOR, current::Take::LinksAndScores)
+            Some(since) => {
+                self.linked_leads_in_bulk(progress, since, cursor_name, take)
                     .await
             }
+            None => self.linked_leads(progress, cursor_name, take).await,
         }
     }
 
@@ -1574,11 +1606,7 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.commit(Vec::new(), (cursor_name.to_string(), cursor))?;
         // The fewest calls: one per 300 people of each kind.
         self.mkto_min += calls;
-        let what = match take {
-            current::Take::LinksAndScores => "current scores",
-            current::Take::Links => "MAP lead links",
-        };
-        *self.summary.read.entry(what.into()).or_default() += read;
+        *self.summary.read.entry(take.what().into()).or_default() += read;
         self.log_phase_done(read, calls);
         Ok(())
     }
@@ -1790,31 +1818,35 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
     /// now stay pending for the next pass; a call that fails stops the drain.
     ///
     /// A chunk whose writes go through Bulk API 2.0 ingest (a backfill's) is sent, and the
-    /// next chunk's jobs started, before its results are awaited: the vendor processes jobs
-    /// side by side, so the drain waits about one job's processing, not one per chunk. At
-    /// most two chunks are held at once.
+    /// next chunks' jobs started, before its results are awaited: the vendor processes jobs
+    /// side by side, so the drain waits about one job's processing for every
+    /// [`OUTBOX_CHUNKS_IN_FLIGHT`] chunks, not one per chunk. At most that many chunks are
+    /// held at once.
     pub(super) async fn drain_outbox(&mut self) -> Result<(), SyncError> {
         let keys = self.store.outbox_pending_keys()?;
-        let mut in_flight: Option<Started> = None;
+        let mut in_flight: VecDeque<Started> = VecDeque::new();
         for chunk in keys.chunks(OUTBOX_CHUNK) {
+            if in_flight.len() >= OUTBOX_CHUNKS_IN_FLIGHT {
+                let earliest = in_flight.pop_front().expect("a chunk in flight");
+                self.finish_rows(earliest).await?;
+            }
+            if self.summary.writes_left {
+                break;
+            }
             let rows = self.store.outbox_rows(chunk)?;
             let started = self.start_rows(rows);
-            if let Some(earlier) = in_flight.take() {
-                self.finish_rows(earlier).await?;
-                if self.summary.writes_left {
-                    return Ok(());
-                }
-            }
             if started.in_bulk.iter().any(Option::is_some) {
-                in_flight = Some(started);
+                in_flight.push_back(started);
                 continue;
             }
-            self.finish_rows(started).await?;
-            if self.summary.writes_left {
-                return Ok(());
+            // Collections calls: the chunks in flight are settled first, in order.
+            while let Some(earlier) = in_flight.pop_front() {
+                self.finish_rows(earlier).await?;
             }
+            self.finish_rows(started).await?;
         }
-        if let Some(last) = in_flight {
+        // Jobs already sent are awaited and settled, whatever stopped the drain.
+        while let Some(last) = in_flight.pop_front() {
             self.finish_rows(last).await?;
         }
         Ok(())
@@ -2145,8 +2177,15 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         label: &str,
         results: &mut Vec<(OutboxRow, Settlement)>,
     ) {
-        for (i, w) in chunk.iter().enumerate() {
-            let outcome = outcomes.iter().find(|o| o.index == i);
+        // Each record's outcome by its index (a bulk job's come in any order: a search per
+        // record was quadratic in a 25,000-record job), the first one when several name it.
+        let mut by_index: Vec<Option<&RecordOutcome>> = vec![None; chunk.len()];
+        for o in &outcomes {
+            if let Some(slot @ None) = by_index.get_mut(o.index) {
+                *slot = Some(o);
+            }
+        }
+        for (w, outcome) in chunk.iter().zip(by_index) {
             let (crm_id, external_id) = self.record_ids(object, w);
             let mut record = RecordWrite {
                 object: object.to_string(),

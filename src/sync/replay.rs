@@ -114,7 +114,9 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             let mut versions: VecDeque<Event> = timeline.into();
             let links: current::Progress = self.cursor(LINKS_CURSOR)?;
             if links.read_at.is_none() {
-                self.linked_leads(links, LINKS_CURSOR, current::Take::Links)
+                let take = current::Take::Links;
+                let choice = self.choose_lead_read(&links, take);
+                self.read_linked_leads(links, LINKS_CURSOR, take, &choice)
                     .instrument(phase("MAP lead links"))
                     .await?;
             }
@@ -124,15 +126,19 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 until: Some(window.until),
             };
             let above = self.settings.bulk_reads.activities_above_days;
-            if super::bulk_read::activities_in_bulk(window.since, window.until, above) {
-                self.read_activities_in_bulk(read, &mut versions)
-                    .instrument(phase("score history (bulk extract)"))
-                    .await?;
-            } else {
-                self.read_activities(read, &mut versions)
-                    .instrument(phase("score history"))
-                    .await?;
-            }
+            self.store.replaying(true)?;
+            let replayed =
+                if super::bulk_read::activities_in_bulk(window.since, window.until, above) {
+                    self.read_activities_in_bulk(read, &mut versions)
+                        .instrument(phase("score history (bulk extract)"))
+                        .await
+                } else {
+                    self.read_activities(read, &mut versions)
+                        .instrument(phase("score history"))
+                        .await
+                };
+            self.store.replaying(false)?;
+            replayed?;
             // The knob turns after the last score change, and the versions of today.
             let finished = Done {
                 complete_at: Some(self.now),
@@ -233,7 +239,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             "SELECT Id, {parent}, Field, OldValue, NewValue, CreatedDate FROM {history} WHERE Field = {field} AND CreatedDate >= {} ORDER BY CreatedDate, Id",
             datetime_literal(since)
         );
-        let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
+        let mut pages =
+            QueryPages::new(self.crm.clone(), soql, false, Priority::Routine).reading_ahead();
         let mut changes = StatusChanges::new();
         let (mut read, mut count) = (0usize, 0u64);
         loop {
@@ -295,7 +302,8 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             records::OPPORTUNITY_FIELDS.join(", "),
             m.crm.opportunity
         );
-        let mut pages = QueryPages::new(self.crm.clone(), soql, false, Priority::Routine);
+        let mut pages =
+            QueryPages::new(self.crm.clone(), soql, false, Priority::Routine).reading_ahead();
         let mut events = Vec::new();
         let mut read = 0usize;
         while let Some(page) = pages.next_page().await? {

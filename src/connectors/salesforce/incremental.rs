@@ -38,7 +38,7 @@ impl<C: Crm> IncrementalRead<C> {
     ) -> Result<Self> {
         let soql = cursor.query(object, fields, lookback, extra_where)?;
         Ok(IncrementalRead {
-            pages: QueryPages::new(crm, soql, all, Priority::Routine),
+            pages: QueryPages::new(crm, soql, all, Priority::Routine).reading_ahead(),
             cursor,
             lookback,
         })
