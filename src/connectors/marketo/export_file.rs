@@ -365,23 +365,19 @@ impl ActivityRows {
 }
 
 /// The `attributes` cell: a JSON object of name to value (the REST API's `[{name, value}]`
-/// array is taken too). Read straight into the list (a map of a dozen allocations a row was
-/// a tenth of a backfill's replay); a cell that does not read so is read again as a value,
-/// for an error that says what it is.
+/// array is taken too), read straight into the list (a map of a dozen allocations a row was
+/// a tenth of a backfill's replay). A cell that does not read is read again as a value, for
+/// an error that says what it is.
 fn attributes(text: &str) -> Result<Vec<Attribute>, String> {
-    if let Ok(AttributeList(list)) = serde_json::from_str(text) {
-        return Ok(list);
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map
-            .into_iter()
-            .map(|(name, value)| Attribute { name, value })
-            .collect()),
-        Ok(list @ Value::Array(_)) => serde_json::from_value(list)
-            .map_err(|e| format!("attributes is not a list of name and value: {e}")),
-        Ok(other) => Err(format!("attributes is not a JSON object: {other}")),
-        Err(e) => Err(format!("attributes is not JSON: {e}")),
-    }
+    serde_json::from_str::<AttributeList>(text)
+        .map(|AttributeList(list)| list)
+        .map_err(|e| match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(_) | Value::Object(_)) => {
+                format!("attributes is not a list of name and value: {e}")
+            }
+            Ok(other) => format!("attributes is not a JSON object: {other}"),
+            Err(e) => format!("attributes is not JSON: {e}"),
+        })
 }
 
 /// An `attributes` cell's pairs, in the order written, from an object or a list of `{name,
