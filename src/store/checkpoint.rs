@@ -131,3 +131,58 @@ impl Checkpointer {
         self.path.as_deref().map(checkpoint)
     }
 }
+
+/// A long replay's checkpoints, each started in a thread of its own as soon as the last has
+/// ended and the writer has committed since. A replay's commits write gigabytes of log; the
+/// writer's own checkpoint of each 1 GiB of it waited, in `fsync`, for the disk to take the
+/// copy, a third of the replay's time. Here the copy and its `fsync`s go on beside the next
+/// commits. The writer keeps its own `wal_autocheckpoint` as the bound of the log: past it,
+/// its commits copy what the last checkpoint here left (little) and start the log again.
+/// Dropped, it waits for the checkpoint in flight.
+#[derive(Debug)]
+pub struct Beside {
+    path: String,
+    shown: String,
+    running: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Beside {
+    pub fn new(path: String, shown: String) -> Beside {
+        Beside {
+            path,
+            shown,
+            running: None,
+        }
+    }
+
+    /// After a commit: starts a checkpoint unless one is running.
+    pub fn after_commit(&mut self) {
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        if let Some(done) = self.running.take() {
+            let _ = done.join();
+        }
+        let (path, shown) = (self.path.clone(), self.shown.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mqlsync-checkpoint".into())
+            .spawn(move || {
+                if let Err(e) = checkpoint(&path) {
+                    tracing::warn!(error = %e, store = %shown, "a checkpoint of the store failed; the next one tries again");
+                }
+            });
+        match spawned {
+            Ok(handle) => self.running = Some(handle),
+            // No thread to be had: the writer's own checkpoints still bound the log.
+            Err(e) => tracing::warn!(error = %e, "no thread for the store's checkpoints"),
+        }
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.join();
+        }
+    }
+}

@@ -256,6 +256,8 @@ const REPLAY_CHECKPOINT_PAGES: i64 = 65_536;
 const JOURNAL_SIZE_LIMIT: i64 = 128 << 20;
 /// The bytes of the store a replaying writer maps (SQLite's own ceiling is 2 GiB).
 const REPLAY_MMAP_BYTES: i64 = 1 << 31;
+const CACHE_KIB: i64 = 65_536;
+const REPLAY_CACHE_KIB: i64 = 524_288;
 
 /// An open store.
 pub struct Store {
@@ -265,6 +267,9 @@ pub struct Store {
     /// The writer lock's file ([`Store::lock_writer`]); `None` in memory.
     lock: Option<PathBuf>,
     score_snapshot_rows: i64,
+    /// While a long replay runs ([`Store::replaying`]): its checkpoints in a thread of
+    /// their own.
+    replay_checkpoints: Option<checkpoint::Beside>,
 }
 
 /// What the checks on opening found.
@@ -378,13 +383,14 @@ impl Store {
             path: shown.clone(),
             error,
         };
-        conn.pragma_update(None, "cache_size", -65_536)
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(sql)?;
         Ok(Store {
             conn,
             lock: Some(open::lock_path(&real)),
             path: shown,
             score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+            replay_checkpoints: None,
         })
     }
 
@@ -526,7 +532,7 @@ impl Store {
         // A batch touches most MAP-lead pages: with SQLite's 2 MiB default the cache spills
         // dirty pages to the WAL mid-transaction and re-reads them. 64 MiB (a limit, not an
         // allocation) holds the lead table of a 100,000-lead org.
-        conn.pragma_update(None, "cache_size", -65_536)
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(sql)?;
         // Checkpoint every 8,192 pages (128 MiB at 16 KiB) rather than every 1,000: a batch
         // rewrites many of the same lead pages, and a checkpoint copies each page once.
@@ -537,6 +543,7 @@ impl Store {
             path,
             lock,
             score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+            replay_checkpoints: None,
         };
         store.migrate(opened.version)?;
         Ok(store)
@@ -649,11 +656,20 @@ impl Store {
     /// writes rather than eight times, with an eighth of the `fsync`s. Neither changes what
     /// is written or when it commits. Either way the log file is cut back to 128 MiB when it
     /// starts again.
-    pub fn replaying(&self, on: bool) -> Result<(), StoreError> {
-        let (mmap, checkpoint_pages) = if on {
-            (REPLAY_MMAP_BYTES, REPLAY_CHECKPOINT_PAGES)
+    pub fn replaying(&mut self, on: bool) -> Result<(), StoreError> {
+        let file = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        self.replay_checkpoints = match (on, file) {
+            (true, Some(file)) => Some(checkpoint::Beside::new(file, self.path.clone())),
+            _ => None,
+        };
+        let (mmap, checkpoint_pages, cache) = if on {
+            (REPLAY_MMAP_BYTES, REPLAY_CHECKPOINT_PAGES, REPLAY_CACHE_KIB)
         } else {
-            (0, CHECKPOINT_PAGES)
+            (0, CHECKPOINT_PAGES, CACHE_KIB)
         };
         let set = |name: &str, value: i64| {
             self.conn
@@ -661,6 +677,7 @@ impl Store {
                 .map_err(|e| self.sql_err(e))
         };
         set("mmap_size", mmap)?;
+        set("cache_size", -cache)?;
         set("wal_autocheckpoint", checkpoint_pages)?;
         // Once the long log has been copied back and starts again, its file is cut back to
         // 128 MiB rather than keeping the gigabyte on disk.
@@ -696,6 +713,9 @@ impl Store {
             save_scores(&tx, state, last).map_err(err)?;
         }
         tx.commit().map_err(err)?;
+        if let Some(checkpoints) = &mut self.replay_checkpoints {
+            checkpoints.after_commit();
+        }
         Ok(())
     }
 

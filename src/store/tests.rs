@@ -783,6 +783,75 @@ fn a_store_of_schema_2_keeps_its_score_history_and_needs_no_replay() {
 }
 
 #[test]
+fn a_store_of_schema_7_keeps_its_history_rows_and_their_order_and_still_keeps_a_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.sqlite");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for migration in &MIGRATIONS[..7] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        // A gap in `seq` (the snapshot mark counts by it) and ids that do not follow time.
+        conn.execute_batch(
+            "INSERT INTO score_history (seq, change_id, map_lead_id, part, new_value, at_ns)
+                 VALUES (3, 'b', 7, 'total', 20.0, 1000), (9, 'a', 7, 'total', 40.0, 2000);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let rows = |store: &Store| -> Vec<(i64, String, i64)> {
+        store
+            .conn
+            .prepare("SELECT seq, change_id, at_ns FROM score_history ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        rows(&store),
+        [(3, "b".to_string(), 1000), (9, "a".to_string(), 2000)]
+    );
+    // The same change read again (a resumed page) is kept once; a new one follows the last.
+    let change = |id: &str, at_ns: i64| {
+        Event::Score(ScoreChange {
+            map_lead_id: 7,
+            change_id: id.into(),
+            part: ScorePart::Total,
+            new_value: 50.0,
+            old_value: None,
+            campaign: None,
+            at: Timestamp::from_nanosecond(i128::from(at_ns)).unwrap(),
+        })
+    };
+    let mut state = EngineState::new();
+    store
+        .commit_batch(
+            Batch {
+                events: &[change("a", 2000), change("c", 3000)],
+                decisions: &[],
+                cursors: &[],
+                seen_at: t(100),
+            },
+            &mut state,
+        )
+        .unwrap();
+    assert_eq!(
+        rows(&store),
+        [
+            (3, "b".to_string(), 1000),
+            (9, "a".to_string(), 2000),
+            (10, "c".to_string(), 3000)
+        ]
+    );
+}
+
+#[test]
 fn a_write_refused_for_now_stays_pending_until_its_attempts_run_out_and_failed_rows_can_be_requeued()
  {
     let policy = Policy::example();
@@ -1180,6 +1249,63 @@ fn each_saved_cycle_has_its_report_row_and_an_upgraded_store_gets_them_all() {
     let upgraded = Store::open(&path).unwrap();
     assert_eq!(upgraded.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(cycle_facts_rows(&upgraded), written);
+}
+
+#[test]
+fn a_replay_checkpoints_beside_the_writer_and_puts_the_settings_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let pragma = |store: &Store, name: &str| -> i64 {
+        store
+            .conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let file_len = || std::fs::metadata(&path).unwrap().len();
+    store.replaying(true).unwrap();
+    assert_eq!(pragma(&store, "cache_size"), -REPLAY_CACHE_KIB);
+    assert_eq!(
+        pragma(&store, "wal_autocheckpoint"),
+        REPLAY_CHECKPOINT_PAGES
+    );
+    let before = file_len();
+    let changes: Vec<Event> = (0..5_000)
+        .map(|i| {
+            Event::Score(ScoreChange {
+                map_lead_id: i % 300,
+                change_id: format!("c{i}"),
+                part: ScorePart::Total,
+                new_value: f64::from(i as i32),
+                old_value: None,
+                campaign: None,
+                at: t(i),
+            })
+        })
+        .collect();
+    let mut state = EngineState::new();
+    store
+        .commit_batch(
+            Batch {
+                events: &changes,
+                decisions: &[],
+                cursors: &[],
+                seen_at: t(100),
+            },
+            &mut state,
+        )
+        .unwrap();
+    // Waits for the checkpoint the commit started: the history is in the database file, far
+    // below the writer's own 1 GiB mark.
+    store.replaying(false).unwrap();
+    assert!(
+        file_len() > before + 100_000,
+        "{before} -> {}: the log was copied back",
+        file_len()
+    );
+    assert_eq!(pragma(&store, "cache_size"), -CACHE_KIB);
+    assert_eq!(pragma(&store, "wal_autocheckpoint"), CHECKPOINT_PAGES);
+    assert_eq!(pragma(&store, "mmap_size"), 0);
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -34,13 +35,14 @@ use crate::engine::score::change_key;
 
 use super::current;
 use super::once::{ActivityRead, Intake, Run, SyncError};
+use super::records::{self, RecordError, ScoreFields};
 
 /// Score changes committed at a time from an export file. A commit writes every page it
 /// dirtied to the log, and the same pages (the history's and the audit's last ones, the
 /// index on the change id, the people a knob turn re-decided) come back commit after
 /// commit: 20,000 changes (about 2 MB held) log them a tenth as often as 2,000 did, and a
 /// killed backfill replays at most that many again.
-const CHANGES_A_COMMIT: usize = 20_000;
+const CHANGES_A_COMMIT: usize = 100_000;
 /// Lead rows committed at a time from an export file (as many as score changes, for the
 /// same reason).
 const LEADS_A_COMMIT: usize = 20_000;
@@ -81,6 +83,99 @@ impl Prefetch {
         self.0
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// Score changes parsed at a time by [`Parsing`] and handed over.
+const PARSED_A_CHUNK: usize = 10_000;
+/// Parsed chunks that may wait for the replay (about 1 MB each).
+const PARSED_CHUNKS_WAITING: usize = 4;
+
+/// What the parse of a window's file handed over: activities read, the score changes among
+/// them, the rows that could not be read as one, and the error that ended the file early.
+#[derive(Default)]
+struct ParsedChunk {
+    read: usize,
+    changes: Vec<ScoreChange>,
+    unreadable: Vec<RecordError>,
+    error: Option<ExtractError>,
+}
+
+/// A window's file parsed into score changes on a thread of its own, a chunk at a time,
+/// while the replay decides and commits the chunks before: the parse (CSV, attributes,
+/// instants) was an eighth of the replay's one busy core, and the machine has another.
+/// At most [`PARSED_CHUNKS_WAITING`] chunks wait, so memory holds tens of thousands of
+/// changes, not the window. Dropped early (the replay failed), the thread stops at its next
+/// chunk.
+struct Parsing {
+    chunks: tokio::sync::mpsc::Receiver<ParsedChunk>,
+    task: AbortOnDropHandle<()>,
+    /// The file is read and the task joined.
+    ended: bool,
+}
+
+impl Parsing {
+    /// Parses `file`'s activities, leaving out those before `after` (a resumed window).
+    fn start(file: Arc<WindowFile>, fields: ScoreFields, after: Option<Timestamp>) -> Parsing {
+        let (send, chunks) = tokio::sync::mpsc::channel(PARSED_CHUNKS_WAITING);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut chunk = ParsedChunk::default();
+            let rows = match file.activities() {
+                Ok(rows) => rows,
+                Err(e) => {
+                    chunk.error = Some(e);
+                    let _ = send.blocking_send(chunk);
+                    return;
+                }
+            };
+            for activity in rows {
+                let activity = match activity {
+                    Ok(a) => a,
+                    Err(e) => {
+                        chunk.error = Some(e);
+                        break;
+                    }
+                };
+                chunk.read += 1;
+                if after.is_some_and(|t| activity.activity_date < t) {
+                    continue;
+                }
+                match records::score_change_of(&fields, &activity) {
+                    Ok(Some(change)) => chunk.changes.push(change),
+                    Ok(None) => {}
+                    Err(e) => chunk.unreadable.push(e),
+                }
+                if chunk.changes.len() >= PARSED_A_CHUNK
+                    && send.blocking_send(std::mem::take(&mut chunk)).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = send.blocking_send(chunk);
+        });
+        Parsing {
+            chunks,
+            task: AbortOnDropHandle::new(task),
+            ended: false,
+        }
+    }
+
+    /// The next chunk, in file order; `None` once the file is read. A panic of the parse is
+    /// raised here, not taken for the file's end.
+    async fn next(&mut self) -> Option<ParsedChunk> {
+        if self.ended {
+            return None;
+        }
+        let chunk = self.chunks.recv().await;
+        if chunk.is_none() {
+            self.ended = true;
+            if let Err(e) = (&mut self.task).await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        chunk
     }
 }
 
@@ -159,21 +254,24 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 None
             };
             intake.pages += 1;
+            let file = Arc::new(file);
+            let mut parsed = Parsing::start(file.clone(), fields.clone(), after);
             let mut changes = Vec::new();
-            for activity in file.activities()? {
-                let activity = activity?;
-                intake.read += 1;
-                if after.is_some_and(|t| activity.activity_date < t) {
-                    continue;
+            while let Some(chunk) = parsed.next().await {
+                intake.read += chunk.read;
+                for e in chunk.unreadable {
+                    self.unreadable(e);
                 }
-                let Some(change) = self.score_change(&fields, &activity) else {
-                    continue;
-                };
-                changes.push(change);
-                if in_order && changes.len() >= CHANGES_A_COMMIT {
-                    let page = std::mem::take(&mut changes);
-                    self.take_window_page(&mut intake, page, index, also)
-                        .await?;
+                for change in chunk.changes {
+                    changes.push(change);
+                    if in_order && changes.len() >= CHANGES_A_COMMIT {
+                        let page = std::mem::take(&mut changes);
+                        self.take_window_page(&mut intake, page, index, also)
+                            .await?;
+                    }
+                }
+                if let Some(e) = chunk.error {
+                    return Err(e.into());
                 }
             }
             if !in_order {
