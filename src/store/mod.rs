@@ -256,6 +256,7 @@ const REPLAY_CHECKPOINT_PAGES: i64 = 65_536;
 const JOURNAL_SIZE_LIMIT: i64 = 128 << 20;
 /// The bytes of the store a replaying writer maps (SQLite's own ceiling is 2 GiB).
 const REPLAY_MMAP_BYTES: i64 = 1 << 31;
+/// The page cache's limit in KiB (see [`Store::open`]), and while replaying history.
 const CACHE_KIB: i64 = 65_536;
 const REPLAY_CACHE_KIB: i64 = 524_288;
 
@@ -649,13 +650,19 @@ impl Store {
 
     /// Tunes the writer for a long replay of history (a backfill's score history), or back
     /// to the defaults. A replay of millions of changes over a million leads touches a store
-    /// of gigabytes, far past the 64 MiB page cache: the file is memory-mapped for reading
-    /// (up to 2 GiB: pages are read in place rather than copied, and the OS can drop them),
-    /// and the log is checkpointed every 65,536 pages (1 GiB) rather than 8,192, so a hot
-    /// page (the people's and the history's last pages) is copied back once a gigabyte of
-    /// writes rather than eight times, with an eighth of the `fsync`s. Neither changes what
-    /// is written or when it commits. Either way the log file is cut back to 128 MiB when it
-    /// starts again.
+    /// of gigabytes, far past the 64 MiB page cache:
+    /// - the file is memory-mapped for reading (up to 2 GiB: pages are read in place rather
+    ///   than copied, and the OS can drop them);
+    /// - the page cache may grow to 512 MiB (a limit, not an allocation), so that a commit
+    ///   of 100,000 changes, some 4,000 pages of 16 KiB, stays in it rather than spilling;
+    /// - the log is copied back by checkpoints in a thread beside the writer
+    ///   ([`checkpoint::Beside`]), and the writer's own checkpoint comes only every 65,536
+    ///   pages (1 GiB) rather than 8,192 and finds little left to copy: the writer no longer
+    ///   waits in `fsync` for the disk.
+    ///
+    /// None of it changes what is written or when it commits. Off, it waits for the
+    /// checkpoint in flight. Either way the log file is cut back to 128 MiB when it starts
+    /// again.
     pub fn replaying(&mut self, on: bool) -> Result<(), StoreError> {
         let file = self
             .conn
