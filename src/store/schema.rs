@@ -233,12 +233,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX opportunities_by_account ON opportunities (account_id);
     "#,
     // 8: a score change is unique by its instant and id, `(at_ns, change_id)`, instead of by
-    // its id alone. An activity's instant never changes, so the same changes are kept out
-    // twice; but history arrives in time order, so each commit's keys land at the index's
+    // its id alone. An activity's instant never changes, so the same change is still kept
+    // once; but history arrives in time order, so each commit's keys land at the index's
     // right edge instead of all over it. Keyed by id alone, an index of millions of changes
-    // whose ids do not follow time took a page rewrite per change (a backfill of 10,000,000
-    // changes logged about 50 MB a commit of 20,000). The rows keep their `seq`: the score
-    // snapshot's mark and the what-if's ranges count by it.
+    // whose ids do not follow time (the sandbox's; `current:` ids beside activity ids) took
+    // a random page per change. The rows keep their `seq`: the score snapshot's mark and the
+    // what-if's ranges count by it.
     r#"
     CREATE TABLE score_history_v8 (
         seq         INTEGER PRIMARY KEY,
