@@ -47,6 +47,13 @@ fn checkpoint(path: &str) -> Result<Checkpointed, rusqlite::Error> {
     })
 }
 
+/// [`checkpoint`], a failure logged: the next one tries again.
+fn checkpoint_logged(path: &str, shown: &str) {
+    if let Err(e) = checkpoint(path) {
+        tracing::warn!(error = %e, store = %shown, "a checkpoint of the store failed; the next one tries again");
+    }
+}
+
 /// Starts the store's checkpoints when they are due (see the module doc).
 #[derive(Debug)]
 pub struct Checkpointer {
@@ -65,11 +72,7 @@ impl Store {
     /// Stops this connection's commits from checkpointing the log: the returned
     /// [`Checkpointer`] does it elsewhere, at least `every` apart (see the module doc).
     pub fn checkpoint_elsewhere(&self, every: Duration) -> Result<Checkpointer, StoreError> {
-        let path = self
-            .conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(str::to_string);
+        let path = self.database_file();
         if path.is_some() {
             self.conn
                 .pragma_update(None, "wal_autocheckpoint", 0)
@@ -83,6 +86,14 @@ impl Store {
             last: None,
             running: None,
         })
+    }
+
+    /// The database file the connection has open; `None` for a store in memory (no log).
+    pub(super) fn database_file(&self) -> Option<String> {
+        self.conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
     }
 
     /// Row changes this connection has committed or made since it opened.
@@ -111,9 +122,7 @@ impl Checkpointer {
         self.last = Some(now);
         let (path, shown) = (path.clone(), self.shown.clone());
         self.running = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = checkpoint(&path) {
-                tracing::warn!(error = %e, store = %shown, "a checkpoint of the store failed; the next one tries again");
-            }
+            checkpoint_logged(&path, &shown);
         }));
         true
     }
@@ -166,11 +175,7 @@ impl Beside {
         let (path, shown) = (self.path.clone(), self.shown.clone());
         let spawned = std::thread::Builder::new()
             .name("mqlsync-checkpoint".into())
-            .spawn(move || {
-                if let Err(e) = checkpoint(&path) {
-                    tracing::warn!(error = %e, store = %shown, "a checkpoint of the store failed; the next one tries again");
-                }
-            });
+            .spawn(move || checkpoint_logged(&path, &shown));
         match spawned {
             Ok(handle) => self.running = Some(handle),
             // No thread to be had: the writer's own checkpoints still bound the log.

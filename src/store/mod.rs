@@ -664,12 +664,7 @@ impl Store {
     /// checkpoint in flight. Either way the log file is cut back to 128 MiB when it starts
     /// again.
     pub fn replaying(&mut self, on: bool) -> Result<(), StoreError> {
-        let file = self
-            .conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(str::to_string);
-        self.replay_checkpoints = match (on, file) {
+        self.replay_checkpoints = match (on, self.database_file()) {
             (true, Some(file)) => Some(checkpoint::Beside::new(file, self.path.clone())),
             _ => None,
         };
