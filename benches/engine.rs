@@ -201,7 +201,7 @@ fn qualify_events() -> Vec<Event> {
                 let demo = rng.random_bool(0.5);
                 Event::Activity(MapActivity {
                     map_lead_id: s.map_lead_id,
-                    activity_id: format!("{}", 90_000_000 + i),
+                    activity_id: format!("{}", 90_000_000 + i).into(),
                     type_id: 2,
                     asset_id: Some(if demo { "1001" } else { "1005" }.into()),
                     asset_name: Some(

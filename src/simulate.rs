@@ -409,7 +409,9 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
         }),
         "activity" => Event::Activity(MapActivity {
             map_lead_id: map_lead(row)?,
-            activity_id: text("change_id").unwrap_or_else(|| format!("line-{line}")),
+            activity_id: text("change_id")
+                .unwrap_or_else(|| format!("line-{line}"))
+                .into(),
             type_id: {
                 let v = need(row, "activity_type")?;
                 v.parse().map_err(|_| {
@@ -419,9 +421,9 @@ fn to_event(row: &Row, line: usize) -> Result<Event, FieldError> {
                     )
                 })?
             },
-            asset_id: text("asset_id"),
-            asset_name: text("asset"),
-            status: text("status"),
+            asset_id: text("asset_id").map(Into::into),
+            asset_name: text("asset").map(Into::into),
+            status: text("status").map(Into::into),
             campaign: text("campaign").map(|id| Campaign {
                 id: id.into(),
                 name: text("campaign_name").map(Into::into),

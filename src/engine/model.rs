@@ -190,16 +190,18 @@ pub struct MapLink {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MapActivity {
     pub map_lead_id: i64,
-    /// The MAP's id of the activity (`marketoGUID`).
-    pub activity_id: String,
+    /// The MAP's id of the activity (`marketoGUID`): inline, no allocation.
+    pub activity_id: compact_str::CompactString,
     /// The MAP's activity type (Fill Out Form is 2, Change Status in Progression 104).
     pub type_id: u32,
-    /// The primary asset's id and name: the form, the program, the web page.
-    pub asset_id: Option<String>,
-    pub asset_name: Option<String>,
+    /// The primary asset's id and name: the form, the program, the web page. Shared
+    /// ([`Text`]), as the status is: an instance has a few hundred forms and programs for
+    /// millions of fills.
+    pub asset_id: Option<Text>,
+    pub asset_name: Option<Text>,
     /// The program status the person moved to (Change Status in Progression): its name, or
     /// its id when the MAP gives only that.
-    pub status: Option<String>,
+    pub status: Option<Text>,
     pub campaign: Option<Campaign>,
     pub at: Timestamp,
 }

@@ -22,7 +22,7 @@ use super::model::{
 use super::policy::{HandRaiserRule, HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::{MaybeInstant, Scores};
-use super::state::{EngineState, Gate, MapLeadState, PersonState, Timer};
+use super::state::{AccountSlot, EngineState, Gate, MapLeadState, PersonState, Timer};
 use super::thresholds::{self, Resolved, Resolver};
 
 /// What a call may know besides the state and the event.
@@ -239,6 +239,7 @@ fn on_person(
     }
     let person = state.persons.at_mut(slot);
     person.facts = Some(Box::new(facts_now));
+    person.account = AccountSlot::UNKNOWN;
     person.resolved = None;
     person.cached_generation = 0;
     state.touch_person(slot);
@@ -260,7 +261,18 @@ fn on_person(
             if let Err(at) = people.binary_search(&slot) {
                 people.insert(at, slot);
             }
+            // Joining with an open cycle: the account may have two now.
+            if state.persons.at(slot).open_cycle().is_some()
+                && let Some(joined) = state.account_scores.slot(new)
+            {
+                state.account_scores.crowded(joined);
+            }
         }
+    }
+    if matches!(ctx.policy.score, ScoreSource::Account { .. }) {
+        // The account's score record is made with its first person, and its slot kept
+        // beside each, so that a score change reaches it without hashing the account's id.
+        state.person_account_or_insert(slot);
     }
     let at = facts.modified_at;
     if facts.converted {
@@ -646,7 +658,7 @@ fn on_activity(
             .get_mut(&activity.map_lead_id)
             .expect("got above");
         if let Some(seen) = lead.hand_raise.as_deref_mut() {
-            seen.waiting = Some(activity.clone());
+            seen.waiting = Some(Box::new(activity.clone()));
         }
         let map_lead_id = activity.map_lead_id;
         let why = Reason::NotLinked { map_lead_id };
@@ -751,13 +763,14 @@ fn hand_raise(
     };
     let raised = HandRaise {
         rule: rule.name.clone(),
-        activity_id: activity.activity_id.clone(),
+        activity_id: activity.activity_id.to_string(),
         type_id: activity.type_id,
         asset: activity
             .asset_name
-            .clone()
-            .or_else(|| activity.asset_id.clone()),
-        status: activity.status.clone(),
+            .as_deref()
+            .or(activity.asset_id.as_deref())
+            .map(String::from),
+        status: activity.status.as_deref().map(String::from),
         at: activity.at,
     };
     let campaign = activity.campaign.clone();
@@ -970,19 +983,17 @@ fn on_account_score(
 /// lead has no person, is not the person's MAP lead, or the person has no account.
 fn lead_account(state: &mut EngineState, map_lead_id: i64) -> Option<u32> {
     let slot = state.map_leads.get(&map_lead_id)?.person?;
-    let person = state.persons.at(slot);
-    if person.map_lead != Some(map_lead_id) {
+    if state.persons.at(slot).map_lead != Some(map_lead_id) {
         return None;
     }
-    let account = person.facts.as_ref()?.account_id.as_ref()?;
-    Some(state.account_scores.slot_or_insert(account))
+    state.person_account_or_insert(slot)
 }
 
 /// The gate of a person under account scoring, whose account is in `account` (`None`: no
 /// account, their own score decides).
 fn account_gate(state: &EngineState, person: &PersonState, account: Option<u32>) -> Gate {
     Gate {
-        quiet_above: account_quiet_above(state, person),
+        quiet_above: account_quiet_above(state, person, account),
         account: account.unwrap_or(Gate::NO_ACCOUNT),
         account_epoch: account.map_or(0, |slot| state.account_scores.at(slot).epoch),
         ..Gate::of(person)
@@ -992,19 +1003,14 @@ fn account_gate(state: &EngineState, person: &PersonState, account: Option<u32>)
 /// Sets the gate of the person in `slot`'s MAP lead to what the person's state now decides:
 /// the next score change of that lead meets it.
 fn set_gate(state: &mut EngineState, policy: &Policy, slot: u32) {
-    let person = state.persons.at(slot);
-    let Some(lead_id) = person.map_lead else {
+    let Some(lead_id) = state.persons.at(slot).map_lead else {
         return;
     };
     let gate = if matches!(policy.score, ScoreSource::Account { .. }) {
-        let account = person
-            .facts
-            .as_ref()
-            .and_then(|f| f.account_id.as_ref())
-            .map(|account| state.account_scores.slot_or_insert(account));
+        let account = state.person_account_or_insert(slot);
         account_gate(state, state.persons.at(slot), account)
     } else {
-        Gate::of(person)
+        Gate::of(state.persons.at(slot))
     };
     if let Some(lead) = state.map_leads.get_mut(&lead_id) {
         lead.gate = gate;
@@ -1013,24 +1019,37 @@ fn set_gate(state: &mut EngineState, policy: &Policy, slot: u32) {
 
 /// Under account scoring, whether a person at or above their threshold has the hold of the
 /// open cycle that holds them back recorded: the person's own open cycle, or (with none) the
-/// account's, which is at most one (found by its id, not by a scan of the account's people).
-fn account_quiet_above(state: &EngineState, person: &PersonState) -> bool {
+/// account's, which is at most one (looked for where the account's last cycle opened, then
+/// by its id; never by a scan of the account's people). `account`: the person's account slot.
+fn account_quiet_above(state: &EngineState, person: &PersonState, account: Option<u32>) -> bool {
     let Some(facts) = person.facts.as_deref() else {
         return false;
     };
     let Some(Reason::OpenCycle { external_id }) = person.last_hold.as_deref() else {
         return false;
     };
-    match person.open_cycle() {
-        Some(own) => own.external_id == *external_id,
-        None => state.cycle_owner.get(external_id).is_some_and(|&owner| {
-            let other = state.persons.at(owner);
-            other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
-                && other
-                    .open_cycle()
-                    .is_some_and(|open| open.external_id == *external_id)
-        }),
+    if let Some(own) = person.open_cycle() {
+        return own.external_id == *external_id;
     }
+    let held_by = |other: &PersonState| {
+        other
+            .open_cycle()
+            .is_some_and(|open| open.external_id == *external_id)
+    };
+    if let Some(holder) = account
+        .filter(|_| !state.no_shortcuts)
+        .and_then(|a| state.account_scores.opened_last(a))
+    {
+        let other = state.persons.at(holder);
+        if other.account.get() == account && held_by(other) {
+            return true;
+        }
+    }
+    state.cycle_owner.get(external_id).is_some_and(|&owner| {
+        let other = state.persons.at(owner);
+        other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
+            && held_by(other)
+    })
 }
 
 /// The score a person's threshold is compared with at `at`: their MAP lead's, or under account
@@ -1045,9 +1064,8 @@ fn score_of(
         && let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.as_ref())
     {
         let score = state
-            .account_scores
-            .get(account)
-            .map_or(0.0, |s| s.at(at, window));
+            .person_account(person)
+            .map_or(0.0, |slot| state.account_scores.at(slot).at(at, window));
         return (Some(score), Some(account.clone()));
     }
     let own = person
@@ -1058,7 +1076,8 @@ fn score_of(
 }
 
 /// Under account scoring, the open cycle of another person of the person's account: while
-/// it is open, nobody else of the account opens one.
+/// it is open, nobody else of the account opens one, so there is at most one. It is looked
+/// for first where the account's last cycle opened, then among the account's people.
 fn account_open_cycle<'a>(
     state: &'a EngineState,
     policy: &Policy,
@@ -1069,6 +1088,18 @@ fn account_open_cycle<'a>(
         return None;
     }
     let account = facts.account_id.as_ref()?;
+    if !state.no_shortcuts
+        && let Some(slot) = state.person_account(person)
+        && let Some(holder) = state.account_scores.opened_last(slot)
+    {
+        let other = state.persons.at(holder);
+        if !std::ptr::eq(other, person)
+            && other.account.get() == Some(slot)
+            && let Some(open) = other.open_cycle()
+        {
+            return Some(open);
+        }
+    }
     state
         .account_people
         .get(account)?
@@ -1407,6 +1438,12 @@ fn open_cycle(
     }
     stamps.mql_count += 1;
     let stamps = stamps.clone();
+    // Where the account's open cycle is now (it passed `held`: no other is open).
+    if cycle.account_id.is_some()
+        && let Some(account) = state.person_account(state.persons.at(slot))
+    {
+        state.account_scores.opened(account, slot);
+    }
     state.touch_person(slot);
     state.cycle_owner.insert(external_id.clone(), slot);
     state.dirty.cycles.push(external_id.clone());

@@ -123,6 +123,31 @@ pub struct PersonState {
     /// Listed in [`Dirty::persons`] since the store last saved.
     #[serde(skip)]
     pub(crate) dirty: bool,
+    /// Under account scoring, the slot of the account of `facts` in
+    /// [`EngineState::account_scores`], once looked up.
+    #[serde(skip)]
+    pub(crate) account: AccountSlot,
+}
+
+/// Where a person's account sits in [`EngineState::account_scores`], kept beside the person
+/// so that account scoring reaches the account's record without hashing its id. Unknown
+/// until looked up (after a load, or under another score source), and again whenever the
+/// person's facts are replaced (the account may be another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AccountSlot(u32);
+
+impl AccountSlot {
+    pub(crate) const UNKNOWN: AccountSlot = AccountSlot(u32::MAX);
+
+    pub(crate) fn get(self) -> Option<u32> {
+        (self != AccountSlot::UNKNOWN).then_some(self.0)
+    }
+}
+
+impl Default for AccountSlot {
+    fn default() -> AccountSlot {
+        AccountSlot::UNKNOWN
+    }
 }
 
 /// The hot line is one cache line, and the record two: what most people never use is boxed.
@@ -480,6 +505,13 @@ pub struct AccountScore {
     base: f64,
     /// Changes forgotten since the running totals were last brought back near zero.
     forgotten: u32,
+    /// The [`Persons`] slot of the person of the account whose cycle opened last: where the
+    /// account's open cycle, which is at most one, is found without a scan of its people. A
+    /// hint, not a record: whoever reads it checks that the cycle is still open and the
+    /// person still of the account. [`AccountScore::NO_HINT`]: none, or the account may have
+    /// more than one open cycle (a person joined it with theirs, or a load found several):
+    /// its people are scanned until its next cycle opens.
+    pub(crate) opened_last: u32,
 }
 
 impl Default for AccountScore {
@@ -498,6 +530,7 @@ impl Default for AccountScore {
             epoch: 0,
             base: 0.0,
             forgotten: 0,
+            opened_last: AccountScore::NO_HINT,
         }
     }
 }
@@ -571,6 +604,9 @@ impl<'de> Deserialize<'de> for AccountScore {
 }
 
 impl AccountScore {
+    /// See [`AccountScore::opened_last`].
+    const NO_HINT: u32 = u32::MAX;
+
     /// Adds a change of `delta` points at `at`, and forgets changes no evaluation can reach
     /// any more: those older than two windows before the latest.
     pub fn add(&mut self, at: Timestamp, delta: f64, window: jiff::SignedDuration) {
@@ -793,6 +829,23 @@ impl AccountScores {
         score.add_and_score(at, delta, window)
     }
 
+    /// A cycle of the person in `person` opened while no other of the account in `slot`
+    /// was: the account's open cycle is that person's.
+    pub(crate) fn opened(&mut self, slot: u32, person: u32) {
+        self.records[slot as usize].opened_last = person;
+    }
+
+    /// The account in `slot` may have more than one open cycle now: no hint.
+    pub(crate) fn crowded(&mut self, slot: u32) {
+        self.records[slot as usize].opened_last = AccountScore::NO_HINT;
+    }
+
+    /// The person of the account in `slot` whose cycle opened last, when that says where
+    /// the account's open cycle is (see [`AccountScore::opened_last`]).
+    pub(crate) fn opened_last(&self, slot: u32) -> Option<u32> {
+        Some(self.records[slot as usize].opened_last).filter(|p| *p != AccountScore::NO_HINT)
+    }
+
     /// Makes the gates of the account's people stale: one of them changed, and with it maybe
     /// the account's open cycle that their gates rely on.
     pub(crate) fn changed(&mut self, slot: u32) {
@@ -806,9 +859,15 @@ impl AccountScores {
     }
 }
 
+/// Equal as saved: an account with no change kept (its record made when its first person
+/// arrived) is not saved, so it equals one that is absent.
 impl PartialEq for AccountScores {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().all(|(id, s)| other.get(id) == Some(s))
+        let within = |a: &AccountScores, b: &AccountScores| {
+            a.iter()
+                .all(|(id, s)| s.changes.is_empty() || b.get(id) == Some(s))
+        };
+        within(self, other) && within(other, self)
     }
 }
 
@@ -828,11 +887,12 @@ pub struct HandRaiseSeen {
     /// MAP's instants have whole seconds: several may share one).
     pub last_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ids_at_last: Vec<String>,
+    pub ids_at_last: Vec<compact_str::CompactString>,
     /// A hand-raise of the lead while it had no CRM record (or its record was not read
-    /// yet): it acts when the link arrives, within the policy's wait.
+    /// yet): it acts when the link arrives, within the policy's wait. Boxed: rare, and
+    /// inline it would make every hand-raiser's record four times the size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<MapActivity>,
+    pub waiting: Option<Box<MapActivity>>,
 }
 
 impl HandRaiseSeen {
@@ -1135,6 +1195,33 @@ impl EngineState {
                 }
             }
         }
+        // Account scoring's slots beside the people, and where each account's open cycle is
+        // (no hint for an account with two: the store may come from another score source).
+        let mut open_in: FastMap<u32, u32> = FastMap::default();
+        for slot in 0..u32::try_from(self.persons.len()).expect("fewer than 2^32 people") {
+            let person = self.persons.at(slot);
+            let account = person
+                .facts
+                .as_ref()
+                .and_then(|f| f.account_id.as_deref())
+                .and_then(|id| self.account_scores.slot(id));
+            let open = person.open_cycle().is_some();
+            self.persons.at_mut(slot).account = account.map_or(AccountSlot::UNKNOWN, AccountSlot);
+            if let Some(account) = account.filter(|_| open) {
+                *open_in.entry(account).or_default() += 1;
+            }
+        }
+        for account in 0..u32::try_from(self.account_scores.len()).expect("fewer than 2^32") {
+            self.account_scores.crowded(account);
+        }
+        for slot in 0..u32::try_from(self.persons.len()).expect("fewer than 2^32 people") {
+            if let Some(account) = self.persons.at(slot).account.get()
+                && self.persons.at(slot).open_cycle().is_some()
+                && open_in.get(&account) == Some(&1)
+            {
+                self.account_scores.opened(account, slot);
+            }
+        }
         for lead in self.map_leads.values_mut() {
             lead.person = lead.crm.as_ref().and_then(|c| self.persons.slot(&c.id));
         }
@@ -1173,15 +1260,38 @@ impl EngineState {
         // gates rely on; cycles are never removed, so one just opened counts.
         if !self.account_scores.is_empty()
             && !person.cycles.is_empty()
-            && let Some(account) = person
-                .facts
-                .as_ref()
-                .and_then(|f| f.account_id.as_deref())
-                .and_then(|a| self.account_scores.slot(a))
+            && let Some(account) = self.person_account(person)
         {
             self.account_scores.changed(account);
         }
         self.close_gate(map_lead);
+    }
+
+    /// The slot in [`EngineState::account_scores`] of the account of `person`, if it has
+    /// one there.
+    pub(crate) fn person_account(&self, person: &PersonState) -> Option<u32> {
+        match person.account.get().filter(|_| !self.no_shortcuts) {
+            Some(account) => Some(account),
+            None => person
+                .facts
+                .as_ref()?
+                .account_id
+                .as_deref()
+                .and_then(|id| self.account_scores.slot(id)),
+        }
+    }
+
+    /// [`EngineState::person_account`] of the person in `slot`, adding the account's
+    /// record when new and keeping the slot beside the person.
+    pub(crate) fn person_account_or_insert(&mut self, slot: u32) -> Option<u32> {
+        let person = self.persons.at(slot);
+        if let Some(account) = person.account.get() {
+            return Some(account);
+        }
+        let id = person.facts.as_ref()?.account_id.as_ref()?;
+        let account = self.account_scores.slot_or_insert(id);
+        self.persons.at_mut(slot).account = AccountSlot(account);
+        Some(account)
     }
 
     /// [`EngineState::touch_person`] by CRM id; an unknown id is ignored.

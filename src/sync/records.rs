@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::model::{
     AccountFacts, Campaign, CrmKind, CrmRef, Cycle, CycleEdit, CycleStatus, MapActivity, MapLink,
-    Opportunity, PersonFacts, ScoreChange, ScorePart, Stamps, Threshold,
+    Opportunity, PersonFacts, ScoreChange, ScorePart, Stamps, Text, Threshold,
 };
 use crate::mapping::{Mapping, PersonObject};
 
@@ -778,16 +778,22 @@ pub fn map_activity_of(activity: &crate::connectors::marketo::Activity) -> MapAc
     };
     MapActivity {
         map_lead_id: activity.lead_id,
-        activity_id: activity.marketo_guid.clone(),
+        activity_id: activity.marketo_guid.as_str().into(),
         type_id: activity.activity_type_id,
-        asset_id: activity.primary_attribute_value_id.as_ref().and_then(text),
+        asset_id: activity
+            .primary_attribute_value_id
+            .as_ref()
+            .and_then(text)
+            .map(Text::from),
         asset_name: activity
             .primary_attribute_value
             .as_deref()
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(str::to_string),
-        status: attribute("New Status").or_else(|| attribute("New Status ID")),
+            .map(Text::new),
+        status: attribute("New Status")
+            .or_else(|| attribute("New Status ID"))
+            .map(Text::from),
         campaign: activity.campaign_id.map(|c| Campaign {
             id: c.to_string().into(),
             name: None,
