@@ -612,7 +612,8 @@ pub enum Reason {
         detail: String,
     },
     OpenCycle {
-        external_id: String,
+        /// Inline (an external id is short): recording this hold allocates nothing.
+        external_id: compact_str::CompactString,
     },
     CoolingDown {
         until: Timestamp,

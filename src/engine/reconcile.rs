@@ -101,7 +101,7 @@ pub fn explain(state: &EngineState, policy: &Policy, crm_id: &str, at: Timestamp
     // the threshold, and a score may have fallen since).
     if let Some(open) = person.open_cycle() {
         return Reason::OpenCycle {
-            external_id: open.external_id.clone(),
+            external_id: open.external_id.as_str().into(),
         };
     }
     let resolved = person.facts.as_ref().and_then(|facts| {
@@ -1045,7 +1045,7 @@ fn account_quiet_above(state: &EngineState, person: &PersonState, account: Optio
             return true;
         }
     }
-    state.cycle_owner.get(external_id).is_some_and(|&owner| {
+    state.cycle_owner.get(external_id.as_str()).is_some_and(|&owner| {
         let other = state.persons.at(owner);
         other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
             && held_by(other)
@@ -1123,7 +1123,7 @@ fn held(
         .or_else(|| account_open_cycle(state, policy, person, facts))
     {
         return Some(Reason::OpenCycle {
-            external_id: open.external_id.clone(),
+            external_id: open.external_id.as_str().into(),
         });
     }
     if let Some((until, outcome)) = person.cooldown.as_deref().copied()

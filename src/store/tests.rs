@@ -185,6 +185,121 @@ fn reload_after_every_batch(snapshot_rows: i64) {
     );
 }
 
+/// Under account scoring (30 days): two accounts of three contacts each, their scores
+/// crossing 100 as accounts (one cycle each, the others held by it), then more changes.
+fn account_events() -> Vec<Event> {
+    let mut out = Vec::new();
+    for (a, account) in ["001A", "001B"].into_iter().enumerate() {
+        out.push(Event::Account(crate::engine::model::AccountFacts {
+            id: account.into(),
+            owner_id: Some(format!("005OWN{a}").into()),
+            attributes: Default::default(),
+            modified_at: t(0),
+        }));
+        for i in 0..3 {
+            let id = format!("003{a}{i}");
+            let lead = (a * 10 + i) as i64;
+            out.push(Event::Person(PersonFacts {
+                crm: CrmRef {
+                    kind: CrmKind::Contact,
+                    id: id.as_str().into(),
+                },
+                status: Some("Open".into()),
+                owner_id: Some("005A".into()),
+                title: None,
+                account_id: Some(account.into()),
+                converted: false,
+                attributes: BTreeMap::from([("region".to_string(), "NA".to_string())]).into(),
+                prior_mql_at: None,
+                modified_at: t(1),
+            }));
+            out.push(Event::Link(MapLink {
+                map_lead_id: lead,
+                crm: Some(CrmRef {
+                    kind: CrmKind::Contact,
+                    id: id.into(),
+                }),
+                at: t(1),
+            }));
+        }
+    }
+    for k in 0..8i64 {
+        for lead in [0i64, 1, 2, 10, 11, 12] {
+            out.push(Event::Score(ScoreChange {
+                map_lead_id: lead,
+                change_id: format!("s{lead}-{k}"),
+                part: ScorePart::Total,
+                new_value: 12.0 * (k + 1) as f64,
+                old_value: None,
+                campaign: None,
+                at: t(10 + k * 10 + lead),
+            }));
+        }
+    }
+    out
+}
+
+#[test]
+fn under_account_scoring_a_reloaded_store_continues_exactly_like_an_uninterrupted_run() {
+    let mut policy = Policy::example();
+    policy.score = crate::engine::policy::ScoreSource::Account {
+        window: SignedDuration::from_hours(24 * 30),
+    };
+    let all = account_events();
+    let mut straight = EngineState::new();
+    let expected: Vec<Decision> = all
+        .iter()
+        .flat_map(|e| apply(&mut straight, &policy, e))
+        .collect();
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|d| matches!(d.action, crate::engine::model::Action::OpenCycle { .. }))
+            .count(),
+        2,
+        "one cycle an account"
+    );
+    let held_by_another = |d: &Decision| {
+        matches!(&d.reason, crate::engine::model::Reason::OpenCycle { external_id }
+            if !external_id.starts_with(d.subject.as_str()))
+    };
+    assert!(
+        expected.iter().filter(|d| held_by_another(d)).count() >= 4,
+        "the account's other people are held by its cycle: {expected:#?}"
+    );
+    // The account scores, each person's account slot and where each account's open cycle
+    // is come back from the store after every batch of 5 events.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite");
+    let mut got = Vec::new();
+    for chunk in all.chunks(5) {
+        let mut store = Store::open(&path).unwrap();
+        let mut state = store.load_engine(&policy).unwrap();
+        let decisions: Vec<Decision> = chunk
+            .iter()
+            .flat_map(|e| apply(&mut state, &policy, e))
+            .collect();
+        store
+            .commit_batch(
+                Batch {
+                    events: chunk,
+                    decisions: &decisions,
+                    cursors: &[],
+                    seen_at: t(100),
+                },
+                &mut state,
+            )
+            .unwrap();
+        got.extend(decisions);
+    }
+    assert_eq!(
+        serde_json::to_string(&got).unwrap(),
+        serde_json::to_string(&expected).unwrap()
+    );
+    let reloaded = Store::open(&path).unwrap().load_engine(&policy).unwrap();
+    assert!(reloaded.account_scores == straight.account_scores);
+}
+
 #[test]
 fn a_failed_batch_leaves_nothing_behind() {
     let policy = Policy::example();
