@@ -537,7 +537,8 @@ fn on_score(
     out: &mut Vec<Decision>,
 ) {
     let window = CacheWindow::of(state);
-    let lead = state.map_leads.get_or_default(change.map_lead_id);
+    let lead_slot = state.map_leads.slot_or_insert(change.map_lead_id);
+    let lead = state.map_leads.at_mut(lead_slot);
     let before = lead.scores.total;
     if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
         return;
@@ -551,14 +552,14 @@ fn on_score(
     }
     if let ScoreSource::Account { window: span } = ctx.policy.score {
         let delta = change.new_value - change.old_value.or(before).unwrap_or(0.0);
-        if on_account_score(state, ctx.policy, window, change, delta, span) {
+        if on_account_score(state, ctx.policy, window, change, lead_slot, delta, span) {
             return;
         }
     }
     // The common cases end here: by the lead's gate alone, or with borrows of the person
     // (see `unchanged`), whose slot the lead holds, so no CRM id is hashed. Under account
     // scoring a person's own score decides nothing: no shortcut.
-    let lead = state.map_leads.get_or_default(change.map_lead_id);
+    let lead = state.map_leads.at_mut(lead_slot);
     let shortcuts = !state.no_shortcuts && !matches!(ctx.policy.score, ScoreSource::Account { .. });
     if shortcuts && lead.gate.quiet(window, ctx.policy, &lead.scores, change.at) {
         return;
@@ -909,20 +910,18 @@ fn on_account_score(
     policy: &Policy,
     window: CacheWindow,
     change: &ScoreChange,
+    lead_slot: u32,
     delta: f64,
     span: jiff::SignedDuration,
 ) -> bool {
-    let Some(lead) = state.map_leads.get(&change.map_lead_id) else {
-        return false;
-    };
-    let gate = lead.gate;
+    let gate = state.map_leads.at(lead_slot).gate;
     // A gate set under account scoring speaks for the lead's person and their account as
     // they stand (it is closed when either changes).
     let accounted = gate.generation != 0 && gate.account != Gate::NOT_ACCOUNTED;
     let account = if accounted {
         (gate.account != Gate::NO_ACCOUNT).then_some(gate.account)
     } else {
-        lead_account(state, change.map_lead_id)
+        lead_account(state, lead_slot, change.map_lead_id)
     };
     let score = account.map(|slot| {
         state
@@ -936,7 +935,7 @@ fn on_account_score(
         && window.holds(gate.generation, change.at)
         && account.is_none_or(|slot| state.account_scores.at(slot).epoch == gate.account_epoch)
     {
-        let lead = &state.map_leads[&change.map_lead_id];
+        let lead = state.map_leads.at(lead_slot);
         let score = score.or_else(|| lead.scores.value(&policy.score, change.at));
         if let Some(score) = score
             && (if score < gate.threshold {
@@ -950,7 +949,7 @@ fn on_account_score(
     }
     // No gate, or a stale one: decide with borrows, from the score just taken (no hashing of
     // the account's id), and leave the gate that the next change meets.
-    let lead = &state.map_leads[&change.map_lead_id];
+    let lead = state.map_leads.at(lead_slot);
     let Some(slot) = lead.person else {
         return false;
     };
@@ -973,16 +972,14 @@ fn on_account_score(
     }) {
         return false;
     }
-    if let Some(lead) = state.map_leads.get_mut(&change.map_lead_id) {
-        lead.gate = gate;
-    }
+    state.map_leads.at_mut(lead_slot).gate = gate;
     true
 }
 
 /// The account slot of the person a MAP lead speaks for, added when new; `None` when the
 /// lead has no person, is not the person's MAP lead, or the person has no account.
-fn lead_account(state: &mut EngineState, map_lead_id: i64) -> Option<u32> {
-    let slot = state.map_leads.get(&map_lead_id)?.person?;
+fn lead_account(state: &mut EngineState, lead_slot: u32, map_lead_id: i64) -> Option<u32> {
+    let slot = state.map_leads.at(lead_slot).person?;
     if state.persons.at(slot).map_lead != Some(map_lead_id) {
         return None;
     }
@@ -1045,11 +1042,14 @@ fn account_quiet_above(state: &EngineState, person: &PersonState, account: Optio
             return true;
         }
     }
-    state.cycle_owner.get(external_id.as_str()).is_some_and(|&owner| {
-        let other = state.persons.at(owner);
-        other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
-            && held_by(other)
-    })
+    state
+        .cycle_owner
+        .get(external_id.as_str())
+        .is_some_and(|&owner| {
+            let other = state.persons.at(owner);
+            other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == facts.account_id.as_ref()
+                && held_by(other)
+        })
 }
 
 /// The score a person's threshold is compared with at `at`: their MAP lead's, or under account

@@ -949,7 +949,14 @@ impl MapLeads {
 
     /// The lead, added empty when new.
     pub fn get_or_default(&mut self, id: i64) -> &mut MapLeadState {
-        let slot = match self.index.get(&id) {
+        let slot = self.slot_or_insert(id);
+        &mut self.records[slot as usize]
+    }
+
+    /// The slot of the lead, added empty when new: what the hot path holds instead of
+    /// looking the id up again (leads are never removed, so a slot stays the lead's).
+    pub(crate) fn slot_or_insert(&mut self, id: i64) -> u32 {
+        match self.index.get(&id) {
             Some(slot) => *slot,
             None => {
                 let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 MAP leads");
@@ -958,7 +965,14 @@ impl MapLeads {
                 self.records.push(MapLeadState::default());
                 slot
             }
-        };
+        }
+    }
+
+    pub(crate) fn at(&self, slot: u32) -> &MapLeadState {
+        &self.records[slot as usize]
+    }
+
+    pub(crate) fn at_mut(&mut self, slot: u32) -> &mut MapLeadState {
         &mut self.records[slot as usize]
     }
 
