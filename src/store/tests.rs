@@ -84,8 +84,14 @@ fn apply(state: &mut EngineState, policy: &Policy, event: &Event) -> Vec<Decisio
     reconcile(state, &ctx, event)
 }
 
-/// Applies a batch of events and commits it with its decisions (no cursors).
-fn apply_and_commit(store: &mut Store, state: &mut EngineState, policy: &Policy, events: &[Event]) {
+/// Applies a batch of events and commits it with its decisions (no cursors); gives the
+/// decisions.
+fn apply_and_commit(
+    store: &mut Store,
+    state: &mut EngineState,
+    policy: &Policy,
+    events: &[Event],
+) -> Vec<Decision> {
     let decisions: Vec<Decision> = events
         .iter()
         .flat_map(|e| apply(state, policy, e))
@@ -101,6 +107,7 @@ fn apply_and_commit(store: &mut Store, state: &mut EngineState, policy: &Policy,
             state,
         )
         .unwrap();
+    decisions
 }
 
 #[test]
@@ -275,22 +282,7 @@ fn under_account_scoring_a_reloaded_store_continues_exactly_like_an_uninterrupte
     for chunk in all.chunks(5) {
         let mut store = Store::open(&path).unwrap();
         let mut state = store.load_engine(&policy).unwrap();
-        let decisions: Vec<Decision> = chunk
-            .iter()
-            .flat_map(|e| apply(&mut state, &policy, e))
-            .collect();
-        store
-            .commit_batch(
-                Batch {
-                    events: chunk,
-                    decisions: &decisions,
-                    cursors: &[],
-                    seen_at: t(100),
-                },
-                &mut state,
-            )
-            .unwrap();
-        got.extend(decisions);
+        got.extend(apply_and_commit(&mut store, &mut state, &policy, chunk));
     }
     assert_eq!(
         serde_json::to_string(&got).unwrap(),
