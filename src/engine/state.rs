@@ -1211,7 +1211,7 @@ impl EngineState {
         }
         // Account scoring's slots beside the people, and where each account's open cycle is
         // (no hint for an account with two: the store may come from another score source).
-        let mut open_in: FastMap<u32, u32> = FastMap::default();
+        let mut open_in: FastMap<u32, (u32, u32)> = FastMap::default();
         for slot in 0..u32::try_from(self.persons.len()).expect("fewer than 2^32 people") {
             let person = self.persons.at(slot);
             let account = person
@@ -1219,21 +1219,16 @@ impl EngineState {
                 .as_ref()
                 .and_then(|f| f.account_id.as_deref())
                 .and_then(|id| self.account_scores.slot(id));
-            let open = person.open_cycle().is_some();
-            self.persons.at_mut(slot).account = account.map_or(AccountSlot::UNKNOWN, AccountSlot);
-            if let Some(account) = account.filter(|_| open) {
-                *open_in.entry(account).or_default() += 1;
+            if let Some(account) = account.filter(|_| person.open_cycle().is_some()) {
+                let (open, holder) = open_in.entry(account).or_default();
+                (*open, *holder) = (*open + 1, slot);
             }
+            self.persons.at_mut(slot).account = account.map_or(AccountSlot::UNKNOWN, AccountSlot);
         }
         for account in 0..u32::try_from(self.account_scores.len()).expect("fewer than 2^32") {
-            self.account_scores.crowded(account);
-        }
-        for slot in 0..u32::try_from(self.persons.len()).expect("fewer than 2^32 people") {
-            if let Some(account) = self.persons.at(slot).account.get()
-                && self.persons.at(slot).open_cycle().is_some()
-                && open_in.get(&account) == Some(&1)
-            {
-                self.account_scores.opened(account, slot);
+            match open_in.get(&account) {
+                Some(&(1, holder)) => self.account_scores.opened(account, holder),
+                _ => self.account_scores.crowded(account),
             }
         }
         for lead in self.map_leads.values_mut() {
