@@ -38,6 +38,7 @@ use crate::engine::model::{
 use crate::engine::policy::ScoreSource;
 use crate::engine::state::{FastMap, FxHasher};
 use crate::engine::{Context, EngineState, Policy, Visibility, reconcile};
+use crate::store::blocks::PackedChange;
 use crate::store::{Store, StoreError};
 
 use super::{Period, Settings, at_ns, ns};
@@ -136,12 +137,18 @@ pub fn run(
             scope.spawn(|| happened(&Store::open_reader(path)?, &label, settings, query));
         let replayed = History::read(&store, Some(path), threads, policy, query, GROUP_PEOPLE).map(
             |history| {
+                let started = std::time::Instant::now();
                 let replays = history.replay(
                     policy,
                     settings,
                     query,
                     &[None, Some(query.threshold)],
                     threads,
+                );
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    groups = history.groups.len(),
+                    "what-if replays"
                 );
                 // The scores the segment's threshold records had.
                 let then: Vec<f64> = history
@@ -570,6 +577,7 @@ impl History {
             knobs
         };
 
+        let started = std::time::Instant::now();
         let ranges = split(store, "persons", "rowid", parts)?;
         let people: Vec<(PersonFacts, i64)> = on_readers(store, path, parts, |store, part| {
             segment_people(store, &query.segment, ranges[part])
@@ -577,6 +585,11 @@ impl History {
         .into_iter()
         .flatten()
         .collect();
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            people = people.len(),
+            "what-if read the segment's people"
+        );
 
         // Groups: people who share a lead or an account are joined (union-find), and the
         // joined sets are packed into groups of about GROUP_PEOPLE.
@@ -670,9 +683,11 @@ impl History {
 
         // The history in arrival order, in `parts` consecutive ranges of it read side by
         // side; each change of the segment's people goes to its group.
+        let started = std::time::Instant::now();
         let ranges = split(store, "score_history", "seq", parts)?;
+        let packed = store.score_history_packed_through()?;
         let scans = on_readers(store, path, parts, |store, part| {
-            scan_history(store, &lead_groups, groups.len(), ranges[part])
+            scan_history(store, &lead_groups, groups.len(), ranges[part], packed)
         })?;
         let mut start: Option<i64> = None;
         let mut clock = i64::MIN;
@@ -686,6 +701,12 @@ impl History {
             }
             clock = clock.max(scan.clock);
         }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            changes,
+            packed_through = packed,
+            "what-if read the score history"
+        );
 
         // Only the replays' thresholds, the mapping's default and T can open a cycle.
         let floor = match policy.score {
@@ -889,14 +910,16 @@ struct Scan {
     changes: u64,
 }
 
-/// Reads the score history from `seq` `range.0` to `range.1` in arrival order; each change of
-/// a lead in `lead_index` goes to its group (`late` marks the changes that came after a
-/// later one of the range).
+/// Reads the score history from `seq` `range.0` to `range.1` in arrival order: the packed
+/// blocks that start in the range, then the rows after `packed` (the last change the blocks
+/// hold). Each change of a lead in `leads` goes to its group (`late` marks the changes that
+/// came after a later one of the range).
 fn scan_history(
     store: &Store,
     leads: &LeadGroups,
     groups: usize,
     range: (i64, i64),
+    packed: i64,
 ) -> Result<Scan, StoreError> {
     let err = |e| store.sql_err(e);
     let mut scan = Scan {
@@ -905,6 +928,11 @@ fn scan_history(
         clock: i64::MIN,
         changes: 0,
     };
+    store.for_each_packed_change(range, |change| scan.take(leads, &change))?;
+    let rows = (range.0.max(packed.saturating_add(1)), range.1);
+    if rows.0 > rows.1 {
+        return Ok(scan);
+    }
     let mut stmt = store
         .connection()
         .prepare(
@@ -912,40 +940,58 @@ fn scan_history(
              FROM score_history WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
         )
         .map_err(err)?;
-    let mut rows = stmt.query([range.0, range.1]).map_err(err)?;
+    let mut rows = stmt.query([rows.0, rows.1]).map_err(err)?;
     while let Some(r) = rows.next().map_err(err)? {
-        let at: i64 = r.get(5).map_err(err)?;
-        scan.start = Some(scan.start.map_or(at, |s| s.min(at)));
-        let lead: i64 = r.get(0).map_err(err)?;
-        let Some(g) = leads.find(lead) else {
+        let at_ns: i64 = r.get(5).map_err(err)?;
+        let map_lead_id: i64 = r.get(0).map_err(err)?;
+        if leads.find(map_lead_id).is_none() {
+            scan.start = Some(scan.start.map_or(at_ns, |s| s.min(at_ns)));
             continue;
-        };
-        let id = r.get_ref(1).map_err(err)?.as_str().unwrap_or_default();
+        }
         let part = match r.get_ref(2).map_err(err)?.as_str().unwrap_or("total") {
             "behavior" => ScorePart::Behavior,
             "demographic" => ScorePart::Demographic,
             _ => ScorePart::Total,
         };
-        let new_value: f64 = r.get(3).map_err(err)?;
-        let old_value: Option<f64> = r.get(4).map_err(err)?;
-        let group = &mut scan.groups[g];
-        scan.clock = scan.clock.max(at);
-        if scan.clock > at {
-            group.late.push((group.list.len() as u32, scan.clock));
+        let change = PackedChange {
+            map_lead_id,
+            at_ns,
+            new_value: r.get(3).map_err(err)?,
+            old_value: r.get(4).map_err(err)?,
+            part,
+            change_id: r.get_ref(1).map_err(err)?.as_str().unwrap_or_default(),
+        };
+        scan.take(leads, &change);
+    }
+    Ok(scan)
+}
+
+impl Scan {
+    /// Takes one change of the history, read in arrival order.
+    fn take(&mut self, leads: &LeadGroups, change: &PackedChange<'_>) {
+        let at = change.at_ns;
+        self.start = Some(self.start.map_or(at, |s| s.min(at)));
+        let Some(g) = leads.find(change.map_lead_id) else {
+            return;
+        };
+        let group = &mut self.groups[g];
+        self.clock = self.clock.max(at);
+        if self.clock > at {
+            group.late.push((group.list.len() as u32, self.clock));
         }
+        let id = change.change_id;
         group.list.push(StoredChange {
             at,
-            new_value,
-            old_value: old_value.unwrap_or(f64::NAN),
-            map_lead_id: lead,
+            new_value: change.new_value,
+            old_value: change.old_value.unwrap_or(f64::NAN),
+            map_lead_id: change.map_lead_id,
             id_end: (group.ids.len() + id.len()) as u32,
-            part,
+            part: change.part,
             current: id.starts_with("current:"),
         });
         group.ids.push_str(id);
-        scan.changes += 1;
+        self.changes += 1;
     }
-    Ok(scan)
 }
 
 /// The people of the segment (their attributes hold every pair of it, values compared
@@ -1330,9 +1376,10 @@ mod tests {
             threshold in 30.0..120f64,
             parts in any::<bool>(),
             segment_emea in any::<bool>(),
+            block in 1..8usize,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let store = store(dir.path(), &people, &knobs, &opportunities, &changes);
+            let mut store = store(dir.path(), &people, &knobs, &opportunities, &changes);
             let mut policy = Policy::example();
             if parts {
                 policy.score = ScoreSource::BehaviorPlusDemographic;
@@ -1347,7 +1394,14 @@ mod tests {
                 from: None,
                 to: Some(at(400)),
             };
+            // The history as rows; then packed in blocks of `block` changes, with the
+            // changes of a block not yet full still rows: the same changes, in the same order.
+            let rows = History::read(&store, None, 1, &policy, &query, 2).unwrap();
+            store.set_history_block_changes(block);
+            let packed = store.pack_score_history().unwrap() as usize;
+            prop_assert_eq!(packed, changes.len() / block * block);
             let grouped = History::read(&store, None, 1, &policy, &query, 2).unwrap();
+            prop_assert_eq!(contents(&rows), contents(&grouped));
             let mut whole = History::read(&store, None, 1, &policy, &query, usize::MAX).unwrap();
             whole.floor = None;
             prop_assert_eq!(whole.groups.len(), usize::from(!whole.people.is_empty()));
@@ -1356,6 +1410,52 @@ mod tests {
                 replayed(&whole, &policy, &query, 1)
             );
         }
+    }
+
+    /// What each group of `history` replays: its people, and each range's changes (lead,
+    /// id, instant, values, part, `current:`) with the late ones' clocks.
+    #[allow(clippy::type_complexity)]
+    fn contents(
+        history: &History,
+    ) -> Vec<(
+        Vec<u32>,
+        Vec<(
+            Vec<(i64, String, i64, u64, u64, usize, bool)>,
+            Vec<(u32, i64)>,
+        )>,
+    )> {
+        history
+            .groups
+            .iter()
+            .map(|g| {
+                let ranges = g
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        let mut from = 0;
+                        let list = c
+                            .list
+                            .iter()
+                            .map(|s| {
+                                let id = c.ids[from..s.id_end as usize].to_string();
+                                from = s.id_end as usize;
+                                (
+                                    s.map_lead_id,
+                                    id,
+                                    s.at,
+                                    s.new_value.to_bits(),
+                                    s.old_value.to_bits(),
+                                    part_slot(s.part),
+                                    s.current,
+                                )
+                            })
+                            .collect();
+                        (list, c.late.clone())
+                    })
+                    .collect();
+                (g.people.clone(), ranges)
+            })
+            .collect()
     }
 
     /// The EMEA segment of `store` read with groups of one person asked for (groups then

@@ -19,6 +19,7 @@
 //! readers: `status`, `explain`) needs no lock and writes nothing. Opening says what the user
 //! can fix when the file cannot be used (`open.rs`).
 
+pub mod blocks;
 mod checkpoint;
 pub use checkpoint::{CHECKPOINT_EVERY, Checkpointed, Checkpointer};
 mod facts;
@@ -268,6 +269,8 @@ pub struct Store {
     /// The writer lock's file ([`Store::lock_writer`]); `None` in memory.
     lock: Option<PathBuf>,
     score_snapshot_rows: i64,
+    /// Changes a block of the packed score history holds ([`blocks::BLOCK_CHANGES`]).
+    history_block_changes: usize,
     /// While a long replay runs ([`Store::replaying`]): its checkpoints in a thread of
     /// their own.
     replay_checkpoints: Option<checkpoint::Beside>,
@@ -391,6 +394,7 @@ impl Store {
             lock: Some(open::lock_path(&real)),
             path: shown,
             score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+            history_block_changes: blocks::BLOCK_CHANGES,
             replay_checkpoints: None,
         })
     }
@@ -544,6 +548,7 @@ impl Store {
             path,
             lock,
             score_snapshot_rows: SCORE_SNAPSHOT_ROWS,
+            history_block_changes: blocks::BLOCK_CHANGES,
             replay_checkpoints: None,
         };
         store.migrate(opened.version)?;
@@ -570,6 +575,10 @@ impl Store {
             // Migration 7 adds the reports' row of each cycle: filled from the cycles here.
             if i == 6 {
                 facts::rebuild(&tx).map_err(err)?;
+            }
+            // Migration 9 adds the score history's blocks: the history stored is packed here.
+            if i == 8 {
+                blocks::pack(&tx, self.history_block_changes).map_err(err)?;
             }
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(err)?;
@@ -692,6 +701,46 @@ impl Store {
         self.score_snapshot_rows = rows.max(1);
     }
 
+    /// How many changes a block of the packed score history holds
+    /// ([`blocks::BLOCK_CHANGES`] by default; tests use small values).
+    pub fn set_history_block_changes(&mut self, changes: usize) {
+        self.history_block_changes = changes.max(1);
+    }
+
+    /// The last score-history `seq` the packed blocks hold (0: none): a reader of the whole
+    /// history takes the blocks up to it ([`Store::for_each_packed_change`]), then the rows.
+    pub fn score_history_packed_through(&self) -> Result<i64, StoreError> {
+        blocks::packed_through(&self.conn).map_err(|e| self.sql_err(e))
+    }
+
+    /// Hands each change of the packed blocks that start at a `seq` in `range` (inclusive) to
+    /// `each`, in arrival order.
+    pub fn for_each_packed_change(
+        &self,
+        range: (i64, i64),
+        each: impl FnMut(blocks::PackedChange<'_>),
+    ) -> Result<(), StoreError> {
+        blocks::for_each(&self.conn, range, each).map_err(|e| match e {
+            blocks::BlockError::Sql(e) => self.sql_err(e),
+            blocks::BlockError::Decode(detail) => StoreError::Decode {
+                path: self.path.clone(),
+                detail,
+            },
+        })
+    }
+
+    /// Packs the score history's full blocks not yet packed (a commit does it as it goes; a
+    /// history written by other means, as the benchmarks and tests do, needs this). Returns
+    /// how many changes were packed.
+    pub fn pack_score_history(&mut self) -> Result<u64, StoreError> {
+        let changes = self.history_block_changes;
+        let packed = self.conn.transaction().and_then(|tx| {
+            let packed = blocks::pack(&tx, changes)?;
+            tx.commit().map(|()| packed)
+        });
+        packed.map_err(|e| self.sql_err(e))
+    }
+
     /// Commits a batch: its history, the engine's changed state, its decisions (audit log and
     /// outbox) and its cursors, in one transaction. Takes the engine's dirty set. When the
     /// score history has grown by [`SCORE_SNAPSHOT_ROWS`] since the last score snapshot, the
@@ -713,6 +762,9 @@ impl Store {
         let (last, saved) = history_marks(&tx).map_err(err)?;
         if last - saved >= every {
             save_scores(&tx, state, last).map_err(err)?;
+        }
+        if last - blocks::packed_through(&tx).map_err(err)? >= self.history_block_changes as i64 {
+            blocks::pack(&tx, self.history_block_changes).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         if let Some(checkpoints) = &mut self.replay_checkpoints {

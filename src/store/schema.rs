@@ -258,4 +258,15 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE score_history;
     ALTER TABLE score_history_v8 RENAME TO score_history;
     "#,
+    // 9: the score history packed in blocks of thousands of changes, for the readers of all of
+    // it (what-if): one row where there were thousands (`store/blocks.rs`). A copy, written by
+    // the commit that completes a block; the migration packs the history already stored.
+    r#"
+    CREATE TABLE score_blocks (
+        first_seq   INTEGER PRIMARY KEY,
+        last_seq    INTEGER NOT NULL,
+        changes     INTEGER NOT NULL,
+        body        BLOB NOT NULL
+    ) STRICT;
+    "#,
 ];

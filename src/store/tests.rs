@@ -1349,7 +1349,8 @@ fn each_saved_cycle_has_its_report_row_and_an_upgraded_store_gets_them_all() {
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE cycle_facts; DROP INDEX opportunities_by_account; PRAGMA user_version = 6;",
+            "DROP TABLE cycle_facts; DROP INDEX opportunities_by_account; DROP TABLE score_blocks;
+             PRAGMA user_version = 6;",
         )
         .unwrap();
     }
@@ -1481,4 +1482,132 @@ async fn the_checkpointer_takes_checkpoints_off_the_writers_commits() {
     assert!(none.checkpoint_now().is_none());
     in_memory.conn.execute_batch("CREATE TABLE t (x)").unwrap();
     assert!(!none.after_step(&in_memory, t0));
+}
+
+/// Every change the blocks hold, in order: (lead, id, instant, new value, old value, part).
+fn packed_changes(store: &Store) -> Vec<(i64, String, i64, f64, Option<f64>, ScorePart)> {
+    let mut all = Vec::new();
+    store
+        .for_each_packed_change((i64::MIN, i64::MAX), |c| {
+            all.push((
+                c.map_lead_id,
+                c.change_id.to_string(),
+                c.at_ns,
+                c.new_value,
+                c.old_value,
+                c.part,
+            ))
+        })
+        .unwrap();
+    all
+}
+
+/// The history's rows up to `seq` `through`, as [`packed_changes`] gives them.
+fn history_rows(
+    store: &Store,
+    through: i64,
+) -> Vec<(i64, String, i64, f64, Option<f64>, ScorePart)> {
+    store
+        .conn
+        .prepare(
+            "SELECT map_lead_id, change_id, at_ns, new_value, old_value, part FROM score_history
+             WHERE seq <= ?1 ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([through], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                part_of(&r.get::<_, String>(5)?).unwrap(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn the_commit_that_completes_a_block_of_score_history_packs_it_and_the_rest_waits_as_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("b.sqlite")).unwrap();
+    store.set_history_block_changes(3);
+    let mut state = EngineState::new();
+    let parts = [
+        ScorePart::Total,
+        ScorePart::Behavior,
+        ScorePart::Demographic,
+    ];
+    let change = |k: i64| {
+        Event::Score(ScoreChange {
+            map_lead_id: 7 + k % 2,
+            change_id: format!("{}{k}", if k % 5 == 0 { "current:" } else { "" }),
+            part: parts[k as usize % 3],
+            new_value: k as f64 * 1.5,
+            old_value: (k % 2 == 0).then_some(k as f64),
+            campaign: None,
+            at: t(k),
+        })
+    };
+    let mut packed = Vec::new();
+    // Batches of two changes, one of them seen again: 1..=13 gives 13 rows.
+    for k in (1..=13).step_by(2) {
+        let events: Vec<Event> = [k, k + 1, k]
+            .into_iter()
+            .filter(|k| *k <= 13)
+            .map(change)
+            .collect();
+        store
+            .commit_batch(
+                Batch {
+                    events: &events,
+                    decisions: &[],
+                    cursors: &[],
+                    seen_at: t(k),
+                },
+                &mut state,
+            )
+            .unwrap();
+        let rows = k.min(12) + 1;
+        let through = store.score_history_packed_through().unwrap();
+        assert_eq!(through, rows / 3 * 3, "after change {k}");
+        packed = packed_changes(&store);
+        assert_eq!(packed, history_rows(&store, through), "after change {k}");
+    }
+    assert_eq!(packed.len(), 12, "the 13th waits for its block");
+    assert!(packed.iter().any(|c| c.4.is_some()) && packed.iter().any(|c| c.4.is_none()));
+}
+
+#[test]
+fn a_store_of_schema_8_gets_its_score_history_packed_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sqlite");
+    let rows = 2 * blocks::BLOCK_CHANGES + 100;
+    {
+        let conn = Connection::open(&path).unwrap();
+        for migration in &MIGRATIONS[..8] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        // Every third `seq` left out (a store migrated before keeps its gaps).
+        conn.execute(
+            "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?1)
+             INSERT INTO score_history (seq, change_id, map_lead_id, part, new_value, old_value, campaign_id, at_ns)
+             SELECT k * 3, 'a' || k, k % 97, 'behavior', k * 0.5, CASE WHEN k % 2 = 0 THEN k END, 'c', k * 1000
+             FROM n",
+            [rows as i64],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let through = store.score_history_packed_through().unwrap();
+    assert_eq!(through, 2 * blocks::BLOCK_CHANGES as i64 * 3);
+    let packed = packed_changes(&store);
+    assert_eq!(packed.len(), 2 * blocks::BLOCK_CHANGES);
+    assert_eq!(packed, history_rows(&store, through));
 }
