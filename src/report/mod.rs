@@ -22,6 +22,7 @@
 //! - an MQL's pipeline is the opportunities of the person's account created from its MQL to
 //!   `report.opportunity_window_days` after.
 
+mod changes;
 pub mod feedback;
 pub mod html;
 mod pass;
