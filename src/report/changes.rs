@@ -234,6 +234,13 @@ fn put(out: &mut Vec<u8>, mut n: u64) {
 }
 
 fn get(bytes: &mut &[u8]) -> u64 {
+    // Most numbers here take one byte: a flag, a small score, an id's length.
+    if let Some((&b, rest)) = bytes.split_first()
+        && b < 0x80
+    {
+        *bytes = rest;
+        return u64::from(b);
+    }
     let (mut n, mut shift, mut i) = (0u64, 0, 0);
     loop {
         let b = bytes[i];

@@ -236,6 +236,10 @@ pub fn run(
     })
 }
 
+const CONVERTED: &str = "SELECT DISTINCT crm_id FROM cycle_facts WHERE status = 'Converted'";
+const SEGMENT_MQLS: &str =
+    "SELECT mql_at_ns FROM cycle_facts WHERE segment = ?1 AND mql_at_ns >= ?2 AND mql_at_ns < ?3";
+
 /// The people who ever converted (any cycle Converted), and the segment's MQLs in the range
 /// by ISO week.
 #[allow(clippy::type_complexity)]
@@ -247,39 +251,27 @@ fn happened(
 ) -> Result<(HashSet<String>, BTreeMap<String, i64>), StoreError> {
     let conn = store.connection();
     let err = |e| store.sql_err(e);
+    // Each from an index alone (schema 9): the converted cycles' people, in order, and the
+    // segment's MQL instants in the range.
+    let converted: HashSet<String> = {
+        let mut stmt = conn.prepare(CONVERTED).map_err(err)?;
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .map_err(err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(err)?
+    };
     let (from, to) = (
         query.from.map_or(i64::MIN, ns),
         query.to.map_or(i64::MAX, ns),
     );
-    // One pass over the table for both (each had its own, and the people who converted a
-    // sort of their own for `DISTINCT`); a column is NULL where the row is not wanted.
-    let mut stmt = conn
-        .prepare(
-            "SELECT CASE WHEN status = 'Converted' THEN crm_id END,
-                    CASE WHEN segment = ?1 THEN mql_at_ns END
-             FROM cycle_facts",
-        )
+    let mut stmt = conn.prepare(SEGMENT_MQLS).map_err(err)?;
+    let rows = stmt
+        .query_map(rusqlite::params![label, from, to], |r| r.get::<_, i64>(0))
         .map_err(err)?;
-    let mut rows = stmt.query([label]).map_err(err)?;
-    let mut converted: HashSet<String> = HashSet::new();
     let mut actual: BTreeMap<String, i64> = BTreeMap::new();
-    while let Some(r) = rows.next().map_err(err)? {
-        if let Some(crm_id) = r
-            .get_ref(0)
-            .map_err(err)?
-            .as_str_or_null()
-            .map_err(|e| err(e.into()))?
-            && !converted.contains(crm_id)
-        {
-            converted.insert(crm_id.to_string());
-        }
-        if let Some(at) = r.get::<_, Option<i64>>(1).map_err(err)?
-            && at >= from
-            && at < to
-        {
-            let week = Period::Week.label(at_ns(at), &settings.time_zone);
-            *actual.entry(week).or_default() += 1;
-        }
+    for at in rows {
+        let week = Period::Week.label(at_ns(at.map_err(err)?), &settings.time_zone);
+        *actual.entry(week).or_default() += 1;
     }
     Ok((converted, actual))
 }
@@ -1474,6 +1466,36 @@ mod tests {
                 (g.people.clone(), ranges)
             })
             .collect()
+    }
+
+    #[test]
+    fn what_happened_is_read_from_indexes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("i.db")).unwrap();
+        for (sql, index) in [
+            (CONVERTED, "cycle_facts_converted"),
+            (SEGMENT_MQLS, "cycle_facts_by_segment"),
+        ] {
+            let mut stmt = store
+                .connection()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let params: &[&dyn rusqlite::ToSql] = &[&"{}", &0, &1];
+            let plan: Vec<String> = stmt
+                .query_map(&params[..stmt.parameter_count()], |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("COVERING INDEX {index}"))),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 
     /// The EMEA segment of `store` read with groups of one person asked for (groups then

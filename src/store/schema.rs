@@ -261,6 +261,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 9: the score history packed in blocks of thousands of changes, for the readers of all of
     // it (what-if): one row where there were thousands (`store/blocks.rs`). A copy, written by
     // the commit that completes a block; the migration packs the history already stored.
+    // What-if's "what happened" (a segment's MQLs by week, the people who ever converted) and
+    // the knob's feedback count from two indexes alone, not a pass over every cycle's row.
     r#"
     CREATE TABLE score_blocks (
         first_seq   INTEGER PRIMARY KEY,
@@ -268,5 +270,7 @@ pub const MIGRATIONS: &[&str] = &[
         changes     INTEGER NOT NULL,
         body        BLOB NOT NULL
     ) STRICT;
+    CREATE INDEX cycle_facts_by_segment ON cycle_facts (segment, mql_at_ns);
+    CREATE INDEX cycle_facts_converted ON cycle_facts (crm_id) WHERE status = 'Converted';
     "#,
 ];
