@@ -294,32 +294,15 @@ mod tests {
         for c in &changes {
             encode(&mut body, c);
         }
+        // A change with its id owned, to outlive the body it was read from.
+        let owned = |c: &PackedChange<'_>| {
+            let id = c.change_id.to_string();
+            (c.map_lead_id, c.at_ns, c.new_value, c.old_value, c.part, id)
+        };
         let mut back = Vec::new();
-        let n = unpack(&body, |c| {
-            back.push((
-                c.map_lead_id,
-                c.at_ns,
-                c.new_value,
-                c.old_value,
-                c.part,
-                c.change_id.to_string(),
-            ))
-        })
-        .unwrap();
+        let n = unpack(&body, |c| back.push(owned(&c))).unwrap();
         assert_eq!(n, 3);
-        let expected: Vec<_> = changes
-            .iter()
-            .map(|c| {
-                (
-                    c.map_lead_id,
-                    c.at_ns,
-                    c.new_value,
-                    c.old_value,
-                    c.part,
-                    c.change_id.to_string(),
-                )
-            })
-            .collect();
+        let expected: Vec<_> = changes.iter().map(owned).collect();
         assert_eq!(back, expected);
         // A body cut anywhere inside a change is refused, not read short.
         for cut in 2..body.len() {

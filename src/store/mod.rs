@@ -752,7 +752,8 @@ impl Store {
     /// Commits a batch: its history, the engine's changed state, its decisions (audit log and
     /// outbox) and its cursors, in one transaction. Takes the engine's dirty set. When the
     /// score history has grown by [`SCORE_SNAPSHOT_ROWS`] since the last score snapshot, the
-    /// same transaction saves a new one.
+    /// same transaction saves a new one; when it holds a full block of changes past the last
+    /// packed one, the same transaction packs it ([`blocks`]).
     pub fn commit_batch(
         &mut self,
         batch: Batch<'_>,
