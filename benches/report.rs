@@ -9,14 +9,15 @@
 //! reused while its size matches, since generating it takes longer than the measurements.
 //!
 //! For each it reports wall time (best of `MQLSYNC_BENCH_REPORT_RUNS`, default 3; each what-if
-//! in a fresh process, as the command runs, with the allocator set as the command sets it), time per
-//! cycle or per score change, and the peak Rust heap above the start, from one more run
-//! (SQLite's page cache is its own: 64 MiB at most). The heap is mimalloc's, as in the
+//! in a fresh process, as the command runs, with the allocator set as the command sets it),
+//! time per cycle or per score change, and the peak Rust heap above the start, from one more
+//! run (SQLite's page cache is its own: 64 MiB at most). The heap is mimalloc's, as in the
 //! `mqlsync` binary, and is counted only in that last run: the count is a cache line every
-//! allocation of every thread writes, which the binary does not pay. `cargo bench --bench report`; `MQLSYNC_BENCH_REPORT=SCALE`
-//! shrinks everything by SCALE (default 1: the sizes); `MQLSYNC_BENCH_REPORT_ONLY=whatif`
-//! (or `report`) measures one of the two; `RUST_LOG=mqlsync=debug` prints each phase's time.
-//! It measures; it asserts only
+//! allocation of every thread writes, which the binary does not pay.
+//!
+//! `cargo bench --bench report`; `MQLSYNC_BENCH_REPORT=SCALE` shrinks everything by SCALE
+//! (default 1: the sizes); `MQLSYNC_BENCH_REPORT_ONLY=whatif` (or `report`) measures one
+//! of the two; `RUST_LOG=mqlsync=debug` prints each phase's time. It measures; it asserts only
 //! that the report counted every cycle and the replay every change.
 
 #[path = "common/heap.rs"]
