@@ -23,6 +23,7 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod engine;
+mod leb128;
 pub mod logging;
 pub mod mapping;
 pub mod report;

@@ -162,6 +162,20 @@ pub enum ScorePart {
     Demographic,
 }
 
+impl ScorePart {
+    /// Every part, in the order of [`ScorePart::index`].
+    pub const ALL: [ScorePart; 3] = [
+        ScorePart::Total,
+        ScorePart::Behavior,
+        ScorePart::Demographic,
+    ];
+
+    /// The part's place in [`ScorePart::ALL`] (and in per-part arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One change of one score field of one MAP lead (a Change Score activity or a webhook push).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoreChange {

@@ -125,14 +125,6 @@ pub struct Scores {
     pub decay_anchor: MaybeInstant,
 }
 
-fn slot(part: ScorePart) -> usize {
-    match part {
-        ScorePart::Total => 0,
-        ScorePart::Behavior => 1,
-        ScorePart::Demographic => 2,
-    }
-}
-
 fn fade(value: f64, from: Timestamp, to: Timestamp, half_life: SignedDuration) -> f64 {
     let elapsed = to.duration_since(from).as_secs_f64();
     value * 0.5f64.powf(elapsed / half_life.as_secs_f64().max(1.0))
@@ -152,7 +144,7 @@ impl Scores {
         campaign: Option<&Campaign>,
         half_life: Option<SignedDuration>,
     ) -> bool {
-        let version = &mut self.versions[slot(part)];
+        let version = &mut self.versions[part.index()];
         let key = change_key(change_id);
         if !version.is_newer(at, key) {
             return false;

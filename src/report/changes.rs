@@ -13,6 +13,16 @@
 //! the f64's eight bytes) and the id (its number in LEB128, else its length and bytes).
 
 use crate::engine::model::ScorePart;
+use crate::leb128;
+
+/// A number this list wrote (so whole).
+fn get(bytes: &mut &[u8]) -> u64 {
+    leb128::get(bytes).expect("written by ChangeList::push")
+}
+
+fn put(out: &mut Vec<u8>, n: u64) {
+    leb128::put(out, n);
+}
 
 const PART: u8 = 0b11;
 const OLD: u8 = 1 << 2;
@@ -61,11 +71,7 @@ impl ChangeList {
         };
         let delta = change.at.wrapping_sub(self.last_at);
         self.last_at = change.at;
-        let mut flags = match change.part {
-            ScorePart::Total => 0,
-            ScorePart::Behavior => 1,
-            ScorePart::Demographic => 2,
-        };
+        let mut flags = change.part.index() as u8;
         let seconds = delta % 1_000_000_000 == 0;
         let new_whole = whole(change.new_value);
         let old_whole = change.old_value.and_then(whole);
@@ -174,11 +180,7 @@ impl Reader<'_> {
             id.push_str(std::str::from_utf8(text).expect("written from a str"));
         }
         self.at += start - bytes.len();
-        let part = match flags & PART {
-            1 => ScorePart::Behavior,
-            2 => ScorePart::Demographic,
-            _ => ScorePart::Total,
-        };
+        let part = ScorePart::ALL[usize::from(flags & PART)];
         Some(Change {
             map_lead_id,
             at: self.last_at,
@@ -223,37 +225,6 @@ fn zigzag(n: i64) -> u64 {
 
 fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-/// LEB128.
-fn put(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn get(bytes: &mut &[u8]) -> u64 {
-    // Most numbers here take one byte: a flag, a small score, an id's length.
-    if let Some((&b, rest)) = bytes.split_first()
-        && b < 0x80
-    {
-        *bytes = rest;
-        return u64::from(b);
-    }
-    let (mut n, mut shift, mut i) = (0u64, 0, 0);
-    loop {
-        let b = bytes[i];
-        i += 1;
-        n |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    *bytes = &bytes[i..];
-    n
 }
 
 #[cfg(test)]

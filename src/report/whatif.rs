@@ -469,14 +469,6 @@ impl LeadGroups {
     }
 }
 
-fn part_slot(part: ScorePart) -> usize {
-    match part {
-        ScorePart::Total => 0,
-        ScorePart::Behavior => 1,
-        ScorePart::Demographic => 2,
-    }
-}
-
 /// One replay's settings: the policy and the knob's versions, at the new score or not.
 struct Setting {
     policy: Policy,
@@ -749,7 +741,7 @@ impl History {
             .collect();
         for change in &decoded.changes {
             if let Some(peak) = peaks.get_mut(&change.map_lead_id) {
-                let part = &mut peak[part_slot(change.part)];
+                let part = &mut peak[change.part.index()];
                 *part = part.max(change.new_value);
             }
         }
@@ -953,11 +945,8 @@ fn scan_history(
             scan.start = Some(scan.start.map_or(at_ns, |s| s.min(at_ns)));
             continue;
         }
-        let part = match r.get_ref(2).map_err(err)?.as_str().unwrap_or("total") {
-            "behavior" => ScorePart::Behavior,
-            "demographic" => ScorePart::Demographic,
-            _ => ScorePart::Total,
-        };
+        let part = crate::store::part_of(r.get_ref(2).map_err(err)?.as_str().unwrap_or_default())
+            .unwrap_or(ScorePart::Total);
         let change = PackedChange {
             map_lead_id,
             at_ns,
@@ -1456,7 +1445,7 @@ mod tests {
                                 s.at,
                                 s.new_value.to_bits(),
                                 s.old_value.map(f64::to_bits),
-                                part_slot(s.part),
+                                s.part.index(),
                             ))
                         })
                         .collect();

@@ -19,6 +19,7 @@
 use rusqlite::{Connection, params};
 
 use crate::engine::model::ScorePart;
+use crate::leb128;
 
 /// Changes a block holds: enough that the row's own cost vanishes beside its changes, few
 /// enough that the writer packs one in a few milliseconds.
@@ -75,13 +76,10 @@ pub(crate) fn pack(conn: &Connection, changes: usize) -> rusqlite::Result<u64> {
                 first = seq;
             }
             (last, count) = (seq, count + 1);
-            let part = match r.get_ref(3)?.as_str().unwrap_or_default() {
-                "behavior" => ScorePart::Behavior,
-                "demographic" => ScorePart::Demographic,
-                // The writer writes only the three names; the readers of rows take anything
-                // else as the total, and so do blocks.
-                _ => ScorePart::Total,
-            };
+            // The writer writes only the three names; the readers of rows take anything
+            // else as the total, and so do blocks.
+            let part = super::part_of(r.get_ref(3)?.as_str().unwrap_or_default())
+                .unwrap_or(ScorePart::Total);
             encode(
                 &mut body,
                 &PackedChange {
@@ -104,12 +102,7 @@ pub(crate) fn pack(conn: &Connection, changes: usize) -> rusqlite::Result<u64> {
 }
 
 fn encode(body: &mut Vec<u8>, change: &PackedChange<'_>) {
-    let part = match change.part {
-        ScorePart::Total => 0,
-        ScorePart::Behavior => 1,
-        ScorePart::Demographic => 2,
-    };
-    let flags = part
+    let flags = change.part.index() as u8
         | if change.old_value.is_some() {
             OLD_VALUE
         } else {
@@ -122,16 +115,7 @@ fn encode(body: &mut Vec<u8>, change: &PackedChange<'_>) {
     if let Some(old) = change.old_value {
         body.extend_from_slice(&old.to_le_bytes());
     }
-    let mut len = change.change_id.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            body.push(byte);
-            break;
-        }
-        body.push(byte | 0x80);
-    }
+    leb128::put(body, change.change_id.len() as u64);
     body.extend_from_slice(change.change_id.as_bytes());
 }
 
@@ -154,12 +138,9 @@ pub(crate) fn unpack<'b>(
             Ok(cut(rest, 8)?.try_into().expect("eight bytes"))
         };
         rest = after;
-        let part = match flags & 0b11 {
-            0 => ScorePart::Total,
-            1 => ScorePart::Behavior,
-            2 => ScorePart::Demographic,
-            _ => return Err(format!("change {count} has no known part")),
-        };
+        let part = *ScorePart::ALL
+            .get(usize::from(flags & 0b11))
+            .ok_or_else(|| format!("change {count} has no known part"))?;
         let map_lead_id = i64::from_le_bytes(eight(&mut rest)?);
         let at_ns = i64::from_le_bytes(eight(&mut rest)?);
         let new_value = f64::from_le_bytes(eight(&mut rest)?);
@@ -168,19 +149,9 @@ pub(crate) fn unpack<'b>(
         } else {
             None
         };
-        let mut len = 0usize;
-        let mut shift = 0;
-        loop {
-            let byte = cut(&mut rest, 1)?[0];
-            if shift > 28 {
-                return Err(format!("change {count} has an id too long"));
-            }
-            len |= usize::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
+        let len = leb128::get(&mut rest)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(short(count))?;
         let id = cut(&mut rest, len)?;
         let change_id =
             std::str::from_utf8(id).map_err(|_| format!("change {count}'s id is not UTF-8"))?;

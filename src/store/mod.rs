@@ -1199,14 +1199,8 @@ fn part_name(part: ScorePart) -> &'static str {
 }
 
 /// The inverse of [`part_name`].
-fn part_of(name: &str) -> Option<ScorePart> {
-    [
-        ScorePart::Total,
-        ScorePart::Behavior,
-        ScorePart::Demographic,
-    ]
-    .into_iter()
-    .find(|p| part_name(*p) == name)
+pub(crate) fn part_of(name: &str) -> Option<ScorePart> {
+    ScorePart::ALL.into_iter().find(|p| part_name(*p) == name)
 }
 
 /// The `code` tag of a reason, as its JSON carries it (kept equal by a test).

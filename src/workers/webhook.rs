@@ -192,11 +192,7 @@ pub fn parse_marketo(
             ));
         }
     }
-    scores.sort_by_key(|(part, _)| match part {
-        ScorePart::Total => 0,
-        ScorePart::Behavior => 1,
-        ScorePart::Demographic => 2,
-    });
+    scores.sort_by_key(|(part, _)| part.index());
     let crm_lead_id = crm_id(&object, "sfdcLeadId")?;
     let crm_contact_id = crm_id(&object, "sfdcContactId")?;
     let campaign = match object.get("campaignId") {
