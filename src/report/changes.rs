@@ -51,11 +51,19 @@ pub struct ChangeList {
     len: usize,
     /// The instant of the last change pushed (the next one is written as the difference).
     last_at: i64,
+    /// The earliest instant pushed.
+    earliest: Option<i64>,
 }
 
 impl ChangeList {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The earliest instant of the list's changes (none when it is empty): known without
+    /// reading the list back.
+    pub fn earliest(&self) -> Option<i64> {
+        self.earliest
     }
 
     pub fn push(&mut self, change: &Change, id: &str) {
@@ -71,6 +79,7 @@ impl ChangeList {
         };
         let delta = change.at.wrapping_sub(self.last_at);
         self.last_at = change.at;
+        self.earliest = Some(self.earliest.map_or(change.at, |e| e.min(change.at)));
         let mut flags = change.part.index() as u8;
         let seconds = delta % 1_000_000_000 == 0;
         let new_whole = whole(change.new_value);
@@ -275,6 +284,7 @@ mod tests {
                 list.push(change, id);
             }
             prop_assert_eq!(list.len(), made.len());
+            prop_assert_eq!(list.earliest(), made.iter().map(|(c, _)| c.at).min());
             let mut reader = list.reader();
             let mut id = String::new();
             for (change, made_id) in &made {

@@ -32,7 +32,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::engine::model::{
-    Action, Event, MapLink, Opportunity, PersonFacts, ScoreChange, ScorePart, Threshold,
+    Action, CrmId, Event, MapLink, Opportunity, PersonFacts, ScoreChange, ScorePart, Threshold,
     segment_label,
 };
 use crate::engine::policy::ScoreSource;
@@ -42,7 +42,7 @@ use crate::store::blocks::PackedChange;
 use crate::store::{Store, StoreError};
 
 use super::changes::{Change, ChangeList};
-use super::{Period, Settings, at_ns, ns};
+use super::{Settings, at_ns, ns};
 
 /// The segment as attribute = value pairs: `region=EMEA`, `region=EMEA,team=SDR`, or
 /// `default` (the records that match everyone).
@@ -105,8 +105,32 @@ pub struct WhatIf {
     pub people: usize,
 }
 
-/// One replay's MQLs in the segment: (week, crm id) per cycle opened in the range.
-type Mqls = Vec<(String, String)>;
+/// One replay's MQLs in the segment: (week, CRM id) per cycle opened in the range. Neither
+/// allocates (a CRM id is inline), so a replay that opens hundreds of thousands of cycles
+/// writes them where they are counted, with no text made per MQL.
+type Mqls = Vec<(IsoWeek, CrmId)>;
+
+/// The ISO week an MQL falls in, in the report's time zone: what the what-if counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct IsoWeek {
+    year: i16,
+    week: i8,
+}
+
+impl IsoWeek {
+    fn of(at: Timestamp, zone: &jiff::tz::TimeZone) -> IsoWeek {
+        let week = zone.to_datetime(at).date().iso_week_date();
+        IsoWeek {
+            year: week.year(),
+            week: week.week(),
+        }
+    }
+
+    /// `2026-W10`, as [`Period::Week`](super::Period::Week) labels it.
+    fn label(self) -> String {
+        format!("{:04}-W{:02}", self.year, self.week)
+    }
+}
 
 /// The MQLs the segment would have had in the query's range at the query's threshold: one
 /// replay of the store's history (the knob's feedback on threshold records), on this thread.
@@ -179,19 +203,25 @@ pub fn run(
         })
     }
     for (w, n) in actual {
-        week(&mut weeks, &w).actual = n;
+        week(&mut weeks, &w.label()).actual = n;
     }
+    let mut then_by_week: BTreeMap<IsoWeek, i64> = BTreeMap::new();
     for (w, _) in &then {
-        week(&mut weeks, w).replayed_then += 1;
+        *then_by_week.entry(*w).or_default() += 1;
     }
-    let mut people_by_week: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for (w, n) in then_by_week {
+        week(&mut weeks, &w.label()).replayed_then = n;
+    }
+    let mut people_by_week: BTreeMap<IsoWeek, (i64, HashSet<&str>)> = BTreeMap::new();
     for (w, crm_id) in &at_t {
-        week(&mut weeks, w).at_threshold += 1;
-        people_by_week.entry(w).or_default().insert(crm_id);
+        let (mqls, people) = people_by_week.entry(*w).or_default();
+        *mqls += 1;
+        people.insert(crm_id);
     }
-    for (w, people) in people_by_week {
+    for (w, (mqls, people)) in people_by_week {
         let n = people.iter().filter(|p| converted.contains(**p)).count() as i64;
-        let row = week(&mut weeks, w);
+        let row = week(&mut weeks, &w.label());
+        row.at_threshold = mqls;
         row.converted_people = n;
         row.pct_converted = super::pct(n, people.len() as i64);
     }
@@ -248,14 +278,14 @@ fn happened(
     label: &str,
     settings: &Settings,
     query: &WhatIfQuery,
-) -> Result<(HashSet<String>, BTreeMap<String, i64>), StoreError> {
+) -> Result<(HashSet<CrmId>, BTreeMap<IsoWeek, i64>), StoreError> {
     let conn = store.connection();
     let err = |e| store.sql_err(e);
     // Each from an index alone (schema 9): the converted cycles' people, in order, and the
     // segment's MQL instants in the range.
-    let converted: HashSet<String> = {
+    let converted: HashSet<CrmId> = {
         let mut stmt = conn.prepare(CONVERTED).map_err(err)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
+        stmt.query_map([], |r| Ok(CrmId::from(r.get_ref(0)?.as_str()?)))
             .map_err(err)?
             .collect::<rusqlite::Result<_>>()
             .map_err(err)?
@@ -268,9 +298,9 @@ fn happened(
     let rows = stmt
         .query_map(rusqlite::params![label, from, to], |r| r.get::<_, i64>(0))
         .map_err(err)?;
-    let mut actual: BTreeMap<String, i64> = BTreeMap::new();
+    let mut actual: BTreeMap<IsoWeek, i64> = BTreeMap::new();
     for at in rows {
-        let week = Period::Week.label(at_ns(at.map_err(err)?), &settings.time_zone);
+        let week = IsoWeek::of(at_ns(at.map_err(err)?), &settings.time_zone);
         *actual.entry(week).or_default() += 1;
     }
     Ok((converted, actual))
@@ -295,10 +325,11 @@ const MAX_GROUPS: usize = 255;
 /// and each change is applied at that clock (kept for the changes that arrived late), so
 /// time passes in a group as it would have in the one replay.
 struct History {
-    /// Every threshold version of the store, in time order, at its stored score.
+    /// The threshold versions that can govern the segment's people (`in_play`), in time
+    /// order, at their stored scores.
     knobs: Vec<Threshold>,
     /// The segment's people and their MAP leads.
-    people: Vec<(PersonFacts, i64)>,
+    people: Vec<(Box<PersonFacts>, i64)>,
     /// The opportunities of the people's accounts, in creation order.
     opportunities: Vec<Opportunity>,
     /// The history's first instant: people and links are known from there.
@@ -337,7 +368,7 @@ impl Changes {
     /// Marks late the changes before `clock`, the latest instant of the ranges before.
     fn after(&mut self, clock: i64) {
         // Arrival order is time order as a rule: nothing to mark.
-        if self.list.iter().all(|c| c.at >= clock) {
+        if self.list.earliest().is_none_or(|e| e >= clock) {
             return;
         }
         let mut own = std::mem::take(&mut self.late).into_iter().peekable();
@@ -428,7 +459,7 @@ enum LeadGroups {
 }
 
 impl LeadGroups {
-    fn new(people: &[(PersonFacts, i64)], groups: &[Group]) -> LeadGroups {
+    fn new(people: &[(Box<PersonFacts>, i64)], groups: &[Group]) -> LeadGroups {
         let leads = || {
             groups.iter().enumerate().flat_map(|(g, group)| {
                 group
@@ -522,61 +553,15 @@ impl History {
         let err = |e| store.sql_err(e);
         let parts = if path.is_some() { threads.max(1) } else { 1 };
 
-        let knobs: Vec<Threshold> = {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT threshold_id, modified_at, score, segment, effective_from, effective_to, active, deleted
-                     FROM threshold_versions",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, f64>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, bool>(6)?,
-                        r.get::<_, bool>(7)?,
-                    ))
-                })
-                .map_err(err)?;
-            let mut knobs = Vec::new();
-            for row in rows {
-                let (id, modified, score, segment, eff_from, eff_to, active, deleted) =
-                    row.map_err(err)?;
-                let (Ok(modified_at), Ok(segment)) = (
-                    modified.parse::<Timestamp>(),
-                    serde_json::from_str::<BTreeMap<String, String>>(&segment),
-                ) else {
-                    continue;
-                };
-                knobs.push(Threshold {
-                    id,
-                    segment,
-                    score,
-                    effective_from: eff_from.and_then(|t| t.parse().ok()),
-                    effective_to: eff_to.and_then(|t| t.parse().ok()),
-                    active,
-                    set_by: None,
-                    modified_at,
-                    deleted,
-                });
-            }
-            knobs.sort_by(|a, b| a.modified_at.cmp(&b.modified_at).then(a.id.cmp(&b.id)));
-            knobs
-        };
+        let knobs = in_play(read_knobs(store)?, &query.segment);
 
         let started = std::time::Instant::now();
         let ranges = split(store, "persons", "rowid", parts)?;
-        let people: Vec<(PersonFacts, i64)> = on_readers(store, path, parts, |store, part| {
-            segment_people(store, &query.segment, ranges[part])
-        })?
-        .into_iter()
-        .flatten()
-        .collect();
+        let people: Vec<(Box<PersonFacts>, i64)> =
+            on_readers(store, path, parts, |store, part| {
+                segment_people(store, &query.segment, ranges[part])
+            })?
+            .concat();
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             people = people.len(),
@@ -782,7 +767,10 @@ impl History {
         );
         let next = AtomicUsize::new(0);
         let work = || {
-            let mut out: Vec<Mqls> = vec![Vec::new(); setups.len()];
+            // About a cycle a person, the people shared out over the threads: room made once
+            // rather than by doubling, each doubling a fresh copy of what the replay found.
+            let room = self.people.len() / threads.max(1);
+            let mut out: Vec<Mqls> = setups.iter().map(|_| Vec::with_capacity(room)).collect();
             let mut decoded = Decoded::default();
             loop {
                 let g = next.fetch_add(1, Ordering::Relaxed);
@@ -848,7 +836,7 @@ impl History {
             if left_out.contains(lead) {
                 continue;
             }
-            let mut facts = facts.clone();
+            let mut facts = PersonFacts::clone(facts);
             facts.modified_at = self.start;
             let crm = facts.crm.clone();
             engine.apply(&Event::Person(facts), self.start);
@@ -987,6 +975,79 @@ impl Scan {
     }
 }
 
+/// Every threshold version of the store, in time order.
+fn read_knobs(store: &Store) -> Result<Vec<Threshold>, StoreError> {
+    let conn = store.connection();
+    let err = |e| store.sql_err(e);
+    let mut stmt = conn
+            .prepare(
+                "SELECT threshold_id, modified_at, score, segment, effective_from, effective_to, active, deleted
+                 FROM threshold_versions",
+            )
+            .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, f64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, bool>(7)?,
+            ))
+        })
+        .map_err(err)?;
+    let mut knobs = Vec::new();
+    for row in rows {
+        let (id, modified, score, segment, eff_from, eff_to, active, deleted) = row.map_err(err)?;
+        let (Ok(modified_at), Ok(segment)) = (
+            modified.parse::<Timestamp>(),
+            serde_json::from_str::<BTreeMap<String, String>>(&segment),
+        ) else {
+            continue;
+        };
+        knobs.push(Threshold {
+            id,
+            segment,
+            score,
+            effective_from: eff_from.and_then(|t| t.parse().ok()),
+            effective_to: eff_to.and_then(|t| t.parse().ok()),
+            active,
+            set_by: None,
+            modified_at,
+            deleted,
+        });
+    }
+    knobs.sort_by(|a, b| a.modified_at.cmp(&b.modified_at).then(a.id.cmp(&b.id)));
+    Ok(knobs)
+}
+
+/// The versions of the records that can govern someone of `segment`: a record none of whose
+/// versions any of the segment's people matches (a name of the segment with another value,
+/// `region=APAC` beside `region=EMEA`) changes nobody's threshold in a replay, and each of
+/// its turns would still have every group re-evaluate its people and resolve their
+/// thresholds afresh. A record keeps all its versions when one of them may match.
+fn in_play(mut knobs: Vec<Threshold>, segment: &BTreeMap<String, String>) -> Vec<Threshold> {
+    // The segment's people hold each of its values, ignoring ASCII case (`segment_people`);
+    // a record's value matches theirs trimmed, ignoring ASCII case (`thresholds::matches`).
+    let may_match = |k: &Threshold| {
+        k.segment.iter().all(|(name, value)| {
+            segment
+                .get(name)
+                .is_none_or(|ours| ours.trim().eq_ignore_ascii_case(value.trim()))
+        })
+    };
+    let records: HashSet<String> = knobs
+        .iter()
+        .filter(|k| may_match(k))
+        .map(|k| k.id.clone())
+        .collect();
+    knobs.retain(|k| records.contains(&k.id));
+    knobs
+}
+
 /// The people of the segment (their attributes hold every pair of it, values compared
 /// ignoring ASCII case) that have a MAP lead, among the rows `range` of the table.
 ///
@@ -998,7 +1059,7 @@ fn segment_people(
     store: &Store,
     segment: &BTreeMap<String, String>,
     range: (i64, i64),
-) -> Result<Vec<(PersonFacts, i64)>, StoreError> {
+) -> Result<Vec<(Box<PersonFacts>, i64)>, StoreError> {
     let err = |e| store.sql_err(e);
     let plain = segment
         .values()
@@ -1021,7 +1082,8 @@ fn segment_people(
         {
             continue;
         }
-        let Ok(facts) = serde_json::from_str::<PersonFacts>(text) else {
+        // Boxed: a list of facts inline would be copied at each doubling, into fresh pages.
+        let Ok(facts) = serde_json::from_str::<Box<PersonFacts>>(text) else {
             continue;
         };
         if segment.iter().all(|(key, value)| {
@@ -1140,10 +1202,8 @@ impl Engine<'_> {
             if let Action::OpenCycle { cycle } = &d.action {
                 let at = ns(cycle.mql_at);
                 if cycle.segment == self.label && at >= self.range.0 && at < self.range.1 {
-                    self.mqls.push((
-                        Period::Week.label(cycle.mql_at, self.zone),
-                        cycle.crm.id.as_str().to_string(),
-                    ));
+                    self.mqls
+                        .push((IsoWeek::of(cycle.mql_at, self.zone), cycle.crm.id.clone()));
                 }
             }
         }
@@ -1269,12 +1329,21 @@ mod tests {
         at_ns(1_790_000_000_000_000_000 + hours * HOUR)
     }
 
-    /// A store holding the people, threshold versions (segment EMEA or default, score, hour),
+    /// The threshold records of the test stores, by the index a test's knob version names:
+    /// the default, EMEA, and a record that is APAC in some versions and " emea " in others.
+    const RECORDS: [(&str, &str); 4] = [
+        ("a0T0", "{}"),
+        ("a0T1", r#"{"region":"EMEA"}"#),
+        ("a0T2", r#"{"region":"APAC"}"#),
+        ("a0T2", r#"{"region":" emea "}"#),
+    ];
+
+    /// A store holding the people, threshold versions (a record of `RECORDS`, score, hour),
     /// opportunities (account, hour) and score changes, in arrival order.
     fn store(
         dir: &Path,
         people: &[Person],
-        knobs: &[(bool, f64, i64)],
+        knobs: &[(usize, f64, i64)],
         opportunities: &[(usize, i64)],
         changes: &[Change],
     ) -> Store {
@@ -1295,16 +1364,12 @@ mod tests {
             )
             .unwrap();
         }
-        for (i, (emea, score, hour)) in knobs.iter().enumerate() {
+        for (i, (record, score, hour)) in knobs.iter().enumerate() {
+            let (id, segment) = RECORDS[*record];
             conn.execute(
                 "INSERT OR IGNORE INTO threshold_versions (threshold_id, modified_at, score, segment, active, deleted, seen_at)
                  VALUES (?1, ?2, ?3, ?4, 1, 0, ?2)",
-                params![
-                    if *emea { "a0T1" } else { "a0T0" },
-                    at(*hour + i as i64 % 2).to_string(),
-                    score,
-                    if *emea { r#"{"region":"EMEA"}"# } else { "{}" }
-                ],
+                params![id, at(*hour + i as i64 % 2).to_string(), score, segment],
             )
             .unwrap();
         }
@@ -1365,13 +1430,14 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Groups of two people on two threads, with the people who cannot reach any
-        /// threshold left out, make the MQLs that one replay of everybody in arrival order
-        /// makes (the replay as it was first written).
+        /// threshold left out and the records that cannot govern the segment's people
+        /// passed over, make the MQLs that one replay of everybody at every threshold
+        /// version in arrival order makes (the replay as it was first written).
         #[test]
         fn replaying_group_by_group_makes_the_mqls_of_one_replay_of_everybody(
             people in prop::collection::vec(
                 (any::<bool>(), prop::option::of(0..3usize), 1..8i64), 1..10),
-            knobs in prop::collection::vec((any::<bool>(), 20.0..130f64, 0..300i64), 0..5),
+            knobs in prop::collection::vec((0..RECORDS.len(), 20.0..130f64, 0..300i64), 0..6),
             opportunities in prop::collection::vec((0..3usize, 0..300i64), 0..3),
             changes in prop::collection::vec(
                 (1..9i64, prop::sample::select(vec![0usize, 0, 0, 1, 2]), 0.0..140f64,
@@ -1406,8 +1472,10 @@ mod tests {
             prop_assert_eq!(packed, changes.len() / block * block);
             let grouped = History::read(&store, None, 1, &policy, &query, 2).unwrap();
             prop_assert_eq!(contents(&rows), contents(&grouped));
+            // One replay of everybody, at every version of every record.
             let mut whole = History::read(&store, None, 1, &policy, &query, usize::MAX).unwrap();
             whole.floor = None;
+            whole.knobs = read_knobs(&store).unwrap();
             prop_assert_eq!(whole.groups.len(), usize::from(!whole.people.is_empty()));
             prop_assert_eq!(
                 replayed(&grouped, &policy, &query, 2),
