@@ -23,7 +23,6 @@
 //! people whose score never reaches the lowest threshold in play are left out of both.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
 use std::iter::Peekable;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +35,7 @@ use crate::engine::model::{
     segment_label,
 };
 use crate::engine::policy::ScoreSource;
-use crate::engine::state::{FastMap, FxHasher};
+use crate::engine::state::FastMap;
 use crate::engine::{Context, EngineState, Policy, Visibility, reconcile};
 use crate::store::blocks::PackedChange;
 use crate::store::{Store, StoreError};
@@ -395,6 +394,12 @@ struct Decoded {
     changes: Vec<Unpacked>,
     /// The changes' ids, end to end (`Unpacked::id_end`).
     ids: String,
+    /// The group's MAP leads, numbered from 0 in the group (`Unpacked::lead`).
+    leads: Vec<i64>,
+    lead_index: FastMap<i64, u32>,
+    /// By lead: whether an open cycle of its person settles the lead for the rest of a
+    /// replay (see `History::replay_group`).
+    settles: Vec<bool>,
 }
 
 /// A change as the replay applies it.
@@ -408,14 +413,34 @@ struct Unpacked {
     map_lead_id: i64,
     /// Where its id ends in `Decoded::ids`; it starts where the one before ends.
     id_end: u32,
+    /// Its lead's number in the group (`Decoded::leads`).
+    lead: u32,
     part: ScorePart,
 }
 
 impl Decoded {
-    /// Unpacks `group`'s changes in arrival order, over the ranges of the history.
-    fn fill(&mut self, group: &Group) {
+    /// Numbers `group`'s leads and unpacks its changes in arrival order, over the ranges of
+    /// the history.
+    fn fill(&mut self, history: &History, group: &Group) {
         self.changes.clear();
         self.ids.clear();
+        self.leads.clear();
+        self.lead_index.clear();
+        self.settles.clear();
+        // A lead settles when its person alone has it and has no account (so no opportunity
+        // of the replay closes the person's cycle), and scores are the person's own.
+        let own_scores = !matches!(history.source, ScoreSource::Account { .. });
+        for &p in &group.people {
+            let (facts, lead) = &history.people[p as usize];
+            match self.lead_index.get(lead) {
+                Some(&i) => self.settles[i as usize] = false,
+                None => {
+                    self.lead_index.insert(*lead, self.leads.len() as u32);
+                    self.leads.push(*lead);
+                    self.settles.push(own_scores && facts.account_id.is_none());
+                }
+            }
+        }
         let mut id = String::new();
         for changes in &group.changes {
             let mut late = changes.late.iter().peekable();
@@ -431,7 +456,19 @@ impl Decoded {
                 };
                 i += 1;
                 self.ids.push_str(&id);
+                // Each change is of a lead of the group's people (`Scan::take`).
+                let lead = match self.lead_index.get(&change.map_lead_id) {
+                    Some(&lead) => lead,
+                    None => {
+                        let lead = self.leads.len() as u32;
+                        self.lead_index.insert(change.map_lead_id, lead);
+                        self.leads.push(change.map_lead_id);
+                        self.settles.push(false);
+                        lead
+                    }
+                };
                 self.changes.push(Unpacked {
+                    lead,
                     at: change.at,
                     clock,
                     new_value: change.new_value,
@@ -708,40 +745,29 @@ impl History {
         })
     }
 
-    /// The group's leads that cannot reach the floor: the highest score the engine can
-    /// compare for the lead's person, from the peaks of the parts the source adds, stays
-    /// below it.
-    fn left_out(
-        &self,
-        group: &Group,
-        decoded: &Decoded,
-    ) -> HashSet<i64, BuildHasherDefault<FxHasher>> {
+    /// By lead number (`Decoded::leads`), whether the lead cannot reach the floor: the
+    /// highest score the engine can compare for the lead's person, from the peaks of the
+    /// parts the source adds, stays below it.
+    fn left_out(&self, decoded: &Decoded) -> Vec<bool> {
         let Some(floor) = self.floor else {
-            return HashSet::default();
+            return vec![false; decoded.leads.len()];
         };
-        let mut peaks: FastMap<i64, [f64; 3]> = group
-            .people
-            .iter()
-            .map(|p| (self.people[*p as usize].1, [f64::NEG_INFINITY; 3]))
-            .collect();
+        let mut peaks = vec![[f64::NEG_INFINITY; 3]; decoded.leads.len()];
         for change in &decoded.changes {
-            if let Some(peak) = peaks.get_mut(&change.map_lead_id) {
-                let part = &mut peak[change.part.index()];
-                *part = part.max(change.new_value);
-            }
+            let part = &mut peaks[change.lead as usize][change.part.index()];
+            *part = part.max(change.new_value);
         }
         peaks
             .into_iter()
-            .filter(|(_, [total, behavior, demographic])| {
+            .map(|[total, behavior, demographic]| {
                 let highest = match self.source {
                     ScoreSource::BehaviorPlusDemographic => {
                         behavior.max(0.0) + demographic.max(0.0)
                     }
-                    _ => *total,
+                    _ => total,
                 };
                 highest < floor
             })
-            .map(|(lead, _)| lead)
             .collect()
     }
 
@@ -777,8 +803,8 @@ impl History {
                 let Some(group) = self.groups.get(g) else {
                     return out;
                 };
-                decoded.fill(group);
-                let left_out = self.left_out(group, &decoded);
+                decoded.fill(self, group);
+                let left_out = self.left_out(&decoded);
                 for (setup, mqls) in setups.iter().zip(out.iter_mut()) {
                     let mut engine = Engine {
                         state: EngineState::new(),
@@ -788,6 +814,7 @@ impl History {
                         range,
                         zone: &settings.time_zone,
                         mqls,
+                        opened: Vec::new(),
                     };
                     self.replay_group(
                         group,
@@ -815,11 +842,17 @@ impl History {
         })
     }
 
+    /// Replays one group at one setting. A lead left out (`left_out`) is passed over from
+    /// the start; a lead that settles (`Decoded::settles`) is passed over once its person's
+    /// cycle opens: nothing the replay applies closes that cycle (reps' answers are not
+    /// replayed, and the person has no account whose opportunity could), so the person opens
+    /// no other, and the lead's later changes decide nothing. Once people cross, most of
+    /// their changes come after; the replays skip them.
     fn replay_group(
         &self,
         group: &Group,
         decoded: &Decoded,
-        left_out: &HashSet<i64, BuildHasherDefault<FxHasher>>,
+        left_out: &[bool],
         knobs: &[Threshold],
         to: Option<Timestamp>,
         engine: &mut Engine<'_>,
@@ -831,9 +864,10 @@ impl History {
             .map(|i| &self.opportunities[*i as usize])
             .peekable();
         engine.catch_up(&mut knobs, &mut opportunities, self.start);
+        let number = |lead: i64| decoded.lead_index.get(&lead).map(|&i| i as usize);
         for &p in &group.people {
             let (facts, lead) = &self.people[p as usize];
-            if left_out.contains(lead) {
+            if number(*lead).is_some_and(|i| left_out[i]) {
                 continue;
             }
             let mut facts = PersonFacts::clone(facts);
@@ -849,13 +883,23 @@ impl History {
                 self.start,
             );
         }
+        // The leads whose changes are passed over from here.
+        let mut passed = left_out.to_vec();
+        let settle = |engine: &mut Engine<'_>, passed: &mut [bool]| {
+            for lead in engine.opened.drain(..) {
+                if let Some(i) = number(lead).filter(|&i| decoded.settles[i]) {
+                    passed[i] = true;
+                }
+            }
+        };
+        settle(engine, &mut passed);
         // One id buffer for every change: the engine borrows the event.
         let mut id_buffer = String::new();
         let mut id_start = 0;
         for stored in &decoded.changes {
             let id = &decoded.ids[id_start..stored.id_end as usize];
             id_start = stored.id_end as usize;
-            if !left_out.is_empty() && left_out.contains(&stored.map_lead_id) {
+            if passed[stored.lead as usize] {
                 continue;
             }
             engine.catch_up(&mut knobs, &mut opportunities, at_ns(stored.clock));
@@ -879,6 +923,7 @@ impl History {
             if let Event::Score(change) | Event::CurrentScore(change) = event {
                 id_buffer = change.change_id;
             }
+            settle(engine, &mut passed);
         }
         if let Some(to) = to {
             engine.catch_up(&mut knobs, &mut opportunities, to);
@@ -1186,6 +1231,8 @@ struct Engine<'a> {
     range: (i64, i64),
     zone: &'a jiff::tz::TimeZone,
     mqls: &'a mut Mqls,
+    /// The MAP leads of the cycles opened since the replay last looked.
+    opened: Vec<i64>,
 }
 
 impl Engine<'_> {
@@ -1200,6 +1247,7 @@ impl Engine<'_> {
         };
         for d in reconcile(&mut self.state, &ctx, event) {
             if let Action::OpenCycle { cycle } = &d.action {
+                self.opened.extend(cycle.map_lead_id);
                 let at = ns(cycle.mql_at);
                 if cycle.segment == self.label && at >= self.range.0 && at < self.range.1 {
                     self.mqls
@@ -1447,12 +1495,20 @@ mod tests {
             parts in any::<bool>(),
             segment_emea in any::<bool>(),
             block in 1..8usize,
+            re_mql_rules in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let mut store = store(dir.path(), &people, &knobs, &opportunities, &changes);
             let mut policy = Policy::example();
             if parts {
                 policy.score = ScoreSource::BehaviorPlusDemographic;
+            }
+            // Without the opportunity and recent-MQL rules, a person whose cycle an
+            // opportunity converted can be MQL'd again: what a lead settled too soon misses.
+            if !re_mql_rules {
+                policy.rules.open_opportunity = false;
+                policy.rules.recent_opportunity = None;
+                policy.rules.recent_mql = None;
             }
             let query = WhatIfQuery {
                 segment: if segment_emea {
@@ -1481,6 +1537,41 @@ mod tests {
                 replayed(&grouped, &policy, &query, 2),
                 replayed(&whole, &policy, &query, 1)
             );
+        }
+    }
+
+    /// A person whose account's new opportunity converted their cycle is MQL'd again by a
+    /// later change, once the rules let them: their lead does not settle with the first cycle,
+    /// while a person without an account is passed over after theirs.
+    #[test]
+    fn a_lead_settles_only_when_nothing_can_close_its_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two EMEA people: lead 1 with an account, lead 2 without; an opportunity on the
+        // account at hour 10; EMEA's record at 60 from hour 0; both cross at hours 0 and 6,
+        // and again at hours 24 and 30.
+        let people = [(true, Some(0), 1), (true, None, 2)];
+        let changes = [
+            (1, 0, 140.0, 0),
+            (2, 0, 140.0, 0),
+            (1, 0, 130.0, -2),
+            (2, 0, 130.0, -2),
+        ];
+        let store = store(dir.path(), &people, &[(1, 60.0, 0)], &[(0, 10)], &changes);
+        let mut policy = Policy::example();
+        policy.rules.open_opportunity = false;
+        policy.rules.recent_opportunity = None;
+        policy.rules.recent_mql = None;
+        let query = WhatIfQuery {
+            segment: [("region".to_string(), "EMEA".to_string())].into(),
+            threshold: 50.0,
+            from: None,
+            to: Some(at(400)),
+        };
+        let history = History::read(&store, None, 1, &policy, &query, 2).unwrap();
+        let replayed = replayed(&history, &policy, &query, 1);
+        for mqls in replayed {
+            let people: Vec<&str> = mqls.iter().map(|(_, p)| p.as_str()).collect();
+            assert_eq!(people, ["00Q000", "00Q000", "00Q001"]);
         }
     }
 
