@@ -226,6 +226,7 @@ pub(super) fn run(
     };
     // A share of the people: this pass's of `n` passes over disjoint people, by the last
     // character of their CRM id.
+    let passes = part.map_or(1, |(_, n)| n as usize).max(1);
     let part = part.map_or_else(String::new, |(k, n)| {
         format!(" AND unicode(substr(crm_id, -1)) % {n} = {k}")
     });
@@ -276,11 +277,24 @@ pub(super) fn run(
         labels: Vec::new(),
     };
 
+    // The two sets that grow with the people: sized once for a whole-store report (about
+    // the pass's share of the rows), rather than rehashed into fresh memory at each doubling,
+    // 7.5 % of the pass's samples under perf; with a range, the share is not known and
+    // they grow.
+    let rows_expected = if query.from.is_none() && query.to.is_none() {
+        let last: Option<i64> =
+            conn.query_row("SELECT max(rowid) FROM cycle_facts", [], |r| r.get(0))?;
+        usize::try_from(last.unwrap_or(0)).unwrap_or(0) / passes
+    } else {
+        0
+    };
     let mut totals = Totals::default();
-    let mut people: FastSet<u128> = FastSet::default();
+    let mut people: FastSet<u128> =
+        FastSet::with_capacity_and_hasher(rows_expected, <_>::default());
     let mut names = Names::default();
     let mut volume: Fast<(u32, u32), (i64, i64)> = Fast::default();
-    let mut volume_people: FastSet<(u32, u32, u128)> = FastSet::default();
+    let mut volume_people: FastSet<(u32, u32, u128)> =
+        FastSet::with_capacity_and_hasher(rows_expected, <_>::default());
     let mut qualified: Fast<String, i64> = Fast::default();
     let mut reps: Fast<String, Rep> = Fast::default();
     let mut slas: Fast<String, Sla> = Fast::default();
