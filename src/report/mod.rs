@@ -138,7 +138,7 @@ impl Grouping {
         }
     }
 
-    /// The SQL expression of a cycle's group (`?3` is the attribute's JSON path).
+    /// The SQL expression of a cycle's group (none for an attribute: the pass reads it).
     fn sql(&self) -> &'static str {
         match self {
             Grouping::Owner => "coalesce(owner_id, '(none)')",
@@ -146,14 +146,16 @@ impl Grouping {
             Grouping::Segment => "segment",
             Grouping::Campaign => "coalesce(campaign_name, campaign_id, '(none)')",
             Grouping::QualifiedBy => "qualified_by",
-            Grouping::Attribute(_) => "coalesce(json_extract(attributes, ?3), '(none)')",
+            // Read from the attributes' JSON by the pass (`pass::Attributes`).
+            Grouping::Attribute(_) => "NULL",
         }
     }
 }
 
-/// The JSON path of an attribute in `cycle_facts.attributes`.
-fn attribute_path(name: &str) -> String {
-    format!("$.\"{}\"", name.replace('"', ""))
+/// The key of an attribute in `cycle_facts.attributes` (a name's quotes dropped, as its
+/// JSON path `$."name"` always did).
+fn attribute_name(name: &str) -> String {
+    name.replace('"', "")
 }
 
 /// How the mapping asks reports to count.

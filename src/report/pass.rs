@@ -19,7 +19,7 @@ use rusqlite::Connection;
 
 use super::{
     BandRow, CampaignRow, Checklist, ChecklistRow, Count, OverdueRow, Query, RepRow, Settings,
-    SlaRow, ThresholdRow, TimeframeRow, Totals, VolumeRow, at_ns, attribute_path, ns, pct, round2,
+    SlaRow, ThresholdRow, TimeframeRow, Totals, VolumeRow, at_ns, attribute_name, ns, pct, round2,
 };
 use crate::engine::sla::BusinessCalendar;
 use crate::engine::state::FxHasher;
@@ -165,6 +165,78 @@ fn person_key(id: &str) -> u128 {
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
+/// What the pass reads from a cycle's attributes: the region, the grouping's attribute and how
+/// many checklist fields are filled in. An org's attribute texts repeat (a few regions, teams
+/// and lines of business), so each distinct text is parsed once; the cache starts over past
+/// `Attributes::MOST` texts, so attributes that do not repeat cost a parse each, not memory.
+struct Attributes<'a> {
+    /// The grouping's attribute name, when the report groups by one.
+    group: Option<String>,
+    checklist: &'a [String],
+    seen: Fast<Box<str>, AttributeFacts>,
+    none: AttributeFacts,
+}
+
+#[derive(Default)]
+struct AttributeFacts {
+    region: Option<Box<str>>,
+    group: Option<Box<str>>,
+    filled: i64,
+}
+
+impl<'a> Attributes<'a> {
+    const MOST: usize = 100_000;
+
+    fn new(query: &Query, checklist: &'a [String]) -> Attributes<'a> {
+        Attributes {
+            group: match &query.group {
+                super::Grouping::Attribute(a) => Some(attribute_name(a)),
+                _ => None,
+            },
+            checklist,
+            seen: Fast::default(),
+            none: AttributeFacts::default(),
+        }
+    }
+
+    /// The facts of one cycle's attributes text.
+    fn of(&mut self, text: Option<&str>) -> &AttributeFacts {
+        let Some(text) = text else {
+            return &self.none;
+        };
+        if self.seen.len() >= Self::MOST && !self.seen.contains_key(text) {
+            self.seen.clear();
+        }
+        let (group, checklist) = (self.group.as_deref(), self.checklist);
+        self.seen
+            .entry_ref(text)
+            .or_insert_with(|| AttributeFacts::parse(text, group, checklist))
+    }
+}
+
+impl AttributeFacts {
+    /// As SQLite's `json_extract` reads them: a value that is not text is no region and no
+    /// group; a checklist field is filled in unless missing, null or the empty text. Text
+    /// that is not a JSON object holds nothing.
+    fn parse(text: &str, group: Option<&str>, checklist: &[String]) -> AttributeFacts {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).unwrap_or_default();
+        let text_of = |name: &str| map.get(name).and_then(|v| v.as_str()).map(Box::from);
+        AttributeFacts {
+            region: text_of("region"),
+            group: group.and_then(text_of),
+            filled: checklist
+                .iter()
+                .filter(|f| match map.get(&attribute_name(f)) {
+                    None | Some(serde_json::Value::Null) => false,
+                    Some(serde_json::Value::String(s)) => !s.is_empty(),
+                    Some(_) => true,
+                })
+                .count() as i64,
+        }
+    }
+}
+
 /// Period labels, computed once per quarter hour (every zone's offset is a multiple of 15
 /// minutes, so a quarter hour never straddles a period boundary).
 struct Periods<'a> {
@@ -213,17 +285,11 @@ pub(super) fn run(
     } else {
         "mql_at_ns >= ?1 AND mql_at_ns < ?2"
     };
+    // The region, an attribute grouping and the checklist are read from the attributes'
+    // JSON here, each distinct text once (`Attributes`), not by SQLite's JSON functions on
+    // every row (a tenth of the pass).
     let group = query.group.sql();
     let checklist = &settings.checklist;
-    // One term per checklist field, 1 when filled in; the paths are parameters ?4, ?5, ...
-    let filled = if checklist.is_empty() {
-        "0".to_string()
-    } else {
-        (0..checklist.len())
-            .map(|i| format!("(coalesce(json_extract(attributes, ?{}), '') <> '')", i + 4))
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
     // A share of the people: this pass's of `n` passes over disjoint people, by the last
     // character of their CRM id.
     let passes = part.map_or(1, |(_, n)| n as usize).max(1);
@@ -232,27 +298,14 @@ pub(super) fn run(
     });
     let sql = format!(
         "SELECT crm_id, status, owner_id, owner_at_mql, team, segment,
-            json_extract(attributes, '$.region'), {group}, coalesce(campaign_name, campaign_id),
+            attributes, {group}, coalesce(campaign_name, campaign_id),
             qualified_by, score, threshold, mql_at_ns, seen_at_ns, sal_at_ns, closed_at_ns,
-            sla_due_ns, overdue, reassignments, rejection_reason, {filled}
+            sla_due_ns, overdue, reassignments, rejection_reason
          FROM cycle_facts WHERE {range}{part}"
     );
-    let group_path = match &query.group {
-        super::Grouping::Attribute(a) => attribute_path(a),
-        _ => String::new(),
-    };
-    let mut params: Vec<rusqlite::types::Value> = vec![from.into(), to.into()];
-    // ?3 is the group's attribute path (unused by the other groupings, but always bound).
-    params.push(group_path.into());
-    params.extend(
-        checklist
-            .iter()
-            .map(|f| rusqlite::types::Value::from(attribute_path(f))),
-    );
+    let mut attributes = Attributes::new(query, checklist);
     let mut stmt = conn.prepare(&sql)?;
-    // SQLite takes as many parameters as the highest one the statement names.
-    params.truncate(stmt.parameter_count());
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut rows = stmt.query(rusqlite::params![from, to])?;
 
     let calendars: BTreeMap<&str, &BusinessCalendar> = settings
         .calendars
@@ -316,8 +369,13 @@ pub(super) fn run(
         let first_owner = text(3)?.unwrap_or("(none)");
         let team = text(4)?;
         let segment = text(5)?.unwrap_or_default();
-        let region = text(6)?.unwrap_or("(none)");
-        let group = text(7)?.unwrap_or("(none)");
+        let facts = attributes.of(text(6)?);
+        let region = facts.region.as_deref().unwrap_or("(none)");
+        let group = match &query.group {
+            super::Grouping::Attribute(_) => facts.group.as_deref(),
+            _ => text(7)?,
+        }
+        .unwrap_or("(none)");
         let campaign = text(8)?.unwrap_or("(none)");
         let how = text(9)?.unwrap_or("score");
         let score: f64 = r.get(10)?;
@@ -330,7 +388,7 @@ pub(super) fn run(
         let went_overdue: bool = r.get(17)?;
         let reassigned = r.get::<_, i64>(18)? > 0;
         let reason = text(19)?.unwrap_or("(none)");
-        let checklist_filled: i64 = r.get(20)?;
+        let checklist_filled = facts.filled;
 
         let (open, working, rejected, converted) = (
             status == "Open",
@@ -886,6 +944,42 @@ mod tests {
         Option<u8>,
         u8,
     );
+
+    /// The attributes read in Rust are what SQLite's `json_extract` read before: the region
+    /// and a grouping attribute when text, and a checklist field filled unless missing, null
+    /// or empty, over texts of every kind of value.
+    #[test]
+    fn attributes_read_as_json_extract_reads_them() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let checklist = ["budget".to_string(), "auth\"ority".to_string()];
+        let texts = [
+            r#"{"region":"EMEA","budget":"yes"}"#,
+            r#"{"region":"","budget":"","authority":"CFO"}"#,
+            r#"{"region":7,"budget":0,"authority":false}"#,
+            r#"{"region":null,"budget":null,"authority":[1]}"#,
+            r#"{"region":{"a":1},"budget":{},"authority":"x","line":"BL1"}"#,
+            r#"{"line":"Ünïcode \" quoted","budget":true}"#,
+            r#"{}"#,
+        ];
+        for text in texts {
+            let (region, line, filled): (Option<String>, Option<String>, i64) = conn
+                .query_row(
+                    "SELECT CASE WHEN json_type(?1, '$.region') = 'text'
+                                 THEN json_extract(?1, '$.region') END,
+                            CASE WHEN json_type(?1, '$.\"line\"') = 'text'
+                                 THEN json_extract(?1, '$.\"line\"') END,
+                            (coalesce(json_extract(?1, '$.\"budget\"'), '') <> '')
+                              + (coalesce(json_extract(?1, '$.\"authority\"'), '') <> '')",
+                    [text],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            let facts = super::AttributeFacts::parse(text, Some("line"), &checklist);
+            assert_eq!(facts.region.as_deref(), region.as_deref(), "{text}");
+            assert_eq!(facts.group.as_deref(), line.as_deref(), "{text}");
+            assert_eq!(facts.filled, filled, "{text}");
+        }
+    }
 
     fn insert(store: &Store, rows: &[Row]) {
         let conn = store.connection();

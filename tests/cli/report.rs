@@ -110,6 +110,16 @@ fn every_figure_of_the_report_matches_the_history_worked_out_by_hand() {
         ])
     );
     assert_eq!(r["qualified_by"], json!([{"key": "score", "count": 7}]));
+    // An attribute grouping reads the attribute from each cycle's attributes.
+    let by_region = report_json(dir.path(), &["--by", "month", "--group", "region"]);
+    assert_eq!(
+        by_region["volume"],
+        json!([
+            {"period": "2026-11", "group": "EMEA", "mqls": 1, "people": 1},
+            {"period": "2026-11", "group": "NA", "mqls": 5, "people": 5},
+            {"period": "2026-12", "group": "NA", "mqls": 1, "people": 1},
+        ])
+    );
     // By the owner now: D went to R2 and F to R5 when they were reassigned. A took 3
     // business hours (Friday afternoon, Monday morning), B 3.5 (Thanksgiving skipped).
     assert_eq!(
