@@ -76,14 +76,39 @@ impl Period {
         let date = at.to_zoned(zone.clone()).date();
         match self {
             Period::Day => date.to_string(),
-            Period::Week => {
-                let week = date.iso_week_date();
-                format!("{:04}-W{:02}", week.year(), week.week())
-            }
+            Period::Week => IsoWeek::of_date(date).label(),
             Period::Month => format!("{:04}-{:02}", date.year(), date.month()),
             Period::Quarter => format!("{:04}-Q{}", date.year(), (date.month() - 1) / 3 + 1),
             Period::Year => format!("{:04}", date.year()),
         }
+    }
+}
+
+/// An ISO week: what `--by week` and what-if count by. Small and ordered, so a count keyed by
+/// it makes no text until the label is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct IsoWeek {
+    year: i16,
+    week: i8,
+}
+
+impl IsoWeek {
+    /// The week holding `at` in `zone`.
+    pub(crate) fn of(at: Timestamp, zone: &TimeZone) -> IsoWeek {
+        IsoWeek::of_date(zone.to_datetime(at).date())
+    }
+
+    fn of_date(date: jiff::civil::Date) -> IsoWeek {
+        let week = date.iso_week_date();
+        IsoWeek {
+            year: week.year(),
+            week: week.week(),
+        }
+    }
+
+    /// `2026-W10`.
+    pub(crate) fn label(self) -> String {
+        format!("{:04}-W{:02}", self.year, self.week)
     }
 }
 

@@ -43,7 +43,7 @@ use crate::store::blocks::PackedChange;
 use crate::store::{Store, StoreError};
 
 use super::changes::{Change, ChangeList};
-use super::{Settings, at_ns, ns};
+use super::{IsoWeek, Settings, at_ns, ns};
 
 /// The segment as attribute = value pairs: `region=EMEA`, `region=EMEA,team=SDR`, or
 /// `default` (the records that match everyone).
@@ -110,28 +110,6 @@ pub struct WhatIf {
 /// allocates (a CRM id is inline), so a replay that opens hundreds of thousands of cycles
 /// writes them where they are counted, with no text made per MQL.
 type Mqls = Vec<(IsoWeek, CrmId)>;
-
-/// The ISO week an MQL falls in, in the report's time zone: what the what-if counts by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct IsoWeek {
-    year: i16,
-    week: i8,
-}
-
-impl IsoWeek {
-    fn of(at: Timestamp, zone: &jiff::tz::TimeZone) -> IsoWeek {
-        let week = zone.to_datetime(at).date().iso_week_date();
-        IsoWeek {
-            year: week.year(),
-            week: week.week(),
-        }
-    }
-
-    /// `2026-W10`, as [`Period::Week`](super::Period::Week) labels it.
-    fn label(self) -> String {
-        format!("{:04}-W{:02}", self.year, self.week)
-    }
-}
 
 /// The MQLs the segment would have had in the query's range at the query's threshold: one
 /// replay of the store's history (the knob's feedback on threshold records), on this thread.
@@ -424,6 +402,18 @@ struct Unpacked {
 }
 
 impl Decoded {
+    /// The number of `lead` in the group, and whether it is new (numbered now, not settling).
+    fn number(&mut self, lead: i64) -> (u32, bool) {
+        if let Some(&i) = self.lead_index.get(&lead) {
+            return (i, false);
+        }
+        let i = self.leads.len() as u32;
+        self.lead_index.insert(lead, i);
+        self.leads.push(lead);
+        self.settles.push(false);
+        (i, true)
+    }
+
     /// Numbers `group`'s leads and unpacks its changes in arrival order, over the ranges of
     /// the history.
     fn fill(&mut self, history: &History, group: &Group) {
@@ -437,14 +427,9 @@ impl Decoded {
         let own_scores = history.settle && !matches!(history.source, ScoreSource::Account { .. });
         for &p in &group.people {
             let (facts, lead) = &history.people[p as usize];
-            match self.lead_index.get(lead) {
-                Some(&i) => self.settles[i as usize] = false,
-                None => {
-                    self.lead_index.insert(*lead, self.leads.len() as u32);
-                    self.leads.push(*lead);
-                    self.settles.push(own_scores && facts.account_id.is_none());
-                }
-            }
+            let (i, new) = self.number(*lead);
+            // A second person of the lead: it never settles.
+            self.settles[i as usize] = new && own_scores && facts.account_id.is_none();
         }
         let mut id = String::new();
         for changes in &group.changes {
@@ -462,16 +447,7 @@ impl Decoded {
                 i += 1;
                 self.ids.push_str(&id);
                 // Each change is of a lead of the group's people (`Scan::take`).
-                let lead = match self.lead_index.get(&change.map_lead_id) {
-                    Some(&lead) => lead,
-                    None => {
-                        let lead = self.leads.len() as u32;
-                        self.lead_index.insert(change.map_lead_id, lead);
-                        self.leads.push(change.map_lead_id);
-                        self.settles.push(false);
-                        lead
-                    }
-                };
+                let (lead, _) = self.number(change.map_lead_id);
                 self.changes.push(Unpacked {
                     lead,
                     at: change.at,
