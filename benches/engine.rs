@@ -243,9 +243,11 @@ fn qualify_phase() {
     } else {
         qualify_events()
     };
+    let before = rss_mib();
     let started = Instant::now();
     let decisions = timed_engine_loop(&mut state, &policy, &events);
     let secs = started.elapsed().as_secs_f64();
+    eprintln!("  grew {:.1} MiB", rss_mib() - before);
     report(
         "engine, account scoring and hand-raisers (10 % form fills)",
         secs,
@@ -284,6 +286,22 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 fn quiet_policy() -> Policy {
     let mut policy = Policy::example();
     policy.teams.clear();
@@ -295,9 +313,11 @@ fn engine_phase() {
     let mut state = EngineState::new();
     apply_all(&mut state, &policy, &setup());
     let events = score_events();
+    let before = rss_mib();
     let started = Instant::now();
     let decisions = timed_engine_loop(&mut state, &policy, &events);
     let secs = started.elapsed().as_secs_f64();
+    eprintln!("  grew {:.1} MiB", rss_mib() - before);
     report("engine alone", secs, decisions, &state);
     // The process exits next: freeing the state is no part of any figure (and would only
     // blur a profile of this phase).
