@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench engine` runs each phase in a child process of its own, so that the
 //! peak resident memory (VmHWM) it reports belongs to that phase alone. Run one phase with
-//! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`;
+//! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`, and alternate the first
+//! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 9) for the medians and their ratio;
 //! `MQLSYNC_BENCH_BATCH=10000` sets the events per store transaction (default 100,000).
 //!
 //! `qualify` (issue 15): the same people as contacts of 20,000 accounts (five each), account
@@ -247,7 +248,10 @@ fn qualify_phase() {
     let started = Instant::now();
     let decisions = timed_engine_loop(&mut state, &policy, &events);
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("  grew {:.1} MiB", rss_mib() - before);
+    eprintln!(
+        "  the timed loop grew the resident memory by {:.1} MiB",
+        rss_mib() - before
+    );
     report(
         "engine, account scoring and hand-raisers (10 % form fills)",
         secs,
@@ -270,30 +274,21 @@ fn qualify_phase() {
     std::mem::forget(state);
 }
 
+/// The peak resident memory (VmHWM) so far, in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status_mib("VmHWM:")
 }
 
+/// The resident memory (VmRSS) now, in MiB.
 fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A memory figure of `/proc/self/status`, in MiB (NaN where there is none).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
         .and_then(|l| {
             l.split_whitespace()
                 .nth(1)
@@ -317,7 +312,10 @@ fn engine_phase() {
     let started = Instant::now();
     let decisions = timed_engine_loop(&mut state, &policy, &events);
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("  grew {:.1} MiB", rss_mib() - before);
+    eprintln!(
+        "  the timed loop grew the resident memory by {:.1} MiB",
+        rss_mib() - before
+    );
     report("engine alone", secs, decisions, &state);
     // The process exits next: freeing the state is no part of any figure (and would only
     // blur a profile of this phase).
@@ -451,6 +449,66 @@ fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
     );
 }
 
+/// `-- rounds`: the `engine` and `qualify` phases alternately, each in a fresh process,
+/// `MQLSYNC_BENCH_ROUNDS` times (default 9), then the medians and their ratio: the issue 15
+/// figure. On a shared host one run of a phase moves by up to 2x from the next; a ratio of
+/// two single runs says little, the ratio of medians of alternating runs does.
+fn rounds() {
+    let n = std::env::var("MQLSYNC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(9);
+    let me = std::env::current_exe().unwrap();
+    let mut per_event: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut per_person: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..n {
+        for phase in ["engine", "qualify"] {
+            let out = std::process::Command::new(&me).arg(phase).output().unwrap();
+            assert!(out.status.success(), "{phase} phase failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            print!("{text}");
+            // "(0.52 us/event)" and "(3455 B a person"
+            let number_before = |marker: &str| -> f64 {
+                let end = text.find(marker).expect("the phase's report");
+                let start = text[..end].rfind('(').expect("a figure in brackets") + 1;
+                text[start..end].trim().parse().expect("a number")
+            };
+            per_event
+                .entry(phase)
+                .or_default()
+                .push(number_before(" us/event"));
+            per_person
+                .entry(phase)
+                .or_default()
+                .push(number_before(" B a person"));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        }
+    };
+    let (engine, qualify) = (
+        median(per_event.get_mut("engine").unwrap()),
+        median(per_event.get_mut("qualify").unwrap()),
+    );
+    let (engine_b, qualify_b) = (
+        median(per_person.get_mut("engine").unwrap()),
+        median(per_person.get_mut("qualify").unwrap()),
+    );
+    println!(
+        "{n} alternating rounds, medians: score only {engine:.2} us/event, {engine_b:.0} B a person; \
+         account scoring and hand-raisers {qualify:.2} us/event ({:.2}x), {qualify_b:.0} B a person ({:+.1} %)",
+        qualify / engine,
+        (qualify_b / engine_b - 1.0) * 100.0
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -470,6 +528,7 @@ fn main() {
             qualify_phase();
             std::process::exit(0)
         }
+        Some("rounds") => rounds(),
         _ => {
             let me = std::env::current_exe().unwrap();
             for phase in ["engine", "qualify", "store"] {

@@ -221,14 +221,24 @@ pub struct MapActivity {
 }
 
 impl MapActivity {
-    /// `Fill Out Form on Demo Request (activity 4711)`: how the audit names it.
+    /// `Fill Out Form on Demo Request (activity 4711)`: how the audit names it. Written into
+    /// one allocation of its length: most hand-raises held back write one.
     pub fn describe(&self) -> String {
-        let mut text = activity_kind(self.type_id);
-        if let Some(asset) = self.asset_name.as_ref().or(self.asset_id.as_ref()) {
+        let kind = activity_kind(self.type_id);
+        let asset = self.asset_name.as_deref().or(self.asset_id.as_deref());
+        let status = self.status.as_deref();
+        let len = kind.len()
+            + asset.map_or(0, |a| " on ".len() + a.len())
+            + status.map_or(0, |s| " to ".len() + s.len())
+            + " (activity )".len()
+            + self.activity_id.len();
+        let mut text = String::with_capacity(len);
+        text.push_str(&kind);
+        if let Some(asset) = asset {
             text.push_str(" on ");
             text.push_str(asset);
         }
-        if let Some(status) = &self.status {
+        if let Some(status) = status {
             text.push_str(" to ");
             text.push_str(status);
         }
@@ -274,11 +284,11 @@ impl HandRaise {
 }
 
 /// A MAP activity type as people name it.
-fn activity_kind(type_id: u32) -> String {
+fn activity_kind(type_id: u32) -> std::borrow::Cow<'static, str> {
     match type_id {
-        2 => "Fill Out Form".to_string(),
-        104 => "Change Status in Progression".to_string(),
-        other => format!("activity type {other}"),
+        2 => "Fill Out Form".into(),
+        104 => "Change Status in Progression".into(),
+        other => format!("activity type {other}").into(),
     }
 }
 
@@ -983,6 +993,31 @@ pub struct Decision {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    /// Each part of an activity named, in one allocation of exactly its length.
+    #[test]
+    fn an_activity_is_described_in_one_allocation() {
+        let mut activity = MapActivity {
+            map_lead_id: 7,
+            activity_id: "4711".into(),
+            type_id: 104,
+            asset_id: Some("1044".into()),
+            asset_name: Some("Webinar 2026".into()),
+            status: Some("Attended".into()),
+            campaign: None,
+            at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let described = activity.describe();
+        assert_eq!(
+            described,
+            "Change Status in Progression on Webinar 2026 to Attended (activity 4711)"
+        );
+        assert_eq!(described.capacity(), described.len());
+        (activity.type_id, activity.asset_name, activity.status) = (9, None, None);
+        let described = activity.describe();
+        assert_eq!(described, "activity type 9 on 1044 (activity 4711)");
+        assert_eq!(described.capacity(), described.len());
+    }
 
     use super::*;
 

@@ -128,7 +128,6 @@ pub struct HandRaiserRule {
 impl HandRaiserRule {
     /// Whether the activity is one this rule names (its type, asset and status).
     pub fn names(&self, activity: &MapActivity) -> bool {
-        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
         activity.type_id == self.activity_type_id
             && (self.assets.is_empty()
                 || self.assets.iter().any(|asset| {
@@ -154,6 +153,22 @@ impl HandRaiserRule {
         self.segment
             .iter()
             .all(|(k, v)| attributes.get(k).is_some_and(|a| a.eq_ignore_ascii_case(v)))
+    }
+}
+
+/// The same asset or status name, ignoring ASCII case and surrounding whitespace. Names
+/// that start and end with a printable ASCII character (nearly all) are compared as they are:
+/// trimming reads their ends as characters, every activity of the rule's type.
+fn same(a: &str, b: &str) -> bool {
+    let bare = |s: &str| {
+        let bytes = s.as_bytes();
+        bytes.first().is_none_or(u8::is_ascii_graphic)
+            && bytes.last().is_none_or(u8::is_ascii_graphic)
+    };
+    if bare(a) && bare(b) {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a.trim().eq_ignore_ascii_case(b.trim())
     }
 }
 
@@ -305,5 +320,33 @@ impl Policy {
             }],
             hand_raise_wait_for_link: day * 7,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::same;
+
+    proptest! {
+        /// The shortcut for bare names answers what trimming both answers, with ASCII and
+        /// Unicode whitespace (a no-break space) at either end or inside, and other letters.
+        #[test]
+        fn names_compare_as_trimmed_whatever_their_ends(
+            a in "[ \t\u{a0}aAbé1-]{0,6}",
+            b in "[ \t\u{a0}aAbé1-]{0,6}",
+        ) {
+            prop_assert_eq!(same(&a, &b), a.trim().eq_ignore_ascii_case(b.trim()));
+        }
+    }
+
+    #[test]
+    fn an_asset_name_matches_in_any_case_and_with_spaces_around() {
+        assert!(same("Demo Request", "demo request"));
+        assert!(same(" Demo Request\t", "DEMO REQUEST"));
+        assert!(same("\u{a0}Attended", "attended"));
+        assert!(!same("Demo Request", "Demo  Request"));
+        assert!(!same("1001", "Demo Request"));
     }
 }

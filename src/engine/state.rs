@@ -1053,8 +1053,11 @@ impl HandRaiseSeen {
                 true
             }
             _ => {
+                // The list kept for the instant before is reused: a lead that raises its hand
+                // again allocates nothing.
                 self.last_at = Some(activity.at);
-                self.ids_at_last = vec![activity.activity_id.clone()];
+                self.ids_at_last.clear();
+                self.ids_at_last.push(activity.activity_id.clone());
                 true
             }
         }
