@@ -994,6 +994,8 @@ pub struct Decision {
 mod tests {
     use proptest::prelude::*;
 
+    use super::*;
+
     /// Each part of an activity named, in one allocation of exactly its length.
     #[test]
     fn an_activity_is_described_in_one_allocation() {
@@ -1018,8 +1020,6 @@ mod tests {
         assert_eq!(described, "activity type 9 on 1044 (activity 4711)");
         assert_eq!(described.capacity(), described.len());
     }
-
-    use super::*;
 
     #[test]
     fn reasons_read_as_sentences() {

@@ -158,7 +158,7 @@ impl HandRaiserRule {
 
 /// The same asset or status name, ignoring ASCII case and surrounding whitespace. Names
 /// that start and end with a printable ASCII character (nearly all) are compared as they are:
-/// trimming reads their ends as characters, every activity of the rule's type.
+/// trimming decodes their ends as characters, for every activity of the rule's type.
 fn same(a: &str, b: &str) -> bool {
     let bare = |s: &str| {
         let bytes = s.as_bytes();

@@ -550,7 +550,7 @@ const BLOCK: usize = 8;
 /// added takes the next place of the newest block, or a new block, and a block goes when the
 /// last of its changes is forgotten. A ring that doubles (a `VecDeque`) copies every change
 /// at each doubling and leaves the old buffer behind, fresh memory the next ring of that size
-/// may never reuse; in the engine bench that was a tenth of account scoring's time. The
+/// may never reuse; in the engine bench's account run that was about a seventh of its samples. The
 /// newest block is held here, not in the list of full ones, so that adding a change in time
 /// order follows no pointer but the block's. Indexed as a `VecDeque` is (0: the oldest).
 #[derive(Clone, Debug, Default)]
