@@ -745,6 +745,7 @@ fn hand_raise(
     };
     let described = activity.describe();
     if let Some(why) = why {
+        remember_account_hold(state, policy, slot, &why);
         let reason = Reason::HandRaiseHeld {
             rule: rule.name.clone(),
             activity: described,
@@ -1033,6 +1034,13 @@ fn account_quiet_above(state: &EngineState, person: &PersonState, account: Optio
             .open_cycle()
             .is_some_and(|open| open.external_id == *external_id)
     };
+    // The account's open cycle as remembered since its epoch last moved.
+    if let Some(remembered) = account
+        .filter(|_| !state.no_shortcuts)
+        .and_then(|a| state.account_scores.open_cycle_id(a))
+    {
+        return remembered == external_id;
+    }
     if let Some(holder) = account
         .filter(|_| !state.no_shortcuts)
         .and_then(|a| state.account_scores.opened_last(a))
@@ -1109,6 +1117,47 @@ fn account_open_cycle<'a>(
         .find_map(|other| other.open_cycle())
 }
 
+/// The id of [`account_open_cycle`]: remembered beside the account's record while its epoch
+/// holds (see [`remember_account_hold`]), else found.
+fn account_open_cycle_id(
+    state: &EngineState,
+    policy: &Policy,
+    person: &PersonState,
+    facts: &PersonFacts,
+) -> Option<compact_str::CompactString> {
+    if !matches!(policy.score, ScoreSource::Account { .. }) {
+        return None;
+    }
+    if !state.no_shortcuts
+        && let Some(slot) = state.person_account(person)
+        && let Some(id) = state.account_scores.open_cycle_id(slot)
+    {
+        return Some(id.clone());
+    }
+    account_open_cycle(state, policy, person, facts).map(|open| open.external_id.as_str().into())
+}
+
+/// After the person in `slot` was found held by `why`: when that is the open cycle of
+/// another person of their account, the account remembers its id, so that the next hold
+/// of its people reads neither the holder nor the cycle.
+fn remember_account_hold(state: &mut EngineState, policy: &Policy, slot: u32, why: &Reason) {
+    let Reason::OpenCycle { external_id } = why else {
+        return;
+    };
+    if state.no_shortcuts || !matches!(policy.score, ScoreSource::Account { .. }) {
+        return;
+    }
+    let person = state.persons.at(slot);
+    if person.open_cycle().is_some() {
+        return;
+    }
+    if let Some(account) = state.person_account(person) {
+        state
+            .account_scores
+            .remember_open_cycle(account, external_id);
+    }
+}
+
 /// What holds back a person who meets the threshold (or raised their hand) at `at`: rules 3
 /// and 4 of the contract (an open cycle, an exclusion) and a cool-down after a rejection.
 fn held(
@@ -1118,13 +1167,13 @@ fn held(
     facts: &PersonFacts,
     at: Timestamp,
 ) -> Option<Reason> {
-    if let Some(open) = person
-        .open_cycle()
-        .or_else(|| account_open_cycle(state, policy, person, facts))
-    {
+    if let Some(open) = person.open_cycle() {
         return Some(Reason::OpenCycle {
             external_id: open.external_id.as_str().into(),
         });
+    }
+    if let Some(external_id) = account_open_cycle_id(state, policy, person, facts) {
+        return Some(Reason::OpenCycle { external_id });
     }
     if let Some((until, outcome)) = person.cooldown.as_deref().copied()
         && at < until
@@ -1323,9 +1372,14 @@ fn evaluate_at(
         }
         _ => 0,
     };
-    if person.last_hold.as_deref() != Some(&reason) {
+    let changed = person.last_hold.as_deref() != Some(&reason);
+    if changed {
         person.last_hold = Some(Box::new(reason.clone()));
         state.touch_person(slot);
+    }
+    // After the touch, which may move the account's epoch.
+    remember_account_hold(state, policy, slot, &reason);
+    if changed {
         record(out, at, state.persons.id(slot), reason);
     }
 }
@@ -1445,6 +1499,16 @@ fn open_cycle(
         state.account_scores.opened(account, slot);
     }
     state.touch_person(slot);
+    // Its id, remembered once the opening moved the account's epoch: the account's other
+    // people's holds name it without reading this person.
+    if cycle.account_id.is_some()
+        && !state.no_shortcuts
+        && let Some(account) = state.person_account(state.persons.at(slot))
+    {
+        state
+            .account_scores
+            .remember_open_cycle(account, &external_id);
+    }
     state.cycle_owner.insert(external_id.clone(), slot);
     state.dirty.cycles.push(external_id.clone());
     out.push(Decision {

@@ -910,6 +910,9 @@ pub struct AccountScores {
     index: FastMap<CrmId, u32>,
     ids: Vec<CrmId>,
     records: Vec<AccountScore>,
+    /// Beside each record: the id of the account's open cycle as last found, and the
+    /// account's epoch then ([`AccountScores::open_cycle_id`]).
+    open_ids: Vec<Option<(u32, compact_str::CompactString)>>,
 }
 
 impl AccountScores {
@@ -934,6 +937,7 @@ impl AccountScores {
         self.index.insert(id.clone(), slot);
         self.ids.push(id.clone());
         self.records.push(AccountScore::default());
+        self.open_ids.push(None);
         slot
     }
 
@@ -982,6 +986,30 @@ impl AccountScores {
     /// The account in `slot` may have more than one open cycle now: no hint.
     pub(crate) fn crowded(&mut self, slot: u32) {
         self.records[slot as usize].opened_last = AccountScore::NO_HINT;
+    }
+
+    /// Remembers that the account in `slot` has the open cycle `external_id` as it stands:
+    /// until its epoch moves (a person of the account with a cycle changed, or one left),
+    /// [`AccountScores::open_cycle_id`] answers without reading the holder. Not remembered
+    /// for an account that may have two (no hint).
+    pub(crate) fn remember_open_cycle(&mut self, slot: u32, external_id: &str) {
+        let record = &self.records[slot as usize];
+        self.open_ids[slot as usize] = (record.opened_last != AccountScore::NO_HINT)
+            .then(|| (record.epoch, external_id.into()));
+    }
+
+    /// The id of the account's open cycle, if remembered since the account's epoch last
+    /// moved: what a hold names without reading the holder's record, its cycles and the id.
+    pub(crate) fn open_cycle_id(&self, slot: u32) -> Option<&compact_str::CompactString> {
+        let record = &self.records[slot as usize];
+        match &self.open_ids[slot as usize] {
+            Some((epoch, id))
+                if *epoch == record.epoch && record.opened_last != AccountScore::NO_HINT =>
+            {
+                Some(id)
+            }
+            _ => None,
+        }
     }
 
     /// The person of the account in `slot` whose cycle opened last, when that says where
