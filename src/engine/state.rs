@@ -953,10 +953,12 @@ impl AccountScores {
         &self.records[slot as usize]
     }
 
-    /// Sets an account's score, adding it when new.
+    /// Sets an account's score, adding it when new. Its epoch starts over with it: the open
+    /// cycle remembered for the old record is forgotten.
     pub fn insert(&mut self, id: CrmId, score: AccountScore) {
         let slot = self.slot_or_insert(&id);
         self.records[slot as usize] = score;
+        self.open_ids[slot as usize] = None;
     }
 
     /// Adds `delta` points at `at` to the account in `slot`, listing it for the store once,
