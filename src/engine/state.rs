@@ -573,12 +573,15 @@ impl ChangeBlocks {
         self.len == 0
     }
 
-    /// The block and the place in it of the change `i` (or of the next one to add).
-    fn block(&self, i: usize) -> (Option<&[AccountChange; BLOCK]>, usize) {
+    /// Where the change `i` is: the index of its full block (`None`: the newest block) and
+    /// its place in that block.
+    fn locate(&self, i: usize) -> (Option<usize>, usize) {
         let j = self.head as usize + i;
-        match self.full.get(j / BLOCK) {
-            Some(block) => (Some(block), j % BLOCK),
-            None => (self.newest.as_deref(), j - self.full.len() * BLOCK),
+        let full = self.full.len() * BLOCK;
+        if j < full {
+            (Some(j / BLOCK), j % BLOCK)
+        } else {
+            (None, j - full)
         }
     }
 
@@ -586,8 +589,10 @@ impl ChangeBlocks {
         if i >= self.len() {
             return None;
         }
-        let (block, place) = self.block(i);
-        block.map(|b| &b[place])
+        match self.locate(i) {
+            (Some(block), place) => Some(&self.full[block][place]),
+            (None, place) => self.newest.as_deref().map(|b| &b[place]),
+        }
     }
 
     fn front(&self) -> Option<&AccountChange> {
@@ -599,7 +604,7 @@ impl ChangeBlocks {
     }
 
     fn push_back(&mut self, change: AccountChange) {
-        let place = self.head as usize + self.len() - self.full.len() * BLOCK;
+        let (_, place) = self.locate(self.len());
         match &mut self.newest {
             Some(newest) if place < BLOCK => newest[place] = change,
             _ => {
@@ -678,11 +683,9 @@ impl std::ops::Index<usize> for ChangeBlocks {
 impl std::ops::IndexMut<usize> for ChangeBlocks {
     fn index_mut(&mut self, i: usize) -> &mut AccountChange {
         assert!(i < self.len(), "a change kept");
-        let j = self.head as usize + i;
-        let full = self.full.len() * BLOCK;
-        match self.newest.as_deref_mut() {
-            Some(newest) if j >= full => &mut newest[j - full],
-            _ => &mut self.full[j / BLOCK][j % BLOCK],
+        match self.locate(i) {
+            (Some(block), place) => &mut self.full[block][place],
+            (None, place) => &mut self.newest.as_deref_mut().expect("a change kept")[place],
         }
     }
 }
