@@ -537,7 +537,12 @@ fn on_score(
     out: &mut Vec<Decision>,
 ) {
     let window = CacheWindow::of(state);
-    let lead_slot = state.map_leads.slot_or_insert(change.map_lead_id);
+    let (lead_slot, account_hint) = state.map_leads.slot_and_account_hint(change.map_lead_id);
+    if let Some(account) = account_hint
+        && matches!(ctx.policy.score, ScoreSource::Account { .. })
+    {
+        state.account_scores.warm(account);
+    }
     let lead = state.map_leads.at_mut(lead_slot);
     let before = lead.scores.total;
     if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
@@ -552,7 +557,15 @@ fn on_score(
     }
     if let ScoreSource::Account { window: span } = ctx.policy.score {
         let delta = change.new_value - change.old_value.or(before).unwrap_or(0.0);
-        if on_account_score(state, ctx.policy, window, change, lead_slot, delta, span) {
+        if on_account_score(
+            state,
+            ctx.policy,
+            window,
+            change,
+            (lead_slot, account_hint),
+            delta,
+            span,
+        ) {
             return;
         }
     }
@@ -911,7 +924,7 @@ fn on_account_score(
     policy: &Policy,
     window: CacheWindow,
     change: &ScoreChange,
-    lead_slot: u32,
+    (lead_slot, account_hint): (u32, Option<u32>),
     delta: f64,
     span: jiff::SignedDuration,
 ) -> bool {
@@ -924,6 +937,9 @@ fn on_account_score(
     } else {
         lead_account(state, lead_slot, change.map_lead_id)
     };
+    if account != account_hint {
+        state.map_leads.hint_account(change.map_lead_id, account);
+    }
     let score = account.map(|slot| {
         state
             .account_scores
