@@ -6,6 +6,10 @@
 //! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`, and alternate the first
 //! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 9) for the medians and their ratio;
 //! `MQLSYNC_BENCH_BATCH=10000` sets the events per store transaction (default 100,000).
+//! `MQLSYNC_BENCH_NO_THP=1` turns transparent huge pages off, as the daemon does
+//! (`fit_in_a_sidecar` in `src/main.rs`); `run --once` keeps them, and so does the bench by
+//! default. Each phase prints on stderr what its timed loop cost besides its wall time: the
+//! resident memory it grew, its user and system CPU, its page faults.
 //!
 //! `qualify` (issue 15): the same people as contacts of 20,000 accounts (five each), account
 //! scoring on (30 days) and the example policy's Demo Request hand-raiser rule; a tenth of the
@@ -277,18 +281,19 @@ fn measured_loop(state: &mut EngineState, policy: &Policy, events: &[Event]) -> 
     let started = Instant::now();
     let decisions = timed_engine_loop(state, policy, events);
     let secs = started.elapsed().as_secs_f64();
-    let (user, system) = cpu_secs();
+    let (user, system, faults) = cpu_secs();
     eprintln!(
-        "  the timed loop grew the resident memory by {:.1} MiB; CPU {:.2} s user, {:.2} s system",
+        "  the timed loop grew the resident memory by {:.1} MiB; CPU {:.2} s user, {:.2} s system; {} page faults",
         rss_mib() - before,
         user - cpu_before.0,
-        system - cpu_before.1
+        system - cpu_before.1,
+        faults - cpu_before.2
     );
     (secs, decisions)
 }
 
-/// This process's CPU time so far: (user, system), in seconds.
-fn cpu_secs() -> (f64, f64) {
+/// This process's CPU time so far (user, system, in seconds) and its page faults.
+fn cpu_secs() -> (f64, f64, i64) {
     // SAFETY: getrusage writes the struct it is given and reads nothing else.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -296,7 +301,11 @@ fn cpu_secs() -> (f64, f64) {
         usage
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(usage.ru_utime), secs(usage.ru_stime))
+    (
+        secs(usage.ru_utime),
+        secs(usage.ru_stime),
+        usage.ru_minflt + usage.ru_majflt,
+    )
 }
 
 /// The peak resident memory (VmHWM) so far, in MiB.
@@ -480,6 +489,9 @@ fn rounds() {
     let me = std::env::current_exe().unwrap();
     let mut per_event: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut per_person: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // The timed loop's user and system CPU seconds, from the phase's stderr.
+    let mut user: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut system: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..n {
         for phase in ["engine", "qualify"] {
             let out = std::process::Command::new(&me).arg(phase).output().unwrap();
@@ -500,6 +512,20 @@ fn rounds() {
                 .entry(phase)
                 .or_default()
                 .push(number_before(" B a person"));
+            // "CPU 0.58 s user, 0.15 s system"
+            let cpu = String::from_utf8_lossy(&out.stderr);
+            let seconds_before = |marker: &str| -> f64 {
+                let end = cpu.find(marker).expect("the loop's CPU line");
+                let start = cpu[..end].rfind(' ').expect("a figure") + 1;
+                cpu[start..end].parse().expect("a number")
+            };
+            user.entry(phase)
+                .or_default()
+                .push(seconds_before(" s user"));
+            system
+                .entry(phase)
+                .or_default()
+                .push(seconds_before(" s system"));
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -525,9 +551,27 @@ fn rounds() {
         qualify / engine,
         (qualify_b / engine_b - 1.0) * 100.0
     );
+    // The wall time holds the kernel's page faults, whose cost on a VM moves with the host:
+    // the user CPU time is the engine's own work, the system time the faults.
+    let engine_user = median(user.get_mut("engine").unwrap());
+    let qualify_user = median(user.get_mut("qualify").unwrap());
+    let engine_system = median(system.get_mut("engine").unwrap());
+    let qualify_system = median(system.get_mut("qualify").unwrap());
+    println!(
+        "  the timed loop's CPU, medians: user {engine_user:.2} s against {qualify_user:.2} s ({:.2}x), \
+         system {engine_system:.2} s against {qualify_system:.2} s",
+        qualify_user / engine_user
+    );
 }
 
 fn main() {
+    if std::env::var("MQLSYNC_BENCH_NO_THP").is_ok_and(|v| v == "1") {
+        // SAFETY: as in src/main.rs's fit_in_a_sidecar: plain integers, this process's
+        // page-fault policy only.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -655,9 +655,10 @@ fn on_activity(
     activity: &MapActivity,
     out: &mut Vec<Decision>,
 ) {
-    let Some(rule) = ctx.policy.hand_raisers.iter().find(|r| r.names(activity)) else {
+    let Some(named) = ctx.policy.hand_raisers.iter().position(|r| r.names(activity)) else {
         return;
     };
+    let rule = &ctx.policy.hand_raisers[named];
     let lead = state.map_leads.get_or_default(activity.map_lead_id);
     if !lead.hand_raise.get_or_insert_default().first_time(activity) {
         return;
@@ -684,7 +685,7 @@ fn on_activity(
         record(out, activity.at, &format!("map:{map_lead_id}"), reason);
         return;
     };
-    hand_raise(state, ctx, slot, activity, activity.at, out);
+    hand_raise(state, ctx, slot, (activity, named), activity.at, out);
 }
 
 /// The hand-raise waiting for this person's MAP lead to be linked (or for the person's CRM
@@ -712,28 +713,32 @@ fn waiting_hand_raise(
     if let Some(lead) = state.map_leads.get_mut(&lead_id) {
         lead.mark_dirty(lead_id, &mut state.dirty);
     }
+    // The policy may have changed since it waited: a rule must still name it.
+    let Some(named) = ctx.policy.hand_raisers.iter().position(|r| r.names(&activity)) else {
+        return;
+    };
     if at.duration_since(activity.at) > ctx.policy.hand_raise_wait_for_link {
-        if let Some(rule) = ctx.policy.hand_raisers.iter().find(|r| r.names(&activity)) {
-            let reason = Reason::HandRaiseExpired {
-                rule: rule.name.clone(),
-                activity: activity.describe(),
-                linked_at: at,
-            };
-            record(out, at, state.persons.id(slot), reason);
-        }
+        let reason = Reason::HandRaiseExpired {
+            rule: ctx.policy.hand_raisers[named].name.clone(),
+            activity: activity.describe(),
+            linked_at: at,
+        };
+        record(out, at, state.persons.id(slot), reason);
         return;
     }
-    hand_raise(state, ctx, slot, &activity, at.max(activity.at), out);
+    hand_raise(state, ctx, slot, (&activity, named), at.max(activity.at), out);
 }
 
 /// A hand-raise of the person in `slot`, decided at `at`: a cycle opens whatever the score,
-/// unless the rule does not cover the person's segment (nothing happens) or something holds
-/// them (recorded, with what).
+/// unless no rule that names the activity covers the person's segment (nothing happens) or
+/// something holds them (recorded, with what). `named`: the first of the policy's rules that
+/// names the activity (the caller found it), so that only the rules after it are matched
+/// against the activity again.
 fn hand_raise(
     state: &mut EngineState,
     ctx: &Context<'_>,
     slot: u32,
-    activity: &MapActivity,
+    (activity, named): (&MapActivity, usize),
     at: Timestamp,
     out: &mut Vec<Decision>,
 ) {
@@ -741,11 +746,15 @@ fn hand_raise(
     let Some(facts) = state.persons.at(slot).facts.as_deref() else {
         return;
     };
-    let Some(rule): Option<&HandRaiserRule> = policy
-        .hand_raisers
-        .iter()
-        .find(|r| r.names(activity) && r.covers(&facts.attributes))
-    else {
+    let rules = &policy.hand_raisers;
+    let rule: Option<&HandRaiserRule> = if rules[named].covers(&facts.attributes) {
+        Some(&rules[named])
+    } else {
+        rules[named + 1..]
+            .iter()
+            .find(|r| r.names(activity) && r.covers(&facts.attributes))
+    };
+    let Some(rule) = rule else {
         return;
     };
     let resolution = resolve_at(state, policy, slot, at);

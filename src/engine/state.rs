@@ -1123,9 +1123,11 @@ impl HandRaiseSeen {
             }
             _ => {
                 // The list kept for the instant before is reused: a lead that raises its hand
-                // again allocates nothing.
+                // again allocates nothing. A new one holds one id, not the four a first push
+                // makes room for: most instants have one, and a hand-raiser keeps its list.
                 self.last_at = Some(activity.at);
                 self.ids_at_last.clear();
+                self.ids_at_last.reserve_exact(1);
                 self.ids_at_last.push(activity.activity_id.clone());
                 true
             }
@@ -1639,6 +1641,30 @@ mod tests {
         assert_eq!(agenda.pop_due(at("2027-01-01T00:00:00Z")), None);
         assert_eq!(agenda.next_at(), None);
     }
+
+    /// A lead's first hand-raise keeps room for its one id, not four; a second at the same
+    /// instant is remembered too, and a replay of either is not applied again.
+    #[test]
+    fn a_first_hand_raise_keeps_room_for_one_id() {
+        let at = "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap();
+        let activity = |id: &str| MapActivity {
+            map_lead_id: 7,
+            activity_id: id.into(),
+            type_id: 2,
+            asset_id: Some("1001".into()),
+            asset_name: Some("Demo Request".into()),
+            status: None,
+            campaign: None,
+            at,
+        };
+        let mut seen = HandRaiseSeen::default();
+        assert!(seen.first_time(&activity("4711")));
+        assert_eq!(seen.ids_at_last.capacity(), 1);
+        assert!(seen.first_time(&activity("4712")));
+        assert!(!seen.first_time(&activity("4711")));
+        assert!(!seen.first_time(&activity("4712")));
+        assert_eq!(seen.ids_at_last, ["4711", "4712"]);
+    }
 }
 
 #[cfg(test)]
@@ -1647,8 +1673,8 @@ mod account_score_tests {
     use jiff::SignedDuration;
     use proptest::prelude::*;
 
-    /// Two cache lines: what a score change in time order reads is the record and the
-    /// newest block's next place.
+    /// Four cache lines, the newest block among them: what a score change in time order
+    /// reads and writes is the record alone, asked for at once.
     #[test]
     fn an_account_score_is_four_cache_lines() {
         assert_eq!(std::mem::size_of::<AccountScore>(), 256);

@@ -1605,6 +1605,28 @@ fn a_hand_raiser_rule_limited_to_a_segment_passes_over_everyone_else() {
 }
 
 #[test]
+fn of_two_rules_naming_one_form_the_first_that_covers_the_person_qualifies_them() {
+    let mut h = Harness::new();
+    let everyone = h.policy.hand_raisers[0].clone();
+    let mut emea = everyone.clone();
+    emea.name = "Demo Request (EMEA)".into();
+    emea.segment = BTreeMap::from([("region".into(), "EMEA".into())]);
+    h.policy.hand_raisers = vec![emea, everyone];
+    h.lead("00QA", 1);
+    h.apply(Event::Person(person("00QE", "emea", at(0))));
+    h.apply(link(2, "00QE", at(0)));
+    let rule_of = |out: &[Decision]| {
+        let cycles = opened(out);
+        assert_eq!(cycles.len(), 1, "{out:#?}");
+        cycles[0].hand_raise.as_ref().unwrap().rule.clone()
+    };
+    let out = h.apply(form_fill(1, "act1", "Demo Request", at(10)));
+    assert_eq!(rule_of(&out), "Demo Request");
+    let out = h.apply(form_fill(2, "act2", "Demo Request", at(10)));
+    assert_eq!(rule_of(&out), "Demo Request (EMEA)");
+}
+
+#[test]
 fn a_program_status_rule_names_the_program_and_the_status_by_name_or_id() {
     let mut h = Harness::new();
     h.policy.hand_raisers = vec![super::policy::HandRaiserRule {
