@@ -537,12 +537,17 @@ fn on_score(
     out: &mut Vec<Decision>,
 ) {
     let window = CacheWindow::of(state);
-    let (lead_slot, account_hint) = state.map_leads.slot_and_account_hint(change.map_lead_id);
-    if let Some(account) = account_hint
-        && matches!(ctx.policy.score, ScoreSource::Account { .. })
-    {
-        state.account_scores.warm(account);
-    }
+    // Under account scoring, the account's record is asked for before the lead's is read
+    // (see `AccountScores::warm`); otherwise the lead's slot is all there is to find.
+    let (lead_slot, account_hint) = if matches!(ctx.policy.score, ScoreSource::Account { .. }) {
+        let (slot, hint) = state.map_leads.slot_and_account_hint(change.map_lead_id);
+        if let Some(account) = hint {
+            state.account_scores.warm(account);
+        }
+        (slot, hint)
+    } else {
+        (state.map_leads.slot_or_insert(change.map_lead_id), None)
+    };
     let lead = state.map_leads.at_mut(lead_slot);
     let before = lead.scores.total;
     if !apply_score(lead, ctx, change, &mut state.unsaved_scores) {
@@ -655,7 +660,12 @@ fn on_activity(
     activity: &MapActivity,
     out: &mut Vec<Decision>,
 ) {
-    let Some(named) = ctx.policy.hand_raisers.iter().position(|r| r.names(activity)) else {
+    let Some(named) = ctx
+        .policy
+        .hand_raisers
+        .iter()
+        .position(|r| r.names(activity))
+    else {
         return;
     };
     let rule = &ctx.policy.hand_raisers[named];
@@ -714,7 +724,12 @@ fn waiting_hand_raise(
         lead.mark_dirty(lead_id, &mut state.dirty);
     }
     // The policy may have changed since it waited: a rule must still name it.
-    let Some(named) = ctx.policy.hand_raisers.iter().position(|r| r.names(&activity)) else {
+    let Some(named) = ctx
+        .policy
+        .hand_raisers
+        .iter()
+        .position(|r| r.names(&activity))
+    else {
         return;
     };
     if at.duration_since(activity.at) > ctx.policy.hand_raise_wait_for_link {
@@ -726,7 +741,14 @@ fn waiting_hand_raise(
         record(out, at, state.persons.id(slot), reason);
         return;
     }
-    hand_raise(state, ctx, slot, (&activity, named), at.max(activity.at), out);
+    hand_raise(
+        state,
+        ctx,
+        slot,
+        (&activity, named),
+        at.max(activity.at),
+        out,
+    );
 }
 
 /// A hand-raise of the person in `slot`, decided at `at`: a cycle opens whatever the score,

@@ -1190,7 +1190,10 @@ impl MapLeads {
     /// The slot of the lead, added empty when new: what the hot path holds instead of
     /// looking the id up again (leads are never removed, so a slot stays the lead's).
     pub(crate) fn slot_or_insert(&mut self, id: i64) -> u32 {
-        self.slot_and_account_hint(id).0
+        match self.index.get(&id) {
+            Some(e) => e.slot,
+            None => self.insert_new(id),
+        }
     }
 
     /// [`MapLeads::slot_or_insert`], and the account slot last hinted for the lead
@@ -1201,18 +1204,21 @@ impl MapLeads {
                 e.slot,
                 Some(e.account).filter(|a| *a != IndexEntry::NO_ACCOUNT),
             ),
-            None => {
-                let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 MAP leads");
-                let entry = IndexEntry {
-                    slot,
-                    account: IndexEntry::NO_ACCOUNT,
-                };
-                self.index.insert(id, entry);
-                self.ids.push(id);
-                self.records.push(MapLeadState::default());
-                (slot, None)
-            }
+            None => (self.insert_new(id), None),
         }
+    }
+
+    /// Adds the lead `id`, which is not in the index, empty.
+    fn insert_new(&mut self, id: i64) -> u32 {
+        let slot = u32::try_from(self.records.len()).expect("fewer than 2^32 MAP leads");
+        let entry = IndexEntry {
+            slot,
+            account: IndexEntry::NO_ACCOUNT,
+        };
+        self.index.insert(id, entry);
+        self.ids.push(id);
+        self.records.push(MapLeadState::default());
+        slot
     }
 
     /// Notes that score changes of the lead `id` add their points to the account in
