@@ -272,16 +272,16 @@ fn qualify_phase() {
 }
 
 /// [`timed_engine_loop`] with its wall time, and on stderr what it cost besides: the resident
-/// memory it grew and the CPU time in the kernel. On a VM a page touched for the first time
-/// costs a fault the host backs (about 4 ms a MiB on the machine the README's figures come
-/// from), so a phase that keeps more fresh memory pays for it in system time, not in its
-/// own instructions.
+/// memory it grew, its user and system CPU time and its page faults. On a VM a page touched for
+/// the first time may cost a fault the host backs as it happens (with transparent huge pages,
+/// up to 0.15 s of a loop's system time on the machine of the README's figures), so a phase
+/// that keeps more fresh memory pays in system time, not in its own instructions.
 fn measured_loop(state: &mut EngineState, policy: &Policy, events: &[Event]) -> (f64, usize) {
-    let (before, cpu_before) = (rss_mib(), cpu_secs());
+    let (before, cpu_before) = (rss_mib(), usage_so_far());
     let started = Instant::now();
     let decisions = timed_engine_loop(state, policy, events);
     let secs = started.elapsed().as_secs_f64();
-    let (user, system, faults) = cpu_secs();
+    let (user, system, faults) = usage_so_far();
     eprintln!(
         "  the timed loop grew the resident memory by {:.1} MiB; CPU {:.2} s user, {:.2} s system; {} page faults",
         rss_mib() - before,
@@ -293,7 +293,7 @@ fn measured_loop(state: &mut EngineState, policy: &Policy, events: &[Event]) -> 
 }
 
 /// This process's CPU time so far (user, system, in seconds) and its page faults.
-fn cpu_secs() -> (f64, f64, i64) {
+fn usage_so_far() -> (f64, f64, i64) {
     // SAFETY: getrusage writes the struct it is given and reads nothing else.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -487,48 +487,32 @@ fn rounds() {
         .filter(|&n| n > 0)
         .unwrap_or(9);
     let me = std::env::current_exe().unwrap();
-    let mut per_event: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut per_person: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    // The timed loop's user and system CPU seconds, from the phase's stderr.
-    let mut user: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut system: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // Each phase's runs, by figure: per event and a person (its report on stdout), the timed
+    // loop's user and system CPU seconds (its line on stderr).
+    let mut runs: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
     for _ in 0..n {
         for phase in ["engine", "qualify"] {
             let out = std::process::Command::new(&me).arg(phase).output().unwrap();
             assert!(out.status.success(), "{phase} phase failed");
-            let text = String::from_utf8_lossy(&out.stdout);
-            print!("{text}");
-            // "(0.52 us/event)" and "(3455 B a person"
-            let number_before = |marker: &str| -> f64 {
-                let end = text.find(marker).expect("the phase's report");
-                let start = text[..end].rfind('(').expect("a figure in brackets") + 1;
-                text[start..end].trim().parse().expect("a number")
-            };
-            per_event
-                .entry(phase)
-                .or_default()
-                .push(number_before(" us/event"));
-            per_person
-                .entry(phase)
-                .or_default()
-                .push(number_before(" B a person"));
-            // "CPU 0.58 s user, 0.15 s system"
+            let report = String::from_utf8_lossy(&out.stdout);
+            print!("{report}");
             let cpu = String::from_utf8_lossy(&out.stderr);
-            let seconds_before = |marker: &str| -> f64 {
-                let end = cpu.find(marker).expect("the loop's CPU line");
-                let start = cpu[..end].rfind(' ').expect("a figure") + 1;
-                cpu[start..end].parse().expect("a number")
-            };
-            user.entry(phase)
-                .or_default()
-                .push(seconds_before(" s user"));
-            system
-                .entry(phase)
-                .or_default()
-                .push(seconds_before(" s system"));
+            // "(0.52 us/event)", "(3455 B a person"; "CPU 0.58 s user, 0.15 s system"
+            for (text, figure, opening) in [
+                (&report, " us/event", '('),
+                (&report, " B a person", '('),
+                (&cpu, " s user", ' '),
+                (&cpu, " s system", ' '),
+            ] {
+                let end = text.find(figure).expect("the phase's figure");
+                let start = text[..end].rfind(opening).expect("a number before it") + 1;
+                let value = text[start..end].trim().parse().expect("a number");
+                runs.entry((figure, phase)).or_default().push(value);
+            }
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    let mut median = |figure: &'static str, phase: &'static str| {
+        let v = runs.get_mut(&(figure, phase)).expect("runs of the phase");
         v.sort_by(f64::total_cmp);
         let mid = v.len() / 2;
         if v.len() % 2 == 1 {
@@ -538,12 +522,12 @@ fn rounds() {
         }
     };
     let (engine, qualify) = (
-        median(per_event.get_mut("engine").unwrap()),
-        median(per_event.get_mut("qualify").unwrap()),
+        median(" us/event", "engine"),
+        median(" us/event", "qualify"),
     );
     let (engine_b, qualify_b) = (
-        median(per_person.get_mut("engine").unwrap()),
-        median(per_person.get_mut("qualify").unwrap()),
+        median(" B a person", "engine"),
+        median(" B a person", "qualify"),
     );
     println!(
         "{n} alternating rounds, medians: score only {engine:.2} us/event, {engine_b:.0} B a person; \
@@ -553,10 +537,11 @@ fn rounds() {
     );
     // The wall time holds the kernel's page faults, whose cost on a VM moves with the host:
     // the user CPU time is the engine's own work, the system time the faults.
-    let engine_user = median(user.get_mut("engine").unwrap());
-    let qualify_user = median(user.get_mut("qualify").unwrap());
-    let engine_system = median(system.get_mut("engine").unwrap());
-    let qualify_system = median(system.get_mut("qualify").unwrap());
+    let (engine_user, qualify_user) = (median(" s user", "engine"), median(" s user", "qualify"));
+    let (engine_system, qualify_system) = (
+        median(" s system", "engine"),
+        median(" s system", "qualify"),
+    );
     println!(
         "  the timed loop's CPU, medians: user {engine_user:.2} s against {qualify_user:.2} s ({:.2}x), \
          system {engine_system:.2} s against {qualify_system:.2} s",
