@@ -156,6 +156,30 @@ impl HandRaiserRule {
     }
 }
 
+impl Policy {
+    /// The first hand-raiser rule that names the activity (its index), whatever the person.
+    pub fn hand_raiser_naming(&self, activity: &MapActivity) -> Option<usize> {
+        self.hand_raisers.iter().position(|r| r.names(activity))
+    }
+
+    /// The rule a hand-raise of a person with these attributes acts under: the first that
+    /// names the activity and covers them. `named` is [`Policy::hand_raiser_naming`]'s answer
+    /// for the activity, so that only its segment and the rules after it are tested again.
+    pub fn hand_raiser_for(
+        &self,
+        (activity, named): (&MapActivity, usize),
+        attributes: &Attributes,
+    ) -> Option<&HandRaiserRule> {
+        let rules = &self.hand_raisers;
+        if rules[named].covers(attributes) {
+            return Some(&rules[named]);
+        }
+        rules[named + 1..]
+            .iter()
+            .find(|r| r.names(activity) && r.covers(attributes))
+    }
+}
+
 /// The same asset or status name, ignoring ASCII case and surrounding whitespace. Names
 /// that start and end with a printable ASCII character (nearly all) are compared as they are:
 /// trimming decodes their ends as characters, for every activity of the rule's type.

@@ -19,7 +19,7 @@ use super::model::{
     CycleWritten, Decision, Event, HandRaise, MapActivity, MapLink, Opportunity, Outcome,
     PersonFacts, Reason, ScoreChange, ScorePart, Stamps, Threshold, Trigger, cycle_external_id,
 };
-use super::policy::{HandRaiserRule, HistoricStatus, Policy, ScoreSource, SlaClock};
+use super::policy::{HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::{MaybeInstant, Scores};
 use super::state::{AccountSlot, EngineState, Gate, MapLeadState, PersonState, Timer};
@@ -660,12 +660,7 @@ fn on_activity(
     activity: &MapActivity,
     out: &mut Vec<Decision>,
 ) {
-    let Some(named) = ctx
-        .policy
-        .hand_raisers
-        .iter()
-        .position(|r| r.names(activity))
-    else {
+    let Some(named) = ctx.policy.hand_raiser_naming(activity) else {
         return;
     };
     let rule = &ctx.policy.hand_raisers[named];
@@ -724,12 +719,7 @@ fn waiting_hand_raise(
         lead.mark_dirty(lead_id, &mut state.dirty);
     }
     // The policy may have changed since it waited: a rule must still name it.
-    let Some(named) = ctx
-        .policy
-        .hand_raisers
-        .iter()
-        .position(|r| r.names(&activity))
-    else {
+    let Some(named) = ctx.policy.hand_raiser_naming(&activity) else {
         return;
     };
     if at.duration_since(activity.at) > ctx.policy.hand_raise_wait_for_link {
@@ -754,8 +744,7 @@ fn waiting_hand_raise(
 /// A hand-raise of the person in `slot`, decided at `at`: a cycle opens whatever the score,
 /// unless no rule that names the activity covers the person's segment (nothing happens) or
 /// something holds them (recorded, with what). `named`: the first of the policy's rules that
-/// names the activity (the caller found it), so that only the rules after it are matched
-/// against the activity again.
+/// names the activity, as the caller found it ([`Policy::hand_raiser_naming`]).
 fn hand_raise(
     state: &mut EngineState,
     ctx: &Context<'_>,
@@ -768,15 +757,7 @@ fn hand_raise(
     let Some(facts) = state.persons.at(slot).facts.as_deref() else {
         return;
     };
-    let rules = &policy.hand_raisers;
-    let rule: Option<&HandRaiserRule> = if rules[named].covers(&facts.attributes) {
-        Some(&rules[named])
-    } else {
-        rules[named + 1..]
-            .iter()
-            .find(|r| r.names(activity) && r.covers(&facts.attributes))
-    };
-    let Some(rule) = rule else {
+    let Some(rule) = policy.hand_raiser_for((activity, named), &facts.attributes) else {
         return;
     };
     let resolution = resolve_at(state, policy, slot, at);
