@@ -610,14 +610,25 @@ impl ChangeBlocks {
         self.len().checked_sub(1).and_then(|i| self.get(i))
     }
 
+    #[inline]
     fn push_back(&mut self, change: AccountChange) {
-        let (_, place) = self.locate(self.len());
+        // The newest block's next place: changes before it fill the full blocks.
+        let place = self.head as usize + self.len() - self.full.len() * BLOCK;
         if place < BLOCK {
             self.newest[place] = change;
+            self.len += 1;
         } else {
-            self.full.push_back(Box::new(self.newest));
-            self.newest[0] = change;
+            self.spill(change);
         }
+    }
+
+    /// [`ChangeBlocks::push_back`] into a full newest block: a copy of it joins the full
+    /// ones and `change` starts it over. Once every [`BLOCK`] changes, kept out of the
+    /// common path.
+    #[inline(never)]
+    fn spill(&mut self, change: AccountChange) {
+        self.full.push_back(Box::new(self.newest));
+        self.newest[0] = change;
         self.len += 1;
     }
 
@@ -711,19 +722,24 @@ fn prefetch(address: *const u8) {
 }
 
 /// An instant in nanoseconds since the epoch, held inside `(i64::MIN, i64::MAX]`.
+///
+/// In `i64` arithmetic (the seconds and their fraction share a sign), not through jiff's
+/// `i128` nanoseconds: it runs on every score change under account scoring.
+#[inline]
 fn nanos(t: Timestamp) -> i64 {
-    i64::try_from(t.as_nanosecond())
-        .unwrap_or(if t > Timestamp::UNIX_EPOCH {
-            i64::MAX
-        } else {
-            i64::MIN
-        })
+    t.as_second()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.subsec_nanosecond()))
         .max(i64::MIN + 1)
 }
 
-/// A window in nanoseconds.
+/// A window in nanoseconds (saturated as [`nanos`] is).
+#[inline]
 fn window_nanos(window: jiff::SignedDuration) -> i64 {
-    i64::try_from(window.as_nanos()).unwrap_or(i64::MAX)
+    window
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(window.subsec_nanos()))
 }
 
 /// Equal as saved.
@@ -780,28 +796,13 @@ impl AccountScore {
         self.add_nanos(nanos(at), delta, window_nanos(window));
     }
 
+    /// The common case (a change in time order, nothing to forget) is a few comparisons and
+    /// a write into the record; a late change, forgetting and the cursor's moves are out of
+    /// line, so that the common case is inlined into the score change without their weight.
+    #[inline]
     fn add_nanos(&mut self, t: i64, delta: f64, window: i64) {
         if t < self.newest {
-            // Late: in its place, and every later running total moves by its points.
-            let place = self.changes.partition_point(|c| c.at <= t);
-            let before = self.total_before(place);
-            self.changes.insert(
-                place,
-                AccountChange {
-                    at: t,
-                    total: before + delta,
-                },
-            );
-            for later in place + 1..self.changes.len() {
-                self.changes[later].total += delta;
-            }
-            self.newest_total += delta;
-            let cursor = self.cursor as usize;
-            if place < cursor {
-                self.cursor_known = false;
-            } else if place == cursor {
-                self.cursor_next = t;
-            }
+            self.insert_late(t, delta);
         } else {
             let total = self.newest_total + delta;
             if self.cursor as usize == self.changes.len() {
@@ -813,25 +814,56 @@ impl AccountScore {
         self.oldest = self.oldest.min(t);
         let horizon = self.newest.saturating_sub(window).saturating_sub(window);
         if self.oldest < horizon {
-            // The newest is never forgotten: the horizon is two windows before it.
-            while let Some(first) = self.changes.front()
-                && first.at < horizon
-            {
-                self.base = first.total;
-                self.changes.pop_front();
-                self.forgotten += 1;
-                match self.cursor.checked_sub(1) {
-                    Some(cursor) => self.cursor = cursor,
-                    // The cursor's own change went: the next one is the cursor's, and the
-                    // total before it is what was forgotten.
-                    None => {
-                        self.cursor_next = self.changes.front().map_or(i64::MAX, |c| c.at);
-                        self.cursor_before = self.base;
-                    }
+            self.forget_before(horizon);
+        }
+    }
+
+    /// A change before the newest: in its place, and every later running total moves by its
+    /// points.
+    #[inline(never)]
+    fn insert_late(&mut self, t: i64, delta: f64) {
+        let place = self.changes.partition_point(|c| c.at <= t);
+        let before = self.total_before(place);
+        self.changes.insert(
+            place,
+            AccountChange {
+                at: t,
+                total: before + delta,
+            },
+        );
+        for later in place + 1..self.changes.len() {
+            self.changes[later].total += delta;
+        }
+        self.newest_total += delta;
+        let cursor = self.cursor as usize;
+        if place < cursor {
+            self.cursor_known = false;
+        } else if place == cursor {
+            self.cursor_next = t;
+        }
+    }
+
+    /// Forgets the changes before `horizon`, which no evaluation can reach any more. The
+    /// newest is never forgotten: the horizon is two windows before it.
+    #[inline(never)]
+    fn forget_before(&mut self, horizon: i64) {
+        while let Some(first) = self.changes.front()
+            && first.at < horizon
+        {
+            self.base = first.total;
+            self.changes.pop_front();
+            self.forgotten += 1;
+            match self.cursor.checked_sub(1) {
+                Some(cursor) => self.cursor = cursor,
+                // The cursor's own change went: the next one is the cursor's, and the
+                // total before it is what was forgotten.
+                None => {
+                    self.cursor_next = self.changes.front().map_or(i64::MAX, |c| c.at);
+                    self.cursor_before = self.base;
                 }
             }
-            self.oldest = self.changes.front().map_or(i64::MAX, |c| c.at);
         }
+        self.oldest = self.changes.front().map_or(i64::MAX, |c| c.at);
         // Running totals that only grow would lose the fractions of fractional points:
         // bring them back near zero once as many were forgotten as are kept (amortised).
         if self.forgotten as usize > self.changes.len() && self.base != 0.0 {
@@ -849,6 +881,7 @@ impl AccountScore {
     /// [`AccountScore::add`], then the score at `at`: the common case of a score change,
     /// whose window start follows the changes forward. It reads no change of the ring
     /// unless the window start passed one.
+    #[inline]
     pub(crate) fn add_and_score(
         &mut self,
         at: Timestamp,
@@ -858,23 +891,30 @@ impl AccountScore {
         let (t, window) = (nanos(at), window_nanos(window));
         self.add_nanos(t, delta, window);
         let from = t.saturating_sub(window);
-        if from < self.cursor_from {
-            self.cursor = u32::try_from(self.changes.partition_point(|c| c.at <= from))
-                .expect("fewer than 2^32 changes");
-            self.cursor_known = false;
-        }
-        if !self.cursor_known || self.cursor_next <= from {
-            let mut cursor = self.cursor as usize;
-            while self.changes.get(cursor).is_some_and(|c| c.at <= from) {
-                cursor += 1;
-            }
-            self.cursor = u32::try_from(cursor).expect("fewer than 2^32 changes");
-            self.cursor_next = self.changes.get(cursor).map_or(i64::MAX, |c| c.at);
-            self.cursor_before = self.total_before(cursor);
-            self.cursor_known = true;
+        if from < self.cursor_from || !self.cursor_known || self.cursor_next <= from {
+            self.move_cursor(from);
         }
         self.cursor_from = from;
         self.total_upto(t) - self.cursor_before
+    }
+
+    /// Moves the cursor to the first change after `from`: back by a search when the window
+    /// start went back (a late change's score), else forward from where it is, a change or
+    /// two (the window start passed them since the last score).
+    #[inline(never)]
+    fn move_cursor(&mut self, from: i64) {
+        if from < self.cursor_from {
+            self.cursor = u32::try_from(self.changes.partition_point(|c| c.at <= from))
+                .expect("fewer than 2^32 changes");
+        }
+        let mut cursor = self.cursor as usize;
+        while self.changes.get(cursor).is_some_and(|c| c.at <= from) {
+            cursor += 1;
+        }
+        self.cursor = u32::try_from(cursor).expect("fewer than 2^32 changes");
+        self.cursor_next = self.changes.get(cursor).map_or(i64::MAX, |c| c.at);
+        self.cursor_before = self.total_before(cursor);
+        self.cursor_known = true;
     }
 
     /// The account's score at `t`: the changes in `(t - window, t]`, added up.
@@ -891,11 +931,18 @@ impl AccountScore {
         self.total_upto(t) - before
     }
 
-    /// The running total of the changes at or before `t`.
+    /// The running total of the changes at or before `t`: the newest's, unless `t` is
+    /// before it (a search, out of line).
+    #[inline]
     fn total_upto(&self, t: i64) -> f64 {
         if t >= self.newest {
             return self.newest_total;
         }
+        self.total_before_search(t)
+    }
+
+    #[inline(never)]
+    fn total_before_search(&self, t: i64) -> f64 {
         self.total_before(self.changes.partition_point(|c| c.at <= t))
     }
 
@@ -996,10 +1043,16 @@ impl AccountScores {
     ) -> f64 {
         let score = &mut self.records[slot as usize];
         if !score.dirty {
-            score.dirty = true;
-            dirty.account_scores.push(self.ids[slot as usize].clone());
+            self.list_dirty(slot, dirty);
         }
-        score.add_and_score(at, delta, window)
+        self.records[slot as usize].add_and_score(at, delta, window)
+    }
+
+    /// Lists the account in `slot` for the store: once between two saves, out of line.
+    #[inline(never)]
+    fn list_dirty(&mut self, slot: u32, dirty: &mut Dirty) {
+        self.records[slot as usize].dirty = true;
+        dirty.account_scores.push(self.ids[slot as usize].clone());
     }
 
     /// A cycle of the person in `person` opened while no other of the account in `slot`
@@ -1687,6 +1740,29 @@ mod account_score_tests {
     }
 
     proptest! {
+        /// Instants and windows in `i64` arithmetic are jiff's own nanoseconds, saturated at
+        /// the ends of the range (years before 1678 and after 2262), whatever the sign of
+        /// the fraction given.
+        #[test]
+        fn instants_in_nanoseconds_are_jiffs(
+            second in -400_000_000_000i64..260_000_000_000,
+            fraction in -999_999_999i32..1_000_000_000,
+            window in 0i64..i64::MAX,
+            window_fraction in 0i32..1_000_000_000,
+        ) {
+            let inside = (Timestamp::MIN.as_second() + 1)..=(Timestamp::MAX.as_second() - 1);
+            let t = Timestamp::new(second.clamp(*inside.start(), *inside.end()), fraction).unwrap();
+            let wide = i64::try_from(t.as_nanosecond())
+                .unwrap_or(if t > Timestamp::UNIX_EPOCH { i64::MAX } else { i64::MIN })
+                .max(i64::MIN + 1);
+            prop_assert_eq!(nanos(t), wide);
+            let span = SignedDuration::new(window, window_fraction);
+            prop_assert_eq!(
+                window_nanos(span),
+                i64::try_from(span.as_nanos()).unwrap_or(i64::MAX)
+            );
+        }
+
         /// The blocks hold what a `VecDeque` holds, in the same places, whatever mix of
         /// changes added, inserted and forgotten: across block edges, and down to none.
         #[test]
