@@ -780,7 +780,7 @@ fn hand_raise(
         return;
     }
     let resolved = resolved.expect("checked above");
-    let score = score_of(state, policy, person, at).0;
+    let score = score_of(state, policy, person, at);
     let reason = Reason::HandRaised {
         rule: rule.name.clone(),
         activity: described,
@@ -897,7 +897,7 @@ fn verdict(
             false,
         );
     };
-    let Some(score) = score_of(state, policy, person, at).0 else {
+    let Some(score) = score_of(state, policy, person, at) else {
         return (Reason::NoScore, false);
     };
     let Some(resolved) = resolved else {
@@ -1089,26 +1089,44 @@ fn account_quiet_above(state: &EngineState, person: &PersonState, account: Optio
 }
 
 /// The score a person's threshold is compared with at `at`: their MAP lead's, or under account
-/// scoring their account's (`None` for the account: not an account cycle).
+/// scoring their account's ([`account_of`]).
 fn score_of(
     state: &EngineState,
     policy: &Policy,
     person: &PersonState,
     at: Timestamp,
-) -> (Option<f64>, Option<super::model::CrmId>) {
-    if let ScoreSource::Account { window } = policy.score
-        && let Some(account) = person.facts.as_ref().and_then(|f| f.account_id.as_ref())
-    {
-        let score = state
-            .person_account(person)
-            .map_or(0.0, |slot| state.account_scores.at(slot).at(at, window));
-        return (Some(score), Some(account.clone()));
+) -> Option<f64> {
+    if let ScoreSource::Account { window } = policy.score {
+        // The account's slot beside the person says whose score it is without reading their
+        // CRM facts, a record of its own: most evaluations end below the threshold and read
+        // nothing else of them.
+        if let Some(slot) = person.account.get().filter(|_| !state.no_shortcuts) {
+            return Some(state.account_scores.at(slot).at(at, window));
+        }
+        if person
+            .facts
+            .as_ref()
+            .is_some_and(|f| f.account_id.is_some())
+        {
+            let score = state
+                .person_account(person)
+                .map_or(0.0, |slot| state.account_scores.at(slot).at(at, window));
+            return Some(score);
+        }
     }
-    let own = person
+    person
         .map_lead
         .and_then(|l| state.map_leads.get(&l))
-        .and_then(|l| l.scores.value(&policy.score, at));
-    (own, None)
+        .and_then(|l| l.scores.value(&policy.score, at))
+}
+
+/// Under account scoring, the account whose score [`score_of`] gives for the person: a cycle
+/// it opens is the account's. `None`: not an account cycle.
+fn account_of(policy: &Policy, person: &PersonState) -> Option<super::model::CrmId> {
+    if !matches!(policy.score, ScoreSource::Account { .. }) {
+        return None;
+    }
+    person.facts.as_ref()?.account_id.clone()
 }
 
 /// Under account scoring, the open cycle of another person of the person's account: while
@@ -1334,7 +1352,7 @@ fn evaluate_at(
     // Qualified at go-live is a reason of its own: the crossing may be long before. So is
     // an account's score.
     let account = if qualifies {
-        score_of(state, policy, person, at).1
+        account_of(policy, person)
     } else {
         None
     };
@@ -1445,8 +1463,8 @@ fn open_cycle(
     let scores = lead_id
         .and_then(|l| state.map_leads.get(&l))
         .map(|l| &l.scores);
-    let (score, account_id) = score_of(state, policy, person, at);
-    let score = score.unwrap_or(0.0);
+    let score = score_of(state, policy, person, at).unwrap_or(0.0);
+    let account_id = account_of(policy, person);
     let campaign = crossing_campaign
         .or(scores.and_then(|s| s.last_campaign.as_ref()))
         .cloned();
