@@ -4,7 +4,7 @@
 //! `cargo bench --bench engine` runs each phase in a child process of its own, so that the
 //! peak resident memory (VmHWM) it reports belongs to that phase alone. Run one phase with
 //! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`, and alternate the first
-//! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 9) for the medians and their ratio;
+//! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 9) for the medians and their ratios;
 //! `MQLSYNC_BENCH_BATCH=10000` sets the events per store transaction (default 100,000).
 //! `MQLSYNC_BENCH_NO_THP=1` turns transparent huge pages off, as the daemon does
 //! (`fit_in_a_sidecar` in `src/main.rs`); `run --once` keeps them, and so does the bench by
@@ -477,9 +477,10 @@ fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
 }
 
 /// `-- rounds`: the `engine` and `qualify` phases alternately, each in a fresh process,
-/// `MQLSYNC_BENCH_ROUNDS` times (default 9), then the medians and their ratio: the issue 15
-/// figure. On a shared host one run of a phase moves by up to 2x from the next; a ratio of
-/// two single runs says little, the ratio of medians of alternating runs does.
+/// `MQLSYNC_BENCH_ROUNDS` times (default 9), then the medians and their ratio (the issue 15
+/// figure) and the median of each round's own ratio. On a shared host one run of a phase moves
+/// by up to 2x from the next; a ratio of two single runs says little, the ratio of medians of
+/// alternating runs does.
 fn rounds() {
     let n = std::env::var("MQLSYNC_BENCH_ROUNDS")
         .ok()
@@ -511,15 +512,16 @@ fn rounds() {
             }
         }
     }
+    // Each round's own ratio: its two runs are seconds apart, so load that drifts over the
+    // minutes of a series cancels in it, where it moves the medians of either phase.
+    let mut paired: Vec<f64> = runs[&(" us/event", "qualify")]
+        .iter()
+        .zip(&runs[&(" us/event", "engine")])
+        .map(|(qualify, engine)| qualify / engine)
+        .collect();
+    let paired = median_of(&mut paired);
     let mut median = |figure: &'static str, phase: &'static str| {
-        let v = runs.get_mut(&(figure, phase)).expect("runs of the phase");
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2.0
-        }
+        median_of(runs.get_mut(&(figure, phase)).expect("runs of the phase"))
     };
     let (engine, qualify) = (
         median(" us/event", "engine"),
@@ -531,7 +533,8 @@ fn rounds() {
     );
     println!(
         "{n} alternating rounds, medians: score only {engine:.2} us/event, {engine_b:.0} B a person; \
-         account scoring and hand-raisers {qualify:.2} us/event ({:.2}x), {qualify_b:.0} B a person ({:+.1} %)",
+         account scoring and hand-raisers {qualify:.2} us/event ({:.2}x; the rounds' own ratios: {paired:.2}x), \
+         {qualify_b:.0} B a person ({:+.1} %)",
         qualify / engine,
         (qualify_b / engine_b - 1.0) * 100.0
     );
@@ -547,6 +550,17 @@ fn rounds() {
          system {engine_system:.2} s against {qualify_system:.2} s",
         qualify_user / engine_user
     );
+}
+
+/// The median of `values` (sorted in place).
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 fn main() {
