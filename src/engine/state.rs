@@ -796,8 +796,8 @@ impl AccountScore {
         self.add_nanos(nanos(at), delta, window_nanos(window));
     }
 
-    /// The common case (a change in time order, nothing to forget) is a few comparisons and
-    /// a write into the record; a late change, forgetting and the cursor's moves are out of
+    /// [`AccountScore::add`] in nanoseconds. The common case (a change in time order, nothing
+    /// to forget) is a few comparisons and a write into the record; a late change, forgetting and the cursor's moves are out of
     /// line, so that the common case is inlined into the score change without their weight.
     #[inline]
     fn add_nanos(&mut self, t: i64, delta: f64, window: i64) {
@@ -941,6 +941,8 @@ impl AccountScore {
         self.total_before_search(t)
     }
 
+    /// [`AccountScore::total_upto`] for an instant before the newest change: a binary search
+    /// of the changes, kept out of line (a late change's score, an evaluation's window start).
     #[inline(never)]
     fn total_before_search(&self, t: i64) -> f64 {
         self.total_before(self.changes.partition_point(|c| c.at <= t))
