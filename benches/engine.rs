@@ -274,7 +274,7 @@ fn qualify_phase() {
 /// [`timed_engine_loop`] with its wall time, and on stderr what it cost besides: the resident
 /// memory it grew, its user and system CPU time and its page faults. On a VM a page touched for
 /// the first time may cost a fault the host backs as it happens (with transparent huge pages,
-/// up to 0.15 s of a loop's system time on the machine of the README's figures), so a phase
+/// 0.1 to 0.25 s of a loop's system time on the machine of the README's figures), so a phase
 /// that keeps more fresh memory pays in system time, not in its own instructions.
 fn measured_loop(state: &mut EngineState, policy: &Policy, events: &[Event]) -> (f64, usize) {
     let (before, cpu_before) = (rss_mib(), usage_so_far());

@@ -1097,16 +1097,15 @@ fn score_of(
     at: Timestamp,
 ) -> Option<f64> {
     if let ScoreSource::Account { window } = policy.score {
-        // The account's slot beside the person says whose score it is without reading their
-        // CRM facts, a record of its own: most evaluations end below the threshold and read
-        // nothing else of them.
-        if let Some(slot) = person.account.get().filter(|_| !state.no_shortcuts) {
-            return Some(state.account_scores.at(slot).at(at, window));
-        }
-        if person
-            .facts
-            .as_ref()
-            .is_some_and(|f| f.account_id.is_some())
+        // The account's slot beside the person says they have one without reading their CRM
+        // facts, a record of its own: most evaluations end below the threshold and read
+        // nothing else of them. `person_account` reads the slot the same way.
+        let known = person.account.get().is_some() && !state.no_shortcuts;
+        if known
+            || person
+                .facts
+                .as_ref()
+                .is_some_and(|f| f.account_id.is_some())
         {
             let score = state
                 .person_account(person)

@@ -797,8 +797,9 @@ impl AccountScore {
     }
 
     /// [`AccountScore::add`] in nanoseconds. The common case (a change in time order, nothing
-    /// to forget) is a few comparisons and a write into the record; a late change, forgetting and the cursor's moves are out of
-    /// line, so that the common case is inlined into the score change without their weight.
+    /// to forget) is a few comparisons and a write into the record; a late change, forgetting
+    /// and the cursor's moves are out of line, so that the common case is inlined into the
+    /// score change without their weight.
     #[inline]
     fn add_nanos(&mut self, t: i64, delta: f64, window: i64) {
         if t < self.newest {
@@ -1043,8 +1044,7 @@ impl AccountScores {
         window: jiff::SignedDuration,
         dirty: &mut Dirty,
     ) -> f64 {
-        let score = &mut self.records[slot as usize];
-        if !score.dirty {
+        if !self.records[slot as usize].dirty {
             self.list_dirty(slot, dirty);
         }
         self.records[slot as usize].add_and_score(at, delta, window)
