@@ -184,6 +184,11 @@ impl Policy {
 /// that start and end with a printable ASCII character (nearly all) are compared as they are:
 /// trimming decodes their ends as characters, for every activity of the rule's type.
 fn same(a: &str, b: &str) -> bool {
+    // The common match (the rule names the asset as the MAP does) is a comparison of bytes,
+    // not of ASCII case, byte by byte.
+    if a == b {
+        return true;
+    }
     let bare = |s: &str| {
         let bytes = s.as_bytes();
         bytes.first().is_none_or(u8::is_ascii_graphic)

@@ -664,7 +664,16 @@ fn on_activity(
         return;
     };
     let rule = &ctx.policy.hand_raisers[named];
-    let lead = state.map_leads.get_or_default(activity.map_lead_id);
+    // Under account scoring a hand-raise asks whether the account has an open cycle: its
+    // record's lines for that are asked for now (the lead's index hints the account), so that
+    // they come from memory while the lead's and the person's records do.
+    let (lead_slot, account_hint) = state.map_leads.slot_and_account_hint(activity.map_lead_id);
+    if let Some(account) = account_hint
+        && matches!(ctx.policy.score, ScoreSource::Account { .. })
+    {
+        state.account_scores.warm_hold(account);
+    }
+    let lead = state.map_leads.at_mut(lead_slot);
     if !lead.hand_raise.get_or_insert_default().first_time(activity) {
         return;
     }

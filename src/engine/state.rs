@@ -473,8 +473,9 @@ pub struct MapLeadState {
 /// sum itself; fractional points may differ from a direct sum in the last bits. Saved as the
 /// changes and their points, in time order.
 ///
-/// Four cache lines, the newest eight changes among them: everything a score change in time
-/// order reads and writes is in the record, so that one early request for its lines
+/// Five cache lines, the newest eight changes and the open cycle's id among them: everything
+/// a score change in time order reads and writes, and what a hold of the account's people
+/// reads, is in the record, so that one early request for its lines
 /// ([`AccountScores::warm`]) has it all on the way, with no pointer to follow after it.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
@@ -515,6 +516,11 @@ pub struct AccountScore {
     /// more than one open cycle (a person joined it with theirs, or a load found several):
     /// its people are scanned until its next cycle opens.
     pub(crate) opened_last: u32,
+    /// The id of the account's open cycle as last found, and the account's epoch then
+    /// ([`AccountScores::open_cycle_id`]). In the record, not beside it, so that a hold of
+    /// one of the account's people reads the lines a score change has just read (or a
+    /// hand-raise asked for, [`AccountScores::warm_hold`]), not one more place in memory.
+    open_id: Option<(u32, compact_str::CompactString)>,
 }
 
 impl Default for AccountScore {
@@ -534,6 +540,7 @@ impl Default for AccountScore {
             base: 0.0,
             forgotten: 0,
             opened_last: AccountScore::NO_HINT,
+            open_id: None,
         }
     }
 }
@@ -812,7 +819,9 @@ impl AccountScore {
             self.changes.push_back(AccountChange { at: t, total });
             (self.newest, self.newest_total) = (t, total);
         }
-        self.oldest = self.oldest.min(t);
+        if t < self.oldest {
+            self.oldest = t;
+        }
         let horizon = self.newest.saturating_sub(window).saturating_sub(window);
         if self.oldest < horizon {
             self.forget_before(horizon);
@@ -983,9 +992,6 @@ pub struct AccountScores {
     index: FastMap<CrmId, u32>,
     ids: Vec<CrmId>,
     records: Vec<AccountScore>,
-    /// Beside each record: the id of the account's open cycle as last found, and the
-    /// account's epoch then ([`AccountScores::open_cycle_id`]).
-    open_ids: Vec<Option<(u32, compact_str::CompactString)>>,
 }
 
 impl AccountScores {
@@ -1010,7 +1016,6 @@ impl AccountScores {
         self.index.insert(id.clone(), slot);
         self.ids.push(id.clone());
         self.records.push(AccountScore::default());
-        self.open_ids.push(None);
         slot
     }
 
@@ -1030,12 +1035,17 @@ impl AccountScores {
     /// cycle remembered for the old record is forgotten.
     pub fn insert(&mut self, id: CrmId, score: AccountScore) {
         let slot = self.slot_or_insert(&id);
-        self.records[slot as usize] = score;
-        self.open_ids[slot as usize] = None;
+        self.records[slot as usize] = AccountScore {
+            open_id: None,
+            ..score
+        };
     }
 
     /// Adds `delta` points at `at` to the account in `slot`, listing it for the store once,
-    /// and gives its score at `at`.
+    /// and gives its score at `at`. Inlined into the score change, as
+    /// [`AccountScore::add_and_score`] is: a call saved and restored the registers of the
+    /// score change's own work around about a hundred instructions.
+    #[inline]
     pub(crate) fn add_and_score(
         &mut self,
         slot: u32,
@@ -1073,8 +1083,8 @@ impl AccountScores {
     /// [`AccountScores::open_cycle_id`] answers without reading the holder. Not remembered
     /// for an account that may have two (no hint).
     pub(crate) fn remember_open_cycle(&mut self, slot: u32, external_id: &str) {
-        let record = &self.records[slot as usize];
-        self.open_ids[slot as usize] = (record.opened_last != AccountScore::NO_HINT)
+        let record = &mut self.records[slot as usize];
+        record.open_id = (record.opened_last != AccountScore::NO_HINT)
             .then(|| (record.epoch, external_id.into()));
     }
 
@@ -1082,7 +1092,7 @@ impl AccountScores {
     /// moved: what a hold names without reading the holder's record, its cycles and the id.
     pub(crate) fn open_cycle_id(&self, slot: u32) -> Option<&compact_str::CompactString> {
         let record = &self.records[slot as usize];
-        match &self.open_ids[slot as usize] {
+        match &record.open_id {
             Some((epoch, id))
                 if *epoch == record.epoch && record.opened_last != AccountScore::NO_HINT =>
             {
@@ -1098,7 +1108,7 @@ impl AccountScores {
         Some(self.records[slot as usize].opened_last).filter(|p| *p != AccountScore::NO_HINT)
     }
 
-    /// Asks for the record of the account in `slot` (its four cache lines, the newest
+    /// Asks for the record of the account in `slot` (its five cache lines, the newest
     /// changes among them) without waiting for it, so that it comes from memory while the
     /// caller reads other things: a score change of a MAP lead whose index hints this account
     /// reads it after the lead's record, and would otherwise wait for one and then the other.
@@ -1111,6 +1121,16 @@ impl AccountScores {
             for line in 0..lines {
                 prefetch(start.wrapping_add(line * 64));
             }
+        }
+    }
+
+    /// Asks for the lines of the record of the account in `slot` that say whether it has an
+    /// open cycle and which ([`AccountScores::open_cycle_id`]), without waiting for them: a
+    /// hand-raise reads them after the lead's and the person's records.
+    pub(crate) fn warm_hold(&self, slot: u32) {
+        if let Some(record) = self.records.get(slot as usize) {
+            prefetch(std::ptr::addr_of!(record.epoch).cast());
+            prefetch(std::ptr::addr_of!(record.open_id).cast());
         }
     }
 
@@ -1734,11 +1754,12 @@ mod account_score_tests {
     use jiff::SignedDuration;
     use proptest::prelude::*;
 
-    /// Four cache lines, the newest block among them: what a score change in time order
-    /// reads and writes is the record alone, asked for at once.
+    /// Five cache lines, the newest block and the open cycle's id among them: what a score
+    /// change in time order reads and writes, and what a hold reads, is the record alone,
+    /// asked for at once.
     #[test]
-    fn an_account_score_is_four_cache_lines() {
-        assert_eq!(std::mem::size_of::<AccountScore>(), 256);
+    fn an_account_score_is_five_cache_lines() {
+        assert_eq!(std::mem::size_of::<AccountScore>(), 320);
     }
 
     proptest! {
