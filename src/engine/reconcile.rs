@@ -763,6 +763,7 @@ fn hand_raise(
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
+    state.persons.warm_id(slot);
     let Some(facts) = state.persons.at(slot).facts.as_deref() else {
         return;
     };
@@ -1346,6 +1347,7 @@ fn evaluate_at(
     out: &mut Vec<Decision>,
 ) {
     let policy = ctx.policy;
+    state.persons.warm_id(slot);
     let person = state.persons.at(slot);
     if !state.no_shortcuts
         && let Some(lead) = person.map_lead.and_then(|l| state.map_leads.get(&l))

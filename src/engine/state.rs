@@ -300,6 +300,15 @@ impl Persons {
         &self.ids[slot as usize]
     }
 
+    /// Asks for the CRM id of the person in a slot without waiting for it: an evaluation
+    /// names the person in its decision after it has read their record (the ids are a vector
+    /// of their own, one miss more at the end of most evaluations).
+    pub(crate) fn warm_id(&self, slot: u32) {
+        if let Some(id) = self.ids.get(slot as usize) {
+            prefetch((id as *const CrmId).cast());
+        }
+    }
+
     /// Lists the person in a slot for the store, once per batch: a flag test, not a set
     /// insert of a copied id.
     #[inline]
