@@ -184,8 +184,8 @@ impl Policy {
 /// that start and end with a printable ASCII character (nearly all) are compared as they are:
 /// trimming decodes their ends as characters, for every activity of the rule's type.
 fn same(a: &str, b: &str) -> bool {
-    // The common match (the rule names the asset as the MAP does) is a comparison of bytes,
-    // not of ASCII case, byte by byte.
+    // The common match (the rule spells the asset as the MAP does) is settled by comparing
+    // the bytes at once, before the comparison that folds ASCII case a byte at a time.
     if a == b {
         return true;
     }
