@@ -1138,13 +1138,12 @@ impl AccountScores {
     /// hand-raise reads them after the lead's and the person's records.
     pub(crate) fn warm_hold(&self, slot: u32) {
         if let Some(record) = self.records.get(slot as usize) {
-            // The epoch's line, and the id's last: the id straddles two lines (its first
-            // bytes share the epoch's), and its last byte says whether there is one.
-            let id_end = std::ptr::addr_of!(record.open_id)
-                .cast::<u8>()
-                .wrapping_add(std::mem::size_of::<Option<(u32, compact_str::CompactString)>>() - 1);
+            // Every line the id spans (it straddles two in the record's layout), and the
+            // epoch's: whatever the field order, nothing the check reads is left to wait for.
+            let id = std::ptr::addr_of!(record.open_id).cast::<u8>();
             prefetch(std::ptr::addr_of!(record.epoch).cast());
-            prefetch(id_end);
+            prefetch(id);
+            prefetch(id.wrapping_add(std::mem::size_of_val(&record.open_id) - 1));
         }
     }
 
