@@ -221,31 +221,75 @@ pub struct MapActivity {
 }
 
 impl MapActivity {
-    /// `Fill Out Form on Demo Request (activity 4711)`: how the audit names it. Written into
-    /// one allocation of its length: most hand-raises held back write one.
-    pub fn describe(&self) -> String {
-        let kind = activity_kind(self.type_id);
-        let asset = self.asset_name.as_deref().or(self.asset_id.as_deref());
-        let status = self.status.as_deref();
-        let len = kind.len()
-            + asset.map_or(0, |a| " on ".len() + a.len())
-            + status.map_or(0, |s| " to ".len() + s.len())
-            + " (activity )".len()
-            + self.activity_id.len();
-        let mut text = String::with_capacity(len);
-        text.push_str(&kind);
-        if let Some(asset) = asset {
-            text.push_str(" on ");
-            text.push_str(asset);
+    /// How the audit names it: `Fill Out Form on Demo Request (activity 4711)`.
+    pub fn label(&self) -> ActivityLabel {
+        ActivityLabel::Parts(Box::new(ActivityParts {
+            type_id: self.type_id,
+            asset: self.asset_name.clone().or_else(|| self.asset_id.clone()),
+            status: self.status.clone(),
+            activity_id: self.activity_id.clone(),
+        }))
+    }
+}
+
+/// How a reason names a MAP activity: `Fill Out Form on Demo Request (activity 4711)`.
+///
+/// Kept as the activity's parts and written when read: shown, saved (serialised straight
+/// into the audit row), compared. A hand-raise held back (most are: the person has a cycle
+/// open) wrote a sentence for a reason that is often only counted. The parts are boxed, so
+/// that a reason is no larger than with the text. Saved and read back as the text, which is
+/// what compares.
+#[derive(Clone, Debug)]
+pub enum ActivityLabel {
+    /// An activity's parts, as the engine met it.
+    Parts(Box<ActivityParts>),
+    /// The label as written (read back from the store).
+    Written(String),
+}
+
+/// What [`ActivityLabel`] names an activity by: shared texts and an inline id.
+#[derive(Clone, Debug)]
+pub struct ActivityParts {
+    type_id: u32,
+    /// The asset's name, else its id.
+    asset: Option<Text>,
+    status: Option<Text>,
+    activity_id: compact_str::CompactString,
+}
+
+impl std::fmt::Display for ActivityLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActivityLabel::Written(text) => f.write_str(text),
+            ActivityLabel::Parts(parts) => {
+                f.write_str(&activity_kind(parts.type_id))?;
+                if let Some(asset) = &parts.asset {
+                    write!(f, " on {asset}")?;
+                }
+                if let Some(status) = &parts.status {
+                    write!(f, " to {status}")?;
+                }
+                write!(f, " (activity {})", parts.activity_id)
+            }
         }
-        if let Some(status) = status {
-            text.push_str(" to ");
-            text.push_str(status);
-        }
-        text.push_str(" (activity ");
-        text.push_str(&self.activity_id);
-        text.push(')');
-        text
+    }
+}
+
+impl PartialEq for ActivityLabel {
+    fn eq(&self, other: &ActivityLabel) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Serialize for ActivityLabel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActivityLabel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(ActivityLabel::Written)
     }
 }
 
@@ -604,7 +648,7 @@ pub enum Reason {
     /// moment, for reference.
     HandRaised {
         rule: String,
-        activity: String,
+        activity: ActivityLabel,
         score: Option<f64>,
         threshold: f64,
         threshold_id: Option<String>,
@@ -613,14 +657,14 @@ pub enum Reason {
     /// cycle, an exclusion, a cool-down, no link yet, no threshold).
     HandRaiseHeld {
         rule: String,
-        activity: String,
+        activity: ActivityLabel,
         why: Box<Reason>,
     },
     /// A hand-raise of a MAP lead that had no CRM record then, and was linked to one only at
     /// `linked_at`, past the mapping's `hand_raisers_wait_for_link_days`: too old to act on.
     HandRaiseExpired {
         rule: String,
-        activity: String,
+        activity: ActivityLabel,
         linked_at: Timestamp,
     },
     /// No threshold record matches and no default is configured: no MQLs for this person.
@@ -996,9 +1040,9 @@ mod tests {
 
     use super::*;
 
-    /// Each part of an activity named, in one allocation of exactly its length.
+    /// Each part of an activity named; saved and read back as the text it reads as.
     #[test]
-    fn an_activity_is_described_in_one_allocation() {
+    fn an_activity_is_labelled_by_its_parts() {
         let mut activity = MapActivity {
             map_lead_id: 7,
             activity_id: "4711".into(),
@@ -1009,16 +1053,20 @@ mod tests {
             campaign: None,
             at: jiff::Timestamp::UNIX_EPOCH,
         };
-        let described = activity.describe();
-        assert_eq!(
-            described,
-            "Change Status in Progression on Webinar 2026 to Attended (activity 4711)"
-        );
-        assert_eq!(described.capacity(), described.len());
+        let label = activity.label();
+        let text = "Change Status in Progression on Webinar 2026 to Attended (activity 4711)";
+        assert_eq!(label.to_string(), text);
+        let saved = serde_json::to_string(&label).unwrap();
+        assert_eq!(saved, format!("\"{text}\""));
+        let read: ActivityLabel = serde_json::from_str(&saved).unwrap();
+        assert!(matches!(&read, ActivityLabel::Written(t) if t == text));
+        assert_eq!(read, label);
         (activity.type_id, activity.asset_name, activity.status) = (9, None, None);
-        let described = activity.describe();
-        assert_eq!(described, "activity type 9 on 1044 (activity 4711)");
-        assert_eq!(described.capacity(), described.len());
+        assert_eq!(
+            activity.label().to_string(),
+            "activity type 9 on 1044 (activity 4711)"
+        );
+        assert_ne!(activity.label(), label);
     }
 
     #[test]

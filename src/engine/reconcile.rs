@@ -693,7 +693,7 @@ fn on_activity(
         let why = Reason::NotLinked { map_lead_id };
         let reason = Reason::HandRaiseHeld {
             rule: rule.name.clone(),
-            activity: activity.describe(),
+            activity: activity.label(),
             why: Box::new(why),
         };
         record(out, activity.at, &format!("map:{map_lead_id}"), reason);
@@ -734,7 +734,7 @@ fn waiting_hand_raise(
     if at.duration_since(activity.at) > ctx.policy.hand_raise_wait_for_link {
         let reason = Reason::HandRaiseExpired {
             rule: ctx.policy.hand_raisers[named].name.clone(),
-            activity: activity.describe(),
+            activity: activity.label(),
             linked_at: at,
         };
         record(out, at, state.persons.id(slot), reason);
@@ -778,7 +778,7 @@ fn hand_raise(
         None => Some(Reason::NoThreshold),
         Some(_) => held(state, policy, person, facts, at),
     };
-    let described = activity.describe();
+    let described = activity.label();
     if let Some(why) = why {
         remember_account_hold(state, policy, slot, &why);
         let reason = Reason::HandRaiseHeld {

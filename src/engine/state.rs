@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::model::{
     AccountFacts, CrmId, CrmRef, Cycle, MapActivity, Opportunity, Outcome, PersonFacts, Reason,
@@ -1187,8 +1188,9 @@ pub struct HandRaiseSeen {
     /// The instant of the latest activity applied, and the ids of those applied at it (the
     /// MAP's instants have whole seconds: several may share one).
     pub last_at: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ids_at_last: Vec<compact_str::CompactString>,
+    /// Inline when one (nearly always): a lead's first hand-raise allocates its record only.
+    #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
+    pub ids_at_last: SmallVec<[compact_str::CompactString; 1]>,
     /// A hand-raise of the lead while it had no CRM record (or its record was not read
     /// yet): it acts when the link arrives, within the policy's wait. Boxed: rare, and
     /// inline it would make every hand-raiser's record four times the size.
@@ -1210,12 +1212,9 @@ impl HandRaiseSeen {
                 true
             }
             _ => {
-                // The list kept for the instant before is reused: a lead that raises its hand
-                // again allocates nothing. A new one holds one id, not the four a first push
-                // makes room for: most instants have one, and a hand-raiser keeps its list.
+                // One id is kept inline (a list that grew keeps its room for the next instant).
                 self.last_at = Some(activity.at);
                 self.ids_at_last.clear();
-                self.ids_at_last.reserve_exact(1);
                 self.ids_at_last.push(activity.activity_id.clone());
                 true
             }
@@ -1736,10 +1735,10 @@ mod tests {
         assert_eq!(agenda.next_at(), None);
     }
 
-    /// A lead's first hand-raise keeps room for its one id, not four; a second at the same
-    /// instant is remembered too, and a replay of either is not applied again.
+    /// A lead's first hand-raise keeps its one id inline; a second at the same instant is
+    /// remembered too, and a replay of either is not applied again.
     #[test]
-    fn a_first_hand_raise_keeps_room_for_one_id() {
+    fn a_first_hand_raise_keeps_its_id_inline() {
         let at = "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap();
         let activity = |id: &str| MapActivity {
             map_lead_id: 7,
@@ -1753,11 +1752,11 @@ mod tests {
         };
         let mut seen = HandRaiseSeen::default();
         assert!(seen.first_time(&activity("4711")));
-        assert_eq!(seen.ids_at_last.capacity(), 1);
+        assert!(!seen.ids_at_last.spilled(), "one id is kept inline");
         assert!(seen.first_time(&activity("4712")));
         assert!(!seen.first_time(&activity("4711")));
         assert!(!seen.first_time(&activity("4712")));
-        assert_eq!(seen.ids_at_last, ["4711", "4712"]);
+        assert_eq!(seen.ids_at_last.as_slice(), ["4711", "4712"]);
     }
 }
 
