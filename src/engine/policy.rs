@@ -131,14 +131,15 @@ impl HandRaiserRule {
         activity.type_id == self.activity_type_id
             && (self.assets.is_empty()
                 || self.assets.iter().any(|asset| {
+                    // By name first: rules name forms and programs as people do.
                     activity
-                        .asset_id
+                        .asset_name
                         .as_deref()
-                        .is_some_and(|id| same(id, asset))
+                        .is_some_and(|name| same(name, asset))
                         || activity
-                            .asset_name
+                            .asset_id
                             .as_deref()
-                            .is_some_and(|name| same(name, asset))
+                            .is_some_and(|id| same(id, asset))
                 }))
             && self.status.as_deref().is_none_or(|wanted| {
                 activity

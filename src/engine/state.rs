@@ -483,17 +483,17 @@ pub struct MapLeadState {
 /// sum itself; fractional points may differ from a direct sum in the last bits. Saved as the
 /// changes and their points, in time order.
 ///
-/// Five cache lines, the newest eight changes and the open cycle's id among them: everything
+/// Four cache lines, the newest eight changes and the open cycle's id among them: everything
 /// a score change in time order reads and writes, and what a hold of the account's people
 /// reads, is in the record, so that one early request for its lines
-/// ([`AccountScores::warm`]) has it all on the way, with no pointer to follow after it.
+/// ([`AccountScores::warm`]) has it all on the way, with no pointer to follow after it. What
+/// every such change reads (the cursor, the flags, the epoch, where the changes end) is the
+/// first line; the newest block the next two, of which a change writes one; the open cycle
+/// the last. The newest change's instant and total are read from its place in the newest
+/// block, not kept twice: a copy took the first line's room.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 pub struct AccountScore {
-    changes: ChangeBlocks,
-    /// The instant and running total of the newest change (`i64::MIN` and `base`: none).
-    newest: i64,
-    newest_total: f64,
     /// The instant of the oldest change kept (`i64::MAX`: none), so that a change with
     /// nothing to forget does not read the oldest.
     oldest: i64,
@@ -508,13 +508,14 @@ pub struct AccountScore {
     cursor_next: i64,
     cursor_before: f64,
     cursor: u32,
-    cursor_known: bool,
-    /// Listed in [`Dirty::account_scores`] since the store last saved.
-    pub(crate) dirty: bool,
     /// Bumped whenever a person of the account with a cycle changes
     /// ([`EngineState::touch_person`]): a MAP lead's gate that copied another number is
     /// stale.
     pub(crate) epoch: u32,
+    cursor_known: bool,
+    /// Listed in [`Dirty::account_scores`] since the store last saved.
+    pub(crate) dirty: bool,
+    changes: ChangeBlocks,
     /// The running total before the first change kept (those forgotten, added up).
     base: f64,
     /// Changes forgotten since the running totals were last brought back near zero.
@@ -536,17 +537,15 @@ pub struct AccountScore {
 impl Default for AccountScore {
     fn default() -> AccountScore {
         AccountScore {
-            changes: ChangeBlocks::default(),
-            newest: i64::MIN,
-            newest_total: 0.0,
             oldest: i64::MAX,
             cursor_from: i64::MIN,
             cursor_next: i64::MAX,
             cursor_before: 0.0,
             cursor: 0,
+            epoch: 0,
             cursor_known: false,
             dirty: false,
-            epoch: 0,
+            changes: ChangeBlocks::default(),
             base: 0.0,
             forgotten: 0,
             opened_last: AccountScore::NO_HINT,
@@ -573,19 +572,30 @@ const BLOCK: usize = 8;
 /// may never reuse; in the engine bench's account run that was about a seventh of its samples.
 /// The newest block is held in place, not boxed: see [`ChangeBlocks::newest`]. Indexed as a
 /// `VecDeque` is (0: the oldest).
+///
+/// The newest change is always in the newest block (a full one is copied out only when the
+/// next change arrives), so where the changes end, and how many full blocks there are, follow
+/// from `head` and `len` alone: a change in time order reads neither the list of full blocks
+/// nor its length, which is behind a pointer.
 #[derive(Clone, Debug, Default)]
+#[repr(C)]
 struct ChangeBlocks {
+    /// The place of the oldest change in the first block (of `full`, or the newest).
+    head: u32,
+    len: u32,
+    /// The full blocks before the newest, oldest first; `None` until the first is full.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in the record's first line, not a VecDeque's 32: read only off the common path"
+    )]
+    full: Option<Box<VecDeque<Box<[AccountChange; BLOCK]>>>>,
     /// The newest block, the one the next change goes into, held in place: a change added in
     /// time order writes into the account's own record, whose lines a score change asks for
     /// before it needs them ([`AccountScores::warm`]), not into a block that only the record
     /// can point to (two misses one after the other). When it is full, a copy goes to `full`
-    /// and it starts over. Its places past the newest change hold nothing kept.
+    /// and it starts over with the next change. Its places past the newest change hold
+    /// nothing kept.
     newest: [AccountChange; BLOCK],
-    /// The full blocks before it, oldest first.
-    full: VecDeque<Box<[AccountChange; BLOCK]>>,
-    /// The place of the oldest change in the first block (of `full`, or the newest).
-    head: u32,
-    len: u32,
 }
 
 impl ChangeBlocks {
@@ -597,11 +607,29 @@ impl ChangeBlocks {
         self.len == 0
     }
 
+    /// How many full blocks there are: those before the newest change's.
+    #[inline]
+    fn full_blocks(&self) -> usize {
+        match self.len() {
+            0 => 0,
+            len => (self.head as usize + len - 1) / BLOCK,
+        }
+    }
+
+    /// The newest change, from its place in the newest block.
+    #[inline]
+    fn newest_change(&self) -> Option<&AccountChange> {
+        match self.len() {
+            0 => None,
+            len => Some(&self.newest[(self.head as usize + len - 1) % BLOCK]),
+        }
+    }
+
     /// Where the change `i` is: the index of its full block (`None`: the newest block) and
     /// its place in that block.
     fn locate(&self, i: usize) -> (Option<usize>, usize) {
         let j = self.head as usize + i;
-        let full = self.full.len() * BLOCK;
+        let full = self.full_blocks() * BLOCK;
         if j < full {
             (Some(j / BLOCK), j % BLOCK)
         } else {
@@ -609,12 +637,17 @@ impl ChangeBlocks {
         }
     }
 
+    /// The full block at `block` (there is one: `locate` said so).
+    fn full_block(&self, block: usize) -> &[AccountChange; BLOCK] {
+        &self.full.as_ref().expect("a full block located")[block]
+    }
+
     fn get(&self, i: usize) -> Option<&AccountChange> {
         if i >= self.len() {
             return None;
         }
         match self.locate(i) {
-            (Some(block), place) => Some(&self.full[block][place]),
+            (Some(block), place) => Some(&self.full_block(block)[place]),
             (None, place) => Some(&self.newest[place]),
         }
     }
@@ -624,15 +657,16 @@ impl ChangeBlocks {
     }
 
     fn back(&self) -> Option<&AccountChange> {
-        self.len().checked_sub(1).and_then(|i| self.get(i))
+        self.newest_change()
     }
 
     #[inline]
     fn push_back(&mut self, change: AccountChange) {
-        // The newest block's next place: changes before it fill the full blocks.
-        let place = self.head as usize + self.len() - self.full.len() * BLOCK;
-        if place < BLOCK {
-            self.newest[place] = change;
+        // The place after the newest change; none left in its block when that is a block's
+        // end (with no change, `head` is 0: the first place).
+        let end = self.head as usize + self.len();
+        if self.len == 0 || !end.is_multiple_of(BLOCK) {
+            self.newest[end % BLOCK] = change;
             self.len += 1;
         } else {
             self.spill(change);
@@ -644,7 +678,9 @@ impl ChangeBlocks {
     /// common path.
     #[inline(never)]
     fn spill(&mut self, change: AccountChange) {
-        self.full.push_back(Box::new(self.newest));
+        self.full
+            .get_or_insert_default()
+            .push_back(Box::new(self.newest));
         self.newest[0] = change;
         self.len += 1;
     }
@@ -659,7 +695,9 @@ impl ChangeBlocks {
         } else if self.head as usize == BLOCK {
             // The first block's last change went, and the block with it (a full one: the
             // newest still holds a change).
-            self.full.pop_front();
+            if let Some(full) = self.full.as_mut() {
+                full.pop_front();
+            }
             self.head = 0;
         }
         Some(first)
@@ -699,6 +737,7 @@ impl ChangeBlocks {
     fn iter(&self) -> impl Iterator<Item = &AccountChange> {
         self.full
             .iter()
+            .flat_map(|full| full.iter())
             .map(|block| &**block)
             .chain(std::iter::once(&self.newest))
             .flat_map(|block| block.iter())
@@ -719,7 +758,9 @@ impl std::ops::IndexMut<usize> for ChangeBlocks {
     fn index_mut(&mut self, i: usize) -> &mut AccountChange {
         assert!(i < self.len(), "a change kept");
         match self.locate(i) {
-            (Some(block), place) => &mut self.full[block][place],
+            (Some(block), place) => {
+                &mut self.full.as_mut().expect("a full block located")[block][place]
+            }
             (None, place) => &mut self.newest[place],
         }
     }
@@ -796,9 +837,6 @@ impl<'de> Deserialize<'de> for AccountScore {
             });
         }
         score.oldest = score.changes.front().map_or(i64::MAX, |c| c.at);
-        if let Some(newest) = score.changes.back() {
-            (score.newest, score.newest_total) = (newest.at, newest.total);
-        }
         Ok(score)
     }
 }
@@ -807,35 +845,49 @@ impl AccountScore {
     /// See [`AccountScore::opened_last`].
     const NO_HINT: u32 = u32::MAX;
 
+    /// The instant and running total of the newest change (`i64::MIN` and `base`: none).
+    #[inline]
+    fn newest(&self) -> (i64, f64) {
+        self.changes
+            .newest_change()
+            .map_or((i64::MIN, self.base), |c| (c.at, c.total))
+    }
+
     /// Adds a change of `delta` points at `at`, and forgets changes no evaluation can reach
     /// any more: those older than two windows before the latest.
     pub fn add(&mut self, at: Timestamp, delta: f64, window: jiff::SignedDuration) {
-        self.add_nanos(nanos(at), delta, window_nanos(window));
+        let _ = self.add_nanos(nanos(at), delta, window_nanos(window));
     }
 
     /// [`AccountScore::add`] in nanoseconds. The common case (a change in time order, nothing
     /// to forget) is a few comparisons and a write into the record; a late change, forgetting
     /// and the cursor's moves are out of line, so that the common case is inlined into the
-    /// score change without their weight.
+    /// score change without their weight. Gives the running total of the change added when
+    /// it is the newest (`None`: a late change), which is the total up to its instant.
     #[inline]
-    fn add_nanos(&mut self, t: i64, delta: f64, window: i64) {
-        if t < self.newest {
+    fn add_nanos(&mut self, t: i64, delta: f64, window: i64) -> Option<f64> {
+        let (newest, newest_total) = self.newest();
+        let added = if t < newest {
             self.insert_late(t, delta);
+            None
         } else {
-            let total = self.newest_total + delta;
             if self.cursor as usize == self.changes.len() {
                 self.cursor_next = t;
             }
+            let total = newest_total + delta;
             self.changes.push_back(AccountChange { at: t, total });
-            (self.newest, self.newest_total) = (t, total);
-        }
+            Some(total)
+        };
         if t < self.oldest {
             self.oldest = t;
         }
-        let horizon = self.newest.saturating_sub(window).saturating_sub(window);
+        let horizon = newest.max(t).saturating_sub(window).saturating_sub(window);
         if self.oldest < horizon {
             self.forget_before(horizon);
+            // Forgetting may have brought the running totals back near zero.
+            return None;
         }
+        added
     }
 
     /// A change before the newest: in its place, and every later running total moves by its
@@ -854,7 +906,6 @@ impl AccountScore {
         for later in place + 1..self.changes.len() {
             self.changes[later].total += delta;
         }
-        self.newest_total += delta;
         let cursor = self.cursor as usize;
         if place < cursor {
             self.cursor_known = false;
@@ -892,7 +943,6 @@ impl AccountScore {
                 self.changes[i].total -= base;
             }
             self.cursor_before -= base;
-            self.newest_total -= base;
             self.base = 0.0;
             self.forgotten = 0;
         }
@@ -909,13 +959,13 @@ impl AccountScore {
         window: jiff::SignedDuration,
     ) -> f64 {
         let (t, window) = (nanos(at), window_nanos(window));
-        self.add_nanos(t, delta, window);
+        let added = self.add_nanos(t, delta, window);
         let from = t.saturating_sub(window);
         if from < self.cursor_from || !self.cursor_known || self.cursor_next <= from {
             self.move_cursor(from);
         }
         self.cursor_from = from;
-        self.total_upto(t) - self.cursor_before
+        added.unwrap_or_else(|| self.total_upto(t)) - self.cursor_before
     }
 
     /// Moves the cursor to the first change after `from`: back by a search when the window
@@ -955,8 +1005,9 @@ impl AccountScore {
     /// before it (a search, out of line).
     #[inline]
     fn total_upto(&self, t: i64) -> f64 {
-        if t >= self.newest {
-            return self.newest_total;
+        let (newest, newest_total) = self.newest();
+        if t >= newest {
+            return newest_total;
         }
         self.total_before_search(t)
     }
@@ -1118,7 +1169,7 @@ impl AccountScores {
         Some(self.records[slot as usize].opened_last).filter(|p| *p != AccountScore::NO_HINT)
     }
 
-    /// Asks for the record of the account in `slot` (its five cache lines, the newest
+    /// Asks for the record of the account in `slot` (its four cache lines, the newest
     /// changes among them) without waiting for it, so that it comes from memory while the
     /// caller reads other things: a score change of a MAP lead whose index hints this account
     /// reads it after the lead's record, and would otherwise wait for one and then the other.
@@ -1766,12 +1817,30 @@ mod account_score_tests {
     use jiff::SignedDuration;
     use proptest::prelude::*;
 
-    /// Five cache lines, the newest block and the open cycle's id among them: what a score
+    /// Four cache lines, the newest block and the open cycle's id among them: what a score
     /// change in time order reads and writes, and what a hold reads, is the record alone,
-    /// asked for at once.
+    /// asked for at once. What every change reads is the first line.
     #[test]
-    fn an_account_score_is_five_cache_lines() {
-        assert_eq!(std::mem::size_of::<AccountScore>(), 320);
+    fn an_account_score_is_four_cache_lines() {
+        assert_eq!(std::mem::size_of::<AccountScore>(), 256);
+        let score = AccountScore::default();
+        let start = std::ptr::addr_of!(score) as usize;
+        let line = |field: usize| (field - start) / 64;
+        for field in [
+            std::ptr::addr_of!(score.oldest) as usize,
+            std::ptr::addr_of!(score.cursor_from) as usize,
+            std::ptr::addr_of!(score.cursor_next) as usize,
+            std::ptr::addr_of!(score.cursor_before) as usize,
+            std::ptr::addr_of!(score.cursor) as usize,
+            std::ptr::addr_of!(score.epoch) as usize,
+            std::ptr::addr_of!(score.cursor_known) as usize,
+            std::ptr::addr_of!(score.dirty) as usize,
+            std::ptr::addr_of!(score.changes.head) as usize,
+            std::ptr::addr_of!(score.changes.len) as usize,
+        ] {
+            assert_eq!(line(field), 0);
+        }
+        assert_eq!(line(std::ptr::addr_of!(score.changes.newest) as usize), 1);
     }
 
     proptest! {
@@ -1823,7 +1892,9 @@ mod account_score_tests {
                 prop_assert_eq!(blocks.len(), ring.len());
                 // No block is kept but those the changes fill: the newest (in place) while
                 // there is any change, and as many full ones as the rest take.
-                let blocks_kept = blocks.full.len() + usize::from(!blocks.is_empty());
+                let full = blocks.full.as_ref().map_or(0, |full| full.len());
+                prop_assert_eq!(full, blocks.full_blocks());
+                let blocks_kept = full + usize::from(!blocks.is_empty());
                 prop_assert_eq!(blocks_kept, (blocks.head as usize + blocks.len()).div_ceil(BLOCK));
                 prop_assert!(blocks.iter().eq(ring.iter()));
                 prop_assert_eq!(blocks.front(), ring.front());
