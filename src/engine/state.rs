@@ -988,6 +988,7 @@ impl AccountScore {
     }
 
     /// The account's score at `t`: the changes in `(t - window, t]`, added up.
+    #[inline]
     pub fn at(&self, t: Timestamp, window: jiff::SignedDuration) -> f64 {
         let t = nanos(t);
         let from = t.saturating_sub(window_nanos(window));
