@@ -490,7 +490,7 @@ pub struct MapLeadState {
 /// every such change reads (the cursor, the flags, the epoch, where the changes end) is the
 /// first line; the newest block the next two, of which a change writes one; the open cycle
 /// the last. The newest change's instant and total are read from its place in the newest
-/// block, not kept twice: a copy took the first line's room.
+/// block, not kept twice: with a copy of them, the first line had no room for the rest.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 pub struct AccountScore {
