@@ -262,13 +262,8 @@ impl std::fmt::Display for ActivityLabel {
         match self {
             ActivityLabel::Written(text) => f.write_str(text),
             ActivityLabel::Parts(parts) => {
-                f.write_str(&activity_kind(parts.type_id))?;
-                if let Some(asset) = &parts.asset {
-                    write!(f, " on {asset}")?;
-                }
-                if let Some(status) = &parts.status {
-                    write!(f, " to {status}")?;
-                }
+                let (asset, status) = (parts.asset.as_deref(), parts.status.as_deref());
+                write_activity(f, parts.type_id, asset, status)?;
                 write!(f, " (activity {})", parts.activity_id)
             }
         }
@@ -312,19 +307,31 @@ impl HandRaise {
     /// `Hand-raiser Demo Request: Fill Out Form on Demo Request at 2026-11-29T10:00:00Z`:
     /// what the MQL record says qualified the person.
     pub fn label(&self) -> String {
-        let mut text = format!("Hand-raiser {}: {}", self.rule, activity_kind(self.type_id));
-        if let Some(asset) = &self.asset {
-            text.push_str(" on ");
-            text.push_str(asset);
-        }
-        if let Some(status) = &self.status {
-            text.push_str(" to ");
-            text.push_str(status);
-        }
+        let mut text = format!("Hand-raiser {}: ", self.rule);
+        let (asset, status) = (self.asset.as_deref(), self.status.as_deref());
+        write_activity(&mut text, self.type_id, asset, status).expect("a String takes any text");
         text.push_str(" at ");
         text.push_str(&self.at.to_string());
         text
     }
+}
+
+/// `Fill Out Form on Demo Request`, `Change Status in Progression on Webinar to Attended`:
+/// an activity as the audit and the MQL record name it.
+fn write_activity(
+    to: &mut impl std::fmt::Write,
+    type_id: u32,
+    asset: Option<&str>,
+    status: Option<&str>,
+) -> std::fmt::Result {
+    to.write_str(&activity_kind(type_id))?;
+    if let Some(asset) = asset {
+        write!(to, " on {asset}")?;
+    }
+    if let Some(status) = status {
+        write!(to, " to {status}")?;
+    }
+    Ok(())
 }
 
 /// A MAP activity type as people name it.

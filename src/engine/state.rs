@@ -642,6 +642,10 @@ impl ChangeBlocks {
         &self.full.as_ref().expect("a full block located")[block]
     }
 
+    fn full_block_mut(&mut self, block: usize) -> &mut [AccountChange; BLOCK] {
+        &mut self.full.as_mut().expect("a full block located")[block]
+    }
+
     fn get(&self, i: usize) -> Option<&AccountChange> {
         if i >= self.len() {
             return None;
@@ -758,9 +762,7 @@ impl std::ops::IndexMut<usize> for ChangeBlocks {
     fn index_mut(&mut self, i: usize) -> &mut AccountChange {
         assert!(i < self.len(), "a change kept");
         match self.locate(i) {
-            (Some(block), place) => {
-                &mut self.full.as_mut().expect("a full block located")[block][place]
-            }
+            (Some(block), place) => &mut self.full_block_mut(block)[place],
             (None, place) => &mut self.newest[place],
         }
     }
@@ -1191,8 +1193,8 @@ impl AccountScores {
     /// hand-raise reads them after the lead's and the person's records.
     pub(crate) fn warm_hold(&self, slot: u32) {
         if let Some(record) = self.records.get(slot as usize) {
-            // Every line the id spans (it straddles two in the record's layout), and the
-            // epoch's: whatever the field order, nothing the check reads is left to wait for.
+            // Every line the id spans, and the epoch's: whatever the field order, nothing the
+            // check reads is left to wait for.
             let id = std::ptr::addr_of!(record.open_id).cast::<u8>();
             prefetch(std::ptr::addr_of!(record.epoch).cast());
             prefetch(id);
