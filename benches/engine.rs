@@ -4,7 +4,9 @@
 //! `cargo bench --bench engine` runs each phase in a child process of its own, so that the
 //! peak resident memory (VmHWM) it reports belongs to that phase alone. Run one phase with
 //! `cargo bench --bench engine -- engine`, `-- qualify` or `-- store`, and alternate the first
-//! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 9) for the medians and their ratios;
+//! two with `-- rounds` (`MQLSYNC_BENCH_ROUNDS`, default 25) for the medians and their ratios;
+//! `-- against OTHER [PHASE]` runs one phase of this build and of another (a copy of the
+//! bench binary built from other code) alternately, for the paired ratio of their times;
 //! `MQLSYNC_BENCH_BATCH=10000` sets the events per store transaction (default 100,000).
 //! `MQLSYNC_BENCH_NO_THP=1` turns transparent huge pages off, as the daemon does
 //! (`fit_in_a_sidecar` in `src/main.rs`); `run --once` keeps them, and so does the bench by
@@ -477,7 +479,7 @@ fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
 }
 
 /// `-- rounds`: the `engine` and `qualify` phases alternately, each in a fresh process,
-/// `MQLSYNC_BENCH_ROUNDS` times (default 9), then the medians and their ratio (the issue 15
+/// `MQLSYNC_BENCH_ROUNDS` times (default 25), then the medians and their ratio (the issue 15
 /// figure) and the median of each round's own ratio. On a shared host one run of a phase moves
 /// by up to 2x from the next; a ratio of two single runs says little, the ratio of medians of
 /// alternating runs does.
@@ -486,7 +488,7 @@ fn rounds() {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(9);
+        .unwrap_or(25);
     let me = std::env::current_exe().unwrap();
     // Each phase's runs, by figure: per event and a person (its report on stdout), the timed
     // loop's user and system CPU seconds (its line on stderr).
@@ -499,16 +501,14 @@ fn rounds() {
             print!("{report}");
             let cpu = String::from_utf8_lossy(&out.stderr);
             // "(0.52 us/event)", "(3455 B a person"; "CPU 0.58 s user, 0.15 s system"
-            for (text, figure, opening) in [
+            for (text, unit, opening) in [
                 (&report, " us/event", '('),
                 (&report, " B a person", '('),
                 (&cpu, " s user", ' '),
                 (&cpu, " s system", ' '),
             ] {
-                let end = text.find(figure).expect("the phase's figure");
-                let start = text[..end].rfind(opening).expect("a number before it") + 1;
-                let value = text[start..end].trim().parse().expect("a number");
-                runs.entry((figure, phase)).or_default().push(value);
+                let value = figure(text, unit, opening);
+                runs.entry((unit, phase)).or_default().push(value);
             }
         }
     }
@@ -519,7 +519,7 @@ fn rounds() {
         .zip(&runs[&(" us/event", "engine")])
         .map(|(qualify, engine)| qualify / engine)
         .collect();
-    let paired = median_of(&mut paired);
+    let (paired_q1, paired, paired_q3) = quartiles(&mut paired);
     let mut median = |figure: &'static str, phase: &'static str| {
         median_of(runs.get_mut(&(figure, phase)).expect("runs of the phase"))
     };
@@ -533,7 +533,8 @@ fn rounds() {
     );
     println!(
         "{n} alternating rounds, medians: score only {engine:.2} us/event, {engine_b:.0} B a person; \
-         account scoring and hand-raisers {qualify:.2} us/event ({:.2}x; the rounds' own ratios: {paired:.2}x), \
+         account scoring and hand-raisers {qualify:.2} us/event ({:.2}x; the rounds' own ratios: {paired:.2}x, \
+         quartiles {paired_q1:.2}x to {paired_q3:.2}x), \
          {qualify_b:.0} B a person ({:+.1} %)",
         qualify / engine,
         (qualify_b / engine_b - 1.0) * 100.0
@@ -550,6 +551,70 @@ fn rounds() {
          system {engine_system:.2} s against {qualify_system:.2} s",
         qualify_user / engine_user
     );
+}
+
+/// `-- against OTHER [PHASE]`: one phase (default `qualify`) of this binary and of `OTHER`
+/// (another build of this bench, say the code before a change, copied aside) in alternate
+/// processes, `MQLSYNC_BENCH_ROUNDS` times (default 25), the order swapped every round; then
+/// the median of each round's ratio (this binary's time over the other's) with its quartiles,
+/// for wall and user CPU time. On this shared VM a before-and-after of a few per cent is
+/// invisible in the medians of the two series and visible in the paired ratios only over tens
+/// of rounds: a quartile range that straddles 1.00 says no difference was found.
+fn against(other: &str, phase: &str) {
+    let n = std::env::var("MQLSYNC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(25);
+    let me = std::env::current_exe().unwrap();
+    let run = |binary: &std::path::Path| -> (f64, f64) {
+        let out = std::process::Command::new(binary)
+            .arg(phase)
+            .output()
+            .unwrap_or_else(|e| panic!("{} does not run: {e}", binary.display()));
+        assert!(out.status.success(), "{} {phase} failed", binary.display());
+        (
+            figure(&String::from_utf8_lossy(&out.stdout), " us/event", '('),
+            figure(&String::from_utf8_lossy(&out.stderr), " s user", ' '),
+        )
+    };
+    let (mut wall, mut user) = (Vec::new(), Vec::new());
+    for round in 0..n {
+        let (mine, theirs) = if round % 2 == 0 {
+            let mine = run(&me);
+            (mine, run(std::path::Path::new(other)))
+        } else {
+            let theirs = run(std::path::Path::new(other));
+            (run(&me), theirs)
+        };
+        println!(
+            "round {round}: {:.2} against {:.2} us/event",
+            mine.0, theirs.0
+        );
+        wall.push(mine.0 / theirs.0);
+        user.push(mine.1 / theirs.1);
+    }
+    for (name, ratios) in [("wall", &mut wall), ("user CPU", &mut user)] {
+        let (q1, median, q3) = quartiles(ratios);
+        println!(
+            "{phase}, {n} rounds, this binary against {other}: {name} {median:.3}x (quartiles {q1:.3}x to {q3:.3}x)"
+        );
+    }
+}
+
+/// The number before `unit` in `text`, after the last `opening` before it: "(0.52 us/event)",
+/// "CPU 0.58 s user".
+fn figure(text: &str, unit: &str, opening: char) -> f64 {
+    let end = text.find(unit).expect("the phase's figure");
+    let start = text[..end].rfind(opening).expect("a number before it") + 1;
+    text[start..end].trim().parse().expect("a number")
+}
+
+/// The first quartile, median and third quartile of `values` (sorted in place).
+fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
+    let median = median_of(values);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), median, at(0.75))
 }
 
 /// The median of `values` (sorted in place).
@@ -590,6 +655,10 @@ fn main() {
             std::process::exit(0)
         }
         Some("rounds") => rounds(),
+        Some("against") => match args.get(1) {
+            Some(other) => against(other, args.get(2).map_or("qualify", String::as_str)),
+            None => panic!("`against` needs the path of the other bench binary"),
+        },
         _ => {
             let me = std::env::current_exe().unwrap();
             for phase in ["engine", "qualify", "store"] {
