@@ -484,11 +484,7 @@ fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
 /// by up to 2x from the next; a ratio of two single runs says little, the ratio of medians of
 /// alternating runs does.
 fn rounds() {
-    let n = std::env::var("MQLSYNC_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(25);
+    let n = rounds_wanted();
     let me = std::env::current_exe().unwrap();
     // Each phase's runs, by figure: per event and a person (its report on stdout), the timed
     // loop's user and system CPU seconds (its line on stderr).
@@ -561,11 +557,7 @@ fn rounds() {
 /// invisible in the medians of the two series and visible in the paired ratios only over tens
 /// of rounds: a quartile range that straddles 1.00 says no difference was found.
 fn against(other: &str, phase: &str) {
-    let n = std::env::var("MQLSYNC_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(25);
+    let n = rounds_wanted();
     let me = std::env::current_exe().unwrap();
     let run = |binary: &std::path::Path| -> (f64, f64) {
         let out = std::process::Command::new(binary)
@@ -608,6 +600,15 @@ fn figure(text: &str, unit: &str, opening: char) -> f64 {
     let end = text.find(unit).expect("the phase's figure");
     let start = text[..end].rfind(opening).expect("a number before it") + 1;
     text[start..end].trim().parse().expect("a number")
+}
+
+/// `MQLSYNC_BENCH_ROUNDS`, or 25.
+fn rounds_wanted() -> usize {
+    std::env::var("MQLSYNC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(25)
 }
 
 /// The first quartile, median and third quartile of `values` (sorted in place).
