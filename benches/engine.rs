@@ -480,7 +480,7 @@ fn report(name: &str, secs: f64, decisions: usize, state: &EngineState) {
 
 /// `-- rounds`: the `engine` and `qualify` phases alternately, each in a fresh process,
 /// `MQLSYNC_BENCH_ROUNDS` times (default 25), then the medians and their ratio (the issue 15
-/// figure) and the median of each round's own ratio. On a shared host one run of a phase moves
+/// figure) and the median of each round's own ratio with its quartiles. On a shared host one run of a phase moves
 /// by up to 2x from the next; a ratio of two single runs says little, the ratio of medians of
 /// alternating runs does.
 fn rounds() {
@@ -491,11 +491,8 @@ fn rounds() {
     let mut runs: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
     for _ in 0..n {
         for phase in ["engine", "qualify"] {
-            let out = std::process::Command::new(&me).arg(phase).output().unwrap();
-            assert!(out.status.success(), "{phase} phase failed");
-            let report = String::from_utf8_lossy(&out.stdout);
+            let (report, cpu) = run_phase(&me, phase);
             print!("{report}");
-            let cpu = String::from_utf8_lossy(&out.stderr);
             // "(0.52 us/event)", "(3455 B a person"; "CPU 0.58 s user, 0.15 s system"
             for (text, unit, opening) in [
                 (&report, " us/event", '('),
@@ -558,25 +555,25 @@ fn rounds() {
 /// of rounds: a quartile range that straddles 1.00 says no difference was found.
 fn against(other: &str, phase: &str) {
     let n = rounds_wanted();
-    let me = std::env::current_exe().unwrap();
+    let (me, other_binary) = (
+        std::env::current_exe().unwrap(),
+        std::path::Path::new(other),
+    );
+    // Per event and the timed loop's user CPU seconds.
     let run = |binary: &std::path::Path| -> (f64, f64) {
-        let out = std::process::Command::new(binary)
-            .arg(phase)
-            .output()
-            .unwrap_or_else(|e| panic!("{} does not run: {e}", binary.display()));
-        assert!(out.status.success(), "{} {phase} failed", binary.display());
+        let (report, cpu) = run_phase(binary, phase);
         (
-            figure(&String::from_utf8_lossy(&out.stdout), " us/event", '('),
-            figure(&String::from_utf8_lossy(&out.stderr), " s user", ' '),
+            figure(&report, " us/event", '('),
+            figure(&cpu, " s user", ' '),
         )
     };
     let (mut wall, mut user) = (Vec::new(), Vec::new());
     for round in 0..n {
         let (mine, theirs) = if round % 2 == 0 {
             let mine = run(&me);
-            (mine, run(std::path::Path::new(other)))
+            (mine, run(other_binary))
         } else {
-            let theirs = run(std::path::Path::new(other));
+            let theirs = run(other_binary);
             (run(&me), theirs)
         };
         println!(
@@ -592,6 +589,20 @@ fn against(other: &str, phase: &str) {
             "{phase}, {n} rounds, this binary against {other}: {name} {median:.3}x (quartiles {q1:.3}x to {q3:.3}x)"
         );
     }
+}
+
+/// Runs `phase` of the bench binary `binary` in a process of its own: its report (stdout) and
+/// what its timed loop cost besides (stderr).
+fn run_phase(binary: &std::path::Path, phase: &str) -> (String, String) {
+    let out = std::process::Command::new(binary)
+        .arg(phase)
+        .output()
+        .unwrap_or_else(|e| panic!("{} does not run: {e}", binary.display()));
+    assert!(out.status.success(), "{} {phase} failed", binary.display());
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The number before `unit` in `text`, after the last `opening` before it: "(0.52 us/event)",
