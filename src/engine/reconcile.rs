@@ -1417,7 +1417,7 @@ fn evaluate_at(
     if !hold {
         person.open_hold = 0;
         if person.last_hold.take().is_some() {
-            state.touch_person(slot);
+            state.touch_hold(slot);
         }
         return;
     }
@@ -1431,9 +1431,8 @@ fn evaluate_at(
     let changed = person.last_hold.as_deref() != Some(&reason);
     if changed {
         person.last_hold = Some(Box::new(reason.clone()));
-        state.touch_person(slot);
+        state.touch_hold(slot);
     }
-    // After the touch, which may move the account's epoch.
     remember_account_hold(state, policy, slot, &reason);
     if changed {
         record(out, at, state.persons.id(slot), reason);

@@ -1790,6 +1790,53 @@ fn an_account_crossing_through_two_contacts_opens_one_cycle_for_the_tipping_one(
     );
 }
 
+#[test]
+fn the_holders_own_hold_leaves_the_gates_of_the_accounts_other_people_standing() {
+    // 003A0 tips the account and opens its cycle; 003A2 records the hold of it. When 003A0's
+    // next change records its own hold, no cycle opened or closed: 003A2's gate, which relies
+    // on the account's open cycle, still decides its next change without reading anyone.
+    let mut h = account_harness();
+    assert_eq!(
+        opened(&h.apply(score(0, "c1", 120.0, at(10), None))).len(),
+        1
+    );
+    let out = h.apply(score(2, "c2", 10.0, at(20), None));
+    assert!(
+        matches!(&out[0].reason, Reason::OpenCycle { external_id } if external_id == "003A0-1"),
+        "{out:#?}"
+    );
+    let account = h.state.account_scores.slot("001A").unwrap();
+    let epoch = h.state.account_scores.at(account).epoch;
+    let gate = h.state.map_leads.get(&2).unwrap().gate;
+    assert_eq!(
+        gate.account_epoch, epoch,
+        "003A2's gate is set on the account"
+    );
+    assert!(gate.quiet_above);
+    let out = h.apply(score(0, "c3", 130.0, at(30), None));
+    assert!(
+        out.iter().any(|d| d.subject == "003A0"
+            && matches!(&d.reason, Reason::OpenCycle { external_id } if external_id == "003A0-1")),
+        "{out:#?}"
+    );
+    assert_eq!(h.state.account_scores.at(account).epoch, epoch);
+    assert!(h.apply(score(2, "c4", 20.0, at(40), None)).is_empty());
+    // A closed cycle is another matter: the rejection moves the epoch, and 003A2's next
+    // change is decided again (nothing holds it back now).
+    h.apply(edit(
+        "003A0-1",
+        CycleStatus::Rejected,
+        Some("Bad Timing"),
+        at(50),
+    ));
+    assert_ne!(h.state.account_scores.at(account).epoch, epoch);
+    let out = h.apply(score(2, "c5", 30.0, at(60), None));
+    assert!(
+        !out.is_empty(),
+        "003A2's hold is cleared or a cycle opens: {out:#?}"
+    );
+}
+
 /// Events under account scoring: score changes (absolute values, unique ids) of the eight
 /// contacts' leads, knob turns of the default, and reps' edits of the first cycles.
 fn arb_account_event() -> impl Strategy<Value = (u16, Event)> {
