@@ -1151,8 +1151,11 @@ fn account_open_cycle<'a>(
         return None;
     }
     let account = facts.account_id.as_ref()?;
-    if !state.no_shortcuts
-        && let Some(slot) = state.person_account(person)
+    let slot = state.person_account(person).filter(|_| !state.no_shortcuts);
+    if slot.is_some_and(|slot| state.account_scores.none_open(slot)) {
+        return None;
+    }
+    if let Some(slot) = slot
         && let Some(holder) = state.account_scores.opened_last(slot)
     {
         let other = state.persons.at(holder);
@@ -1547,10 +1550,9 @@ fn open_cycle(
     }
     stamps.mql_count += 1;
     let stamps = stamps.clone();
-    // Where the account's open cycle is now (it passed `held`: no other is open).
-    if cycle.account_id.is_some()
-        && let Some(account) = state.person_account(state.persons.at(slot))
-    {
+    // Where the account's open cycle is now (it passed `held`: no other is open). Whatever
+    // the cycle's kind: an account whose people have none open knows it as a fact.
+    if let Some(account) = state.person_account(state.persons.at(slot)) {
         state.account_scores.opened(account, slot);
     }
     state.touch_person(slot);

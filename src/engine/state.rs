@@ -525,7 +525,11 @@ pub struct AccountScore {
     /// hint, not a record: whoever reads it checks that the cycle is still open and the
     /// person still of the account. [`AccountScore::NO_HINT`]: none, or the account may have
     /// more than one open cycle (a person joined it with theirs, or a load found several):
-    /// its people are scanned until its next cycle opens.
+    /// its people are scanned until its next cycle opens. [`AccountScore::NONE_OPEN`]: a
+    /// fact, not a hint: none of the account's people has an open cycle (counted when the
+    /// record was made or loaded, and left by every way a person of the account gets one: a
+    /// cycle opening, a person joining with theirs), so the first cycle of an account opens
+    /// without a scan of its people.
     pub(crate) opened_last: u32,
     /// The id of the account's open cycle as last found, and the account's epoch then
     /// ([`AccountScores::open_cycle_id`]). In the record, not beside it, so that a hold of
@@ -846,6 +850,13 @@ impl<'de> Deserialize<'de> for AccountScore {
 impl AccountScore {
     /// See [`AccountScore::opened_last`].
     const NO_HINT: u32 = u32::MAX;
+    /// See [`AccountScore::opened_last`].
+    const NONE_OPEN: u32 = u32::MAX - 1;
+
+    /// The person whose cycle opened last, when [`AccountScore::opened_last`] names one.
+    fn holder_hint(&self) -> Option<u32> {
+        Some(self.opened_last).filter(|p| *p < AccountScore::NONE_OPEN)
+    }
 
     /// The instant and running total of the newest change (`i64::MIN` and `base`: none).
     #[inline]
@@ -1142,14 +1153,32 @@ impl AccountScores {
         self.records[slot as usize].opened_last = AccountScore::NO_HINT;
     }
 
+    /// What is known of the open cycles of the account in `slot` once they are counted (a
+    /// record made, a store loaded): `open` of its people have one, the last counted in
+    /// `holder`.
+    pub(crate) fn counted(&mut self, slot: u32, open: usize, holder: u32) {
+        self.records[slot as usize].opened_last = match open {
+            0 => AccountScore::NONE_OPEN,
+            1 => holder,
+            _ => AccountScore::NO_HINT,
+        };
+    }
+
+    /// Whether none of the people of the account in `slot` has an open cycle, as a fact
+    /// (see [`AccountScore::opened_last`]).
+    pub(crate) fn none_open(&self, slot: u32) -> bool {
+        self.records[slot as usize].opened_last == AccountScore::NONE_OPEN
+    }
+
     /// Remembers that the account in `slot` has the open cycle `external_id` as it stands:
     /// until its epoch moves (a person of the account with a cycle changed, or one left),
     /// [`AccountScores::open_cycle_id`] answers without reading the holder. Not remembered
     /// for an account that may have two (no hint).
     pub(crate) fn remember_open_cycle(&mut self, slot: u32, external_id: &str) {
         let record = &mut self.records[slot as usize];
-        record.open_id = (record.opened_last != AccountScore::NO_HINT)
-            .then(|| (record.epoch, external_id.into()));
+        record.open_id = record
+            .holder_hint()
+            .map(|_| (record.epoch, external_id.into()));
     }
 
     /// The id of the account's open cycle, if remembered since the account's epoch last
@@ -1157,9 +1186,7 @@ impl AccountScores {
     pub(crate) fn open_cycle_id(&self, slot: u32) -> Option<&compact_str::CompactString> {
         let record = &self.records[slot as usize];
         match &record.open_id {
-            Some((epoch, id))
-                if *epoch == record.epoch && record.opened_last != AccountScore::NO_HINT =>
-            {
+            Some((epoch, id)) if *epoch == record.epoch && record.holder_hint().is_some() => {
                 Some(id)
             }
             _ => None,
@@ -1169,7 +1196,7 @@ impl AccountScores {
     /// The person of the account in `slot` whose cycle opened last, when that says where
     /// the account's open cycle is (see [`AccountScore::opened_last`]).
     pub(crate) fn opened_last(&self, slot: u32) -> Option<u32> {
-        Some(self.records[slot as usize].opened_last).filter(|p| *p != AccountScore::NO_HINT)
+        self.records[slot as usize].holder_hint()
     }
 
     /// Asks for the record of the account in `slot` (its four cache lines, the newest
@@ -1628,10 +1655,8 @@ impl EngineState {
             self.persons.at_mut(slot).account = account.map_or(AccountSlot::UNKNOWN, AccountSlot);
         }
         for account in 0..u32::try_from(self.account_scores.len()).expect("fewer than 2^32") {
-            match open_in.get(&account) {
-                Some(&(1, holder)) => self.account_scores.opened(account, holder),
-                _ => self.account_scores.crowded(account),
-            }
+            let (open, holder) = open_in.get(&account).copied().unwrap_or_default();
+            self.account_scores.counted(account, open as usize, holder);
         }
         for lead in self.map_leads.values_mut() {
             lead.person = lead.crm.as_ref().and_then(|c| self.persons.slot(&c.id));
@@ -1710,7 +1735,22 @@ impl EngineState {
             return Some(account);
         }
         let id = person.facts.as_ref()?.account_id.as_ref()?;
+        let known = self.account_scores.len();
         let account = self.account_scores.slot_or_insert(id);
+        if self.account_scores.len() > known {
+            // A new record: what its people's open cycles are, counted once (at the first
+            // person's arrival, the list is short and was just read).
+            let open: Vec<u32> = self
+                .account_people
+                .get(id)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|p| self.persons.at(*p).open_cycle().is_some())
+                .collect();
+            let holder = open.last().copied().unwrap_or_default();
+            self.account_scores.counted(account, open.len(), holder);
+        }
         self.persons.at_mut(slot).account = AccountSlot(account);
         Some(account)
     }

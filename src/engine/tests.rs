@@ -1837,6 +1837,46 @@ fn the_holders_own_hold_leaves_the_gates_of_the_accounts_other_people_standing()
     );
 }
 
+#[test]
+fn an_account_knows_an_open_cycle_that_joined_it_before_or_after_its_record_was_made() {
+    // An account's record counts its people's open cycles when it is made, so that its
+    // first cycle opens without a scan of them; a contact who brings an open cycle along,
+    // to an account with a record or to one without, must still hold the others back.
+    for joiner_first in [true, false] {
+        let mut h = account_harness();
+        assert_eq!(
+            opened(&h.apply(score(0, "c1", 120.0, at(10), None))).len(),
+            1
+        );
+        let mut mover = person("003A0", "NA", at(20));
+        mover.account_id = Some("001C".into());
+        let mut other = person("003C1", "NA", at(20));
+        other.account_id = Some("001C".into());
+        let arrivals = if joiner_first {
+            [mover, other]
+        } else {
+            [other, mover]
+        };
+        for p in arrivals {
+            h.apply(Event::Person(p));
+        }
+        h.apply(link(30, "003C1", at(20)));
+        let out = h.apply(score(30, "c2", 500.0, at(30), None));
+        assert!(
+            opened(&out).is_empty(),
+            "joiner first: {joiner_first}: {out:#?}"
+        );
+        assert!(
+            out.iter().any(|d| matches!(&d.reason,
+                Reason::OpenCycle { external_id } if external_id == "003A0-1")),
+            "joiner first: {joiner_first}: {out:#?}"
+        );
+        // The account the cycle left has none open now: its next crossing opens one.
+        let out = h.apply(score(1, "c3", 150.0, at(40), None));
+        assert_eq!(opened(&out).len(), 1, "{out:#?}");
+    }
+}
+
 /// Events under account scoring: score changes (absolute values, unique ids) of the eight
 /// contacts' leads, knob turns of the default, and reps' edits of the first cycles.
 fn arb_account_event() -> impl Strategy<Value = (u16, Event)> {
