@@ -22,7 +22,7 @@ use super::model::{
 use super::policy::{HistoricStatus, Policy, ScoreSource, SlaClock};
 use super::rules::first_exclusion;
 use super::score::{MaybeInstant, Scores};
-use super::state::{AccountSlot, EngineState, Gate, MapLeadState, PersonState, Timer};
+use super::state::{AccountSlot, EngineState, Gate, Hold, MapLeadState, PersonState, Timer};
 use super::thresholds::{self, Resolved, Resolver};
 
 /// What a call may know besides the state and the event.
@@ -1061,7 +1061,7 @@ fn account_quiet_above(state: &EngineState, person: &PersonState, account: Optio
     let Some(facts) = person.facts.as_deref() else {
         return false;
     };
-    let Some(Reason::OpenCycle { external_id }) = person.last_hold.as_deref() else {
+    let Some(external_id) = person.last_hold.as_deref().and_then(Hold::open_cycle) else {
         return false;
     };
     if let Some(own) = person.open_cycle() {
@@ -1431,9 +1431,9 @@ fn evaluate_at(
         }
         _ => 0,
     };
-    let changed = person.last_hold.as_deref() != Some(&reason);
+    let changed = person.last_hold.as_deref().is_none_or(|h| !h.is(&reason));
     if changed {
-        person.last_hold = Some(Box::new(reason.clone()));
+        person.last_hold = Some(Box::new(Hold::from(reason.clone())));
         state.touch_hold(slot);
     }
     remember_account_hold(state, policy, slot, &reason);

@@ -1791,6 +1791,33 @@ fn an_account_crossing_through_two_contacts_opens_one_cycle_for_the_tipping_one(
 }
 
 #[test]
+fn a_hold_is_saved_as_the_reason_it_records() {
+    // The person keeps an open cycle's hold by its id alone; the store's rows hold the
+    // reason as before, and either form reads back as what was recorded.
+    for reason in [
+        Reason::OpenCycle {
+            external_id: "003A0-1".into(),
+        },
+        Reason::NoThreshold,
+    ] {
+        let hold = super::state::Hold::from(reason.clone());
+        assert!(hold.is(&reason));
+        let saved = serde_json::to_string(&hold).unwrap();
+        assert_eq!(saved, serde_json::to_string(&reason).unwrap());
+        let loaded: super::state::Hold = serde_json::from_str(&saved).unwrap();
+        assert_eq!(loaded, hold);
+        assert_eq!(loaded.reason(), reason);
+    }
+    let open = super::state::Hold::from(Reason::OpenCycle {
+        external_id: "003A0-1".into(),
+    });
+    assert!(!open.is(&Reason::OpenCycle {
+        external_id: "003A0-2".into()
+    }));
+    assert!(!open.is(&Reason::NoThreshold));
+}
+
+#[test]
 fn the_holders_own_hold_leaves_the_gates_of_the_accounts_other_people_standing() {
     // 003A0 tips the account and opens its cycle; 003A2 records the hold of it. When 003A0's
     // next change records its own hold, no cycle opened or closed: 003A2's gate, which relies
