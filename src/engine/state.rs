@@ -1801,16 +1801,14 @@ impl EngineState {
         if self.account_scores.len() > known {
             // A new record: what its people's open cycles are, counted once (at the first
             // person's arrival, the list is short and was just read).
-            let open: Vec<u32> = self
+            let (open, holder) = self
                 .account_people
                 .get(id)
                 .into_iter()
                 .flatten()
-                .copied()
-                .filter(|p| self.persons.at(*p).open_cycle().is_some())
-                .collect();
-            let holder = open.last().copied().unwrap_or_default();
-            self.account_scores.counted(account, open.len(), holder);
+                .filter(|p| self.persons.at(**p).open_cycle().is_some())
+                .fold((0, 0), |(open, _), p| (open + 1, *p));
+            self.account_scores.counted(account, open, holder);
         }
         self.persons.at_mut(slot).account = AccountSlot(account);
         Some(account)
