@@ -1967,17 +1967,19 @@ fn timed_after_setup(raw: &[(u16, Event)]) -> Vec<Event> {
         .collect()
 }
 
-/// [`arb_account_event`], a contact moving to the other account or back (with an open cycle
-/// or not), or a Demo Request form fill: what the engine's account shortcuts (the slot kept
-/// beside a person, the hint of where an account's open cycle is) must follow.
+/// [`arb_account_event`], a contact moving to the other account, to a third one that has no
+/// record until its first person arrives, or back (with an open cycle or not), or a Demo
+/// Request form fill: what the engine's account shortcuts (the slot kept beside a person,
+/// where an account's open cycle is, that none of its people has one) must follow.
 fn arb_account_event_or_move() -> impl Strategy<Value = (u16, Event)> {
     prop_oneof![
         6 => arb_account_event(),
-        1 => (0u8..8, any::<bool>(), 1u16..28_800).prop_map(|(i, away, gap)| {
+        1 => (0u8..8, 0u8..3, 1u16..28_800).prop_map(|(i, to, gap)| {
             let home = if i < 4 { 'A' } else { 'B' };
             let mut p = person(&format!("003{home}{}", i % 4), "NA", Timestamp::UNIX_EPOCH);
             let other = if home == 'A' { 'B' } else { 'A' };
-            p.account_id = Some(format!("001{}", if away { other } else { home }).into());
+            let to = [home, other, 'C'][usize::from(to)];
+            p.account_id = Some(format!("001{to}").into());
             (gap, Event::Person(p))
         }),
         1 => (0u8..8, 1u16..28_800).prop_map(|(i, gap)| {
@@ -1999,11 +2001,17 @@ proptest! {
         long.state.no_shortcuts = true;
         let (mut fast, mut full) = (Vec::new(), Vec::new());
         for e in timed_after_setup(&raw) {
-            // A contact who takes an open cycle along may leave an account with two, and
-            // the hold then names either: the shortcut keeps the one recorded, the long way
-            // the first of the account's people. Only moves without one are compared.
+            // A contact who takes an open cycle along to an account with one of its own
+            // leaves it with two, and the hold then names either: the shortcut keeps the one
+            // recorded, the long way the first of the account's people. Those moves are not
+            // compared; a move with an open cycle to an account without one is.
             if let Event::Person(p) = &e
                 && quick.state.persons.get(&p.crm.id).and_then(|x| x.open_cycle()).is_some()
+                && quick.state.persons.iter().any(|(id, other)| {
+                    *id != p.crm.id
+                        && other.facts.as_ref().and_then(|f| f.account_id.as_ref()) == p.account_id.as_ref()
+                        && other.open_cycle().is_some()
+                })
             {
                 continue;
             }
