@@ -560,9 +560,12 @@ pub struct Cycle {
     /// Every CRM version of the record mqlsync has read (applied, refused or found stale),
     /// ascending: an edit at one of these instants is a replay and changes nothing, while an
     /// older edit at any other instant arrived out of order and is recorded as stale. Absent
-    /// from cycles saved before it existed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub crm_versions: Vec<Timestamp>,
+    /// from cycles saved before it existed. A boxed slice, not a vector: 8 bytes fewer make a
+    /// cycle 512 bytes, the allocator's size class below the 640 bytes it took at 520 (a
+    /// person's cycles are most of their memory once they have any). Reps' edits are rare, so
+    /// a version added copies the list.
+    #[serde(default, skip_serializing_if = "<[Timestamp]>::is_empty")]
+    pub crm_versions: Box<[Timestamp]>,
 }
 
 impl Cycle {

@@ -1524,7 +1524,7 @@ fn open_cycle(
         account_id,
         note: None,
         crm_modified_at: None,
-        crm_versions,
+        crm_versions: crm_versions.into_boxed_slice(),
     };
     if let Some(clock) = sla {
         schedule_sla(state, &external_id, clock);
@@ -1702,7 +1702,13 @@ fn on_cycle_edit(
         return;
     };
     // A version read before (a replay, or a poll's look-back) changes nothing.
-    if cycle.crm_modified_at == Some(at) || !remember_version(&mut cycle.crm_versions, at) {
+    if cycle.crm_modified_at == Some(at) {
+        return;
+    }
+    let mut versions = std::mem::take(&mut cycle.crm_versions).into_vec();
+    let new = remember_version(&mut versions, at);
+    cycle.crm_versions = versions.into_boxed_slice();
+    if !new {
         return;
     }
     // Out of order: older than a version already applied, or than the MQL itself (it

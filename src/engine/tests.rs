@@ -566,7 +566,7 @@ fn an_edit_older_than_a_version_already_applied_is_recorded_once_and_changes_not
         (before.status, before.outcome)
     );
     assert_eq!(after.crm_modified_at, Some(at(60)));
-    assert_eq!(after.crm_versions, [at(30), at(40), at(60)]);
+    assert_eq!(*after.crm_versions, [at(30), at(40), at(60)]);
     assert_eq!(h.state.persons["00QA"].stamps, stamps);
     assert!(h.state.persons["00QA"].cooldown.is_none());
     // The same stale version read again, and the applied versions replayed: nothing.
@@ -619,7 +619,7 @@ fn an_edit_read_before_its_cycle_opened_is_still_a_replay_once_it_has() {
     assert_eq!(h.apply(early.clone()).len(), 1);
     h.apply(score(1, "a1", 150.0, at(1), None));
     assert!(h.state.meta.unknown_cycle_edits.is_empty(), "taken over");
-    assert_eq!(h.cycles("00QA")[0].crm_versions, [at(0)]);
+    assert_eq!(*h.cycles("00QA")[0].crm_versions, [at(0)]);
     assert!(h.apply_at(early, at(2)).is_empty());
 }
 

@@ -200,7 +200,7 @@ fn sample_cycle() -> Cycle {
         account_id: None,
         note: Some(String::new()),
         crm_modified_at: None,
-        crm_versions: Vec::new(),
+        crm_versions: Box::default(),
     }
 }
 

@@ -962,7 +962,7 @@ mod tests {
             account_id: None,
             note: None,
             crm_modified_at: None,
-            crm_versions: Vec::new(),
+            crm_versions: Box::default(),
         };
         let r = mql_record(&m(), &cycle);
         assert_eq!(r["External_Id__c"], "00QA-1");

@@ -438,7 +438,7 @@ mod tests {
             account_id: None,
             note: None,
             crm_modified_at: None,
-            crm_versions: Vec::new(),
+            crm_versions: Box::default(),
         }
     }
 
