@@ -1233,8 +1233,9 @@ impl AccountScores {
 
     /// Remembers that the account in `slot` has the open cycle `external_id` as it stands:
     /// until its epoch moves (a person of the account with a cycle changed, or one left),
-    /// [`AccountScores::open_cycle_id`] answers without reading the holder. Not remembered
-    /// for an account that may have two (no hint).
+    /// [`AccountScores::open_cycle_id`] answers without reading the holder. Remembered only
+    /// while the record names the holder: not for an account that may have two (no hint),
+    /// nor for one whose people have none open.
     pub(crate) fn remember_open_cycle(&mut self, slot: u32, external_id: &str) {
         let record = &mut self.records[slot as usize];
         record.open_id = record
