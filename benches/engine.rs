@@ -182,7 +182,7 @@ fn accounts() -> Vec<Event> {
 /// place: the set-up allocates and frees what the score-only phase's does, so that neither
 /// phase's timed loop starts with more of the set-up's freed memory to grow into, nor counts
 /// a copy of the set-up in its peak. (Built as a second list while the first was alive, it
-/// added about 10 MiB to this phase's peak, 90 B a person, and left the allocator's free
+/// added about 10 MiB to this phase's peak, about 100 B a person, and left the allocator's free
 /// memory laid out differently: with freed memory kept, `MIMALLOC_PURGE_DELAY=-1`, this
 /// phase's loop took 34 MiB of fresh pages and the score-only loop none.)
 fn setup_as_contacts() -> Vec<Event> {
