@@ -11,7 +11,7 @@
 //! `MQLSYNC_BENCH_NO_THP=1` turns transparent huge pages off, as the daemon does
 //! (`fit_in_a_sidecar` in `src/main.rs`); `run --once` keeps them, and so does the bench by
 //! default. Each phase prints on stderr what its timed loop cost besides its wall time: the
-//! resident memory it grew, its user and system CPU, its page faults.
+//! resident memory it grew, its user and system CPU, its page faults (and how many were huge).
 //!
 //! `qualify` (issue 15): the same people as contacts of 20,000 accounts (five each), account
 //! scoring on (30 days) and the example policy's Demo Request hand-raiser rule; a tenth of the
@@ -291,7 +291,7 @@ fn qualify_phase() {
 /// (`page_reporting_order=11`), which the host takes back, so a 2 MiB page carved from such a
 /// block is backed again while the kernel clears it (0.1 to 0.25 s of a loop's system time on
 /// the machine of the README's figures), while a 4 KiB page refaulted where the allocator
-/// purged one mostly comes from memory the host still backs. A phase whose loop grows into
+/// purged one is likelier to come from memory the host still backs. A phase whose loop grows into
 /// huge pages pays in system time, not in its own instructions.
 fn measured_loop(state: &mut EngineState, policy: &Policy, events: &[Event]) -> (f64, usize) {
     let (before, cpu_before, huge_before) = (rss_mib(), usage_so_far(), huge_page_faults());
