@@ -310,6 +310,49 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.finish_intake(intake, also).await
     }
 
+    /// The activities of `[start, until)` that a hand-raiser rule names, oldest first, by a
+    /// bulk activity export of the rules' types alone, in the same windows as the score
+    /// history's (none asked for without rules). A backfill merges them into its time line
+    /// as it does the threshold versions: the Change Score export cannot carry them, as its
+    /// `primaryAttributeValueIds` filter (the score fields) takes types of one asset group
+    /// only. Read whole before the replay, and again by a resumed backfill (a hand-raise
+    /// older than its lead's latest applied one is a replay): the rules' activities are a
+    /// small part of an instance's. Activities no rule names are dropped as they are read.
+    pub(super) async fn hand_raises_in_bulk(
+        &mut self,
+        start: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Event>, SyncError> {
+        let types = self.policy.hand_raiser_type_ids();
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = ExportPlan::activities(&types, &[], start, until)?;
+        let windows = plan.windows().len();
+        let mut run = self.extract(plan)?;
+        let (mut read, mut raised) = (0usize, Vec::new());
+        while let Some(file) = run.next_window().await? {
+            for activity in file.activities()? {
+                let activity = records::map_activity_of(&activity?);
+                read += 1;
+                if self.policy.hand_raiser_naming(&activity).is_some() {
+                    raised.push(activity);
+                }
+            }
+        }
+        self.count_extract(&run, windows);
+        // In time order, and at one instant in the file's order (a stable sort), which is
+        // the order of the activities API's pages.
+        raised.sort_by_key(|a| a.at);
+        tracing::info!(
+            activities = read,
+            named = raised.len(),
+            windows,
+            "hand-raiser activities read by bulk extract"
+        );
+        Ok(raised.into_iter().map(Event::Activity).collect())
+    }
+
     /// A full page of window `index`: its cursor is the instant of its last change.
     async fn take_window_page(
         &mut self,

@@ -1313,14 +1313,13 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         }
         let type_id = u32::try_from(m.map.score_activity_type).unwrap_or(22);
         // The hand-raiser rules' activity types come in the same calls, from the same token
-        // (the mapping keeps them to Marketo's 10 types a call). A backfill rebuilds score
-        // crossings only, by the API as by bulk extract: see the README's known gaps.
+        // (the mapping keeps them to Marketo's 10 types a call), for a backfill as for a run:
+        // a backfill by bulk extract reads them by an export of their own and merges them
+        // into its time line (`hand_raises_in_bulk`), so that both rebuild the same cycles.
         let mut types = vec![type_id];
-        if read.until.is_none() {
-            types.extend(self.policy.hand_raiser_type_ids());
-            types.sort_unstable();
-            types.dedup();
-        }
+        types.extend(self.policy.hand_raiser_type_ids());
+        types.sort_unstable();
+        types.dedup();
         let mut pages = ActivityPages::new(
             self.map.clone(),
             ActivitySource::Types(types),

@@ -6,8 +6,9 @@
 //! as they stood over time (their current versions and the CRM's field history, see
 //! [`crate::backfill::threshold_versions`]); the opportunities as they opened and closed; the
 //! MAP lead of every CRM person (links only); then the Change Score history of `[since,
-//! until)`, page by page, merged in time order with the versions of people, thresholds and
-//! opportunities, each event decided at its own instant with the
+//! until)` with the activities the hand-raiser rules name, page by page, merged in time order
+//! with the versions of people, thresholds and opportunities, each event decided at its own
+//! instant with the
 //! engine in backfill mode (cycles marked backfilled, no alerts, no SLA). Each page commits with
 //! its cursor, so a killed backfill started again with the same window continues where it
 //! stopped and ends where an unbroken one ends; a complete one started again writes nothing.
@@ -110,6 +111,18 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                     .instrument(phase("opportunities"))
                     .await?,
             );
+            let above = self.settings.bulk_reads.activities_above_days;
+            let in_bulk = super::bulk_read::activities_in_bulk(window.since, window.until, above);
+            // The activities API reads the hand-raiser rules' activities in the score
+            // history's calls; a bulk extract reads them by an export of their own, merged
+            // here as the versions are.
+            if in_bulk {
+                timeline.extend(
+                    self.hand_raises_in_bulk(window.since, window.until)
+                        .instrument(phase("hand-raiser activities (bulk extract)"))
+                        .await?,
+                );
+            }
             timeline.sort_by_key(Event::at);
             let mut versions: VecDeque<Event> = timeline.into();
             let links: current::Progress = self.cursor(LINKS_CURSOR)?;
@@ -125,18 +138,16 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
                 start: window.since,
                 until: Some(window.until),
             };
-            let above = self.settings.bulk_reads.activities_above_days;
             self.store.replaying(true)?;
-            let replayed =
-                if super::bulk_read::activities_in_bulk(window.since, window.until, above) {
-                    self.read_activities_in_bulk(read, &mut versions)
-                        .instrument(phase("score history (bulk extract)"))
-                        .await
-                } else {
-                    self.read_activities(read, &mut versions)
-                        .instrument(phase("score history"))
-                        .await
-                };
+            let replayed = if in_bulk {
+                self.read_activities_in_bulk(read, &mut versions)
+                    .instrument(phase("score history (bulk extract)"))
+                    .await
+            } else {
+                self.read_activities(read, &mut versions)
+                    .instrument(phase("score history"))
+                    .await
+            };
             self.store.replaying(false)?;
             replayed?;
             // The knob turns after the last score change, and the versions of today.
