@@ -1808,7 +1808,8 @@ fn the_help_and_the_readme_agree_with_the_program() {
 fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
     let org = SandboxOrg::start(300, Vec::new());
     // Two months: longer than 31 days, so the history comes by bulk activity extract (two
-    // export windows; the sandbox's config polls their status every second).
+    // export windows, and two of the hand-raiser rules' own export; the sandbox's config polls
+    // their status every second).
     let since = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60))
         .strftime("%Y-%m-%d")
         .to_string();
@@ -1850,7 +1851,11 @@ fn backfill_dry_run_then_backfill_then_run_and_a_live_store_refuses_another() {
             "bulk_activities_create".to_string(),
         ))
         .copied();
-    assert_eq!(created, Some(2 + 2), "two windows, dry run and real");
+    assert_eq!(
+        created,
+        Some(2 * (2 + 2)),
+        "two windows of score history and two of the hand-raiser rules' activities, dry run and real"
+    );
     let run = org.mqlsync(&["run", "--once"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let again = org.mqlsync(&["backfill", "--since", "2025-06-01"]);
