@@ -8,8 +8,9 @@
 //! MAP lead of every CRM person (links only); then the Change Score history of `[since,
 //! until)` with the activities the hand-raiser rules name, page by page, merged in time order
 //! with the versions of people, thresholds and opportunities, each event decided at its own
-//! instant with the
-//! engine in backfill mode (cycles marked backfilled, no alerts, no SLA). Each page commits with
+//! instant with the engine in backfill mode (cycles marked backfilled, no alerts, no SLA).
+//! (By bulk extract the hand-raisers' activities come by an export of their own, read before
+//! the replay and merged with the versions.) Each page commits with
 //! its cursor, so a killed backfill started again with the same window continues where it
 //! stopped and ends where an unbroken one ends; a complete one started again writes nothing.
 //! The cycles are written like a run's, through Bulk API 2.0 ingest above a size.
