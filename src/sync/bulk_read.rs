@@ -310,10 +310,12 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
         self.finish_intake(intake, also).await
     }
 
-    /// The activities of `[start, until)` that a hand-raiser rule names, oldest first, by a
-    /// bulk activity export of the rules' types alone, in the same windows as the score
-    /// history's (none asked for without rules). A backfill merges them into its time line
-    /// as it does the threshold versions: the Change Score export cannot carry them, as its
+    /// The activities of `[start, until)` that a hand-raiser rule names, by a bulk activity
+    /// export of the rules' types alone, in the same windows as the score history's (none
+    /// asked for without rules), in the files' order: the caller's stable sort of its time
+    /// line puts them in time order, those of one instant as the files (and the activities
+    /// API's pages) give them. A backfill merges them into its time line as it does the
+    /// threshold versions: the Change Score export cannot carry them, as its
     /// `primaryAttributeValueIds` filter (the score fields) takes types of one asset group
     /// only. Read whole before the replay, and again by a resumed backfill (a hand-raise
     /// older than its lead's latest applied one is a replay): the rules' activities are a
@@ -341,9 +343,6 @@ impl<C: Crm, M: Map> Run<'_, C, M> {
             }
         }
         self.count_extract(&run, windows);
-        // In time order, and at one instant in the file's order (a stable sort), which is
-        // the order of the activities API's pages.
-        raised.sort_by_key(|a| a.at);
         tracing::info!(
             activities = read,
             named = raised.len(),
